@@ -1,0 +1,334 @@
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, GetOptions, Identity, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
+
+use crate::{EtcdError, LeaseId, PrefixWatch};
+
+/// PEM files for TLS to etcd. A CA alone verifies the server; cert and key add a client
+/// certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Validated connection settings (the daemons build these from their config files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// `http://host:port` or `https://host:port`; requests are balanced over all of them.
+    pub endpoints: Vec<String>,
+    pub user: Option<(String, String)>,
+    pub tls: Option<TlsFiles>,
+    /// Deadline of one request. A request that takes longer counts as unavailable.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// HTTP/2 keep-alive: a silent connection (frozen member, cut network) is dropped after
+    /// `keepalive_interval + keepalive_timeout`, which ends watches and keep-alive streams so
+    /// they reconnect elsewhere.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Defaults suited to an HA loop with a few seconds of TTL.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            user: None,
+            tls: None,
+            request_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+            keepalive_interval: Duration::from_millis(500),
+            keepalive_timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// One key as read from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    /// 0 when the key has no lease.
+    pub lease: LeaseId,
+}
+
+impl Kv {
+    pub(crate) fn from_client(kv: &etcd_client::KeyValue) -> Self {
+        Self {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        }
+    }
+}
+
+/// A consistent read of every key under a prefix, at `revision`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub kvs: Vec<Kv>,
+}
+
+impl Snapshot {
+    pub fn get(&self, key: &str) -> Option<&Kv> {
+        self.kvs.iter().find(|kv| kv.key == key)
+    }
+}
+
+/// A cheap-to-clone handle on an etcd cluster.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+fn read_pem(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(path).map_err(|e| EtcdError::Rejected {
+        op: "connect",
+        key: String::new(),
+        detail: format!("read {what} {}: {e}", path.display()),
+    })
+}
+
+impl Etcd {
+    /// Connects lazily: an unreachable cluster is not an error here, only a first request that
+    /// cannot be answered is. A daemon can therefore start while etcd is down.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Self, EtcdError> {
+        let mut o = etcd_client::ConnectOptions::new()
+            .with_timeout(opts.request_timeout)
+            .with_connect_timeout(opts.connect_timeout)
+            .with_keep_alive(opts.keepalive_interval, opts.keepalive_timeout)
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the quorum must not serve stale watches or reads.
+            .with_require_leader(true);
+        if let Some((u, p)) = &opts.user {
+            o = o.with_user(u.clone(), p.clone());
+        }
+        if let Some(tls) = &opts.tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca_file {
+                t = t.ca_certificate(Certificate::from_pem(read_pem("ca_file", ca)?));
+            }
+            if let (Some(c), Some(k)) = (&tls.cert_file, &tls.key_file) {
+                t = t.identity(Identity::from_pem(read_pem("cert_file", c)?, read_pem("key_file", k)?));
+            }
+            o = o.with_tls(t);
+        }
+        let timeout = opts.request_timeout;
+        // With user/password, connect() authenticates at once; give it the same deadline.
+        let client = tokio::time::timeout(timeout.max(opts.connect_timeout) * 2, Client::connect(&opts.endpoints, Some(o)))
+            .await
+            .map_err(|_| EtcdError::timeout("connect", "", timeout))?
+            .map_err(|e| EtcdError::from_client("connect", "", e))?;
+        Ok(Self { client, timeout })
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn call<T, F>(&self, op: &'static str, key: &str, fut: F) -> Result<T, EtcdError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(EtcdError::from_client(op, key, e)),
+            Err(_) => Err(EtcdError::timeout(op, key, self.timeout)),
+        }
+    }
+
+    /// Linearizable read of one key.
+    pub async fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let resp = self.call("get", key, kv.get(key, None)).await?;
+        Ok(resp.kvs().first().map(Kv::from_client))
+    }
+
+    /// Linearizable read of every key under `prefix`, with the revision it was read at.
+    pub async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let resp = self.call("get-prefix", prefix, kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        Ok(Snapshot {
+            revision: resp.header().map_or(0, |h| h.revision()),
+            kvs: resp.kvs().iter().map(Kv::from_client).collect(),
+        })
+    }
+
+    /// Unconditional put; returns the new revision.
+    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>, lease: Option<LeaseId>) -> Result<i64, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        let resp = self.call("put", key, kv.put(key, value, opts)).await.map_err(|e| with_lease(e, lease))?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Unconditional delete; returns whether the key existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let resp = self.call("delete", key, kv.delete(key, None)).await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// Deletes every key under `prefix`; returns how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let opts = etcd_client::DeleteOptions::new().with_prefix();
+        let resp = self.call("delete-prefix", prefix, kv.delete(prefix, Some(opts))).await?;
+        Ok(resp.deleted())
+    }
+
+    /// Runs `compare → then` and on failure reads the key back for the error.
+    async fn cas(&self, op: &'static str, key: &str, cmp: Compare, then: TxnOp, lease: Option<LeaseId>) -> Result<i64, EtcdError> {
+        let txn = Txn::new().when([cmp]).and_then([then]).or_else([TxnOp::get(key, None)]);
+        let mut kv = self.client.kv_client();
+        let resp = self.call(op, key, kv.txn(txn)).await.map_err(|e| with_lease(e, lease))?;
+        if resp.succeeded() {
+            return Ok(resp.header().map_or(0, |h| h.revision()));
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().map(Kv::from_client)),
+            _ => None,
+        });
+        Err(EtcdError::CompareFailed { op, key: key.to_owned(), current: current.flatten() })
+    }
+
+    /// Creates `key` only if it does not exist (etcd `create_revision == 0`): the leader race
+    /// and the `initialize` race.
+    pub async fn create_if_absent(&self, key: &str, value: impl Into<Vec<u8>>, lease: Option<LeaseId>) -> Result<i64, EtcdError> {
+        let cmp = Compare::create_revision(key, CompareOp::Equal, 0);
+        let put = TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)));
+        self.cas("create-if-absent", key, cmp, put, lease).await
+    }
+
+    /// Puts `value` only if the key currently holds `expected` (the leader re-taking its key on
+    /// a new lease).
+    pub async fn put_if_value(&self, key: &str, expected: &[u8], value: impl Into<Vec<u8>>, lease: Option<LeaseId>) -> Result<i64, EtcdError> {
+        let cmp = Compare::value(key, CompareOp::Equal, expected);
+        let put = TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)));
+        self.cas("put-if-value", key, cmp, put, lease).await
+    }
+
+    /// Deletes the key only if it holds `expected` (the leader releasing its key).
+    pub async fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<i64, EtcdError> {
+        let cmp = Compare::value(key, CompareOp::Equal, expected);
+        self.cas("delete-if-value", key, cmp, TxnOp::delete(key, None), None).await
+    }
+
+    /// Puts only if the key's `mod_revision` is still `mod_revision` (0: the key must not
+    /// exist): read-modify-write of `/config`, `/failover`, `/sync`.
+    pub async fn put_if_mod_revision(&self, key: &str, mod_revision: i64, value: impl Into<Vec<u8>>) -> Result<i64, EtcdError> {
+        let cmp = Compare::mod_revision(key, CompareOp::Equal, mod_revision);
+        self.cas("put-if-mod-revision", key, cmp, TxnOp::put(key, value, None), None).await
+    }
+
+    /// Grants a lease of `ttl` (whole seconds, rounded up: etcd's unit).
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<(LeaseId, Duration), EtcdError> {
+        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
+        let mut lc = self.client.lease_client();
+        let resp = self.call("lease-grant", "", lc.grant(secs, None)).await?;
+        Ok((resp.id(), Duration::from_secs(resp.ttl().max(0) as u64)))
+    }
+
+    /// Remaining time to live of a lease, or `LeaseLost`.
+    pub async fn lease_ttl(&self, lease: LeaseId) -> Result<Duration, EtcdError> {
+        let mut lc = self.client.lease_client();
+        let resp = self.call("lease-ttl", "", lc.time_to_live(lease, None)).await.map_err(|e| with_lease(e, Some(lease)))?;
+        if resp.ttl() <= 0 {
+            return Err(EtcdError::LeaseLost { lease, detail: "time to live is over".into() });
+        }
+        Ok(Duration::from_secs(resp.ttl() as u64))
+    }
+
+    pub async fn revoke_lease(&self, lease: LeaseId) -> Result<(), EtcdError> {
+        let mut lc = self.client.lease_client();
+        self.call("lease-revoke", "", lc.revoke(lease)).await.map_err(|e| with_lease(e, Some(lease)))?;
+        Ok(())
+    }
+
+    pub fn lease_renewer(&self, lease: LeaseId) -> LeaseRenewer {
+        LeaseRenewer { etcd: self.clone(), lease, stream: None }
+    }
+
+    /// A watch of every key under `prefix`, starting after `after_revision` (usually the
+    /// revision of the snapshot the caller just read).
+    pub fn watch_prefix(&self, prefix: &str, after_revision: i64) -> PrefixWatch {
+        PrefixWatch::new(self.clone(), prefix.to_owned(), after_revision)
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+fn with_lease(e: EtcdError, lease: Option<LeaseId>) -> EtcdError {
+    match (e, lease) {
+        (EtcdError::LeaseLost { detail, .. }, Some(lease)) => EtcdError::LeaseLost { lease, detail },
+        (e, _) => e,
+    }
+}
+
+/// Renews one lease on demand over a keep-alive stream, reopening the stream when a reconnect
+/// broke it. The caller decides the schedule; each `renew` is bounded by the request timeout.
+pub struct LeaseRenewer {
+    etcd: Etcd,
+    lease: LeaseId,
+    stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+impl LeaseRenewer {
+    pub fn lease(&self) -> LeaseId {
+        self.lease
+    }
+
+    /// Sends one keep-alive and waits for its answer: the lease's new time to live.
+    pub async fn renew(&mut self) -> Result<Duration, EtcdError> {
+        let timeout = self.etcd.timeout;
+        let lease = self.lease;
+        let result = tokio::time::timeout(timeout, async {
+            let open = match self.stream.take() {
+                Some(open) => open,
+                None => {
+                    let mut lc = self.etcd.client().lease_client();
+                    lc.keep_alive(lease).await.map_err(|e| EtcdError::from_client("lease-keepalive", "", e))?
+                }
+            };
+            let (keeper, stream) = self.stream.insert(open);
+            keeper.keep_alive().await.map_err(|e| EtcdError::from_client("lease-keepalive", "", e))?;
+            match stream.message().await {
+                Ok(Some(resp)) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
+                Ok(Some(_)) => Err(EtcdError::LeaseLost { lease, detail: "keep-alive answered ttl 0".into() }),
+                Ok(None) => Err(EtcdError::Unavailable { op: "lease-keepalive", key: String::new(), detail: "stream closed".into() }),
+                Err(e) => Err(EtcdError::from_client("lease-keepalive", "", e)),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(EtcdError::timeout("lease-keepalive", "", timeout)));
+        if result.is_err() {
+            // A stream that missed an answer may deliver it later, out of step; start afresh.
+            self.stream = None;
+        }
+        with_lease_result(result, lease)
+    }
+}
+
+fn with_lease_result(r: Result<Duration, EtcdError>, lease: LeaseId) -> Result<Duration, EtcdError> {
+    r.map_err(|e| with_lease(e, Some(lease)))
+}

@@ -1,0 +1,18 @@
+//! The etcd key schema that Outrigger shares with Patroni 4.x.
+//!
+//! Every other crate reaches etcd keys through [`KeyLayout`] and decodes values through the
+//! types here, so no other crate spells a key path or a JSON field. The types are *wire* types:
+//! they follow Patroni's JSON exactly (field names, optional fields, legacy spellings) and keep
+//! unknown fields so that a value written by a newer Patroni survives a read-modify-write by us.
+//! Daemon cores convert them into their own types.
+//!
+//! Source of truth for the layout: `../shared/reference/patroni.md` §1.
+
+mod keys;
+mod values;
+
+pub use keys::{ClusterKey, KeyKind, KeyLayout, LayoutError};
+pub use values::{
+    DecodeError, FailoverValue, HistoryEntry, MemberRole, MemberValue, StatusValue, SyncValue,
+    decode_initialize, decode_leader,
+};
