@@ -1,0 +1,68 @@
+//! The flags every daemon shares, and what a config check exits with.
+//!
+//! | exit code | meaning |
+//! |---|---|
+//! | 0 | config is valid (`--check-config`), or clean shutdown |
+//! | 2 | bad command line (clap) |
+//! | 65 | the config file is not valid TOML |
+//! | 66 | the config file cannot be read |
+//! | 78 | the config has problems: one line each, naming key, value and rule |
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::de::DeserializeOwned;
+
+use crate::config::{ConfigError, Validate, load};
+use crate::logging::LogFormat;
+
+pub const EXIT_SYNTAX: u8 = 65;
+pub const EXIT_UNREADABLE: u8 = 66;
+pub const EXIT_INVALID: u8 = 78;
+
+/// Flags shared by the five daemons, flattened into each one's clap parser.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// The daemon's TOML config file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate FILE and exit: 0 if valid, else one line per problem and a non-zero code.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
+    /// Log as JSON lines instead of text (overrides `log.format`).
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+pub fn exit_code(e: &ConfigError) -> u8 {
+    match e {
+        ConfigError::Unreadable { .. } => EXIT_UNREADABLE,
+        ConfigError::Syntax { .. } => EXIT_SYNTAX,
+        ConfigError::Invalid { .. } => EXIT_INVALID,
+    }
+}
+
+/// Loads and validates a config, printing the problems to stderr on failure.
+pub fn load_or_report<Raw: DeserializeOwned + Validate>(path: &Path) -> Result<Raw::Valid, ExitCode> {
+    load::<Raw>(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(exit_code(&e))
+    })
+}
+
+/// `--check-config FILE`: prints `<file>: ok` or the problems, and returns the exit code.
+pub fn check_config<Raw: DeserializeOwned + Validate>(path: &Path) -> ExitCode {
+    match load_or_report::<Raw>(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+impl CommonArgs {
+    pub fn log_format_override(&self) -> Option<LogFormat> {
+        self.log_json.then_some(LogFormat::Json)
+    }
+}

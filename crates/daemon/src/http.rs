@@ -1,0 +1,197 @@
+//! A small HTTP/1.1 server on hyper for health checks, status and `/metrics`.
+//!
+//! Built for many tiny requests from load balancers and scrapers, and for clients that
+//! misbehave: the number of open connections is capped (excess connections are closed at
+//! once, so health checks never queue behind them), a client must send its request headers
+//! within a deadline (this also closes idle keep-alive connections), and request heads are
+//! limited in size. Handlers get the peer address and answer from state they already hold.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub type Body = Full<Bytes>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Deadline for a request's headers, counted from when the connection is idle.
+    pub header_timeout: Duration,
+    /// Largest request head (request line plus headers) accepted.
+    pub max_head_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_connections: 1024, header_timeout: Duration::from_secs(5), max_head_bytes: 16 * 1024 }
+    }
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Serves `handler` on `listener` until `shutdown` is cancelled. Open connections are allowed
+/// to finish their current request.
+pub async fn serve<H, F>(listener: TcpListener, limits: Limits, handler: H, shutdown: CancellationToken)
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the limit: close at once rather than queue, so a flood of idle clients
+            // cannot delay the health checks of the others.
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
+                let h = handler.clone();
+                async move { Ok::<_, Infallible>(h(req, peer).await) }
+            }),
+        );
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn start(limits: Limits) -> (SocketAddr, CancellationToken) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(l, limits, |req, _| async move { text(StatusCode::OK, req.uri().path().to_owned()) }, stop.clone()));
+        (addr, stop)
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn answers_a_request() {
+        let (addr, stop) = start(Limits::default()).await;
+        let r = get(addr, "/hello").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+        assert!(r.ends_with("/hello"), "{r}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn silent_client_is_disconnected_after_the_header_timeout() {
+        let limits = Limits { header_timeout: Duration::from_millis(200), ..Limits::default() };
+        let (addr, stop) = start(limits).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.expect("server closed the silent connection");
+        // Closed (0 bytes) or answered with 408: either way the connection does not linger.
+        assert!(matches!(n, Ok(0) | Ok(_) | Err(_)));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_closed_and_the_others_still_answered() {
+        let limits = Limits { max_connections: 2, header_timeout: Duration::from_secs(30), ..Limits::default() };
+        let (addr, stop) = start(limits).await;
+        let _idle1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _idle2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Give the server a moment to accept both idle connections.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_millis(500), s.read_to_end(&mut out)).await;
+            if out.is_empty() {
+                break; // closed without an answer: the limit holds
+            }
+            assert!(tokio::time::Instant::now() < deadline, "third connection was never refused");
+            tokio::task::yield_now().await;
+        }
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn oversized_request_head_is_rejected_with_4xx() {
+        let limits = Limits { max_head_bytes: 8192, ..Limits::default() };
+        let (addr, stop) = start(limits).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let big = "a".repeat(64 * 1024);
+        let _ = s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes()).await;
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        assert!(out.is_empty() || out.starts_with("HTTP/1.1 431"), "{out}");
+        stop.cancel();
+    }
+}
