@@ -120,7 +120,8 @@ pub trait Validate {
 /// Parses TOML text into `Raw`, turning unknown keys and type errors into problems.
 pub fn parse_toml<Raw: DeserializeOwned>(path: &str, text: &str) -> Result<Raw, ConfigError> {
     let mut unknown = Vec::new();
-    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: one_line(&e.to_string()) })?;
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: one_line(&e.to_string()) })?;
     let raw: Result<Raw, _> = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
     match raw {
         Ok(raw) if unknown.is_empty() => Ok(raw),
@@ -132,7 +133,8 @@ pub fn parse_toml<Raw: DeserializeOwned>(path: &str, text: &str) -> Result<Raw, 
             // A type error (wrong type, bad duration, missing key): serde names the key only in
             // its message, so we report the message as the rule against the key path toml gives.
             let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
-            let mut problems = vec![Problem::key_only(if key.is_empty() { "(file)".to_owned() } else { key }, one_line(e.message()))];
+            let mut problems =
+                vec![Problem::key_only(if key.is_empty() { "(file)".to_owned() } else { key }, one_line(e.message()))];
             problems.extend(unknown.into_iter().map(unknown_key));
             Err(ConfigError::Invalid { path: path.to_owned(), problems })
         }
@@ -150,10 +152,9 @@ fn one_line(s: &str) -> String {
 /// The `key` (with its `[table]`) on the line where a type error was found.
 fn key_at(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
-    let table = before
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')).map(|t| t.trim_matches(['[', ']']).to_owned()));
+    let table = before.lines().rev().find_map(|l| {
+        l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')).map(|t| t.trim_matches(['[', ']']).to_owned())
+    });
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("");
     let key = line.split('=').next().unwrap_or("").trim().to_owned();
@@ -168,7 +169,8 @@ fn key_at(text: &str, offset: usize) -> String {
 /// Reads, parses and validates a config file.
 pub fn load<Raw: DeserializeOwned + Validate>(path: &Path) -> Result<Raw::Valid, ConfigError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable { path: shown.clone(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable { path: shown.clone(), source })?;
     let raw: Raw = parse_toml(&shown, &text)?;
     raw.validate().map_err(|problems| ConfigError::Invalid { path: shown, problems })
 }
@@ -192,10 +194,10 @@ impl LogSection {
                 crate::logging::LogFormat::Text
             }
         };
-        if let Some(level) = &self.level {
-            if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
-                problems.push("log.level", level, format!("must be a level or a RUST_LOG filter ({e})"));
-            }
+        if let Some(level) = &self.level
+            && let Err(e) = tracing_subscriber::EnvFilter::try_new(level)
+        {
+            problems.push("log.level", level, format!("must be a level or a RUST_LOG filter ({e})"));
         }
         crate::logging::LogOptions { format, level: self.level.clone() }
     }
@@ -246,7 +248,11 @@ impl EtcdSection {
         };
         let any_tls_file = self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
         if any_tls_file && !any_https {
-            problems.push("etcd.endpoints", self.endpoints.join(","), "must use https:// when ca_file, cert_file or key_file is set");
+            problems.push(
+                "etcd.endpoints",
+                self.endpoints.join(","),
+                "must use https:// when ca_file, cert_file or key_file is set",
+            );
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             problems.push_key(
@@ -254,7 +260,9 @@ impl EtcdSection {
                 "cert_file and key_file go together: set both or neither",
             );
         }
-        for (key, path) in [("etcd.ca_file", &self.ca_file), ("etcd.cert_file", &self.cert_file), ("etcd.key_file", &self.key_file)] {
+        for (key, path) in
+            [("etcd.ca_file", &self.ca_file), ("etcd.cert_file", &self.cert_file), ("etcd.key_file", &self.key_file)]
+        {
             if let Some(p) = path {
                 problems.check(p.is_file(), key, p.display(), "must be a readable file");
             }
@@ -267,11 +275,21 @@ impl EtcdSection {
             key_file: self.key_file.clone(),
         });
         if let Some(t) = self.request_timeout {
-            problems.check(t >= Duration::from_millis(50), "etcd.request_timeout", humantime::format_duration(t), "must be at least 50ms");
+            problems.check(
+                t >= Duration::from_millis(50),
+                "etcd.request_timeout",
+                humantime::format_duration(t),
+                "must be at least 50ms",
+            );
             o.request_timeout = t;
         }
         if let Some(t) = self.connect_timeout {
-            problems.check(t >= Duration::from_millis(50), "etcd.connect_timeout", humantime::format_duration(t), "must be at least 50ms");
+            problems.check(
+                t >= Duration::from_millis(50),
+                "etcd.connect_timeout",
+                humantime::format_duration(t),
+                "must be at least 50ms",
+            );
             o.connect_timeout = t;
         }
         o
@@ -339,7 +357,9 @@ mod tests {
 
     #[test]
     fn bad_values_name_key_value_and_rule() {
-        let p = problems("name = \"\"\n[log]\nformat = \"xml\"\n[etcd]\nendpoints = [\"127.0.0.1:2379\"]\nusername = \"u\"\n");
+        let p = problems(
+            "name = \"\"\n[log]\nformat = \"xml\"\n[etcd]\nendpoints = [\"127.0.0.1:2379\"]\nusername = \"u\"\n",
+        );
         assert_eq!(
             p,
             vec![
@@ -367,7 +387,8 @@ mod tests {
 
     #[test]
     fn humantime_durations_parse() {
-        let r: Raw = parse_toml("t", "name=\"a\"\n[etcd]\nendpoints=[\"http://h:1\"]\nrequest_timeout=\"250ms\"\n").unwrap();
+        let r: Raw =
+            parse_toml("t", "name=\"a\"\n[etcd]\nendpoints=[\"http://h:1\"]\nrequest_timeout=\"250ms\"\n").unwrap();
         assert_eq!(r.etcd.unwrap().request_timeout, Some(Duration::from_millis(250)));
     }
 }

@@ -44,7 +44,8 @@ impl Default for Limits {
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
@@ -127,7 +128,12 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let stop = CancellationToken::new();
-        tokio::spawn(serve(l, limits, |req, _| async move { text(StatusCode::OK, req.uri().path().to_owned()) }, stop.clone()));
+        tokio::spawn(serve(
+            l,
+            limits,
+            |req, _| async move { text(StatusCode::OK, req.uri().path().to_owned()) },
+            stop.clone(),
+        ));
         (addr, stop)
     }
 
@@ -154,7 +160,9 @@ mod tests {
         let (addr, stop) = start(limits).await;
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.expect("server closed the silent connection");
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("server closed the silent connection");
         // Closed (0 bytes) or answered with 408: either way the connection does not linger.
         assert!(matches!(n, Ok(0) | Ok(_) | Err(_)));
         stop.cancel();

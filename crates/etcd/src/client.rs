@@ -133,10 +133,11 @@ impl Etcd {
         }
         let timeout = opts.request_timeout;
         // With user/password, connect() authenticates at once; give it the same deadline.
-        let client = tokio::time::timeout(timeout.max(opts.connect_timeout) * 2, Client::connect(&opts.endpoints, Some(o)))
-            .await
-            .map_err(|_| EtcdError::timeout("connect", "", timeout))?
-            .map_err(|e| EtcdError::from_client("connect", "", e))?;
+        let client =
+            tokio::time::timeout(timeout.max(opts.connect_timeout) * 2, Client::connect(&opts.endpoints, Some(o)))
+                .await
+                .map_err(|_| EtcdError::timeout("connect", "", timeout))?
+                .map_err(|e| EtcdError::from_client("connect", "", e))?;
         Ok(Self { client, timeout })
     }
 
@@ -196,7 +197,14 @@ impl Etcd {
     }
 
     /// Runs `compare → then` and on failure reads the key back for the error.
-    async fn cas(&self, op: &'static str, key: &str, cmp: Compare, then: TxnOp, lease: Option<LeaseId>) -> Result<i64, EtcdError> {
+    async fn cas(
+        &self,
+        op: &'static str,
+        key: &str,
+        cmp: Compare,
+        then: TxnOp,
+        lease: Option<LeaseId>,
+    ) -> Result<i64, EtcdError> {
         let txn = Txn::new().when([cmp]).and_then([then]).or_else([TxnOp::get(key, None)]);
         let mut kv = self.client.kv_client();
         let resp = self.call(op, key, kv.txn(txn)).await.map_err(|e| with_lease(e, lease))?;
@@ -212,7 +220,12 @@ impl Etcd {
 
     /// Creates `key` only if it does not exist (etcd `create_revision == 0`): the leader race
     /// and the `initialize` race.
-    pub async fn create_if_absent(&self, key: &str, value: impl Into<Vec<u8>>, lease: Option<LeaseId>) -> Result<i64, EtcdError> {
+    pub async fn create_if_absent(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        lease: Option<LeaseId>,
+    ) -> Result<i64, EtcdError> {
         let cmp = Compare::create_revision(key, CompareOp::Equal, 0);
         let put = TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)));
         self.cas("create-if-absent", key, cmp, put, lease).await
@@ -220,7 +233,13 @@ impl Etcd {
 
     /// Puts `value` only if the key currently holds `expected` (the leader re-taking its key on
     /// a new lease).
-    pub async fn put_if_value(&self, key: &str, expected: &[u8], value: impl Into<Vec<u8>>, lease: Option<LeaseId>) -> Result<i64, EtcdError> {
+    pub async fn put_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: impl Into<Vec<u8>>,
+        lease: Option<LeaseId>,
+    ) -> Result<i64, EtcdError> {
         let cmp = Compare::value(key, CompareOp::Equal, expected);
         let put = TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)));
         self.cas("put-if-value", key, cmp, put, lease).await
@@ -234,7 +253,12 @@ impl Etcd {
 
     /// Puts only if the key's `mod_revision` is still `mod_revision` (0: the key must not
     /// exist): read-modify-write of `/config`, `/failover`, `/sync`.
-    pub async fn put_if_mod_revision(&self, key: &str, mod_revision: i64, value: impl Into<Vec<u8>>) -> Result<i64, EtcdError> {
+    pub async fn put_if_mod_revision(
+        &self,
+        key: &str,
+        mod_revision: i64,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<i64, EtcdError> {
         let cmp = Compare::mod_revision(key, CompareOp::Equal, mod_revision);
         self.cas("put-if-mod-revision", key, cmp, TxnOp::put(key, value, None), None).await
     }
@@ -250,7 +274,8 @@ impl Etcd {
     /// Remaining time to live of a lease, or `LeaseLost`.
     pub async fn lease_ttl(&self, lease: LeaseId) -> Result<Duration, EtcdError> {
         let mut lc = self.client.lease_client();
-        let resp = self.call("lease-ttl", "", lc.time_to_live(lease, None)).await.map_err(|e| with_lease(e, Some(lease)))?;
+        let resp =
+            self.call("lease-ttl", "", lc.time_to_live(lease, None)).await.map_err(|e| with_lease(e, Some(lease)))?;
         if resp.ttl() <= 0 {
             return Err(EtcdError::LeaseLost { lease, detail: "time to live is over".into() });
         }
@@ -315,7 +340,11 @@ impl LeaseRenewer {
             match stream.message().await {
                 Ok(Some(resp)) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
                 Ok(Some(_)) => Err(EtcdError::LeaseLost { lease, detail: "keep-alive answered ttl 0".into() }),
-                Ok(None) => Err(EtcdError::Unavailable { op: "lease-keepalive", key: String::new(), detail: "stream closed".into() }),
+                Ok(None) => Err(EtcdError::Unavailable {
+                    op: "lease-keepalive",
+                    key: String::new(),
+                    detail: "stream closed".into(),
+                }),
                 Err(e) => Err(EtcdError::from_client("lease-keepalive", "", e)),
             }
         })

@@ -43,8 +43,13 @@ impl EtcdError {
                     return EtcdError::LeaseLost { lease: 0, detail };
                 }
                 match Code::from(status.code() as i32) {
-                    Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted | Code::Cancelled
-                    | Code::ResourceExhausted | Code::Internal => EtcdError::Unavailable { op, key, detail },
+                    Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Unknown
+                    | Code::Aborted
+                    | Code::Cancelled
+                    | Code::ResourceExhausted
+                    | Code::Internal => EtcdError::Unavailable { op, key, detail },
                     Code::Other => EtcdError::Rejected { op, key, detail },
                 }
             }

@@ -15,7 +15,11 @@ use crate::{Etcd, EtcdError, Kv, Snapshot};
 pub enum Change {
     Put(Kv),
     /// A delete, or a lease expiry. `prev` is the value before, when etcd still had it.
-    Delete { key: String, mod_revision: i64, prev: Option<Kv> },
+    Delete {
+        key: String,
+        mod_revision: i64,
+        prev: Option<Kv>,
+    },
 }
 
 impl Change {
@@ -89,7 +93,11 @@ impl PrefixWatch {
                 Ok(Some(msg)) => msg,
                 Ok(None) => {
                     self.broken();
-                    return Err(EtcdError::Unavailable { op: "watch", key: self.prefix.clone(), detail: "stream ended".into() });
+                    return Err(EtcdError::Unavailable {
+                        op: "watch",
+                        key: self.prefix.clone(),
+                        detail: "stream ended".into(),
+                    });
                 }
                 Err(e) => {
                     self.broken();
@@ -108,7 +116,11 @@ impl PrefixWatch {
                 // e.g. "no leader" with require_leader: treat as a broken connection.
                 self.broken();
                 let reason = msg.cancel_reason().to_owned();
-                return Err(EtcdError::Unavailable { op: "watch", key: self.prefix.clone(), detail: format!("canceled: {reason}") });
+                return Err(EtcdError::Unavailable {
+                    op: "watch",
+                    key: self.prefix.clone(),
+                    detail: format!("canceled: {reason}"),
+                });
             }
             self.backoff = Duration::ZERO;
             let header_rev = msg.header().map_or(0, |h| h.revision());

@@ -131,15 +131,9 @@ impl KeyLayout {
             }
             return Some(KeyKind::Other(rest));
         }
-        Some(
-            ClusterKey::ALL
-                .iter()
-                .find(|k| k.name() == rest)
-                .map_or(KeyKind::Other(rest), |k| KeyKind::Fixed(*k)),
-        )
+        Some(ClusterKey::ALL.iter().find(|k| k.name() == rest).map_or(KeyKind::Other(rest), |k| KeyKind::Fixed(*k)))
     }
 }
-
 
 #[cfg(test)]
 mod tests {

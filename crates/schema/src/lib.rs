@@ -13,6 +13,6 @@ mod values;
 
 pub use keys::{ClusterKey, KeyKind, KeyLayout, LayoutError};
 pub use values::{
-    DecodeError, FailoverValue, HistoryEntry, MemberRole, MemberValue, StatusValue, SyncValue,
-    decode_initialize, decode_leader,
+    DecodeError, FailoverValue, HistoryEntry, MemberRole, MemberValue, StatusValue, SyncValue, decode_initialize,
+    decode_leader,
 };

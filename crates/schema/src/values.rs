@@ -156,11 +156,11 @@ impl FailoverValue {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        if !text.trim_start().starts_with('{') {
-            if let Some((leader, member)) = text.split_once(':') {
-                let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-                return Ok(Self { leader: opt(leader), member: opt(member), scheduled_at: None });
-            }
+        if !text.trim_start().starts_with('{')
+            && let Some((leader, member)) = text.split_once(':')
+        {
+            let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+            return Ok(Self { leader: opt(leader), member: opt(member), scheduled_at: None });
         }
         json("failover", raw)
     }
@@ -186,12 +186,10 @@ impl HistoryEntry {
         let rows: Vec<Vec<Value>> = json("history", raw)?;
         rows.into_iter()
             .map(|row| {
-                let bad = |rule| DecodeError::Invalid {
-                    key: "history",
-                    value: Value::Array(row.clone()).to_string(),
-                    rule,
-                };
-                let timeline = row.first().and_then(Value::as_u64).ok_or_else(|| bad("row needs a timeline number first"))?;
+                let bad =
+                    |rule| DecodeError::Invalid { key: "history", value: Value::Array(row.clone()).to_string(), rule };
+                let timeline =
+                    row.first().and_then(Value::as_u64).ok_or_else(|| bad("row needs a timeline number first"))?;
                 let lsn = row.get(1).and_then(Value::as_u64).ok_or_else(|| bad("row needs an LSN number second"))?;
                 let text = |i: usize| row.get(i).and_then(Value::as_str).map(str::to_owned);
                 Ok(Self {
@@ -296,7 +294,8 @@ mod tests {
 
     #[test]
     fn failover_accepts_json_empty_object_and_legacy_string() {
-        let f = FailoverValue::decode(br#"{"leader":"a","member":"b","scheduled_at":"2026-11-24T10:00:00+00:00"}"#).unwrap();
+        let f = FailoverValue::decode(br#"{"leader":"a","member":"b","scheduled_at":"2026-11-24T10:00:00+00:00"}"#)
+            .unwrap();
         assert_eq!(f.member.as_deref(), Some("b"));
         assert!(FailoverValue::decode(b"{}").unwrap().is_empty());
         let legacy = FailoverValue::decode(b"a:b").unwrap();
