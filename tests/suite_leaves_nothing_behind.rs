@@ -1,0 +1,1 @@
+//! Real-process tests (filled in by its issue).
