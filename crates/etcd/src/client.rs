@@ -145,28 +145,52 @@ impl Etcd {
         self.timeout
     }
 
-    async fn call<T, F>(&self, op: &'static str, key: &str, fut: F) -> Result<T, EtcdError>
+    /// Runs one request with the deadline, retrying on other endpoints while the error is of
+    /// the "unavailable" kind and time is left: with one of three members dead, a request that
+    /// happened to be routed to it must not surface as "etcd is down" to an HA loop.
+    async fn call<T, F, Fut>(&self, op: &'static str, key: &str, mut attempt: F) -> Result<(T, u32), EtcdError>
     where
-        F: Future<Output = Result<T, etcd_client::Error>>,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(EtcdError::from_client(op, key, e)),
-            Err(_) => Err(EtcdError::timeout(op, key, self.timeout)),
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(20);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let err = match tokio::time::timeout(left, attempt()).await {
+                Ok(Ok(v)) => return Ok((v, tries)),
+                Ok(Err(e)) => EtcdError::from_client(op, key, e),
+                Err(_) => return Err(EtcdError::timeout(op, key, self.timeout)),
+            };
+            if !err.is_unavailable() || tokio::time::Instant::now() + pause >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 
     /// Linearizable read of one key.
     pub async fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
-        let mut kv = self.client.kv_client();
-        let resp = self.call("get", key, kv.get(key, None)).await?;
+        let (resp, _) = self
+            .call("get", key, || {
+                let mut c = self.client.kv_client();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().map(Kv::from_client))
     }
 
     /// Linearizable read of every key under `prefix`, with the revision it was read at.
     pub async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, EtcdError> {
-        let mut kv = self.client.kv_client();
-        let resp = self.call("get-prefix", prefix, kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let (resp, _) = self
+            .call("get-prefix", prefix, || {
+                let mut c = self.client.kv_client();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
         Ok(Snapshot {
             revision: resp.header().map_or(0, |h| h.revision()),
             kvs: resp.kvs().iter().map(Kv::from_client).collect(),
@@ -175,28 +199,46 @@ impl Etcd {
 
     /// Unconditional put; returns the new revision.
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>, lease: Option<LeaseId>) -> Result<i64, EtcdError> {
-        let mut kv = self.client.kv_client();
+        let value = value.into();
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let resp = self.call("put", key, kv.put(key, value, opts)).await.map_err(|e| with_lease(e, lease))?;
+        let (resp, _) = self
+            .call("put", key, || {
+                let (mut c, value, opts) = (self.client.kv_client(), value.clone(), opts.clone());
+                async move { c.put(key, value, opts).await }
+            })
+            .await
+            .map_err(|e| with_lease(e, lease))?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
     /// Unconditional delete; returns whether the key existed.
     pub async fn delete(&self, key: &str) -> Result<bool, EtcdError> {
-        let mut kv = self.client.kv_client();
-        let resp = self.call("delete", key, kv.delete(key, None)).await?;
+        let (resp, _) = self
+            .call("delete", key, || {
+                let mut c = self.client.kv_client();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
         Ok(resp.deleted() > 0)
     }
 
     /// Deletes every key under `prefix`; returns how many there were.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
-        let mut kv = self.client.kv_client();
         let opts = etcd_client::DeleteOptions::new().with_prefix();
-        let resp = self.call("delete-prefix", prefix, kv.delete(prefix, Some(opts))).await?;
+        let (resp, _) = self
+            .call("delete-prefix", prefix, || {
+                let (mut c, opts) = (self.client.kv_client(), opts.clone());
+                async move { c.delete(prefix, Some(opts)).await }
+            })
+            .await?;
         Ok(resp.deleted())
     }
 
     /// Runs `compare → then` and on failure reads the key back for the error.
+    ///
+    /// A request whose answer was lost may be retried after it already took effect; then the
+    /// compare fails against our own write. `already_done` recognises that case from the key's
+    /// current value, so the caller sees success, as it should.
     async fn cas(
         &self,
         op: &'static str,
@@ -204,18 +246,31 @@ impl Etcd {
         cmp: Compare,
         then: TxnOp,
         lease: Option<LeaseId>,
+        already_done: impl Fn(Option<&Kv>) -> bool,
     ) -> Result<i64, EtcdError> {
         let txn = Txn::new().when([cmp]).and_then([then]).or_else([TxnOp::get(key, None)]);
-        let mut kv = self.client.kv_client();
-        let resp = self.call(op, key, kv.txn(txn)).await.map_err(|e| with_lease(e, lease))?;
+        let (resp, tries) = self
+            .call(op, key, || {
+                let (mut c, txn) = (self.client.kv_client(), txn.clone());
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(|e| with_lease(e, lease))?;
         if resp.succeeded() {
             return Ok(resp.header().map_or(0, |h| h.revision()));
         }
-        let current = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g.kvs().first().map(Kv::from_client)),
-            _ => None,
-        });
-        Err(EtcdError::CompareFailed { op, key: key.to_owned(), current: current.flatten() })
+        let current = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(g) => Some(g.kvs().first().map(Kv::from_client)),
+                _ => None,
+            })
+            .flatten();
+        if tries > 1 && already_done(current.as_ref()) {
+            return Ok(current.map_or(0, |kv| kv.mod_revision));
+        }
+        Err(EtcdError::CompareFailed { op, key: key.to_owned(), current })
     }
 
     /// Creates `key` only if it does not exist (etcd `create_revision == 0`): the leader race
@@ -226,9 +281,11 @@ impl Etcd {
         value: impl Into<Vec<u8>>,
         lease: Option<LeaseId>,
     ) -> Result<i64, EtcdError> {
+        let value = value.into();
         let cmp = Compare::create_revision(key, CompareOp::Equal, 0);
-        let put = TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)));
-        self.cas("create-if-absent", key, cmp, put, lease).await
+        let put = TxnOp::put(key, value.clone(), lease.map(|l| PutOptions::new().with_lease(l)));
+        let ours = |kv: Option<&Kv>| kv.is_some_and(|kv| kv.value == value && kv.lease == lease.unwrap_or(0));
+        self.cas("create-if-absent", key, cmp, put, lease, ours).await
     }
 
     /// Puts `value` only if the key currently holds `expected` (the leader re-taking its key on
@@ -240,15 +297,18 @@ impl Etcd {
         value: impl Into<Vec<u8>>,
         lease: Option<LeaseId>,
     ) -> Result<i64, EtcdError> {
+        let value = value.into();
         let cmp = Compare::value(key, CompareOp::Equal, expected);
-        let put = TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)));
-        self.cas("put-if-value", key, cmp, put, lease).await
+        let put = TxnOp::put(key, value.clone(), lease.map(|l| PutOptions::new().with_lease(l)));
+        let ours = |kv: Option<&Kv>| kv.is_some_and(|kv| kv.value == value && kv.lease == lease.unwrap_or(0));
+        self.cas("put-if-value", key, cmp, put, lease, ours).await
     }
 
     /// Deletes the key only if it holds `expected` (the leader releasing its key).
     pub async fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<i64, EtcdError> {
         let cmp = Compare::value(key, CompareOp::Equal, expected);
-        self.cas("delete-if-value", key, cmp, TxnOp::delete(key, None), None).await
+        // Gone after a retry: our first attempt deleted it (or it expired); the goal holds.
+        self.cas("delete-if-value", key, cmp, TxnOp::delete(key, None), None, |kv| kv.is_none()).await
     }
 
     /// Puts only if the key's `mod_revision` is still `mod_revision` (0: the key must not
@@ -259,23 +319,33 @@ impl Etcd {
         mod_revision: i64,
         value: impl Into<Vec<u8>>,
     ) -> Result<i64, EtcdError> {
+        let value = value.into();
         let cmp = Compare::mod_revision(key, CompareOp::Equal, mod_revision);
-        self.cas("put-if-mod-revision", key, cmp, TxnOp::put(key, value, None), None).await
+        let ours = |kv: Option<&Kv>| kv.is_some_and(|kv| kv.value == value);
+        self.cas("put-if-mod-revision", key, cmp, TxnOp::put(key, value.clone(), None), None, ours).await
     }
 
     /// Grants a lease of `ttl` (whole seconds, rounded up: etcd's unit).
     pub async fn grant_lease(&self, ttl: Duration) -> Result<(LeaseId, Duration), EtcdError> {
         let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
-        let mut lc = self.client.lease_client();
-        let resp = self.call("lease-grant", "", lc.grant(secs, None)).await?;
+        let (resp, _) = self
+            .call("lease-grant", "", || {
+                let mut c = self.client.lease_client();
+                async move { c.grant(secs, None).await }
+            })
+            .await?;
         Ok((resp.id(), Duration::from_secs(resp.ttl().max(0) as u64)))
     }
 
     /// Remaining time to live of a lease, or `LeaseLost`.
     pub async fn lease_ttl(&self, lease: LeaseId) -> Result<Duration, EtcdError> {
-        let mut lc = self.client.lease_client();
-        let resp =
-            self.call("lease-ttl", "", lc.time_to_live(lease, None)).await.map_err(|e| with_lease(e, Some(lease)))?;
+        let (resp, _) = self
+            .call("lease-ttl", "", || {
+                let mut c = self.client.lease_client();
+                async move { c.time_to_live(lease, None).await }
+            })
+            .await
+            .map_err(|e| with_lease(e, Some(lease)))?;
         if resp.ttl() <= 0 {
             return Err(EtcdError::LeaseLost { lease, detail: "time to live is over".into() });
         }
@@ -283,8 +353,12 @@ impl Etcd {
     }
 
     pub async fn revoke_lease(&self, lease: LeaseId) -> Result<(), EtcdError> {
-        let mut lc = self.client.lease_client();
-        self.call("lease-revoke", "", lc.revoke(lease)).await.map_err(|e| with_lease(e, Some(lease)))?;
+        self.call("lease-revoke", "", || {
+            let mut c = self.client.lease_client();
+            async move { c.revoke(lease).await }
+        })
+        .await
+        .map_err(|e| with_lease(e, Some(lease)))?;
         Ok(())
     }
 

@@ -1,0 +1,54 @@
+//! The few system calls the kit makes that need `unsafe` or root, in one place.
+#![allow(unsafe_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+/// Makes the child get SIGKILL when the thread that spawned it exits (a test process that dies,
+/// even by SIGKILL, then takes its daemons with it). Set after the uid/gid change, which
+/// would otherwise clear it.
+pub(crate) fn kill_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec; prctl and getppid are
+    // async-signal-safe and touch no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl; then nobody would kill us.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("parent exited before exec"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The uid and gid of the `postgres` system user.
+pub(crate) fn postgres_ids() -> anyhow::Result<(u32, u32)> {
+    let u = nix::unistd::User::from_name("postgres")?
+        .ok_or_else(|| anyhow::anyhow!("no `postgres` user: install PostgreSQL (see README)"))?;
+    Ok((u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// Lets the `postgres` user create files under a folder the (root) test made.
+pub(crate) fn open_up(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(())
+}
+
+/// Gives a folder to the `postgres` user (PostgreSQL insists on owning its data directory).
+pub(crate) fn give_to_postgres(path: &Path) -> anyhow::Result<()> {
+    let (uid, gid) = postgres_ids()?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    Ok(())
+}
+
+/// Moves the calling thread into the network namespace at `path` (`/run/netns/<name>`).
+pub(crate) fn enter_netns(path: &Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(path)?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    Ok(())
+}
