@@ -1,6 +1,7 @@
 //! vip-manager: VRRP (v2/v3) and etcd-driven virtual IPs, interoperating with keepalived.
 //!
-//! This crate so far holds the config layer; the daemon's behaviour lands with its own issue.
-#![forbid(unsafe_code)]
+//! Layout (pure cores first, I/O at the edges):
+//! - [`packet`]: the VRRP wire format, encoding and validated decoding.
 
 pub mod config;
+pub mod packet;
