@@ -7,10 +7,7 @@ use outrigger_testkit::{Net, PgOptions, Postgres, wait_until};
 /// Short replication timeouts so that a cut-off replica is noticed in seconds, not a minute.
 fn opts() -> PgOptions {
     PgOptions {
-        settings: vec![
-            ("wal_sender_timeout".into(), "2s".into()),
-            ("wal_receiver_timeout".into(), "2s".into()),
-        ],
+        settings: vec![("wal_sender_timeout".into(), "2s".into()), ("wal_receiver_timeout".into(), "2s".into())],
         ..PgOptions::default()
     }
 }
