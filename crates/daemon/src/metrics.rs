@@ -29,6 +29,38 @@ pub fn render(registry: &Registry) -> String {
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The `GET /metrics` answer, for any daemon's HTTP handler.
+pub fn response(registry: &Registry) -> hyper::Response<crate::http::Body> {
+    let mut r = hyper::Response::new(crate::http::Body::from(render(registry)));
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(CONTENT_TYPE));
+    r
+}
+
+/// Serves only `/metrics` (404 elsewhere) on `listener`: for daemons with no other endpoint.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let registry = std::sync::Arc::new(registry);
+    crate::http::serve(
+        listener,
+        crate::http::Limits::default(),
+        move |req, _peer| {
+            let registry = registry.clone();
+            async move {
+                if req.uri().path() == "/metrics" {
+                    response(&registry)
+                } else {
+                    crate::http::text(hyper::StatusCode::NOT_FOUND, "not found\n")
+                }
+            }
+        },
+        shutdown,
+    )
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
