@@ -1,4 +1,6 @@
 //! The plumbing end to end: `/metrics` over HTTP, sd_notify messages, shutdown on SIGTERM.
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
