@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use outrigger_etcd::{Change, ConnectOptions, Etcd, EtcdError, WatchUpdate};
-use outrigger_testkit::{EtcdCluster, EtcdOptions, Net, wait_ok, wait_until};
+use outrigger_etcd::{Change, ConnectOptions, Etcd, EtcdError, TlsFiles, WatchUpdate};
+use outrigger_testkit::{EtcdCluster, EtcdOptions, Net, make_tls, wait_ok, wait_until};
 
 fn cluster(test: &str) -> (Net, EtcdCluster) {
     let net = Net::start(test, 3).expect("create namespaces");
@@ -250,4 +250,56 @@ fn unreachable_cluster_is_reported_as_unavailable_within_the_timeout() {
     });
     assert!(matches!(res, Err(ref e) if e.is_unavailable()), "{res:?}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn tls_with_client_certificates_works_and_a_client_without_one_is_refused() {
+    let net = Net::start("tls_with_client_certificates_works_and_a_client_without_one_is_refused", 2).unwrap();
+    let tls = make_tls(&net.dir().sub("tls").unwrap(), net.host(1).ip()).unwrap();
+    let opts_tls = EtcdOptions { client_tls: Some(tls.clone()), ..EtcdOptions::default() };
+    let etcd = EtcdCluster::start(&net, &[1], opts_tls).unwrap();
+    let rt = net.host(2).runtime().unwrap();
+    let eps = etcd.endpoints();
+    assert!(eps[0].starts_with("https://"), "{eps:?}");
+    let (with_cert, without_cert) = rt.block_on(async move {
+        let mut o = opts(eps.clone());
+        o.tls = Some(TlsFiles { ca_file: Some(tls.ca.clone()), cert_file: Some(tls.cert), key_file: Some(tls.key) });
+        let with_cert = async {
+            let etcd = Etcd::connect(&o).await?;
+            etcd.put("/tls/k", "v", None).await?;
+            etcd.get("/tls/k").await
+        }
+        .await;
+        let mut o = opts(eps);
+        o.tls = Some(TlsFiles { ca_file: Some(tls.ca), cert_file: None, key_file: None });
+        let without_cert = async { Etcd::connect(&o).await?.get("/tls/k").await }.await;
+        (with_cert, without_cert)
+    });
+    assert_eq!(with_cert.unwrap().map(|kv| kv.value), Some(b"v".to_vec()));
+    assert!(without_cert.is_err(), "a client without a certificate was served: {without_cert:?}");
+}
+
+#[test]
+fn user_and_password_are_used_and_a_wrong_password_is_rejected() {
+    let net = Net::start("user_and_password_are_used_and_a_wrong_password_is_rejected", 2).unwrap();
+    let etcd = EtcdCluster::start(&net, &[1], EtcdOptions::default()).unwrap();
+    etcd.etcdctl(&net, 0, &["user", "add", "root:s3cret"]).unwrap();
+    etcd.etcdctl(&net, 0, &["auth", "enable"]).unwrap();
+    let rt = net.host(2).runtime().unwrap();
+    let eps = etcd.endpoints();
+    let (good, bad) = rt.block_on(async move {
+        let mut o = opts(eps.clone());
+        o.user = Some(("root".into(), "s3cret".into()));
+        let good = async {
+            let etcd = Etcd::connect(&o).await?;
+            etcd.put("/auth/k", "v", None).await?;
+            etcd.get("/auth/k").await
+        }
+        .await;
+        o.user = Some(("root".into(), "wrong".into()));
+        let bad = async { Etcd::connect(&o).await?.get("/auth/k").await }.await;
+        (good, bad)
+    });
+    assert_eq!(good.unwrap().map(|kv| kv.value), Some(b"v".to_vec()));
+    assert!(matches!(bad, Err(EtcdError::Rejected { .. })), "wrong password must be rejected, not retried: {bad:?}");
 }

@@ -6,15 +6,25 @@ use crate::{Net, Proc, wait_ok};
 
 /// Timing of the test etcd cluster. Short elections make lease expiry and leader changes fast
 /// enough for tests; etcd's shortest lease is about 1.5 × the election timeout.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EtcdOptions {
     pub heartbeat_ms: u32,
     pub election_ms: u32,
+    /// Serve clients over TLS and require client certificates signed by the CA.
+    pub client_tls: Option<EtcdTls>,
+}
+
+/// PEM files for a TLS etcd: the CA, and the member's certificate (valid for the host's IP).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for EtcdOptions {
     fn default() -> Self {
-        Self { heartbeat_ms: 100, election_ms: 1000 }
+        Self { heartbeat_ms: 100, election_ms: 1000, client_tls: None }
     }
 }
 
@@ -69,11 +79,21 @@ impl EtcdCluster {
         let m = &self.members[i];
         let host = net.host(m.host);
         let mut cmd = Command::new("etcd");
-        let client = format!("http://{}:{CLIENT_PORT}", m.ip);
+        let scheme = if self.opts.client_tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{}:{CLIENT_PORT}", m.ip);
+        if let Some(tls) = &self.opts.client_tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+        }
         cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data)
-            .args(["--listen-client-urls", &format!("{client},http://127.0.0.1:{CLIENT_PORT}")])
+            .args(["--listen-client-urls", &format!("{client},{scheme}://127.0.0.1:{CLIENT_PORT}")])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &format!("http://{}:{PEER_PORT}", m.ip)])
             .args(["--initial-advertise-peer-urls", &format!("http://{}:{PEER_PORT}", m.ip)])
@@ -91,11 +111,38 @@ impl EtcdCluster {
 
     /// `http://ip:2379` of every member, for daemons and clients inside the namespaces.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://{}:{CLIENT_PORT}", m.ip)).collect()
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.members[i].ip)
+        let scheme = if self.opts.client_tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.members[i].ip)
+    }
+
+    /// etcdctl flags for TLS (the member's own certificate doubles as a client certificate).
+    fn tls_flags(&self) -> Vec<String> {
+        self.opts.client_tls.as_ref().map_or_else(Vec::new, |t| {
+            vec![
+                format!("--cacert={}", t.ca.display()),
+                format!("--cert={}", t.cert.display()),
+                format!("--key={}", t.key.display()),
+            ]
+        })
+    }
+
+    fn etcdctl_with(
+        &self,
+        net: &Net,
+        i: usize,
+        endpoints: &str,
+        timeout: &str,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
+        let tls = self.tls_flags();
+        let mut full = vec!["etcdctl", timeout, "--endpoints", endpoints];
+        full.extend(tls.iter().map(String::as_str));
+        full.extend_from_slice(args);
+        net.host(self.members[i].host).exec(&full)
     }
 
     pub fn len(&self) -> usize {
@@ -117,26 +164,19 @@ impl EtcdCluster {
 
     /// Runs `etcdctl` from member `i`'s host against all endpoints.
     pub fn etcdctl(&self, net: &Net, i: usize, args: &[&str]) -> anyhow::Result<String> {
-        let eps = self.endpoints().join(",");
-        let mut full = vec!["etcdctl", "--command-timeout=5s", "--endpoints", eps.as_str()];
-        full.extend_from_slice(args);
-        net.host(self.members[i].host).exec(&full)
+        self.etcdctl_with(net, i, &self.endpoints().join(","), "--command-timeout=5s", args)
     }
 
     /// Runs `etcdctl` from member `i`'s host against member `i` only (etcdctl 3.4's balancer
     /// can stay pinned to a dead endpoint, so tests that kill members talk to a live one).
     pub fn etcdctl_at(&self, net: &Net, i: usize, args: &[&str]) -> anyhow::Result<String> {
-        let ep = self.endpoint(i);
-        let mut full = vec!["etcdctl", "--command-timeout=5s", "--endpoints", ep.as_str()];
-        full.extend_from_slice(args);
-        net.host(self.members[i].host).exec(&full)
+        self.etcdctl_with(net, i, &self.endpoint(i), "--command-timeout=5s", args)
     }
 
     pub fn wait_healthy(&self, net: &Net, i: usize, timeout: Duration) -> anyhow::Result<()> {
         let ep = self.endpoint(i);
-        let host = net.host(self.members[i].host);
         wait_ok(timeout, &format!("etcd member {} to be healthy", self.members[i].name), || {
-            host.exec(&["etcdctl", "--command-timeout=1s", "--endpoints", &ep, "endpoint", "health"]).map(drop)
+            self.etcdctl_with(net, i, &ep, "--command-timeout=1s", &["endpoint", "health"]).map(drop)
         })
     }
 
@@ -180,4 +220,37 @@ impl EtcdCluster {
         }
         anyhow::bail!("no leader in etcdctl endpoint status: {out}")
     }
+}
+
+/// Makes a CA and a certificate for `ip` (server and client use) with `openssl`, in `dir`.
+pub fn make_tls(dir: &std::path::Path, ip: std::net::Ipv4Addr) -> anyhow::Result<EtcdTls> {
+    let run = |args: &[&str]| crate::net::run(Command::new("openssl").current_dir(dir).args(args)).map(drop);
+    run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"])?;
+    run(&["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=outrigger-test-ca", "-days", "2", "-out", "ca.pem"])?;
+    run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "member.key"])?;
+    run(&["req", "-new", "-key", "member.key", "-subj", "/CN=member", "-out", "member.csr"])?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!(
+            "subjectAltName=IP:{ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature\n"
+        ),
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "member.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "member.pem",
+    ])?;
+    Ok(EtcdTls { ca: dir.join("ca.pem"), cert: dir.join("member.pem"), key: dir.join("member.key") })
 }

@@ -30,7 +30,7 @@ mod sys;
 mod wait;
 
 pub use dirs::TestDir;
-pub use etcd::{EtcdCluster, EtcdOptions};
+pub use etcd::{EtcdCluster, EtcdOptions, EtcdTls, make_tls};
 pub use net::{Host, Net, NsRuntime};
 pub use pg::{PgOptions, Postgres};
 pub use proc::Proc;
