@@ -35,6 +35,18 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Lines the daemon logged at ERROR level (text or JSON logs) that match none of
+    /// `expected`. A test ends with `assert!(p.unexpected_errors(&[..]).is_empty())`: an ERROR
+    /// means a human must act, so one the test did not provoke is a failure.
+    pub fn unexpected_errors(&self, expected: &[&str]) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(" ERROR ") || l.contains("\"level\":\"ERROR\""))
+            .filter(|l| !expected.iter().any(|e| l.contains(e)))
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
     }
