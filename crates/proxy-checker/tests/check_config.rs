@@ -1,34 +1,15 @@
 //! `proxy-checker --check-config`: a valid config passes; an unknown key and a bad value are reported
 //! with key, value and rule, exit code 78.
 
-use outrigger_testkit::cli::check_config;
-
-const BIN: &str = env!("CARGO_BIN_EXE_proxy-checker");
-
-const VALID: &str = r#"
+outrigger_testkit::check_config_tests! {
+    bin: env!("CARGO_BIN_EXE_proxy-checker"),
+    valid: r#"
 name = "n1"
 scope = "batman"
 listen = "127.0.0.1:8009"
 [etcd]
 endpoints = ["http://127.0.0.1:2379"]
-"#;
-
-#[test]
-fn valid_config_exits_zero() {
-    let r = check_config(BIN, Some(VALID)).unwrap();
-    assert_eq!(r.code, 0, "{r:?}");
-}
-
-#[test]
-fn unknown_key_exits_78_naming_the_key() {
-    let r = check_config(BIN, Some(&format!("{VALID}\n[log]\nlevle = \"info\"\n"))).unwrap();
-    assert_eq!(r.code, 78, "{r:?}");
-    assert!(r.stderr.contains("log.levle: unknown key"), "{r:?}");
-}
-
-#[test]
-fn bad_value_names_key_value_and_rule() {
-    let r = check_config(BIN, Some(&VALID.replace("127.0.0.1:8009", "localhost"))).unwrap();
-    assert_eq!(r.code, 78, "{r:?}");
-    assert!(r.stderr.contains("listen (localhost): must be an IP address and port"), "{r:?}");
+"#,
+    bad: ("\"127.0.0.1:8009\"" => "\"localhost\""),
+    expect: "listen (localhost): must be an IP address and port",
 }

@@ -25,3 +25,34 @@ pub fn check_config(bin: &str, config: Option<&str>) -> anyhow::Result<CheckRun>
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
+
+/// The three `--check-config` tests every daemon has: a valid config exits 0; an unknown key
+/// exits 78 naming it; a bad value (`valid` with `from` replaced by `to`) exits 78 with a
+/// message containing `expect` (key, value and rule).
+#[macro_export]
+macro_rules! check_config_tests {
+    (bin: $bin:expr, valid: $valid:expr, bad: ($from:expr => $to:expr), expect: $expect:expr $(,)?) => {
+        #[test]
+        fn valid_config_exits_zero() {
+            let r = $crate::cli::check_config($bin, Some($valid)).unwrap();
+            assert_eq!(r.code, 0, "{r:?}");
+        }
+
+        #[test]
+        fn unknown_key_exits_78_naming_the_key() {
+            let text = format!("{}\n[log]\nlevle = \"info\"\n", $valid);
+            let r = $crate::cli::check_config($bin, Some(&text)).unwrap();
+            assert_eq!(r.code, 78, "{r:?}");
+            assert!(r.stderr.contains("log.levle: unknown key"), "{r:?}");
+        }
+
+        #[test]
+        fn bad_value_names_key_value_and_rule() {
+            let text = $valid.replace($from, $to);
+            assert_ne!(text, $valid, "the replacement must change the config");
+            let r = $crate::cli::check_config($bin, Some(&text)).unwrap();
+            assert_eq!(r.code, 78, "{r:?}");
+            assert!(r.stderr.contains($expect), "{r:?}");
+        }
+    };
+}

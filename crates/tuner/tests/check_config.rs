@@ -1,32 +1,13 @@
 //! `tuner --check-config`: a valid config passes; an unknown key and a bad value are reported
 //! with key, value and rule, exit code 78.
 
-use outrigger_testkit::cli::check_config;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tuner");
-
-const VALID: &str = r#"
+outrigger_testkit::check_config_tests! {
+    bin: env!("CARGO_BIN_EXE_tuner"),
+    valid: r#"
 scope = "batman"
 [etcd]
 endpoints = ["http://127.0.0.1:2379"]
-"#;
-
-#[test]
-fn valid_config_exits_zero() {
-    let r = check_config(BIN, Some(VALID)).unwrap();
-    assert_eq!(r.code, 0, "{r:?}");
-}
-
-#[test]
-fn unknown_key_exits_78_naming_the_key() {
-    let r = check_config(BIN, Some(&format!("{VALID}\n[log]\nlevle = \"info\"\n"))).unwrap();
-    assert_eq!(r.code, 78, "{r:?}");
-    assert!(r.stderr.contains("log.levle: unknown key"), "{r:?}");
-}
-
-#[test]
-fn bad_value_names_key_value_and_rule() {
-    let r = check_config(BIN, Some(&VALID.replace("http://127.0.0.1:2379", "ftp://x:1"))).unwrap();
-    assert_eq!(r.code, 78, "{r:?}");
-    assert!(r.stderr.contains("etcd.endpoints[0] (ftp://x:1): must be http://host:port"), "{r:?}");
+"#,
+    bad: ("\"http://127.0.0.1:2379\"" => "\"ftp://x:1\""),
+    expect: "etcd.endpoints[0] (ftp://x:1): must be http://host:port",
 }
