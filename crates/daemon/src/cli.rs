@@ -66,3 +66,40 @@ impl CommonArgs {
         self.log_json.then_some(LogFormat::Json)
     }
 }
+
+/// What a daemon's `main` does after [`startup`].
+#[derive(Debug)]
+pub enum Startup<T> {
+    /// Run the daemon with this validated config (logging is initialised).
+    Run(T),
+    /// Exit now with this code (`--check-config` done, or the config is unusable).
+    Exit(ExitCode),
+}
+
+/// The start every daemon shares: `--check-config FILE` validates and exits; otherwise
+/// `--config FILE` is loaded and validated, logging is set up from it (`--log-json` wins), and
+/// the config is handed back to run with.
+pub fn startup<Raw: DeserializeOwned + Validate>(
+    bin: &str,
+    args: &CommonArgs,
+    log_options: impl Fn(&Raw::Valid) -> crate::logging::LogOptions,
+) -> Startup<Raw::Valid> {
+    if let Some(path) = &args.check_config {
+        return Startup::Exit(check_config::<Raw>(path));
+    }
+    let Some(path) = &args.config else {
+        eprintln!("{bin}: --config FILE is required (or --check-config FILE)");
+        return Startup::Exit(ExitCode::from(2));
+    };
+    match load_or_report::<Raw>(path) {
+        Ok(cfg) => {
+            let mut log = log_options(&cfg);
+            if let Some(f) = args.log_format_override() {
+                log.format = f;
+            }
+            crate::logging::init(&log);
+            Startup::Run(cfg)
+        }
+        Err(code) => Startup::Exit(code),
+    }
+}

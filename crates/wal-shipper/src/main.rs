@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use outrigger_daemon::cli::{CommonArgs, check_config, load_or_report};
+use outrigger_daemon::cli::{CommonArgs, Startup, startup};
 
 /// WAL archiving and base backups in WAL-G's bucket layout (Outrigger).
 #[derive(Debug, Parser)]
@@ -19,18 +19,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(path) = &args.common.check_config {
-        return check_config::<wal_shipper::config::RawConfig>(path);
-    }
-    let Some(path) = &args.common.config else {
-        eprintln!("wal-shipper: --config FILE is required (or --check-config FILE)");
-        return ExitCode::from(2);
-    };
-    match load_or_report::<wal_shipper::config::RawConfig>(path) {
-        Ok(_cfg) => {
-            eprintln!("wal-shipper: the run mode is not implemented yet; only --check-config works in this build");
+    match startup::<wal_shipper::config::RawConfig>("wal-shipper", &args.common, |c| c.log.clone()) {
+        Startup::Exit(code) => code,
+        Startup::Run(_cfg) => {
+            tracing::error!("the run mode is not implemented yet; only --check-config works in this build");
             ExitCode::from(1)
         }
-        Err(code) => code,
     }
 }
