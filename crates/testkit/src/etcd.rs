@@ -188,6 +188,14 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// SIGTERM member `i` and wait for it to exit (a clean stop).
+    pub fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut p) = self.members[i].proc.take() {
+            p.stop(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
     /// Starts member `i` again on its data (after `kill`), and waits until it is healthy.
     pub fn restart(&mut self, net: &Net, i: usize) -> anyhow::Result<()> {
         self.kill(i)?;
