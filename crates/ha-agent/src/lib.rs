@@ -1,7 +1,8 @@
 //! ha-agent: a Patroni-compatible high-availability agent for PostgreSQL.
 //!
-//! This crate so far holds the config layer; the HA engine, PostgreSQL management and REST
-//! API land with their own issues.
+//! - [`config`]: the config file (raw serde layer, validated [`config::Config`]).
+//! - [`core`]: the pure HA decision core and the types it decides from.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod core;

@@ -8,11 +8,21 @@
 //!
 //! Source of truth for the layout: `../shared/reference/patroni.md` §1.
 
+mod dynamic;
 mod keys;
+mod rest;
 mod values;
 
+pub use dynamic::{ConfigPostgresql, ConfigValue};
 pub use keys::{ClusterKey, KeyKind, KeyLayout, LayoutError};
+pub use rest::{PatroniInfo, StatusJson, XlogStatus};
 pub use values::{
     DecodeError, FailoverValue, HistoryEntry, MemberRole, MemberValue, StatusValue, SyncValue, decode_initialize,
     decode_leader,
 };
+
+/// The Patroni version Outrigger daemons publish in `members/<name>.version` and in
+/// `GET /patroni`: peers parse it as integers and switch to legacy code paths below 4.0.0
+/// (`../shared/reference/patroni.md` §1.2), so it names the Patroni release whose contract
+/// Outrigger implements rather than Outrigger's own version.
+pub const PATRONI_COMPAT_VERSION: &str = "4.1.4";

@@ -1,0 +1,375 @@
+//! The HA rules. Each rule is a few lines in one of the functions below, in the order they are
+//! checked; the tests in `tests.rs` name one case per rule.
+//!
+//! Safety rests on three rules, checked first:
+//! 1. A primary whose lease is not trusted (not renewed in time) is fenced before anything
+//!    else, whatever etcd says: the lease is the only thing that keeps others from promoting.
+//! 2. A primary that sees another member's name in the leader key is demoted.
+//! 3. Nobody promotes or starts a primary without holding the leader key on its own trusted
+//!    lease, and nobody races for the key while a peer answers that it is still primary.
+
+use super::decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
+use super::divergence::{self, Divergence, LocalEnd};
+use super::observed::{ClusterState, Observed, PeerRef, PgView, RunningPg};
+use super::schedule::parse_rfc3339_ms;
+use super::view::{ClusterView, FailoverRequest, Initialize, LeaderKey, Role};
+
+/// Decides what to do next from what was observed.
+pub fn decide(o: &Observed<'_>) -> Decision {
+    let lease_ok = o.lease.trusted(o.now, &o.settings.timings);
+
+    // Rule: fence first. A primary that cannot vouch for its lease stops accepting writes
+    // before the lease can expire at etcd, whatever else is going on.
+    if o.pg.writable() && !lease_ok {
+        let reason = if o.cluster.is_none() { FenceReason::EtcdUnreachable } else { FenceReason::LeaseNotRenewed };
+        return Decision::Fence { reason };
+    }
+
+    let Some(c) = o.cluster else { return without_etcd(o) };
+    let me = o.settings.name.as_str();
+    let i_lead = c.leader.as_ref().is_some_and(|l| l.name == me);
+
+    // Rule: data from another cluster is never touched and never leads.
+    if let (Some(ours), Initialize::Sysid(cluster)) = (o.pg.sysid(), c.initialize)
+        && ours != cluster
+    {
+        if i_lead {
+            return Decision::ReleaseLeader { reason: ReleaseReason::SystemIdMismatch };
+        }
+        return Decision::Wait { reason: WaitReason::SystemIdMismatch { ours, cluster } };
+    }
+
+    match o.pg {
+        PgView::NoData => return without_data(o, c, i_lead),
+        PgView::Unusable { .. } if i_lead => {
+            return Decision::ReleaseLeader { reason: ReleaseReason::DataDirectoryUnusable };
+        }
+        PgView::Unusable { .. } => {
+            return Decision::Wait { reason: WaitReason::NotEligible("the data directory is unusable") };
+        }
+        _ => {}
+    }
+
+    // Rule: a former primary finding no valid `initialize` (missing, or left empty by a
+    // bootstrap that died before publishing) publishes its system identifier.
+    if c.leader.is_none()
+        && !matches!(c.initialize, Initialize::Sysid(_))
+        && o.pg.was_primary()
+        && let Some(sysid) = o.pg.sysid()
+    {
+        return Decision::PublishInitialize { sysid };
+    }
+    if c.leader.is_none() && c.initialize == Initialize::Absent {
+        return Decision::Wait { reason: WaitReason::NotInitialized };
+    }
+
+    match &c.leader {
+        Some(l) if l.name == me => as_leader(o, c, l, lease_ok),
+        Some(l) => as_follower(o, c, &l.name),
+        None => unlocked(o, c),
+    }
+}
+
+/// etcd cannot be read. The lease keeper fences a primary when its lease runs out (rule 1
+/// above, and independently in the shell); replicas keep replicating; a stopped member starts
+/// read-only so that it still serves reads.
+fn without_etcd(o: &Observed<'_>) -> Decision {
+    match o.pg {
+        PgView::Stopped(_) if !o.recent.start_failed && !o.recent.diverged => Decision::Follow { leader: None },
+        _ => Decision::Wait { reason: WaitReason::EtcdUnreachable },
+    }
+}
+
+/// No data directory: clone from the leader, bootstrap a new cluster, or wait.
+fn without_data(o: &Observed<'_>, c: &ClusterView, i_lead: bool) -> Decision {
+    if i_lead {
+        return Decision::ReleaseLeader { reason: ReleaseReason::NoDataDirectory };
+    }
+    if let Some(leader) = &c.leader {
+        // Rule: clone from a running member tagged `clonefrom`, else from the leader.
+        let me = o.settings.name.as_str();
+        let source = c
+            .members
+            .iter()
+            .find(|m| m.tags.clonefrom && m.running && m.name != me && !m.conn_url.is_empty())
+            .or_else(|| c.member(&leader.name));
+        return match source {
+            Some(m) => Decision::Clone { from: m.name.clone() },
+            None => Decision::Wait { reason: WaitReason::LeaderMemberUnknown(leader.name.clone()) },
+        };
+    }
+    match c.initialize {
+        // Rule: bootstrap through the `initialize` race; nofailover members never bootstrap.
+        Initialize::Absent if o.settings.tags.can_failover() => Decision::RaceInitialize,
+        Initialize::Absent => Decision::Wait { reason: WaitReason::NotEligible("nofailover members do not bootstrap") },
+        Initialize::Racing => Decision::Wait { reason: WaitReason::AnotherMemberBootstrapping },
+        Initialize::Sysid(_) => Decision::Wait { reason: WaitReason::NoLeaderToCloneFrom },
+    }
+}
+
+/// Why a member with this timeline and WAL position may not lead, if it may not.
+fn unfit(o: &Observed<'_>, c: &ClusterView, timeline: u32, position: u64) -> Option<WaitReason> {
+    // Rule: never lead from a timeline behind the cluster's. Promoting there would create a
+    // timeline id that already exists elsewhere with different contents.
+    if let Some(cluster) = c.cluster_timeline()
+        && timeline < cluster
+    {
+        return Some(WaitReason::StaleTimeline { ours: timeline, cluster });
+    }
+    // Rule: never lead while further behind the last known primary position than allowed.
+    let limit = o.config.maximum_lag_on_failover;
+    if let Some(optime) = c.status_optime {
+        let lag = optime.saturating_sub(position);
+        if lag > limit {
+            return Some(WaitReason::TooFarBehind { lag, limit });
+        }
+    }
+    None
+}
+
+/// We hold the leader key.
+fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool) -> Decision {
+    if Some(key.lease) != o.lease.id {
+        // Our name on a lease we do not renew (the agent restarted, or its lease was
+        // re-granted): move it onto our lease while the key still holds our name, or it
+        // expires with the old lease.
+        return if lease_ok { Decision::RetakeLeader } else { Decision::Wait { reason: WaitReason::LeaseNotTrusted } };
+    }
+    if !lease_ok {
+        return Decision::Wait { reason: WaitReason::LeaseNotTrusted };
+    }
+    match o.pg {
+        PgView::Running(r) if r.primary => {
+            if let Some(f) = &c.failover
+                && let Some(d) = switchover(o, c, f, r)
+            {
+                return d;
+            }
+            Decision::Lead
+        }
+        // Rule: the key is ours and PostgreSQL is a replica (a takeover the agent did not
+        // finish): promote if still fit, else let someone else lead.
+        PgView::Running(r) => match unfit(o, c, r.timeline, r.wal_position) {
+            None => Decision::Promote,
+            Some(_) => Decision::ReleaseLeader { reason: ReleaseReason::NotFitToPromote },
+        },
+        PgView::Starting { .. } => {
+            if start_timed_out(o) {
+                Decision::ReleaseLeader { reason: ReleaseReason::StartTimedOut }
+            } else {
+                Decision::Wait { reason: WaitReason::PgStarting }
+            }
+        }
+        PgView::Stopped(ctl) => {
+            // Rule: a crashed primary is restarted in place; if it cannot start, the key is
+            // released at once so that a replica takes over without waiting for the TTL.
+            if o.recent.start_failed {
+                Decision::ReleaseLeader { reason: ReleaseReason::StartFailed }
+            } else if start_timed_out(o) {
+                Decision::ReleaseLeader { reason: ReleaseReason::StartTimedOut }
+            } else if ctl.state.was_primary() {
+                Decision::StartPrimary
+            } else {
+                // A stopped replica holding the key: start it, promote on the next cycle.
+                Decision::Follow { leader: None }
+            }
+        }
+        PgView::NoData | PgView::Unusable { .. } => Decision::ReleaseLeader { reason: ReleaseReason::NoDataDirectory },
+    }
+}
+
+fn start_timed_out(o: &Observed<'_>) -> bool {
+    o.recent.primary_down_since.is_some_and(|since| o.now.since(since) >= o.config.primary_start_timeout)
+}
+
+/// The leader handles the `failover` key. `None`: nothing to do now (keep leading).
+fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &RunningPg) -> Option<Decision> {
+    let me = o.settings.name.as_str();
+    if let Some(l) = &f.leader
+        && l != me
+    {
+        return Some(Decision::ClearFailover { reason: ClearReason::NamesAnotherLeader(l.clone()) });
+    }
+    if let Some(at) = &f.scheduled_at {
+        match parse_rfc3339_ms(at) {
+            None => return Some(Decision::ClearFailover { reason: ClearReason::BadSchedule(at.clone()) }),
+            Some(ms) if ms > o.wall_ms => return None,
+            Some(_) => {}
+        }
+    }
+    let limit = o.config.maximum_lag_on_failover;
+    let fit = |name: &str| {
+        c.member(name).is_some_and(|m| {
+            m.name != me
+                && m.running
+                && m.role == Role::Replica
+                && m.tags.can_failover()
+                && r.wal_position.saturating_sub(m.lsn.unwrap_or(0)) <= limit
+        })
+    };
+    Some(match &f.candidate {
+        Some(cand) if cand == me => Decision::ClearFailover { reason: ClearReason::CandidateIsLeader },
+        Some(cand) if fit(cand) => Decision::StepDown { candidate: Some(cand.clone()) },
+        Some(cand) => Decision::ClearFailover { reason: ClearReason::CandidateNotEligible(cand.clone()) },
+        None if c.members.iter().any(|m| fit(&m.name)) => Decision::StepDown { candidate: None },
+        None => Decision::ClearFailover { reason: ClearReason::NoEligibleCandidate },
+    })
+}
+
+/// Someone else holds the leader key.
+fn as_follower(o: &Observed<'_>, c: &ClusterView, leader: &str) -> Decision {
+    // Rule: a primary that is not the leader is demoted at once.
+    if o.pg.writable() {
+        return Decision::Demote { reason: DemoteReason::OtherLeader(leader.to_owned()) };
+    }
+    let Some(lm) = c.member(leader) else {
+        return match o.pg {
+            PgView::Stopped(_) if !o.recent.start_failed && !o.recent.diverged => Decision::Follow { leader: None },
+            _ => Decision::Wait { reason: WaitReason::LeaderMemberUnknown(leader.to_owned()) },
+        };
+    };
+    match o.pg {
+        PgView::Starting { .. } => Decision::Wait { reason: WaitReason::PgStarting },
+        PgView::Running(r) => {
+            // Rule: a running replica with WAL past the leader's switch point must be rewound
+            // (PostgreSQL itself refuses to stream across that fork, so nothing is corrupted
+            // meanwhile).
+            let div = divergence::check(r.timeline, LocalEnd::Before(r.wal_position), lm.timeline, &c.history);
+            if matches!(div, Divergence::Diverged { .. }) {
+                rejoin(o, leader)
+            } else if r.upstream.as_deref() == Some(leader) {
+                Decision::Replicate { leader: leader.to_owned() }
+            } else {
+                Decision::Follow { leader: Some(leader.to_owned()) }
+            }
+        }
+        PgView::Stopped(ctl) => {
+            if o.recent.diverged {
+                return rejoin(o, leader);
+            }
+            // Only a clean primary shutdown tells where the WAL ends without reading it. A
+            // crashed server is started as a replica first: crash recovery replays its WAL
+            // and the check above then sees how far it reaches.
+            let end = match ctl.state {
+                ClusterState::ShutDown => LocalEnd::LastRecordAt(ctl.checkpoint_lsn),
+                _ => LocalEnd::Unknown,
+            };
+            match divergence::check(ctl.timeline, end, lm.timeline, &c.history) {
+                Divergence::Diverged { .. } => rejoin(o, leader),
+                _ => Decision::Follow { leader: Some(leader.to_owned()) },
+            }
+        }
+        PgView::NoData | PgView::Unusable { .. } => Decision::Wait { reason: WaitReason::PgStarting },
+    }
+}
+
+/// Rule: a diverged member is rewound if allowed and possible, else reinitialised if allowed,
+/// else kept stopped with the reason.
+fn rejoin(o: &Observed<'_>, leader: &str) -> Decision {
+    let s = o.settings;
+    let rewindable = match o.pg {
+        PgView::Running(r) => r.rewindable,
+        PgView::Stopped(c) => c.rewindable,
+        _ => false,
+    };
+    let use_rewind = s.use_pg_rewind.or(o.config.use_pg_rewind).unwrap_or(false);
+    if o.recent.rewind_failed {
+        return if s.remove_data_directory_on_rewind_failure {
+            Decision::Reinit { leader: leader.to_owned() }
+        } else {
+            Decision::StayStopped { reason: StopReason::RewindFailed }
+        };
+    }
+    if use_rewind && rewindable {
+        Decision::Rewind { leader: leader.to_owned() }
+    } else if s.remove_data_directory_on_diverged_timelines {
+        Decision::Reinit { leader: leader.to_owned() }
+    } else {
+        Decision::StayStopped { reason: StopReason::DivergedCannotRewind }
+    }
+}
+
+/// Nobody holds the leader key.
+fn unlocked(o: &Observed<'_>, c: &ClusterView) -> Decision {
+    match o.pg {
+        PgView::Running(r) if r.primary => {
+            // Rule: a primary whose key vanished takes it back at once (no peers to ask: it
+            // is the primary), unless the cluster has moved past its timeline meanwhile.
+            match c.cluster_timeline() {
+                Some(cluster) if r.timeline < cluster => {
+                    Decision::Demote { reason: DemoteReason::StaleTimeline { ours: r.timeline, cluster } }
+                }
+                _ => Decision::AcquireLeader,
+            }
+        }
+        PgView::Running(r) => race(o, c, r),
+        PgView::Starting { .. } => Decision::Wait { reason: WaitReason::PgStarting },
+        PgView::Stopped(_) if o.recent.diverged => {
+            Decision::Wait { reason: WaitReason::NotEligible("diverged; waiting for a leader to rewind from") }
+        }
+        PgView::Stopped(_) if o.recent.start_failed => {
+            Decision::Wait { reason: WaitReason::NotEligible("PostgreSQL does not start") }
+        }
+        // Only a running replica can be compared with its peers: start it first.
+        PgView::Stopped(_) => Decision::Follow { leader: None },
+        PgView::NoData | PgView::Unusable { .. } => Decision::Wait { reason: WaitReason::PgStarting },
+    }
+}
+
+/// The leader race (Patroni's `is_healthiest_node`), for a running replica.
+fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
+    let s = o.settings;
+    let me = s.name.as_str();
+    let failover = c.failover.as_ref();
+    let named = failover.and_then(|f| f.candidate.as_deref());
+    if !s.tags.can_failover() {
+        return Decision::Wait { reason: WaitReason::NotEligible("tagged nofailover or failover_priority <= 0") };
+    }
+    if let Some(why) = unfit(o, c, r.timeline, r.wal_position) {
+        return Decision::Wait { reason: why };
+    }
+    let others: Vec<PeerRef> = c
+        .members
+        .iter()
+        .filter(|m| m.name != me && !m.api_url.is_empty())
+        .map(|m| PeerRef { name: m.name.clone(), api_url: m.api_url.clone() })
+        .collect();
+    if others.is_empty() {
+        return Decision::AcquireLeader;
+    }
+    let Some(probes) = o.peers else { return Decision::ProbePeers { peers: others } };
+    let answered = || probes.iter().filter_map(|p| p.status.as_ref().map(|s| (p.name.as_str(), s)));
+
+    // Rule: never race while a peer answers that it is still a primary.
+    if let Some((name, _)) = answered().find(|(_, st)| st.primary) {
+        return Decision::Wait { reason: WaitReason::PrimaryStillAlive(name.to_owned()) };
+    }
+    // Rule: a switchover names its candidate; others stand back while it is healthy. The
+    // former leader of a switchover stands back for any healthy member.
+    if named == Some(me) {
+        return Decision::AcquireLeader;
+    }
+    let healthy = |st: &super::observed::PeerStatus| st.tags.can_failover() && !st.watchdog_failed;
+    if let Some(cand) = named
+        && answered().any(|(n, st)| n == cand && healthy(st))
+    {
+        return Decision::Wait { reason: WaitReason::CandidateWillTakeOver(cand.to_owned()) };
+    }
+    if failover.and_then(|f| f.leader.as_deref()) == Some(me)
+        && let Some((n, _)) = answered().find(|(_, st)| healthy(st))
+    {
+        return Decision::Wait { reason: WaitReason::CandidateWillTakeOver(n.to_owned()) };
+    }
+    // Rule: the member furthest ahead wins; at equal positions, the higher failover_priority.
+    for (name, st) in answered().filter(|(_, st)| healthy(st)) {
+        if st.wal_position > r.wal_position {
+            return Decision::Wait {
+                reason: WaitReason::PeerAhead { name: name.to_owned(), lsn: st.wal_position, ours: r.wal_position },
+            };
+        }
+        if st.wal_position == r.wal_position && st.tags.failover_priority > s.tags.failover_priority {
+            return Decision::Wait { reason: WaitReason::PeerPreferred(name.to_owned()) };
+        }
+    }
+    Decision::AcquireLeader
+}

@@ -1,0 +1,26 @@
+//! The HA decision core: a pure function from what the agent observed to what it does next.
+//!
+//! No I/O and no clock: the shell (`crate::run`) reads etcd and PostgreSQL, passes the time in,
+//! calls [`decide`], carries out the [`Decision`] and loops. The same function drives the
+//! deterministic simulation in `tests/simulation.rs`.
+
+mod decide;
+mod decision;
+pub mod divergence;
+mod observed;
+pub mod schedule;
+mod view;
+
+#[cfg(test)]
+mod tests;
+
+pub use decide::decide;
+pub use decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
+pub use observed::{
+    ClusterState, Control, LeaseView, Moment, Observed, PeerProbe, PeerRef, PeerStatus, PgView, Recent, RunningPg,
+    Settings,
+};
+pub use view::{
+    ClusterView, ConfigState, DynConfig, FailoverRequest, Initialize, KeyProblem, LeaderKey, Member, Role, Tags,
+    TimelineSwitch,
+};

@@ -1,0 +1,227 @@
+//! What one HA cycle observed: the cluster (from etcd), local PostgreSQL, our lease, answers
+//! from peers, a few facts about our own recent actions, the settings and the time.
+
+use std::time::Duration;
+
+use super::view::{ClusterView, DynConfig, Tags};
+use crate::config::Timings;
+
+/// A point on the agent's monotonic clock, in milliseconds from an arbitrary origin.
+///
+/// The core never reads a clock; the shell passes `now` in. Monotonic time is what lease
+/// arithmetic needs: a wall-clock jump must not make a lease look younger than it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Moment(u64);
+
+impl Moment {
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Moment) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    pub fn plus(self, d: Duration) -> Moment {
+        Moment(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
+
+    pub fn minus(self, d: Duration) -> Moment {
+        Moment(self.0.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
+}
+
+/// Our etcd lease as the lease keeper last confirmed it.
+///
+/// `expires_at` is the *send* time of the last keep-alive (or grant) that etcd answered, plus
+/// the TTL it answered with. etcd received that request after we sent it, so its own expiry is
+/// no earlier than this: the estimate errs on the safe side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaseView {
+    pub id: Option<i64>,
+    pub expires_at: Moment,
+}
+
+impl LeaseView {
+    pub const NONE: LeaseView = LeaseView { id: None, expires_at: Moment(0) };
+
+    /// When a primary holding this lease must have stopped accepting writes: `retry_timeout`
+    /// before the earliest possible expiry, leaving that long for the fence itself (an
+    /// immediate stop takes well under a second) and for clock-rate differences.
+    pub fn fence_at(&self, t: &Timings) -> Moment {
+        self.expires_at.minus(t.retry_timeout)
+    }
+
+    /// Whether a primary may keep (or start) accepting writes under this lease at `now`.
+    pub fn trusted(&self, now: Moment, t: &Timings) -> bool {
+        self.id.is_some() && now < self.fence_at(t)
+    }
+}
+
+/// `Database cluster state` from pg_control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// A primary shut down cleanly (its last record is the shutdown checkpoint).
+    ShutDown,
+    /// A standby shut down cleanly.
+    ShutDownInRecovery,
+    /// A primary that did not shut down (crash, kill -9, immediate stop).
+    InProduction,
+    /// A standby that did not shut down.
+    InArchiveRecovery,
+    /// Crashed during crash recovery or during shutdown.
+    InCrashRecovery,
+    ShuttingDown,
+    Starting,
+}
+
+impl ClusterState {
+    /// Whether the data directory was last used by a primary.
+    pub fn was_primary(self) -> bool {
+        matches!(self, ClusterState::ShutDown | ClusterState::InProduction | ClusterState::ShuttingDown)
+    }
+}
+
+/// pg_control of a stopped cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Control {
+    pub sysid: u64,
+    pub state: ClusterState,
+    /// `Latest checkpoint's TimeLineID` (or the minimum recovery point's, if later).
+    pub timeline: u32,
+    /// `Latest checkpoint location`: the start of the last record after a clean shutdown of
+    /// a primary.
+    pub checkpoint_lsn: u64,
+    /// `wal_log_hints` is on or data checksums are enabled: pg_rewind can work.
+    pub rewindable: bool,
+}
+
+/// A running PostgreSQL, from SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningPg {
+    pub sysid: u64,
+    /// `pg_is_in_recovery()` is false.
+    pub primary: bool,
+    pub timeline: u32,
+    /// Flush LSN on a primary; max(receive, replay) on a replica.
+    pub wal_position: u64,
+    /// The member this replica is configured to stream from, as the shell last wrote it
+    /// (`None`: no upstream, or not known after a restart of the agent).
+    pub upstream: Option<String>,
+    pub rewindable: bool,
+}
+
+/// Local PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgView {
+    /// No data directory, or an empty one.
+    NoData,
+    Stopped(Control),
+    /// The postmaster runs but does not accept connections yet (startup, crash recovery).
+    Starting {
+        sysid: Option<u64>,
+    },
+    Running(RunningPg),
+    /// A data directory we cannot use (pg_control unreadable, wrong version, ...).
+    Unusable {
+        why: String,
+    },
+}
+
+impl PgView {
+    /// Whether this PostgreSQL could acknowledge a write right now.
+    pub fn writable(&self) -> bool {
+        matches!(self, PgView::Running(r) if r.primary)
+    }
+
+    pub fn sysid(&self) -> Option<u64> {
+        match self {
+            PgView::Stopped(c) => Some(c.sysid),
+            PgView::Running(r) => Some(r.sysid),
+            PgView::Starting { sysid } => *sysid,
+            PgView::NoData | PgView::Unusable { .. } => None,
+        }
+    }
+
+    /// Whether the data directory was (or is) a primary's.
+    pub fn was_primary(&self) -> bool {
+        match self {
+            PgView::Running(r) => r.primary,
+            PgView::Stopped(c) => c.state.was_primary(),
+            _ => false,
+        }
+    }
+}
+
+/// A peer's answer to `GET /patroni`, in core terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Not in recovery: it says it is a primary.
+    pub primary: bool,
+    pub wal_position: u64,
+    pub timeline: Option<u32>,
+    pub tags: Tags,
+    pub watchdog_failed: bool,
+}
+
+/// The outcome of asking one peer; `status: None` means no usable answer in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProbe {
+    pub name: String,
+    pub status: Option<PeerStatus>,
+}
+
+/// A member to ask, with where to ask it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRef {
+    pub name: String,
+    pub api_url: String,
+}
+
+/// Facts about our own recent actions that the core cannot see in PostgreSQL or etcd.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recent {
+    /// The last attempt to start PostgreSQL failed (it exited or never accepted connections).
+    pub start_failed: bool,
+    /// pg_rewind failed since the data directory was last made usable.
+    pub rewind_failed: bool,
+    /// We found the data directory diverged from the leader's timeline and have not repaired it.
+    pub diverged: bool,
+    /// Since when PostgreSQL has been down while we held the leader key.
+    pub primary_down_since: Option<Moment>,
+}
+
+/// Local settings the core decides with (from the agent's config file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub name: String,
+    pub timings: Timings,
+    pub tags: Tags,
+    /// `postgresql.use_pg_rewind`; `None` defers to the dynamic config.
+    pub use_pg_rewind: Option<bool>,
+    pub remove_data_directory_on_rewind_failure: bool,
+    pub remove_data_directory_on_diverged_timelines: bool,
+}
+
+/// Everything one decision is made from.
+#[derive(Debug, Clone)]
+pub struct Observed<'a> {
+    pub now: Moment,
+    /// Wall clock (Unix milliseconds), only for scheduled switchovers.
+    pub wall_ms: u64,
+    pub settings: &'a Settings,
+    /// `None`: etcd could not be read this cycle.
+    pub cluster: Option<&'a ClusterView>,
+    /// The dynamic config in force (last good `config`, or defaults).
+    pub config: &'a DynConfig,
+    pub lease: LeaseView,
+    pub pg: &'a PgView,
+    /// `None` until the shell has asked the peers for this decision.
+    pub peers: Option<&'a [PeerProbe]>,
+    pub recent: &'a Recent,
+}

@@ -1,0 +1,637 @@
+//! One named case per HA rule. Each builds an observation from a small fixture (member `n1`
+//! in a 3-member cluster, ttl 3 s, loop_wait 1 s, retry_timeout 1 s) and checks the decision.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::Timings;
+
+const ME: &str = "n1";
+const MY_LEASE: i64 = 7;
+const SYSID: u64 = 42;
+
+struct Fx {
+    settings: Settings,
+    cluster: Option<ClusterView>,
+    config: DynConfig,
+    lease: LeaseView,
+    pg: PgView,
+    peers: Option<Vec<PeerProbe>>,
+    recent: Recent,
+    now: Moment,
+    wall_ms: u64,
+}
+
+fn member(name: &str, role: Role, lsn: u64, timeline: u32) -> Member {
+    Member {
+        name: name.into(),
+        conn_url: format!("postgres://{name}:5432/postgres"),
+        api_url: format!("http://{name}:8008/patroni"),
+        role,
+        running: true,
+        lsn: Some(lsn),
+        timeline: Some(timeline),
+        tags: Tags::default(),
+        lease: if name == ME { MY_LEASE } else { 100 },
+    }
+}
+
+fn replica(lsn: u64, timeline: u32, upstream: Option<&str>) -> PgView {
+    PgView::Running(RunningPg {
+        sysid: SYSID,
+        primary: false,
+        timeline,
+        wal_position: lsn,
+        upstream: upstream.map(str::to_owned),
+        rewindable: true,
+    })
+}
+
+fn primary(lsn: u64, timeline: u32) -> PgView {
+    PgView::Running(RunningPg {
+        sysid: SYSID,
+        primary: true,
+        timeline,
+        wal_position: lsn,
+        upstream: None,
+        rewindable: true,
+    })
+}
+
+fn stopped(state: ClusterState, timeline: u32, checkpoint_lsn: u64) -> PgView {
+    PgView::Stopped(Control { sysid: SYSID, state, timeline, checkpoint_lsn, rewindable: true })
+}
+
+fn answer(name: &str, primary: bool, lsn: u64) -> PeerProbe {
+    PeerProbe {
+        name: name.into(),
+        status: Some(PeerStatus {
+            primary,
+            wal_position: lsn,
+            timeline: Some(1),
+            tags: Tags::default(),
+            watchdog_failed: false,
+        }),
+    }
+}
+
+fn silent(name: &str) -> PeerProbe {
+    PeerProbe { name: name.into(), status: None }
+}
+
+impl Fx {
+    /// n1 is a streaming replica at LSN 1000 on timeline 1; n2 and n3 are replicas; nobody
+    /// holds the leader key; our lease is fresh.
+    fn new() -> Self {
+        let mut c = ClusterView::empty();
+        c.initialize = Initialize::Sysid(SYSID);
+        c.members = vec![
+            member("n1", Role::Replica, 1000, 1),
+            member("n2", Role::Replica, 900, 1),
+            member("n3", Role::Replica, 900, 1),
+        ];
+        c.status_optime = Some(1000);
+        Self {
+            settings: Settings {
+                name: ME.into(),
+                timings: Timings {
+                    ttl: Duration::from_secs(3),
+                    loop_wait: Duration::from_secs(1),
+                    retry_timeout: Duration::from_secs(1),
+                },
+                tags: Tags::default(),
+                use_pg_rewind: Some(true),
+                remove_data_directory_on_rewind_failure: false,
+                remove_data_directory_on_diverged_timelines: false,
+            },
+            cluster: Some(c),
+            config: DynConfig::default(),
+            lease: LeaseView { id: Some(MY_LEASE), expires_at: Moment::from_millis(12_900) },
+            pg: replica(1000, 1, None),
+            peers: None,
+            recent: Recent::default(),
+            now: Moment::from_millis(10_000),
+            wall_ms: 1_795_514_400_000,
+        }
+    }
+
+    fn decide(&self) -> Decision {
+        decide(&Observed {
+            now: self.now,
+            wall_ms: self.wall_ms,
+            settings: &self.settings,
+            cluster: self.cluster.as_ref(),
+            config: &self.config,
+            lease: self.lease,
+            pg: &self.pg,
+            peers: self.peers.as_deref(),
+            recent: &self.recent,
+        })
+    }
+
+    fn c(&mut self) -> &mut ClusterView {
+        self.cluster.as_mut().expect("fixture has a cluster")
+    }
+
+    fn leader(mut self, name: &str) -> Self {
+        let lease = if name == ME { MY_LEASE } else { 100 };
+        self.c().leader = Some(LeaderKey { name: name.into(), lease, mod_revision: 5 });
+        if let Some(m) = self.c().members.iter_mut().find(|m| m.name == name) {
+            m.role = Role::Primary;
+        }
+        self
+    }
+
+    fn pg(mut self, pg: PgView) -> Self {
+        self.pg = pg;
+        self
+    }
+
+    fn peers(mut self, p: Vec<PeerProbe>) -> Self {
+        self.peers = Some(p);
+        self
+    }
+
+    fn history(mut self, h: &[(u32, u64)]) -> Self {
+        self.c().history = h.iter().map(|&(timeline, lsn)| TimelineSwitch { timeline, lsn }).collect();
+        self
+    }
+
+    fn member_timeline(mut self, name: &str, tl: u32) -> Self {
+        if let Some(m) = self.c().members.iter_mut().find(|m| m.name == name) {
+            m.timeline = Some(tl);
+        }
+        self
+    }
+
+    fn failover(mut self, leader: Option<&str>, candidate: Option<&str>) -> Self {
+        self.c().failover = Some(FailoverRequest {
+            leader: leader.map(str::to_owned),
+            candidate: candidate.map(str::to_owned),
+            scheduled_at: None,
+            mod_revision: 9,
+        });
+        self
+    }
+}
+
+fn wait(d: &Decision) -> &WaitReason {
+    match d {
+        Decision::Wait { reason } => reason,
+        other => panic!("expected a wait, got {other:?} ({other})"),
+    }
+}
+
+// ---- fencing and etcd outages ----
+
+#[test]
+fn primary_fences_when_its_lease_was_not_renewed_in_time() {
+    let mut fx = Fx::new().leader(ME).pg(primary(1000, 1));
+    // Lease confirmed until 11_000: fence point (expiry - retry_timeout) is 10_000 = now.
+    fx.lease.expires_at = Moment::from_millis(11_000);
+    assert_eq!(fx.decide(), Decision::Fence { reason: FenceReason::LeaseNotRenewed });
+}
+
+#[test]
+fn primary_fences_when_etcd_is_unreachable_and_its_lease_runs_out() {
+    let mut fx = Fx::new().pg(primary(1000, 1));
+    fx.cluster = None;
+    fx.lease.expires_at = Moment::from_millis(10_500);
+    assert_eq!(fx.decide(), Decision::Fence { reason: FenceReason::EtcdUnreachable });
+}
+
+#[test]
+fn primary_keeps_running_through_an_etcd_blip_while_its_lease_is_trusted() {
+    let mut fx = Fx::new().pg(primary(1000, 1));
+    fx.cluster = None;
+    assert_eq!(wait(&fx.decide()), &WaitReason::EtcdUnreachable);
+}
+
+#[test]
+fn primary_without_any_lease_is_fenced() {
+    let mut fx = Fx::new().leader(ME).pg(primary(1000, 1));
+    fx.lease = LeaseView::NONE;
+    assert!(matches!(fx.decide(), Decision::Fence { .. }));
+}
+
+#[test]
+fn replica_keeps_replicating_while_etcd_is_unreachable() {
+    let mut fx = Fx::new().pg(replica(1000, 1, Some("n2")));
+    fx.cluster = None;
+    fx.lease = LeaseView::NONE;
+    assert_eq!(wait(&fx.decide()), &WaitReason::EtcdUnreachable);
+}
+
+#[test]
+fn fenced_primary_restarts_read_only_while_etcd_is_unreachable() {
+    let mut fx = Fx::new().pg(stopped(ClusterState::InProduction, 1, 500));
+    fx.cluster = None;
+    assert_eq!(fx.decide(), Decision::Follow { leader: None });
+}
+
+// ---- leading ----
+
+#[test]
+fn leader_with_a_running_primary_leads() {
+    assert_eq!(Fx::new().leader(ME).pg(primary(1000, 1)).decide(), Decision::Lead);
+}
+
+#[test]
+fn leader_key_on_an_old_lease_of_ours_is_retaken() {
+    let mut fx = Fx::new().leader(ME).pg(primary(1000, 1));
+    fx.c().leader.as_mut().unwrap().lease = 3;
+    assert_eq!(fx.decide(), Decision::RetakeLeader);
+}
+
+#[test]
+fn leader_without_a_trusted_lease_does_not_promote() {
+    let mut fx = Fx::new().leader(ME).pg(replica(1000, 1, None));
+    fx.lease.expires_at = Moment::from_millis(10_200);
+    assert_eq!(wait(&fx.decide()), &WaitReason::LeaseNotTrusted);
+}
+
+#[test]
+fn leader_holding_the_key_with_a_replica_promotes_it() {
+    assert_eq!(Fx::new().leader(ME).pg(replica(1000, 1, None)).decide(), Decision::Promote);
+}
+
+#[test]
+fn leader_holding_the_key_with_a_lagging_replica_releases_it() {
+    let fx = Fx::new().leader(ME).pg(replica(1, 1, None));
+    assert_eq!(
+        Fx { config: DynConfig { maximum_lag_on_failover: 10, ..DynConfig::default() }, ..fx }.decide(),
+        Decision::ReleaseLeader { reason: ReleaseReason::NotFitToPromote }
+    );
+}
+
+#[test]
+fn leader_restarts_its_crashed_primary_in_place() {
+    let fx = Fx::new().leader(ME).pg(stopped(ClusterState::InProduction, 1, 900));
+    assert_eq!(fx.decide(), Decision::StartPrimary);
+}
+
+#[test]
+fn leader_releases_the_key_when_postgres_fails_to_start() {
+    let mut fx = Fx::new().leader(ME).pg(stopped(ClusterState::InProduction, 1, 900));
+    fx.recent.start_failed = true;
+    assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::StartFailed });
+}
+
+#[test]
+fn leader_releases_the_key_when_postgres_is_down_past_primary_start_timeout() {
+    let mut fx = Fx::new().leader(ME).pg(stopped(ClusterState::InProduction, 1, 900));
+    fx.config.primary_start_timeout = Duration::from_secs(5);
+    fx.recent.primary_down_since = Some(Moment::from_millis(4_000));
+    assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::StartTimedOut });
+}
+
+#[test]
+fn leader_without_a_data_directory_releases_the_key() {
+    let fx = Fx::new().leader(ME).pg(PgView::NoData);
+    assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::NoDataDirectory });
+}
+
+// ---- demoting and following ----
+
+#[test]
+fn primary_demotes_at_once_when_another_member_holds_the_key() {
+    let fx = Fx::new().leader("n2").pg(primary(1200, 1));
+    assert_eq!(fx.decide(), Decision::Demote { reason: DemoteReason::OtherLeader("n2".into()) });
+}
+
+#[test]
+fn replica_points_itself_at_a_new_leader() {
+    let fx = Fx::new().leader("n2").pg(replica(900, 1, Some("n3")));
+    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+}
+
+#[test]
+fn replica_streaming_from_the_leader_just_replicates() {
+    let fx = Fx::new().leader("n2").pg(replica(900, 1, Some("n2")));
+    assert_eq!(fx.decide(), Decision::Replicate { leader: "n2".into() });
+}
+
+#[test]
+fn stopped_replica_is_started_following_the_leader() {
+    let fx = Fx::new().leader("n2").pg(stopped(ClusterState::ShutDownInRecovery, 1, 800));
+    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+}
+
+#[test]
+fn follower_waits_for_a_leader_that_has_not_published_its_member_key() {
+    let mut fx = Fx::new().leader("n4").pg(replica(900, 1, None));
+    fx.c().leader.as_mut().unwrap().name = "n4".into();
+    assert_eq!(wait(&fx.decide()), &WaitReason::LeaderMemberUnknown("n4".into()));
+}
+
+// ---- rejoin of a former primary ----
+
+#[test]
+fn clean_former_primary_behind_the_switch_point_follows_without_rewind() {
+    // Switchover: our shutdown checkpoint at 990 was replayed by n2, which forked at 1000.
+    let fx = Fx::new().leader("n2").member_timeline("n2", 2).history(&[(1, 1000)]).pg(stopped(
+        ClusterState::ShutDown,
+        1,
+        990,
+    ));
+    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+}
+
+#[test]
+fn former_primary_with_wal_past_the_switch_point_is_rewound() {
+    let fx = Fx::new().leader("n2").member_timeline("n2", 2).history(&[(1, 1000)]).pg(stopped(
+        ClusterState::ShutDown,
+        1,
+        1500,
+    ));
+    assert_eq!(fx.decide(), Decision::Rewind { leader: "n2".into() });
+}
+
+#[test]
+fn crashed_former_primary_starts_as_a_replica_to_find_where_its_wal_ends() {
+    let fx = Fx::new().leader("n2").member_timeline("n2", 2).history(&[(1, 1000)]).pg(stopped(
+        ClusterState::InProduction,
+        1,
+        500,
+    ));
+    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+}
+
+#[test]
+fn running_replica_with_wal_past_the_switch_point_is_rewound() {
+    let fx = Fx::new().leader("n2").member_timeline("n2", 2).history(&[(1, 1000)]).pg(replica(1300, 1, Some("n2")));
+    assert_eq!(fx.decide(), Decision::Rewind { leader: "n2".into() });
+}
+
+#[test]
+fn diverged_member_without_rewind_is_reinitialised_when_allowed() {
+    let mut fx = Fx::new().leader("n2").member_timeline("n2", 2).history(&[(1, 1000)]).pg(stopped(
+        ClusterState::ShutDown,
+        1,
+        1500,
+    ));
+    fx.settings.use_pg_rewind = Some(false);
+    fx.settings.remove_data_directory_on_diverged_timelines = true;
+    assert_eq!(fx.decide(), Decision::Reinit { leader: "n2".into() });
+}
+
+#[test]
+fn diverged_member_that_cannot_rewind_or_reinit_stays_stopped() {
+    let mut fx = Fx::new().leader("n2").member_timeline("n2", 2).history(&[(1, 1000)]).pg(PgView::Stopped(Control {
+        sysid: SYSID,
+        state: ClusterState::ShutDown,
+        timeline: 1,
+        checkpoint_lsn: 1500,
+        rewindable: false,
+    }));
+    fx.settings.use_pg_rewind = Some(true);
+    assert_eq!(fx.decide(), Decision::StayStopped { reason: StopReason::DivergedCannotRewind });
+}
+
+#[test]
+fn failed_rewind_stays_stopped_unless_reinit_after_rewind_failure_is_allowed() {
+    let mut fx = Fx::new().leader("n2").member_timeline("n2", 2).pg(stopped(ClusterState::ShutDownInRecovery, 1, 1));
+    fx.recent.diverged = true;
+    fx.recent.rewind_failed = true;
+    assert_eq!(fx.decide(), Decision::StayStopped { reason: StopReason::RewindFailed });
+    fx.settings.remove_data_directory_on_rewind_failure = true;
+    assert_eq!(fx.decide(), Decision::Reinit { leader: "n2".into() });
+}
+
+// ---- the leader race ----
+
+#[test]
+fn replicas_ask_their_peers_before_racing() {
+    match Fx::new().decide() {
+        Decision::ProbePeers { peers } => {
+            let names: Vec<_> = peers.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(names, ["n2", "n3"]);
+            assert_eq!(peers[0].api_url, "http://n2:8008/patroni");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn replica_with_the_highest_lsn_wins_the_race() {
+    let fx = Fx::new().peers(vec![answer("n2", false, 900), answer("n3", false, 999)]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn replica_stands_back_for_a_peer_that_is_further_ahead() {
+    let fx = Fx::new().peers(vec![answer("n2", false, 1001), answer("n3", false, 900)]);
+    assert!(matches!(wait(&fx.decide()), WaitReason::PeerAhead { name, .. } if name == "n2"));
+}
+
+#[test]
+fn at_equal_lsn_the_higher_failover_priority_wins() {
+    let mut p = answer("n2", false, 1000);
+    p.status.as_mut().unwrap().tags.failover_priority = 5;
+    let fx = Fx::new().peers(vec![p, answer("n3", false, 900)]);
+    assert_eq!(wait(&fx.decide()), &WaitReason::PeerPreferred("n2".into()));
+}
+
+#[test]
+fn never_races_while_the_old_primary_answers_that_it_is_still_primary() {
+    let fx = Fx::new().peers(vec![answer("n2", true, 800), answer("n3", false, 900)]);
+    assert_eq!(wait(&fx.decide()), &WaitReason::PrimaryStillAlive("n2".into()));
+}
+
+#[test]
+fn peers_that_do_not_answer_are_left_out_of_the_race() {
+    let fx = Fx::new().peers(vec![silent("n2"), silent("n3")]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn nofailover_peers_ahead_of_us_do_not_block_the_race() {
+    let mut p = answer("n2", false, 5000);
+    p.status.as_mut().unwrap().tags.nofailover = true;
+    let fx = Fx::new().peers(vec![p, silent("n3")]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn nofailover_member_never_races() {
+    let mut fx = Fx::new();
+    fx.settings.tags.nofailover = true;
+    assert!(matches!(wait(&fx.decide()), WaitReason::NotEligible(_)));
+    fx.settings.tags = Tags { failover_priority: 0, ..Tags::default() };
+    assert!(matches!(wait(&fx.decide()), WaitReason::NotEligible(_)));
+}
+
+#[test]
+fn replica_lagging_beyond_maximum_lag_on_failover_does_not_race() {
+    let mut fx = Fx::new().pg(replica(100, 1, None));
+    fx.config.maximum_lag_on_failover = 500;
+    assert_eq!(wait(&fx.decide()), &WaitReason::TooFarBehind { lag: 900, limit: 500 });
+}
+
+#[test]
+fn replica_on_a_timeline_behind_the_cluster_does_not_race() {
+    let fx = Fx::new().history(&[(1, 800)]);
+    assert_eq!(wait(&fx.decide()), &WaitReason::StaleTimeline { ours: 1, cluster: 2 });
+}
+
+#[test]
+fn lone_member_takes_the_key_without_asking_anyone() {
+    let mut fx = Fx::new();
+    fx.c().members.retain(|m| m.name == ME);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn stopped_member_starts_as_replica_before_it_can_race() {
+    let fx = Fx::new().pg(stopped(ClusterState::ShutDownInRecovery, 1, 900));
+    assert_eq!(fx.decide(), Decision::Follow { leader: None });
+}
+
+#[test]
+fn primary_whose_key_vanished_takes_it_back_without_asking_peers() {
+    assert_eq!(Fx::new().pg(primary(1000, 1)).decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn stale_primary_on_an_old_timeline_demotes_instead_of_retaking_the_key() {
+    let fx = Fx::new().history(&[(1, 800)]).pg(primary(1000, 1));
+    assert_eq!(fx.decide(), Decision::Demote { reason: DemoteReason::StaleTimeline { ours: 1, cluster: 2 } });
+}
+
+// ---- bootstrap ----
+
+#[test]
+fn empty_cluster_is_bootstrapped_through_the_initialize_race() {
+    let mut fx = Fx::new().pg(PgView::NoData);
+    fx.cluster = Some(ClusterView::empty());
+    assert_eq!(fx.decide(), Decision::RaceInitialize);
+}
+
+#[test]
+fn nofailover_member_does_not_bootstrap() {
+    let mut fx = Fx::new().pg(PgView::NoData);
+    fx.cluster = Some(ClusterView::empty());
+    fx.settings.tags.nofailover = true;
+    assert!(matches!(wait(&fx.decide()), WaitReason::NotEligible(_)));
+}
+
+#[test]
+fn member_waits_while_another_bootstraps() {
+    let mut fx = Fx::new().pg(PgView::NoData);
+    fx.c().initialize = Initialize::Racing;
+    fx.c().members.clear();
+    assert_eq!(wait(&fx.decide()), &WaitReason::AnotherMemberBootstrapping);
+}
+
+#[test]
+fn new_member_clones_from_the_leader() {
+    let fx = Fx::new().leader("n2").pg(PgView::NoData);
+    assert_eq!(fx.decide(), Decision::Clone { from: "n2".into() });
+}
+
+#[test]
+fn new_member_prefers_a_running_clonefrom_member() {
+    let mut fx = Fx::new().leader("n2").pg(PgView::NoData);
+    fx.c().members[2].tags.clonefrom = true;
+    assert_eq!(fx.decide(), Decision::Clone { from: "n3".into() });
+}
+
+#[test]
+fn primary_publishes_a_missing_initialize_key() {
+    let mut fx = Fx::new().pg(primary(1000, 1));
+    fx.c().initialize = Initialize::Absent;
+    assert_eq!(fx.decide(), Decision::PublishInitialize { sysid: SYSID });
+}
+
+#[test]
+fn replica_in_an_uninitialised_cluster_waits_for_its_primary() {
+    let mut fx = Fx::new();
+    fx.c().initialize = Initialize::Absent;
+    assert_eq!(wait(&fx.decide()), &WaitReason::NotInitialized);
+}
+
+#[test]
+fn data_from_another_cluster_is_never_touched() {
+    let mut fx = Fx::new();
+    fx.c().initialize = Initialize::Sysid(SYSID + 1);
+    assert!(matches!(wait(&fx.decide()), WaitReason::SystemIdMismatch { .. }));
+    let mut fx = fx.leader(ME);
+    fx.pg = replica(1000, 1, None);
+    assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::SystemIdMismatch });
+}
+
+// ---- switchover through the failover key ----
+
+#[test]
+fn leader_steps_down_for_the_named_candidate() {
+    let fx = Fx::new().leader(ME).pg(primary(1000, 1)).failover(Some(ME), Some("n2"));
+    assert_eq!(fx.decide(), Decision::StepDown { candidate: Some("n2".into()) });
+}
+
+#[test]
+fn leader_steps_down_for_the_best_replica_when_none_is_named() {
+    let fx = Fx::new().leader(ME).pg(primary(1000, 1)).failover(Some(ME), None);
+    assert_eq!(fx.decide(), Decision::StepDown { candidate: None });
+}
+
+#[test]
+fn switchover_to_an_ineligible_candidate_is_cleared() {
+    let mut fx = Fx::new().leader(ME).pg(primary(1000, 1)).failover(None, Some("n2"));
+    fx.c().members[1].tags.nofailover = true;
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::CandidateNotEligible("n2".into()) });
+}
+
+#[test]
+fn switchover_naming_another_leader_is_cleared() {
+    let fx = Fx::new().leader(ME).pg(primary(1000, 1)).failover(Some("n3"), Some("n2"));
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::NamesAnotherLeader("n3".into()) });
+}
+
+#[test]
+fn scheduled_switchover_waits_for_its_time_then_happens() {
+    let mut fx = Fx::new().leader(ME).pg(primary(1000, 1)).failover(Some(ME), Some("n2"));
+    fx.c().failover.as_mut().unwrap().scheduled_at = Some("2026-11-24T10:00:05+00:00".into());
+    assert_eq!(fx.decide(), Decision::Lead);
+    fx.wall_ms += 5_000;
+    assert_eq!(fx.decide(), Decision::StepDown { candidate: Some("n2".into()) });
+    fx.c().failover.as_mut().unwrap().scheduled_at = Some("next tuesday".into());
+    assert!(matches!(fx.decide(), Decision::ClearFailover { reason: ClearReason::BadSchedule(_) }));
+}
+
+#[test]
+fn named_candidate_takes_over_without_comparing_positions() {
+    let fx = Fx::new().failover(Some("n3"), Some(ME)).peers(vec![answer("n2", false, 5000), silent("n3")]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn others_stand_back_while_the_named_candidate_is_healthy() {
+    let fx = Fx::new().failover(Some("n3"), Some("n2")).peers(vec![answer("n2", false, 900), silent("n3")]);
+    assert_eq!(wait(&fx.decide()), &WaitReason::CandidateWillTakeOver("n2".into()));
+}
+
+#[test]
+fn everyone_races_when_the_named_candidate_is_down() {
+    let fx = Fx::new().failover(Some("n3"), Some("n2")).peers(vec![silent("n2"), silent("n3")]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn former_leader_stands_back_for_any_healthy_member_after_a_switchover() {
+    let fx = Fx::new().failover(Some(ME), None).peers(vec![answer("n2", false, 1000), silent("n3")]);
+    assert_eq!(wait(&fx.decide()), &WaitReason::CandidateWillTakeOver("n2".into()));
+}
+
+#[test]
+fn every_decision_has_a_kind_listed_for_metrics() {
+    let samples = [
+        Decision::Lead,
+        Decision::AcquireLeader,
+        Decision::Fence { reason: FenceReason::LeaseNotRenewed },
+        Decision::Wait { reason: WaitReason::PgStarting },
+    ];
+    for d in samples {
+        assert!(Decision::KINDS.contains(&d.kind()), "{}", d.kind());
+        assert!(!d.to_string().is_empty());
+    }
+}

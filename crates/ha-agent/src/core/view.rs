@@ -1,0 +1,409 @@
+//! The cluster as read from etcd, decoded from Patroni's wire types into the core's own types.
+//!
+//! Decoding never fails as a whole: a key whose value is garbage is left out of the view and
+//! reported as a [`KeyProblem`], which the shell logs once and counts. A member with garbage
+//! JSON is simply not listed; garbage in `config` leaves [`ClusterView::config`] as
+//! [`ConfigState::Garbage`], and the shell keeps using the last good config.
+
+use std::time::Duration;
+
+use outrigger_etcd::Kv;
+use outrigger_schema::{
+    ClusterKey, ConfigValue, FailoverValue, HistoryEntry, KeyKind, KeyLayout, MemberRole, MemberValue, StatusValue,
+    decode_initialize, decode_leader,
+};
+use serde_json::{Map, Value};
+
+/// The `initialize` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initialize {
+    Absent,
+    /// `""`: someone won the bootstrap race and is running initdb.
+    Racing,
+    Sysid(u64),
+}
+
+/// The leader key: whose it is and on which lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderKey {
+    pub name: String,
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+/// Member tags that change HA behaviour (Patroni's `tags.py`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tags {
+    pub nofailover: bool,
+    /// Higher wins a race between members at the same WAL position; `<= 0` means nofailover.
+    pub failover_priority: i64,
+    /// Preferred source for new replicas' base backups.
+    pub clonefrom: bool,
+    pub noloadbalance: bool,
+    pub nosync: bool,
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        Self { nofailover: false, failover_priority: 1, clonefrom: false, noloadbalance: false, nosync: false }
+    }
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1"),
+        Some(Value::Number(n)) => n.as_i64().is_some_and(|i| i != 0),
+        _ => false,
+    }
+}
+
+impl Tags {
+    /// Whether this member may ever become the leader automatically.
+    pub fn can_failover(&self) -> bool {
+        !self.nofailover && self.failover_priority > 0
+    }
+
+    /// Reads tags as Patroni writes them into member keys and status JSON. Unknown tags are
+    /// ignored here (they still round-trip in the wire types).
+    pub fn from_json(tags: &Map<String, Value>) -> Self {
+        let d = Tags::default();
+        let priority = match tags.get("failover_priority") {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(d.failover_priority),
+            Some(Value::String(s)) => s.trim().parse().unwrap_or(d.failover_priority),
+            _ => d.failover_priority,
+        };
+        Self {
+            nofailover: truthy(tags.get("nofailover")),
+            failover_priority: priority,
+            clonefrom: truthy(tags.get("clonefrom")),
+            noloadbalance: truthy(tags.get("noloadbalance")),
+            nosync: truthy(tags.get("nosync")),
+        }
+    }
+
+    /// Tags as Patroni publishes them: only truthy built-in tags, except that `nofailover`
+    /// is kept when `failover_priority` is set (§1.2).
+    pub fn to_json(&self) -> Map<String, Value> {
+        let d = Tags::default();
+        let mut m = Map::new();
+        let priority_set = self.failover_priority != d.failover_priority;
+        if self.nofailover || priority_set {
+            m.insert("nofailover".into(), Value::Bool(self.nofailover));
+        }
+        if priority_set {
+            m.insert("failover_priority".into(), Value::from(self.failover_priority));
+        }
+        for (k, v) in [("clonefrom", self.clonefrom), ("noloadbalance", self.noloadbalance), ("nosync", self.nosync)] {
+            if v {
+                m.insert(k.into(), Value::Bool(true));
+            }
+        }
+        m
+    }
+}
+
+/// A member's role as published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+    Other,
+}
+
+/// One `members/<name>` key, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub name: String,
+    pub conn_url: String,
+    pub api_url: String,
+    pub role: Role,
+    /// `state == "running"`.
+    pub running: bool,
+    /// `xlog_location`: flush LSN on a primary, max(receive, replay) on a replica.
+    pub lsn: Option<u64>,
+    pub timeline: Option<u32>,
+    pub tags: Tags,
+    pub lease: i64,
+}
+
+/// A timeline switch from `history`: `timeline` ended at `lsn` (the switch point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineSwitch {
+    pub timeline: u32,
+    pub lsn: u64,
+}
+
+/// A planned switchover or failover from the `failover` key (`{}` reads as none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverRequest {
+    /// The leader that should step down; `None` means "whoever leads".
+    pub leader: Option<String>,
+    /// The member that should take over; `None` means "the best one".
+    pub candidate: Option<String>,
+    pub scheduled_at: Option<String>,
+    pub mod_revision: i64,
+}
+
+/// The cluster's dynamic settings that the core uses, from `config` with Patroni's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynConfig {
+    pub maximum_lag_on_failover: u64,
+    pub check_timeline: bool,
+    pub primary_start_timeout: Duration,
+    pub use_pg_rewind: Option<bool>,
+    /// `postgresql.parameters`, applied to every member.
+    pub parameters: Vec<(String, String)>,
+}
+
+impl Default for DynConfig {
+    fn default() -> Self {
+        Self {
+            maximum_lag_on_failover: 1_048_576,
+            check_timeline: false,
+            primary_start_timeout: Duration::from_secs(300),
+            use_pg_rewind: None,
+            parameters: Vec::new(),
+        }
+    }
+}
+
+impl DynConfig {
+    pub fn from_value(v: &ConfigValue) -> Self {
+        let d = DynConfig::default();
+        let mut parameters = v.parameters();
+        parameters.sort();
+        Self {
+            maximum_lag_on_failover: v
+                .maximum_lag_on_failover()
+                .and_then(|l| u64::try_from(l).ok())
+                .unwrap_or(d.maximum_lag_on_failover),
+            check_timeline: v.check_timeline().unwrap_or(d.check_timeline),
+            primary_start_timeout: v
+                .primary_start_timeout()
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(d.primary_start_timeout, Duration::from_secs),
+            use_pg_rewind: v.use_pg_rewind(),
+            parameters,
+        }
+    }
+}
+
+/// What the `config` key held.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigState {
+    Absent,
+    Valid(DynConfig),
+    /// Not decodable: use the last good config (or the defaults).
+    Garbage,
+}
+
+/// A key whose value could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyProblem {
+    pub key: String,
+    pub mod_revision: i64,
+    pub error: String,
+}
+
+/// Everything the core knows about the cluster from one consistent etcd read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterView {
+    pub revision: i64,
+    pub initialize: Initialize,
+    pub config: ConfigState,
+    pub leader: Option<LeaderKey>,
+    /// Sorted by name.
+    pub members: Vec<Member>,
+    /// The leader's last published WAL position (`status.optime`).
+    pub status_optime: Option<u64>,
+    pub failover: Option<FailoverRequest>,
+    /// Sorted by timeline.
+    pub history: Vec<TimelineSwitch>,
+}
+
+impl ClusterView {
+    /// A cluster nobody has touched yet.
+    pub fn empty() -> Self {
+        Self {
+            revision: 0,
+            initialize: Initialize::Absent,
+            config: ConfigState::Absent,
+            leader: None,
+            members: Vec::new(),
+            status_optime: None,
+            failover: None,
+            history: Vec::new(),
+        }
+    }
+
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// The newest timeline anyone is known to have reached: one past the last switch in
+    /// `history`, or a higher timeline a member publishes. A member below it must not lead:
+    /// its promotion would reuse a timeline id that already exists elsewhere.
+    pub fn cluster_timeline(&self) -> Option<u32> {
+        let from_history = self.history.iter().map(|h| h.timeline.saturating_add(1)).max();
+        let from_members = self.members.iter().filter_map(|m| m.timeline).max();
+        from_history.max(from_members)
+    }
+
+    /// Decodes one prefix read. Keys outside `layout` are ignored; garbage is reported.
+    pub fn decode(layout: &KeyLayout, revision: i64, kvs: &[Kv]) -> (Self, Vec<KeyProblem>) {
+        let mut view = Self { revision, ..Self::empty() };
+        let mut problems = Vec::new();
+        let mut problem = |kv: &Kv, e: &dyn std::fmt::Display| {
+            problems.push(KeyProblem { key: kv.key.clone(), mod_revision: kv.mod_revision, error: e.to_string() });
+        };
+        for kv in kvs {
+            match layout.classify(&kv.key) {
+                Some(KeyKind::Fixed(ClusterKey::Leader)) => match decode_leader(&kv.value) {
+                    Ok(name) => view.leader = Some(LeaderKey { name, lease: kv.lease, mod_revision: kv.mod_revision }),
+                    Err(e) => problem(kv, &e),
+                },
+                Some(KeyKind::Fixed(ClusterKey::Initialize)) => match decode_initialize(&kv.value) {
+                    Ok(None) => view.initialize = Initialize::Racing,
+                    Ok(Some(id)) => view.initialize = Initialize::Sysid(id),
+                    // Patroni rewrites an invalid value; until then the cluster counts as
+                    // initialised by someone, so nobody starts a second bootstrap.
+                    Err(e) => {
+                        view.initialize = Initialize::Racing;
+                        problem(kv, &e);
+                    }
+                },
+                Some(KeyKind::Fixed(ClusterKey::Config)) => match ConfigValue::decode(&kv.value) {
+                    Ok(v) => view.config = ConfigState::Valid(DynConfig::from_value(&v)),
+                    Err(e) => {
+                        view.config = ConfigState::Garbage;
+                        problem(kv, &e);
+                    }
+                },
+                Some(KeyKind::Fixed(ClusterKey::Status)) => match StatusValue::decode(&kv.value) {
+                    Ok(s) => view.status_optime = Some(s.optime),
+                    Err(e) => problem(kv, &e),
+                },
+                Some(KeyKind::Fixed(ClusterKey::Failover)) => match FailoverValue::decode(&kv.value) {
+                    Ok(f) if !f.is_empty() => {
+                        view.failover = Some(FailoverRequest {
+                            leader: f.leader,
+                            candidate: f.member,
+                            scheduled_at: f.scheduled_at,
+                            mod_revision: kv.mod_revision,
+                        })
+                    }
+                    Ok(_) => {}
+                    Err(e) => problem(kv, &e),
+                },
+                Some(KeyKind::Fixed(ClusterKey::History)) => match HistoryEntry::decode_list(&kv.value) {
+                    Ok(rows) => {
+                        view.history =
+                            rows.iter().map(|r| TimelineSwitch { timeline: r.timeline, lsn: r.lsn }).collect();
+                        view.history.sort_by_key(|h| h.timeline);
+                    }
+                    Err(e) => problem(kv, &e),
+                },
+                Some(KeyKind::Member(name)) => match MemberValue::decode(&kv.value) {
+                    Ok(m) => view.members.push(Member {
+                        name: name.to_owned(),
+                        role: match m.role {
+                            MemberRole::Primary | MemberRole::Promoted => Role::Primary,
+                            MemberRole::Replica | MemberRole::StandbyLeader => Role::Replica,
+                            _ => Role::Other,
+                        },
+                        running: m.state == "running",
+                        lsn: m.xlog_location,
+                        timeline: m.timeline,
+                        tags: Tags::from_json(&m.tags),
+                        conn_url: m.conn_url,
+                        api_url: m.api_url,
+                        lease: kv.lease,
+                    }),
+                    Err(e) => problem(kv, &e),
+                },
+                // sync, failsafe, legacy optime and foreign keys: not used by the core yet.
+                Some(_) | None => {}
+            }
+        }
+        view.members.sort_by(|a, b| a.name.cmp(&b.name));
+        (view, problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str, lease: i64, rev: i64) -> Kv {
+        Kv { key: key.into(), value: value.as_bytes().to_vec(), create_revision: rev, mod_revision: rev, lease }
+    }
+
+    #[test]
+    fn patroni_written_cluster_decodes() {
+        let l = KeyLayout::new("service", "batman").unwrap();
+        let kvs = vec![
+            kv("/service/batman/initialize", "7268616322854375442", 0, 1),
+            kv("/service/batman/config", r#"{"ttl":30,"maximum_lag_on_failover":100}"#, 0, 2),
+            kv("/service/batman/leader", "n1", 7, 3),
+            kv(
+                "/service/batman/members/n1",
+                r#"{"conn_url":"postgres://h1:5432/postgres","api_url":"http://h1:8008/patroni","state":"running","role":"primary","version":"4.1.4","xlog_location":900,"timeline":2}"#,
+                7,
+                4,
+            ),
+            kv(
+                "/service/batman/members/n2",
+                r#"{"conn_url":"postgres://h2:5432/postgres","api_url":"http://h2:8008/patroni","state":"running","role":"replica","version":"4.1.4","xlog_location":800,"timeline":2,"tags":{"nofailover":true}}"#,
+                8,
+                5,
+            ),
+            kv("/service/batman/status", r#"{"optime":900}"#, 0, 6),
+            kv(
+                "/service/batman/history",
+                r#"[[1,500,"no recovery target specified","2026-01-01T00:00:00+00:00","n1"]]"#,
+                0,
+                7,
+            ),
+            kv("/service/batman/failover", "{}", 0, 8),
+        ];
+        let (v, problems) = ClusterView::decode(&l, 8, &kvs);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(v.initialize, Initialize::Sysid(7268616322854375442));
+        assert_eq!(v.leader.as_ref().map(|l| (l.name.as_str(), l.lease)), Some(("n1", 7)));
+        assert_eq!(v.members.len(), 2);
+        assert!(v.member("n2").unwrap().tags.nofailover);
+        assert_eq!(v.status_optime, Some(900));
+        assert_eq!(v.failover, None);
+        assert_eq!(v.cluster_timeline(), Some(2));
+        match &v.config {
+            ConfigState::Valid(c) => assert_eq!(c.maximum_lag_on_failover, 100),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_member_and_config_are_reported_and_left_out() {
+        let l = KeyLayout::new("service", "batman").unwrap();
+        let kvs = vec![
+            kv("/service/batman/config", "{not json", 0, 2),
+            kv("/service/batman/members/bad", "\u{1}garbage", 9, 3),
+            kv("/service/batman/leader", "", 9, 4),
+        ];
+        let (v, problems) = ClusterView::decode(&l, 4, &kvs);
+        assert_eq!(v.config, ConfigState::Garbage);
+        assert!(v.members.is_empty());
+        assert_eq!(v.leader, None);
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["/service/batman/config", "/service/batman/members/bad", "/service/batman/leader"]);
+    }
+
+    #[test]
+    fn tags_round_trip_the_way_patroni_publishes_them() {
+        let t = Tags { failover_priority: 0, ..Tags::default() };
+        let j = t.to_json();
+        assert_eq!(j.get("nofailover"), Some(&Value::Bool(false)));
+        assert!(!Tags::from_json(&j).can_failover());
+        assert!(Tags::default().to_json().is_empty());
+    }
+}

@@ -1,0 +1,182 @@
+//! `config`: the cluster's dynamic configuration, as Patroni and `patronictl edit-config`
+//! write it.
+//!
+//! Patroni is lenient about types here (a number may arrive as a string, a bool as `"on"`),
+//! and so are the accessors below: a field of the wrong shape reads as "not set" so that one
+//! odd value does not throw away the whole config. Non-JSON (or non-object) values are a
+//! [`DecodeError`], which readers log and ignore.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::DecodeError;
+
+/// `config`. Only the fields Outrigger reads are named; everything else is kept in `extra`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigValue {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_wait: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_timeout: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum_lag_on_failover: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_timeline: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_start_timeout: Option<Value>,
+    /// Pre-4.0 spelling of `primary_start_timeout`, still read by Patroni.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_start_timeout: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgresql: Option<ConfigPostgresql>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `config.postgresql`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigPostgresql {
+    /// PostgreSQL settings for every member (`postgresql.parameters`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub parameters: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_pg_rewind: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_slots: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A number, or a string holding one (Patroni accepts both).
+fn int(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A bool, or one of PostgreSQL's spellings of one.
+fn boolean(v: Option<&Value>) -> Option<bool> {
+    match v? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "on" | "yes" | "1" => Some(true),
+            "false" | "off" | "no" | "0" => Some(false),
+            _ => None,
+        },
+        Value::Number(n) => n.as_i64().map(|i| i != 0),
+        _ => None,
+    }
+}
+
+impl ConfigValue {
+    pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(raw).map_err(|source| DecodeError::Json { key: "config", source })
+    }
+
+    /// Compact JSON, as Patroni writes it.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// Seconds.
+    pub fn ttl(&self) -> Option<i64> {
+        int(self.ttl.as_ref())
+    }
+    /// Seconds.
+    pub fn loop_wait(&self) -> Option<i64> {
+        int(self.loop_wait.as_ref())
+    }
+    /// Seconds.
+    pub fn retry_timeout(&self) -> Option<i64> {
+        int(self.retry_timeout.as_ref())
+    }
+    /// Bytes.
+    pub fn maximum_lag_on_failover(&self) -> Option<i64> {
+        int(self.maximum_lag_on_failover.as_ref())
+    }
+    pub fn check_timeline(&self) -> Option<bool> {
+        boolean(self.check_timeline.as_ref())
+    }
+    /// Seconds; falls back to the legacy `master_start_timeout`.
+    pub fn primary_start_timeout(&self) -> Option<i64> {
+        int(self.primary_start_timeout.as_ref()).or_else(|| int(self.master_start_timeout.as_ref()))
+    }
+    pub fn pause(&self) -> Option<bool> {
+        boolean(self.pause.as_ref())
+    }
+    pub fn use_pg_rewind(&self) -> Option<bool> {
+        boolean(self.postgresql.as_ref()?.use_pg_rewind.as_ref())
+    }
+    pub fn use_slots(&self) -> Option<bool> {
+        boolean(self.postgresql.as_ref()?.use_slots.as_ref())
+    }
+
+    /// `postgresql.parameters` as PostgreSQL setting strings (`true` → `on`, numbers as
+    /// written). Values that are objects or lists cannot be settings and are skipped.
+    pub fn parameters(&self) -> Vec<(String, String)> {
+        let Some(pg) = &self.postgresql else { return Vec::new() };
+        pg.parameters
+            .iter()
+            .filter_map(|(k, v)| {
+                let s = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(true) => "on".to_owned(),
+                    Value::Bool(false) => "off".to_owned(),
+                    _ => return None,
+                };
+                Some((k.clone(), s))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patroni_written_config_decodes_with_lenient_types() {
+        let raw = br#"{"ttl":30,"loop_wait":"10","retry_timeout":10,"maximum_lag_on_failover":1048576,"check_timeline":"on","postgresql":{"use_pg_rewind":true,"parameters":{"max_connections":100,"hot_standby":true,"wal_level":"replica","bad":{"x":1}}},"failsafe_mode":false}"#;
+        let c = ConfigValue::decode(raw).unwrap();
+        assert_eq!(c.ttl(), Some(30));
+        assert_eq!(c.loop_wait(), Some(10));
+        assert_eq!(c.maximum_lag_on_failover(), Some(1048576));
+        assert_eq!(c.check_timeline(), Some(true));
+        assert_eq!(c.use_pg_rewind(), Some(true));
+        let mut p = c.parameters();
+        p.sort();
+        assert_eq!(
+            p,
+            vec![
+                ("hot_standby".to_owned(), "on".to_owned()),
+                ("max_connections".to_owned(), "100".to_owned()),
+                ("wal_level".to_owned(), "replica".to_owned())
+            ]
+        );
+        // Unknown fields survive a round trip.
+        let again: Value = serde_json::from_str(&c.encode()).unwrap();
+        assert_eq!(again["failsafe_mode"], Value::Bool(false));
+    }
+
+    #[test]
+    fn legacy_master_start_timeout_is_read() {
+        let c = ConfigValue::decode(br#"{"master_start_timeout":0}"#).unwrap();
+        assert_eq!(c.primary_start_timeout(), Some(0));
+    }
+
+    #[test]
+    fn garbage_config_is_an_error_and_odd_fields_read_as_unset() {
+        assert!(ConfigValue::decode(b"{nope").is_err());
+        assert!(ConfigValue::decode(b"[1]").is_err());
+        let c = ConfigValue::decode(br#"{"ttl":"soon","pause":[1]}"#).unwrap();
+        assert_eq!(c.ttl(), None);
+        assert_eq!(c.pause(), None);
+    }
+}
