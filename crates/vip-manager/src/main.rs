@@ -1,13 +1,22 @@
 //! vip-manager binary.
 //!
-//! Lifecycle: parse flags → `--check-config FILE` validates and exits → otherwise load the
-//! config and hand over to the library. The daemon's run mode lands with its own issue, so
-//! running without `--check-config` says so and exits non-zero rather than pretend to work.
+//! Lifecycle:
+//! 1. parse flags; `--check-config FILE` validates and exits;
+//! 2. load the config (exit 78 with one line per problem if it is invalid), start logging;
+//! 3. on a single-threaded runtime (the daemon is one loop; this keeps it small): install the
+//!    SIGTERM/SIGINT handler, start the systemd watchdog pings, and run the library's loop,
+//!    which removes a stale VIP, opens its sockets, signals READY and runs;
+//! 4. on a signal or a fatal error the loop releases the VIP (VRRP priority 0 first) before it
+//!    returns; exit 0 after a signal, 1 after an error.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use outrigger_daemon::cli::{CommonArgs, check_config, load_or_report};
+use outrigger_daemon::cli::{self, CommonArgs};
+use outrigger_daemon::{shutdown, systemd};
+use tokio_util::sync::CancellationToken;
+use vip_manager::config::RawConfig;
 
 /// VRRP and etcd-driven virtual IP manager (Outrigger).
 #[derive(Debug, Parser)]
@@ -19,18 +28,34 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(path) = &args.common.check_config {
-        return check_config::<vip_manager::config::RawConfig>(path);
-    }
-    let Some(path) = &args.common.config else {
-        eprintln!("vip-manager: --config FILE is required (or --check-config FILE)");
-        return ExitCode::from(2);
+    let cfg = match cli::startup::<RawConfig>("vip-manager", &args.common, |c| c.log.clone()) {
+        cli::Startup::Run(cfg) => cfg,
+        cli::Startup::Exit(code) => return code,
     };
-    match load_or_report::<vip_manager::config::RawConfig>(path) {
-        Ok(_cfg) => {
-            eprintln!("vip-manager: the run mode is not implemented yet; only --check-config works in this build");
-            ExitCode::from(1)
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vip-manager: start the runtime: {e}");
+            return ExitCode::FAILURE;
         }
-        Err(code) => code,
+    };
+    let result = rt.block_on(async {
+        let stop = CancellationToken::new();
+        let signals = tokio::spawn(shutdown::on_signal(stop.clone()));
+        let progress = vip_manager::Progress::default();
+        let alive = progress.clone();
+        let _watchdog = systemd::spawn_watchdog(stop.clone(), move || alive.alive(Duration::from_secs(15)));
+        let result = vip_manager::run(cfg, stop.clone(), progress, systemd::ready).await;
+        systemd::stopping();
+        stop.cancel();
+        let _ = signals.await;
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "vip-manager stopped on an error (the VIP was released)");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -6,7 +6,9 @@ outrigger_testkit::check_config_tests! {
     valid: r#"
 interface = "eth0"
 vip = "10.0.0.100/24"
+[vrrp]
+vrid = 51
 "#,
-    bad: ("\"10.0.0.100/24\"" => "\"10.0.0.100\""),
-    expect: "vip (10.0.0.100): must be an address with a prefix length",
+    bad: ("\"10.0.0.100/24\"" => "\"10.0.0.100/33\""),
+    expect: "vip (10.0.0.100/33): prefix length must be 1 to 32",
 }
