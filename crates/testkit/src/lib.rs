@@ -26,6 +26,7 @@ pub mod leaks;
 mod net;
 mod pg;
 mod proc;
+pub mod python;
 mod sys;
 mod wait;
 
