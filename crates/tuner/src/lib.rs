@@ -1,6 +1,26 @@
-//! tuner: PostgreSQL settings from hardware and workload, compatible with pg_configurator's inputs and outputs.
+//! tuner: PostgreSQL settings from hardware and workload, a drop-in for pg_configurator.
 //!
-//! This crate so far holds the config layer; the daemon's behaviour lands with its own issue.
+//! Same inputs (pg_configurator's option spellings, plus NVMe and PGTune's workload names) and
+//! outputs (`conf`, `json`, `patroni-json`, plus `alter-system`), without its bugs, and with
+//! every value explained and checked against the real PostgreSQL binary.
+//!
+//! - [`rules::tune`]: the pure rules, inputs → settings, each with the rule that produced it.
+//! - [`pgconf`] and [`pgtune`]: pg_configurator's and PGTune's formulas, reproduced, so that
+//!   `--explain` can say where tuner departs and why.
+//! - [`catalog`]: what tuner believes about each parameter (unit, versions, restart).
 #![forbid(unsafe_code)]
 
+pub mod catalog;
+pub mod common;
+pub mod compare;
 pub mod config;
+pub mod input;
+pub mod pgconf;
+pub mod pgtune;
+pub mod rules;
+pub mod setting;
+pub mod units;
+
+pub use input::{Disk, Duty, Inputs};
+pub use rules::tune;
+pub use setting::{Setting, Tuning, Value};
