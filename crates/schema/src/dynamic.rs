@@ -51,6 +51,15 @@ pub struct ConfigPostgresql {
     pub extra: Map<String, Value>,
 }
 
+/// `config.synchronous_mode`, read leniently (see [`ConfigValue::synchronous_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynchronousMode {
+    Off,
+    On,
+    /// Quorum commit (Patroni 4.0+): the standbys in `sync` are quorum standbys.
+    Quorum,
+}
+
 /// A number, or a string holding one (Patroni accepts both).
 fn int(v: Option<&Value>) -> Option<i64> {
     match v? {
@@ -117,6 +126,30 @@ impl ConfigValue {
         boolean(self.postgresql.as_ref()?.use_slots.as_ref())
     }
 
+    /// `synchronous_mode`: `true`/`on`, `false`/`off` (also when absent or unreadable), or
+    /// `"quorum"` (Patroni 4.0+).
+    pub fn synchronous_mode(&self) -> SynchronousMode {
+        match self.extra.get("synchronous_mode") {
+            Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("quorum") => SynchronousMode::Quorum,
+            v => match boolean(v) {
+                Some(true) => SynchronousMode::On,
+                _ => SynchronousMode::Off,
+            },
+        }
+    }
+
+    /// Whether this is a standby cluster: `standby_cluster` is an object naming a `host`, a
+    /// `port` or a `restore_command`, as Patroni's `is_standby_cluster` decides it.
+    pub fn is_standby_cluster(&self) -> bool {
+        let Some(Value::Object(sc)) = self.extra.get("standby_cluster") else { return false };
+        ["host", "port", "restore_command"].iter().any(|k| match sc.get(*k) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(_) => true,
+        })
+    }
+
     /// `postgresql.parameters` as PostgreSQL setting strings (`true` → `on`, numbers as
     /// written). Values that are objects or lists cannot be settings and are skipped.
     pub fn parameters(&self) -> Vec<(String, String)> {
@@ -163,6 +196,28 @@ mod tests {
         // Unknown fields survive a round trip.
         let again: Value = serde_json::from_str(&c.encode()).unwrap();
         assert_eq!(again["failsafe_mode"], Value::Bool(false));
+    }
+
+    #[test]
+    fn synchronous_mode_reads_bools_strings_and_quorum() {
+        let mode = |raw: &str| ConfigValue::decode(raw.as_bytes()).unwrap().synchronous_mode();
+        assert_eq!(mode(r#"{}"#), SynchronousMode::Off);
+        assert_eq!(mode(r#"{"synchronous_mode":true}"#), SynchronousMode::On);
+        assert_eq!(mode(r#"{"synchronous_mode":"on"}"#), SynchronousMode::On);
+        assert_eq!(mode(r#"{"synchronous_mode":false}"#), SynchronousMode::Off);
+        assert_eq!(mode(r#"{"synchronous_mode":"quorum"}"#), SynchronousMode::Quorum);
+        assert_eq!(mode(r#"{"synchronous_mode":[1]}"#), SynchronousMode::Off);
+    }
+
+    #[test]
+    fn standby_cluster_needs_a_host_port_or_restore_command() {
+        let standby = |raw: &str| ConfigValue::decode(raw.as_bytes()).unwrap().is_standby_cluster();
+        assert!(!standby(r#"{}"#));
+        assert!(!standby(r#"{"standby_cluster":null}"#));
+        assert!(!standby(r#"{"standby_cluster":{}}"#));
+        assert!(!standby(r#"{"standby_cluster":{"host":""}}"#));
+        assert!(standby(r#"{"standby_cluster":{"host":"10.0.0.9","port":5432}}"#));
+        assert!(standby(r#"{"standby_cluster":{"restore_command":"cp /a %p"}}"#));
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod keys;
 mod rest;
 mod values;
 
-pub use dynamic::{ConfigPostgresql, ConfigValue};
+pub use dynamic::{ConfigPostgresql, ConfigValue, SynchronousMode};
 pub use keys::{ClusterKey, KeyKind, KeyLayout, LayoutError};
 pub use rest::{PatroniInfo, StatusJson, XlogStatus};
 pub use values::{
