@@ -10,7 +10,7 @@
 
 use super::decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
 use super::divergence::{self, Divergence, LocalEnd};
-use super::observed::{ClusterState, Observed, PeerRef, PgView, RunningPg};
+use super::observed::{ClusterState, Observed, PeerRef, PeerStatus, PgView, RunningPg};
 use super::schedule::parse_rfc3339_ms;
 use super::view::{ClusterView, FailoverRequest, Initialize, LeaderKey, Role};
 
@@ -75,7 +75,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
 /// read-only so that it still serves reads.
 fn without_etcd(o: &Observed<'_>) -> Decision {
     match o.pg {
-        PgView::Stopped(_) if !o.recent.start_failed && !o.recent.diverged => Decision::Follow { leader: None },
+        PgView::Stopped(_) if !start_failed(o) && !o.recent.diverged => Decision::Follow { leader: None },
         _ => Decision::Wait { reason: WaitReason::EtcdUnreachable },
     }
 }
@@ -107,11 +107,11 @@ fn without_data(o: &Observed<'_>, c: &ClusterView, i_lead: bool) -> Decision {
     }
 }
 
-/// Why a member with this timeline and WAL position may not lead, if it may not.
-fn unfit(o: &Observed<'_>, c: &ClusterView, timeline: u32, position: u64) -> Option<WaitReason> {
+/// Why member `who`, with this timeline and WAL position, may not lead, if it may not.
+fn unfit(o: &Observed<'_>, c: &ClusterView, who: &str, timeline: u32, position: u64) -> Option<WaitReason> {
     // Rule: never lead from a timeline behind the cluster's. Promoting there would create a
     // timeline id that already exists elsewhere with different contents.
-    if let Some(cluster) = c.cluster_timeline()
+    if let Some(cluster) = c.cluster_timeline_for(who, timeline)
         && timeline < cluster
     {
         return Some(WaitReason::StaleTimeline { ours: timeline, cluster });
@@ -149,7 +149,7 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
         }
         // Rule: the key is ours and PostgreSQL is a replica (a takeover the agent did not
         // finish): promote if still fit, else let someone else lead.
-        PgView::Running(r) => match unfit(o, c, r.timeline, r.wal_position) {
+        PgView::Running(r) => match unfit(o, c, &o.settings.name, r.timeline, r.wal_position) {
             None => Decision::Promote,
             Some(_) => Decision::ReleaseLeader { reason: ReleaseReason::NotFitToPromote },
         },
@@ -163,7 +163,7 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
         PgView::Stopped(ctl) => {
             // Rule: a crashed primary is restarted in place; if it cannot start, the key is
             // released at once so that a replica takes over without waiting for the TTL.
-            if o.recent.start_failed {
+            if start_failed(o) {
                 Decision::ReleaseLeader { reason: ReleaseReason::StartFailed }
             } else if start_timed_out(o) {
                 Decision::ReleaseLeader { reason: ReleaseReason::StartTimedOut }
@@ -176,6 +176,11 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
         }
         PgView::NoData | PgView::Unusable { .. } => Decision::ReleaseLeader { reason: ReleaseReason::NoDataDirectory },
     }
+}
+
+/// A start failed recently: do not try again before one `ttl` has passed.
+fn start_failed(o: &Observed<'_>) -> bool {
+    o.recent.start_failed_at.is_some_and(|at| o.now.since(at) < o.settings.timings.ttl)
 }
 
 fn start_timed_out(o: &Observed<'_>) -> bool {
@@ -224,7 +229,7 @@ fn as_follower(o: &Observed<'_>, c: &ClusterView, leader: &str) -> Decision {
     }
     let Some(lm) = c.member(leader) else {
         return match o.pg {
-            PgView::Stopped(_) if !o.recent.start_failed && !o.recent.diverged => Decision::Follow { leader: None },
+            PgView::Stopped(_) if !start_failed(o) && !o.recent.diverged => Decision::Follow { leader: None },
             _ => Decision::Wait { reason: WaitReason::LeaderMemberUnknown(leader.to_owned()) },
         };
     };
@@ -307,7 +312,7 @@ fn unlocked(o: &Observed<'_>, c: &ClusterView) -> Decision {
         PgView::Stopped(_) if o.recent.diverged => {
             Decision::Wait { reason: WaitReason::NotEligible("diverged; waiting for a leader to rewind from") }
         }
-        PgView::Stopped(_) if o.recent.start_failed => {
+        PgView::Stopped(_) if start_failed(o) => {
             Decision::Wait { reason: WaitReason::NotEligible("PostgreSQL does not start") }
         }
         // Only a running replica can be compared with its peers: start it first.
@@ -325,15 +330,20 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     if !s.tags.can_failover() {
         return Decision::Wait { reason: WaitReason::NotEligible("tagged nofailover or failover_priority <= 0") };
     }
-    if let Some(why) = unfit(o, c, r.timeline, r.wal_position) {
+    if let Some(why) = unfit(o, c, &o.settings.name, r.timeline, r.wal_position) {
         return Decision::Wait { reason: why };
     }
-    let others: Vec<PeerRef> = c
+    let mut others: Vec<PeerRef> = c
         .members
         .iter()
         .filter(|m| m.name != me && !m.api_url.is_empty())
         .map(|m| PeerRef { name: m.name.clone(), api_url: m.api_url.clone() })
         .collect();
+    for p in &o.recent.known_peers {
+        if p.name != me && !others.iter().any(|q| q.name == p.name) {
+            others.push(p.clone());
+        }
+    }
     if others.is_empty() {
         return Decision::AcquireLeader;
     }
@@ -349,19 +359,27 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     if named == Some(me) {
         return Decision::AcquireLeader;
     }
-    let healthy = |st: &super::observed::PeerStatus| st.tags.can_failover() && !st.watchdog_failed;
+    // A peer that could lead: failover-capable and not disqualified by lag or timeline
+    // (judged on what it answered, as it would judge itself).
+    let fit = |name: &str, st: &PeerStatus| {
+        st.tags.can_failover()
+            && !st.watchdog_failed
+            && unfit(o, c, name, st.timeline.unwrap_or(r.timeline), st.wal_position).is_none()
+    };
     if let Some(cand) = named
-        && answered().any(|(n, st)| n == cand && healthy(st))
+        && answered().any(|(n, st)| n == cand && fit(n, st))
     {
         return Decision::Wait { reason: WaitReason::CandidateWillTakeOver(cand.to_owned()) };
     }
-    if failover.and_then(|f| f.leader.as_deref()) == Some(me)
-        && let Some((n, _)) = answered().find(|(_, st)| healthy(st))
+    let former = failover.and_then(|f| f.leader.as_deref());
+    if former == Some(me)
+        && let Some((n, _)) = answered().find(|(n, st)| fit(n, st))
     {
         return Decision::Wait { reason: WaitReason::CandidateWillTakeOver(n.to_owned()) };
     }
     // Rule: the member furthest ahead wins; at equal positions, the higher failover_priority.
-    for (name, st) in answered().filter(|(_, st)| healthy(st)) {
+    // The former leader of a switchover is not a competitor: it stands back (above).
+    for (name, st) in answered().filter(|(n, st)| Some(*n) != former && fit(n, st)) {
         if st.wal_position > r.wal_position {
             return Decision::Wait {
                 reason: WaitReason::PeerAhead { name: name.to_owned(), lsn: st.wal_position, ours: r.wal_position },

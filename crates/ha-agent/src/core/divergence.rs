@@ -59,43 +59,47 @@ pub fn check(
 mod tests {
     use super::*;
 
-    const H: &[TimelineSwitch] =
-        &[TimelineSwitch { timeline: 1, lsn: 1000 }, TimelineSwitch { timeline: 2, lsn: 2000 }];
+    fn h() -> Vec<TimelineSwitch> {
+        vec![
+            TimelineSwitch { timeline: 1, lsn: 1000, leader: None },
+            TimelineSwitch { timeline: 2, lsn: 2000, leader: None },
+        ]
+    }
 
     #[test]
     fn same_timeline_is_compatible() {
-        assert_eq!(check(3, LocalEnd::Unknown, Some(3), H), Divergence::Compatible);
+        assert_eq!(check(3, LocalEnd::Unknown, Some(3), &h()), Divergence::Compatible);
     }
 
     #[test]
     fn replica_that_stopped_at_the_switch_point_is_compatible() {
-        assert_eq!(check(1, LocalEnd::Before(1000), Some(3), H), Divergence::Compatible);
+        assert_eq!(check(1, LocalEnd::Before(1000), Some(3), &h()), Divergence::Compatible);
     }
 
     #[test]
     fn replica_that_received_past_the_switch_point_diverged() {
-        assert_eq!(check(1, LocalEnd::Before(1001), Some(3), H), Divergence::Diverged { switchpoint: 1000 });
+        assert_eq!(check(1, LocalEnd::Before(1001), Some(3), &h()), Divergence::Diverged { switchpoint: 1000 });
     }
 
     #[test]
     fn clean_primary_whose_checkpoint_the_leader_replayed_is_compatible() {
-        assert_eq!(check(2, LocalEnd::LastRecordAt(1900), Some(3), H), Divergence::Compatible);
+        assert_eq!(check(2, LocalEnd::LastRecordAt(1900), Some(3), &h()), Divergence::Compatible);
     }
 
     #[test]
     fn clean_primary_whose_checkpoint_starts_at_the_switch_point_diverged() {
-        assert_eq!(check(2, LocalEnd::LastRecordAt(2000), Some(3), H), Divergence::Diverged { switchpoint: 2000 });
+        assert_eq!(check(2, LocalEnd::LastRecordAt(2000), Some(3), &h()), Divergence::Diverged { switchpoint: 2000 });
     }
 
     #[test]
     fn unknown_history_or_end_is_unknown() {
-        assert_eq!(check(5, LocalEnd::Before(1), Some(6), H), Divergence::Unknown);
-        assert_eq!(check(1, LocalEnd::Unknown, Some(3), H), Divergence::Unknown);
-        assert_eq!(check(1, LocalEnd::Before(1), None, H), Divergence::Unknown);
+        assert_eq!(check(5, LocalEnd::Before(1), Some(6), &h()), Divergence::Unknown);
+        assert_eq!(check(1, LocalEnd::Unknown, Some(3), &h()), Divergence::Unknown);
+        assert_eq!(check(1, LocalEnd::Before(1), None, &h()), Divergence::Unknown);
     }
 
     #[test]
     fn local_timeline_ahead_of_the_leader_diverged() {
-        assert!(matches!(check(4, LocalEnd::Before(1), Some(3), H), Divergence::Diverged { .. }));
+        assert!(matches!(check(4, LocalEnd::Before(1), Some(3), &h()), Divergence::Diverged { .. }));
     }
 }

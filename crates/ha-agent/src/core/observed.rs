@@ -186,14 +186,19 @@ pub struct PeerRef {
 /// Facts about our own recent actions that the core cannot see in PostgreSQL or etcd.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recent {
-    /// The last attempt to start PostgreSQL failed (it exited or never accepted connections).
-    pub start_failed: bool,
+    /// When the last attempt to start PostgreSQL failed (it exited or never accepted
+    /// connections). Cleared by a successful start; the core retries after one `ttl`.
+    pub start_failed_at: Option<Moment>,
     /// pg_rewind failed since the data directory was last made usable.
     pub rewind_failed: bool,
     /// We found the data directory diverged from the leader's timeline and have not repaired it.
     pub diverged: bool,
     /// Since when PostgreSQL has been down while we held the leader key.
     pub primary_down_since: Option<Moment>,
+    /// Members seen recently as non-leaders. They are asked in a leader race even when their
+    /// member keys are gone: after an etcd outage longer than the TTL every member key has
+    /// expired, and the first agent back must not think it is alone.
+    pub known_peers: Vec<PeerRef>,
 }
 
 /// Local settings the core decides with (from the agent's config file).

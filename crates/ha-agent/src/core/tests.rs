@@ -153,7 +153,7 @@ impl Fx {
     }
 
     fn history(mut self, h: &[(u32, u64)]) -> Self {
-        self.c().history = h.iter().map(|&(timeline, lsn)| TimelineSwitch { timeline, lsn }).collect();
+        self.c().history = h.iter().map(|&(timeline, lsn)| TimelineSwitch { timeline, lsn, leader: None }).collect();
         self
     }
 
@@ -273,7 +273,7 @@ fn leader_restarts_its_crashed_primary_in_place() {
 #[test]
 fn leader_releases_the_key_when_postgres_fails_to_start() {
     let mut fx = Fx::new().leader(ME).pg(stopped(ClusterState::InProduction, 1, 900));
-    fx.recent.start_failed = true;
+    fx.recent.start_failed_at = Some(Moment::from_millis(9_000));
     assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::StartFailed });
 }
 
@@ -475,10 +475,30 @@ fn replica_on_a_timeline_behind_the_cluster_does_not_race() {
 }
 
 #[test]
+fn our_own_announced_promotion_that_never_ran_does_not_keep_us_from_leading() {
+    // We announced a switch from timeline 1 before promoting, then crashed before promoting:
+    // we may try again; everyone else treats timeline 2 as taken.
+    let mut fx = Fx::new();
+    fx.c().history = vec![TimelineSwitch { timeline: 1, lsn: 1000, leader: Some(ME.into()) }];
+    fx.c().members.retain(|m| m.name == ME);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    fx.settings.name = "n2".into();
+    assert_eq!(wait(&fx.decide()), &WaitReason::StaleTimeline { ours: 1, cluster: 2 });
+}
+
+#[test]
 fn lone_member_takes_the_key_without_asking_anyone() {
     let mut fx = Fx::new();
     fx.c().members.retain(|m| m.name == ME);
     assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn recently_seen_peers_are_asked_even_when_their_member_keys_expired() {
+    let mut fx = Fx::new();
+    fx.c().members.retain(|m| m.name == ME);
+    fx.recent.known_peers = vec![PeerRef { name: "n3".into(), api_url: "http://n3:8008/patroni".into() }];
+    assert!(matches!(fx.decide(), Decision::ProbePeers { peers } if peers.len() == 1 && peers[0].name == "n3"));
 }
 
 #[test]
@@ -620,6 +640,23 @@ fn everyone_races_when_the_named_candidate_is_down() {
 fn former_leader_stands_back_for_any_healthy_member_after_a_switchover() {
     let fx = Fx::new().failover(Some(ME), None).peers(vec![answer("n2", false, 1000), silent("n3")]);
     assert_eq!(wait(&fx.decide()), &WaitReason::CandidateWillTakeOver("n2".into()));
+}
+
+#[test]
+fn former_leader_is_not_a_competitor_for_the_others_after_a_switchover() {
+    // n2 stepped down (failover key names it as leader, no candidate); it answers with the
+    // same position and a higher priority, yet must not block us: it stands back itself.
+    let mut p = answer("n2", false, 1000);
+    p.status.as_mut().unwrap().tags.failover_priority = 9;
+    let fx = Fx::new().failover(Some("n2"), None).peers(vec![p, answer("n3", false, 900)]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn former_leader_races_when_no_other_member_is_fit() {
+    let mut fx = Fx::new().failover(Some(ME), None).peers(vec![answer("n2", false, 10), silent("n3")]);
+    fx.config.maximum_lag_on_failover = 100;
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
 }
 
 #[test]

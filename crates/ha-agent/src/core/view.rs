@@ -127,11 +127,13 @@ pub struct Member {
     pub lease: i64,
 }
 
-/// A timeline switch from `history`: `timeline` ended at `lsn` (the switch point).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A timeline switch from `history`: `timeline` ended at `lsn` (the switch point), and
+/// `leader` (when recorded) took over on the next timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimelineSwitch {
     pub timeline: u32,
     pub lsn: u64,
+    pub leader: Option<String>,
 }
 
 /// A planned switchover or failover from the `failover` key (`{}` reads as none).
@@ -245,8 +247,21 @@ impl ClusterView {
     /// `history`, or a higher timeline a member publishes. A member below it must not lead:
     /// its promotion would reuse a timeline id that already exists elsewhere.
     pub fn cluster_timeline(&self) -> Option<u32> {
-        let from_history = self.history.iter().map(|h| h.timeline.saturating_add(1)).max();
-        let from_members = self.members.iter().filter_map(|m| m.timeline).max();
+        self.cluster_timeline_for("", 0)
+    }
+
+    /// [`Self::cluster_timeline`] as seen by member `me` on timeline `my_timeline`: a switch
+    /// *from our own timeline* recorded by us is our own promotion, announced before it ran
+    /// (see `run::promote`). If we are still on that timeline the promotion did not happen,
+    /// and the row must not keep us from trying again. Everyone else counts it.
+    pub fn cluster_timeline_for(&self, me: &str, my_timeline: u32) -> Option<u32> {
+        let from_history = self
+            .history
+            .iter()
+            .filter(|h| !(h.timeline == my_timeline && h.leader.as_deref() == Some(me)))
+            .map(|h| h.timeline.saturating_add(1))
+            .max();
+        let from_members = self.members.iter().filter(|m| m.name != me).filter_map(|m| m.timeline).max();
         from_history.max(from_members)
     }
 
@@ -298,8 +313,10 @@ impl ClusterView {
                 },
                 Some(KeyKind::Fixed(ClusterKey::History)) => match HistoryEntry::decode_list(&kv.value) {
                     Ok(rows) => {
-                        view.history =
-                            rows.iter().map(|r| TimelineSwitch { timeline: r.timeline, lsn: r.lsn }).collect();
+                        view.history = rows
+                            .into_iter()
+                            .map(|r| TimelineSwitch { timeline: r.timeline, lsn: r.lsn, leader: r.new_leader })
+                            .collect();
                         view.history.sort_by_key(|h| h.timeline);
                     }
                     Err(e) => problem(kv, &e),
