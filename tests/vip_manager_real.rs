@@ -1,1 +1,686 @@
-//! Real-process tests (filled in by its issue).
+//! vip-manager against real keepalived (Debian's 2.2.7) in network namespaces on one bridge.
+//!
+//! Each test builds a group of hosts, starts vip-manager or keepalived on each, and checks who
+//! holds the VIP by reading the hosts' addresses (not the daemons' logs). Faults are injected
+//! as in production: SIGKILL, SIGSTOP (a hung host), a switch port that drops every frame (a
+//! host cut off: nothing in or out, ARP and gratuitous ARP included), SIGTERM (a clean stop).
+//! A client host connects to the VIP to check that it reaches the new owner after a takeover,
+//! which only works if the gratuitous ARPs went out.
+//!
+//! Timings are short (VRRPv3 at 100 ms, VRRPv2 at its minimum of 1 s) so the file runs in a
+//! couple of minutes; waits are on conditions with deadlines, and the time a takeover took is
+//! printed, not asserted (the figures are measured by `bench/vip-manager`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use outrigger_testkit::{EtcdCluster, EtcdOptions, Net, Proc, wait_until};
+
+const VIP: &str = "10.250.0.100";
+/// Each host answers TCP connections on this port with its name: the client's probe.
+const NAME_PORT: u16 = 7070;
+const METRICS: &str = "127.0.0.1:9802";
+const VRID: u8 = 51;
+
+/// The vip-manager binary, built once per test process (cargo does not build a dependency's
+/// binaries for another package's tests).
+fn vip_manager_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir");
+        // nextest runs each test in its own process: build once per run, not once per test
+        // (each `cargo build` would queue on cargo's lock).
+        let run = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| std::process::id().to_string());
+        let marker = profile_dir.join(format!(".vip-manager-built-{run}"));
+        let lock = std::fs::File::create(profile_dir.join(".vip-manager-build.lock")).expect("build lock file");
+        lock.lock().expect("take the build lock");
+        if !marker.exists() {
+            let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+            cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+                .args(["build", "-q", "-p", "vip-manager", "--bin", "vip-manager", "--target-dir"])
+                .arg(target_dir);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "cargo build -p vip-manager failed");
+            std::fs::write(&marker, b"").expect("write build marker");
+        }
+        drop(lock);
+        profile_dir.join("vip-manager")
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Impl {
+    VipManager,
+    Keepalived,
+}
+
+/// What every member of a group shares.
+#[derive(Debug, Clone)]
+struct Proto {
+    version: u8,
+    interval: Duration,
+    auth: Option<&'static str>,
+    unicast: bool,
+}
+
+impl Proto {
+    fn v3(interval_ms: u64) -> Self {
+        Self { version: 3, interval: Duration::from_millis(interval_ms), auth: None, unicast: false }
+    }
+
+    fn v2() -> Self {
+        Self { version: 2, interval: Duration::from_secs(1), auth: None, unicast: false }
+    }
+}
+
+/// Per-member settings.
+#[derive(Debug, Clone)]
+struct Opts {
+    priority: u8,
+    preempt: bool,
+    preempt_delay_s: u64,
+    /// Overrides the group's password (for the mismatch test).
+    auth: Option<&'static str>,
+}
+
+fn prio(priority: u8) -> Opts {
+    Opts { priority, preempt: true, preempt_delay_s: 0, auth: None }
+}
+
+struct Member {
+    imp: Impl,
+    proc: Proc,
+}
+
+/// A VRRP group: `hosts` hosts (n1..) plus a client host, each host answering on
+/// [`NAME_PORT`] with its name.
+struct Group {
+    net: Net,
+    proto: Proto,
+    hosts: usize,
+    members: Vec<Option<Member>>,
+    client: usize,
+    starts: usize,
+}
+
+impl Group {
+    fn new(test: &str, hosts: usize, proto: Proto) -> Self {
+        // Before any member starts: the build may wait for cargo's lock.
+        vip_manager_bin();
+        let mut net = Net::start(test, hosts).expect("create namespaces");
+        net.add_host("client").expect("add the client host");
+        let client = hosts + 1;
+        for i in 1..=hosts {
+            let name = net.host(i).name().to_owned();
+            net.host(i)
+                .enter(move || {
+                    let l = TcpListener::bind(("0.0.0.0", NAME_PORT)).expect("bind the name responder");
+                    // Threads started here live in the host's namespace; the test process
+                    // ends them when it exits.
+                    std::thread::spawn(move || {
+                        for mut s in l.incoming().flatten() {
+                            let _ = s.write_all(name.as_bytes());
+                        }
+                    });
+                })
+                .expect("start the name responder");
+        }
+        Self { net, proto, hosts, members: (0..hosts).map(|_| None).collect(), client, starts: 0 }
+    }
+
+    fn ip(&self, host: usize) -> String {
+        self.net.host(host).ip().to_string()
+    }
+
+    fn peers(&self) -> Vec<String> {
+        (1..=self.hosts).map(|h| self.ip(h)).collect()
+    }
+
+    fn start(&mut self, host: usize, imp: Impl, o: Opts) {
+        // A directory per start: a killed keepalived leaves zombie pids in its pid files, and a
+        // new one refuses to start while they look alive.
+        let starts = self.starts;
+        self.starts += 1;
+        let dir = self.net.dir().sub(&format!("{}-n{host}-{starts}", label(imp))).expect("member dir");
+        let (conf_name, text) = match imp {
+            Impl::VipManager => ("vip-manager.toml", self.vm_config(host, &o)),
+            Impl::Keepalived => ("keepalived.conf", self.ka_config(host, &o)),
+        };
+        let conf = dir.join(conf_name);
+        std::fs::write(&conf, text).expect("write config");
+        let cmd = match imp {
+            Impl::VipManager => {
+                let mut c = Command::new(vip_manager_bin());
+                // Plain text logs, so that ERROR lines can be found.
+                c.arg("--config").arg(&conf).env("NO_COLOR", "1");
+                c
+            }
+            Impl::Keepalived => {
+                let mut c = Command::new("/usr/sbin/keepalived");
+                c.args(["-n", "-l", "-D", "-P", "-f"])
+                    .arg(&conf)
+                    .arg("-p")
+                    .arg(dir.join("keepalived.pid"))
+                    .arg("-r")
+                    .arg(dir.join("vrrp.pid"))
+                    .arg("-c")
+                    .arg(dir.join("checkers.pid"));
+                c
+            }
+        };
+        let proc = self.net.host(host).spawn(&format!("{}-n{host}-{starts}", label(imp)), cmd).expect("spawn member");
+        self.members[host - 1] = Some(Member { imp, proc });
+    }
+
+    fn vm_config(&self, host: usize, o: &Opts) -> String {
+        let p = &self.proto;
+        let interval =
+            if p.version == 2 { format!("{}s", p.interval.as_secs()) } else { format!("{}ms", p.interval.as_millis()) };
+        let mut s = format!(
+            "interface = \"eth0\"\nvip = \"{VIP}\"\n[vrrp]\nversion = {}\nvrid = {VRID}\npriority = {}\n\
+             advert_interval = \"{interval}\"\npreempt = {}\npreempt_delay = \"{}s\"\n",
+            p.version, o.priority, o.preempt, o.preempt_delay_s
+        );
+        if let Some(pass) = o.auth.or(p.auth) {
+            s += &format!("auth_pass = \"{pass}\"\n");
+        }
+        if p.unicast {
+            let peers: Vec<String> = self.peers().iter().map(|a| format!("\"{a}\"")).collect();
+            s += &format!("source = \"{}\"\nunicast_peers = [{}]\n", self.ip(host), peers.join(", "));
+        }
+        s += &format!("[metrics]\nlisten = \"{METRICS}\"\n");
+        s
+    }
+
+    fn ka_config(&self, host: usize, o: &Opts) -> String {
+        let p = &self.proto;
+        let mut s = format!(
+            "global_defs {{\n  router_id n{host}\n  vrrp_version {}\n}}\nvrrp_instance VI_1 {{\n  interface eth0\n  \
+             state BACKUP\n  virtual_router_id {VRID}\n  priority {}\n  advert_int {}\n",
+            p.version,
+            o.priority,
+            p.interval.as_secs_f64()
+        );
+        if !o.preempt {
+            s += "  nopreempt\n";
+        }
+        if o.preempt_delay_s > 0 {
+            s += &format!("  preempt_delay {}\n", o.preempt_delay_s);
+        }
+        if let Some(pass) = o.auth.or(p.auth) {
+            s += &format!("  authentication {{\n    auth_type PASS\n    auth_pass {pass}\n  }}\n");
+        }
+        if p.unicast {
+            s += &format!("  unicast_src_ip {}\n  unicast_peer {{\n", self.ip(host));
+            for peer in self.peers() {
+                s += &format!("    {peer}\n");
+            }
+            s += "  }\n";
+        }
+        s += &format!("  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n");
+        s
+    }
+
+    /// SIGKILL to everything on the host (keepalived is two processes): a crash. The VIP stays
+    /// configured on the host, as it would after a real crash.
+    fn kill(&mut self, host: usize) {
+        let h = self.net.host(host);
+        let pids = h.pids();
+        // Stop them all first, so keepalived's parent cannot restart its child in between.
+        for p in &pids {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
+        }
+        for p in &pids {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        if let Some(mut m) = self.members[host - 1].take() {
+            let _ = m.proc.kill();
+            self.check_errors(&m);
+        }
+    }
+
+    /// SIGTERM and wait for the exit: a clean stop.
+    fn stop(&mut self, host: usize) {
+        if let Some(mut m) = self.members[host - 1].take() {
+            m.proc.stop(Duration::from_secs(10)).expect("stop member");
+            self.check_errors(&m);
+        }
+    }
+
+    /// SIGSTOP to every process on the host: it hangs with its sockets and addresses.
+    fn freeze(&self, host: usize) {
+        self.net.host(host).freeze_all().expect("freeze");
+    }
+
+    fn thaw(&self, host: usize) {
+        self.net.host(host).thaw_all().expect("thaw");
+    }
+
+    /// Drops every frame to and from the host's switch port: nothing in or out, ARP and
+    /// gratuitous ARP included (a host-side nft rule would let AF_PACKET frames through).
+    fn isolate(&self, host: usize) {
+        let rules = format!(
+            "table bridge otk_cut_{host} {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    \
+             iifname \"p{host}\" drop\n    oifname \"p{host}\" drop\n  }}\n}}\n"
+        );
+        self.switch_nft(&["-f", "-"], Some(&rules));
+    }
+
+    fn rejoin(&self, host: usize) {
+        self.switch_nft(&["delete", "table", "bridge", &format!("otk_cut_{host}")], None);
+    }
+
+    fn switch_nft(&self, args: &[&str], stdin: Option<&str>) {
+        let switch = self.net.namespaces().pop().expect("switch namespace");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &switch, "nft"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        let mut input = child.stdin.take().expect("nft stdin");
+        input.write_all(stdin.unwrap_or("").as_bytes()).expect("write nft rules");
+        drop(input);
+        assert!(child.wait().expect("nft").success(), "nft {args:?} in the switch namespace");
+    }
+
+    /// Hosts that have the VIP configured, read from their addresses.
+    fn holders(&self) -> Vec<usize> {
+        (1..=self.hosts)
+            .filter(|&h| {
+                let out = self.net.host(h).exec(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]).unwrap_or_default();
+                out.contains(&format!(" {VIP}/"))
+            })
+            .collect()
+    }
+
+    /// Waits until `host` is the only host with the VIP; returns how long that took.
+    fn wait_sole_holder(&self, host: usize, timeout: Duration, what: &str) -> Duration {
+        let t0 = Instant::now();
+        let r = wait_until(timeout, &format!("n{host} alone to hold the VIP ({what})"), || {
+            (self.holders() == [host]).then_some(())
+        });
+        if let Err(e) = r {
+            panic!("{e:#}; holders now {:?}; logs in {}", self.holders(), self.net.dir().path().display());
+        }
+        let took = t0.elapsed();
+        eprintln!("{what}: n{host} alone holds the VIP after {took:?}");
+        took
+    }
+
+    /// Waits until `host` holds the VIP (others may too: a host cut off keeps its own).
+    fn wait_holder(&self, host: usize, timeout: Duration, what: &str) -> Duration {
+        let t0 = Instant::now();
+        let r = wait_until(timeout, &format!("n{host} to hold the VIP ({what})"), || {
+            self.holders().contains(&host).then_some(())
+        });
+        if let Err(e) = r {
+            panic!("{e:#}; holders now {:?}; logs in {}", self.holders(), self.net.dir().path().display());
+        }
+        let took = t0.elapsed();
+        eprintln!("{what}: n{host} holds the VIP after {took:?}");
+        took
+    }
+
+    /// Asserts that `host` keeps the VIP alone for `period` (nothing preempts it).
+    fn stays_sole_holder(&self, host: usize, period: Duration, what: &str) {
+        let end = Instant::now() + period;
+        while Instant::now() < end {
+            assert_eq!(self.holders(), [host], "{what}: n{host} should keep the VIP alone");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The name of the host that answers on VIP:NAME_PORT from the client host.
+    fn client_reaches(&self) -> Option<String> {
+        self.net
+            .host(self.client)
+            .enter(|| {
+                let addr: SocketAddr = format!("{VIP}:{NAME_PORT}").parse().ok()?;
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+                s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+                let mut name = String::new();
+                s.read_to_string(&mut name).ok()?;
+                Some(name)
+            })
+            .ok()
+            .flatten()
+    }
+
+    fn wait_client_reaches(&self, host: usize, timeout: Duration) -> Duration {
+        let want = self.net.host(host).name().to_owned();
+        let t0 = Instant::now();
+        let r = wait_until(timeout, &format!("the client to reach {want} at the VIP"), || {
+            (self.client_reaches().as_deref() == Some(want.as_str())).then_some(())
+        });
+        if let Err(e) = r {
+            panic!("{e:#}; it reaches {:?}; holders {:?}", self.client_reaches(), self.holders());
+        }
+        t0.elapsed()
+    }
+
+    /// vip-manager's metrics, fetched from inside its host.
+    fn metrics(&self, host: usize) -> String {
+        self.net
+            .host(host)
+            .enter(|| {
+                let mut s = TcpStream::connect(METRICS).ok()?;
+                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).ok()?;
+                Some(out)
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn check_errors(&self, m: &Member) {
+        if m.imp == Impl::VipManager {
+            let errors = m.proc.unexpected_errors(&[]);
+            assert!(errors.is_empty(), "vip-manager logged errors:\n{}", errors.join("\n"));
+        }
+    }
+
+    /// Ends the test: every vip-manager stops cleanly without an unexpected ERROR.
+    fn finish(mut self) {
+        for h in 1..=self.hosts {
+            self.stop(h);
+        }
+    }
+}
+
+fn label(imp: Impl) -> &'static str {
+    match imp {
+        Impl::VipManager => "vm",
+        Impl::Keepalived => "ka",
+    }
+}
+
+/// Generous deadlines: several down intervals, for a loaded 2-core CI machine.
+const FAST: Duration = Duration::from_secs(5);
+const SLOW_V2: Duration = Duration::from_secs(12);
+
+use Impl::{Keepalived as Ka, VipManager as Vm};
+
+#[test]
+fn v3_highest_priority_wins_and_a_killed_master_hands_over_both_ways() {
+    let mut g = Group::new("v3_highest_priority_wins_and_a_killed_master_hands_over_both_ways", 3, Proto::v3(100));
+    g.start(1, Ka, prio(150));
+    g.start(2, Vm, prio(200));
+    g.start(3, Vm, prio(100));
+    g.wait_sole_holder(2, FAST, "vip-manager 200 over keepalived 150 and vip-manager 100");
+
+    g.kill(2);
+    g.wait_holder(1, FAST, "vip-manager master killed: keepalived takes over");
+    g.kill(1);
+    g.wait_holder(3, FAST, "keepalived master killed: vip-manager takes over");
+
+    // Restarted, each removes the VIP its crash left behind; the 200 preempts again.
+    g.start(1, Ka, prio(150));
+    g.start(2, Vm, prio(200));
+    g.wait_sole_holder(2, FAST, "after restarts, the highest priority alone holds the VIP");
+    g.finish();
+}
+
+#[test]
+fn v3_keepalived_wins_when_it_has_the_highest_priority() {
+    let mut g = Group::new("v3_keepalived_wins_when_it_has_the_highest_priority", 3, Proto::v3(100));
+    g.start(1, Vm, prio(150));
+    g.start(2, Vm, prio(100));
+    g.start(3, Ka, prio(200));
+    g.wait_sole_holder(3, FAST, "keepalived 200 over two vip-managers");
+    g.stays_sole_holder(3, Duration::from_millis(500), "a stable election");
+    g.finish();
+}
+
+#[test]
+fn v2_with_pass_auth_and_unicast_peers_hands_over_from_a_frozen_master_and_back() {
+    let proto = Proto { auth: Some("password"), unicast: true, ..Proto::v2() };
+    let mut g = Group::new("v2_with_pass_auth_and_unicast_peers_hands_over_from_a_frozen_master_and_back", 3, proto);
+    g.start(1, Ka, prio(150));
+    g.start(2, Vm, prio(200));
+    g.start(3, Vm, prio(100));
+    g.wait_sole_holder(2, SLOW_V2, "vip-manager 200 over keepalived 150");
+
+    // A hung vip-manager: keepalived takes over; thawed, the 200 preempts it back.
+    g.freeze(2);
+    g.wait_holder(1, SLOW_V2, "vip-manager frozen: keepalived takes over");
+    g.thaw(2);
+    g.wait_sole_holder(2, SLOW_V2, "vip-manager thawed: it takes the VIP back");
+
+    // A hung keepalived master: the next vip-manager takes over.
+    g.stop(2);
+    g.wait_sole_holder(1, SLOW_V2, "vip-manager stopped: keepalived holds the VIP");
+    g.freeze(1);
+    g.wait_holder(3, SLOW_V2, "keepalived frozen: vip-manager takes over");
+    g.thaw(1);
+    g.wait_sole_holder(1, SLOW_V2, "keepalived thawed: it takes the VIP back");
+    g.finish();
+}
+
+#[test]
+fn v2_pass_auth_mismatch_is_rejected_and_counted() {
+    let proto = Proto { auth: Some("secret"), ..Proto::v2() };
+    let mut g = Group::new("v2_pass_auth_mismatch_is_rejected_and_counted", 2, proto);
+    g.start(1, Ka, prio(100));
+    g.start(2, Vm, Opts { auth: Some("wrong"), ..prio(200) });
+    // Neither accepts the other's adverts, so each becomes master on its own: the classic
+    // misconfiguration, and the reason the rejects are counted.
+    wait_until(SLOW_V2, "both to hold the VIP", || (g.holders() == [1, 2]).then_some(())).unwrap();
+    let m = g.metrics(2);
+    let line = m.lines().find(|l| l.starts_with("vip_manager_rejected_packets_total{reason=\"auth_pass\"}"));
+    let count: u64 = line.and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or(0);
+    assert!(count > 0, "auth_pass rejects should be counted:\n{m}");
+    g.finish();
+}
+
+#[test]
+fn v3_cut_off_master_is_replaced_the_client_follows_and_after_healing_one_master_remains() {
+    let mut g = Group::new(
+        "v3_cut_off_master_is_replaced_the_client_follows_and_after_healing_one_master_remains",
+        2,
+        Proto::v3(100),
+    );
+    g.start(1, Ka, prio(200));
+    g.start(2, Vm, prio(150));
+    g.wait_sole_holder(1, FAST, "keepalived 200 over vip-manager 150");
+    // The client learns the VIP's MAC from the current holder.
+    g.wait_client_reaches(1, FAST);
+
+    g.isolate(1);
+    g.wait_holder(2, FAST, "keepalived cut off: vip-manager takes over");
+    let took = g.wait_client_reaches(2, FAST);
+    eprintln!("the client reached the new owner {took:?} after it held the VIP (gratuitous ARP)");
+
+    // Both are master now (the cut-off one cannot know better). After healing, the lower one
+    // yields at the first advert it hears: one master, one VIP.
+    assert_eq!(g.holders(), [1, 2], "the cut-off host keeps its VIP while alone");
+    g.rejoin(1);
+    g.wait_sole_holder(1, FAST, "partition healed: one master, one VIP");
+    g.wait_client_reaches(1, FAST);
+
+    // And the other way round: vip-manager's side cut off after it preempts.
+    g.stop(1);
+    g.wait_sole_holder(2, FAST, "keepalived stopped");
+    g.start(1, Ka, prio(100));
+    g.stays_sole_holder(2, Duration::from_millis(600), "a lower keepalived joins");
+    g.wait_client_reaches(2, FAST);
+    g.isolate(2);
+    g.wait_holder(1, FAST, "vip-manager cut off: keepalived takes over");
+    g.wait_client_reaches(1, FAST);
+    g.rejoin(2);
+    g.wait_sole_holder(2, FAST, "partition healed: the higher vip-manager alone holds it");
+    g.wait_client_reaches(2, FAST);
+    g.finish();
+}
+
+#[test]
+fn v3_nopreempt_and_preempt_delay_are_honoured() {
+    let mut g = Group::new("v3_nopreempt_and_preempt_delay_are_honoured", 3, Proto::v3(100));
+    g.start(1, Ka, prio(100));
+    g.wait_sole_holder(1, FAST, "keepalived alone");
+    // A higher vip-manager with nopreempt leaves the running master alone.
+    g.start(2, Vm, Opts { preempt: false, ..prio(200) });
+    g.stays_sole_holder(1, Duration::from_secs(1), "vip-manager 200 with nopreempt joined");
+    // A higher vip-manager with a preempt delay takes over, but only after the delay.
+    let joined = Instant::now();
+    g.start(3, Vm, Opts { preempt_delay_s: 2, ..prio(150) });
+    g.stays_sole_holder(1, Duration::from_millis(1200), "within vip-manager 150's preempt delay");
+    g.wait_sole_holder(3, FAST, "vip-manager 150's preempt delay is over");
+    eprintln!("preempted {:?} after joining (delay 2 s)", joined.elapsed());
+    // The nopreempt member still does not preempt the new (lower) master.
+    g.stays_sole_holder(3, Duration::from_millis(500), "nopreempt member stays backup");
+
+    // keepalived with nopreempt behaves the same towards a vip-manager master.
+    g.stop(2);
+    g.stop(1);
+    g.start(1, Ka, Opts { preempt: false, ..prio(250) });
+    g.stays_sole_holder(3, Duration::from_secs(1), "keepalived 250 with nopreempt joined");
+    g.stop(3);
+    g.wait_sole_holder(1, FAST, "the vip-manager master stopped: keepalived takes over");
+    g.finish();
+}
+
+/// Equal priorities never preempt (the first master stays), so the tie-break only shows when
+/// two masters meet: after a partition heals. Every member starts cut off, becomes master
+/// alone, and the highest address must win when they meet, whichever implementation it runs.
+#[test]
+fn v3_equal_priorities_are_resolved_by_the_higher_address_in_both_implementations() {
+    let mut g =
+        Group::new("v3_equal_priorities_are_resolved_by_the_higher_address_in_both_implementations", 3, Proto::v3(100));
+    for h in 1..=3 {
+        g.isolate(h);
+    }
+    g.start(1, Vm, prio(100));
+    g.start(2, Vm, prio(100));
+    g.start(3, Ka, prio(100));
+    wait_until(FAST, "every isolated member to be master", || (g.holders() == [1, 2, 3]).then_some(())).unwrap();
+    for h in 1..=3 {
+        g.rejoin(h);
+    }
+    g.wait_sole_holder(3, FAST, "healed: keepalived .3 has the highest address");
+    g.stays_sole_holder(3, Duration::from_millis(500), "a stable tie-break");
+
+    // The other way round: keepalived .2 must yield to vip-manager .3.
+    g.stop(3);
+    g.stop(2);
+    g.wait_sole_holder(1, FAST, "vip-manager .1 alone");
+    g.start(2, Ka, prio(100));
+    g.start(3, Vm, prio(100));
+    // Joining members with the same priority do not preempt the running master.
+    g.stays_sole_holder(1, Duration::from_secs(1), "equal priority does not preempt");
+    for h in 1..=3 {
+        g.isolate(h);
+    }
+    wait_until(FAST, "every isolated member to be master", || (g.holders() == [1, 2, 3]).then_some(())).unwrap();
+    for h in 1..=3 {
+        g.rejoin(h);
+    }
+    g.wait_sole_holder(3, FAST, "healed: vip-manager .3 over keepalived .2 and vip-manager .1");
+    g.finish();
+}
+
+#[test]
+fn a_clean_stop_hands_over_within_about_the_skew_time_in_both_directions() {
+    // 1 s adverts make the difference plain: the down interval is over 3 s, the skew of the
+    // next priority a fraction of a second.
+    let mut g = Group::new("a_clean_stop_hands_over_within_about_the_skew_time_in_both_directions", 3, Proto::v3(1000));
+    g.start(1, Vm, prio(200));
+    g.start(2, Ka, prio(150));
+    g.start(3, Vm, prio(100));
+    g.wait_sole_holder(1, Duration::from_secs(10), "vip-manager 200");
+    let t0 = Instant::now();
+    g.stop(1);
+    g.wait_sole_holder(2, Duration::from_secs(10), "vip-manager stopped: priority 0 to keepalived");
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}: the priority 0 advert was not acted on");
+    let t0 = Instant::now();
+    g.stop(2);
+    g.wait_sole_holder(3, Duration::from_secs(10), "keepalived stopped: priority 0 to vip-manager");
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}: keepalived's priority 0 advert was not acted on");
+    g.finish();
+}
+
+#[test]
+fn etcd_follow_moves_the_vip_with_the_leader_key() {
+    let net = Net::start("etcd_follow_moves_the_vip_with_the_leader_key", 3).expect("namespaces");
+    let etcd = EtcdCluster::start(&net, &[3], EtcdOptions::default()).expect("etcd");
+    let endpoints = etcd.endpoints();
+    let key = "/service/pg/leader";
+    let mut procs = Vec::new();
+    for (host, policy) in [(1, "keep"), (2, "release")] {
+        let dir = net.dir().sub(&format!("vm-n{host}")).expect("dir");
+        let conf = dir.join("vip-manager.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "interface = \"eth0\"\nvip = \"{VIP}\"\nmode = \"etcd-follow\"\n[leader]\nscope = \"pg\"\n\
+                 member = \"n{host}\"\non_etcd_unreachable = \"{policy}\"\n[etcd]\nendpoints = {endpoints:?}\n"
+            ),
+        )
+        .expect("config");
+        let mut cmd = Command::new(vip_manager_bin());
+        cmd.arg("--config").arg(&conf).env("NO_COLOR", "1");
+        procs.push(net.host(host).spawn(&format!("vm-n{host}"), cmd).expect("spawn"));
+    }
+    let holders = |net: &Net| -> Vec<usize> {
+        (1..=2)
+            .filter(|&h| {
+                net.host(h).exec(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]).unwrap_or_default().contains(VIP)
+            })
+            .collect()
+    };
+    let wait = |net: &Net, want: &[usize], what: &str| {
+        let t0 = Instant::now();
+        wait_until(Duration::from_secs(10), what, || (holders(net) == want).then_some(()))
+            .unwrap_or_else(|e| panic!("{e:#}; holders {:?}", holders(net)));
+        eprintln!("{what}: {:?}", t0.elapsed());
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(holders(&net), Vec::<usize>::new(), "no leader key: nobody holds the VIP");
+    etcd.etcdctl(&net, 0, &["put", key, "n1"]).expect("put");
+    wait(&net, &[1], "leader n1");
+    etcd.etcdctl(&net, 0, &["put", key, "n2"]).expect("put");
+    wait(&net, &[2], "leader n2");
+    etcd.etcdctl(&net, 0, &["del", key]).expect("del");
+    wait(&net, &[], "no leader");
+    etcd.etcdctl(&net, 0, &["put", key, "n2"]).expect("put");
+    wait(&net, &[2], "leader n2 again");
+
+    // Cut off from etcd, n2 (policy release) drops the VIP; reachable again, it takes it back.
+    let etcd_ip = net.host(3).ip().to_string();
+    net.host(2).block("etcd", &[&format!("ip saddr {etcd_ip}")], &[&format!("ip daddr {etcd_ip}")]).expect("block");
+    wait(&net, &[], "n2 cut off from etcd with policy release");
+    net.host(2).unblock("etcd").expect("unblock");
+    wait(&net, &[2], "n2 reaches etcd again");
+
+    // n1 (policy keep) holds on through an etcd outage.
+    etcd.etcdctl(&net, 0, &["put", key, "n1"]).expect("put");
+    wait(&net, &[1], "leader n1");
+    net.host(1).block("etcd", &[&format!("ip saddr {etcd_ip}")], &[&format!("ip daddr {etcd_ip}")]).expect("block");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(holders(&net), [1], "policy keep rides out the outage");
+    net.host(1).unblock("etcd").expect("unblock");
+
+    for mut p in procs.drain(..) {
+        p.stop(Duration::from_secs(10)).expect("stop");
+        let errors = p.unexpected_errors(&[]);
+        assert!(errors.is_empty(), "vip-manager logged errors:\n{}", errors.join("\n"));
+    }
+    assert_eq!(holders(&net), Vec::<usize>::new(), "a clean stop releases the VIP");
+    drop(etcd);
+}

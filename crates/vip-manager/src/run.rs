@@ -398,6 +398,7 @@ impl VrrpDaemon {
         let mut inputs_open = true;
         loop {
             progress.beat();
+            // Not biased: a flood of packets must not starve the advert timer.
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 r = self.socket.recv(&mut buf) => match r {
@@ -633,13 +634,32 @@ impl FollowDaemon {
         progress: &Progress,
     ) -> anyhow::Result<()> {
         self.metrics.transition(State::Initialize, State::Backup);
+        let result = self.main_loop(&mut inputs, shutdown, progress).await;
+        // Release on the way out, whatever ended the loop.
+        if self.held || self.holder.present().await != Some(false) {
+            self.holder.remove().await;
+            self.set_held(false);
+        }
+        self.metrics.transition(if self.held { State::Master } else { State::Backup }, State::Stopped);
+        result
+    }
+
+    async fn main_loop(
+        &mut self,
+        inputs: &mut mpsc::Receiver<Update>,
+        shutdown: &CancellationToken,
+        progress: &Progress,
+    ) -> anyhow::Result<()> {
         let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             progress.beat();
             let wake = [self.garp_again_at, self.recheck_at].into_iter().flatten().min();
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                // Shutdown first: the input tasks stop with it, and their channel closing then
+                // is not an error.
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
                 u = inputs.recv() => match u {
                     Some(Update::Leader(v)) => {
                         self.metrics.etcd_reachable.set(1);
@@ -658,6 +678,7 @@ impl FollowDaemon {
                         self.decide().await;
                     }
                     Some(Update::Track { .. }) => {}
+                    None if shutdown.is_cancelled() => return Ok(()),
                     None => anyhow::bail!("the leader key watcher stopped"),
                 },
                 () = sleep_until(wake) => {
@@ -676,12 +697,6 @@ impl FollowDaemon {
                 _ = reconcile.tick() => self.reconcile().await,
             }
         }
-        if self.held || self.holder.present().await != Some(false) {
-            self.holder.remove().await;
-            self.set_held(false);
-        }
-        self.metrics.transition(if self.held { State::Master } else { State::Backup }, State::Stopped);
-        Ok(())
     }
 
     async fn decide(&mut self) {
