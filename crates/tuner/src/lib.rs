@@ -11,10 +11,14 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod cli;
 pub mod common;
 pub mod compare;
 pub mod config;
+pub mod detect;
+pub mod explain;
 pub mod input;
+pub mod output;
 pub mod pgconf;
 pub mod pgtune;
 pub mod rules;

@@ -1,36 +1,9 @@
-//! tuner binary.
+//! tuner binary: see [`tuner::cli`] for the options and exit codes.
 //!
-//! Lifecycle: parse flags → `--check-config FILE` validates and exits → otherwise load the
-//! config and hand over to the library. The daemon's run mode lands with its own issue, so
-//! running without `--check-config` says so and exits non-zero rather than pretend to work.
+//! Lifecycle: parse the command line → `--check-config FILE` validates the config file and
+//! exits → otherwise resolve the inputs (flags, then detection for what they leave out), run
+//! the pure rules, and write the chosen output format.
 
-use std::process::ExitCode;
-
-use clap::Parser;
-use outrigger_daemon::cli::{CommonArgs, check_config, load_or_report};
-
-/// PostgreSQL settings from hardware and workload, pg_configurator-compatible (Outrigger).
-#[derive(Debug, Parser)]
-#[command(name = "tuner", version, about)]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-}
-
-fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Some(path) = &args.common.check_config {
-        return check_config::<tuner::config::RawConfig>(path);
-    }
-    let Some(path) = &args.common.config else {
-        eprintln!("tuner: --config FILE is required (or --check-config FILE)");
-        return ExitCode::from(2);
-    };
-    match load_or_report::<tuner::config::RawConfig>(path) {
-        Ok(_cfg) => {
-            eprintln!("tuner: the run mode is not implemented yet; only --check-config works in this build");
-            ExitCode::from(1)
-        }
-        Err(code) => code,
-    }
+fn main() -> std::process::ExitCode {
+    tuner::cli::main()
 }

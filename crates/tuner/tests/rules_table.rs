@@ -2,6 +2,9 @@
 //! 768 GiB (and beyond, for the clamps), every disk type, workload, version and replication
 //! mode. Every case must keep the relations the rules promise; a failure names the case.
 
+// Helpers outside `#[test]` functions panic on purpose too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use tuner::catalog;
 use tuner::compare::{Norm, normalize};
 use tuner::input::{Disk, Duty, Inputs};

@@ -5,6 +5,9 @@
 //! 3. where pg_configurator is known to be wrong (tuning.md §4 and the relations it breaks),
 //!    tuner's value must be the corrected one.
 
+// Helpers outside `#[test]` functions panic on purpose too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
