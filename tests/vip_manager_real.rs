@@ -23,6 +23,8 @@ use nix::unistd::Pid;
 use outrigger_testkit::{EtcdCluster, EtcdOptions, Net, Proc, wait_until};
 
 const VIP: &str = "10.250.0.100";
+/// The VIP of the IPv6 group; every host also gets `fd00::<index>/64` so the client has a route.
+const VIP6: &str = "fd00::100";
 /// Each host answers TCP connections on this port with its name: the client's probe.
 const NAME_PORT: u16 = 7070;
 const METRICS: &str = "127.0.0.1:9802";
@@ -93,10 +95,12 @@ struct Opts {
     preempt_delay_s: u64,
     /// Overrides the group's password (for the mismatch test).
     auth: Option<&'static str>,
+    /// More vip-manager config (sections such as `[leader]`).
+    extra: String,
 }
 
 fn prio(priority: u8) -> Opts {
-    Opts { priority, preempt: true, preempt_delay_s: 0, auth: None }
+    Opts { priority, preempt: true, preempt_delay_s: 0, auth: None, extra: String::new() }
 }
 
 struct Member {
@@ -113,6 +117,7 @@ struct Group {
     members: Vec<Option<Member>>,
     client: usize,
     starts: usize,
+    vip: &'static str,
 }
 
 impl Group {
@@ -126,7 +131,8 @@ impl Group {
             let name = net.host(i).name().to_owned();
             net.host(i)
                 .enter(move || {
-                    let l = TcpListener::bind(("0.0.0.0", NAME_PORT)).expect("bind the name responder");
+                    // Dual-stack: answers over IPv4 and IPv6.
+                    let l = TcpListener::bind(("::", NAME_PORT)).expect("bind the name responder");
                     // Threads started here live in the host's namespace; the test process
                     // ends them when it exits.
                     std::thread::spawn(move || {
@@ -137,7 +143,26 @@ impl Group {
                 })
                 .expect("start the name responder");
         }
-        Self { net, proto, hosts, members: (0..hosts).map(|_| None).collect(), client, starts: 0 }
+        Self { net, proto, hosts, members: (0..hosts).map(|_| None).collect(), client, starts: 0, vip: VIP }
+    }
+
+    /// The same over IPv6 (VRRPv3 only): link-local sources, ff02::12, unsolicited NAs.
+    fn new_v6(test: &str, hosts: usize, proto: Proto) -> Self {
+        let mut g = Self::new(test, hosts, proto);
+        g.vip = VIP6;
+        for h in 1..=g.client {
+            let addr = format!("fd00::{h}/64");
+            g.net.host(h).exec(&["ip", "-6", "addr", "add", &addr, "dev", "eth0", "nodad"]).expect("add IPv6 address");
+        }
+        // VRRP over IPv6 is sent from the link-local address, which must have passed DAD.
+        for h in 1..=g.client {
+            wait_until(Duration::from_secs(10), "link-local addresses to leave DAD", || {
+                let out = g.net.host(h).exec(&["ip", "-6", "addr", "show", "dev", "eth0", "tentative"]).ok()?;
+                out.trim().is_empty().then_some(())
+            })
+            .unwrap();
+        }
+        g
     }
 
     fn ip(&self, host: usize) -> String {
@@ -189,9 +214,9 @@ impl Group {
         let interval =
             if p.version == 2 { format!("{}s", p.interval.as_secs()) } else { format!("{}ms", p.interval.as_millis()) };
         let mut s = format!(
-            "interface = \"eth0\"\nvip = \"{VIP}\"\n[vrrp]\nversion = {}\nvrid = {VRID}\npriority = {}\n\
+            "interface = \"eth0\"\nvip = \"{}\"\n[vrrp]\nversion = {}\nvrid = {VRID}\npriority = {}\n\
              advert_interval = \"{interval}\"\npreempt = {}\npreempt_delay = \"{}s\"\n",
-            p.version, o.priority, o.preempt, o.preempt_delay_s
+            self.vip, p.version, o.priority, o.preempt, o.preempt_delay_s
         );
         if let Some(pass) = o.auth.or(p.auth) {
             s += &format!("auth_pass = \"{pass}\"\n");
@@ -201,6 +226,7 @@ impl Group {
             s += &format!("source = \"{}\"\nunicast_peers = [{}]\n", self.ip(host), peers.join(", "));
         }
         s += &format!("[metrics]\nlisten = \"{METRICS}\"\n");
+        s += &o.extra;
         s
     }
 
@@ -229,7 +255,8 @@ impl Group {
             }
             s += "  }\n";
         }
-        s += &format!("  virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n");
+        let plen = if self.vip.contains(':') { 128 } else { 32 };
+        s += &format!("  virtual_ipaddress {{\n    {}/{plen}\n  }}\n}}\n", self.vip);
         s
     }
 
@@ -300,8 +327,8 @@ impl Group {
     fn holders(&self) -> Vec<usize> {
         (1..=self.hosts)
             .filter(|&h| {
-                let out = self.net.host(h).exec(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]).unwrap_or_default();
-                out.contains(&format!(" {VIP}/"))
+                let out = self.net.host(h).exec(&["ip", "-o", "addr", "show", "dev", "eth0"]).unwrap_or_default();
+                out.contains(&format!(" {}/", self.vip))
             })
             .collect()
     }
@@ -345,10 +372,13 @@ impl Group {
 
     /// The name of the host that answers on VIP:NAME_PORT from the client host.
     fn client_reaches(&self) -> Option<String> {
+        let addr: SocketAddr = match self.vip.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, NAME_PORT),
+            Err(_) => return None,
+        };
         self.net
             .host(self.client)
-            .enter(|| {
-                let addr: SocketAddr = format!("{VIP}:{NAME_PORT}").parse().ok()?;
+            .enter(move || {
                 let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
                 s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
                 let mut name = String::new();
@@ -683,4 +713,70 @@ fn etcd_follow_moves_the_vip_with_the_leader_key() {
     }
     assert_eq!(holders(&net), Vec::<usize>::new(), "a clean stop releases the VIP");
     drop(etcd);
+}
+
+#[test]
+fn v3_over_ipv6_interoperates_and_the_client_follows_unsolicited_neighbour_advertisements() {
+    let mut g = Group::new_v6(
+        "v3_over_ipv6_interoperates_and_the_client_follows_unsolicited_neighbour_advertisements",
+        2,
+        Proto::v3(100),
+    );
+    g.start(1, Ka, prio(200));
+    g.start(2, Vm, prio(150));
+    g.wait_sole_holder(1, FAST, "IPv6: keepalived 200 over vip-manager 150");
+    g.wait_client_reaches(1, FAST);
+    g.isolate(1);
+    g.wait_holder(2, FAST, "IPv6: keepalived cut off, vip-manager takes over");
+    let took = g.wait_client_reaches(2, FAST);
+    eprintln!("the client reached the new owner {took:?} after it held the VIP (unsolicited NA)");
+    g.rejoin(1);
+    g.wait_sole_holder(1, FAST, "IPv6: healed, one master");
+
+    g.stop(1);
+    g.wait_sole_holder(2, FAST, "IPv6: keepalived stopped (priority 0)");
+    g.start(1, Ka, prio(100));
+    g.stays_sole_holder(2, Duration::from_millis(600), "IPv6: a lower keepalived joins");
+    g.kill(2);
+    g.wait_holder(1, FAST, "IPv6: vip-manager killed, keepalived takes over");
+    g.finish();
+}
+
+#[test]
+fn vrrp_priority_follows_the_etcd_leader_key_and_notify_reports_each_state() {
+    let mut g =
+        Group::new("vrrp_priority_follows_the_etcd_leader_key_and_notify_reports_each_state", 3, Proto::v3(100));
+    let etcd = EtcdCluster::start(&g.net, &[g.client], EtcdOptions::default()).expect("etcd");
+    let key = "/service/pg/leader";
+    let notify_dir = g.net.dir().sub("notify").expect("dir");
+    let script = notify_dir.join("notify.sh");
+    // Arguments: our host name, then keepalived's four: INSTANCE <name> <state> <priority>.
+    std::fs::write(&script, "#!/bin/sh\necho \"$4 $5\" >> \"$(dirname \"$0\")/$1.log\"\n").expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let extra = |h: usize| {
+        format!(
+            "[leader]\nscope = \"pg\"\nmember = \"n{h}\"\nweight = 50\n[etcd]\nendpoints = {:?}\n\
+             [notify]\ncommand = [\"{}\", \"n{h}\"]\n",
+            etcd.endpoints(),
+            script.display()
+        )
+    };
+    g.start(1, Vm, Opts { extra: extra(1), ..prio(100) });
+    g.start(2, Vm, Opts { extra: extra(2), ..prio(100) });
+    g.start(3, Ka, prio(120));
+    g.wait_sole_holder(3, FAST, "no leader key: keepalived 120 over two vip-managers at 100");
+
+    etcd.etcdctl(&g.net, 0, &["put", key, "n1"]).expect("put");
+    g.wait_sole_holder(1, FAST, "n1 leads: 100 + 50 preempts keepalived's 120");
+    etcd.etcdctl(&g.net, 0, &["put", key, "n2"]).expect("put");
+    g.wait_sole_holder(2, FAST, "n2 leads: the VIP follows");
+    etcd.etcdctl(&g.net, 0, &["del", key]).expect("del");
+    g.wait_sole_holder(3, FAST, "no leader: keepalived's 120 is the highest again");
+
+    let n2 = std::fs::read_to_string(notify_dir.join("n2.log")).unwrap_or_default();
+    let states: Vec<&str> = n2.lines().collect();
+    assert_eq!(states.first(), Some(&"BACKUP 100"), "notify lines of n2: {states:?}");
+    assert!(states.contains(&"MASTER 150"), "notify lines of n2: {states:?}");
+    assert_eq!(states.last(), Some(&"BACKUP 100"), "notify lines of n2: {states:?}");
+    g.finish();
 }

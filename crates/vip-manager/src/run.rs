@@ -196,6 +196,19 @@ impl VipHolder {
         }
     }
 
+    /// Removes the VIP from outside the async world: for the panic path, where the runtime
+    /// that owns our netlink connection may be unwinding. A fresh thread gets its own runtime
+    /// and connection (same network namespace: it is the process's).
+    fn remove_blocking(&self) {
+        let (ifindex, vip) = (self.link.index, self.vip);
+        let removed = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async { Addresses::connect(ifindex).ok()?.remove_all(vip).await.ok() })
+        })
+        .join();
+        tracing::warn!(vip = %vip, removed = ?removed.ok().flatten(), "released the VIP on the panic path");
+    }
+
     async fn present(&self) -> Option<bool> {
         self.addrs.prefixes_of(self.vip).await.map(|p| !p.is_empty()).ok()
     }
@@ -596,6 +609,18 @@ impl VrrpDaemon {
     }
 }
 
+/// The last line of defence: a panic must not leave the VIP on a node that no longer runs the
+/// protocol. Every orderly exit has released already (state Stopped), so this only acts when
+/// the loop unwound while master.
+impl Drop for VrrpDaemon {
+    fn drop(&mut self) {
+        if self.fsm.state() == State::Master {
+            self.send_advert(0);
+            self.holder.remove_blocking();
+        }
+    }
+}
+
 /// etcd-follow mode: no VRRP, the VIP follows the leader key.
 struct FollowDaemon {
     leader: Leader,
@@ -608,6 +633,15 @@ struct FollowDaemon {
     recheck_at: Option<Instant>,
     notify: Option<Notify>,
     metrics: Metrics,
+}
+
+/// As for VRRP mode: release on the panic path.
+impl Drop for FollowDaemon {
+    fn drop(&mut self) {
+        if self.held {
+            self.holder.remove_blocking();
+        }
+    }
 }
 
 impl FollowDaemon {

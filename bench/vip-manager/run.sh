@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# vip-manager benchmark, with keepalived (Debian's, 2.2.7) measured in the same run as the yardstick.
+#
+#   sudo bench/vip-manager/run.sh [RUNS]        (default 10 runs per figure)
+#
+# Figures (each for vip-manager and for keepalived, both nodes running the same implementation):
+#   1. takeover: the master's host is cut off at the switch (every frame dropped); time until
+#      the VIP answers a TCP connection from the new master, as a client in a third namespace
+#      sees it (detection, the VIP added, gratuitous ARP, the client's next try). Median and
+#      worst over RUNS, for VRRPv3 at 0.1 s adverts and VRRPv2 at 1 s.
+#   2. clean stop: the master gets SIGTERM; same measurement (priority 0, then skew time).
+#   3. resources: resident memory and CPU of the master over 30 s of 0.1 s adverts (keepalived:
+#      its two processes together).
+#
+# Everything runs in network namespaces created here (prefix vmb-, subnet 10.252.0.0/24 on a
+# bridge in its own namespace) and is removed on exit. The client probes with a 20 ms connect
+# timeout every few ms, so figures carry about 20 ms of probe granularity.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+RUNS=${1:-10}
+NS=vmb
+NET=10.252.0
+VIP=$NET.100
+PORT=7070
+BENCH=$(cd "$(dirname "$0")" && pwd)
+WORK=$(mktemp -d /tmp/vip-bench.XXXXXX)
+BIN=$PWD/target/release/vip-manager
+PIDS=()
+
+[ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces, raw sockets)" >&2; exit 1; }
+command -v keepalived >/dev/null || { echo "keepalived is not installed (apt-get install keepalived)" >&2; exit 1; }
+
+echo "building vip-manager (release)..." >&2
+cargo build --release -q -p vip-manager
+
+inns() { local h=$1; shift; ip netns exec "$NS-$h" "$@"; }
+
+cleanup() {
+  for ns in $NS-n1 $NS-n2 $NS-client $NS-sw; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  done
+  sleep 0.2
+  for ns in $NS-n1 $NS-n2 $NS-client $NS-sw; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+net_up() {
+  ip netns add $NS-sw
+  ip -n $NS-sw link set lo up
+  ip -n $NS-sw link add br0 type bridge
+  ip -n $NS-sw link set br0 up
+  local i=0
+  for h in n1 n2 client; do
+    i=$((i + 1))
+    ip netns add $NS-$h
+    ip -n $NS-$h link set lo up
+    ip -n $NS-sw link add p$i type veth peer name eth0 netns $NS-$h
+    ip -n $NS-sw link set p$i master br0
+    ip -n $NS-sw link set p$i up
+    ip -n $NS-$h addr add $NET.$i/24 dev eth0
+    ip -n $NS-$h link set eth0 up
+  done
+  printf 'table bridge cut {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  iifname "p1" drop\n  oifname "p1" drop\n }\n}\n' > "$WORK/cut.nft"
+  for h in n1 n2; do
+    inns $h python3 "$BENCH/probe.py" serve $h $PORT >/dev/null 2>&1 &
+  done
+}
+
+cut_n1() { ip netns exec $NS-sw nft -f "$WORK/cut.nft"; }
+heal_n1() { ip netns exec $NS-sw nft delete table bridge cut; }
+who() { inns client python3 "$BENCH/probe.py" who $VIP $PORT; }
+
+wait_who() { # host, seconds
+  local end=$(( $(date +%s) + $2 ))
+  until [ "$(who)" = "$1" ]; do
+    [ "$(date +%s)" -lt "$end" ] || { echo "timed out waiting for $1 to answer at the VIP" >&2; return 1; }
+    sleep 0.05
+  done
+}
+
+# start IMPL HOST PRIORITY VERSION INTERVAL_MS: starts a member in the background; its pid in $WORK/HOST.pid.
+start() {
+  local impl=$1 host=$2 prio=$3 version=$4 ms=$5 d="$WORK/$2-$RANDOM"
+  mkdir -p "$d"
+  if [ "$impl" = vip-manager ]; then
+    local interval="${ms}ms"
+    [ "$version" = 2 ] && interval="$((ms / 1000))s"
+    cat > "$d/c.toml" <<EOF
+interface = "eth0"
+vip = "$VIP"
+[vrrp]
+version = $version
+vrid = 51
+priority = $prio
+advert_interval = "$interval"
+[log]
+level = "warn"
+EOF
+    inns "$host" env NO_COLOR=1 "$BIN" --config "$d/c.toml" >"$d/log" 2>&1 &
+    echo $! > "$WORK/$host.pid"
+  else
+    cat > "$d/k.conf" <<EOF
+global_defs {
+  router_id $host
+  vrrp_version $version
+}
+vrrp_instance VI_1 {
+  interface eth0
+  state BACKUP
+  virtual_router_id 51
+  priority $prio
+  advert_int $(awk "BEGIN { print $ms / 1000 }")
+  virtual_ipaddress {
+    $VIP/32
+  }
+}
+EOF
+    inns "$host" keepalived -n -P -f "$d/k.conf" -p "$d/k.pid" -r "$d/v.pid" -c "$d/c.pid" >"$d/log" 2>&1 &
+    echo $! > "$WORK/$host.pid"
+    echo "$d/v.pid" > "$WORK/$host.vrrp-pidfile"
+  fi
+}
+
+stop() { # host: SIGTERM and wait
+  local pid; pid=$(cat "$WORK/$1.pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  wait "$pid" 2>/dev/null || true
+}
+
+stats() { # values on stdin → "median / worst"
+  sort -n | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "n/a"; exit }
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%.3f s / %.3f s", m, v[NR] }'
+}
+
+# takeover IMPL VERSION INTERVAL_MS → median / worst of RUNS cut-off takeovers
+takeover() {
+  local impl=$1 v=$2 ms=$3 out="$WORK/takeover-$1-$2"
+  : > "$out"
+  start "$impl" n1 200 "$v" "$ms"
+  sleep 0.2
+  start "$impl" n2 100 "$v" "$ms"
+  wait_who n1 20
+  for i in $(seq "$RUNS"); do
+    wait_who n1 30
+    sleep 1.2 # past the client's neighbour locktime, so the next GARP is taken at once
+    t=$(inns client python3 "$BENCH/probe.py" takeover $VIP $PORT n2 30 -- ip netns exec $NS-sw nft -f "$WORK/cut.nft")
+    heal_n1
+    echo "  $impl v$v cut-off run $i: $t s" >&2
+    [ "$t" != timeout ] && echo "$t" >> "$out"
+  done
+  stop n1; stop n2
+  stats < "$out"
+}
+
+# clean_stop IMPL VERSION INTERVAL_MS → median / worst of RUNS handovers after SIGTERM
+clean_stop() {
+  local impl=$1 v=$2 ms=$3 out="$WORK/stop-$1-$2"
+  : > "$out"
+  start "$impl" n2 100 "$v" "$ms"
+  for i in $(seq "$RUNS"); do
+    start "$impl" n1 200 "$v" "$ms"
+    wait_who n1 30
+    sleep 1.2
+    t=$(inns client python3 "$BENCH/probe.py" takeover $VIP $PORT n2 30 -- kill -TERM "$(cat "$WORK/n1.pid")")
+    stop n1
+    echo "  $impl v$v clean-stop run $i: $t s" >&2
+    [ "$t" != timeout ] && echo "$t" >> "$out"
+  done
+  stop n2
+  stats < "$out"
+}
+
+cpu_ticks() { # pids → utime + stime in clock ticks
+  local sum=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    # Fields after the command name (which may contain spaces): utime is the 12th, stime the 13th.
+    set -- $(sed 's/.*) //' "/proc/$p/stat")
+    sum=$((sum + ${12} + ${13}))
+  done
+  echo $sum
+}
+
+rss_kb() { local sum=0 p; for p in "$@"; do sum=$((sum + $(awk '/^VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo $sum; }
+
+# resources IMPL → "RSS … MB, CPU … % of a core" of the master over 30 s at 0.1 s adverts
+resources() {
+  local impl=$1 secs=30 pids
+  start "$impl" n1 200 3 100
+  start "$impl" n2 100 3 100
+  wait_who n1 20
+  sleep 2
+  pids=$(cat "$WORK/n1.pid")
+  if [ "$impl" = keepalived ]; then pids="$pids $(cat "$(cat "$WORK/n1.vrrp-pidfile")")"; fi
+  # shellcheck disable=SC2086
+  local t0; t0=$(cpu_ticks $pids)
+  sleep $secs
+  # shellcheck disable=SC2086
+  local t1 rss; t1=$(cpu_ticks $pids); rss=$(rss_kb $pids)
+  stop n1; stop n2
+  awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s=$secs -v r="$rss" \
+    'BEGIN { printf "RSS %.1f MB, CPU %.2f %% of a core", r / 1024, 100 * t / hz / s }'
+}
+
+net_up
+echo "runs per figure: $RUNS" >&2
+declare -A R
+for impl in vip-manager keepalived; do
+  R[t3-$impl]=$(takeover $impl 3 100)
+  R[s3-$impl]=$(clean_stop $impl 3 100)
+  R[t2-$impl]=$(takeover $impl 2 1000)
+  R[s2-$impl]=$(clean_stop $impl 2 1000)
+  R[res-$impl]=$(resources $impl)
+done
+
+cat <<EOF
+
+vip-manager benchmark ($RUNS runs per figure; median / worst)
+                                      vip-manager              keepalived $(keepalived --version 2>&1 | head -1 | awk '{print $2}')
+takeover, master cut off, v3 @ 0.1 s  ${R[t3-vip-manager]}      ${R[t3-keepalived]}
+takeover, master cut off, v2 @ 1 s    ${R[t2-vip-manager]}      ${R[t2-keepalived]}
+clean stop (SIGTERM), v3 @ 0.1 s      ${R[s3-vip-manager]}      ${R[s3-keepalived]}
+clean stop (SIGTERM), v2 @ 1 s        ${R[s2-vip-manager]}      ${R[s2-keepalived]}
+master at 0.1 s adverts, 30 s         ${R[res-vip-manager]}
+                                      keepalived: ${R[res-keepalived]}
+EOF
