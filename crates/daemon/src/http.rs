@@ -64,6 +64,24 @@ where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_observed(listener, limits, handler, |_| {}, shutdown).await;
+}
+
+/// [`serve`], and `on_error` sees every connection that ended with an error before the handler
+/// could answer: malformed requests (`is_parse()`; hyper has already answered them 400 or 431)
+/// and clients too slow to send their headers (`is_timeout()`), so a daemon can count them.
+pub async fn serve_observed<H, F, E>(
+    listener: TcpListener,
+    limits: Limits,
+    handler: H,
+    on_error: E,
+    shutdown: CancellationToken,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+    E: Fn(&hyper::Error) + Send + Sync + 'static,
+{
+    let on_error = Arc::new(on_error);
     let handler = Arc::new(handler);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = http1::Builder::new();
@@ -101,12 +119,14 @@ where
             }),
         );
         let shutdown = shutdown.clone();
+        let on_error = on_error.clone();
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
                         tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                        on_error(&e);
                     }
                 }
                 () = shutdown.cancelled() => {
@@ -187,6 +207,31 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "third connection was never refused");
             tokio::task::yield_now().await;
         }
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn malformed_request_is_answered_400_and_observed() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(serve_observed(
+            l,
+            Limits::default(),
+            |_, _| async { text(StatusCode::OK, "") },
+            move |e: &hyper::Error| {
+                let _ = tx.send(e.is_parse());
+            },
+            stop.clone(),
+        ));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"NOT A REQUEST\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        let seen = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.unwrap();
+        assert_eq!(seen, Some(true));
         stop.cancel();
     }
 

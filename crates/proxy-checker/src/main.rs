@@ -1,13 +1,23 @@
 //! proxy-checker binary.
 //!
-//! Lifecycle: parse flags → `--check-config FILE` validates and exits → otherwise load the
-//! config and hand over to the library. The daemon's run mode lands with its own issue, so
-//! running without `--check-config` says so and exits non-zero rather than pretend to work.
+//! Lifecycle:
+//! 1. parse flags; `--check-config FILE` validates and exits;
+//! 2. load the config (exit 78 with one line per problem if it is invalid), start logging;
+//! 3. on a single-threaded runtime (one core serves tens of thousands of checks a second, and
+//!    one thread keeps memory small): install the SIGTERM/SIGINT handler and run the library,
+//!    which binds the check and agent ports, starts following etcd and polling PostgreSQL,
+//!    signals READY and answers checks;
+//! 4. on a signal, stop (exit 0); if a listener cannot be bound or a task dies, exit 1 so that
+//!    systemd restarts the daemon. Until the first etcd read and PostgreSQL poll succeed, every
+//!    check that needs them answers 503.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use outrigger_daemon::cli::{CommonArgs, check_config, load_or_report};
+use outrigger_daemon::cli::{self, CommonArgs};
+use outrigger_daemon::{shutdown, systemd};
+use proxy_checker::config::RawConfig;
+use tokio_util::sync::CancellationToken;
 
 /// HAProxy health-check endpoints for Patroni-layout clusters (Outrigger).
 #[derive(Debug, Parser)]
@@ -19,18 +29,31 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(path) = &args.common.check_config {
-        return check_config::<proxy_checker::config::RawConfig>(path);
-    }
-    let Some(path) = &args.common.config else {
-        eprintln!("proxy-checker: --config FILE is required (or --check-config FILE)");
-        return ExitCode::from(2);
+    let cfg = match cli::startup::<RawConfig>("proxy-checker", &args.common, |c| c.log.clone()) {
+        cli::Startup::Run(cfg) => cfg,
+        cli::Startup::Exit(code) => return code,
     };
-    match load_or_report::<proxy_checker::config::RawConfig>(path) {
-        Ok(_cfg) => {
-            eprintln!("proxy-checker: the run mode is not implemented yet; only --check-config works in this build");
-            ExitCode::from(1)
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("proxy-checker: start the runtime: {e}");
+            return ExitCode::FAILURE;
         }
-        Err(code) => code,
+    };
+    let result = rt.block_on(async {
+        let stop = CancellationToken::new();
+        let signals = tokio::spawn(shutdown::on_signal(stop.clone()));
+        let result = proxy_checker::run(cfg, stop.clone(), systemd::ready).await;
+        systemd::stopping();
+        stop.cancel();
+        let _ = signals.await;
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "proxy-checker stopped on an error");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -29,8 +29,10 @@ pub struct EtcdView {
     /// The etcd revision the `leader` field is known to be true at. Reads and watch events
     /// older than this are not applied, so a slow read cannot undo a newer watch event.
     pub leader_revision: i64,
-    pub(crate) status_optime: Option<u64>,
-    pub(crate) legacy_optime: Option<u64>,
+    /// `status.optime`: the leader's WAL position as it last published it.
+    pub status_optime: Option<u64>,
+    /// The legacy `optime/leader` key, read when `status` is absent.
+    pub legacy_optime: Option<u64>,
     pub sync: Option<SyncState>,
     /// This node's own `members/<name>` key.
     pub me: Option<MemberInfo>,

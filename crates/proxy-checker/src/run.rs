@@ -1,0 +1,112 @@
+//! Wiring: bind the listeners, start the input tasks and the servers, signal READY, and
+//! supervise until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use outrigger_daemon::{shutdown, systemd};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::check::{Check, Endpoint};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::sources::{EtcdFollower, PgPoller};
+use crate::verdict::Role;
+use crate::view::{EtcdView, PgView};
+
+/// Runs the daemon until `stop` is cancelled. `ready` is called once both listeners are bound
+/// and the tasks started (systemd READY). Returns an error if a listener cannot be bound or
+/// an essential task ends on its own, so that the process exits non-zero and is restarted.
+pub async fn run(cfg: Config, stop: CancellationToken, ready: impl FnOnce()) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (etcd_tx, etcd_rx) = watch::channel(EtcdView::default());
+    let (pg_tx, pg_rx) = watch::channel(PgView::default());
+    let http = TcpListener::bind(cfg.listen).await.with_context(|| format!("bind listen {}", cfg.listen))?;
+    let agent = match &cfg.agent {
+        Some(a) => Some((
+            TcpListener::bind(a.listen).await.with_context(|| format!("bind agent.listen {}", a.listen))?,
+            a.clone(),
+        )),
+        None => None,
+    };
+    let app = Arc::new(App { policy: cfg.policy.clone(), etcd: etcd_rx, pg: pg_rx, metrics: metrics.clone() });
+
+    let mut tasks: JoinSet<&'static str> = JoinSet::new();
+    let follower = EtcdFollower {
+        opts: cfg.etcd.clone(),
+        layout: cfg.layout.clone(),
+        name: cfg.name.clone(),
+        confirm_interval: cfg.etcd_confirm_interval,
+        view: etcd_tx,
+        metrics: metrics.clone(),
+    };
+    tasks.spawn(named("etcd follower", follower.run(stop.clone())));
+    let poller = PgPoller { settings: cfg.postgresql.clone(), view: pg_tx, metrics: metrics.clone() };
+    tasks.spawn(named("postgresql poller", poller.run(stop.clone())));
+    tasks.spawn(named("http server", crate::http::serve(http, cfg.http, app.clone(), stop.clone())));
+    if let Some((listener, settings)) = agent {
+        tasks.spawn(named("agent server", crate::agent::serve(listener, settings, app.clone(), stop.clone())));
+    }
+    tasks.spawn(named("role monitor", watch_role(app.clone(), stop.clone())));
+    let live = app.clone();
+    let _watchdog = systemd::spawn_watchdog(stop.clone(), move || live.decide(&Check::new(Endpoint::Liveness)).ok);
+
+    tracing::info!(
+        member = %cfg.name,
+        scope = %cfg.layout.scope(),
+        listen = %cfg.listen,
+        agent = cfg.agent.as_ref().map(|a| a.listen.to_string()).unwrap_or_else(|| "off".into()),
+        "proxy-checker listening"
+    );
+    ready();
+
+    let outcome = tokio::select! {
+        () = stop.cancelled() => Ok(()),
+        Some(ended) = tasks.join_next() => {
+            let what = match ended {
+                Ok(name) => format!("{name} ended on its own"),
+                Err(e) => format!("a task failed: {e}"),
+            };
+            Err(anyhow::anyhow!(what))
+        }
+    };
+    stop.cancel();
+    shutdown::within(Duration::from_secs(2), "stop tasks", async { while tasks.join_next().await.is_some() {} }).await;
+    outcome
+}
+
+async fn named(name: &'static str, fut: impl std::future::Future<Output = ()>) -> &'static str {
+    fut.await;
+    name
+}
+
+/// Logs this node's role whenever it changes; a writable PostgreSQL that etcd does not name is
+/// a warning (HAProxy will not send it writes, but a human should know).
+async fn watch_role(app: Arc<App>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Role::Unknown;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let v = app.decide(&Check::new(Endpoint::Health));
+        if v.role == last {
+            continue;
+        }
+        match v.role {
+            Role::WritableNotLeader => tracing::warn!(
+                from = last.as_str(),
+                "PostgreSQL is writable but etcd does not name this member leader; primary checks fail"
+            ),
+            role => tracing::info!(from = last.as_str(), to = role.as_str(), "role changed"),
+        }
+        last = v.role;
+    }
+}
