@@ -1,1 +1,229 @@
-//! Real-process tests (filled in by its issue).
+//! tuner against real processes: its settings checked by Debian's `postgres` binary, loaded
+//! into a PostgreSQL that then starts (as `postgresql.conf` and as `ALTER SYSTEM`), and applied
+//! to a real etcd's `/config` key.
+//!
+//! PostgreSQL and etcd run as the test kit runs them: inside a network namespace made by the
+//! test, as the `postgres` user for PostgreSQL, stopped and removed on drop (also on panic).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use outrigger_testkit::{Net, PgOptions, Postgres};
+use tuner::compare::same;
+use tuner::server::Server;
+
+/// The tuner binary, built once per test run (cargo does not build a dependency's binaries
+/// for another package's tests).
+fn tuner_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir");
+        // nextest runs each test in its own process: build once per run, not once per test.
+        let run = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| std::process::id().to_string());
+        let marker = profile_dir.join(format!(".tuner-built-{run}"));
+        let lock = std::fs::File::create(profile_dir.join(".tuner-build.lock")).expect("build lock file");
+        lock.lock().expect("take the build lock");
+        if !marker.exists() {
+            let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+            cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+                .args(["build", "-q", "-p", "tuner", "--bin", "tuner", "--target-dir"])
+                .arg(target_dir);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "cargo build -p tuner failed");
+            std::fs::write(&marker, b"").expect("write build marker");
+        }
+        drop(lock);
+        profile_dir.join("tuner")
+    })
+}
+
+/// Debian's PostgreSQL: its bin directory and major version.
+/// The bin directory is the test kit's choice: `OUTRIGGER_PG_BIN`, else the newest installed.
+fn postgres() -> (PathBuf, u8) {
+    let dir = std::env::var_os("OUTRIGGER_PG_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        let newest = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL installed under /usr/lib/postgresql")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .max()
+            .expect("a PostgreSQL version directory");
+        PathBuf::from(format!("/usr/lib/postgresql/{newest}/bin"))
+    });
+    let (_, major) = Server::new(dir.join("postgres")).version().expect("postgres --version");
+    (dir, major)
+}
+
+/// Runs tuner with `args` (plus `--pg-version` of the installed server). Hardware is always
+/// given, so nothing depends on this machine.
+fn tuner(args: &[&str]) -> Output {
+    let (_, major) = postgres();
+    Command::new(tuner_bin()).args(args).arg(format!("--pg-version={major}")).output().expect("run tuner")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A spread of machines and workloads; the masterclass invocation first.
+const MACHINES: [&[&str]; 5] = [
+    &[
+        "--db-cpu=4",
+        "--db-ram=4096Mi",
+        "--db-disk-type=SSD",
+        "--db-duty=mixed",
+        "--min-conns=200",
+        "--max-conns=200",
+        "--common-conf",
+    ],
+    &["--db-cpu=1", "--db-ram=1Gi", "--db-disk-type=SATA", "--db-duty=statistic"],
+    &["--db-cpu=8", "--db-ram=32Gi", "--db-disk-type=SSD", "--db-duty=financial", "--replication-enabled=False"],
+    &["--db-cpu=96", "--db-ram=768Gi", "--db-disk-type=NVMe", "--db-duty=oltp"],
+    &["--db-cpu=16", "--db-ram=64Gi", "--db-disk-type=SAN", "--db-duty=dw", "--platform=WINDOWS"],
+];
+
+#[test]
+fn tuner_settings_pass_debians_postgres_catalogue_and_read_back() {
+    let (bin, major) = postgres();
+    let validate = format!("--validate={}", bin.join("postgres").display());
+    // PGTune's formulas once, for the benchmark's sake; tuner's for every machine.
+    let runs = MACHINES.iter().map(|m| (*m, "--formula=tuner")).chain([(MACHINES[0], "--formula=pgtune")]);
+    for (machine, formula) in runs {
+        {
+            let mut args = machine.to_vec();
+            args.extend([validate.as_str(), formula]);
+            let o = tuner(&args);
+            assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o.stderr));
+            assert!(
+                text(&o.stderr).contains(&format!("validated against postgres (PostgreSQL) {major}.")),
+                "{args:?}: {}",
+                text(&o.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn validation_rejects_unknown_parameters_wrong_units_and_out_of_range_values() {
+    let (bin, major) = postgres();
+    let server = Server::new(bin.join("postgres"));
+    let settings: BTreeMap<String, String> = [
+        ("shared_buffers", "128MB"),
+        ("old_snapshot_treshold", "4320"),
+        ("work_mem", "10s"),
+        ("max_connections", "100000000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let report = server.validate(&settings, major).expect("run the check");
+    let found: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
+    let has = |s: &str| found.iter().any(|f| f.contains(s));
+    assert!(has(&format!("old_snapshot_treshold = 4320: unknown to PostgreSQL {major}")), "{found:#?}");
+    assert!(has("work_mem = 10s: wrong unit"), "{found:#?}");
+    assert!(has("max_connections = 100000000: out of range"), "{found:#?}");
+    // The server's own parse of the file fails too, and says why.
+    assert!(has("the server says:"), "{found:#?}");
+    assert!(!has("shared_buffers"), "{found:#?}");
+}
+
+/// Settings as `name → value` from tuner's JSON output.
+fn json_settings(args: &[&str]) -> BTreeMap<String, String> {
+    let mut a = args.to_vec();
+    a.push("--output-format=json");
+    let o = tuner(&a);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("tuner's JSON")
+}
+
+/// The values the running server shows for `names`.
+fn shown(pg: &Postgres, names: &[&String]) -> BTreeMap<String, String> {
+    let list = names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(",");
+    let rows = pg
+        .sql(&format!("select name || '|' || current_setting(name) from unnest(array[{list}]) as name"))
+        .expect("read settings");
+    rows.lines().filter_map(|l| l.split_once('|')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+/// What the server found wrong in its config files (`pg_file_settings.error`), one per line.
+fn file_errors(pg: &Postgres) -> String {
+    let kit = KIT_OVERRIDES.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(",");
+    pg.sql(&format!(
+        "select sourcefile || ':' || sourceline || ' ' || coalesce(name, '') || ': ' || error from pg_file_settings \
+         where error is not null and coalesce(name, '') not in ({kit})"
+    ))
+    .expect("read pg_file_settings")
+}
+
+/// The test kit starts PostgreSQL with these on its command line, which beat the config file.
+const KIT_OVERRIDES: [&str; 5] =
+    ["wal_level", "max_wal_senders", "hot_standby", "wal_receiver_status_interval", "fsync"];
+
+#[test]
+fn conf_snippet_and_alter_system_load_into_a_postgresql_that_starts() {
+    let machine = MACHINES[0];
+    let net = Net::start("tuner_conf_snippet_loads", 1).expect("namespace");
+    let host = net.host(1);
+    let mut pg = Postgres::init_primary(host, "pg", PgOptions::default()).expect("initdb and start");
+    pg.stop().expect("stop");
+
+    // 1. The conf output, appended to postgresql.conf as an operator would include it.
+    let mut args = machine.to_vec();
+    args.push("--output-format=conf");
+    let conf = tuner(&args);
+    assert_eq!(conf.status.code(), Some(0), "{}", text(&conf.stderr));
+    let mut f = std::fs::OpenOptions::new().append(true).open(pg.data().join("postgresql.conf")).expect("open conf");
+    std::io::Write::write_all(&mut f, &conf.stdout).expect("append conf");
+    drop(f);
+    pg.start(host).expect("PostgreSQL starts with tuner's postgresql.conf");
+
+    let ours = json_settings(machine);
+    let names: Vec<&String> = ours.keys().filter(|k| !KIT_OVERRIDES.contains(&k.as_str())).collect();
+    let live = shown(&pg, &names);
+    for name in &names {
+        let got = live.get(*name).unwrap_or_else(|| panic!("{name} not shown by the server"));
+        assert!(same(name, &ours[*name], got), "{name}: tuner wrote {}, the server shows {got}", ours[*name]);
+    }
+    assert_eq!(file_errors(&pg), "");
+
+    // 2. The same settings as ALTER SYSTEM statements (one per call: ALTER SYSTEM cannot run
+    //    in a multi-statement transaction), then a restart on postgresql.auto.conf.
+    // A bigger machine than the file's, so the restart shows the ALTER SYSTEM values won.
+    let mut args: Vec<&str> =
+        machine.iter().map(|a| if a.starts_with("--db-ram") { "--db-ram=8Gi" } else { a }).collect();
+    args.push("--output-format=alter-system");
+    let sql = tuner(&args);
+    assert_eq!(sql.status.code(), Some(0), "{}", text(&sql.stderr));
+    for stmt in text(&sql.stdout).lines().filter(|l| l.starts_with("ALTER SYSTEM")) {
+        pg.sql(stmt).unwrap_or_else(|e| panic!("{stmt}: {e:#}"));
+    }
+    // Before the restart, exactly the parameters tuner says need one are pending.
+    let (_, major) = postgres();
+    let pending = pg
+        .sql("select name from pg_file_settings where error = 'setting could not be applied' order by name")
+        .expect("read pg_file_settings");
+    for name in pending.lines() {
+        let p = tuner::catalog::param(name).unwrap_or_else(|| panic!("{name} is not in tuner's catalogue"));
+        assert!(p.needs_restart(major), "{name} is pending a restart, but tuner does not list it as needing one");
+    }
+    assert!(pending.lines().any(|n| n == "shared_buffers"), "shared_buffers changed, so it must be pending: {pending}");
+    pg.stop().expect("stop");
+    pg.start(host).expect("PostgreSQL restarts with tuner's ALTER SYSTEM settings");
+    let bigger = json_settings(&args[..args.len() - 1]);
+    let live = shown(&pg, &[&"shared_buffers".to_owned(), &"shared_preload_libraries".to_owned()]);
+    assert!(same("shared_buffers", &bigger["shared_buffers"], &live["shared_buffers"]), "{live:?} vs {bigger:?}");
+    assert_eq!(
+        live["shared_preload_libraries"], "pg_stat_statements, auto_explain",
+        "two libraries, not one named \"a,b\""
+    );
+    // Both libraries really loaded: the extension works and auto_explain's parameter is its own.
+    pg.sql("create extension pg_stat_statements").expect("create extension pg_stat_statements");
+    assert_eq!(pg.sql("select count(*) > 0 from pg_stat_statements").unwrap(), "t");
+    assert_eq!(pg.sql("show auto_explain.log_min_duration").unwrap(), "3s");
+}

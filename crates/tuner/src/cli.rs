@@ -135,6 +135,10 @@ pub struct Args {
     /// Data directory whose disk type is detected. Default: $PGDATA, else /var/lib/postgresql.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Check the settings with this `postgres` binary (e.g. /usr/lib/postgresql/15/bin/postgres):
+    /// an unknown parameter, a wrong unit or an out-of-range value fails with exit code 1.
+    #[arg(long, value_name = "POSTGRES")]
+    pub validate: Option<PathBuf>,
     /// Read /proc and /sys under this directory (a host's root mounted into a container).
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub host_root: PathBuf,
@@ -467,7 +471,19 @@ pub fn run(a: Args) -> ExitCode {
         return outrigger_daemon::cli::check_config::<crate::config::RawConfig>(path);
     }
     let probe = Probe::new(&a.host_root);
-    let r = match resolve(&a, &probe, None) {
+    let server = a.validate.as_ref().map(crate::server::Server::new);
+    // Without --pg-version, the binary being validated against says which version to tune for.
+    let server_version = match (&server, &a.pg_version) {
+        (Some(s), None) => match s.version() {
+            Ok((_, major)) => Some(major),
+            Err(e) => {
+                eprintln!("tuner: --validate: {e:#}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        },
+        _ => None,
+    };
+    let r = match resolve(&a, &probe, server_version) {
         Ok(r) => r,
         Err(problems) => return report(&problems),
     };
@@ -481,6 +497,34 @@ pub fn run(a: Args) -> ExitCode {
         eprintln!("tuner: warning: {w}");
     }
     let settings = settings_of(&r, &tuning);
+    if let Some(server) = &server {
+        match server.validate(&settings, r.inputs.version) {
+            Ok(report) if report.findings.is_empty() => {
+                eprintln!(
+                    "tuner: {} settings validated against {} ({})",
+                    report.checked,
+                    report.server,
+                    server.bin.display()
+                );
+            }
+            Ok(report) => {
+                eprintln!(
+                    "tuner: {} of {} settings fail against {}:",
+                    report.findings.len(),
+                    report.checked,
+                    report.server
+                );
+                for f in &report.findings {
+                    eprintln!("  {f}");
+                }
+                return ExitCode::from(EXIT_FAILED);
+            }
+            Err(e) => {
+                eprintln!("tuner: --validate: {e:#}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        }
+    }
 
     let text = if a.explain {
         let pgc = crate::pgconf::pg_configurator(&r.inputs);

@@ -25,6 +25,10 @@ pub fn normalize(name: &str, text: &str) -> Norm {
         "false" | "no" | "0" => "off".to_owned(),
         _ => t,
     };
+    // Since 15 `wal_compression` is an enum in which `on` is another name for `pglz`.
+    if name == "wal_compression" && t == "on" {
+        return Norm::Word("pglz".to_owned());
+    }
     Norm::Word(t)
 }
 
@@ -49,5 +53,6 @@ mod tests {
         assert!(same("auto_explain.log_analyze", "true", "on"));
         assert!(same("stats_temp_directory", "'/run/postgresql'", "/run/postgresql"));
         assert!(!same("synchronous_commit", "local", "on"));
+        assert!(same("wal_compression", "on", "pglz"));
     }
 }

@@ -22,8 +22,10 @@ pub mod output;
 pub mod pgconf;
 pub mod pgtune;
 pub mod rules;
+pub mod server;
 pub mod setting;
 pub mod units;
+pub mod validate;
 
 pub use input::{Disk, Duty, Inputs};
 pub use rules::tune;

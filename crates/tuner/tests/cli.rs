@@ -195,3 +195,11 @@ fn check_config_still_validates_the_config_file() {
     let o = Command::new(BIN).arg("--check-config").arg(&f).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+#[test]
+fn validate_with_a_missing_binary_fails_saying_which() {
+    let o = run(&["--db-cpu=4", "--db-ram=4Gi", "--db-disk-type=SSD", "--validate=/nonexistent/postgres"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "", "nothing is output unless it validated");
+    assert!(stderr(&o).contains("--validate: run /nonexistent/postgres --version"), "{}", stderr(&o));
+}
