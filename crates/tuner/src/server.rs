@@ -58,6 +58,13 @@ impl Server {
 
     /// `postgres --version` and its major version.
     pub fn version(&self) -> anyhow::Result<(String, u8)> {
+        // Checked here, because through runuser a missing binary is only runuser's complaint.
+        if !self.bin.is_file() {
+            bail!(
+                "{}: no such file (give the postgres binary, e.g. /usr/lib/postgresql/15/bin/postgres)",
+                self.bin.display()
+            );
+        }
         let out = self.output(&["--version"], "--version")?;
         let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if !out.status.success() {

@@ -201,5 +201,5 @@ fn validate_with_a_missing_binary_fails_saying_which() {
     let o = run(&["--db-cpu=4", "--db-ram=4Gi", "--db-disk-type=SSD", "--validate=/nonexistent/postgres"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stdout(&o), "", "nothing is output unless it validated");
-    assert!(stderr(&o).contains("--validate: run /nonexistent/postgres --version"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--validate: /nonexistent/postgres: no such file"), "{}", stderr(&o));
 }
