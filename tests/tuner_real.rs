@@ -227,3 +227,98 @@ fn conf_snippet_and_alter_system_load_into_a_postgresql_that_starts() {
     assert_eq!(pg.sql("select count(*) > 0 from pg_stat_statements").unwrap(), "t");
     assert_eq!(pg.sql("show auto_explain.log_min_duration").unwrap(), "3s");
 }
+
+/// A `/config` as Patroni's bootstrap writes it, with another tool's key as well.
+const BOOTSTRAPPED: &str = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"maximum_lag_on_failover":1048576,"synchronous_mode":true,"postgresql":{"use_pg_rewind":false,"use_slots":true,"parameters":{"password_encryption":"scram-sha-256","port":5432,"max_connections":200,"shared_buffers":"128MB","track_commit_timestamp":"off"},"pg_hba":["local all all trust","host replication replicator 0.0.0.0/0 md5"]},"x_other_tool":{"keep":["me",1]}}"#;
+
+#[test]
+fn apply_etcd_merges_parameters_into_config_with_a_diff_and_keeps_everything_else() {
+    use outrigger_etcd::{ConnectOptions, Etcd};
+    use outrigger_testkit::{EtcdCluster, EtcdOptions};
+
+    let net = Net::start("tuner_apply_etcd", 1).expect("namespace");
+    let etcd = EtcdCluster::start(&net, &[1], EtcdOptions::default()).expect("etcd");
+    let endpoint = etcd.endpoint(0);
+    let host = net.host(1);
+    let rt = host.runtime().expect("runtime in the namespace");
+    let client = {
+        let ep = endpoint.clone();
+        rt.block_on(async move { Etcd::connect(&ConnectOptions::new(vec![ep])).await }).expect("connect")
+    };
+    let c = client.clone();
+    rt.block_on(async move {
+        c.put("/service/main/config", BOOTSTRAPPED, None).await?;
+        c.put("/service/main/leader", "n1", None).await
+    })
+    .expect("seed /config");
+    let read = |key: &'static str| {
+        let c = client.clone();
+        rt.block_on(async move { c.get(key).await }).expect("read").expect("key exists")
+    };
+    let before = read("/service/main/config");
+
+    let conf = net.dir().path().join("tuner.toml");
+    std::fs::write(
+        &conf,
+        format!("scope = \"main\"\nnamespace = \"/service/\"\n[etcd]\nendpoints = [\"{endpoint}\"]\n"),
+    )
+    .expect("write tuner.toml");
+    let (_, major) = postgres();
+    let machine: Vec<String> = MACHINES[0].iter().map(|s| (*s).to_owned()).collect();
+    // tuner talks to etcd from inside the namespace, as a daemon on that host would.
+    let run_tuner = |extra: &[&str]| -> Output {
+        let mut args = machine.clone();
+        args.extend([format!("--pg-version={major}"), "--config".to_owned(), conf.display().to_string()]);
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let bin = tuner_bin().to_path_buf();
+        host.enter(move || Command::new(bin).args(args).output()).expect("enter").expect("run tuner")
+    };
+
+    // 1. Without --yes: the diff, exit code 3, nothing written.
+    let o = run_tuner(&["--apply-etcd"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let diff = text(&o.stdout);
+    assert!(diff.starts_with("/service/main/config: postgresql.parameters\n"), "{diff}");
+    assert!(diff.contains("  ~ shared_buffers: 128MB -> 856MB   (needs restart)\n"), "{diff}");
+    assert!(diff.contains("  + work_mem: "), "{diff}");
+    assert!(diff.contains("a restart of every member is needed for: "), "{diff}");
+    assert!(!diff.contains("max_connections"), "200 is already set: {diff}");
+    assert!(text(&o.stderr).contains("re-run with --yes"), "{}", text(&o.stderr));
+    assert_eq!(read("/service/main/config").mod_revision, before.mod_revision, "nothing written without --yes");
+
+    // 2. With --yes: written; read back intact, everything else kept.
+    let o = run_tuner(&["--apply-etcd", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("applied at etcd revision"), "{}", text(&o.stderr));
+    let after = read("/service/main/config");
+    assert!(after.mod_revision > before.mod_revision);
+    let v: serde_json::Value = serde_json::from_slice(&after.value).expect("/config is JSON");
+    let old: serde_json::Value = serde_json::from_str(BOOTSTRAPPED).unwrap();
+    for key in ["ttl", "loop_wait", "retry_timeout", "maximum_lag_on_failover", "synchronous_mode", "x_other_tool"] {
+        assert_eq!(v[key], old[key], "{key} kept");
+    }
+    for key in ["use_pg_rewind", "use_slots", "pg_hba"] {
+        assert_eq!(v["postgresql"][key], old["postgresql"][key], "postgresql.{key} kept");
+    }
+    let params = &v["postgresql"]["parameters"];
+    for key in ["password_encryption", "port", "track_commit_timestamp", "max_connections"] {
+        assert_eq!(params[key], old["postgresql"]["parameters"][key], "parameter {key} kept");
+    }
+    let mut pj = machine.clone();
+    pj.extend([format!("--pg-version={major}"), "--output-format=patroni-json".to_owned()]);
+    let pj: Vec<&str> = pj.iter().map(String::as_str).collect();
+    let o = Command::new(tuner_bin()).args(&pj).output().expect("run tuner");
+    let ours: serde_json::Value = serde_json::from_slice(&o.stdout).expect("patroni-json");
+    for (k, want) in ours["postgresql"]["parameters"].as_object().expect("parameters") {
+        let got = params.get(k).unwrap_or_else(|| panic!("{k} missing in /config"));
+        let got = got.as_str().map_or_else(|| got.to_string(), str::to_owned);
+        assert!(same(k, want.as_str().unwrap(), &got), "{k}: /config has {got}, tuner wants {want}");
+    }
+    assert_eq!(read("/service/main/leader").value, b"n1", "sibling keys untouched");
+
+    // 3. Again: nothing to change, nothing written.
+    let o = run_tuner(&["--apply-etcd", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("nothing to change"), "{}", text(&o.stderr));
+    assert_eq!(read("/service/main/config").mod_revision, after.mod_revision);
+}

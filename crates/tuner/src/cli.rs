@@ -139,6 +139,13 @@ pub struct Args {
     /// an unknown parameter, a wrong unit or an out-of-range value fails with exit code 1.
     #[arg(long, value_name = "POSTGRES")]
     pub validate: Option<PathBuf>,
+    /// Merge the parameters into the cluster's /<namespace>/<scope>/config (postgresql.parameters)
+    /// in etcd, named by --config FILE; shows the diff and writes only with --yes.
+    #[arg(long, requires = "config")]
+    pub apply_etcd: bool,
+    /// With --apply-etcd: write the change (otherwise the diff is shown and exit code is 3).
+    #[arg(long, requires = "apply_etcd")]
+    pub yes: bool,
     /// Read /proc and /sys under this directory (a host's root mounted into a container).
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub host_root: PathBuf,
@@ -526,6 +533,10 @@ pub fn run(a: Args) -> ExitCode {
         }
     }
 
+    if a.apply_etcd {
+        return apply_etcd(&a, &settings, r.inputs.version);
+    }
+
     let text = if a.explain {
         let pgc = crate::pgconf::pg_configurator(&r.inputs);
         let pgt = settings_of(&Resolved { formula: Formula::Pgtune, ..r.clone() }, &tuning);
@@ -545,6 +556,55 @@ pub fn run(a: Args) -> ExitCode {
                 ExitCode::from(EXIT_FAILED)
             }
         },
+    }
+}
+
+/// `--apply-etcd`: load the config file, merge into `/config`, report.
+fn apply_etcd(a: &Args, settings: &BTreeMap<String, String>, version: u8) -> ExitCode {
+    let Some(path) = &a.common.config else {
+        eprintln!("tuner: --apply-etcd needs --config FILE (scope, namespace and [etcd])");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    };
+    let cfg = match outrigger_daemon::cli::load_or_report::<crate::config::RawConfig>(path) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let mut log = cfg.log.clone();
+    if let Some(f) = a.common.log_format_override() {
+        log.format = f;
+    }
+    outrigger_daemon::logging::init(&log);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tuner: start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let outcome = rt.block_on(async {
+        let etcd = outrigger_etcd::Etcd::connect(&cfg.etcd).await?;
+        crate::apply::apply(&etcd, &cfg.layout, settings, version, a.yes).await
+    });
+    match outcome {
+        Ok(crate::apply::Outcome::NotApplied { diff }) => {
+            print!("{diff}");
+            eprintln!("tuner: not applied: re-run with --yes to write this change");
+            ExitCode::from(EXIT_NOT_APPLIED)
+        }
+        Ok(crate::apply::Outcome::UpToDate { diff }) => {
+            print!("{diff}");
+            eprintln!("tuner: nothing to change");
+            ExitCode::SUCCESS
+        }
+        Ok(crate::apply::Outcome::Applied { diff, revision }) => {
+            print!("{diff}");
+            eprintln!("tuner: applied at etcd revision {revision}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tuner: --apply-etcd: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }
 

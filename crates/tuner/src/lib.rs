@@ -10,6 +10,7 @@
 //! - [`catalog`]: what tuner believes about each parameter (unit, versions, restart).
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod catalog;
 pub mod cli;
 pub mod common;

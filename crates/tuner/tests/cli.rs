@@ -203,3 +203,32 @@ fn validate_with_a_missing_binary_fails_saying_which() {
     assert_eq!(stdout(&o), "", "nothing is output unless it validated");
     assert!(stderr(&o).contains("--validate: /nonexistent/postgres: no such file"), "{}", stderr(&o));
 }
+
+#[test]
+fn apply_etcd_needs_a_config_and_yes_needs_apply_etcd() {
+    let machine = ["--db-cpu=4", "--db-ram=4Gi", "--db-disk-type=SSD"];
+    let mut a = machine.to_vec();
+    a.push("--apply-etcd");
+    let o = run(&a);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--config <FILE>"), "{}", stderr(&o));
+    let mut a = machine.to_vec();
+    a.push("--yes");
+    let o = run(&a);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--apply-etcd"), "{}", stderr(&o));
+}
+
+#[test]
+fn apply_etcd_with_etcd_down_fails_without_writing_anything() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("tuner.toml");
+    // Port 1 on loopback: nothing listens there.
+    std::fs::write(&f, "scope = \"main\"\n[etcd]\nendpoints = [\"http://127.0.0.1:1\"]\nrequest_timeout = \"200ms\"\n")
+        .unwrap();
+    let cfg = format!("--config={}", f.display());
+    let o = run(&["--db-cpu=4", "--db-ram=4Gi", "--db-disk-type=SSD", "--apply-etcd", "--yes", &cfg]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("tuner: --apply-etcd: "), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+}
