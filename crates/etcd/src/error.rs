@@ -55,6 +55,9 @@ impl EtcdError {
             }
             E::TransportError(e) => EtcdError::Unavailable { op, key, detail: e.to_string() },
             E::IoError(e) => EtcdError::Unavailable { op, key, detail: e.to_string() },
+            // Opening a keep-alive stream for an expired lease: etcd-client reports the TTL 0
+            // answer this way. The lease is gone; retrying cannot bring it back.
+            E::LeaseKeepAliveError(e) if e.contains("lease not found") => EtcdError::LeaseLost { lease: 0, detail: e },
             E::WatchError(e) | E::LeaseKeepAliveError(e) => EtcdError::Unavailable { op, key, detail: e },
             other => EtcdError::Rejected { op, key, detail: other.to_string() },
         }

@@ -2,14 +2,19 @@
 //!
 //! Timing names follow Patroni (`ttl`, `loop_wait`, `retry_timeout`) and keep its invariant
 //! `loop_wait + 2 * retry_timeout <= ttl`, but take humantime strings so that sub-second
-//! values are allowed ("500ms").
+//! values are allowed ("500ms"). The local file is authoritative for timings: the `ttl`,
+//! `loop_wait` and `retry_timeout` in the cluster's `config` key are written at bootstrap (for
+//! Patroni tools that show them) but not read back.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use outrigger_daemon::config::{EtcdSection, LogSection, Problem, Problems, Validate, listen_addr};
 use outrigger_daemon::logging::LogOptions;
 use serde::Deserialize;
+
+use crate::core::Tags;
 
 #[derive(Debug, Deserialize)]
 pub struct RawConfig {
@@ -27,6 +32,11 @@ pub struct RawConfig {
     pub restapi: RawRestApi,
     #[serde(default)]
     pub timings: RawTimings,
+    pub postgresql: RawPostgresql,
+    #[serde(default)]
+    pub bootstrap: RawBootstrap,
+    #[serde(default)]
+    pub tags: RawTags,
 }
 
 fn default_namespace() -> String {
@@ -36,6 +46,11 @@ fn default_namespace() -> String {
 #[derive(Debug, Deserialize, Default)]
 pub struct RawRestApi {
     pub listen: Option<String>,
+    /// `host:port` peers and tools use to reach this member's API (published as `api_url`).
+    pub connect_address: Option<String>,
+    /// How long to wait for a peer's `GET /patroni` during a leader race (Patroni: 2s).
+    #[serde(default, with = "humantime_serde::option")]
+    pub peer_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -46,6 +61,70 @@ pub struct RawTimings {
     pub loop_wait: Option<Duration>,
     #[serde(default, with = "humantime_serde::option")]
     pub retry_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct RawUser {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct RawAuthentication {
+    #[serde(default)]
+    pub superuser: RawUser,
+    #[serde(default)]
+    pub replication: RawUser,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPostgresql {
+    pub data_dir: PathBuf,
+    pub bin_dir: Option<PathBuf>,
+    /// `listen_addresses` and `port`, as `addresses:port` (Patroni's `postgresql.listen`).
+    pub listen: Option<String>,
+    /// `host:port` other members and clients use (published as `conn_url`).
+    pub connect_address: Option<String>,
+    pub socket_dir: Option<PathBuf>,
+    /// The OS user PostgreSQL runs as when the agent runs as root.
+    pub run_as: Option<String>,
+    /// Where the postmaster's stderr goes (default: `<data_dir>.log`).
+    pub log_file: Option<PathBuf>,
+    #[serde(default)]
+    pub authentication: RawAuthentication,
+    pub use_pg_rewind: Option<bool>,
+    #[serde(default)]
+    pub remove_data_directory_on_rewind_failure: bool,
+    #[serde(default)]
+    pub remove_data_directory_on_diverged_timelines: bool,
+    pub pg_hba: Option<Vec<String>>,
+    #[serde(default)]
+    pub parameters: toml::Table,
+    /// How long a start may take before it counts as failed.
+    #[serde(default, with = "humantime_serde::option")]
+    pub start_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct RawBootstrap {
+    /// initdb options, `"name"` or `"name=value"` (`--name[=value]`).
+    pub initdb: Option<Vec<String>>,
+    /// Written to the cluster's `config` key by the member that bootstraps the cluster.
+    #[serde(default)]
+    pub dcs: toml::Table,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct RawTags {
+    #[serde(default)]
+    pub nofailover: bool,
+    pub failover_priority: Option<i64>,
+    #[serde(default)]
+    pub clonefrom: bool,
+    #[serde(default)]
+    pub noloadbalance: bool,
+    #[serde(default)]
+    pub nosync: bool,
 }
 
 /// Patroni's HA timings.
@@ -67,6 +146,36 @@ impl Default for Timings {
     }
 }
 
+/// A PostgreSQL role the agent uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub username: String,
+    pub password: Option<String>,
+}
+
+/// The validated `[postgresql]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgConfig {
+    pub data_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub listen_addresses: String,
+    pub port: u16,
+    /// `host:port`.
+    pub connect_address: String,
+    pub socket_dir: PathBuf,
+    pub run_as: String,
+    pub log_file: PathBuf,
+    pub superuser: User,
+    pub replication: User,
+    pub use_pg_rewind: Option<bool>,
+    pub remove_data_directory_on_rewind_failure: bool,
+    pub remove_data_directory_on_diverged_timelines: bool,
+    pub pg_hba: Vec<String>,
+    /// Local `postgresql.parameters`; they win over the cluster's.
+    pub parameters: Vec<(String, String)>,
+    pub start_timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub name: String,
@@ -74,11 +183,166 @@ pub struct Config {
     pub log: LogOptions,
     pub etcd: outrigger_etcd::ConnectOptions,
     pub restapi_listen: SocketAddr,
+    /// `host:port` published in `api_url`.
+    pub restapi_connect: String,
+    pub peer_timeout: Duration,
     pub timings: Timings,
+    pub postgresql: PgConfig,
+    pub initdb: Vec<String>,
+    /// `bootstrap.dcs` as JSON, for the `config` key.
+    pub bootstrap_dcs: serde_json::Value,
+    pub tags: Tags,
 }
 
 fn show(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+/// The newest PostgreSQL under Debian's `/usr/lib/postgresql/<version>/bin`.
+fn default_bin_dir() -> PathBuf {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).max());
+    PathBuf::from(format!("/usr/lib/postgresql/{}/bin", newest.unwrap_or(15)))
+}
+
+/// Splits `addresses:port` (addresses may be a comma list, `*`, or `[v6]`).
+fn split_listen(s: &str) -> Option<(String, u16)> {
+    let (hosts, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    if hosts.is_empty() {
+        return None;
+    }
+    Some((hosts.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+}
+
+fn is_wildcard(hosts: &str) -> bool {
+    hosts.split(',').any(|h| matches!(h.trim(), "*" | "0.0.0.0" | "::" | ""))
+}
+
+/// A PostgreSQL setting value from a TOML value (bools as on/off), or `None` for tables and arrays.
+fn setting(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(if *b { "on" } else { "off" }.to_owned()),
+        toml::Value::Datetime(d) => Some(d.to_string()),
+        toml::Value::Array(_) | toml::Value::Table(_) => None,
+    }
+}
+
+/// TOML to JSON for `bootstrap.dcs` (datetimes become strings).
+fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::from(s.clone()),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(f) => serde_json::Value::from(*f),
+        toml::Value::Boolean(b) => serde_json::Value::from(*b),
+        toml::Value::Datetime(d) => serde_json::Value::from(d.to_string()),
+        toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect())
+        }
+    }
+}
+
+/// The default `pg_hba.conf`: local connections over the socket (whose directory's
+/// permissions guard it) and password logins from the network, replication included.
+pub const DEFAULT_PG_HBA: [&str; 4] = [
+    "local all all trust",
+    "local replication all trust",
+    "host all all all scram-sha-256",
+    "host replication all all scram-sha-256",
+];
+
+impl RawConfig {
+    fn validate_postgresql(&self, p: &mut Problems, timings: &Timings) -> PgConfig {
+        let pg = &self.postgresql;
+        p.check(pg.data_dir.is_absolute(), "postgresql.data_dir", pg.data_dir.display(), "must be an absolute path");
+        let bin_dir = pg.bin_dir.clone().unwrap_or_else(default_bin_dir);
+        p.check(bin_dir.is_absolute(), "postgresql.bin_dir", bin_dir.display(), "must be an absolute path");
+        let listen = pg.listen.as_deref().unwrap_or("0.0.0.0:5432");
+        let (listen_addresses, port) = match split_listen(listen) {
+            Some(x) => x,
+            None => {
+                p.push(
+                    "postgresql.listen",
+                    listen,
+                    "must be addresses:port, like 0.0.0.0:5432 or 127.0.0.1,10.0.0.1:5432",
+                );
+                ("*".to_owned(), 5432)
+            }
+        };
+        let connect_address = match &pg.connect_address {
+            Some(c) => {
+                p.check(split_listen(c).is_some(), "postgresql.connect_address", c, "must be host:port");
+                c.clone()
+            }
+            None if !is_wildcard(&listen_addresses) && !listen_addresses.contains(',') => {
+                format!("{listen_addresses}:{port}")
+            }
+            None => {
+                p.push_key(
+                    "postgresql.connect_address",
+                    format!("must be set when postgresql.listen ({listen}) is not one specific address"),
+                );
+                String::new()
+            }
+        };
+        let socket_dir = pg.socket_dir.clone().unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
+        p.check(socket_dir.is_absolute(), "postgresql.socket_dir", socket_dir.display(), "must be an absolute path");
+        let log_file = pg.log_file.clone().unwrap_or_else(|| {
+            let mut s = pg.data_dir.clone().into_os_string();
+            s.push(".log");
+            PathBuf::from(s)
+        });
+        let user = |u: &RawUser, default: &str| User {
+            username: u.username.clone().unwrap_or_else(|| default.to_owned()),
+            password: u.password.clone(),
+        };
+        let mut parameters = Vec::new();
+        for (k, v) in &pg.parameters {
+            match setting(v) {
+                Some(s) => parameters.push((k.clone(), s)),
+                None => p.push(format!("postgresql.parameters.{k}"), v, "must be a string, number or boolean"),
+            }
+        }
+        for managed in ["listen_addresses", "port", "unix_socket_directories", "primary_conninfo", "primary_slot_name"]
+        {
+            if pg.parameters.contains_key(managed) {
+                p.push_key(
+                    format!("postgresql.parameters.{managed}"),
+                    "is managed by ha-agent (use postgresql.listen, socket_dir or the leader race instead)",
+                );
+            }
+        }
+        let start_timeout = pg.start_timeout.unwrap_or(Duration::from_secs(60));
+        p.check(
+            start_timeout >= timings.loop_wait,
+            "postgresql.start_timeout",
+            show(start_timeout),
+            "must be at least timings.loop_wait",
+        );
+        PgConfig {
+            data_dir: pg.data_dir.clone(),
+            bin_dir,
+            listen_addresses,
+            port,
+            connect_address,
+            socket_dir,
+            run_as: pg.run_as.clone().unwrap_or_else(|| "postgres".to_owned()),
+            log_file,
+            superuser: user(&pg.authentication.superuser, "postgres"),
+            replication: user(&pg.authentication.replication, "replicator"),
+            use_pg_rewind: pg.use_pg_rewind,
+            remove_data_directory_on_rewind_failure: pg.remove_data_directory_on_rewind_failure,
+            remove_data_directory_on_diverged_timelines: pg.remove_data_directory_on_diverged_timelines,
+            pg_hba: pg.pg_hba.clone().unwrap_or_else(|| DEFAULT_PG_HBA.iter().map(|s| (*s).to_owned()).collect()),
+            parameters,
+            start_timeout,
+        }
+    }
 }
 
 impl Validate for RawConfig {
@@ -98,7 +362,29 @@ impl Validate for RawConfig {
         }
         let log = self.log.validate(&mut p);
         let etcd = self.etcd.validate(&mut p);
-        let listen = listen_addr(&mut p, "restapi.listen", self.restapi.listen.as_deref().unwrap_or("0.0.0.0:8008"));
+        let listen_text = self.restapi.listen.as_deref().unwrap_or("0.0.0.0:8008");
+        let listen = listen_addr(&mut p, "restapi.listen", listen_text);
+        let restapi_connect = match (&self.restapi.connect_address, listen) {
+            (Some(c), _) => {
+                p.check(split_listen(c).is_some(), "restapi.connect_address", c, "must be host:port");
+                c.clone()
+            }
+            (None, Some(l)) if !l.ip().is_unspecified() => l.to_string(),
+            (None, _) => {
+                p.push_key(
+                    "restapi.connect_address",
+                    format!("must be set when restapi.listen ({listen_text}) is not one specific address"),
+                );
+                String::new()
+            }
+        };
+        let peer_timeout = self.restapi.peer_timeout.unwrap_or(Duration::from_secs(2));
+        p.check(
+            peer_timeout >= Duration::from_millis(50),
+            "restapi.peer_timeout",
+            show(peer_timeout),
+            "must be at least 50ms",
+        );
 
         let d = Timings::default();
         let t = Timings {
@@ -131,13 +417,151 @@ impl Validate for RawConfig {
             show(t.ttl),
             &format!("must be >= loop_wait + 2 * retry_timeout ({})", show(budget)),
         );
+        // A lease renewal must end (answer or timeout) within retry_timeout, or the fence
+        // arithmetic in `LeaseView::fence_at` does not hold.
+        p.check(
+            etcd.request_timeout <= t.retry_timeout,
+            "etcd.request_timeout",
+            show(etcd.request_timeout),
+            &format!("must be <= timings.retry_timeout ({})", show(t.retry_timeout)),
+        );
+        let postgresql = self.validate_postgresql(&mut p, &t);
+        let initdb =
+            self.bootstrap.initdb.clone().unwrap_or_else(|| vec!["encoding=UTF8".into(), "data-checksums".into()]);
+        for (i, opt) in initdb.iter().enumerate() {
+            let name = opt.split('=').next().unwrap_or("");
+            p.check(
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                &format!("bootstrap.initdb[{i}]"),
+                opt,
+                "must be an initdb option name, optionally with =value (like \"encoding=UTF8\")",
+            );
+            p.check(
+                !matches!(name, "pgdata" | "D" | "username" | "U" | "pwfile"),
+                &format!("bootstrap.initdb[{i}]"),
+                opt,
+                "is set by ha-agent (data_dir and authentication.superuser)",
+            );
+        }
+        let tags = Tags {
+            nofailover: self.tags.nofailover,
+            failover_priority: self.tags.failover_priority.unwrap_or(1),
+            clonefrom: self.tags.clonefrom,
+            noloadbalance: self.tags.noloadbalance,
+            nosync: self.tags.nosync,
+        };
+        let bootstrap_dcs = toml_to_json(&toml::Value::Table(self.bootstrap.dcs.clone()));
         p.finish(())?;
         match (layout, listen) {
-            (Some(layout), Some(restapi_listen)) => {
-                Ok(Config { name: self.name.clone(), layout, log, etcd, restapi_listen, timings: t })
-            }
+            (Some(layout), Some(restapi_listen)) => Ok(Config {
+                name: self.name.clone(),
+                layout,
+                log,
+                etcd,
+                restapi_listen,
+                restapi_connect,
+                peer_timeout,
+                timings: t,
+                postgresql,
+                initdb,
+                bootstrap_dcs,
+                tags,
+            }),
             // Both None cases pushed a problem above, so `finish` already returned.
             _ => Err(vec![Problem::key_only("(config)", "invalid")]),
         }
+    }
+}
+
+impl Config {
+    /// `postgres://<connect_address>/postgres`, as Patroni publishes `conn_url`.
+    pub fn conn_url(&self) -> String {
+        format!("postgres://{}/postgres", self.postgresql.connect_address)
+    }
+
+    /// `http://<restapi connect_address>/patroni`, as Patroni publishes `api_url`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}/patroni", self.restapi_connect)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.postgresql.data_dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrigger_daemon::config::parse_toml;
+
+    const BASE: &str = r#"
+name = "n1"
+scope = "batman"
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+[restapi]
+listen = "10.0.0.1:8008"
+[timings]
+ttl = "4s"
+loop_wait = "1s"
+retry_timeout = "1s"
+[postgresql]
+data_dir = "/var/lib/postgresql/15/main"
+bin_dir = "/usr/lib/postgresql/15/bin"
+listen = "10.0.0.1:5432"
+"#;
+
+    fn load(text: &str) -> Result<Config, Vec<String>> {
+        let raw: RawConfig = parse_toml("t.toml", text).map_err(|e| vec![e.to_string()])?;
+        raw.validate().map_err(|ps| ps.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn minimal_config_gets_patroni_like_defaults() {
+        let c = load(BASE).unwrap();
+        assert_eq!(c.api_url(), "http://10.0.0.1:8008/patroni");
+        assert_eq!(c.conn_url(), "postgres://10.0.0.1:5432/postgres");
+        assert_eq!(c.postgresql.superuser.username, "postgres");
+        assert_eq!(c.postgresql.replication.username, "replicator");
+        assert_eq!(c.postgresql.log_file, PathBuf::from("/var/lib/postgresql/15/main.log"));
+        assert_eq!(c.peer_timeout, Duration::from_secs(2));
+        assert!(c.tags.can_failover());
+    }
+
+    #[test]
+    fn wildcard_listen_needs_a_connect_address() {
+        let text = BASE.replace("listen = \"10.0.0.1:5432\"", "listen = \"0.0.0.0:5432\"");
+        let e = load(&text).unwrap_err();
+        assert!(e.iter().any(|p| p.starts_with("postgresql.connect_address: must be set")), "{e:?}");
+    }
+
+    #[test]
+    fn parameters_become_settings_and_managed_ones_are_refused() {
+        let text = format!("{BASE}[postgresql.parameters]\nmax_connections = 200\nhot_standby = true\nport = 5433\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("postgresql.parameters.port: is managed"), "{e:?}");
+        let ok = load(&format!("{BASE}[postgresql.parameters]\nmax_connections = 200\nhot_standby = true\n")).unwrap();
+        let mut p = ok.postgresql.parameters.clone();
+        p.sort();
+        assert_eq!(p, vec![("hot_standby".into(), "on".into()), ("max_connections".into(), "200".into())]);
+    }
+
+    #[test]
+    fn etcd_request_timeout_must_fit_in_retry_timeout() {
+        let text = BASE.replace("[restapi]", "request_timeout = \"2s\"\n[restapi]");
+        let e = load(&text).unwrap_err();
+        assert!(e.iter().any(|p| p == "etcd.request_timeout (2s): must be <= timings.retry_timeout (1s)"), "{e:?}");
+    }
+
+    #[test]
+    fn bootstrap_dcs_becomes_json_and_tags_are_read() {
+        let text = format!(
+            "{BASE}[bootstrap.dcs]\nmaximum_lag_on_failover = 100\n[bootstrap.dcs.postgresql.parameters]\nwal_keep_size = \"128MB\"\n[tags]\nfailover_priority = 0\n"
+        );
+        let c = load(&text).unwrap();
+        assert_eq!(c.bootstrap_dcs["maximum_lag_on_failover"], 100);
+        assert_eq!(c.bootstrap_dcs["postgresql"]["parameters"]["wal_keep_size"], "128MB");
+        assert!(!c.tags.can_failover());
     }
 }

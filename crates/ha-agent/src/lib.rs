@@ -2,7 +2,16 @@
 //!
 //! - [`config`]: the config file (raw serde layer, validated [`config::Config`]).
 //! - [`core`]: the pure HA decision core and the types it decides from.
+//! - [`run`]: the HA loop around it (etcd, PostgreSQL, peers), with [`lease`] (the lease
+//!   keeper that renews and fences on its own), [`dcs`] (the Patroni keys in etcd), [`pg`]
+//!   (local PostgreSQL), [`http`] (the REST port) and [`metrics`].
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod core;
+pub mod dcs;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod pg;
+pub mod run;

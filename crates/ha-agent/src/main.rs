@@ -1,13 +1,21 @@
 //! ha-agent binary.
 //!
-//! Lifecycle: parse flags → `--check-config FILE` validates and exits → otherwise load the
-//! config and hand over to the library. The HA loop is not built yet, so running without
-//! `--check-config` says so and exits non-zero rather than pretend to manage a cluster.
+//! Lifecycle:
+//! 1. parse flags; `--check-config FILE` validates and exits;
+//! 2. load and validate the config, start logging;
+//! 3. start a small multi-threaded runtime (two workers, so that the lease keeper keeps its
+//!    schedule even while the HA loop waits on a slow step) and run the agent: it binds the
+//!    REST port, tells systemd READY, and loops until SIGTERM/SIGINT;
+//! 4. on a signal: stop PostgreSQL, release the leader key, revoke the lease, exit 0.
+//!
+//! A failure to start (etcd unusable, port taken, PostgreSQL user missing) exits 1 with the
+//! reason; systemd restarts the unit.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use outrigger_daemon::cli::{CommonArgs, check_config, load_or_report};
+use outrigger_daemon::cli::{CommonArgs, Startup, startup};
+use tokio_util::sync::CancellationToken;
 
 /// Patroni-compatible HA agent for PostgreSQL (Outrigger).
 #[derive(Debug, Parser)]
@@ -19,18 +27,26 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(path) = &args.common.check_config {
-        return check_config::<ha_agent::config::RawConfig>(path);
-    }
-    let Some(path) = &args.common.config else {
-        eprintln!("ha-agent: --config FILE is required (or --check-config FILE)");
-        return ExitCode::from(2);
+    let cfg = match startup::<ha_agent::config::RawConfig>("ha-agent", &args.common, |c| c.log.clone()) {
+        Startup::Exit(code) => return code,
+        Startup::Run(cfg) => cfg,
     };
-    match load_or_report::<ha_agent::config::RawConfig>(path) {
-        Ok(_cfg) => {
-            eprintln!("ha-agent: the HA loop is not implemented yet; only --check-config works in this build");
-            ExitCode::from(1)
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
         }
-        Err(code) => code,
-    }
+    };
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(outrigger_daemon::shutdown::on_signal(shutdown.clone()));
+        match ha_agent::run::run(cfg, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "ha-agent stopped");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

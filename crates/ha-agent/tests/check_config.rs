@@ -10,10 +10,15 @@ name = "n1"
 scope = "batman"
 [etcd]
 endpoints = ["http://127.0.0.1:2379"]
+[restapi]
+listen = "127.0.0.1:8008"
 [timings]
 ttl = "4s"
 loop_wait = "1s"
 retry_timeout = "1s"
+[postgresql]
+data_dir = "/var/lib/postgresql/15/main"
+listen = "127.0.0.1:5432"
 "#;
 
 #[test]

@@ -1,0 +1,608 @@
+//! Local PostgreSQL: files, processes and SQL.
+//!
+//! The postmaster runs as a child of the agent in its own process group (so that a signal to
+//! the agent's group does not reach it) and as `postgresql.run_as` when the agent runs as
+//! root. A postmaster that outlives an agent restart is found again through `postmaster.pid`.
+//! Every external step is bounded in time.
+
+pub mod text;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_postgres::NoTls;
+
+use crate::config::PgConfig;
+use crate::core::{Control, PgView, RunningPg};
+use text::{ConfInput, Upstream};
+
+/// How to stop PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGINT: disconnect clients, write a shutdown checkpoint (walsenders ship it first).
+    Fast,
+    /// SIGQUIT: stop now, no checkpoint; crash recovery at the next start.
+    Immediate,
+}
+
+/// Sends `sig` to the postmaster of `data_dir`, if one runs. Used by the lease keeper to fence
+/// without waiting for anything: one read and one syscall.
+pub fn signal_postmaster(data_dir: &Path, sig: Signal) -> Option<i32> {
+    let pid = postmaster_pid(data_dir)?;
+    kill(Pid::from_raw(pid), sig).ok()?;
+    Some(pid)
+}
+
+/// The pid in `postmaster.pid`, if that process is alive and is a postgres.
+pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // A stale file after a crash may name a pid reused by something else.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let comm = comm.trim();
+    (comm.starts_with("postgres") || comm.starts_with("postmaster")).then_some(pid)
+}
+
+/// Extra facts about a running server that the core does not need but the member key and
+/// `GET /patroni` publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extra {
+    pub server_version: u32,
+    pub postmaster_start_time: Option<String>,
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    pub streaming: bool,
+}
+
+/// A user to run PostgreSQL tools as (when the agent runs as root).
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    uid: u32,
+    gid: u32,
+}
+
+pub struct Postgres {
+    cfg: PgConfig,
+    name: String,
+    ids: Option<Ids>,
+    client: Option<tokio_postgres::Client>,
+    /// Told when a postmaster we started exits.
+    exits: mpsc::UnboundedSender<String>,
+}
+
+fn lsn(v: Option<i64>) -> Option<u64> {
+    v.and_then(|x| u64::try_from(x).ok())
+}
+
+impl Postgres {
+    /// `exits` receives a line whenever a postmaster started by this agent exits.
+    pub fn new(cfg: PgConfig, name: &str, exits: mpsc::UnboundedSender<String>) -> anyhow::Result<Self> {
+        let ids = if nix::unistd::geteuid().is_root() {
+            let u = nix::unistd::User::from_name(&cfg.run_as)
+                .with_context(|| format!("look up user {}", cfg.run_as))?
+                .with_context(|| format!("user {} (postgresql.run_as) does not exist", cfg.run_as))?;
+            Some(Ids { uid: u.uid.as_raw(), gid: u.gid.as_raw() })
+        } else {
+            None
+        };
+        Ok(Self { cfg, name: name.to_owned(), ids, client: None, exits })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.cfg.data_dir
+    }
+
+    pub fn config(&self) -> &PgConfig {
+        &self.cfg
+    }
+
+    fn cmd(&self, tool: &str) -> Command {
+        let mut c = Command::new(self.cfg.bin_dir.join(tool));
+        c.env("LC_ALL", "C").env("LANG", "C").stdin(Stdio::null()).kill_on_drop(true);
+        if let Some(ids) = self.ids {
+            c.uid(ids.uid).gid(ids.gid);
+            c.env("HOME", self.cfg.data_dir.parent().unwrap_or(Path::new("/tmp")));
+        }
+        c
+    }
+
+    /// Runs a tool to completion within `limit`; stderr (and stdout on failure) go into the error.
+    async fn run(&self, what: &str, mut c: Command, limit: Duration) -> anyhow::Result<String> {
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = tokio::time::timeout(limit, c.output())
+            .await
+            .with_context(|| format!("{what}: no result within {limit:?}"))?
+            .with_context(|| format!("{what}: start"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().chain(stdout.lines()).rev().take(6).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("{what}: {}: {}", out.status, tail.join(" | "));
+        }
+        Ok(stdout)
+    }
+
+    /// Makes `path` ours (the PostgreSQL user's) when running as root.
+    fn give(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(ids) = self.ids {
+            std::os::unix::fs::chown(path, Some(ids.uid), Some(ids.gid))
+                .with_context(|| format!("chown {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn write_file(&self, path: &Path, text: &str) -> anyhow::Result<()> {
+        let tmp = path.with_extension("ha-agent-tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+        self.give(&tmp)?;
+        std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.cfg.data_dir.join("PG_VERSION").is_file()
+    }
+
+    // ---- observation ----
+
+    async fn client(&mut self) -> anyhow::Result<&tokio_postgres::Client> {
+        if self.client.as_ref().is_some_and(tokio_postgres::Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let mut c = tokio_postgres::Config::new();
+            c.host_path(&self.cfg.socket_dir)
+                .port(self.cfg.port)
+                .user(&self.cfg.superuser.username)
+                .dbname("postgres")
+                .application_name("ha-agent")
+                .connect_timeout(Duration::from_secs(2));
+            if let Some(p) = &self.cfg.superuser.password {
+                c.password(p);
+            }
+            let (client, conn) = tokio::time::timeout(Duration::from_secs(3), c.connect(NoTls))
+                .await
+                .context("connect to local PostgreSQL: timed out")?
+                .context("connect to local PostgreSQL")?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "local PostgreSQL connection ended");
+                }
+            });
+            self.client = Some(client);
+        }
+        self.client.as_ref().context("no client")
+    }
+
+    /// One SQL statement, bounded in time; the connection is dropped on error.
+    async fn query(&mut self, sql: &str) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+        let client = self.client().await?;
+        match tokio::time::timeout(Duration::from_secs(5), client.query(sql, &[])).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => {
+                self.client = None;
+                Err(e).with_context(|| format!("SQL {}", sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")))
+            }
+            Err(_) => {
+                self.client = None;
+                bail!("SQL {}: no answer within 5s", sql.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            }
+        }
+    }
+
+    /// Runs SQL that returns nothing of interest.
+    pub async fn execute(&mut self, sql: &str) -> anyhow::Result<()> {
+        self.query(sql).await.map(drop)
+    }
+
+    pub async fn controldata(&self) -> anyhow::Result<Control> {
+        let mut c = self.cmd("pg_controldata");
+        c.arg("-D").arg(&self.cfg.data_dir);
+        let out = self.run("pg_controldata", c, Duration::from_secs(10)).await?;
+        text::parse_controldata(&out).map_err(anyhow::Error::msg)
+    }
+
+    /// Running server facts, as the core wants them, plus extras for publishing.
+    async fn running(&mut self, upstream: Option<String>) -> anyhow::Result<(RunningPg, Extra)> {
+        const SQL: &str = "SELECT pg_is_in_recovery(),
+            (SELECT system_identifier FROM pg_control_system()),
+            CASE WHEN pg_is_in_recovery() THEN NULL
+                 ELSE pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint END,
+            pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint,
+            pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
+            CASE WHEN pg_is_in_recovery()
+                 THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
+                               (SELECT timeline_id FROM pg_control_checkpoint()))
+                 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int END,
+            current_setting('server_version_num')::int,
+            to_char(pg_postmaster_start_time(), 'YYYY-MM-DD HH24:MI:SS.USOF'),
+            (SELECT status FROM pg_stat_wal_receiver),
+            current_setting('wal_log_hints') = 'on' OR current_setting('data_checksums') = 'on'";
+        let rows = self.query(SQL).await?;
+        let r = rows.first().context("observe query returned no row")?;
+        let in_recovery: bool = r.try_get(0)?;
+        let sysid: i64 = r.try_get(1)?;
+        let flush = lsn(r.try_get(2)?);
+        let receive = lsn(r.try_get(3)?);
+        let replay = lsn(r.try_get(4)?);
+        let timeline: Option<i32> = r.try_get(5)?;
+        let version: i32 = r.try_get(6)?;
+        let start: Option<String> = r.try_get(7)?;
+        let wr: Option<String> = r.try_get(8)?;
+        let rewindable: bool = r.try_get(9)?;
+        let mut position = if in_recovery { receive.unwrap_or(0).max(replay.unwrap_or(0)) } else { flush.unwrap_or(0) };
+        let mut timeline = timeline.and_then(|t| u32::try_from(t).ok()).unwrap_or(1);
+        if in_recovery && wr.is_none() {
+            // No walreceiver: the SQL above fell back to the last restartpoint's timeline,
+            // which may be older than the one replayed. Ask the server itself.
+            match self.identify_system().await {
+                Ok((tl, pos)) => (timeline, position) = (tl, pos.max(position)),
+                Err(e) => tracing::debug!(error = format!("{e:#}"), "IDENTIFY_SYSTEM"),
+            }
+        }
+        Ok((
+            RunningPg {
+                // The system identifier is an unsigned 64-bit value shown as bigint.
+                sysid: sysid as u64,
+                primary: !in_recovery,
+                timeline,
+                wal_position: position,
+                upstream: if in_recovery { upstream } else { None },
+                rewindable,
+            },
+            Extra {
+                server_version: u32::try_from(version).unwrap_or(0),
+                postmaster_start_time: start,
+                receive_lsn: receive,
+                replay_lsn: replay,
+                streaming: wr.as_deref() == Some("streaming"),
+            },
+        ))
+    }
+
+    /// `IDENTIFY_SYSTEM` over a replication connection: on a standby it answers the timeline
+    /// being replayed and the WAL position on it (received or replayed, whichever is further).
+    /// tokio-postgres cannot open replication connections, so this runs `psql`; it is only
+    /// needed while no walreceiver streams.
+    async fn identify_system(&self) -> anyhow::Result<(u32, u64)> {
+        let conninfo = format!(
+            "host={} port={} user={} dbname=postgres replication=true connect_timeout=3",
+            text::conninfo_quote(&self.cfg.socket_dir.display().to_string()),
+            self.cfg.port,
+            text::conninfo_quote(&self.cfg.superuser.username)
+        );
+        let mut c = self.cmd("psql");
+        c.args(["-XAt", "-c", "IDENTIFY_SYSTEM", &conninfo]);
+        if let Some(p) = &self.cfg.superuser.password {
+            c.env("PGPASSWORD", p);
+        }
+        let out = self.run("psql IDENTIFY_SYSTEM", c, Duration::from_secs(5)).await?;
+        let mut f = out.trim().split('|');
+        let _sysid = f.next();
+        let tl = f.next().and_then(|t| t.parse().ok()).context("IDENTIFY_SYSTEM: no timeline")?;
+        let pos = f.next().and_then(text::parse_lsn).context("IDENTIFY_SYSTEM: no position")?;
+        Ok((tl, pos))
+    }
+
+    /// What the core sees of local PostgreSQL now. `upstream` is who we last pointed it at.
+    pub async fn observe(&mut self, upstream: Option<String>) -> (PgView, Option<Extra>) {
+        if !self.has_data() {
+            return (PgView::NoData, None);
+        }
+        if postmaster_pid(&self.cfg.data_dir).is_some() {
+            return match self.running(upstream).await {
+                Ok((r, extra)) => (PgView::Running(r), Some(extra)),
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "postmaster runs but does not answer yet");
+                    let sysid = self.controldata().await.ok().map(|c| c.sysid);
+                    (PgView::Starting { sysid }, None)
+                }
+            };
+        }
+        self.client = None;
+        match self.controldata().await {
+            Ok(c) => (PgView::Stopped(c), None),
+            Err(e) => (PgView::Unusable { why: format!("{e:#}") }, None),
+        }
+    }
+
+    // ---- configuration files ----
+
+    /// Writes `postgresql.conf` (keeping the original as `postgresql.base.conf`), `pg_hba.conf`,
+    /// and `standby.signal` for a replica. Returns whether `postgresql.conf` changed.
+    pub fn write_config(
+        &self,
+        cluster_parameters: &[(String, String)],
+        replica: bool,
+        upstream: Option<&Upstream>,
+        wal_log_hints: bool,
+    ) -> anyhow::Result<bool> {
+        let d = &self.cfg.data_dir;
+        let conf = d.join("postgresql.conf");
+        let base = d.join("postgresql.base.conf");
+        if !base.exists() {
+            // First time: the server's own postgresql.conf (from initdb or the leader's backup)
+            // becomes the base file that ours includes.
+            let current = std::fs::read_to_string(&conf).unwrap_or_default();
+            if conf.exists() && !current.starts_with("# Written by ha-agent") {
+                std::fs::rename(&conf, &base).context("keep postgresql.conf as postgresql.base.conf")?;
+            } else {
+                self.write_file(&base, "# Settings of this server that ha-agent does not manage.\n")?;
+            }
+        }
+        let socket_dir = self.cfg.socket_dir.display().to_string();
+        let text = text::render_postgresql_conf(&ConfInput {
+            listen_addresses: &self.cfg.listen_addresses,
+            port: self.cfg.port,
+            socket_dir: &socket_dir,
+            cluster_parameters,
+            local_parameters: &self.cfg.parameters,
+            wal_log_hints,
+            upstream,
+            replication_user: &self.cfg.replication.username,
+            replication_password: self.cfg.replication.password.as_deref(),
+            application_name: &self.name,
+        });
+        let changed = std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str());
+        if changed {
+            self.write_file(&conf, &text)?;
+        }
+        let hba = text::render_pg_hba(&self.cfg.pg_hba);
+        if std::fs::read_to_string(d.join("pg_hba.conf")).ok().as_deref() != Some(hba.as_str()) {
+            self.write_file(&d.join("pg_hba.conf"), &hba)?;
+        }
+        let signal = d.join("standby.signal");
+        if replica && !signal.exists() {
+            self.write_file(&signal, "")?;
+        } else if !replica && signal.exists() {
+            std::fs::remove_file(&signal).context("remove standby.signal")?;
+        }
+        Ok(changed)
+    }
+
+    /// The member the current `postgresql.conf` points at (after an agent restart).
+    pub fn configured_upstream(&self) -> Option<String> {
+        text::upstream_marker(&std::fs::read_to_string(self.cfg.data_dir.join("postgresql.conf")).ok()?)
+    }
+
+    /// `SELECT pg_reload_conf()`, then the names of settings that need a restart.
+    pub async fn reload(&mut self) -> anyhow::Result<Vec<String>> {
+        self.execute("SELECT pg_reload_conf()").await?;
+        // The reload is asynchronous: give the postmaster a moment before asking.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.pending_restart().await
+    }
+
+    pub async fn pending_restart(&mut self) -> anyhow::Result<Vec<String>> {
+        let rows = self.query("SELECT name FROM pg_settings WHERE pending_restart ORDER BY name").await?;
+        rows.iter().map(|r| r.try_get::<_, String>(0).map_err(Into::into)).collect()
+    }
+
+    // ---- processes ----
+
+    /// Starts the postmaster (config already written) and waits until it answers SQL, it
+    /// exits, or `start_timeout` passes.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        if postmaster_pid(&self.cfg.data_dir).is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.cfg.socket_dir).context("create socket directory")?;
+        self.give(&self.cfg.socket_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.cfg.log_file)
+            .with_context(|| format!("open {}", self.cfg.log_file.display()))?;
+        self.give(&self.cfg.log_file)?;
+        let mut c = self.cmd("postgres");
+        c.arg("-D").arg(&self.cfg.data_dir);
+        c.stdout(log.try_clone()?).stderr(log).kill_on_drop(false).process_group(0);
+        let mut child = c.spawn().context("spawn postgres")?;
+        let pid = child.id().unwrap_or(0);
+        let (died_tx, mut died_rx) = tokio::sync::oneshot::channel();
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let line = match status {
+                Ok(s) => format!("postmaster {pid} exited: {s}"),
+                Err(e) => format!("postmaster {pid}: wait failed: {e}"),
+            };
+            let _ = died_tx.send(line.clone());
+            let _ = exits.send(line);
+        });
+        let deadline = tokio::time::Instant::now() + self.cfg.start_timeout;
+        loop {
+            if let Ok(line) = died_rx.try_recv() {
+                bail!("start PostgreSQL: {line} (see {})", self.cfg.log_file.display());
+            }
+            if self.query("SELECT 1").await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = self.stop(StopMode::Immediate).await;
+                bail!("start PostgreSQL: not accepting connections after {:?}", self.cfg.start_timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the postmaster and waits for it to be gone (escalating to immediate, then
+    /// SIGKILL, when a mode takes too long).
+    pub async fn stop(&mut self, mode: StopMode) -> anyhow::Result<()> {
+        self.client = None;
+        let Some(pid) = postmaster_pid(&self.cfg.data_dir) else { return Ok(()) };
+        let plan: &[(Signal, u64)] = match mode {
+            StopMode::Fast => &[(Signal::SIGINT, 60_000), (Signal::SIGQUIT, 5_000), (Signal::SIGKILL, 5_000)],
+            StopMode::Immediate => &[(Signal::SIGQUIT, 5_000), (Signal::SIGKILL, 5_000)],
+        };
+        for &(sig, wait_ms) in plan {
+            if kill(Pid::from_raw(pid), sig).is_err() {
+                return Ok(());
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+            while tokio::time::Instant::now() < deadline {
+                if postmaster_pid(&self.cfg.data_dir) != Some(pid) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::warn!(pid, signal = %sig, "postmaster did not stop in time; escalating");
+        }
+        bail!("stop PostgreSQL: postmaster {pid} survived SIGKILL")
+    }
+
+    /// Promotes a running standby and waits for it to accept writes, then checkpoints so that
+    /// pg_rewind on others sees the new timeline in our pg_control.
+    pub async fn promote(&mut self) -> anyhow::Result<()> {
+        let rows = self.query("SELECT pg_promote(true, 60)").await?;
+        let ok: bool = rows.first().context("pg_promote returned nothing")?.try_get(0)?;
+        if !ok {
+            bail!("pg_promote: not promoted within 60s");
+        }
+        Ok(())
+    }
+
+    pub async fn checkpoint(&mut self) -> anyhow::Result<()> {
+        self.execute("CHECKPOINT").await
+    }
+
+    /// The content of `pg_wal/<timeline>.history` of the running server.
+    pub async fn timeline_history(&mut self, timeline: u32) -> anyhow::Result<String> {
+        let sql = format!("SELECT pg_read_file('pg_wal/{timeline:08X}.history')");
+        let rows = self.query(&sql).await?;
+        Ok(rows.first().context("no history row")?.try_get(0)?)
+    }
+
+    /// Runs initdb into an empty data directory.
+    pub async fn initdb(&self, options: &[String]) -> anyhow::Result<()> {
+        self.prepare_empty_data_dir()?;
+        let mut c = self.cmd("initdb");
+        c.arg("-D").arg(&self.cfg.data_dir).arg("-U").arg(&self.cfg.superuser.username);
+        for o in options {
+            c.arg(format!("--{o}"));
+        }
+        let pwfile = match &self.cfg.superuser.password {
+            Some(p) => {
+                let path = self.cfg.data_dir.with_extension("pwfile");
+                self.write_file(&path, &format!("{p}\n"))?;
+                c.arg(format!("--pwfile={}", path.display()));
+                Some(path)
+            }
+            None => None,
+        };
+        let r = self.run("initdb", c, Duration::from_secs(300)).await;
+        if let Some(p) = pwfile {
+            let _ = std::fs::remove_file(p);
+        }
+        r.map(drop)
+    }
+
+    /// After bootstrap: the replication role.
+    pub async fn create_replication_user(&mut self) -> anyhow::Result<()> {
+        let u = &self.cfg.replication;
+        if u.username == self.cfg.superuser.username {
+            return Ok(());
+        }
+        let ident = format!("\"{}\"", u.username.replace('"', "\"\""));
+        let pw = u.password.as_ref().map_or(String::new(), |p| format!(" PASSWORD '{}'", p.replace('\'', "''")));
+        let exists =
+            self.query(&format!("SELECT 1 FROM pg_roles WHERE rolname = '{}'", u.username.replace('\'', "''"))).await?;
+        let verb = if exists.is_empty() { "CREATE" } else { "ALTER" };
+        self.execute(&format!("{verb} ROLE {ident} WITH REPLICATION LOGIN{pw}")).await
+    }
+
+    /// A new replica: pg_basebackup from `host:port` into an empty data directory.
+    pub async fn basebackup(&self, host: &str, port: u16) -> anyhow::Result<()> {
+        self.prepare_empty_data_dir()?;
+        let u = &self.cfg.replication;
+        let conninfo = format!(
+            "host={} port={port} user={} application_name={} connect_timeout=5",
+            text::conninfo_quote(host),
+            text::conninfo_quote(&u.username),
+            text::conninfo_quote(&self.name)
+        );
+        let mut c = self.cmd("pg_basebackup");
+        c.arg("-D").arg(&self.cfg.data_dir).args(["-X", "stream", "-c", "fast", "--no-password", "-d", &conninfo]);
+        if let Some(p) = &u.password {
+            c.env("PGPASSWORD", p);
+        }
+        let r = self.run("pg_basebackup", c, Duration::from_secs(3600)).await;
+        if r.is_err() {
+            let _ = self.remove_data();
+        }
+        r.map(drop)
+    }
+
+    /// pg_rewind from the leader; the server must be stopped cleanly first.
+    pub async fn rewind(&self, host: &str, port: u16) -> anyhow::Result<()> {
+        let su = &self.cfg.superuser;
+        let conninfo = format!(
+            "host={} port={port} user={} dbname=postgres connect_timeout=5",
+            text::conninfo_quote(host),
+            text::conninfo_quote(&su.username)
+        );
+        let mut c = self.cmd("pg_rewind");
+        c.arg("--target-pgdata").arg(&self.cfg.data_dir).arg(format!("--source-server={conninfo}"));
+        if let Some(p) = &su.password {
+            c.env("PGPASSWORD", p);
+        }
+        self.run("pg_rewind", c, Duration::from_secs(3600)).await.map(drop)
+    }
+
+    /// Crash recovery in single-user mode, which leaves a cleanly shut down cluster (pg_rewind
+    /// refuses to work on one that crashed).
+    pub async fn crash_recovery(&self) -> anyhow::Result<()> {
+        let mut c = self.cmd("postgres");
+        c.arg("--single").arg("-D").arg(&self.cfg.data_dir).args(["-c", "archive_mode=off", "postgres"]);
+        self.run("single-user crash recovery", c, Duration::from_secs(3600)).await.map(drop)
+    }
+
+    /// Removes the data directory (reinit, failed bootstrap or clone).
+    pub fn remove_data(&self) -> anyhow::Result<()> {
+        let d = &self.cfg.data_dir;
+        if postmaster_pid(d).is_some() {
+            bail!("remove data directory: PostgreSQL still runs in {}", d.display());
+        }
+        match std::fs::remove_dir_all(d) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("remove {}", d.display())),
+        }
+    }
+
+    fn prepare_empty_data_dir(&self) -> anyhow::Result<()> {
+        let d: PathBuf = self.cfg.data_dir.clone();
+        if d.exists() && std::fs::read_dir(&d)?.next().is_some() {
+            bail!("data directory {} is not empty", d.display());
+        }
+        if let Some(parent) = d.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+        self.give(&d)
+    }
+
+    // ---- replication slots (on the primary) ----
+
+    pub async fn physical_slots(&mut self) -> anyhow::Result<Vec<(String, bool)>> {
+        let rows =
+            self.query("SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'").await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    pub async fn create_slot(&mut self, name: &str) -> anyhow::Result<()> {
+        self.execute(&format!("SELECT pg_create_physical_replication_slot('{}', true)", name.replace('\'', "''"))).await
+    }
+
+    pub async fn drop_slot(&mut self, name: &str) -> anyhow::Result<()> {
+        self.execute(&format!("SELECT pg_drop_replication_slot('{}')", name.replace('\'', "''"))).await
+    }
+}
