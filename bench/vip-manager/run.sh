@@ -84,6 +84,7 @@ wait_who() { # host, seconds
 start() {
   local impl=$1 host=$2 prio=$3 version=$4 ms=$5 d="$WORK/$2-$RANDOM"
   mkdir -p "$d"
+  rm -f "$WORK/$host.pid"
   if [ "$impl" = vip-manager ]; then
     local interval="${ms}ms"
     [ "$version" = 2 ] && interval="$((ms / 1000))s"
@@ -98,8 +99,10 @@ advert_interval = "$interval"
 [log]
 level = "warn"
 EOF
-    inns "$host" env NO_COLOR=1 "$BIN" --config "$d/c.toml" >"$d/log" 2>&1 &
-    echo $! > "$WORK/$host.pid"
+    # `ip netns exec` forks, so $! would be its pid: the shell writes its own pid and execs.
+    inns "$host" sh -c 'echo $$ > "$1"; exec env NO_COLOR=1 "$2" --config "$3"' sh \
+      "$WORK/$host.pid" "$BIN" "$d/c.toml" >"$d/log" 2>&1 &
+    for _ in $(seq 100); do [ -s "$WORK/$host.pid" ] && break; sleep 0.01; done
   else
     cat > "$d/k.conf" <<EOF
 global_defs {
@@ -118,16 +121,20 @@ vrrp_instance VI_1 {
 }
 EOF
     inns "$host" keepalived -n -P -f "$d/k.conf" -p "$d/k.pid" -r "$d/v.pid" -c "$d/c.pid" >"$d/log" 2>&1 &
-    echo $! > "$WORK/$host.pid"
+    # keepalived writes its pid files once it runs: the parent's, and its VRRP child's.
+    for _ in $(seq 200); do [ -s "$d/k.pid" ] && [ -s "$d/v.pid" ] && break; sleep 0.01; done
+    cp "$d/k.pid" "$WORK/$host.pid"
     echo "$d/v.pid" > "$WORK/$host.vrrp-pidfile"
   fi
 }
 
-stop() { # host: SIGTERM and wait
+stop() { # host: SIGTERM, wait for every process on the host but the responder to exit
   local pid; pid=$(cat "$WORK/$1.pid")
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  wait "$pid" 2>/dev/null || true
+  for _ in $(seq 200); do
+    [ "$(ip netns pids "$NS-$1" | wc -l)" -le 1 ] && break
+    sleep 0.05
+  done
 }
 
 stats() { # values on stdin → "median / worst"
