@@ -66,14 +66,14 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: impl FnOnce()) -> 
     ready();
 
     let outcome = tokio::select! {
+        // Checked first: on shutdown every task ends because it was told to, not on its own.
+        biased;
         () = stop.cancelled() => Ok(()),
-        Some(ended) = tasks.join_next() => {
-            let what = match ended {
-                Ok(name) => format!("{name} ended on its own"),
-                Err(e) => format!("a task failed: {e}"),
-            };
-            Err(anyhow::anyhow!(what))
-        }
+        Some(ended) = tasks.join_next() => match ended {
+            Ok(_) if stop.is_cancelled() => Ok(()),
+            Ok(name) => Err(anyhow::anyhow!("{name} ended on its own")),
+            Err(e) => Err(anyhow::anyhow!("a task failed: {e}")),
+        },
     };
     stop.cancel();
     shutdown::within(Duration::from_secs(2), "stop tasks", async { while tasks.join_next().await.is_some() {} }).await;
