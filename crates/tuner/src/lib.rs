@@ -4,10 +4,18 @@
 //! outputs (`conf`, `json`, `patroni-json`, plus `alter-system`), without its bugs, and with
 //! every value explained and checked against the real PostgreSQL binary.
 //!
-//! - [`rules::tune`]: the pure rules, inputs → settings, each with the rule that produced it.
+//! Pure parts (no I/O, table-tested):
+//! - [`rules::tune`]: the rules, inputs → settings, each with the rule that produced it and,
+//!   where tuner departs from pg_configurator, why.
 //! - [`pgconf`] and [`pgtune`]: pg_configurator's and PGTune's formulas, reproduced, so that
-//!   `--explain` can say where tuner departs and why.
-//! - [`catalog`]: what tuner believes about each parameter (unit, versions, restart).
+//!   `--explain` can show what they give; `--formula` outputs them.
+//! - [`catalog`]: what tuner believes about each parameter (base unit, versions, restart).
+//! - [`output`], [`explain`]: the output formats and the explanation.
+//! - [`validate`]: comparing settings with a server's catalogue; [`apply::plan`]: merging
+//!   them into Patroni's `/config`.
+//!
+//! Edges: [`detect`] (cgroups, `/proc`, sysfs), [`server`] (runs `postgres --describe-config`
+//! and `postgres -C`), [`apply::apply`] (etcd compare-and-swap), [`cli`] (the command line).
 #![forbid(unsafe_code)]
 
 pub mod apply;

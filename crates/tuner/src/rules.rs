@@ -133,7 +133,7 @@ pub fn tune(i: &Inputs) -> Tuning {
         "max_parallel_apply_workers_per_subscription",
         Value::Int((cs(2.0, 16.0).floor() as i64).min(lrw)),
         format!("2..16 scaled by {c_txt}, at most max_logical_replication_workers"),
-        "apply workers come out of max_logical_replication_workers; PostgreSQL's default of 2 below 4 cores",
+        "scaled up from PostgreSQL's default of 2 (pg_configurator starts at 4), and at most max_logical_replication_workers, the pool apply workers come from",
     );
     let worker_processes = max_parallel_workers + lrw + 2;
     o.set_departing(

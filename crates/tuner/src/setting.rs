@@ -1,7 +1,5 @@
 //! The rules' output: typed values, each with the rule that produced it.
 
-use std::fmt;
-
 use crate::catalog::{self, Param};
 use crate::units::{Unit, render_bytes, render_millis};
 
@@ -137,12 +135,6 @@ impl Tuning {
     /// Names of the settings that only take effect after a restart on this version.
     pub fn restart_needed(&self) -> Vec<&'static str> {
         self.settings.iter().filter(|s| s.param().needs_restart(self.version)).map(|s| s.name).collect()
-    }
-}
-
-impl fmt::Display for Value {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.render(Unit::None))
     }
 }
 
