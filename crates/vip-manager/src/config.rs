@@ -80,6 +80,8 @@ pub struct RawVrrp {
     pub accept_either_checksum: Option<bool>,
     pub down_timer_adverts: Option<u32>,
     pub lower_prio_no_advert: Option<bool>,
+    /// Before yielding to a higher priority, send one advert of our own (default true, see
+    /// the comment where it is defaulted; keepalived's default is false).
     pub higher_prio_send_advert: Option<bool>,
     /// Instance name passed to notify commands (keepalived `vrrp_instance NAME`).
     pub instance: Option<String>,
@@ -378,7 +380,11 @@ impl RawVrrp {
             accept_either_checksum: self.accept_either_checksum.unwrap_or(false),
             down_timer_adverts,
             lower_prio_no_advert: self.lower_prio_no_advert.unwrap_or(false),
-            higher_prio_send_advert: self.higher_prio_send_advert.unwrap_or(false),
+            // On by default, unlike keepalived: when a partition heals, the side that yields
+            // may be the only one to hear the other, and without this last advert the winner
+            // never learns it must re-send gratuitous ARP (keepalived issue #166: clients stay
+            // on the loser's MAC). The winner, keepalived or us, answers it with GARP.
+            higher_prio_send_advert: self.higher_prio_send_advert.unwrap_or(true),
             instance,
             garp,
         })
@@ -680,6 +686,7 @@ mod tests {
         assert_eq!(v.v3_checksum, V3Checksum::PseudoHeader);
         assert_eq!(v.garp, GarpSchedule::default());
         assert_eq!(v.instance, "VI_51");
+        assert!(v.higher_prio_send_advert, "deliberately unlike keepalived: split-brain recovery re-sends GARP");
     }
 
     #[test]
