@@ -121,9 +121,13 @@ pub struct Config {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8009";
 pub const DEFAULT_CONNINFO: &str = "host=/var/run/postgresql port=5432 user=postgres dbname=postgres";
 const DEFAULT_ETCD_MAX_AGE: Duration = Duration::from_secs(1);
-const DEFAULT_ETCD_CONFIRM: Duration = Duration::from_millis(200);
+// Four confirmations per `etcd_max_age`: one slow or lost read does not age a healthy view
+// out, and the reads stay cheap (idle CPU is a figure this daemon is held to).
+const DEFAULT_ETCD_CONFIRM: Duration = Duration::from_millis(250);
 const DEFAULT_PG_MAX_AGE: Duration = Duration::from_secs(1);
-const DEFAULT_PG_POLL: Duration = Duration::from_millis(100);
+// Five polls per `postgresql_max_age`. A demotion or promotion shows within one poll; the
+// split-brain guard does not depend on it (etcd must name the node too).
+const DEFAULT_PG_POLL: Duration = Duration::from_millis(200);
 const DEFAULT_PG_TIMEOUT: Duration = Duration::from_millis(500);
 
 fn show(d: Duration) -> humantime::FormattedDuration {
@@ -282,7 +286,7 @@ mod tests {
         assert_eq!(c.policy.pg_max_age, Duration::from_secs(1));
         assert!(c.etcd_confirm_interval < c.policy.etcd_max_age);
         assert!(c.agent.is_none());
-        assert_eq!(c.postgresql.poll_interval, Duration::from_millis(100));
+        assert_eq!(c.postgresql.poll_interval, Duration::from_millis(200));
     }
 
     #[test]

@@ -88,7 +88,8 @@ async fn named(name: &'static str, fut: impl std::future::Future<Output = ()>) -
 /// Logs this node's role whenever it changes; a writable PostgreSQL that etcd does not name is
 /// a warning (HAProxy will not send it writes, but a human should know).
 async fn watch_role(app: Arc<App>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Only logs depend on it: once a second is enough, and it keeps the daemon quiet when idle.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = Role::Unknown;
     loop {
