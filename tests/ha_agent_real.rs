@@ -1,1 +1,310 @@
-//! Real-process tests (filled in by its issue).
+//! ha-agent with real etcd and PostgreSQL: 3 hosts (network namespaces), each running an etcd
+//! member, ha-agent and the PostgreSQL it manages (`ha_agent_harness.rs`).
+//!
+//! Faults are injected as in production: SIGKILL of the postmaster, SIGSTOP of every process
+//! on a host (a hung machine), a host cut off at its network interface, a host cut off from
+//! etcd's client port only, SIGKILL of one etcd member, SIGSTOP of all etcd members, garbage
+//! written into etcd keys. After each, the old primary must come back as a replica.
+//!
+//! The failover tests run with synchronous replication (`synchronous_commit = on`,
+//! `synchronous_standby_names = '*'`) and a writer that records every acknowledged insert:
+//! none may be missing on the primary at the end, and none may be acknowledged by the old
+//! primary after the new one acknowledged its first (two primaries at once). Timings are short
+//! (ttl 3 s, etcd election 500 ms); the time a failover took is printed, not asserted
+//! (`bench/ha-agent` measures it).
+
+#[path = "ha_agent_harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{Ack, Cluster, Opts, Writer, lost};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const UP: Duration = Duration::from_secs(90);
+const FAILOVER: Duration = Duration::from_secs(30);
+const REJOIN: Duration = Duration::from_secs(60);
+
+fn others(p: usize) -> Vec<usize> {
+    (1..=3).filter(|&i| i != p).collect()
+}
+
+/// A bootstrapped cluster: one primary, two streaming replicas, table `acked` created.
+fn healthy(test: &str, opts: Opts) -> anyhow::Result<(Cluster, usize)> {
+    let c = Cluster::start(test, opts)?;
+    let p = c.wait_primary(UP, &[])?;
+    c.wait_streaming(p, &others(p), UP)?;
+    c.sql(p, "create table acked(id bigint primary key)")?;
+    Ok((c, p))
+}
+
+/// Checks no acknowledged write is missing on `primary`, and that the old primary
+/// acknowledged nothing after the new one's first acknowledgement.
+fn check_writes(c: &Cluster, primary: usize, old: usize, acks: &[Ack]) -> anyhow::Result<()> {
+    let missing = lost(c, primary, acks)?;
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{} acknowledged writes lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    if let Some(first_new) = acks.iter().find(|a| a.member != old).map(|a| a.at) {
+        let late: Vec<&Ack> = acks.iter().filter(|a| a.member == old && a.at > first_new).collect();
+        anyhow::ensure!(late.is_empty(), "the old primary n{old} acknowledged writes after the new one: {late:?}");
+    }
+    println!("{} acknowledged writes, none lost", acks.len());
+    Ok(())
+}
+
+fn report(what: &str, fault: Instant, first_new: Option<Instant>) {
+    match first_new {
+        Some(t) => {
+            println!("{what}: first write on the new primary {:.2} s after the fault", (t - fault).as_secs_f64())
+        }
+        None => println!("{what}: no write on a new primary"),
+    }
+}
+
+/// Waits for `d`, failing at once if `ok` stops holding: an observation window, not a sleep.
+fn hold_for(d: Duration, what: &str, mut ok: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        ok().map_err(|e| e.context(format!("while checking that {what}")))?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn no_unexpected_errors(c: &Cluster, expected: &[&str]) -> anyhow::Result<()> {
+    let e = c.unexpected_errors(expected);
+    anyhow::ensure!(e.is_empty(), "agents logged errors: {e:#?}");
+    Ok(())
+}
+
+#[test]
+fn bootstrap_from_empty_and_a_new_member_joins_as_replica() -> anyhow::Result<()> {
+    let mut c = Cluster::start("ha_bootstrap", Opts { agents: 2, ..Opts::default() })?;
+    let p = c.wait_primary(UP, &[])?;
+    let first_replica = if p == 1 { 2 } else { 1 };
+    c.wait_streaming(p, &[first_replica], UP)?;
+    // Patroni's keys, as Patroni writes them.
+    let sysid = c.sql(p, "select system_identifier from pg_control_system()")?;
+    anyhow::ensure!(c.etcd_get("initialize").as_deref() == Some(sysid.as_str()), "initialize holds the sysid");
+    let member: serde_json::Value = serde_json::from_str(&c.etcd_get(&format!("members/n{p}")).unwrap_or_default())?;
+    anyhow::ensure!(member["role"] == "primary" && member["state"] == "running", "member key: {member}");
+    anyhow::ensure!(member["api_url"] == format!("http://{}:8008/patroni", c.net.host(p).ip()), "{member}");
+    anyhow::ensure!(member["version"] == "4.1.4", "{member}");
+    let config: serde_json::Value = serde_json::from_str(&c.etcd_get("config").unwrap_or_default())?;
+    anyhow::ensure!(config["ttl"] == 3 && config["maximum_lag_on_failover"] == 16777216, "config: {config}");
+    // A new member joins as a replica with its own slot on the primary.
+    c.start_agent(3)?;
+    c.wait_streaming(p, &[3], UP)?;
+    c.sql(p, "create table t(x int); insert into t values (42)")?;
+    outrigger_testkit::wait_ok(Duration::from_secs(10), "the row to reach n3", || {
+        anyhow::ensure!(c.sql(3, "select x from t")? == "42");
+        Ok(())
+    })?;
+    let slots =
+        c.sql(p, "select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots where active")?;
+    let mut want: Vec<String> = others(p).iter().map(|i| format!("n{i}")).collect();
+    want.sort();
+    anyhow::ensure!(slots == want.join(","), "active slots {slots:?}");
+    no_unexpected_errors(&c, &[])
+}
+
+#[test]
+fn killed_primary_postgres_restarts_in_place_without_failover() -> anyhow::Result<()> {
+    let (c, p) = healthy("ha_kill_pg", Opts::default())?;
+    let w = Writer::start(c.sockets());
+    outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
+    let pid = c.postmaster_pid(p).ok_or_else(|| anyhow::anyhow!("no postmaster on n{p}"))?;
+    kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+    let t0 = Instant::now();
+    outrigger_testkit::wait_until(FAILOVER, "the primary's PostgreSQL to be back", || {
+        (c.postmaster_pid(p).is_some_and(|q| q != pid) && c.writable(p)).then_some(())
+    })?;
+    anyhow::ensure!(c.leader_key() == Some(format!("n{p}")), "the leader changed");
+    let n = w.acks().len();
+    outrigger_testkit::wait_until(Duration::from_secs(10), "writes to resume", || (w.acks().len() > n).then_some(()))?;
+    let acks = w.stop();
+    let resumed = acks.iter().find(|a| a.at > t0).map(|a| a.at);
+    report("postgres killed, restarted in place", t0, resumed);
+    anyhow::ensure!(acks.iter().all(|a| a.member == p), "writes went elsewhere");
+    check_writes(&c, p, p, &acks)?;
+    c.wait_streaming(p, &others(p), REJOIN)?;
+    no_unexpected_errors(&c, &[])
+}
+
+#[test]
+fn primary_postgres_that_cannot_restart_fails_over_and_rejoins_when_repaired() -> anyhow::Result<()> {
+    let (c, p) = healthy("ha_pg_broken", Opts::default())?;
+    let w = Writer::start(c.sockets());
+    outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
+    // A setting PostgreSQL refuses: the restart fails, the key must be released at once.
+    let base = c.data_dir(p).join("postgresql.base.conf");
+    let original = std::fs::read_to_string(&base)?;
+    std::fs::write(&base, format!("{original}\nthis is not a setting\n"))?;
+    let pid = c.postmaster_pid(p).ok_or_else(|| anyhow::anyhow!("no postmaster on n{p}"))?;
+    kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+    let t0 = Instant::now();
+    let new = c.wait_primary(FAILOVER, &[p])?;
+    outrigger_testkit::wait_until(FAILOVER, "a write on the new primary", || w.first_ack_elsewhere(t0, p))?;
+    report("postgres killed and unable to restart", t0, w.first_ack_elsewhere(t0, p));
+    std::fs::write(&base, original)?;
+    c.wait_streaming(new, &others(new), REJOIN)?;
+    let acks = w.stop();
+    check_writes(&c, new, p, &acks)?;
+    no_unexpected_errors(&c, &["PostgreSQL did not start", "action failed"])
+}
+
+/// Shared by the host-level faults: `fault` breaks the primary's host, `heal` repairs it.
+fn failover_and_rejoin(
+    test: &str,
+    what: &str,
+    fault: impl Fn(&Cluster, usize) -> anyhow::Result<()>,
+    heal: impl Fn(&Cluster, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let (c, p) = healthy(test, Opts::default())?;
+    let w = Writer::start(c.sockets());
+    outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
+    let t0 = Instant::now();
+    fault(&c, p)?;
+    let new = c.wait_primary(FAILOVER, &[p])?;
+    outrigger_testkit::wait_until(FAILOVER, "a write on the new primary", || w.first_ack_elsewhere(t0, p))?;
+    report(what, t0, w.first_ack_elsewhere(t0, p));
+    heal(&c, p)?;
+    // The old primary comes back as a replica of the new one.
+    c.wait_streaming(new, &others(new), REJOIN)?;
+    anyhow::ensure!(c.leader_key() == Some(format!("n{new}")), "leader changed again after the heal");
+    let acks = w.stop();
+    check_writes(&c, new, p, &acks)?;
+    no_unexpected_errors(&c, &["action failed"])
+}
+
+#[test]
+fn frozen_primary_host_fails_over_and_rejoins_after_thaw() -> anyhow::Result<()> {
+    failover_and_rejoin(
+        "ha_freeze_host",
+        "primary host frozen",
+        |c, p| c.net.host(p).freeze_all(),
+        |c, p| c.net.host(p).thaw_all(),
+    )
+}
+
+#[test]
+fn primary_host_cut_off_fails_over_and_rejoins_after_heal() -> anyhow::Result<()> {
+    failover_and_rejoin(
+        "ha_cut_off",
+        "primary host cut off",
+        |c, p| c.net.host(p).cut_off(),
+        |c, p| c.net.host(p).heal(),
+    )
+}
+
+#[test]
+fn primary_cut_off_from_etcd_only_fails_over_and_rejoins() -> anyhow::Result<()> {
+    // Only the agent's etcd traffic: its requests to any member (its own host's included) and
+    // their answers. etcd's peers, PostgreSQL and the REST port still work.
+    failover_and_rejoin(
+        "ha_cut_etcd",
+        "primary cut off from etcd",
+        |c, p| c.net.host(p).block("etcd", &["tcp sport 2379"], &["tcp dport 2379"]),
+        |c, p| c.net.host(p).unblock("etcd"),
+    )
+}
+
+#[test]
+fn losing_one_etcd_member_causes_no_failover() -> anyhow::Result<()> {
+    let (mut c, p) = healthy("ha_etcd_member_lost", Opts::default())?;
+    let w = Writer::start(c.sockets());
+    outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
+    // The worst one to lose: the raft leader (a new election re-extends every lease).
+    let leader = c.etcd.leader(&c.net, 0)?;
+    c.etcd.kill(leader)?;
+    let leader_name = format!("n{p}");
+    hold_for(Duration::from_secs(10), "the leader stays and keeps writing", || {
+        anyhow::ensure!(c.leader_key().as_deref() == Some(leader_name.as_str()), "leader is {:?}", c.leader_key());
+        Ok(())
+    })?;
+    let acks = w.stop();
+    anyhow::ensure!(acks.iter().all(|a| a.member == p), "writes went elsewhere");
+    let last = acks.last().map(|a| a.at).ok_or_else(|| anyhow::anyhow!("no writes"))?;
+    anyhow::ensure!(last.elapsed() < Duration::from_secs(2), "writes stopped");
+    check_writes(&c, p, p, &acks)?;
+    no_unexpected_errors(&c, &[])
+}
+
+#[test]
+fn all_etcd_members_frozen_make_the_primary_read_only() -> anyhow::Result<()> {
+    let (c, p) = healthy("ha_etcd_frozen", Opts::default())?;
+    for m in 0..c.etcd.len() {
+        c.etcd.freeze(m)?;
+    }
+    let t0 = Instant::now();
+    outrigger_testkit::wait_until(FAILOVER, "the primary to stop accepting writes", || (!c.writable(p)).then_some(()))?;
+    println!("primary stopped accepting writes {:.2} s after etcd froze", t0.elapsed().as_secs_f64());
+    // It comes back read-only (Patroni's demote without failsafe), as does everyone else.
+    outrigger_testkit::wait_ok(FAILOVER, "every member to run read-only", || {
+        for i in 1..=3 {
+            anyhow::ensure!(c.sql(i, "select pg_is_in_recovery()")? == "t", "n{i} is not read-only");
+        }
+        Ok(())
+    })?;
+    for m in 0..c.etcd.len() {
+        c.etcd.thaw(m)?;
+    }
+    let new = c.wait_primary(UP, &[])?;
+    c.wait_streaming(new, &others(new), REJOIN)?;
+    no_unexpected_errors(&c, &["action failed"])
+}
+
+#[test]
+fn garbage_json_in_a_member_key_and_in_config_is_logged_and_ignored() -> anyhow::Result<()> {
+    let (c, p) = healthy("ha_garbage", Opts::default())?;
+    let config = c.etcd_get("config").unwrap_or_default();
+    c.etcd_put("members/bogus", "{not json")?;
+    c.etcd_put("config", "{\"ttl\": 3, garbage")?;
+    let leader_name = format!("n{p}");
+    hold_for(Duration::from_secs(4), "the cluster carries on", || {
+        anyhow::ensure!(c.leader_key().as_deref() == Some(leader_name.as_str()), "leader is {:?}", c.leader_key());
+        Ok(())
+    })?;
+    c.sql(p, "insert into acked values (1)")?;
+    for i in 1..=3 {
+        let log = c.agent(i).map(outrigger_testkit::Proc::log_text).unwrap_or_default();
+        for key in ["members/bogus", "/config"] {
+            anyhow::ensure!(
+                log.lines().any(|l| l.contains("ignoring a value that cannot be decoded") && l.contains(key)),
+                "n{i} did not log the garbage in {key}"
+            );
+        }
+    }
+    c.etcd_put("config", &config)?;
+    c.wait_streaming(p, &others(p), REJOIN)?;
+    no_unexpected_errors(&c, &[])
+}
+
+#[test]
+fn switchover_through_the_failover_key_moves_the_leader_without_losing_writes() -> anyhow::Result<()> {
+    let (c, p) = healthy("ha_switchover", Opts::default())?;
+    let w = Writer::start(c.sockets());
+    outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
+    let cand = others(p)[0];
+    let t0 = Instant::now();
+    c.etcd_put("failover", &format!("{{\"leader\":\"n{p}\",\"member\":\"n{cand}\"}}"))?;
+    let new = c.wait_primary(FAILOVER, &[p])?;
+    anyhow::ensure!(new == cand, "n{new} took over, not the candidate n{cand}");
+    outrigger_testkit::wait_until(FAILOVER, "a write on the new primary", || w.first_ack_elsewhere(t0, p))?;
+    report("switchover", t0, w.first_ack_elsewhere(t0, p));
+    outrigger_testkit::wait_until(Duration::from_secs(10), "the failover key to be cleared", || {
+        (c.etcd_get("failover").as_deref() == Some("{}")).then_some(())
+    })?;
+    c.wait_streaming(new, &others(new), REJOIN)?;
+    let acks = w.stop();
+    check_writes(&c, new, p, &acks)?;
+    // A clean switchover needs no pg_rewind.
+    let old_log = c.agent(p).map(outrigger_testkit::Proc::log_text).unwrap_or_default();
+    anyhow::ensure!(!old_log.contains("running pg_rewind"), "the old primary was rewound after a clean switchover");
+    no_unexpected_errors(&c, &[])
+}

@@ -176,7 +176,9 @@ impl Agent {
         self.metrics.decisions.with_label_values(&[d.kind()]).inc();
         let changes_things = !d.is_steady();
         if let Err(e) = self.act(&d, read.as_ref(), &pg).await {
-            tracing::error!(decision = d.kind(), error = format!("{e:#}"), "action failed");
+            // Usually transient (a leader not accepting base backups yet, an etcd hiccup):
+            // the next cycle decides again. What needs a human is logged as ERROR where known.
+            tracing::warn!(decision = d.kind(), error = format!("{e:#}"), "action failed");
         }
         self.busy_state = None;
         if changes_things {
@@ -234,6 +236,13 @@ impl Agent {
         Some(Upstream { member: member.to_owned(), host, port })
     }
 
+    /// Publishes `state` (member key and REST status) before a long action, so that the
+    /// leader sees this member (and creates its slot) while the action runs.
+    async fn announce(&mut self, read: Option<&Read>, pg: &PgView, state: &'static str) {
+        self.busy_state = Some(state);
+        self.publish(read, pg, None).await;
+    }
+
     fn failed_start(&mut self, e: &anyhow::Error) {
         self.recent.start_failed_at = Some(self.clock.now());
         tracing::error!(error = format!("{e:#}"), "PostgreSQL did not start");
@@ -250,8 +259,7 @@ impl Agent {
             Decision::PublishInitialize { sysid } => self.dcs.set_initialize(*sysid).await?,
             Decision::Clone { from } => {
                 let src = self.upstream_of(read, from).with_context(|| format!("no conn_url for {from}"))?;
-                self.busy_state = Some("creating replica");
-                self.publish(read, pg, None).await;
+                self.announce(read, pg, "creating replica").await;
                 self.pg.basebackup(&src.host, src.port).await?;
                 let leader = read.and_then(|r| r.view.leader.as_ref()).map(|l| l.name.clone());
                 let up = leader.as_deref().and_then(|l| self.upstream_of(read, l));
@@ -296,6 +304,7 @@ impl Agent {
                 self.lease.arm();
                 self.upstream = None;
                 self.pg.write_config(&self.dyn_config.parameters, false, None, self.wal_log_hints())?;
+                self.announce(read, pg, "starting").await;
                 if let Err(e) = self.pg.start().await {
                     self.failed_start(&e);
                 } else {
@@ -335,10 +344,13 @@ impl Agent {
                     self.pg.write_config(&self.dyn_config.parameters, true, up.as_ref(), self.wal_log_hints())?;
                 self.upstream = leader.clone();
                 match pg {
-                    PgView::Stopped(_) => match self.pg.start().await {
-                        Ok(()) => self.recent.start_failed_at = None,
-                        Err(e) => self.failed_start(&e),
-                    },
+                    PgView::Stopped(_) => {
+                        self.announce(read, pg, "starting").await;
+                        match self.pg.start().await {
+                            Ok(()) => self.recent.start_failed_at = None,
+                            Err(e) => self.failed_start(&e),
+                        }
+                    }
                     PgView::Running(_) if changed => {
                         self.pending_restart = !self.pg.reload().await?.is_empty();
                     }
@@ -533,8 +545,19 @@ impl Agent {
                 return;
             }
         };
-        for m in view.members.iter().filter(|m| m.name != self.cfg.name) {
-            let name = slot_name(&m.name);
+        // Members seen recently, former leaders included: a member rejoining after its key
+        // expired needs its slot before it can stream and publish its key again.
+        let wanted: Vec<String> = view
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .chain(self.slot_members.keys().cloned())
+            .filter(|n| *n != self.cfg.name)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for member in &wanted {
+            let name = slot_name(member);
             if !slots.iter().any(|(s, _)| *s == name) {
                 match self.pg.create_slot(&name).await {
                     Ok(()) => tracing::info!(slot = %name, "created replication slot"),
@@ -565,7 +588,7 @@ impl Agent {
     async fn rewind(&mut self, read: Option<&Read>, pg: &PgView, leader: &str) -> anyhow::Result<()> {
         self.recent.diverged = true;
         let src = self.upstream_of(read, leader).with_context(|| format!("no conn_url for {leader}"))?;
-        self.busy_state = Some("rewinding");
+        self.announce(read, pg, "rewinding").await;
         if matches!(pg, PgView::Running(_)) {
             self.pg.stop(StopMode::Fast).await?;
         }

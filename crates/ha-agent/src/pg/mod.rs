@@ -49,6 +49,17 @@ pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     (comm.starts_with("postgres") || comm.starts_with("postmaster")).then_some(pid)
 }
 
+/// A standby that is up and replaying but not yet consistent ("the database system is not
+/// yet accepting connections").
+fn replaying(e: &anyhow::Error) -> bool {
+    e.chain().filter_map(|c| c.downcast_ref::<tokio_postgres::Error>()).any(|pe| {
+        pe.as_db_error().is_some_and(|db| {
+            *db.code() == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW
+                && db.message().contains("not yet accepting connections")
+        })
+    })
+}
+
 /// Extra facts about a running server that the core does not need but the member key and
 /// `GET /patroni` publish.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,6 +173,9 @@ impl Postgres {
                 .user(&self.cfg.superuser.username)
                 .dbname("postgres")
                 .application_name("ha-agent")
+                // The agent's own writes (roles, slots) must never wait for a synchronous
+                // standby: at bootstrap none can exist until the replication role does.
+                .options("-c synchronous_commit=local -c statement_timeout=30000")
                 .connect_timeout(Duration::from_secs(2));
             if let Some(p) = &self.cfg.superuser.password {
                 c.password(p);
@@ -386,12 +400,47 @@ impl Postgres {
 
     // ---- processes ----
 
+    /// Processes working in the data directory (backends of a postmaster that died keep
+    /// running for a moment and keep its shared memory, so a new postmaster refuses to start).
+    fn leftovers(&self) -> Vec<i32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let data = std::fs::canonicalize(&self.cfg.data_dir).unwrap_or_else(|_| self.cfg.data_dir.clone());
+        dir.filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            (std::fs::read_link(format!("/proc/{pid}/cwd")).ok()? == data).then_some(pid)
+        })
+        .collect()
+    }
+
+    /// Waits for the leftovers of a dead postmaster to exit, and kills them after 5 s.
+    async fn reap_leftovers(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(pids = ?left, "killing processes a dead postmaster left behind");
+                for p in left {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts the postmaster (config already written) and waits until it answers SQL, it
-    /// exits, or `start_timeout` passes.
+    /// exits, or `start_timeout` passes. A standby counts as started once it is up and
+    /// replaying, even before it is consistent: reaching consistency may need WAL from a
+    /// leader that first has to see this member's key (its replication slot).
     pub async fn start(&mut self) -> anyhow::Result<()> {
         if postmaster_pid(&self.cfg.data_dir).is_some() {
             return Ok(());
         }
+        self.reap_leftovers().await;
         std::fs::create_dir_all(&self.cfg.socket_dir).context("create socket directory")?;
         self.give(&self.cfg.socket_dir)?;
         let log = std::fs::OpenOptions::new()
@@ -421,8 +470,10 @@ impl Postgres {
             if let Ok(line) = died_rx.try_recv() {
                 bail!("start PostgreSQL: {line} (see {})", self.cfg.log_file.display());
             }
-            if self.query("SELECT 1").await.is_ok() {
-                return Ok(());
+            match self.query("SELECT 1").await {
+                Ok(_) => return Ok(()),
+                Err(e) if replaying(&e) => return Ok(()),
+                Err(_) => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 let _ = self.stop(StopMode::Immediate).await;
