@@ -12,6 +12,7 @@ fn root() -> PathBuf {
 struct Lab {
     ns: String,
     dir: tempfile::TempDir,
+    bin_dir: PathBuf,
 }
 
 impl Lab {
@@ -20,7 +21,7 @@ impl Lab {
             .arg(verb)
             .env("OUTRIGGER_LAB_NS", &self.ns)
             .env("OUTRIGGER_LAB_DIR", self.dir.path().join("lab"))
-            .env("OUTRIGGER_LAB_BIN", root().join("target/debug"))
+            .env("OUTRIGGER_LAB_BIN", &self.bin_dir)
             .output()
             .unwrap()
     }
@@ -44,16 +45,15 @@ fn namespaces(prefix: &str) -> Vec<String> {
 
 #[test]
 fn lab_comes_up_with_one_primary_behind_the_vip_and_goes_down_without_leftovers() {
-    // The daemons, as debug builds (already built by the hermetic tier, so this is quick).
-    let built = Command::new(env!("CARGO"))
-        .current_dir(root())
-        .args(["build", "--locked", "-q", "-p", "ha-agent", "-p", "proxy-checker", "-p", "vip-manager"])
-        .status()
+    // The daemons, built in the tests' own profile (already built once in a test run).
+    let bin_dir = ["ha-agent", "proxy-checker", "vip-manager"]
+        .map(outrigger_testkit::bin::daemon)
+        .first()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap();
-    assert!(built.success());
 
     let ns = format!("otl{}", std::process::id());
-    let lab = Lab { ns: ns.clone(), dir: tempfile::tempdir().unwrap() };
+    let lab = Lab { ns: ns.clone(), dir: tempfile::tempdir().unwrap(), bin_dir };
     let up = lab.run("up");
     let out = String::from_utf8_lossy(&up.stdout).into_owned() + &String::from_utf8_lossy(&up.stderr);
     assert!(up.status.success(), "lab up failed:\n{out}");
@@ -61,9 +61,15 @@ fn lab_comes_up_with_one_primary_behind_the_vip_and_goes_down_without_leftovers(
     let primaries = members.iter().filter(|l| l.contains(" primary ")).count();
     let streaming = members.iter().filter(|l| l.contains(" replica ") && l.contains(" streaming ")).count();
     assert_eq!((primaries, streaming), (1, 2), "one primary and two streaming replicas:\n{out}");
-    let leader = out.lines().find_map(|l| l.trim().strip_prefix("leader key: ")).expect("leader line");
-    let (leader, vip_on) = leader.split_once("VIP 10.251.0.50 on:").expect("VIP holder");
-    assert_eq!(leader.trim(), vip_on.trim(), "the VIP is on the leader and nowhere else:\n{out}");
+    // The VIP sits on the leader and nowhere else (polled: VRRP may still be settling).
+    outrigger_testkit::wait_until(std::time::Duration::from_secs(20), "the VIP on the leader only", || {
+        let st = lab.run("status");
+        let text = String::from_utf8_lossy(&st.stdout).into_owned();
+        let line = text.lines().find_map(|l| l.trim().strip_prefix("leader key: "))?.to_owned();
+        let (leader, vip_on) = line.split_once("VIP 10.251.0.50 on:")?;
+        (!leader.trim().is_empty() && leader.trim() == vip_on.trim()).then_some(())
+    })
+    .unwrap();
 
     // A write through the VIP's read-write port lands on the primary.
     let write = Command::new("ip")

@@ -6,43 +6,16 @@
 //! test, as the `postgres` user for PostgreSQL, stopped and removed on drop (also on panic).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use outrigger_testkit::{Net, PgOptions, Postgres};
 use tuner::compare::same;
 use tuner::server::Server;
 
-/// The tuner binary, built once per test run (cargo does not build a dependency's binaries
-/// for another package's tests).
-fn tuner_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
-        let target_dir = profile_dir.parent().expect("target dir");
-        // nextest runs each test in its own process: build once per run, not once per test.
-        let run = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| std::process::id().to_string());
-        let marker = profile_dir.join(format!(".tuner-built-{run}"));
-        let lock = std::fs::File::create(profile_dir.join(".tuner-build.lock")).expect("build lock file");
-        lock.lock().expect("take the build lock");
-        if !marker.exists() {
-            let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-            cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-                .args(["build", "-q", "-p", "tuner", "--bin", "tuner", "--target-dir"])
-                .arg(target_dir);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "cargo build -p tuner failed");
-            std::fs::write(&marker, b"").expect("write build marker");
-        }
-        drop(lock);
-        profile_dir.join("tuner")
-    })
+/// The tuner binary, built once per test run.
+fn tuner_bin() -> PathBuf {
+    outrigger_testkit::bin::daemon("tuner")
 }
 
 /// Debian's PostgreSQL: its bin directory and major version.

@@ -13,9 +13,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -30,36 +29,9 @@ const NAME_PORT: u16 = 7070;
 const METRICS: &str = "127.0.0.1:9802";
 const VRID: u8 = 51;
 
-/// The vip-manager binary, built once per test process (cargo does not build a dependency's
-/// binaries for another package's tests).
-fn vip_manager_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
-        let target_dir = profile_dir.parent().expect("target dir");
-        // nextest runs each test in its own process: build once per run, not once per test
-        // (each `cargo build` would queue on cargo's lock).
-        let run = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| std::process::id().to_string());
-        let marker = profile_dir.join(format!(".vip-manager-built-{run}"));
-        let lock = std::fs::File::create(profile_dir.join(".vip-manager-build.lock")).expect("build lock file");
-        lock.lock().expect("take the build lock");
-        if !marker.exists() {
-            let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-            cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-                .args(["build", "-q", "-p", "vip-manager", "--bin", "vip-manager", "--target-dir"])
-                .arg(target_dir);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "cargo build -p vip-manager failed");
-            std::fs::write(&marker, b"").expect("write build marker");
-        }
-        drop(lock);
-        profile_dir.join("vip-manager")
-    })
+/// The vip-manager binary, built once per test run.
+fn vip_manager_bin() -> PathBuf {
+    outrigger_testkit::bin::daemon("vip-manager")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

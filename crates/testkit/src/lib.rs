@@ -19,6 +19,7 @@
 //! Code in the root namespace must not connect to a host's address (it would leave the
 //! machine); use [`Host::enter`] or [`Host::runtime`] to run clients inside a namespace.
 
+pub mod bin;
 pub mod cli;
 mod dirs;
 mod etcd;
