@@ -71,13 +71,24 @@ pub struct Opts {
     pub loop_wait: &'static str,
     pub retry_timeout: &'static str,
     pub peer_timeout: &'static str,
+    /// etcd's election timeout; the heartbeat is a tenth of it.
+    pub etcd_election_ms: u32,
     /// Extra `[bootstrap.dcs]` lines.
     pub dcs: &'static str,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { sync: true, agents: 3, ttl: "3s", loop_wait: "1s", retry_timeout: "1s", peer_timeout: "2s", dcs: "" }
+        Self {
+            sync: true,
+            agents: 3,
+            ttl: "3s",
+            loop_wait: "1s",
+            retry_timeout: "1s",
+            peer_timeout: "2s",
+            etcd_election_ms: 500,
+            dcs: "",
+        }
     }
 }
 
@@ -91,12 +102,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(test: &str, opts: Opts) -> anyhow::Result<Self> {
-        let bin = agent_bin().to_path_buf();
+        agent_bin();
         let net = Net::start(test, 3)?;
         // Fast elections: etcd's shortest lease is ~1.5 x the election timeout, and a leader
         // change re-extends every lease, so both bound how fast a dead primary is noticed.
-        let etcd =
-            EtcdCluster::start(&net, &[1, 2, 3], EtcdOptions { heartbeat_ms: 50, election_ms: 500, client_tls: None })?;
+        let election_ms = opts.etcd_election_ms;
+        let etcd = EtcdCluster::start(
+            &net,
+            &[1, 2, 3],
+            EtcdOptions { heartbeat_ms: election_ms / 10, election_ms, client_tls: None },
+        )?;
         let mut tmps = Vec::new();
         for h in net.hosts() {
             let t = tempfile::Builder::new().prefix(&format!("otk-ha-{}-", h.name())).tempdir_in("/tmp")?;
@@ -108,7 +123,6 @@ impl Cluster {
         for i in 1..=3 {
             std::fs::write(c.config_path(i), c.config(i))?;
         }
-        let _ = bin;
         for i in 1..=c.opts.agents {
             c.start_agent(i)?;
         }
@@ -147,6 +161,7 @@ scope = "{SCOPE}"
 level = "info,ha_agent=debug"
 [etcd]
 endpoints = [{endpoints}]
+request_timeout = "{rt}"
 [restapi]
 listen = "{ip}:8008"
 peer_timeout = "{peer}"
@@ -368,12 +383,19 @@ async fn write_loop(sockets: Vec<PathBuf>, stop: Arc<AtomicBool>, acks: Arc<Mute
     let mut current: Option<(usize, tokio_postgres::Client)> = None;
     while !stop.load(Ordering::SeqCst) {
         let Some((m, client)) = current.take() else {
+            // Ask every member at once: a frozen one must not delay finding the new primary.
+            let mut tries = tokio::task::JoinSet::new();
             for (i, s) in sockets.iter().enumerate() {
-                if let Some(c) = connect(s).await {
-                    current = Some((i + 1, c));
+                let s = s.clone();
+                tries.spawn(async move { connect(&s).await.map(|c| (i + 1, c)) });
+            }
+            while let Some(r) = tries.join_next().await {
+                if let Ok(Some(found)) = r {
+                    current = Some(found);
                     break;
                 }
             }
+            tries.abort_all();
             if current.is_none() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

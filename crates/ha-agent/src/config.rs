@@ -135,6 +135,15 @@ pub struct Timings {
     pub retry_timeout: Duration,
 }
 
+impl Timings {
+    /// How often the lease keeper renews: every `loop_wait` as Patroni does, but at least four
+    /// times per `ttl`, so that with short TTLs a renewal or two may fail (an etcd election)
+    /// before the primary has to fence.
+    pub fn renew_interval(&self) -> Duration {
+        self.loop_wait.min(self.ttl / 4)
+    }
+}
+
 impl Default for Timings {
     /// Patroni's defaults.
     fn default() -> Self {

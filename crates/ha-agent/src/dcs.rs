@@ -9,6 +9,8 @@ use outrigger_schema::{ClusterKey, HistoryEntry, KeyLayout, MemberValue, StatusV
 
 pub struct Dcs {
     etcd: Etcd,
+    /// For the cycle's read (see `hedge`).
+    hedged: crate::hedge::PerEndpoint,
     layout: KeyLayout,
     name: String,
 }
@@ -23,8 +25,8 @@ fn cas(r: Result<i64, EtcdError>) -> Result<bool, EtcdError> {
 }
 
 impl Dcs {
-    pub fn new(etcd: Etcd, layout: KeyLayout, name: &str) -> Self {
-        Self { etcd, layout, name: name.to_owned() }
+    pub fn new(etcd: Etcd, hedged: crate::hedge::PerEndpoint, layout: KeyLayout, name: &str) -> Self {
+        Self { etcd, hedged, layout, name: name.to_owned() }
     }
 
     pub fn etcd(&self) -> &Etcd {
@@ -39,9 +41,9 @@ impl Dcs {
         self.layout.key(k)
     }
 
-    /// One linearizable read of the whole cluster prefix.
+    /// One linearizable read of the whole cluster prefix, from the first member to answer.
     pub async fn snapshot(&self) -> Result<(i64, Vec<Kv>), EtcdError> {
-        let s = self.etcd.get_prefix(&self.layout.prefix()).await?;
+        let s = self.hedged.get_prefix(&self.layout.prefix()).await?;
         Ok((s.revision, s.kvs))
     }
 

@@ -9,23 +9,24 @@
 //!
 //! Arithmetic: a renewal sent at `s` and answered makes the lease live at etcd until at least
 //! `s + ttl` (etcd received it after `s`; an etcd leader change only extends leases). Renewals
-//! go out every `loop_wait`, each bounded by `etcd.request_timeout <= retry_timeout`; failed
-//! ones are retried every 200 ms. With `loop_wait + 2 * retry_timeout <= ttl`, a lease that was
-//! renewed on schedule is never fenced, and a primary that cannot renew stops at
-//! `s + ttl - retry_timeout` at the latest.
+//! go out every `Timings::renew_interval` (at most `loop_wait`), each bounded by
+//! `etcd.request_timeout <= retry_timeout`; failed ones are retried every 200 ms. With
+//! `loop_wait + 2 * retry_timeout <= ttl`, a lease that was renewed on schedule is never
+//! fenced, and a primary that cannot renew stops at `s + ttl - retry_timeout` at the latest.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use outrigger_etcd::{Etcd, EtcdError, LeaseRenewer};
+use outrigger_etcd::{EtcdError, LeaseRenewer};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Timings;
 use crate::core::{LeaseView, Moment};
+use crate::hedge::PerEndpoint;
 use crate::metrics::Metrics;
 
 /// The agent's monotonic clock, as [`Moment`]s from the agent's start.
@@ -101,7 +102,7 @@ impl LeaseHandle {
 }
 
 pub struct LeaseKeeper {
-    pub etcd: Etcd,
+    pub etcd: PerEndpoint,
     pub timings: Timings,
     pub clock: Clock,
     pub data_dir: PathBuf,
@@ -139,7 +140,8 @@ impl LeaseKeeper {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut renewer: Option<LeaseRenewer> = None;
+        let mut renewers: Option<(i64, Vec<LeaseRenewer>)> = None;
+        let mut grants = 0usize;
         let mut next_renew = self.clock.now();
         let retry = Duration::from_millis(200);
         let mut failing = false;
@@ -163,13 +165,16 @@ impl LeaseKeeper {
             }
             // Due: grant or renew, but never past the fence point.
             let sent = now;
+            let etcd = &self.etcd;
+            let ttl_wanted = self.timings.ttl;
+            let attempt = grants;
             let work = async {
-                match &mut renewer {
-                    None => match self.etcd.grant_lease(self.timings.ttl).await {
+                match &mut renewers {
+                    None => match etcd.grant(ttl_wanted, attempt).await {
                         Ok((id, ttl)) => Step::Granted(id, ttl),
                         Err(e) => Step::Failed(e),
                     },
-                    Some(r) => match r.renew().await {
+                    Some((id, rs)) => match etcd.renew(rs, *id).await {
                         Ok(ttl) => Step::Renewed(ttl),
                         Err(e) => Step::Failed(e),
                     },
@@ -178,16 +183,22 @@ impl LeaseKeeper {
             let step = tokio::select! {
                 () = shutdown.cancelled() => return,
                 s = work => s,
-                () = tokio::time::sleep_until(fence_at), if armed && view.id.is_some() => continue,
+                () = tokio::time::sleep_until(fence_at), if armed && view.id.is_some() => {
+                    // Abandoned mid-flight: fresh streams next time (see `PerEndpoint::renew`).
+                    if let Some((id, rs)) = &mut renewers {
+                        *rs = self.etcd.renewers(*id);
+                    }
+                    continue;
+                }
             };
             match step {
                 Step::Granted(id, ttl) => {
                     failing = false;
-                    renewer = Some(self.etcd.lease_renewer(id));
+                    renewers = Some((id, self.etcd.renewers(id)));
                     self.handle.lock().view = LeaseView { id: Some(id), expires_at: sent.plus(ttl) };
                     self.metrics.lease_renewals.with_label_values(&["granted"]).inc();
                     tracing::info!(lease = format!("{id:x}"), ttl = ?ttl, "lease granted");
-                    next_renew = sent.plus(self.timings.loop_wait);
+                    next_renew = sent.plus(self.timings.renew_interval());
                     self.handle.loop_wake.notify_one();
                 }
                 Step::Renewed(ttl) => {
@@ -196,17 +207,20 @@ impl LeaseKeeper {
                     }
                     self.handle.lock().view.expires_at = sent.plus(ttl);
                     self.metrics.lease_renewals.with_label_values(&["ok"]).inc();
-                    next_renew = sent.plus(self.timings.loop_wait);
+                    next_renew = sent.plus(self.timings.renew_interval());
                 }
                 Step::Failed(EtcdError::LeaseLost { lease, detail }) => {
                     tracing::warn!(lease = format!("{lease:x}"), detail, "lease lost; granting a new one");
                     self.metrics.lease_renewals.with_label_values(&["lost"]).inc();
-                    renewer = None;
+                    renewers = None;
                     self.handle.lock().view.id = None;
                     self.handle.loop_wake.notify_one();
                     next_renew = self.clock.now();
                 }
                 Step::Failed(e) => {
+                    if renewers.is_none() {
+                        grants += 1;
+                    }
                     self.metrics.lease_renewals.with_label_values(&["failed"]).inc();
                     let now = self.clock.now();
                     let mut st = self.handle.lock();
@@ -215,7 +229,7 @@ impl LeaseKeeper {
                         // gone at etcd: start over with a new one.
                         tracing::warn!(error = %e, "lease expired without renewal; granting a new one");
                         st.view.id = None;
-                        renewer = None;
+                        renewers = None;
                         self.handle.loop_wake.notify_one();
                     } else if std::mem::replace(&mut failing, true) {
                         tracing::debug!(error = %e, "lease renewal failed; retrying");

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod core;
 pub mod dcs;
+pub mod hedge;
 pub mod http;
 pub mod lease;
 pub mod metrics;

@@ -162,33 +162,29 @@ impl Agent {
             let view = r.view.clone();
             self.remember(&view);
         }
-        let (mut pg, _) = self.pg.observe(self.upstream.clone()).await;
+        let (mut pg, mut extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
         self.track(read.as_ref(), &pg);
         let mut d = self.decide(read.as_ref(), &pg, None);
         if let Decision::ProbePeers { peers } = &d {
             let answers = http::probe(peers, self.cfg.peer_timeout).await;
             // The answers may have taken a while: decide on fresh reads.
             read = self.read().await;
-            pg = self.pg.observe(self.upstream.clone()).await.0;
+            (pg, extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
             d = self.decide(read.as_ref(), &pg, Some(&answers));
         }
         self.log(&d);
         self.metrics.decisions.with_label_values(&[d.kind()]).inc();
-        let changes_things = !d.is_steady();
         if let Err(e) = self.act(&d, read.as_ref(), &pg).await {
             // Usually transient (a leader not accepting base backups yet, an etcd hiccup):
             // the next cycle decides again. What needs a human is logged as ERROR where known.
             tracing::warn!(decision = d.kind(), error = format!("{e:#}"), "action failed");
         }
         self.busy_state = None;
-        if changes_things {
-            pg = self.pg.observe(self.upstream.clone()).await.0;
+        if !d.is_steady() {
+            // The action changed things: publish what is true now.
+            (pg, extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
             self.track(read.as_ref(), &pg);
         }
-        let extra = match &pg {
-            PgView::Running(_) => self.pg.observe(self.upstream.clone()).await.1,
-            _ => None,
-        };
         self.publish(read.as_ref(), &pg, extra.as_ref()).await;
         self.metrics.cycle_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.last_cycle.set(i64::try_from(wall_ms() / 1000).unwrap_or(0));
@@ -241,6 +237,11 @@ impl Agent {
     async fn announce(&mut self, read: Option<&Read>, pg: &PgView, state: &'static str) {
         self.busy_state = Some(state);
         self.publish(read, pg, None).await;
+    }
+
+    /// The member we stream from, with its address from the latest read (`None` without one).
+    fn current_upstream(&self, read: Option<&Read>) -> Option<Upstream> {
+        self.upstream.as_deref().and_then(|u| self.upstream_of(read, u))
     }
 
     fn failed_start(&mut self, e: &anyhow::Error) {
@@ -449,7 +450,18 @@ impl Agent {
             timestamp: Some(format_rfc3339_ms(wall_ms())),
             new_leader: Some(self.cfg.name.clone()),
         });
-        self.dcs.write_history(&rows).await.context("announce the promotion in history")?;
+        // A hung etcd member can time a write out; try again while the lease is trusted.
+        let mut tries = 0;
+        loop {
+            match self.dcs.write_history(&rows).await {
+                Ok(()) => break,
+                Err(e) if tries < 3 && self.lease.view().trusted(self.clock.now(), &self.settings.timings) => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "announce the promotion in history; retrying");
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("announce the promotion in history")),
+            }
+        }
         self.lease.arm();
         self.pg.promote().await?;
         self.upstream = None;
@@ -801,6 +813,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(cfg.layout.scope(), &cfg.name));
     let etcd = Etcd::connect(&cfg.etcd).await.context("connect to etcd")?;
+    let hedged = crate::hedge::PerEndpoint::connect(&cfg.etcd).await.context("connect to etcd")?;
     let clock = Clock::new();
     let lease = LeaseHandle::default();
     let (exit_tx, pg_exits) = mpsc::unbounded_channel();
@@ -822,7 +835,7 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
         .in_current_span(),
     );
     let keeper = LeaseKeeper {
-        etcd: etcd.clone(),
+        etcd: hedged.clone(),
         timings: cfg.timings,
         clock,
         data_dir: cfg.postgresql.data_dir.clone(),
@@ -845,7 +858,7 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
     };
     let upstream = pg.configured_upstream();
     let mut agent = Agent {
-        dcs: Dcs::new(etcd, cfg.layout.clone(), &cfg.name),
+        dcs: Dcs::new(etcd, hedged, cfg.layout.clone(), &cfg.name),
         settings,
         pg,
         pg_exits,

@@ -43,6 +43,8 @@ const TICK: u64 = 10;
 const TTL: u64 = 3000;
 const LOOP_WAIT: u64 = 1000;
 const RETRY: u64 = 1000;
+/// `Timings::renew_interval`: min(loop_wait, ttl / 4).
+const RENEW: u64 = 750;
 const PROBE_TIMEOUT: u64 = 2000;
 const MAX_LAG: u64 = 2000;
 const FAULTS_FROM: u64 = 5_000;
@@ -415,9 +417,26 @@ impl World {
                 timeline: d.tl(),
                 wal_position: d.end(),
                 upstream: host.agent.as_ref().and_then(|a| a.upstream.clone()),
+                streaming: self.streams(h),
                 rewindable: true,
             }),
         }
+    }
+
+    /// Whether host `h`'s walreceiver can stream from its upstream now (PostgreSQL's view:
+    /// the upstream runs, is reachable and its history contains our position).
+    fn streams(&self, h: usize) -> bool {
+        let host = &self.hosts[h];
+        if host.pg.run != Run::Replica {
+            return false;
+        }
+        let Some(u) = host.pg.upstream.as_deref().and_then(|n| self.idx(n)) else { return false };
+        let (Some(rd), Some(ud)) = (&host.pg.data, &self.hosts[u].pg.data) else { return false };
+        u != h
+            && self.hosts[u].pg.run != Run::Stopped
+            && self.link_ok(h, u)
+            && rd.sysid == ud.sysid
+            && pg_accepts(rd, ud)
     }
 
     fn peer_answer(&self, asker: usize, peer: usize) -> Option<PeerStatus> {
@@ -619,13 +638,13 @@ impl World {
                     self.etcd.next_lease += 1;
                     self.etcd.leases.insert(id, Lease { expiry: t + TTL });
                     agent.lease = LeaseView { id: Some(id), expires_at: Moment::from_millis(now + TTL) };
-                    agent.next_renew = now + LOOP_WAIT;
+                    agent.next_renew = now + RENEW;
                 }
                 Some(id) if now >= agent.next_renew => {
                     if let Some(l) = self.etcd.leases.get_mut(&id) {
                         l.expiry = l.expiry.max(t + TTL);
                         agent.lease.expires_at = Moment::from_millis(now + TTL);
-                        agent.next_renew = now + LOOP_WAIT;
+                        agent.next_renew = now + RENEW;
                     } else {
                         agent.lease = LeaseView::NONE;
                     }
@@ -1195,6 +1214,7 @@ fn run_seed(seed: u64) -> Result<u32, String> {
 
 #[test]
 fn simulated_clusters_never_split_brain_and_converge_under_random_faults() {
+    assert_eq!(timings().renew_interval(), Duration::from_millis(RENEW), "the simulation renews like the keeper");
     let seeds: u64 = std::env::var("HA_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let first: u64 = std::env::var("HA_SIM_FIRST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4) as u64;

@@ -236,13 +236,19 @@ fn as_follower(o: &Observed<'_>, c: &ClusterView, leader: &str) -> Decision {
     match o.pg {
         PgView::Starting { .. } => Decision::Wait { reason: WaitReason::PgStarting },
         PgView::Running(r) => {
+            let following = r.upstream.as_deref() == Some(leader);
+            // Rule: a replica streaming from the leader is on its history (PostgreSQL refuses
+            // to stream across a fork), whatever its timeline looks like mid-switch.
+            if following && r.streaming {
+                return Decision::Replicate { leader: leader.to_owned() };
+            }
             // Rule: a running replica with WAL past the leader's switch point must be rewound
             // (PostgreSQL itself refuses to stream across that fork, so nothing is corrupted
             // meanwhile).
             let div = divergence::check(r.timeline, LocalEnd::Before(r.wal_position), lm.timeline, &c.history);
             if matches!(div, Divergence::Diverged { .. }) {
                 rejoin(o, leader)
-            } else if r.upstream.as_deref() == Some(leader) {
+            } else if following {
                 Decision::Replicate { leader: leader.to_owned() }
             } else {
                 Decision::Follow { leader: Some(leader.to_owned()) }

@@ -113,6 +113,9 @@ pub struct RunningPg {
     /// The member this replica is configured to stream from, as the shell last wrote it
     /// (`None`: no upstream, or not known after a restart of the agent).
     pub upstream: Option<String>,
+    /// The walreceiver streams from `upstream` right now. PostgreSQL only streams from a
+    /// server whose history contains ours, so such a replica has not diverged from it.
+    pub streaming: bool,
     pub rewindable: bool,
 }
 

@@ -43,6 +43,7 @@ fn replica(lsn: u64, timeline: u32, upstream: Option<&str>) -> PgView {
         timeline,
         wal_position: lsn,
         upstream: upstream.map(str::to_owned),
+        streaming: false,
         rewindable: true,
     })
 }
@@ -54,6 +55,7 @@ fn primary(lsn: u64, timeline: u32) -> PgView {
         timeline,
         wal_position: lsn,
         upstream: None,
+        streaming: false,
         rewindable: true,
     })
 }
@@ -361,6 +363,17 @@ fn crashed_former_primary_starts_as_a_replica_to_find_where_its_wal_ends() {
 fn running_replica_with_wal_past_the_switch_point_is_rewound() {
     let fx = Fx::new().leader("n2").member_timeline("n2", 2).history(&[(1, 1000)]).pg(replica(1300, 1, Some("n2")));
     assert_eq!(fx.decide(), Decision::Rewind { leader: "n2".into() });
+}
+
+#[test]
+fn replica_streaming_from_the_leader_is_never_judged_diverged() {
+    // Mid timeline switch the reported timeline can lag the position it received.
+    let mut pg = replica(1300, 1, Some("n2"));
+    if let PgView::Running(r) = &mut pg {
+        r.streaming = true;
+    }
+    let fx = Fx::new().leader("n2").member_timeline("n2", 2).history(&[(1, 1000)]).pg(pg);
+    assert_eq!(fx.decide(), Decision::Replicate { leader: "n2".into() });
 }
 
 #[test]

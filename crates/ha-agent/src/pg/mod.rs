@@ -223,7 +223,7 @@ impl Postgres {
     }
 
     /// Running server facts, as the core wants them, plus extras for publishing.
-    async fn running(&mut self, upstream: Option<String>) -> anyhow::Result<(RunningPg, Extra)> {
+    async fn running(&mut self, upstream: Option<&Upstream>) -> anyhow::Result<(RunningPg, Extra)> {
         const SQL: &str = "SELECT pg_is_in_recovery(),
             (SELECT system_identifier FROM pg_control_system()),
             CASE WHEN pg_is_in_recovery() THEN NULL
@@ -237,7 +237,8 @@ impl Postgres {
             current_setting('server_version_num')::int,
             to_char(pg_postmaster_start_time(), 'YYYY-MM-DD HH24:MI:SS.USOF'),
             (SELECT status FROM pg_stat_wal_receiver),
-            current_setting('wal_log_hints') = 'on' OR current_setting('data_checksums') = 'on'";
+            current_setting('wal_log_hints') = 'on' OR current_setting('data_checksums') = 'on',
+            (SELECT sender_host FROM pg_stat_wal_receiver)";
         let rows = self.query(SQL).await?;
         let r = rows.first().context("observe query returned no row")?;
         let in_recovery: bool = r.try_get(0)?;
@@ -250,11 +251,16 @@ impl Postgres {
         let start: Option<String> = r.try_get(7)?;
         let wr: Option<String> = r.try_get(8)?;
         let rewindable: bool = r.try_get(9)?;
+        let sender: Option<String> = r.try_get(10)?;
+        let streaming = in_recovery
+            && wr.as_deref() == Some("streaming")
+            && upstream.is_some_and(|u| sender.as_deref() == Some(u.host.as_str()));
         let mut position = if in_recovery { receive.unwrap_or(0).max(replay.unwrap_or(0)) } else { flush.unwrap_or(0) };
         let mut timeline = timeline.and_then(|t| u32::try_from(t).ok()).unwrap_or(1);
-        if in_recovery && wr.is_none() {
-            // No walreceiver: the SQL above fell back to the last restartpoint's timeline,
-            // which may be older than the one replayed. Ask the server itself.
+        if in_recovery && !streaming {
+            // Not streaming from the upstream: the timeline above may be the last
+            // restartpoint's (older than the one replayed) or the walreceiver's mid-switch
+            // (not matching the position). Ask the server for the exact pair.
             match self.identify_system().await {
                 Ok((tl, pos)) => (timeline, position) = (tl, pos.max(position)),
                 Err(e) => tracing::debug!(error = format!("{e:#}"), "IDENTIFY_SYSTEM"),
@@ -267,7 +273,8 @@ impl Postgres {
                 primary: !in_recovery,
                 timeline,
                 wal_position: position,
-                upstream: if in_recovery { upstream } else { None },
+                upstream: if in_recovery { upstream.map(|u| u.member.clone()) } else { None },
+                streaming,
                 rewindable,
             },
             Extra {
@@ -305,7 +312,7 @@ impl Postgres {
     }
 
     /// What the core sees of local PostgreSQL now. `upstream` is who we last pointed it at.
-    pub async fn observe(&mut self, upstream: Option<String>) -> (PgView, Option<Extra>) {
+    pub async fn observe(&mut self, upstream: Option<&Upstream>) -> (PgView, Option<Extra>) {
         if !self.has_data() {
             return (PgView::NoData, None);
         }

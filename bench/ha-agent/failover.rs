@@ -1,0 +1,260 @@
+//! ha-agent benchmark: failover time, and the agent's footprint when idle.
+//!
+//! Run it with `sudo bench/ha-agent/run.sh [RUNS]` (release build; needs root, etcd and
+//! PostgreSQL, like the real tests). Each figure comes from a 3-host cluster of
+//! `tests/ha_agent_harness.rs` (etcd member + ha-agent + PostgreSQL per host, in network
+//! namespaces), with asynchronous replication and a writer inserting into whichever member is
+//! primary, over Unix sockets, every ~10 ms.
+//!
+//! Failover time = from the fault to the first insert committed on another member. Faults, each
+//! repeated RUNS times on the current primary (the old one rejoins before the next run):
+//! - `freeze`: SIGSTOP of every process on the primary's host (PostgreSQL, agent, etcd member);
+//! - `cut-off`: the primary's host cut off at its network interface;
+//! - `pg-broken`: the primary's PostgreSQL killed (SIGKILL) with a setting it refuses, so that
+//!   it cannot restart.
+//!
+//! Two timing profiles: `lab` (the lab's: ttl 4 s, loop_wait 1 s, retry_timeout 1 s, etcd
+//! election 1 s) and `fast` (ttl 2 s, loop_wait 500 ms, retry_timeout 500 ms, etcd election
+//! 500 ms). Choose with `HA_BENCH_PROFILES=lab,fast`.
+//!
+//! Then the footprint: resident memory and CPU of each agent over 30 s of an idle cluster.
+//!
+//! With `HA_BENCH_STABILITY_MIN=10` it also runs the "no false failover" check: for that many
+//! minutes, one etcd member is frozen for 1 s every 30 s and the etcd leader is moved twice;
+//! it reports leader changes and fences (there should be none).
+
+#[path = "../../tests/ha_agent_harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{Cluster, Opts, Writer};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use outrigger_testkit::wait_until;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Freeze,
+    CutOff,
+    PgBroken,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Freeze => "freeze",
+            Fault::CutOff => "cut-off",
+            Fault::PgBroken => "pg-broken",
+        }
+    }
+}
+
+fn profile(name: &str) -> Opts {
+    match name {
+        "lab" => Opts {
+            sync: false,
+            ttl: "4s",
+            loop_wait: "1s",
+            retry_timeout: "1s",
+            etcd_election_ms: 1000,
+            ..Opts::default()
+        },
+        _ => Opts {
+            sync: false,
+            ttl: "2s",
+            loop_wait: "500ms",
+            retry_timeout: "500ms",
+            etcd_election_ms: 500,
+            ..Opts::default()
+        },
+    }
+}
+
+fn others(p: usize) -> Vec<usize> {
+    (1..=3).filter(|&i| i != p).collect()
+}
+
+const BROKEN: &str = "\nthis is not a setting\n";
+
+fn inject(c: &Cluster, f: Fault, p: usize) -> anyhow::Result<()> {
+    match f {
+        Fault::Freeze => c.net.host(p).freeze_all(),
+        Fault::CutOff => c.net.host(p).cut_off(),
+        Fault::PgBroken => {
+            let base = c.data_dir(p).join("postgresql.base.conf");
+            let text = std::fs::read_to_string(&base)?;
+            std::fs::write(&base, format!("{text}{BROKEN}"))?;
+            let pid = c.postmaster_pid(p).ok_or_else(|| anyhow::anyhow!("no postmaster on n{p}"))?;
+            kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+            Ok(())
+        }
+    }
+}
+
+fn repair(c: &Cluster, f: Fault, p: usize) -> anyhow::Result<()> {
+    match f {
+        Fault::Freeze => c.net.host(p).thaw_all(),
+        Fault::CutOff => c.net.host(p).heal(),
+        Fault::PgBroken => {
+            let base = c.data_dir(p).join("postgresql.base.conf");
+            let text = std::fs::read_to_string(&base)?;
+            std::fs::write(&base, text.replace(BROKEN, "\n"))?;
+            Ok(())
+        }
+    }
+}
+
+struct Stats {
+    values: Vec<f64>,
+}
+
+impl Stats {
+    fn line(&self) -> String {
+        let mut v = self.values.clone();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return "no runs".into();
+        }
+        let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+        format!("median {median:.2} s, best {:.2} s, worst {:.2} s over {} runs", v[0], v[v.len() - 1], v.len())
+    }
+}
+
+/// RUNS failovers of one kind on one cluster; returns the times in seconds.
+fn failovers(prof: &str, f: Fault, runs: usize) -> anyhow::Result<Stats> {
+    let c = Cluster::start(&format!("ha_bench_{prof}_{}", f.name()), profile(prof))?;
+    let mut p = c.wait_primary(Duration::from_secs(90), &[])?;
+    c.wait_streaming(p, &others(p), Duration::from_secs(90))?;
+    c.sql(p, "create table acked(id bigint primary key)")?;
+    let w = Writer::start(c.sockets());
+    let mut values = Vec::new();
+    for run in 1..=runs {
+        let settled = Instant::now();
+        wait_until(Duration::from_secs(30), "writes on the primary", || {
+            w.acks().iter().any(|a| a.at > settled && a.member == p).then_some(())
+        })?;
+        let etcd_leader_here = c.etcd.leader(&c.net, others(p)[0] - 1).map(|m| c.etcd.host_of(m) == p).unwrap_or(false);
+        let t0 = Instant::now();
+        inject(&c, f, p)?;
+        let first = wait_until(Duration::from_secs(60), "a write on a new primary", || w.first_ack_elsewhere(t0, p))?;
+        let secs = (first - t0).as_secs_f64();
+        let new = w.acks().iter().find(|a| a.at == first).map(|a| a.member).unwrap_or(0);
+        println!(
+            "  {prof:<4} {:<9} run {run:>2}: {secs:.2} s (n{p} -> n{new}{})",
+            f.name(),
+            if etcd_leader_here { ", etcd leader was on the failed host" } else { "" }
+        );
+        values.push(secs);
+        repair(&c, f, p)?;
+        c.wait_streaming(new, &others(new), Duration::from_secs(120))?;
+        p = new;
+    }
+    drop(w);
+    Ok(Stats { values })
+}
+
+fn clk_tck() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().map_or(100.0, |v| v as f64)
+}
+
+/// utime + stime in clock ticks, and VmRSS in kB.
+fn usage(pid: i32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some((ticks, rss))
+}
+
+fn footprint() -> anyhow::Result<()> {
+    let c = Cluster::start("ha_bench_idle", profile("lab"))?;
+    let p = c.wait_primary(Duration::from_secs(90), &[])?;
+    c.wait_streaming(p, &others(p), Duration::from_secs(90))?;
+    // Let start-up work (slots, first checkpoints) pass.
+    std::thread::sleep(Duration::from_secs(5));
+    let pids: Vec<(usize, i32)> = (1..=3).filter_map(|i| Some((i, c.agent(i)?.pid()?))).collect();
+    let before: Vec<Option<(u64, u64)>> = pids.iter().map(|(_, pid)| usage(*pid)).collect();
+    let window = Duration::from_secs(30);
+    std::thread::sleep(window);
+    for ((i, pid), b) in pids.iter().zip(before) {
+        let (Some((t0, _)), Some((t1, rss))) = (b, usage(*pid)) else { continue };
+        let cpu = (t1 - t0) as f64 / clk_tck() / window.as_secs_f64() * 100.0;
+        let role = if *i == p { "primary" } else { "replica" };
+        println!("  idle n{i} ({role}): RSS {:.1} MB, CPU {cpu:.2} % of a core", rss as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+/// Minutes of etcd trouble that must not cause a failover.
+fn stability(minutes: u64) -> anyhow::Result<()> {
+    let c = Cluster::start("ha_bench_stability", profile("lab"))?;
+    let p = c.wait_primary(Duration::from_secs(90), &[])?;
+    c.wait_streaming(p, &others(p), Duration::from_secs(90))?;
+    let leader = format!("n{p}");
+    let end = Instant::now() + Duration::from_secs(minutes * 60);
+    let moves = [end - Duration::from_secs(minutes * 40), end - Duration::from_secs(minutes * 20)];
+    let (mut freezes, mut moved, mut changes) = (0, 0, 0);
+    let mut next_freeze = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        if Instant::now() >= next_freeze {
+            let m = freezes % c.etcd.len();
+            c.etcd.freeze(m)?;
+            std::thread::sleep(Duration::from_secs(1));
+            c.etcd.thaw(m)?;
+            freezes += 1;
+            next_freeze += Duration::from_secs(30);
+        }
+        if moved < moves.len() && Instant::now() >= moves[moved] {
+            let from = c.etcd.leader(&c.net, 0)?;
+            let to = (from + 1) % c.etcd.len();
+            let ids = c.etcd.etcdctl(&c.net, to, &["member", "list", "-w", "json"])?;
+            let v: serde_json::Value = serde_json::from_str(&ids)?;
+            let target = format!("etcd-n{}", c.etcd.host_of(to));
+            if let Some(id) = v["members"].as_array().into_iter().flatten().find(|m| m["name"] == target.as_str()) {
+                let id = format!("{:x}", id["ID"].as_u64().unwrap_or(0));
+                c.etcd.etcdctl_at(&c.net, from, &["move-leader", &id])?;
+            }
+            moved += 1;
+        }
+        if c.leader_key().is_some_and(|l| l != leader) {
+            changes += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let fences: usize = (1..=3)
+        .filter_map(|i| c.agent(i))
+        .map(|a| a.log_text().matches("fencing: the leader lease could not be renewed").count())
+        .sum();
+    println!(
+        "  {minutes} min: {freezes} etcd member freezes of 1 s, {moved} etcd leader moves; leader changes seen: {changes}, fences: {fences}"
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::var("HA_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let profiles = std::env::var("HA_BENCH_PROFILES").unwrap_or_else(|_| "lab,fast".into());
+    println!("ha-agent failover: from the fault to the first committed write on the new primary");
+    let mut summary = Vec::new();
+    for prof in profiles.split(',').filter(|s| !s.is_empty()) {
+        for f in [Fault::Freeze, Fault::CutOff, Fault::PgBroken] {
+            let s = failovers(prof, f, runs)?;
+            summary.push(format!("  {prof:<4} {:<9} {}", f.name(), s.line()));
+        }
+    }
+    println!("summary:");
+    for l in &summary {
+        println!("{l}");
+    }
+    println!("footprint:");
+    footprint()?;
+    if let Some(min) = std::env::var("HA_BENCH_STABILITY_MIN").ok().and_then(|s| s.parse().ok()) {
+        println!("no false failover:");
+        stability(min)?;
+    }
+    Ok(())
+}

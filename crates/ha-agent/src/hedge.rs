@@ -1,0 +1,76 @@
+//! Requests that must not wait on one hung etcd member.
+//!
+//! A frozen etcd member still accepts TCP connections (the kernel answers), so a balanced
+//! client keeps sending it requests and each one waits for its whole timeout. For the two
+//! requests whose delay matters, the lease renewal (it decides when a primary fences) and the
+//! HA loop's read (it decides how fast a replica reacts), ha-agent asks every member at once
+//! through a client per endpoint, and takes the first answer.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::select_ok;
+use futures::stream::FuturesUnordered;
+use outrigger_etcd::{ConnectOptions, Etcd, EtcdError, LeaseId, LeaseRenewer, Snapshot};
+
+/// One client per etcd endpoint.
+#[derive(Clone, Debug)]
+pub struct PerEndpoint {
+    clients: Vec<Etcd>,
+}
+
+impl PerEndpoint {
+    pub async fn connect(opts: &ConnectOptions) -> Result<Self, EtcdError> {
+        let mut clients = Vec::with_capacity(opts.endpoints.len());
+        for ep in &opts.endpoints {
+            let mut o = opts.clone();
+            o.endpoints = vec![ep.clone()];
+            clients.push(Etcd::connect(&o).await?);
+        }
+        Ok(Self { clients })
+    }
+
+    /// A linearizable read of the prefix from whichever member answers first.
+    pub async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, EtcdError> {
+        let asks = self.clients.iter().map(|c| Box::pin(c.get_prefix(prefix)));
+        select_ok(asks).await.map(|(s, _)| s)
+    }
+
+    pub fn renewers(&self, lease: LeaseId) -> Vec<LeaseRenewer> {
+        self.clients.iter().map(|c| c.lease_renewer(lease)).collect()
+    }
+
+    /// One keep-alive through every member at once; the first answer wins. Renewers whose
+    /// answer was not awaited are replaced: a late answer on their stream would otherwise be
+    /// read as the answer to the next keep-alive, crediting it with a later send time.
+    pub async fn renew(&self, renewers: &mut Vec<LeaseRenewer>, lease: LeaseId) -> Result<Duration, EtcdError> {
+        let result = {
+            let mut asks: FuturesUnordered<_> = renewers.iter_mut().map(|r| r.renew()).collect();
+            let mut last = None;
+            loop {
+                match asks.next().await {
+                    Some(Ok(ttl)) => break Ok(ttl),
+                    // etcd itself says the lease is gone: no other member will disagree.
+                    Some(Err(e @ EtcdError::LeaseLost { .. })) => break Err(e),
+                    Some(Err(e)) => last = Some(e),
+                    None => break Err(last.unwrap_or_else(no_endpoint)),
+                }
+            }
+        };
+        *renewers = self.renewers(lease);
+        result
+    }
+
+    /// A grant is not idempotent (two answers would be two leases), so it goes to one member
+    /// at a time, starting with a different one on each call so that a hung member does not
+    /// fail every grant.
+    pub async fn grant(&self, ttl: Duration, attempt: usize) -> Result<(LeaseId, Duration), EtcdError> {
+        let n = self.clients.len().max(1);
+        let c = self.clients.get(attempt % n).ok_or_else(no_endpoint)?;
+        c.grant_lease(ttl).await
+    }
+}
+
+fn no_endpoint() -> EtcdError {
+    EtcdError::Unavailable { op: "lease", key: String::new(), detail: "no etcd endpoint".into() }
+}
