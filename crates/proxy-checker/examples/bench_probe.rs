@@ -1,19 +1,22 @@
-//! Benchmark helper for `bench/proxy-checker/run.sh`: how long after a leader change is written
-//! to etcd every proxy-checker reflects it.
+//! Benchmark helper for `bench/proxy-checker/run.sh`.
 //!
-//! Usage: `leader_change ETCD_URL SCOPE RUNS NAME=HOST:PORT...`
+//! `bench_probe seed ETCD_URL SCOPE LEADER_OPTIME NAME=ROLE...` writes the keys an HA agent
+//! publishes (config, members, status, leader = the first member), through
+//! `outrigger-schema`'s layout and types, so the script spells no key path or JSON field.
 //!
-//! Each run moves the leader key to the next member (round robin), then polls every member's
-//! `/leader` over its own keep-alive connection, back to back, until each answers as it should
-//! (200 on the new leader, 503 elsewhere). A run's figure is the time until the *last* member
-//! reflects the change, measured from when the put was sent and from when etcd acknowledged it.
-//! Runs start from a settled state and are 50 ms apart.
+//! `bench_probe leader-change ETCD_URL SCOPE RUNS NAME=HOST:PORT...` measures how long after a
+//! leader change is written to etcd every proxy-checker reflects it. Each run moves the leader
+//! key to the next member (round robin), then polls every member's `/leader` over its own
+//! keep-alive connection, back to back, until each answers as it should (200 on the new
+//! leader, 503 elsewhere). A run's figure is the time until the *last* member reflects the
+//! change, from when the put was sent and from when etcd acknowledged it. Runs start from a
+//! settled state and are 50 ms apart.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use outrigger_etcd::{ConnectOptions, Etcd};
-use outrigger_schema::{ClusterKey, KeyLayout};
+use outrigger_schema::{ClusterKey, ConfigValue, KeyLayout, MemberRole, MemberValue, StatusValue};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -90,14 +93,69 @@ fn report(what: &str, mut v: Vec<Duration>) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url, scope, runs, members @ ..] = args.as_slice() else {
-        bail!("usage: leader_change ETCD_URL SCOPE RUNS NAME=HOST:PORT...");
+    match args.split_first() {
+        Some((cmd, rest)) if cmd == "seed" => seed(rest).await,
+        Some((cmd, rest)) if cmd == "leader-change" => leader_change(rest).await,
+        _ => bail!("usage: bench_probe seed|leader-change ... (see the file's header)"),
+    }
+}
+
+/// Name=value pairs from the command line.
+fn pairs(args: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    args.iter().map(|m| m.split_once('=').map(|(n, a)| (n.to_owned(), a.to_owned())).context("NAME=VALUE")).collect()
+}
+
+async fn seed(args: &[String]) -> anyhow::Result<()> {
+    let [url, scope, optime, members @ ..] = args else {
+        bail!("usage: bench_probe seed ETCD_URL SCOPE LEADER_OPTIME NAME=primary|replica...");
+    };
+    let etcd = Etcd::connect(&ConnectOptions::new(vec![url.clone()])).await?;
+    let layout = KeyLayout::new("service", scope)?;
+    let config = ConfigValue {
+        ttl: Some(30.into()),
+        loop_wait: Some(10.into()),
+        retry_timeout: Some(10.into()),
+        ..ConfigValue::default()
+    };
+    etcd.put(&layout.key(ClusterKey::Config), config.encode(), None).await?;
+    let members = pairs(members)?;
+    for (name, role) in &members {
+        let role = if role == "primary" { MemberRole::Primary } else { MemberRole::Replica };
+        let member = MemberValue {
+            conn_url: "postgres://127.0.0.1:5432/postgres".into(),
+            api_url: "http://127.0.0.1:8008/patroni".into(),
+            state: "running".into(),
+            role,
+            version: outrigger_schema::PATRONI_COMPAT_VERSION.into(),
+            proxy_url: None,
+            xlog_location: None,
+            receive_lsn: None,
+            replay_lsn: None,
+            replication_state: None,
+            timeline: None,
+            tags: Default::default(),
+            pending_restart: None,
+            pending_restart_reason: None,
+            scheduled_restart: None,
+            checkpoint_after_promote: None,
+            pause: None,
+            extra: Default::default(),
+        };
+        etcd.put(&layout.member(name)?, serde_json::to_string(&member)?, None).await?;
+    }
+    let status = StatusValue { optime: optime.parse().context("LEADER_OPTIME")?, ..StatusValue::default() };
+    etcd.put(&layout.key(ClusterKey::Status), serde_json::to_string(&status)?, None).await?;
+    let leader = &members.first().context("name at least one member")?.0;
+    etcd.put(&layout.key(ClusterKey::Leader), leader.as_bytes(), None).await?;
+    Ok(())
+}
+
+async fn leader_change(args: &[String]) -> anyhow::Result<()> {
+    let [url, scope, runs, members @ ..] = args else {
+        bail!("usage: bench_probe leader-change ETCD_URL SCOPE RUNS NAME=HOST:PORT...");
     };
     let runs: usize = runs.parse().context("RUNS")?;
-    let members: Vec<(String, String)> = members
-        .iter()
-        .map(|m| m.split_once('=').map(|(n, a)| (n.to_owned(), a.to_owned())).context("NAME=HOST:PORT"))
-        .collect::<anyhow::Result<_>>()?;
+    let members = pairs(members)?;
     anyhow::ensure!(!members.is_empty(), "name at least one member");
     let etcd = Etcd::connect(&ConnectOptions::new(vec![url.clone()])).await?;
     let key = KeyLayout::new("service", scope)?.key(ClusterKey::Leader);
