@@ -4,6 +4,8 @@
 //! Both log a failure once when it starts and once when it ends (a check port polled by three
 //! HAProxies must not turn an etcd outage into a log flood), and count every failure.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use outrigger_etcd::{Change, ConnectOptions, Etcd, EtcdError, Snapshot, WatchUpdate};
@@ -99,6 +101,9 @@ impl EtcdFollower {
         confirm.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         confirm.tick().await; // the first tick is immediate; the full read just confirmed
         let mut confirm_failing = false;
+        // The confirmation read in flight, if any. It runs beside the watch, so that a slow read
+        // (up to the request timeout) never holds back a leader change the watch delivers.
+        let mut reading: Option<Pin<Box<ConfirmRead>>> = None;
         loop {
             tokio::select! {
                 update = watch.next() => match update {
@@ -114,10 +119,14 @@ impl EtcdFollower {
                         return e;
                     }
                 },
-                _ = confirm.tick() => {
+                _ = confirm.tick(), if reading.is_none() => {
                     self.touch();
-                    let sent = Instant::now();
-                    match etcd.get_prefix(&leader_key).await {
+                    let (etcd, key, sent) = (etcd.clone(), leader_key.clone(), Instant::now());
+                    reading = Some(Box::pin(async move { (sent, etcd.get_prefix(&key).await) }));
+                }
+                (sent, result) = in_flight(&mut reading) => {
+                    reading = None;
+                    match result {
                         Ok(s) => {
                             let value = s.get(&leader_key).map(|kv| kv.value.as_slice());
                             self.update(|v| v.apply_leader_read(value, s.revision, sent).err().into_iter().collect());
@@ -183,6 +192,18 @@ impl EtcdFollower {
             self.metrics.etcd_error(EtcdOp::Decode);
             tracing::warn!(key = %b.key, error = %b.error, "undecodable value in etcd; treated as absent");
         }
+    }
+}
+
+/// A confirmation read: when it was sent, and what it returned.
+type ConfirmRead = dyn Future<Output = (Instant, Result<Snapshot, EtcdError>)> + Send;
+
+/// Completes with the read in flight; never, when there is none (its `select!` arm then just
+/// never fires).
+async fn in_flight(reading: &mut Option<Pin<Box<ConfirmRead>>>) -> (Instant, Result<Snapshot, EtcdError>) {
+    match reading {
+        Some(read) => read.await,
+        None => std::future::pending().await,
     }
 }
 
