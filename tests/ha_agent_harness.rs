@@ -212,6 +212,11 @@ maximum_lag_on_failover = 16777216
         self.agents[i - 1].as_ref()
     }
 
+    /// Agent `i`'s log so far (it survives restarts of the agent: the file is appended to).
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.net.dir().log(&format!("ha-n{i}"))).unwrap_or_default()
+    }
+
     pub fn kill_agent(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(mut p) = self.agents[i - 1].take() {
             p.kill()?;

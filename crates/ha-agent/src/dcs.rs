@@ -4,13 +4,14 @@
 //! released with a value-equals delete; `initialize` is raced with create-if-absent; `config`
 //! and `failover` are written with compare-on-mod-revision.
 
-use outrigger_etcd::{Etcd, EtcdError, Kv, LeaseId};
+use outrigger_etcd::{EtcdError, Kv, LeaseId};
 use outrigger_schema::{ClusterKey, HistoryEntry, KeyLayout, MemberValue, StatusValue};
 
+use crate::hedge::PerEndpoint;
+
 pub struct Dcs {
-    etcd: Etcd,
-    /// For the cycle's read (see `hedge`).
-    hedged: crate::hedge::PerEndpoint,
+    /// Every request goes to all members at once (see `hedge`).
+    etcd: PerEndpoint,
     layout: KeyLayout,
     name: String,
 }
@@ -25,12 +26,8 @@ fn cas(r: Result<i64, EtcdError>) -> Result<bool, EtcdError> {
 }
 
 impl Dcs {
-    pub fn new(etcd: Etcd, hedged: crate::hedge::PerEndpoint, layout: KeyLayout, name: &str) -> Self {
-        Self { etcd, hedged, layout, name: name.to_owned() }
-    }
-
-    pub fn etcd(&self) -> &Etcd {
-        &self.etcd
+    pub fn new(etcd: PerEndpoint, layout: KeyLayout, name: &str) -> Self {
+        Self { etcd, layout, name: name.to_owned() }
     }
 
     pub fn layout(&self) -> &KeyLayout {
@@ -43,24 +40,31 @@ impl Dcs {
 
     /// One linearizable read of the whole cluster prefix, from the first member to answer.
     pub async fn snapshot(&self) -> Result<(i64, Vec<Kv>), EtcdError> {
-        let s = self.hedged.get_prefix(&self.layout.prefix()).await?;
+        let s = self.etcd.get_prefix(&self.layout.prefix()).await?;
         Ok((s.revision, s.kvs))
+    }
+
+    async fn put(&self, key: &str, value: &str, lease: Option<LeaseId>) -> Result<(), EtcdError> {
+        self.etcd.first_ok(|c| c.put(key, value.to_owned(), lease)).await.map(drop)
     }
 
     /// The leader race: create the leader key holding our name on our lease, if absent.
     pub async fn acquire(&self, lease: LeaseId) -> Result<bool, EtcdError> {
-        cas(self.etcd.create_if_absent(&self.key(ClusterKey::Leader), self.name.as_bytes(), Some(lease)).await)
+        let key = self.key(ClusterKey::Leader);
+        cas(self.etcd.first_ok(|c| c.create_if_absent(&key, self.name.as_bytes(), Some(lease))).await)
     }
 
     /// Moves our leader key onto `lease`, only while it still holds our name.
     pub async fn retake(&self, lease: LeaseId) -> Result<bool, EtcdError> {
+        let key = self.key(ClusterKey::Leader);
         let n = self.name.as_bytes();
-        cas(self.etcd.put_if_value(&self.key(ClusterKey::Leader), n, n, Some(lease)).await)
+        cas(self.etcd.first_ok(|c| c.put_if_value(&key, n, n, Some(lease))).await)
     }
 
     /// Deletes the leader key only while it holds our name.
     pub async fn release(&self) -> Result<bool, EtcdError> {
-        cas(self.etcd.delete_if_value(&self.key(ClusterKey::Leader), self.name.as_bytes()).await)
+        let key = self.key(ClusterKey::Leader);
+        cas(self.etcd.first_ok(|c| c.delete_if_value(&key, self.name.as_bytes())).await)
     }
 
     pub async fn touch_member(&self, value: &MemberValue, lease: LeaseId) -> Result<(), EtcdError> {
@@ -69,44 +73,51 @@ impl Dcs {
             key: self.name.clone(),
             detail: e.to_string(),
         })?;
-        let json = serde_json::to_string(value).unwrap_or_default();
-        self.etcd.put(&key, json, Some(lease)).await.map(drop)
+        self.put(&key, &serde_json::to_string(value).unwrap_or_default(), Some(lease)).await
     }
 
     /// The bootstrap race: `initialize` = `""` if absent.
     pub async fn race_initialize(&self) -> Result<bool, EtcdError> {
-        cas(self.etcd.create_if_absent(&self.key(ClusterKey::Initialize), "", None).await)
+        let key = self.key(ClusterKey::Initialize);
+        cas(self.etcd.first_ok(|c| c.create_if_absent(&key, "", None)).await)
     }
 
     /// Gives up a bootstrap that failed, so that another member can try.
     pub async fn cancel_initialize(&self) -> Result<(), EtcdError> {
-        cas(self.etcd.delete_if_value(&self.key(ClusterKey::Initialize), b"").await).map(drop)
+        let key = self.key(ClusterKey::Initialize);
+        cas(self.etcd.first_ok(|c| c.delete_if_value(&key, b"")).await).map(drop)
     }
 
     pub async fn set_initialize(&self, sysid: u64) -> Result<(), EtcdError> {
-        self.etcd.put(&self.key(ClusterKey::Initialize), sysid.to_string(), None).await.map(drop)
+        self.put(&self.key(ClusterKey::Initialize), &sysid.to_string(), None).await
     }
 
     /// Writes `config` unless someone already has.
     pub async fn create_config(&self, json: &str) -> Result<bool, EtcdError> {
-        cas(self.etcd.put_if_mod_revision(&self.key(ClusterKey::Config), 0, json).await)
+        let key = self.key(ClusterKey::Config);
+        cas(self.etcd.first_ok(|c| c.put_if_mod_revision(&key, 0, json.to_owned())).await)
     }
 
     pub async fn write_status(&self, status: &StatusValue) -> Result<(), EtcdError> {
-        let json = serde_json::to_string(status).unwrap_or_default();
-        self.etcd.put(&self.key(ClusterKey::Status), json, None).await.map(drop)
+        self.put(&self.key(ClusterKey::Status), &serde_json::to_string(status).unwrap_or_default(), None).await
     }
 
-    pub async fn write_history(&self, rows: &[HistoryEntry]) -> Result<(), EtcdError> {
-        self.etcd.put(&self.key(ClusterKey::History), HistoryEntry::encode_list(rows), None).await.map(drop)
+    /// Writes `history` only if it is still at `mod_revision` (0: absent), returning the new
+    /// revision. Never a plain put: a copy of an older write delivered late (a hung member
+    /// that wakes up) must not roll the timeline list back.
+    pub async fn write_history(&self, rows: &[HistoryEntry], mod_revision: i64) -> Result<i64, EtcdError> {
+        let key = self.key(ClusterKey::History);
+        let text = HistoryEntry::encode_list(rows);
+        self.etcd.first_ok(|c| c.put_if_mod_revision(&key, mod_revision, text.clone())).await
     }
 
     /// Clears `failover` with `{}` (as Patroni does), unless it changed since `mod_revision`.
     pub async fn clear_failover(&self, mod_revision: i64) -> Result<bool, EtcdError> {
-        cas(self.etcd.put_if_mod_revision(&self.key(ClusterKey::Failover), mod_revision, "{}").await)
+        let key = self.key(ClusterKey::Failover);
+        cas(self.etcd.first_ok(|c| c.put_if_mod_revision(&key, mod_revision, "{}")).await)
     }
 
     pub async fn revoke(&self, lease: LeaseId) -> Result<(), EtcdError> {
-        self.etcd.revoke_lease(lease).await
+        self.etcd.first_ok(|c| c.revoke_lease(lease)).await
     }
 }

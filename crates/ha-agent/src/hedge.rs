@@ -1,10 +1,10 @@
 //! Requests that must not wait on one hung etcd member.
 //!
 //! A frozen etcd member still accepts TCP connections (the kernel answers), so a balanced
-//! client keeps sending it requests and each one waits for its whole timeout. For the two
-//! requests whose delay matters, the lease renewal (it decides when a primary fences) and the
-//! HA loop's read (it decides how fast a replica reacts), ha-agent asks every member at once
-//! through a client per endpoint, and takes the first answer.
+//! client keeps sending it requests and each one waits for its whole timeout. Every request
+//! whose delay matters (the lease renewal decides when a primary fences; reads and writes of
+//! the HA loop decide how fast a failover completes) goes to every member at once through a
+//! client per endpoint, and the first answer wins.
 
 use std::time::Duration;
 
@@ -30,10 +30,22 @@ impl PerEndpoint {
         Ok(Self { clients })
     }
 
+    /// Runs `op` through every member at once and returns the first success (or, when all
+    /// fail, the last error). Used for reads, idempotent puts and the compare-and-swap shapes:
+    /// two copies of one CAS commit at most once, and a copy that failed its compare because
+    /// the other copy already won is outweighed by that copy's success.
+    pub async fn first_ok<'a, T, F, Fut>(&'a self, op: F) -> Result<T, EtcdError>
+    where
+        F: Fn(&'a Etcd) -> Fut,
+        Fut: std::future::Future<Output = Result<T, EtcdError>> + 'a,
+    {
+        let asks = self.clients.iter().map(|c| Box::pin(op(c)));
+        select_ok(asks).await.map(|(v, _)| v)
+    }
+
     /// A linearizable read of the prefix from whichever member answers first.
     pub async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, EtcdError> {
-        let asks = self.clients.iter().map(|c| Box::pin(c.get_prefix(prefix)));
-        select_ok(asks).await.map(|(s, _)| s)
+        self.first_ok(|c| c.get_prefix(prefix)).await
     }
 
     pub fn renewers(&self, lease: LeaseId) -> Vec<LeaseRenewer> {

@@ -49,6 +49,8 @@ fn wall_ms() -> u64 {
 struct Read {
     view: ClusterView,
     history: Vec<HistoryEntry>,
+    /// `history`'s mod_revision (0: absent), for compare-and-swap writes.
+    history_rev: i64,
 }
 
 pub struct Agent {
@@ -68,7 +70,9 @@ pub struct Agent {
     last_logged: Option<String>,
     /// Lease and JSON of the member key as last written.
     last_member: Option<(i64, String)>,
+    last_member_at: Option<Moment>,
     last_status: Option<StatusValue>,
+    last_status_at: Option<Moment>,
     reported: HashSet<(String, i64)>,
     /// Members seen as non-leaders: name → (api_url, when).
     known: BTreeMap<String, (String, Moment)>,
@@ -115,8 +119,8 @@ impl Agent {
             ConfigState::Garbage => {}
             ConfigState::Absent => self.dyn_config = DynConfig::default(),
         }
-        let history = history_rows(self.dcs.layout(), &kvs);
-        Some(Read { view, history })
+        let (history, history_rev) = history_rows(self.dcs.layout(), &kvs);
+        Some(Read { view, history, history_rev })
     }
 
     /// Remembers peers for races after their keys expired (`Recent::known_peers`).
@@ -450,23 +454,15 @@ impl Agent {
             timestamp: Some(format_rfc3339_ms(wall_ms())),
             new_leader: Some(self.cfg.name.clone()),
         });
-        // A hung etcd member can time a write out; try again while the lease is trusted.
-        let mut tries = 0;
-        loop {
-            match self.dcs.write_history(&rows).await {
-                Ok(()) => break,
-                Err(e) if tries < 3 && self.lease.view().trusted(self.clock.now(), &self.settings.timings) => {
-                    tries += 1;
-                    tracing::debug!(error = %e, "announce the promotion in history; retrying");
-                }
-                Err(e) => return Err(anyhow::Error::new(e).context("announce the promotion in history")),
-            }
-        }
+        // Compare-and-swap on the history we decided from: if another member changed it
+        // meanwhile, our decision is stale and the next cycle decides again.
+        let rev = read.map_or(0, |x| x.history_rev);
+        let rev = self.dcs.write_history(&rows, rev).await.context("announce the promotion in history")?;
         self.lease.arm();
         self.pg.promote().await?;
         self.upstream = None;
         tracing::info!("promoted");
-        if let Err(e) = self.write_history(&rows).await {
+        if let Err(e) = self.write_history(&rows, rev).await {
             tracing::warn!(error = format!("{e:#}"), "could not publish the new timeline yet; retrying while leading");
         }
         if let Err(e) = self.pg.checkpoint().await {
@@ -475,8 +471,9 @@ impl Agent {
         Ok(())
     }
 
-    /// `history` from our timeline's history file; leader names and times kept from `known`.
-    async fn write_history(&mut self, known: &[HistoryEntry]) -> anyhow::Result<()> {
+    /// `history` from our timeline's history file; leader names and times kept from `known`,
+    /// written only if the key is still at `rev`.
+    async fn write_history(&mut self, known: &[HistoryEntry], rev: i64) -> anyhow::Result<()> {
         let PgView::Running(r) = self.pg.observe(None).await.0 else { anyhow::bail!("PostgreSQL is not running") };
         if r.timeline <= 1 {
             return Ok(());
@@ -499,7 +496,7 @@ impl Agent {
                 }
             })
             .collect();
-        self.dcs.write_history(&rows).await?;
+        self.dcs.write_history(&rows, rev).await?;
         Ok(())
     }
 
@@ -523,7 +520,7 @@ impl Agent {
         if r.timeline > 1 {
             let last = read.history.iter().max_by_key(|h| h.timeline);
             let ok = last.is_some_and(|h| h.timeline + 1 == r.timeline && h.reason != PROMOTING);
-            if !ok && let Err(e) = self.write_history(&read.history).await {
+            if !ok && let Err(e) = self.write_history(&read.history, read.history_rev).await {
                 tracing::warn!(error = format!("{e:#}"), "publish history");
             }
         }
@@ -536,9 +533,13 @@ impl Agent {
             ),
             extra: serde_json::Map::new(),
         };
-        if self.last_status.as_ref() != Some(&status) {
+        let due = self.last_status_at.is_none_or(|t| self.clock.now().since(t) >= self.settings.timings.ttl);
+        if due || self.last_status.as_ref() != Some(&status) {
             match self.dcs.write_status(&status).await {
-                Ok(()) => self.last_status = Some(status),
+                Ok(()) => {
+                    self.last_status = Some(status);
+                    self.last_status_at = Some(self.clock.now());
+                }
                 Err(e) => {
                     self.metrics.etcd_errors.with_label_values(&["write"]).inc();
                     tracing::debug!(error = %e, "write status");
@@ -680,9 +681,15 @@ impl Agent {
         };
         if let (Some(lease), Some(_)) = (self.lease.view().id, read) {
             let json = serde_json::to_string(&member).unwrap_or_default();
-            if self.last_member.as_ref() != Some(&(lease, json.clone())) {
+            // Rewritten when it changed, and at least once per ttl: a late copy of an older
+            // write (delivered by a member that hung) must not stay.
+            let due = self.last_member_at.is_none_or(|t| self.clock.now().since(t) >= self.settings.timings.ttl);
+            if due || self.last_member.as_ref() != Some(&(lease, json.clone())) {
                 match self.dcs.touch_member(&member, lease).await {
-                    Ok(()) => self.last_member = Some((lease, json)),
+                    Ok(()) => {
+                        self.last_member = Some((lease, json));
+                        self.last_member_at = Some(self.clock.now());
+                    }
                     Err(e) => {
                         self.metrics.etcd_errors.with_label_values(&["write"]).inc();
                         tracing::debug!(error = %e, "write member key");
@@ -754,12 +761,13 @@ impl Agent {
     }
 }
 
-/// `history` rows as written (with reasons and times), for rewriting them.
-fn history_rows(layout: &outrigger_schema::KeyLayout, kvs: &[Kv]) -> Vec<HistoryEntry> {
-    kvs.iter()
-        .find(|kv| layout.classify(&kv.key) == Some(KeyKind::Fixed(ClusterKey::History)))
-        .and_then(|kv| HistoryEntry::decode_list(&kv.value).ok())
-        .unwrap_or_default()
+/// `history` rows as written (with reasons and times) and the key's mod_revision, for
+/// rewriting them with compare-and-swap.
+fn history_rows(layout: &outrigger_schema::KeyLayout, kvs: &[Kv]) -> (Vec<HistoryEntry>, i64) {
+    let Some(kv) = kvs.iter().find(|kv| layout.classify(&kv.key) == Some(KeyKind::Fixed(ClusterKey::History))) else {
+        return (Vec::new(), 0);
+    };
+    (HistoryEntry::decode_list(&kv.value).unwrap_or_default(), kv.mod_revision)
 }
 
 /// Wakes the HA loop when a key that matters changes (anything but our own member key and
@@ -858,7 +866,7 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
     };
     let upstream = pg.configured_upstream();
     let mut agent = Agent {
-        dcs: Dcs::new(etcd, hedged, cfg.layout.clone(), &cfg.name),
+        dcs: Dcs::new(hedged, cfg.layout.clone(), &cfg.name),
         settings,
         pg,
         pg_exits,
@@ -871,7 +879,9 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
         dyn_config: DynConfig::default(),
         last_logged: None,
         last_member: None,
+        last_member_at: None,
         last_status: None,
+        last_status_at: None,
         reported: HashSet::new(),
         known: BTreeMap::new(),
         slot_members: BTreeMap::new(),
@@ -880,7 +890,16 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
         busy_state: None,
         cfg,
     };
-    // A primary found at start must be fenced if no lease can be had: arm before anything.
+    // Give the keeper its first grant before deciding anything: an agent restarted under a
+    // running primary must not fence it merely because its new lease is a few ms away. If no
+    // lease comes within retry_timeout, a primary found here is fenced (armed below), as it
+    // must be: nothing vouches for it.
+    let first_lease = async {
+        while lease.view().id.is_none() {
+            lease.loop_wake.notified().await;
+        }
+    };
+    let _ = tokio::time::timeout(agent.cfg.timings.retry_timeout, first_lease).await;
     if agent.pg.observe(None).await.0.writable() {
         lease.arm();
     }
