@@ -11,8 +11,8 @@
 //! - by hand, as an HA agent would: PostgreSQL primary and streaming replicas from the test
 //!   kit, and the Patroni keys (leader, members, status, config) written by the test through
 //!   `outrigger-schema`'s layout and types;
-//! - by real Patroni (`patroni[etcd3,psycopg3]` from PyPI, installed once into a virtualenv
-//!   under `target/`), with a switchover through `patronictl`.
+//! - by real Patroni (`patroni[etcd3,psycopg3]` from PyPI, installed once into the test kit's
+//!   virtualenv under `target/venvs/`), with a switchover through `patronictl`.
 //!
 //! Timings are short (HAProxy checks every 200 ms, proxy-checker's defaults of 1 s staleness),
 //! waits are on conditions with deadlines, and the times measured are printed, not asserted
@@ -21,7 +21,6 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use outrigger_etcd::{ConnectOptions, Etcd};
@@ -39,37 +38,8 @@ const RO_PORT: u16 = 15433;
 /// proxy-checker's default `freshness.etcd_max_age`, which the tests run with.
 const ETCD_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// A binary of another package of the workspace, built once per test run (cargo does not build
-/// a dependency's binaries for another package's tests).
-fn workspace_bin(package: &'static str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
-    let target_dir = profile_dir.parent().expect("target dir");
-    // nextest runs each test in its own process: build once per run, not once per test.
-    let run = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| std::process::id().to_string());
-    let marker = profile_dir.join(format!(".{package}-built-{run}"));
-    let lock = std::fs::File::create(profile_dir.join(format!(".{package}-build.lock"))).expect("build lock file");
-    lock.lock().expect("take the build lock");
-    if !marker.exists() {
-        let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-        cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .args(["build", "-q", "-p", package, "--bin", package, "--target-dir"])
-            .arg(target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p {package} failed");
-        std::fs::write(&marker, b"").expect("write build marker");
-    }
-    drop(lock);
-    profile_dir.join(package)
-}
-
-fn proxy_checker_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("proxy-checker"))
+fn proxy_checker_bin() -> PathBuf {
+    outrigger_testkit::bin::daemon("proxy-checker")
 }
 
 fn layout() -> KeyLayout {
@@ -590,32 +560,12 @@ fn old_primary_cut_off_from_etcd_fails_its_primary_check_within_the_staleness_bo
     c.no_unexpected_errors();
 }
 
-/// The virtualenv with Patroni from PyPI, made once under `target/` and reused (by every test
-/// and every run).
-fn patroni_venv() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/patroni-venv");
-    let lock = std::fs::File::create(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/.patroni-venv.lock"))
-        .expect("venv lock file");
-    lock.lock().expect("take the venv lock");
-    if !venv.join("bin/patroni").exists() {
-        // Debian's python3: the venv must be usable by the `postgres` user, which a pyenv
-        // interpreter under /root is not.
-        let run = |cmd: &mut Command| {
-            let out = cmd.output().expect("run venv setup");
-            assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        run(Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(&venv));
-        run(Command::new(venv.join("bin/pip")).args(["install", "-q", "patroni[etcd3,psycopg3]"]));
-    }
-    drop(lock);
-    venv
-}
-
 /// A 3-node cluster run by real Patroni (scope batman, namespace /service/), each node's data
 /// and socket in a folder of the `postgres` user.
 struct PatroniNodes {
     dirs: Vec<tempfile::TempDir>,
-    venv: PathBuf,
+    /// `bin/` of the virtualenv with Patroni and patronictl.
+    bin: PathBuf,
 }
 
 impl PatroniNodes {
@@ -628,7 +578,7 @@ impl PatroniNodes {
                 d
             })
             .collect();
-        Self { dirs, venv: patroni_venv() }
+        Self { dirs, bin: outrigger_testkit::python::patroni_bin().expect("Patroni from PyPI in a virtualenv") }
     }
 
     fn dir(&self, host: usize) -> &Path {
@@ -669,7 +619,7 @@ impl PatroniNodes {
         // setpriv execs Patroni as `postgres` in place, so the pid the kit holds is Patroni's.
         let mut cmd = Command::new("setpriv");
         cmd.args([format!("--reuid={uid}"), format!("--regid={gid}"), "--clear-groups".into()])
-            .arg(self.venv.join("bin/patroni"))
+            .arg(self.bin.join("patroni"))
             .arg(&config)
             .env("HOME", self.dir(host));
         let proc = c.net.host(host).spawn(&format!("patroni-n{host}"), cmd).expect("start patroni");
@@ -765,7 +715,7 @@ fn behind_real_patroni_writes_follow_a_switchover_and_reads_avoid_the_primary_an
     // Switchover with patronictl: n1 demotes, n2 promotes. After the first write reaches n2,
     // every write does; none reaches n1 again.
     let config = nodes.dir(1).join("patroni.yml");
-    let patronictl = nodes.venv.join("bin/patronictl");
+    let patronictl = nodes.bin.join("patronictl");
     let out = c
         .net
         .host(1)

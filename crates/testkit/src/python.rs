@@ -14,10 +14,13 @@ pub fn venv(name: &str, packages: &[&str]) -> anyhow::Result<PathBuf> {
     lock.lock()?;
     let dir = root.join(name);
     let marker = dir.join(".outrigger-packages");
-    let want = packages.join("\n");
+    // The system interpreter, not whatever `python3` is first on PATH: a virtualenv links to
+    // its base interpreter, and one under /root (pyenv) cannot be run by the `postgres` user.
+    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let want = format!("{python}\n{}", packages.join("\n"));
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(want.as_str()) {
         let _ = std::fs::remove_dir_all(&dir);
-        crate::net::run(Command::new("python3").arg("-m").arg("venv").arg(&dir))?;
+        crate::net::run(Command::new(python).arg("-m").arg("venv").arg(&dir))?;
         crate::net::run(
             Command::new(dir.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check"]).args(packages),
         )?;
