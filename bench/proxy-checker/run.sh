@@ -4,9 +4,12 @@
 #   sudo bench/proxy-checker/run.sh [SECONDS]      (default 10 s per wrk run)
 #
 # Figures:
-#   1. throughput and latency (wrk, Debian's) of GET /primary and GET /replica?lag=1MB on one
-#      proxy-checker pinned to one core (wrk on the other): 16 keep-alive connections, then a
-#      new connection per request (`Connection: close`, as HAProxy checks do by default);
+#   1. throughput and latency (wrk, Debian's, one thread) of GET /primary and GET
+#      /replica?lag=1MB: 16 keep-alive connections, then a new connection per request
+#      (`Connection: close`, as HAProxy checks do by default). proxy-checker runs one thread
+#      (a current-thread runtime), so it never uses more than one core. Nothing is pinned: on
+#      the shared 2-core VM this was measured on, a pinned core was often busy with other work
+#      and the pinned runs were slower;
 #   2. a leader change written to etcd: time until every one of 3 proxy-checkers reflects it on
 #      /leader (examples/bench_probe.rs; 100 runs);
 #   3. resident memory (after the load runs) and idle CPU over 30 s while HAProxy (Debian's
@@ -14,8 +17,8 @@
 #      three times each per second, plus three agent checks.
 #
 # On a shared machine other processes preempt the daemon and set the latency tail; with
-# BENCH_RT=1 proxy-checker n1 runs SCHED_FIFO (chrt -f 10) on its core, to measure the daemon
-# rather than its neighbours. wrk, etcd and PostgreSQL keep normal priority (with wrk also
+# BENCH_RT=1 proxy-checker n1 runs SCHED_FIFO (chrt -f 10), to measure the daemon rather than
+# its neighbours. wrk, etcd and PostgreSQL keep normal priority (with wrk also
 # real-time, etcd and PostgreSQL would starve and n1 would rightly fail its checks closed).
 #
 # Everything runs in one network namespace created here (pcb-<pid>, loopback only): a single
@@ -32,7 +35,7 @@ PROBE=$PWD/target/release/examples/bench_probe
 PGBIN=${OUTRIGGER_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)}
 
 [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespace, PostgreSQL as postgres)" >&2; exit 1; }
-for t in wrk haproxy etcd etcdctl taskset; do
+for t in wrk haproxy etcd etcdctl chrt; do
   command -v $t >/dev/null || { echo "$t is not installed (scripts/install-deps)" >&2; exit 1; }
 done
 
@@ -86,7 +89,7 @@ wait_for 20 "the replica" inns "$PGBIN/psql" -h "$WORK" -p 5433 -U postgres -Atc
 lsn=$(inns "$PGBIN/psql" -h "$WORK" -p 5432 -U postgres -Atc "select pg_current_wal_lsn() - '0/0'")
 inns "$PROBE" seed http://127.0.0.1:2379 bench "$lsn" n1=primary n2=replica n3=replica
 
-# Three proxy-checkers; n1 on core 0 (the measured one), the others wherever.
+# Three proxy-checkers; n1 is the measured one.
 start_checker() { # n port pgport
   cat >"$WORK/n$1.toml" <<EOF
 name = "n$1"
@@ -102,7 +105,7 @@ level = "warn"
 endpoints = ["http://127.0.0.1:2379"]
 EOF
   local pin=()
-  [ "$1" = 1 ] && pin=("${RT[@]}" taskset -c 0)
+  [ "$1" = 1 ] && pin=("${RT[@]}")
   # Not through `inns`: a function in the background is a subshell, and $! must be the daemon.
   ip netns exec "$NS" "${pin[@]}" "$BIN" --config "$WORK/n$1.toml" >"$WORK/n$1.log" 2>&1 &
   echo $! >"$WORK/n$1.pid"
@@ -113,22 +116,21 @@ start_checker 3 18003 5433
 wait_for 10 "n1 to answer /primary 200" inns curl -sf http://127.0.0.1:18001/primary
 wait_for 10 "n2 to answer /replica 200" inns curl -sf "http://127.0.0.1:18002/replica?lag=1MB"
 PID1=$(cat "$WORK/n1.pid")
-# `ip netns exec` execs the command; with taskset in front the pid is proxy-checker's after exec.
+# `ip netns exec` execs the command (and chrt, with BENCH_RT=1): the pid is proxy-checker's.
 [ "$(cat /proc/$PID1/comm)" = proxy-checker ] || { echo "unexpected process for n1: $(cat /proc/$PID1/comm)" >&2; exit 1; }
 
 echo
-echo "== 1. wrk, proxy-checker pinned to core 0, wrk to core 1, ${SECS}s each$([ ${#RT[@]} -gt 0 ] && echo ', proxy-checker SCHED_FIFO') =="
+echo "== 1. wrk, one thread each side, ${SECS}s per run$([ ${#RT[@]} -gt 0 ] && echo ', proxy-checker SCHED_FIFO') =="
 run_wrk() { # label url [extra wrk args]
   local label=$1 url=$2; shift 2
   echo "-- $label"
-  inns taskset -c 1 wrk -t1 -c16 -d"${SECS}s" --latency "$@" "$url" \
+  inns wrk -t1 -c16 -d"${SECS}s" --latency "$@" "$url" \
     | grep -E 'Requests/sec|Latency  |50%|90%|99%|Non-2xx|Socket errors' | sed 's/^/   /'
 }
 run_wrk "GET /primary, 16 keep-alive connections" http://127.0.0.1:18001/primary
-run_wrk "GET /replica?lag=1MB (on the replica n2), 16 keep-alive connections" "http://127.0.0.1:18002/replica?lag=1MB"
+run_wrk "GET /replica?lag=1MB (n2, on the replica), 16 keep-alive connections" "http://127.0.0.1:18002/replica?lag=1MB"
 run_wrk "GET /primary, new connection per request" http://127.0.0.1:18001/primary -H "Connection: close"
-run_wrk "GET /replica?lag=1MB (on n2), new connection per request" "http://127.0.0.1:18002/replica?lag=1MB" -H "Connection: close"
-echo "   (n2 runs unpinned; its figures share the machine with wrk)"
+run_wrk "GET /replica?lag=1MB (n2), new connection per request" "http://127.0.0.1:18002/replica?lag=1MB" -H "Connection: close"
 
 echo
 echo "== 2. leader change → every member's /leader =="
