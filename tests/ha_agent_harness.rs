@@ -73,6 +73,8 @@ pub struct Opts {
     pub peer_timeout: &'static str,
     /// etcd's election timeout; the heartbeat is a tenth of it.
     pub etcd_election_ms: u32,
+    /// `postgresql.remove_data_directory_on_rewind_failure`.
+    pub reinit_on_rewind_failure: bool,
     /// Extra `[bootstrap.dcs]` lines.
     pub dcs: &'static str,
 }
@@ -87,6 +89,7 @@ impl Default for Opts {
             retry_timeout: "1s",
             peer_timeout: "2s",
             etcd_election_ms: 500,
+            reinit_on_rewind_failure: false,
             dcs: "",
         }
     }
@@ -176,6 +179,7 @@ listen = "{ip}:{PG_PORT}"
 socket_dir = "{sock}"
 log_file = "{log}"
 use_pg_rewind = true
+remove_data_directory_on_rewind_failure = {reinit}
 start_timeout = "20s"
 pg_hba = ["local all all trust", "local replication all trust", "host all all 10.250.0.0/24 trust", "host replication all 10.250.0.0/24 trust"]
 [postgresql.parameters]
@@ -197,6 +201,7 @@ maximum_lag_on_failover = 16777216
             sock = self.socket_dir(i).display(),
             log = self.net.dir().log(&format!("pg-n{i}")).display(),
             dcs = o.dcs,
+            reinit = o.reinit_on_rewind_failure,
         )
     }
 
@@ -394,12 +399,17 @@ async fn write_loop(sockets: Vec<PathBuf>, stop: Arc<AtomicBool>, acks: Arc<Mute
                 let s = s.clone();
                 tries.spawn(async move { connect(&s).await.map(|c| (i + 1, c)) });
             }
-            while let Some(r) = tries.join_next().await {
-                if let Ok(Some(found)) = r {
-                    current = Some(found);
-                    break;
+            // Bounded: a frozen member's connect would hold the scan for its whole timeout and
+            // blur the moment a new primary appears.
+            let _ = tokio::time::timeout(Duration::from_millis(150), async {
+                while let Some(r) = tries.join_next().await {
+                    if let Ok(Some(found)) = r {
+                        current = Some(found);
+                        break;
+                    }
                 }
-            }
+            })
+            .await;
             tries.abort_all();
             if current.is_none() {
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -54,22 +54,41 @@ impl PerEndpoint {
 
     /// One keep-alive through every member at once; the first answer wins. Renewers whose
     /// answer was not awaited are replaced: a late answer on their stream would otherwise be
-    /// read as the answer to the next keep-alive, crediting it with a later send time.
-    pub async fn renew(&self, renewers: &mut Vec<LeaseRenewer>, lease: LeaseId) -> Result<Duration, EtcdError> {
+    /// read as the answer to the next keep-alive, crediting it with a later send time (and the
+    /// lease with more life than it has).
+    pub async fn renew(&self, renewers: &mut [LeaseRenewer], lease: LeaseId) -> Result<Duration, EtcdError> {
+        let mut answered = vec![false; renewers.len()];
         let result = {
-            let mut asks: FuturesUnordered<_> = renewers.iter_mut().map(|r| r.renew()).collect();
+            let mut asks: FuturesUnordered<_> =
+                renewers.iter_mut().enumerate().map(|(i, r)| async move { (i, r.renew().await) }).collect();
             let mut last = None;
             loop {
                 match asks.next().await {
-                    Some(Ok(ttl)) => break Ok(ttl),
+                    Some((i, Ok(ttl))) => {
+                        answered[i] = true;
+                        break Ok(ttl);
+                    }
                     // etcd itself says the lease is gone: no other member will disagree.
-                    Some(Err(e @ EtcdError::LeaseLost { .. })) => break Err(e),
-                    Some(Err(e)) => last = Some(e),
+                    Some((i, Err(e @ EtcdError::LeaseLost { .. }))) => {
+                        answered[i] = true;
+                        break Err(e);
+                    }
+                    Some((i, Err(e))) => {
+                        answered[i] = true;
+                        last = Some(e);
+                    }
                     None => break Err(last.unwrap_or_else(no_endpoint)),
                 }
             }
         };
-        *renewers = self.renewers(lease);
+        // A renewer that failed has already dropped its stream and one that answered is in
+        // step; only those abandoned mid-flight start afresh (`renewers()` pairs renewer i
+        // with client i).
+        for ((r, client), done) in renewers.iter_mut().zip(&self.clients).zip(answered) {
+            if !done {
+                *r = client.lease_renewer(lease);
+            }
+        }
         result
     }
 

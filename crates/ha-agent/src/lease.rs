@@ -174,7 +174,7 @@ impl LeaseKeeper {
                         Ok((id, ttl)) => Step::Granted(id, ttl),
                         Err(e) => Step::Failed(e),
                     },
-                    Some((id, rs)) => match etcd.renew(rs, *id).await {
+                    Some((id, rs)) => match etcd.renew(rs.as_mut_slice(), *id).await {
                         Ok(ttl) => Step::Renewed(ttl),
                         Err(e) => Step::Failed(e),
                     },

@@ -82,6 +82,8 @@ pub struct Agent {
     dcs_last_seen: Option<u64>,
     /// Shown as `state` while a long action runs.
     busy_state: Option<&'static str>,
+    /// pg_rewind failures in a row that were not the source going away.
+    rewind_failures: u32,
 }
 
 impl Agent {
@@ -615,6 +617,7 @@ impl Agent {
             Ok(()) => {
                 self.recent.diverged = false;
                 self.recent.rewind_failed = false;
+                self.rewind_failures = 0;
                 tracing::info!(source = %leader, "pg_rewind done");
                 self.pg.write_config(&self.dyn_config.parameters, true, Some(&src), self.wal_log_hints())?;
                 self.upstream = Some(leader.to_owned());
@@ -625,12 +628,20 @@ impl Agent {
             }
             Err(e) => {
                 let msg = format!("{e:#}");
-                if msg.contains("could not connect") || msg.contains("connection to server") {
-                    // The leader is not reachable: not a failure of the rewind; try again.
-                    tracing::warn!(error = msg, "pg_rewind could not reach the leader; will retry");
-                } else {
+                let source_gone =
+                    ["could not connect", "connection to server", "terminating connection", "could not fetch"]
+                        .iter()
+                        .any(|m| msg.contains(m));
+                if !source_gone {
+                    self.rewind_failures += 1;
+                }
+                // Only repeated failures are a failed rewind: the source may have been fenced
+                // or restarted under it, which the next attempt (against whoever leads) survives.
+                if self.rewind_failures >= 3 {
                     self.recent.rewind_failed = true;
-                    tracing::error!(error = msg, "pg_rewind failed");
+                    tracing::error!(error = msg, "pg_rewind failed three times");
+                } else {
+                    tracing::warn!(error = msg, "pg_rewind failed; will try again");
                 }
                 Ok(())
             }
@@ -888,6 +899,7 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
         pending_restart: false,
         dcs_last_seen: None,
         busy_state: None,
+        rewind_failures: 0,
         cfg,
     };
     // Give the keeper its first grant before deciding anything: an agent restarted under a
