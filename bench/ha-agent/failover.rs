@@ -271,7 +271,7 @@ fn main() -> anyhow::Result<()> {
     let profiles = std::env::var("HA_BENCH_PROFILES").unwrap_or_else(|_| "fast,lab".into());
     println!("ha-agent failover: from the fault to the first committed write on the new primary");
     let mut summary = Vec::new();
-    for prof in profiles.split(',').filter(|s| !s.is_empty()) {
+    for prof in profiles.split(',').filter(|s| !s.is_empty() && runs > 0) {
         for f in [Fault::Freeze, Fault::CutOff, Fault::PgBroken] {
             let s = failovers(prof, f, runs)?;
             summary.push(format!("  {prof:<4} {:<9} {}", f.name(), s.line()));
