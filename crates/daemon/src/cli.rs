@@ -103,3 +103,52 @@ pub fn startup<Raw: DeserializeOwned + Validate>(
         Err(code) => Startup::Exit(code),
     }
 }
+
+/// The runtime a daemon runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// One thread: small and enough for daemons that only answer and poll.
+    CurrentThread,
+    MultiThread {
+        workers: usize,
+    },
+}
+
+/// The rest of every daemon's `main` after [`startup`]: builds the runtime, cancels `stop` on
+/// SIGTERM/SIGINT, runs the daemon until it returns, tells systemd STOPPING, and maps the
+/// result to the exit code (1 on an error, so that systemd restarts the daemon).
+pub fn run_until_stopped<F, Fut>(bin: &str, runtime: Runtime, run: F) -> ExitCode
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let built = match runtime {
+        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Runtime::MultiThread { workers } => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+        }
+    };
+    let rt = match built {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{bin}: start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signals = tokio::spawn(crate::shutdown::on_signal(stop.clone()));
+        let result = run(stop.clone()).await;
+        crate::systemd::stopping();
+        stop.cancel();
+        let _ = signals.await;
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{bin} stopped on an error");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -6,7 +6,8 @@
 //! 3. start a small multi-threaded runtime (two workers, so that the lease keeper keeps its
 //!    schedule even while the HA loop waits on a slow step) and run the agent: it binds the
 //!    REST port, tells systemd READY, and loops until SIGTERM/SIGINT;
-//! 4. on a signal: stop PostgreSQL, release the leader key, revoke the lease, exit 0.
+//! 4. on a signal: stop PostgreSQL, release the leader key, revoke the lease, tell systemd
+//!    STOPPING, exit 0.
 //!
 //! A failure to start (etcd unusable, port taken, PostgreSQL user missing) exits 1 with the
 //! reason; systemd restarts the unit.
@@ -14,8 +15,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use outrigger_daemon::cli::{CommonArgs, Startup, startup};
-use tokio_util::sync::CancellationToken;
+use outrigger_daemon::cli::{self, CommonArgs, Startup, startup};
 
 /// Patroni-compatible HA agent for PostgreSQL (Outrigger).
 #[derive(Debug, Parser)]
@@ -31,22 +31,5 @@ fn main() -> ExitCode {
         Startup::Exit(code) => return code,
         Startup::Run(cfg) => cfg,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(outrigger_daemon::shutdown::on_signal(shutdown.clone()));
-        match ha_agent::run::run(cfg, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "ha-agent stopped");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    cli::run_until_stopped("ha-agent", cli::Runtime::MultiThread { workers: 2 }, |stop| ha_agent::run::run(cfg, stop))
 }

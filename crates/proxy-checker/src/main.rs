@@ -15,9 +15,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use outrigger_daemon::cli::{self, CommonArgs};
-use outrigger_daemon::{shutdown, systemd};
+use outrigger_daemon::systemd;
 use proxy_checker::config::RawConfig;
-use tokio_util::sync::CancellationToken;
 
 /// HAProxy health-check endpoints for Patroni-layout clusters (Outrigger).
 #[derive(Debug, Parser)]
@@ -33,27 +32,7 @@ fn main() -> ExitCode {
         cli::Startup::Run(cfg) => cfg,
         cli::Startup::Exit(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("proxy-checker: start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
-        let stop = CancellationToken::new();
-        let signals = tokio::spawn(shutdown::on_signal(stop.clone()));
-        let result = proxy_checker::run(cfg, stop.clone(), systemd::ready).await;
-        systemd::stopping();
-        stop.cancel();
-        let _ = signals.await;
-        result
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "proxy-checker stopped on an error");
-            ExitCode::FAILURE
-        }
-    }
+    cli::run_until_stopped("proxy-checker", cli::Runtime::CurrentThread, |stop| {
+        proxy_checker::run(cfg, stop, systemd::ready)
+    })
 }

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use outrigger_daemon::cli::{self, CommonArgs};
-use outrigger_daemon::{shutdown, systemd};
-use tokio_util::sync::CancellationToken;
+use outrigger_daemon::systemd;
 use vip_manager::config::RawConfig;
 
 /// VRRP and etcd-driven virtual IP manager (Outrigger).
@@ -32,30 +31,11 @@ fn main() -> ExitCode {
         cli::Startup::Run(cfg) => cfg,
         cli::Startup::Exit(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vip-manager: start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
-        let stop = CancellationToken::new();
-        let signals = tokio::spawn(shutdown::on_signal(stop.clone()));
+    // The VIP is released by the library on every way out, errors included.
+    cli::run_until_stopped("vip-manager", cli::Runtime::CurrentThread, |stop| async move {
         let progress = vip_manager::Progress::default();
         let alive = progress.clone();
         let _watchdog = systemd::spawn_watchdog(stop.clone(), move || alive.alive(Duration::from_secs(15)));
-        let result = vip_manager::run(cfg, stop.clone(), progress, systemd::ready).await;
-        systemd::stopping();
-        stop.cancel();
-        let _ = signals.await;
-        result
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "vip-manager stopped on an error (the VIP was released)");
-            ExitCode::FAILURE
-        }
-    }
+        vip_manager::run(cfg, stop, progress, systemd::ready).await
+    })
 }
