@@ -16,8 +16,10 @@ use tokio::sync::oneshot;
 pub struct Snapshot {
     /// The status JSON of `GET /patroni` (and every health GET).
     pub status: Option<StatusJson>,
-    /// The leader key names this member and its lease is trusted (Patroni's `ha.is_leader()`).
-    pub holds_leader: bool,
+    /// Set while the leader key names this member and PostgreSQL is writable: until when its
+    /// lease is trusted (Patroni's `ha.is_leader()` is true before this instant, false after,
+    /// even if no new snapshot came).
+    pub leader_until: Option<std::time::Instant>,
     /// `pause` in `/config`.
     pub paused: bool,
     /// This member's name is in `/sync` (synchronous mode).
@@ -28,6 +30,13 @@ pub struct Snapshot {
     pub maximum_lag_on_failover: u64,
     /// Unix time (ms) when the cycle that produced this snapshot started.
     pub cycle_started_ms: u64,
+}
+
+impl Snapshot {
+    /// Patroni's `ha.is_leader()` at `now`.
+    pub fn holds_leader(&self, now: std::time::Instant) -> bool {
+        self.leader_until.is_some_and(|until| now < until)
+    }
 }
 
 /// A reply in Patroni's terms: HTTP status and a text (or JSON) body.

@@ -15,31 +15,46 @@ use hyper_util::rt::TokioIo;
 use outrigger_daemon::http::{Body, json, text};
 use outrigger_schema::StatusJson;
 
+use tokio::sync::mpsc;
+
+use crate::control::{Command, Snapshot};
 use crate::core::{PeerProbe, PeerRef, PeerStatus, Tags};
 use crate::metrics::Metrics;
 
 /// What the HTTP handlers answer from.
 pub struct ApiState {
-    status: RwLock<Option<StatusJson>>,
+    snapshot: RwLock<Snapshot>,
     /// When the HA loop last finished a cycle (Unix seconds), for `/liveness`.
     last_cycle: RwLock<u64>,
     pub metrics: Arc<Metrics>,
     /// `/liveness` fails after this long without a cycle.
     pub liveness_limit: Duration,
+    /// Actions for the HA loop (restart, reload, reinitialise).
+    pub commands: mpsc::Sender<Command>,
 }
 
 impl ApiState {
-    pub fn new(metrics: Arc<Metrics>, liveness_limit: Duration) -> Self {
-        Self { status: RwLock::new(None), last_cycle: RwLock::new(0), metrics, liveness_limit }
+    pub fn new(metrics: Arc<Metrics>, liveness_limit: Duration, commands: mpsc::Sender<Command>) -> Self {
+        Self {
+            snapshot: RwLock::new(Snapshot::default()),
+            last_cycle: RwLock::new(0),
+            metrics,
+            liveness_limit,
+            commands,
+        }
     }
 
-    pub fn publish(&self, s: StatusJson, now_unix: u64) {
-        *self.status.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s);
+    pub fn publish(&self, s: Snapshot, now_unix: u64) {
+        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = s;
         *self.last_cycle.write().unwrap_or_else(std::sync::PoisonError::into_inner) = now_unix;
     }
 
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     fn status(&self) -> Option<StatusJson> {
-        self.status.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.snapshot.read().unwrap_or_else(std::sync::PoisonError::into_inner).status.clone()
     }
 }
 
@@ -179,6 +194,10 @@ mod tests {
         }
     }
 
+    fn snapshot(s: StatusJson) -> Snapshot {
+        Snapshot { status: Some(s), ..Snapshot::default() }
+    }
+
     #[test]
     fn urls_are_split_for_the_request() {
         assert_eq!(split_url("http://10.0.0.2:8008/patroni"), Some(("10.0.0.2:8008".into(), "/patroni".into())));
@@ -189,8 +208,8 @@ mod tests {
     #[tokio::test]
     async fn peers_are_asked_over_http_and_silent_ones_time_out() {
         let metrics = Arc::new(Metrics::new("b", "n2"));
-        let state = Arc::new(ApiState::new(metrics, Duration::from_secs(10)));
-        state.publish(status(MemberRole::Primary), unix_now());
+        let state = Arc::new(ApiState::new(metrics, Duration::from_secs(10), mpsc::channel(1).0));
+        state.publish(snapshot(status(MemberRole::Primary)), unix_now());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
@@ -219,10 +238,10 @@ mod tests {
 
     #[test]
     fn head_gets_the_code_without_a_body_and_health_follows_the_state() {
-        let state = ApiState::new(Arc::new(Metrics::new("b", "n1")), Duration::from_secs(10));
+        let state = ApiState::new(Arc::new(Metrics::new("b", "n1")), Duration::from_secs(10), mpsc::channel(1).0);
         let mut s = status(MemberRole::Replica);
         s.state = "stopped".into();
-        state.publish(s, unix_now());
+        state.publish(snapshot(s), unix_now());
         assert_eq!(route(&state, &Method::GET, "/health").status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(route(&state, &Method::HEAD, "/patroni").status(), StatusCode::OK);
         assert_eq!(route(&state, &Method::GET, "/nope").status(), StatusCode::NOT_FOUND);

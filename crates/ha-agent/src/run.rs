@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::control::{Command, Reply, Snapshot};
 use crate::core::schedule::format_rfc3339_ms;
 use crate::core::{
     ClusterState, ClusterView, ConfigState, Decision, DynConfig, Moment, Observed, PeerRef, PgView, Recent, RunningPg,
@@ -84,6 +85,10 @@ pub struct Agent {
     busy_state: Option<&'static str>,
     /// pg_rewind failures in a row that were not the source going away.
     rewind_failures: u32,
+    /// Actions from the REST API.
+    commands: mpsc::Receiver<Command>,
+    /// Unix ms at the start of the current cycle.
+    cycle_started_ms: u64,
 }
 
 impl Agent {
@@ -163,6 +168,7 @@ impl Agent {
 
     async fn cycle(&mut self) {
         let started = std::time::Instant::now();
+        self.cycle_started_ms = wall_ms();
         let mut read = self.read().await;
         if let Some(r) = &read {
             let view = r.view.clone();
@@ -743,7 +749,23 @@ impl Agent {
             }),
             extra: serde_json::Map::new(),
         };
-        self.api.publish(status, wall_ms() / 1000);
+        let view = read.map(|r| &r.view);
+        self.api.publish(
+            Snapshot {
+                status: Some(status),
+                leader_until: (pg.writable()
+                    && view.and_then(|v| v.leader.as_ref()).is_some_and(|l| l.name == self.cfg.name))
+                .then(|| self.lease.view())
+                .filter(|l| l.id.is_some())
+                .map(|l| self.clock.instant(l.fence_at(&self.settings.timings)).into()),
+                paused: false,
+                sync_standby: false,
+                leader_optime: view.and_then(|v| v.status_optime),
+                maximum_lag_on_failover: self.dyn_config.maximum_lag_on_failover,
+                cycle_started_ms: self.cycle_started_ms,
+            },
+            wall_ms() / 1000,
+        );
         self.metrics.set_patroni(PatroniGauges {
             running: matches!(pg, PgView::Running(_)),
             primary: pg.writable(),
@@ -753,6 +775,19 @@ impl Agent {
             cluster_unlocked: unlocked.unwrap_or(false),
             pending_restart: self.pending_restart,
         });
+    }
+
+    // ---- REST actions ----
+
+    /// Runs an action the REST API asked for and answers it.
+    async fn command(&mut self, cmd: Command) {
+        let (reply, answer) = match cmd {
+            Command::Restart { reply, .. } => (reply, Reply::new(501, "restart is not supported yet")),
+            Command::CancelRestart { reply } => (reply, Reply::new(501, "restart is not supported yet")),
+            Command::Reload { reply } => (reply, Reply::new(501, "reload is not supported yet")),
+            Command::Reinitialize { reply, .. } => (reply, Reply::new(501, "reinitialize is not supported yet")),
+        };
+        let _ = reply.send(answer);
     }
 
     // ---- shutdown ----
@@ -841,7 +876,8 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
     let listener = tokio::net::TcpListener::bind(cfg.restapi_listen)
         .await
         .with_context(|| format!("listen on {} (restapi.listen)", cfg.restapi_listen))?;
-    let api = Arc::new(ApiState::new(metrics.clone(), cfg.timings.ttl * 2));
+    let (commands_tx, commands) = mpsc::channel(16);
+    let api = Arc::new(ApiState::new(metrics.clone(), cfg.timings.ttl * 2, commands_tx));
     let tasks = CancellationToken::new();
     let a = api.clone();
     tokio::spawn(
@@ -900,6 +936,8 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
         dcs_last_seen: None,
         busy_state: None,
         rewind_failures: 0,
+        commands,
+        cycle_started_ms: 0,
         cfg,
     };
     // Give the keeper its first grant before deciding anything: an agent restarted under a
@@ -937,6 +975,7 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
                 }
             }
             Some(line) = agent.pg_exits.recv() => tracing::info!("{line}"),
+            Some(cmd) = agent.commands.recv() => agent.command(cmd).await,
         }
     }
     outrigger_daemon::systemd::stopping();
