@@ -295,3 +295,63 @@ fn apply_etcd_merges_parameters_into_config_with_a_diff_and_keeps_everything_els
     assert!(text(&o.stderr).contains("nothing to change"), "{}", text(&o.stderr));
     assert_eq!(read("/service/main/config").mod_revision, after.mod_revision);
 }
+
+#[path = "ha_agent_harness.rs"]
+mod harness;
+
+/// The reference deployment's path end to end: tuner writes `postgresql.parameters` into a
+/// live cluster's `/config`, and the running ha-agent applies them: reloadable settings take
+/// effect in PostgreSQL, restart-only ones are reported as `pending_restart` in the member key.
+#[test]
+fn tuner_settings_written_to_etcd_are_applied_by_a_running_ha_agent() {
+    use std::time::Duration;
+
+    let c = harness::Cluster::start(
+        "tuner_apply_to_ha_agent",
+        harness::Opts { agents: 1, sync: false, ..harness::Opts::default() },
+    )
+    .expect("cluster");
+    let p = c.wait_primary(Duration::from_secs(60), &[]).expect("a primary");
+    let endpoints: Vec<String> = (0..c.etcd.len()).map(|m| format!("\"{}\"", c.etcd.endpoint(m))).collect();
+    let conf = c.net.dir().path().join("tuner.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "scope = \"{}\"\nnamespace = \"/service/\"\n[etcd]\nendpoints = [{}]\n",
+            harness::SCOPE,
+            endpoints.join(", ")
+        ),
+    )
+    .expect("write tuner.toml");
+    let (_, major) = postgres();
+    let wanted = json_settings(MACHINES[0]);
+    let mut args: Vec<String> = MACHINES[0].iter().map(|s| (*s).to_owned()).collect();
+    args.push(format!("--pg-version={major}"));
+    args.extend(["--config".to_owned(), conf.display().to_string(), "--apply-etcd".to_owned(), "--yes".to_owned()]);
+    let bin = tuner_bin();
+    let o = c
+        .net
+        .host(p)
+        .enter(move || Command::new(bin).args(args).output())
+        .expect("enter the primary's host")
+        .expect("run tuner");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    // A reloadable setting reaches PostgreSQL; a restart-only one is reported as pending.
+    let work_mem = wanted.get("work_mem").expect("tuner sets work_mem").clone();
+    assert!(wanted.contains_key("shared_buffers"), "tuner sets shared_buffers");
+    outrigger_testkit::wait_until(Duration::from_secs(20), "work_mem applied by ha-agent", || {
+        let shown = c.sql(p, "show work_mem").ok()?;
+        same("work_mem", &work_mem, &shown).then_some(())
+    })
+    .expect("work_mem from /config in force");
+    outrigger_testkit::wait_until(Duration::from_secs(20), "pending_restart in the member key", || {
+        let member = c.etcd_get(&format!("members/{}", harness::Cluster::name(p)))?;
+        let v: serde_json::Value = serde_json::from_str(&member).ok()?;
+        (v["pending_restart"] == serde_json::Value::Bool(true)).then_some(())
+    })
+    .expect("shared_buffers needs a restart and the member says so");
+    let pending =
+        c.sql(p, "select string_agg(name, ',' order by name) from pg_settings where pending_restart").unwrap();
+    assert!(pending.split(',').any(|n| n == "shared_buffers"), "pending in PostgreSQL: {pending}");
+}
