@@ -57,6 +57,8 @@ fn lab_comes_up_with_one_primary_behind_the_vip_and_goes_down_without_leftovers(
     let up = lab.run("up");
     let out = String::from_utf8_lossy(&up.stdout).into_owned() + &String::from_utf8_lossy(&up.stderr);
     assert!(up.status.success(), "lab up failed:\n{out}");
+    // A shell error in the script (a bad substitution, a missing command) must not pass silently.
+    assert!(!String::from_utf8_lossy(&up.stderr).contains("deploy/lab/lab: line"), "the lab script erred:\n{out}");
     let members: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with('n')).collect();
     let primaries = members.iter().filter(|l| l.contains(" primary ")).count();
     let streaming = members.iter().filter(|l| l.contains(" replica ") && l.contains(" streaming ")).count();
