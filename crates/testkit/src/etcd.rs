@@ -36,7 +36,17 @@ struct Member {
     proc: Option<Proc>,
 }
 
-/// A real etcd cluster (Debian's `etcd`), one member per chosen host, data in the test folder.
+impl Drop for Member {
+    fn drop(&mut self) {
+        // The process first (Proc's drop kills and reaps it), then its data.
+        drop(self.proc.take());
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// A real etcd cluster (Debian's `etcd`), one member per chosen host, data in the test folder
+/// while it runs (removed on drop: etcd preallocates 64 MB per WAL file, and a suite's worth
+/// of them would fill the disk; the members' logs stay).
 pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
