@@ -293,7 +293,9 @@ fn garbage_json_in_a_member_key_and_in_config_is_logged_and_ignored() -> anyhow:
 
 #[test]
 fn switchover_through_the_failover_key_moves_the_leader_without_losing_writes() -> anyhow::Result<()> {
-    let (c, p) = healthy("ha_switchover", Opts::default())?;
+    // Asynchronous replication: the candidate must still get every acknowledged write (it
+    // promotes only once it has the old primary's shutdown checkpoint).
+    let (c, p) = healthy("ha_switchover", Opts { sync: false, ..Opts::default() })?;
     let w = Writer::start(c.sockets());
     outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
     let cand = others(p)[0];
@@ -336,5 +338,56 @@ fn restarted_agent_keeps_its_running_primary_without_failover_or_restart() -> an
     })?;
     c.sql(p, "insert into acked values (1)")?;
     anyhow::ensure!(!new_log(&c).contains("fencing"), "the restarted agent fenced its primary");
+    no_unexpected_errors(&c, &[])
+}
+
+/// Patches `config` in etcd (a JSON object merge of `patch`), as `patronictl edit-config` does.
+fn patch_config(c: &Cluster, patch: serde_json::Value) -> anyhow::Result<()> {
+    let mut config: serde_json::Value = serde_json::from_str(&c.etcd_get("config").unwrap_or_default())?;
+    if let (Some(obj), Some(p)) = (config.as_object_mut(), patch.as_object()) {
+        for (k, v) in p {
+            if v.is_null() {
+                obj.remove(k);
+            } else {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    c.etcd_put("config", &config.to_string())
+}
+
+fn member_paused(c: &Cluster, i: usize) -> bool {
+    serde_json::from_str::<serde_json::Value>(&c.etcd_get(&format!("members/n{i}")).unwrap_or_default())
+        .is_ok_and(|m| m["pause"] == true)
+}
+
+#[test]
+fn paused_cluster_neither_restarts_nor_fails_over_but_switches_over_and_resumes() -> anyhow::Result<()> {
+    let (c, p) = healthy("ha_pause", Opts { sync: false, ..Opts::default() })?;
+    patch_config(&c, serde_json::json!({"pause": true}))?;
+    outrigger_testkit::wait_until(Duration::from_secs(10), "every member to publish pause: true", || {
+        (1..=3).all(|i| member_paused(&c, i)).then_some(())
+    })?;
+    // A switchover to a named candidate still runs, and the old primary follows the new one.
+    let cand = others(p)[0];
+    c.etcd_put("failover", &format!("{{\"leader\":\"n{p}\",\"member\":\"n{cand}\"}}"))?;
+    let new = c.wait_primary(FAILOVER, &[p])?;
+    anyhow::ensure!(new == cand, "n{new} took over, not the candidate n{cand}");
+    c.wait_streaming(new, &others(new), REJOIN)?;
+    // PostgreSQL killed on the leader: paused, nobody restarts it and nobody fails over.
+    let pid = c.postmaster_pid(new).ok_or_else(|| anyhow::anyhow!("no postmaster on n{new}"))?;
+    kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+    hold_for(Duration::from_secs(4), "nothing is started or promoted while paused", || {
+        for i in 1..=3 {
+            anyhow::ensure!(!c.writable(i), "n{i} accepts writes while paused");
+        }
+        Ok(())
+    })?;
+    anyhow::ensure!(c.leader_key().is_none(), "the leader key outlived its stopped primary while paused");
+    // Resume: the cluster heals itself.
+    patch_config(&c, serde_json::json!({"pause": null}))?;
+    let last = c.wait_primary(FAILOVER, &[])?;
+    c.wait_streaming(last, &others(last), REJOIN)?;
+    anyhow::ensure!(!(1..=3).any(|i| member_paused(&c, i)), "a member still publishes pause after resume");
     no_unexpected_errors(&c, &[])
 }

@@ -20,6 +20,11 @@
 //!
 //! Then the footprint: resident memory and CPU of each agent over 30 s of an idle cluster.
 //!
+//! Then switchovers through the `failover` key (as `POST /switchover` and patronictl write it),
+//! RUNS per profile, with the same writer: write-unavailability from the last write the old
+//! primary acknowledged to the first committed on the new one, and acknowledged writes lost
+//! (none allowed). `HA_BENCH_ONLY=switchover` runs only those.
+//!
 //! With `HA_BENCH_STABILITY_MIN=10` it also runs the "no false failover" check: for that many
 //! minutes, one etcd member is frozen for 1 s every 30 s and the etcd leader is moved twice;
 //! it reports leader changes and fences (there should be none).
@@ -180,6 +185,49 @@ fn failovers(prof: &str, f: Fault, runs: usize) -> anyhow::Result<Stats> {
     Ok(Stats { values })
 }
 
+/// RUNS switchovers through the `failover` key (what `POST /switchover` and patronictl write),
+/// to each other member in turn. Write-unavailability = from the last write the old primary
+/// acknowledged (it refuses writes from then on) to the first committed on the new primary.
+/// Also counts acknowledged writes missing on the new primary (there must be none).
+fn switchovers(prof: &str, runs: usize) -> anyhow::Result<(Vec<f64>, usize)> {
+    let c = Cluster::start(&format!("ha_bench_{prof}_switchover"), profile(prof))?;
+    let mut p = c.wait_primary(Duration::from_secs(90), &[])?;
+    c.wait_streaming(p, &others(p), Duration::from_secs(90))?;
+    c.sql(p, "create table acked(id bigint primary key)")?;
+    let w = Writer::start(c.sockets());
+    let mut values = Vec::new();
+    let mut lost_total = 0;
+    for run in 1..=runs {
+        let settled = Instant::now();
+        wait_until(Duration::from_secs(30), "writes on the primary", || {
+            w.acks().iter().any(|a| a.at > settled && a.member == p).then_some(())
+        })?;
+        std::thread::sleep(Duration::from_millis(200 + jitter_ms(500)));
+        let cand = others(p)[run % 2];
+        let t0 = Instant::now();
+        c.etcd_put("failover", &format!("{{\"leader\":\"n{p}\",\"member\":\"n{cand}\"}}"))?;
+        let first = wait_until(Duration::from_secs(60), "a write on the new primary", || w.first_ack_elsewhere(t0, p))?;
+        let acks = w.acks();
+        let last_old = acks.iter().filter(|a| a.member == p && a.at < first).map(|a| a.at).max().unwrap_or(t0);
+        let new = acks.iter().find(|a| a.at == first).map_or(0, |a| a.member);
+        let secs = (first - last_old).as_secs_f64();
+        let missing = harness::lost(&c, new, &acks)?.len();
+        lost_total += missing;
+        println!(
+            "  {prof:<4} switchover run {run:>2}: {secs:.3} s without writes (n{p} -> n{new}, asked for n{cand}; {:.2} s after the request; {missing} acknowledged writes lost)",
+            (first - t0).as_secs_f64()
+        );
+        values.push(secs);
+        wait_until(Duration::from_secs(30), "the failover key to be cleared", || {
+            (c.etcd_get("failover").as_deref() == Some("{}")).then_some(())
+        })?;
+        c.wait_streaming(new, &others(new), Duration::from_secs(90))?;
+        p = new;
+    }
+    drop(w);
+    Ok((values, lost_total))
+}
+
 /// A pseudo-random number of milliseconds below `max` (from the clock; no dependency).
 fn jitter_ms(max: u64) -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
@@ -272,10 +320,19 @@ fn main() -> anyhow::Result<()> {
     let profiles = std::env::var("HA_BENCH_PROFILES").unwrap_or_else(|_| "lab,ttl4".into());
     println!("ha-agent failover: from the fault to the first committed write on the new primary");
     let mut summary = Vec::new();
-    for prof in profiles.split(',').filter(|s| !s.is_empty() && runs > 0) {
+    let only_switchover = std::env::var("HA_BENCH_ONLY").is_ok_and(|o| o == "switchover");
+    for prof in profiles.split(',').filter(|s| !s.is_empty() && runs > 0 && !only_switchover) {
         for f in [Fault::Freeze, Fault::CutOff, Fault::PgBroken] {
             let s = failovers(prof, f, runs)?;
             summary.push(format!("  {prof:<4} {:<9} {}", f.name(), s.line()));
+            println!("{}", summary.last().map_or("", String::as_str));
+        }
+    }
+    if runs > 0 {
+        println!("ha-agent switchover (failover key, asynchronous replication): write-unavailability");
+        for prof in profiles.split(',').filter(|s| !s.is_empty()) {
+            let (v, lost) = switchovers(prof, runs)?;
+            summary.push(format!("  {prof:<4} switchover {} ({lost} acknowledged writes lost)", crate::summary(v)));
             println!("{}", summary.last().map_or("", String::as_str));
         }
     }
@@ -283,7 +340,7 @@ fn main() -> anyhow::Result<()> {
     for l in &summary {
         println!("{l}");
     }
-    if runs > 0 {
+    if runs > 0 && !only_switchover {
         println!("footprint:");
         footprint()?;
     }

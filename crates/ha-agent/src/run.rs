@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::control::{Command, Reply, Snapshot};
-use crate::core::schedule::format_rfc3339_ms;
+use crate::control::{Command, Reply, RestartRequest, Snapshot};
+use crate::core::schedule::{format_rfc3339_ms, parse_rfc3339_ms};
 use crate::core::{
     ClusterState, ClusterView, ConfigState, Decision, DynConfig, Moment, Observed, PeerRef, PgView, Recent, RunningPg,
     Settings, WaitReason,
@@ -89,6 +89,73 @@ pub struct Agent {
     commands: mpsc::Receiver<Command>,
     /// Unix ms at the start of the current cycle.
     cycle_started_ms: u64,
+    /// A restart scheduled through the REST API (`POST /restart` with `schedule`).
+    scheduled_restart: Option<ScheduledRestart>,
+    /// `POST /reload`: reload PostgreSQL in the next cycle even if nothing changed.
+    force_reload: bool,
+    /// Unix ms of a scheduled switchover in the `failover` key, to wake up on time.
+    switchover_at_ms: Option<u64>,
+}
+
+/// A restart waiting for its time, as published in the member key (`scheduled_restart`).
+#[derive(Debug, Clone)]
+struct ScheduledRestart {
+    req: RestartRequest,
+    at_ms: u64,
+    /// The postmaster's start time when it was scheduled: if PostgreSQL restarted meanwhile,
+    /// the scheduled restart is cancelled (as Patroni does).
+    postmaster_start_time: Option<String>,
+}
+
+impl ScheduledRestart {
+    fn json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("schedule".into(), format_rfc3339_ms(self.at_ms).into());
+        if let Some(t) = &self.postmaster_start_time {
+            m.insert("postmaster_start_time".into(), t.clone().into());
+        }
+        if let Some(r) = &self.req.role {
+            m.insert("role".into(), r.clone().into());
+        }
+        if let Some(v) = self.req.postgres_version {
+            m.insert("postgres_version".into(), v.into());
+        }
+        if self.req.restart_pending {
+            m.insert("restart_pending".into(), true.into());
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// Patroni's texts for a second action while one runs.
+fn busy_reply(cmd: Command, action: &'static str) {
+    let (reply, answer) = match cmd {
+        Command::Restart { reply, .. } => (reply, Reply::new(503, format!("{action} already in progress"))),
+        // The scheduled restart is kept; it runs (or is cancelled) once the action is done.
+        Command::CancelRestart { reply } => (reply, Reply::new(503, format!("{action} already in progress"))),
+        Command::Reload { reply } => (reply, Reply::new(202, "reload scheduled")),
+        Command::Reinitialize { force: true, reply, .. } if action == "reinitialize" => {
+            (reply, Reply::new(200, "reinitialize started"))
+        }
+        Command::Reinitialize { reply, .. } => (reply, Reply::new(503, format!("{action} already in progress"))),
+    };
+    let _ = reply.send(answer);
+}
+
+/// Runs `work` (a long action) while answering REST actions that arrive meanwhile, so that
+/// they get Patroni's "already in progress" instead of waiting for it to end.
+async fn while_busy<T>(
+    commands: &mut mpsc::Receiver<Command>,
+    action: &'static str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            Some(cmd) = commands.recv() => busy_reply(cmd, action),
+        }
+    }
 }
 
 impl Agent {
@@ -192,6 +259,16 @@ impl Agent {
             tracing::warn!(decision = d.kind(), error = format!("{e:#}"), "action failed");
         }
         self.busy_state = None;
+        if self.force_reload && matches!(pg, PgView::Running(_)) {
+            self.force_reload = false;
+            self.reload_now(read.as_ref(), &pg).await;
+        }
+        if d.is_steady()
+            && let Some(done) = self.run_scheduled_restart(&pg, extra.as_ref()).await
+        {
+            tracing::info!("scheduled restart: {}", done.body);
+            (pg, extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
+        }
         if !d.is_steady() {
             // The action changed things: publish what is true now.
             (pg, extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
@@ -216,6 +293,21 @@ impl Agent {
         } else {
             self.recent.primary_down_since = None;
         }
+        match read.map(|r| r.view.leader.is_none()) {
+            Some(true) => {
+                self.recent.unlocked_since.get_or_insert(self.clock.now());
+            }
+            Some(false) => self.recent.unlocked_since = None,
+            // etcd unreadable: keep what we knew.
+            None => {}
+        }
+        if matches!(pg, PgView::Running(_)) {
+            self.recent.stepped_down_at = None;
+        }
+        self.switchover_at_ms = read
+            .and_then(|r| r.view.failover.as_ref())
+            .and_then(|f| f.scheduled_at.as_deref())
+            .and_then(parse_rfc3339_ms);
     }
 
     fn log(&mut self, d: &Decision) {
@@ -228,7 +320,10 @@ impl Agent {
             Decision::StayStopped { .. } | Decision::Wait { reason: WaitReason::SystemIdMismatch { .. } } => {
                 tracing::error!(decision = d.kind(), "{line}")
             }
-            Decision::Fence { .. } | Decision::Demote { .. } | Decision::ReleaseLeader { .. } => {
+            Decision::Fence { .. }
+            | Decision::Demote { .. }
+            | Decision::ReleaseLeader { .. }
+            | Decision::Wait { reason: WaitReason::PausedPrimaryWithoutKey(_) } => {
                 tracing::warn!(decision = d.kind(), "{line}")
             }
             _ => tracing::info!(decision = d.kind(), "{line}"),
@@ -325,19 +420,14 @@ impl Agent {
                 }
             }
             Decision::ReleaseLeader { .. } => {
-                if pg.writable() {
+                // Paused, PostgreSQL is left as it is (Patroni releases without stopping).
+                if pg.writable() && !self.dyn_config.pause {
                     self.pg.stop(StopMode::Immediate).await?;
                     self.lease.disarm();
                 }
                 self.dcs.release().await?;
             }
-            Decision::StepDown { .. } => {
-                // A fast stop writes the shutdown checkpoint and ships it to the replicas
-                // before the server exits, so the candidate has everything when we let go.
-                self.pg.stop(StopMode::Fast).await?;
-                self.lease.disarm();
-                self.dcs.release().await?;
-            }
+            Decision::StepDown { .. } => self.step_down(read).await?,
             Decision::ClearFailover { .. } => {
                 if let Some(f) = read.and_then(|r| r.view.failover.as_ref()) {
                     self.dcs.clear_failover(f.mod_revision).await?;
@@ -691,9 +781,9 @@ impl Agent {
             tags: tags.clone(),
             pending_restart: self.pending_restart.then_some(true),
             pending_restart_reason: None,
-            scheduled_restart: None,
+            scheduled_restart: self.scheduled_restart.as_ref().map(ScheduledRestart::json),
             checkpoint_after_promote: None,
-            pause: None,
+            pause: self.dyn_config.pause.then_some(true),
             extra: serde_json::Map::new(),
         };
         if let (Some(lease), Some(_)) = (self.lease.view().id, read) {
@@ -747,7 +837,14 @@ impl Agent {
                 scope: self.dcs.layout().scope().to_owned(),
                 name: Some(self.cfg.name.clone()),
             }),
-            extra: serde_json::Map::new(),
+            extra: {
+                // Patroni's status JSON carries these when set; the REST API serves it as is.
+                let mut m = serde_json::Map::new();
+                if let Some(r) = &member.scheduled_restart {
+                    m.insert("scheduled_restart".into(), r.clone());
+                }
+                m
+            },
         };
         let view = read.map(|r| &r.view);
         self.api.publish(
@@ -758,7 +855,7 @@ impl Agent {
                 .then(|| self.lease.view())
                 .filter(|l| l.id.is_some())
                 .map(|l| self.clock.instant(l.fence_at(&self.settings.timings)).into()),
-                paused: false,
+                paused: self.dyn_config.pause,
                 sync_standby: false,
                 leader_optime: view.and_then(|v| v.status_optime),
                 maximum_lag_on_failover: self.dyn_config.maximum_lag_on_failover,
@@ -781,13 +878,254 @@ impl Agent {
 
     /// Runs an action the REST API asked for and answers it.
     async fn command(&mut self, cmd: Command) {
-        let (reply, answer) = match cmd {
-            Command::Restart { reply, .. } => (reply, Reply::new(501, "restart is not supported yet")),
-            Command::CancelRestart { reply } => (reply, Reply::new(501, "restart is not supported yet")),
-            Command::Reload { reply } => (reply, Reply::new(501, "reload is not supported yet")),
-            Command::Reinitialize { reply, .. } => (reply, Reply::new(501, "reinitialize is not supported yet")),
+        match cmd {
+            Command::Restart { req, reply } => {
+                let answer = if let Some(at_ms) = req.schedule_ms {
+                    self.schedule_restart(req, at_ms).await
+                } else {
+                    self.restart(&req).await
+                };
+                let _ = reply.send(answer);
+            }
+            Command::CancelRestart { reply } => {
+                let answer = if self.scheduled_restart.take().is_some() {
+                    tracing::info!("scheduled restart deleted");
+                    self.publish_now().await;
+                    Reply::new(200, "scheduled restart deleted")
+                } else {
+                    Reply::new(404, "no restarts are scheduled")
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Reload { reply } => {
+                // Like Patroni's SIGHUP: answered at once, done by the loop right after.
+                self.force_reload = true;
+                let _ = reply.send(Reply::new(202, "reload scheduled"));
+            }
+            Command::Reinitialize { force: _, from_leader, reply } => self.reinitialize(from_leader, reply).await,
+        }
+    }
+
+    /// Observes and publishes now (after an action changed what the member key says).
+    async fn publish_now(&mut self) {
+        let read = self.read().await;
+        let (pg, extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
+        self.publish(read.as_ref(), &pg, extra.as_ref()).await;
+    }
+
+    /// `POST /restart` with a schedule: one at a time (Patroni's 409 otherwise).
+    async fn schedule_restart(&mut self, mut req: RestartRequest, at_ms: u64) -> Reply {
+        if self.dyn_config.pause {
+            return Reply::new(500, "Can't schedule restart in the paused state");
+        }
+        if self.scheduled_restart.is_some() {
+            return Reply::new(409, "Another restart is already scheduled");
+        }
+        req.schedule_ms = None;
+        let (_, extra) = self.pg.observe(None).await;
+        self.scheduled_restart =
+            Some(ScheduledRestart { req, at_ms, postmaster_start_time: extra.and_then(|e| e.postmaster_start_time) });
+        tracing::info!(at = format_rfc3339_ms(at_ms), "restart scheduled");
+        self.publish_now().await;
+        Reply::new(202, "Restart scheduled")
+    }
+
+    /// Runs the scheduled restart when due (dropped when stale or when PostgreSQL restarted
+    /// meanwhile, as Patroni does). Returns the outcome when it ran.
+    async fn run_scheduled_restart(&mut self, pg: &PgView, extra: Option<&crate::pg::Extra>) -> Option<Reply> {
+        let sr = self.scheduled_restart.as_ref()?;
+        let now = wall_ms();
+        if sr.at_ms > now {
+            return None;
+        }
+        let sr = self.scheduled_restart.take()?;
+        let started = extra.and_then(|e| e.postmaster_start_time.clone());
+        if matches!(pg, PgView::Running(_)) && sr.postmaster_start_time.is_some() && started != sr.postmaster_start_time
+        {
+            tracing::info!("cancelling the scheduled restart: PostgreSQL restarted meanwhile");
+            return None;
+        }
+        let stale_ms = u64::try_from((self.settings.timings.loop_wait * 3 / 2).as_millis()).unwrap_or(u64::MAX);
+        if now - sr.at_ms > stale_ms {
+            tracing::warn!(at = format_rfc3339_ms(sr.at_ms), "dropping a stale scheduled restart");
+            return None;
+        }
+        Some(self.restart(&sr.req).await)
+    }
+
+    /// When the loop must wake up for something scheduled (switchover or restart) before its
+    /// next regular cycle.
+    fn scheduled_wake(&self) -> Option<tokio::time::Instant> {
+        let at =
+            [self.switchover_at_ms, self.scheduled_restart.as_ref().map(|r| r.at_ms)].into_iter().flatten().min()?;
+        let now = wall_ms();
+        Some(tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now)))
+    }
+
+    /// `POST /restart` now: checks Patroni's filters, then a fast stop and a start with the
+    /// same configuration. The leader keeps its key throughout (the lease keeper renews it on
+    /// its own task), so nobody fails over; if PostgreSQL does not come back, the next cycle
+    /// releases the key as for any failed start.
+    async fn restart(&mut self, req: &RestartRequest) -> Reply {
+        let (pg, extra) = self.pg.observe(self.upstream_ref().as_ref()).await;
+        let role = match &pg {
+            PgView::Running(r) if r.primary => "primary",
+            _ => "replica",
         };
-        let _ = reply.send(answer);
+        let version = extra.as_ref().map_or(0, |e| e.server_version);
+        let pending = self.pending_restart;
+        let why_not = if req.role.as_deref().is_some_and(|r| r != role) {
+            Some("host role mismatch")
+        } else if req.postgres_version.is_some_and(|v| v <= version) {
+            Some("postgres version mismatch")
+        } else if req.restart_pending && !pending {
+            Some("pending restart flag is not set")
+        } else {
+            None
+        };
+        if let Some(why) = why_not {
+            tracing::info!(reason = why, "not proceeding with the restart");
+            return Reply::new(503, "restart conditions are not satisfied");
+        }
+        if matches!(pg, PgView::Starting { .. }) {
+            return Reply::new(503, "postgres is still starting");
+        }
+        tracing::info!(role, "restarting PostgreSQL (asked through the REST API)");
+        self.busy_state = Some("restarting");
+        self.publish(None, &pg, extra.as_ref()).await;
+        let limit = req.timeout.unwrap_or(self.dyn_config.primary_start_timeout);
+        let Self { pg: postgres, commands, .. } = self;
+        let done = while_busy(commands, "restart", async {
+            postgres.stop(StopMode::Fast).await?;
+            match tokio::time::timeout(limit, postgres.start()).await {
+                Ok(r) => r.map(|()| true),
+                Err(_) => Ok(false),
+            }
+        })
+        .await;
+        self.busy_state = None;
+        let answer = match done {
+            Ok(true) => {
+                self.recent.start_failed_at = None;
+                if let Ok(p) = self.pg.pending_restart().await {
+                    self.pending_restart = !p.is_empty();
+                }
+                Reply::new(200, "restarted successfully")
+            }
+            Ok(false) => Reply::new(503, "postgres is still starting"),
+            Err(e) => {
+                self.failed_start(&e);
+                Reply::new(503, "restart failed")
+            }
+        };
+        self.publish_now().await;
+        answer
+    }
+
+    fn upstream_ref(&self) -> Option<Upstream> {
+        // Without a fresh read the address is unknown; the name is what `observe` compares.
+        self.upstream.as_ref().map(|m| Upstream { member: m.clone(), host: String::new(), port: 0 })
+    }
+
+    /// `POST /reload` (and a forced reload): write the configuration for our current role
+    /// from the dynamic config in force, then reload PostgreSQL.
+    async fn reload_now(&mut self, read: Option<&Read>, pg: &PgView) {
+        let replica = matches!(pg, PgView::Running(r) if !r.primary);
+        let up = if replica { self.current_upstream(read) } else { None };
+        let r = async {
+            self.pg.write_config(&self.dyn_config.parameters, replica, up.as_ref(), self.wal_log_hints())?;
+            self.pg.reload().await
+        }
+        .await;
+        match r {
+            Ok(pending) => {
+                tracing::info!(pending_restart = pending.join(","), "PostgreSQL reloaded");
+                self.pending_restart = !pending.is_empty();
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "reload"),
+        }
+    }
+
+    /// `POST /reinitialize`: replicas only. Answers at once, then stops PostgreSQL, removes
+    /// the data directory and clones again from the leader (or, unless `from_leader`, from a
+    /// running member tagged `clonefrom`), and starts as a replica of the leader.
+    async fn reinitialize(&mut self, from_leader: bool, reply: tokio::sync::oneshot::Sender<Reply>) {
+        let Some(read) = self.read().await else {
+            let _ = reply.send(Reply::new(503, "DCS is not accessible"));
+            return;
+        };
+        let Some(leader) = read.view.leader.as_ref().map(|l| l.name.clone()) else {
+            let _ = reply.send(Reply::new(503, "Cluster has no leader, can not reinitialize"));
+            return;
+        };
+        if leader == self.cfg.name {
+            let _ = reply.send(Reply::new(503, "I am the leader, can not reinitialize"));
+            return;
+        }
+        let me = self.cfg.name.as_str();
+        let source = read
+            .view
+            .members
+            .iter()
+            .find(|m| !from_leader && m.tags.clonefrom && m.running && m.name != me && m.name != leader)
+            .map_or(leader.clone(), |m| m.name.clone());
+        let (Some(src), Some(up)) = (self.upstream_of(Some(&read), &source), self.upstream_of(Some(&read), &leader))
+        else {
+            let _ = reply.send(Reply::new(503, format!("no conn_url for {source}")));
+            return;
+        };
+        let _ = reply.send(Reply::new(200, "reinitialize started"));
+        tracing::info!(source = %source, "reinitializing (asked through the REST API)");
+        let (pg, _) = self.pg.observe(None).await;
+        self.announce(Some(&read), &pg, "creating replica").await;
+        let params = self.dyn_config.parameters.clone();
+        let hints = self.wal_log_hints();
+        let Self { pg: postgres, commands, .. } = self;
+        let r = while_busy(commands, "reinitialize", async {
+            postgres.stop(StopMode::Immediate).await?;
+            postgres.remove_data()?;
+            postgres.basebackup(&src.host, src.port).await?;
+            postgres.write_config(&params, true, Some(&up), hints)?;
+            postgres.start().await
+        })
+        .await;
+        self.busy_state = None;
+        self.upstream = Some(leader);
+        self.recent = Recent { known_peers: std::mem::take(&mut self.recent.known_peers), ..Recent::default() };
+        self.rewind_failures = 0;
+        match r {
+            Ok(()) => tracing::info!(source = %source, "reinitialized"),
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "reinitialize failed");
+                self.recent.start_failed_at = Some(self.clock.now());
+            }
+        }
+        self.publish_now().await;
+    }
+
+    /// Planned switchover, leader side: stop taking writes (a fast stop writes the shutdown
+    /// checkpoint, and walsenders wait for connected replicas to confirm they have it), tell
+    /// peers we are no longer primary, publish the shutdown checkpoint as the cluster's last
+    /// position (`status.optime`, as Patroni does on a graceful release) so that the
+    /// candidate promotes only once it has everything, then release the key.
+    async fn step_down(&mut self, read: Option<&Read>) -> anyhow::Result<()> {
+        self.pg.stop(StopMode::Fast).await?;
+        self.lease.disarm();
+        self.upstream = None;
+        self.recent.stepped_down_at = Some(self.clock.now());
+        let (pg, _) = self.pg.observe(None).await;
+        self.publish(read, &pg, None).await;
+        if let PgView::Stopped(ctl) = &pg
+            && ctl.state == ClusterState::ShutDown
+        {
+            let mut status = self.last_status.clone().unwrap_or_default();
+            status.optime = ctl.checkpoint_lsn;
+            self.dcs.write_status(&status).await.context("publish the shutdown checkpoint")?;
+            self.last_status = Some(status);
+            tracing::info!(checkpoint = ctl.checkpoint_lsn, "stopped for the switchover; releasing the leader key");
+        }
+        self.dcs.release().await?;
+        Ok(())
     }
 
     // ---- shutdown ----
@@ -795,6 +1133,13 @@ impl Agent {
     /// Like Patroni: stop PostgreSQL (fast, so a primary's replicas get everything), give up
     /// the leader key, and revoke the lease (our member key goes with it).
     async fn shutdown(&mut self) {
+        if self.dyn_config.pause {
+            // Maintenance mode: PostgreSQL keeps running, and the leader key stays until our
+            // lease expires (Patroni keeps both).
+            tracing::info!("paused: leaving PostgreSQL running and the leader key in place");
+            self.lease.disarm();
+            return;
+        }
         tracing::info!("stopping PostgreSQL and leaving the cluster");
         if let Err(e) = self.pg.stop(StopMode::Fast).await {
             tracing::warn!(error = format!("{e:#}"), "stop PostgreSQL");
@@ -930,6 +1275,9 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
         last_status: None,
         last_status_at: None,
         reported: HashSet::new(),
+        scheduled_restart: None,
+        force_reload: false,
+        switchover_at_ms: None,
         known: BTreeMap::new(),
         slot_members: BTreeMap::new(),
         pending_restart: false,
@@ -965,9 +1313,10 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
     loop {
         let started = tokio::time::Instant::now();
         agent.cycle().await;
+        let next = agent.scheduled_wake().map_or(started + loop_wait, |at| at.min(started + loop_wait));
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep_until(started + loop_wait) => {}
+            () = tokio::time::sleep_until(next) => {}
             () = wake.notified() => {}
             () = lease.loop_wake.notified() => {
                 if lease.take_fenced() {

@@ -5,7 +5,8 @@
 //! Faults: host crashes, agent-only crashes with a quick restart, PostgreSQL crashes (some
 //! unable to restart for a while), host freezes (SIGSTOP of everything on the host), agent-etcd
 //! and agent-agent partitions, whole-etcd outages, etcd leader changes (which re-extend every
-//! lease to its full TTL), forward clock jumps and clock-rate drift, and planned switchovers.
+//! lease to its full TTL), forward clock jumps and clock-rate drift, planned switchovers, and
+//! maintenance mode (`pause`) switched on for a while.
 //!
 //! Invariants:
 //! 1. never two PostgreSQL servers accept writes at the same instant;
@@ -97,6 +98,9 @@ struct Etcd {
     failover: Option<FailoverRequest>,
     /// Bumped whenever a key that wakes the HA loops changes (leader, failover, initialize).
     wake_revision: i64,
+    /// `pause` in `config`, and when the simulation lifts it.
+    paused: bool,
+    pause_ends: u64,
 }
 
 impl Etcd {
@@ -128,7 +132,7 @@ impl Etcd {
         let mut v = ClusterView::empty();
         v.revision = self.revision;
         v.initialize = self.initialize.unwrap_or(Initialize::Absent);
-        v.config = ConfigState::Valid(dyn_config());
+        v.config = ConfigState::Valid(DynConfig { pause: self.paused, ..dyn_config() });
         v.leader = self.leader.clone();
         v.members = self.members.values().cloned().collect();
         v.status_optime = self.status_optime;
@@ -257,6 +261,8 @@ struct Agent {
     recent: Recent,
     upstream: Option<String>,
     last: Option<String>,
+    /// `pause` as last read (the shell keeps the last good config when etcd is unreachable).
+    paused: bool,
 }
 
 impl Agent {
@@ -271,6 +277,7 @@ impl Agent {
             recent: Recent::default(),
             upstream: None,
             last: None,
+            paused: false,
         }
     }
 }
@@ -589,6 +596,11 @@ impl World {
         }
         self.restart_hosts();
         self.etcd.expire(self.t);
+        if self.etcd.paused && self.t >= self.etcd.pause_ends {
+            self.etcd.paused = false;
+            self.etcd.bump(true);
+            self.note("pause lifted".into());
+        }
         let mut order: Vec<usize> = (0..self.hosts.len()).collect();
         for i in (1..order.len()).rev() {
             let j = self.rng.below(i as u64 + 1) as usize;
@@ -703,9 +715,22 @@ impl World {
     fn cycle(&mut self, h: usize, view: Option<ClusterView>, answers: Option<Vec<PeerProbe>>) {
         let now = Moment::from_millis(self.hosts[h].local(self.t));
         let pg = self.pg_view(h);
+        if let Some(v) = &view {
+            let unlocked = v.leader.is_none();
+            let agent = self.hosts[h].agent.as_mut().expect("agent runs");
+            agent.paused = matches!(&v.config, ConfigState::Valid(c) if c.pause);
+            if unlocked {
+                agent.recent.unlocked_since.get_or_insert(now);
+            } else {
+                agent.recent.unlocked_since = None;
+            }
+        }
+        if !matches!(pg, PgView::Stopped(_) | PgView::NoData) {
+            self.hosts[h].agent.as_mut().expect("agent runs").recent.stepped_down_at = None;
+        }
         let host = &self.hosts[h];
         let agent = host.agent.as_ref().expect("agent runs");
-        let cfg = dyn_config();
+        let cfg = DynConfig { pause: agent.paused, ..dyn_config() };
         let decision = decide(&Observed {
             now,
             wall_ms: 1_800_000_000_000 + self.t,
@@ -847,7 +872,9 @@ impl World {
                 self.busy(h, 200, Pending::StartPrimary);
             }
             Decision::ReleaseLeader { .. } => {
-                if self.hosts[h].pg.run == Run::Primary {
+                // Paused, the shell releases without stopping PostgreSQL.
+                let paused = self.hosts[h].agent.as_ref().is_some_and(|a| a.paused);
+                if self.hosts[h].pg.run == Run::Primary && !paused {
                     self.stop_pg(h, false);
                 }
                 if ok && self.etcd.leader.as_ref().is_some_and(|k| k.name == name) {
@@ -857,8 +884,14 @@ impl World {
             }
             Decision::StepDown { candidate } => {
                 self.stop_pg(h, true);
-                self.hosts[h].agent.as_mut().expect("agent runs").armed = false;
+                let now = Moment::from_millis(self.hosts[h].local(self.t));
+                let agent = self.hosts[h].agent.as_mut().expect("agent runs");
+                agent.armed = false;
+                agent.recent.stepped_down_at = Some(now);
+                // The shutdown checkpoint becomes the cluster's last position.
+                let checkpoint = self.hosts[h].pg.data.as_ref().map(|d| d.checkpoint);
                 if ok && self.etcd.leader.as_ref().is_some_and(|k| k.name == name) {
+                    self.etcd.status_optime = checkpoint.or(self.etcd.status_optime);
                     self.etcd.leader = None;
                     self.etcd.bump(true);
                     self.note(format!("{name} stepped down for {candidate:?}"));
@@ -1057,7 +1090,7 @@ impl World {
         let h = self.rng.below(n as u64) as usize;
         let t = self.t;
         let name = self.hosts[h].name.clone();
-        match self.rng.below(11) {
+        match self.rng.below(12) {
             0 => {
                 let d = self.rng.range(500, 5000);
                 self.note(format!("FAULT {name} host crashes for {d} ms"));
@@ -1125,6 +1158,15 @@ impl World {
                 self.note(format!("FAULT {name} monotonic clock jumps {jump} ms ahead"));
                 self.hosts[h].offset += jump;
             }
+            10 => {
+                let d = self.rng.range(1000, 8000);
+                self.note(format!("FAULT maintenance mode (pause) for {d} ms"));
+                if !self.etcd.paused {
+                    self.etcd.paused = true;
+                    self.etcd.bump(true);
+                }
+                self.etcd.pause_ends = self.etcd.pause_ends.max(t + d);
+            }
             _ => {
                 if let Some(l) = self.etcd.leader.clone() {
                     let cand = if self.rng.chance(500) { Some(name) } else { None };
@@ -1154,6 +1196,7 @@ impl World {
                 self.pair_cut[h][o] = self.pair_cut[h][o].min(t);
             }
         }
+        self.etcd.pause_ends = self.etcd.pause_ends.min(t);
         self.note("HEAL all faults stop".into());
     }
 

@@ -7,6 +7,19 @@
 //! 2. A primary that sees another member's name in the leader key is demoted.
 //! 3. Nobody promotes or starts a primary without holding the leader key on its own trusted
 //!    lease, and nobody races for the key while a peer answers that it is still primary.
+//!
+//! Maintenance mode (`pause` in `config`, Patroni's `docs/pause.rst`): no automatic start,
+//! stop, promote or demote, no rewind, clone or reinit. The leader keeps its key (the lease
+//! keeper renews it as always); a primary without the key takes it when the cluster is
+//! unlocked; the key is released when its holder is no longer a running primary; a switchover
+//! to a named candidate still runs, old primary's return as a replica included.
+//!
+//! Rule 1 holds in maintenance mode too, unlike Patroni (which keeps a primary running when
+//! it cannot update its lock while paused): a primary whose lease is not trusted is still
+//! fenced. A primary cut off from etcd cannot see the pause end, and once it ends the
+//! replicas race and one promotes; only the fence keeps the old one from taking writes then.
+//! The one thing maintenance mode gives up is demoting a primary that the operator made by
+//! hand next to the leader: it is reported, not stopped (the operator owns PostgreSQL).
 
 use super::decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
 use super::divergence::{self, Divergence, LocalEnd};
@@ -75,7 +88,9 @@ pub fn decide(o: &Observed<'_>) -> Decision {
 /// read-only so that it still serves reads.
 fn without_etcd(o: &Observed<'_>) -> Decision {
     match o.pg {
-        PgView::Stopped(_) if !start_failed(o) && !o.recent.diverged => Decision::Follow { leader: None },
+        PgView::Stopped(_) if !o.config.pause && !start_failed(o) && !o.recent.diverged => {
+            Decision::Follow { leader: None }
+        }
         _ => Decision::Wait { reason: WaitReason::EtcdUnreachable },
     }
 }
@@ -84,6 +99,9 @@ fn without_etcd(o: &Observed<'_>) -> Decision {
 fn without_data(o: &Observed<'_>, c: &ClusterView, i_lead: bool) -> Decision {
     if i_lead {
         return Decision::ReleaseLeader { reason: ReleaseReason::NoDataDirectory };
+    }
+    if o.config.pause {
+        return Decision::Wait { reason: WaitReason::Paused("no data directory; no bootstrap or clone while paused") };
     }
     if let Some(leader) = &c.leader {
         // Rule: clone from a running member tagged `clonefrom`, else from the leader.
@@ -138,6 +156,9 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
     if !lease_ok {
         return Decision::Wait { reason: WaitReason::LeaseNotTrusted };
     }
+    if o.config.pause {
+        return paused_leader(o, c);
+    }
     match o.pg {
         PgView::Running(r) if r.primary => {
             if let Some(f) = &c.failover
@@ -178,6 +199,24 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
     }
 }
 
+/// Rule (paused): the leader keeps its key while its PostgreSQL runs as a primary, and
+/// releases it when someone demoted or stopped it by hand; it never starts or promotes.
+fn paused_leader(o: &Observed<'_>, c: &ClusterView) -> Decision {
+    match o.pg {
+        PgView::Running(r) if r.primary => {
+            if let Some(f) = &c.failover
+                && let Some(d) = switchover(o, c, f, r)
+            {
+                return d;
+            }
+            Decision::Lead
+        }
+        PgView::Running(_) => Decision::ReleaseLeader { reason: ReleaseReason::NotPrimaryWhilePaused },
+        PgView::Starting { .. } => Decision::Wait { reason: WaitReason::PgStarting },
+        _ => Decision::ReleaseLeader { reason: ReleaseReason::NotRunningWhilePaused },
+    }
+}
+
 /// A start failed recently: do not try again before one `ttl` has passed.
 fn start_failed(o: &Observed<'_>) -> bool {
     o.recent.start_failed_at.is_some_and(|at| o.now.since(at) < o.settings.timings.ttl)
@@ -195,10 +234,25 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
     {
         return Some(Decision::ClearFailover { reason: ClearReason::NamesAnotherLeader(l.clone()) });
     }
+    // Rule (paused): only an immediate switchover to a named candidate.
+    if o.config.pause {
+        if f.scheduled_at.is_some() {
+            return Some(Decision::ClearFailover { reason: ClearReason::PausedScheduled });
+        }
+        if f.candidate.is_none() {
+            return Some(Decision::ClearFailover { reason: ClearReason::PausedNeedsCandidate });
+        }
+    }
+    // Rule: a scheduled switchover waits for its time (the shell wakes up then); one more
+    // than 1.5 x loop_wait in the past is stale and dropped, as Patroni does.
     if let Some(at) = &f.scheduled_at {
+        let stale_after = u64::try_from((o.settings.timings.loop_wait * 3 / 2).as_millis()).unwrap_or(u64::MAX);
         match parse_rfc3339_ms(at) {
             None => return Some(Decision::ClearFailover { reason: ClearReason::BadSchedule(at.clone()) }),
             Some(ms) if ms > o.wall_ms => return None,
+            Some(ms) if o.wall_ms - ms > stale_after => {
+                return Some(Decision::ClearFailover { reason: ClearReason::Stale(at.clone()) });
+            }
             Some(_) => {}
         }
     }
@@ -223,9 +277,16 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
 
 /// Someone else holds the leader key.
 fn as_follower(o: &Observed<'_>, c: &ClusterView, leader: &str) -> Decision {
-    // Rule: a primary that is not the leader is demoted at once.
+    // Rule: a primary that is not the leader is demoted at once (paused: reported only).
     if o.pg.writable() {
+        if o.config.pause {
+            return Decision::Wait { reason: WaitReason::PausedPrimaryWithoutKey(leader.to_owned()) };
+        }
         return Decision::Demote { reason: DemoteReason::OtherLeader(leader.to_owned()) };
+    }
+    // Rule (paused): PostgreSQL is not started, except the old primary of a switchover.
+    if o.config.pause && !matches!(o.pg, PgView::Running(_)) && o.recent.stepped_down_at.is_none() {
+        return Decision::Wait { reason: WaitReason::Paused("PostgreSQL is not running; not starting it") };
     }
     let Some(lm) = c.member(leader) else {
         return match o.pg {
@@ -277,6 +338,9 @@ fn as_follower(o: &Observed<'_>, c: &ClusterView, leader: &str) -> Decision {
 /// Rule: a diverged member is rewound if allowed and possible, else reinitialised if allowed,
 /// else kept stopped with the reason.
 fn rejoin(o: &Observed<'_>, leader: &str) -> Decision {
+    if o.config.pause {
+        return Decision::Wait { reason: WaitReason::Paused("diverged from the leader; no pg_rewind or reinit") };
+    }
     let s = o.settings;
     let rewindable = match o.pg {
         PgView::Running(r) => r.rewindable,
@@ -303,6 +367,8 @@ fn rejoin(o: &Observed<'_>, leader: &str) -> Decision {
 /// Nobody holds the leader key.
 fn unlocked(o: &Observed<'_>, c: &ClusterView) -> Decision {
     match o.pg {
+        // Rule (paused): a primary without the key takes it, whatever its timeline.
+        PgView::Running(r) if r.primary && o.config.pause => Decision::AcquireLeader,
         PgView::Running(r) if r.primary => {
             // Rule: a primary whose key vanished takes it back at once (no peers to ask: it
             // is the primary), unless the cluster has moved past its timeline meanwhile.
@@ -313,8 +379,23 @@ fn unlocked(o: &Observed<'_>, c: &ClusterView) -> Decision {
                 _ => Decision::AcquireLeader,
             }
         }
+        // Rule (paused): no automatic failover; only the named candidate of a switchover races.
+        PgView::Running(_)
+            if o.config.pause
+                && c.failover.as_ref().and_then(|f| f.candidate.as_deref()) != Some(o.settings.name.as_str()) =>
+        {
+            Decision::Wait { reason: WaitReason::Paused("no automatic failover") }
+        }
         PgView::Running(r) => race(o, c, r),
         PgView::Starting { .. } => Decision::Wait { reason: WaitReason::PgStarting },
+        // Rule: the old primary of a switchover waits (bounded) for the candidate to take the
+        // key, then follows it; starting it read-only meanwhile would only slow the candidate.
+        PgView::Stopped(_) if within_switchover_wait(o, o.recent.stepped_down_at) => {
+            Decision::Wait { reason: WaitReason::SteppedDown }
+        }
+        PgView::Stopped(_) if o.config.pause => {
+            Decision::Wait { reason: WaitReason::Paused("PostgreSQL is not running; not starting it") }
+        }
         PgView::Stopped(_) if o.recent.diverged => {
             Decision::Wait { reason: WaitReason::NotEligible("diverged; waiting for a leader to rewind from") }
         }
@@ -325,6 +406,11 @@ fn unlocked(o: &Observed<'_>, c: &ClusterView) -> Decision {
         PgView::Stopped(_) => Decision::Follow { leader: None },
         PgView::NoData | PgView::Unusable { .. } => Decision::Wait { reason: WaitReason::PgStarting },
     }
+}
+
+/// Whether less than one `ttl` has passed since `since` (a switchover's waits are bounded).
+fn within_switchover_wait(o: &Observed<'_>, since: Option<super::observed::Moment>) -> bool {
+    since.is_some_and(|t| o.now.since(t) < o.settings.timings.ttl)
 }
 
 /// The leader race (Patroni's `is_healthiest_node`), for a running replica.
@@ -338,6 +424,17 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     }
     if let Some(why) = unfit(o, c, &o.settings.name, r.timeline, r.wal_position) {
         return Decision::Wait { reason: why };
+    }
+    // Rule: during a switchover, nobody takes over before it has the old primary's WAL up to
+    // the position it published when it stepped down (`status.optime`, its shutdown
+    // checkpoint), so no acknowledged write is lost even with asynchronous replication. The
+    // wait is bounded; after it, the ordinary lag limit applies.
+    if failover.is_some()
+        && let Some(target) = c.status_optime
+        && r.wal_position < target
+        && within_switchover_wait(o, o.recent.unlocked_since)
+    {
+        return Decision::Wait { reason: WaitReason::CatchingUp { ours: r.wal_position, target } };
     }
     let mut others: Vec<PeerRef> = c
         .members

@@ -37,6 +37,10 @@ pub enum ReleaseReason {
     NotFitToPromote,
     DataDirectoryUnusable,
     SystemIdMismatch,
+    /// Maintenance mode: PostgreSQL runs, but not as a primary (someone demoted it by hand).
+    NotPrimaryWhilePaused,
+    /// Maintenance mode: PostgreSQL is not running (someone stopped it by hand).
+    NotRunningWhilePaused,
 }
 
 /// Why a `failover` key is cleared without acting on it.
@@ -49,6 +53,12 @@ pub enum ClearReason {
     /// Written by the winner of a race after it took over.
     Done,
     BadSchedule(String),
+    /// Scheduled more than 1.5 x loop_wait in the past (Patroni drops it as stale).
+    Stale(String),
+    /// Maintenance mode refuses scheduled switchovers.
+    PausedScheduled,
+    /// Maintenance mode allows a switchover only to a named candidate.
+    PausedNeedsCandidate,
 }
 
 /// Why a member keeps its PostgreSQL stopped.
@@ -94,6 +104,18 @@ pub enum WaitReason {
         ours: u64,
         cluster: u64,
     },
+    /// Maintenance mode: the agent does not start, stop, promote or demote.
+    Paused(&'static str),
+    /// Maintenance mode: PostgreSQL runs as a primary while `leader` holds the key (made so
+    /// by hand); it is not demoted until the pause ends.
+    PausedPrimaryWithoutKey(String),
+    /// Switchover: the old primary's last WAL position is not here yet.
+    CatchingUp {
+        ours: u64,
+        target: u64,
+    },
+    /// We stepped down for a switchover: the candidate takes the key, then we follow it.
+    SteppedDown,
 }
 
 /// One decision of the HA core.
@@ -258,6 +280,8 @@ impl fmt::Display for ReleaseReason {
             ReleaseReason::NotFitToPromote => "the local replica is not fit to be promoted",
             ReleaseReason::DataDirectoryUnusable => "the data directory is unusable",
             ReleaseReason::SystemIdMismatch => "our system identifier is not the cluster's",
+            ReleaseReason::NotPrimaryWhilePaused => "paused, and PostgreSQL no longer runs as a primary",
+            ReleaseReason::NotRunningWhilePaused => "paused, and PostgreSQL is not running",
         })
     }
 }
@@ -271,6 +295,9 @@ impl fmt::Display for ClearReason {
             ClearReason::NoEligibleCandidate => f.write_str("no member is fit to take over"),
             ClearReason::Done => f.write_str("the switchover is done"),
             ClearReason::BadSchedule(s) => write!(f, "scheduled_at {s:?} is not an RFC 3339 time"),
+            ClearReason::Stale(s) => write!(f, "scheduled_at {s} is stale (more than 1.5 x loop_wait ago)"),
+            ClearReason::PausedScheduled => f.write_str("scheduled switchovers are not possible while paused"),
+            ClearReason::PausedNeedsCandidate => f.write_str("while paused a switchover needs a named candidate"),
         }
     }
 }
@@ -314,6 +341,15 @@ impl fmt::Display for WaitReason {
             WaitReason::SystemIdMismatch { ours, cluster } => {
                 write!(f, "our system identifier {ours} is not the cluster's {cluster}; not touching this data")
             }
+            WaitReason::Paused(why) => write!(f, "maintenance mode (paused): {why}"),
+            WaitReason::PausedPrimaryWithoutKey(l) => write!(
+                f,
+                "maintenance mode (paused): running as primary while {l} holds the leader key; not demoting until resumed"
+            ),
+            WaitReason::CatchingUp { ours, target } => {
+                write!(f, "switchover: waiting to receive the old primary's WAL up to {target} (at {ours})")
+            }
+            WaitReason::SteppedDown => f.write_str("stepped down for a switchover; waiting for the new leader"),
         }
     }
 }

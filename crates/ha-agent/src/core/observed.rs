@@ -202,6 +202,14 @@ pub struct Recent {
     /// member keys are gone: after an etcd outage longer than the TTL every member key has
     /// expired, and the first agent back must not think it is alone.
     pub known_peers: Vec<PeerRef>,
+    /// Since when the cluster has had no leader key, as this agent saw it (`None`: it has a
+    /// leader, or the shell does not track it). Bounds how long a switchover waits for its
+    /// candidate to catch up with the old primary's last WAL position.
+    pub unlocked_since: Option<Moment>,
+    /// When we stopped our primary for a switchover and released the key; cleared once
+    /// PostgreSQL runs again. Bringing the old primary back as a replica of the new leader is
+    /// part of the switchover, so it happens even while paused.
+    pub stepped_down_at: Option<Moment>,
 }
 
 /// Local settings the core decides with (from the agent's config file).

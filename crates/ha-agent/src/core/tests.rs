@@ -685,3 +685,169 @@ fn every_decision_has_a_kind_listed_for_metrics() {
         assert!(!d.to_string().is_empty());
     }
 }
+
+// ---- maintenance mode (pause) ----
+
+impl Fx {
+    fn paused(mut self) -> Self {
+        self.config.pause = true;
+        self
+    }
+}
+
+#[test]
+fn paused_leader_keeps_leading_its_running_primary() {
+    assert_eq!(Fx::new().paused().leader(ME).pg(primary(1000, 1)).decide(), Decision::Lead);
+}
+
+#[test]
+fn paused_primary_is_still_fenced_when_its_lease_runs_out() {
+    let mut fx = Fx::new().paused().leader(ME).pg(primary(1000, 1));
+    fx.now = Moment::from_millis(12_000);
+    assert_eq!(fx.decide(), Decision::Fence { reason: FenceReason::LeaseNotRenewed });
+}
+
+#[test]
+fn paused_primary_without_the_key_takes_it_when_the_cluster_is_unlocked() {
+    // Even on a timeline behind the cluster's: in maintenance mode the operator decides.
+    let fx = Fx::new().paused().history(&[(1, 800)]).pg(primary(1000, 1));
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn paused_leader_releases_the_key_when_its_postgres_is_no_longer_primary() {
+    let fx = Fx::new().paused().leader(ME).pg(replica(1000, 1, None));
+    assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::NotPrimaryWhilePaused });
+}
+
+#[test]
+fn paused_leader_releases_the_key_instead_of_starting_a_stopped_postgres() {
+    let fx = Fx::new().paused().leader(ME).pg(stopped(ClusterState::InProduction, 1, 900));
+    assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::NotRunningWhilePaused });
+}
+
+#[test]
+fn paused_replicas_do_not_fail_over() {
+    let fx = Fx::new().paused();
+    assert!(matches!(wait(&fx.decide()), WaitReason::Paused(_)));
+}
+
+#[test]
+fn paused_primary_beside_the_leader_is_reported_not_demoted() {
+    let fx = Fx::new().paused().leader("n2").pg(primary(1000, 1));
+    assert_eq!(wait(&fx.decide()), &WaitReason::PausedPrimaryWithoutKey("n2".into()));
+}
+
+#[test]
+fn paused_member_does_not_start_a_stopped_postgres() {
+    let fx = Fx::new().paused().leader("n2").pg(stopped(ClusterState::ShutDownInRecovery, 1, 900));
+    assert!(matches!(wait(&fx.decide()), WaitReason::Paused(_)));
+    let fx = Fx::new().paused().pg(stopped(ClusterState::ShutDownInRecovery, 1, 900));
+    assert!(matches!(wait(&fx.decide()), WaitReason::Paused(_)));
+    let mut fx = Fx::new().paused().pg(stopped(ClusterState::ShutDownInRecovery, 1, 900));
+    fx.cluster = None;
+    assert_eq!(wait(&fx.decide()), &WaitReason::EtcdUnreachable);
+}
+
+#[test]
+fn paused_member_does_not_rewind_or_clone() {
+    let fx = Fx::new().paused().leader("n2").member_timeline("n2", 2).history(&[(1, 800)]).pg(replica(1000, 1, None));
+    assert!(matches!(wait(&fx.decide()), WaitReason::Paused(_)));
+    let fx = Fx::new().paused().leader("n2").pg(PgView::NoData);
+    assert!(matches!(wait(&fx.decide()), WaitReason::Paused(_)));
+}
+
+#[test]
+fn paused_replica_still_follows_a_new_leader() {
+    let fx = Fx::new().paused().leader("n2").pg(replica(1000, 1, Some("n3")));
+    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+}
+
+#[test]
+fn paused_switchover_to_a_named_candidate_still_happens() {
+    let fx = Fx::new().paused().leader(ME).pg(primary(1000, 1)).failover(Some(ME), Some("n2"));
+    assert_eq!(fx.decide(), Decision::StepDown { candidate: Some("n2".into()) });
+    // The candidate races; the others stand back.
+    let fx = Fx::new().paused().failover(Some("n3"), Some(ME)).peers(vec![answer("n2", false, 900), silent("n3")]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    let mut fx = Fx::new().paused().failover(Some("n3"), Some("n2"));
+    fx.peers = Some(vec![answer("n2", false, 900), silent("n3")]);
+    assert!(matches!(wait(&fx.decide()), WaitReason::Paused(_)));
+}
+
+#[test]
+fn paused_switchover_without_a_candidate_or_with_a_schedule_is_cleared() {
+    let fx = Fx::new().paused().leader(ME).pg(primary(1000, 1)).failover(Some(ME), None);
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::PausedNeedsCandidate });
+    let mut fx = Fx::new().paused().leader(ME).pg(primary(1000, 1)).failover(Some(ME), Some("n2"));
+    fx.c().failover.as_mut().unwrap().scheduled_at = Some("2026-11-24T10:00:05+00:00".into());
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::PausedScheduled });
+}
+
+#[test]
+fn old_primary_of_a_switchover_rejoins_its_new_leader_even_while_paused() {
+    let mut fx = Fx::new().paused().leader("n2").pg(stopped(ClusterState::ShutDown, 1, 900));
+    fx.recent.stepped_down_at = Some(fx.now);
+    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+}
+
+#[test]
+fn resumed_cluster_fails_over_again() {
+    let fx = Fx::new().peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+// ---- switchover done well ----
+
+#[test]
+fn candidate_waits_for_the_old_primarys_last_wal_before_taking_over() {
+    let mut fx = Fx::new().failover(Some("n3"), Some(ME));
+    fx.c().status_optime = Some(1200);
+    fx.recent.unlocked_since = Some(fx.now.minus(Duration::from_millis(500)));
+    assert_eq!(wait(&fx.decide()), &WaitReason::CatchingUp { ours: 1000, target: 1200 });
+}
+
+#[test]
+fn candidate_that_has_the_old_primarys_last_wal_takes_over() {
+    let mut fx = Fx::new().failover(Some("n3"), Some(ME)).peers(vec![answer("n2", false, 900), silent("n3")]);
+    fx.c().status_optime = Some(1000);
+    fx.recent.unlocked_since = Some(fx.now);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn catching_up_is_bounded_then_the_lag_limit_applies() {
+    let mut fx = Fx::new().failover(Some("n3"), Some(ME)).peers(vec![answer("n2", false, 900), silent("n3")]);
+    fx.c().status_optime = Some(1200);
+    fx.recent.unlocked_since = Some(fx.now.minus(Duration::from_secs(3)));
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn old_primary_waits_for_the_candidate_then_follows_it_without_rewind() {
+    let mut fx = Fx::new().pg(stopped(ClusterState::ShutDown, 1, 1000));
+    fx.recent.stepped_down_at = Some(fx.now);
+    assert_eq!(wait(&fx.decide()), &WaitReason::SteppedDown);
+    // The candidate promoted at the end of our shutdown checkpoint record.
+    let mut fx = fx.leader("n2").member_timeline("n2", 2).history(&[(1, 1100)]);
+    fx.now = fx.now.plus(Duration::from_millis(300));
+    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+}
+
+#[test]
+fn old_primary_starts_read_only_if_nobody_takes_over_in_time() {
+    let mut fx = Fx::new().pg(stopped(ClusterState::ShutDown, 1, 1000));
+    fx.recent.stepped_down_at = Some(fx.now.minus(Duration::from_secs(3)));
+    assert_eq!(fx.decide(), Decision::Follow { leader: None });
+}
+
+#[test]
+fn stale_scheduled_switchover_is_dropped() {
+    let mut fx = Fx::new().leader(ME).pg(primary(1000, 1)).failover(Some(ME), Some("n2"));
+    // 1.5 x loop_wait (1 s) is the limit.
+    fx.c().failover.as_mut().unwrap().scheduled_at = Some("2026-11-24T09:59:58.4+00:00".into());
+    fx.wall_ms = 1_795_514_400_000;
+    assert!(matches!(fx.decide(), Decision::ClearFailover { reason: ClearReason::Stale(_) }));
+    fx.c().failover.as_mut().unwrap().scheduled_at = Some("2026-11-24T09:59:58.6+00:00".into());
+    assert_eq!(fx.decide(), Decision::StepDown { candidate: Some("n2".into()) });
+}

@@ -156,6 +156,9 @@ pub struct DynConfig {
     pub use_pg_rewind: Option<bool>,
     /// `postgresql.parameters`, applied to every member.
     pub parameters: Vec<(String, String)>,
+    /// `pause`: maintenance mode (Patroni's `docs/pause.rst`). No automatic start, stop,
+    /// promote or demote; see `decide.rs` for what still happens.
+    pub pause: bool,
 }
 
 impl Default for DynConfig {
@@ -166,6 +169,7 @@ impl Default for DynConfig {
             primary_start_timeout: Duration::from_secs(300),
             use_pg_rewind: None,
             parameters: Vec::new(),
+            pause: false,
         }
     }
 }
@@ -187,6 +191,7 @@ impl DynConfig {
                 .map_or(d.primary_start_timeout, Duration::from_secs),
             use_pg_rewind: v.use_pg_rewind(),
             parameters,
+            pause: v.pause().unwrap_or(false),
         }
     }
 }
