@@ -498,3 +498,125 @@ async fn connections_over_the_cap_are_closed_at_once() {
     assert!(s.state.metrics.rest_rejected_limit.get() >= 1);
     drop(held);
 }
+
+// ---- TLS ----
+
+/// A CA and one leaf certificate for 127.0.0.1 (server and client use), made with openssl.
+fn make_certs(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"]]
+        .concat());
+    run(&[&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (dir.join("leaf.pem"), dir.join("leaf.key"), dir.join("ca.pem"))
+}
+
+struct TlsServer {
+    addr: SocketAddr,
+    files: tls::TlsFiles,
+    _dir: tempfile::TempDir,
+    server: Server,
+}
+
+async fn start_tls(verify: tls::VerifyClient, limits: Limits) -> TlsServer {
+    let dir = tempfile::tempdir().unwrap();
+    let (certfile, keyfile, cafile) = make_certs(dir.path());
+    let files = tls::TlsFiles { certfile, keyfile, cafile: Some(cafile), verify_client: verify };
+    let access = Access { require_client_cert: verify != tls::VerifyClient::None, ..Access::default() };
+    // A plain server for the state, and a TLS listener serving the same state.
+    let plain = start_with(MemberRole::Primary, access, limits).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = tls::server_config(&files).unwrap();
+    tokio::spawn(server::serve(listener, limits, Some(cfg), plain.state.clone(), plain.stop.clone()));
+    TlsServer { addr, files, _dir: dir, server: plain }
+}
+
+/// One request over TLS; `with_cert`: present the leaf certificate.
+async fn tls_call(s: &TlsServer, with_cert: bool, method: &str, path: &str) -> anyhow::Result<u16> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(s.files.cafile.as_ref().unwrap())? {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let b = b.with_root_certificates(roots);
+    let cfg = if with_cert { tls::client_config(&s.files)? } else { Arc::new(b.with_no_client_auth()) };
+    let tcp = TcpStream::connect(s.addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let mut t = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+    t.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    t.read_to_end(&mut out).await?;
+    let out = String::from_utf8_lossy(&out);
+    Ok(out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[tokio::test]
+async fn tls_serves_health_checks_and_silent_clients_time_out_in_the_handshake() {
+    let limits = Limits { handshake_timeout: Duration::from_millis(300), ..Limits::default() };
+    let s = start_tls(tls::VerifyClient::None, limits).await;
+    assert_eq!(tls_call(&s, false, "GET", "/primary").await.unwrap(), 200);
+    // Connects, says nothing: closed once the handshake deadline passes.
+    let mut silent = TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the silent TLS client was not dropped: {n:?}");
+    assert!(s.server.state.metrics.rest_tls_failed.get() >= 1);
+    // Meanwhile, and after, health checks are answered.
+    assert_eq!(tls_call(&s, false, "HEAD", "/primary").await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn tls_required_client_certificates_refuse_the_handshake_without_one() {
+    let s = start_tls(tls::VerifyClient::Required, Limits::default()).await;
+    assert!(tls_call(&s, false, "GET", "/primary").await.is_err(), "no client certificate, yet served");
+    assert_eq!(tls_call(&s, true, "GET", "/primary").await.unwrap(), 200);
+    assert_eq!(tls_call(&s, true, "POST", "/reload").await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn tls_optional_client_certificates_are_needed_on_action_endpoints_only() {
+    let s = start_tls(tls::VerifyClient::Optional, Limits::default()).await;
+    assert_eq!(tls_call(&s, false, "GET", "/primary").await.unwrap(), 200);
+    assert_eq!(tls_call(&s, false, "POST", "/reload").await.unwrap(), 403);
+    assert_eq!(tls_call(&s, true, "POST", "/reload").await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn peers_are_probed_over_https() {
+    let s = start_tls(tls::VerifyClient::Required, Limits::default()).await;
+    probe::set_client_tls(tls::client_config(&s.files).unwrap());
+    let got = probe::status_of(&format!("https://127.0.0.1:{}/patroni", s.addr.port()), Duration::from_secs(2)).await;
+    assert_eq!(got.map(|st| st.role), Some(MemberRole::Primary));
+}
