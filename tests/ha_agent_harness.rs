@@ -77,6 +77,8 @@ pub struct Opts {
     pub reinit_on_rewind_failure: bool,
     /// Extra `[bootstrap.dcs]` lines.
     pub dcs: &'static str,
+    /// Extra `[restapi]` lines (may end with a `[restapi.authentication]` table).
+    pub restapi: String,
 }
 
 impl Default for Opts {
@@ -91,6 +93,7 @@ impl Default for Opts {
             etcd_election_ms: 500,
             reinit_on_rewind_failure: false,
             dcs: "",
+            restapi: String::new(),
         }
     }
 }
@@ -168,6 +171,7 @@ request_timeout = "{rt}"
 [restapi]
 listen = "{ip}:8008"
 peer_timeout = "{peer}"
+{restapi}
 [timings]
 ttl = "{ttl}"
 loop_wait = "{lw}"
@@ -201,6 +205,7 @@ maximum_lag_on_failover = 16777216
             sock = self.socket_dir(i).display(),
             log = self.net.dir().log(&format!("pg-n{i}")).display(),
             dcs = o.dcs,
+            restapi = o.restapi,
             reinit = o.reinit_on_rewind_failure,
         )
     }

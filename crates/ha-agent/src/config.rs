@@ -51,6 +51,28 @@ pub struct RawRestApi {
     /// How long to wait for a peer's `GET /patroni` during a leader race (Patroni: 2s).
     #[serde(default, with = "humantime_serde::option")]
     pub peer_timeout: Option<Duration>,
+    /// HTTP Basic credentials required on the unsafe endpoints (Patroni's
+    /// `restapi.authentication`).
+    pub authentication: Option<RawUser>,
+    /// CIDRs (or addresses) allowed to call the unsafe endpoints.
+    pub allowlist: Option<Vec<String>>,
+    /// Members' own addresses are allowed too.
+    #[serde(default)]
+    pub allowlist_include_members: bool,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub cafile: Option<PathBuf>,
+    /// `none`, `optional` or `required`.
+    pub verify_client: Option<String>,
+    pub max_connections: Option<usize>,
+    /// A request head must arrive within this (idle keep-alive connections close after it).
+    #[serde(default, with = "humantime_serde::option")]
+    pub header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub handshake_timeout: Option<Duration>,
+    /// How long an action handed to the HA loop may take before the API answers 503.
+    #[serde(default, with = "humantime_serde::option")]
+    pub action_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -185,6 +207,15 @@ pub struct PgConfig {
     pub start_timeout: Duration,
 }
 
+/// The validated `[restapi]` settings beyond the addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestApi {
+    pub access: crate::http::access::Access,
+    pub tls: Option<crate::http::tls::TlsFiles>,
+    pub limits: crate::http::server::Limits,
+    pub action_timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub name: String,
@@ -195,6 +226,7 @@ pub struct Config {
     /// `host:port` published in `api_url`.
     pub restapi_connect: String,
     pub peer_timeout: Duration,
+    pub restapi: RestApi,
     pub timings: Timings,
     pub postgresql: PgConfig,
     pub initdb: Vec<String>,
@@ -354,6 +386,99 @@ impl RawConfig {
     }
 }
 
+impl RawRestApi {
+    fn validate(&self, p: &mut Problems) -> RestApi {
+        use crate::http::access::{Access, Cidr};
+        use crate::http::tls::{TlsFiles, VerifyClient};
+        let basic = self.authentication.as_ref().and_then(|a| match (&a.username, &a.password) {
+            (Some(u), Some(pw)) if !u.is_empty() => Some(Access::basic_header(u, pw)),
+            _ => {
+                p.push_key("restapi.authentication", "needs both username and password");
+                None
+            }
+        });
+        let mut allowlist = Vec::new();
+        for (i, c) in self.allowlist.iter().flatten().enumerate() {
+            match Cidr::parse(c) {
+                Some(c) => allowlist.push(c),
+                None => p.push(format!("restapi.allowlist[{i}]"), c, "must be an address or a CIDR like 10.0.0.0/24"),
+            }
+        }
+        let verify = match self.verify_client.as_deref().unwrap_or("none") {
+            "none" => VerifyClient::None,
+            "optional" => VerifyClient::Optional,
+            "required" => VerifyClient::Required,
+            other => {
+                p.push("restapi.verify_client", other, "must be none, optional or required");
+                VerifyClient::None
+            }
+        };
+        let tls = match (&self.certfile, &self.keyfile) {
+            (Some(cert), Some(key)) => {
+                for (k, f) in [("restapi.certfile", cert), ("restapi.keyfile", key)] {
+                    p.check(f.is_absolute(), k, f.display(), "must be an absolute path");
+                }
+                if self.cafile.is_none() {
+                    p.push_key(
+                        "restapi.cafile",
+                        "must be set with restapi.certfile: peers' https certificates are checked against it",
+                    );
+                }
+                Some(TlsFiles {
+                    certfile: cert.clone(),
+                    keyfile: key.clone(),
+                    cafile: self.cafile.clone(),
+                    verify_client: verify,
+                })
+            }
+            (None, None) => {
+                p.check(
+                    verify == VerifyClient::None,
+                    "restapi.verify_client",
+                    self.verify_client.as_deref().unwrap_or(""),
+                    "needs restapi.certfile and restapi.keyfile",
+                );
+                None
+            }
+            _ => {
+                p.push_key("restapi.certfile", "and restapi.keyfile must be set together");
+                None
+            }
+        };
+        let d = crate::http::server::Limits::default();
+        let limits = crate::http::server::Limits {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            header_timeout: self.header_timeout.unwrap_or(d.header_timeout),
+            handshake_timeout: self.handshake_timeout.unwrap_or(d.handshake_timeout),
+            max_head_bytes: d.max_head_bytes,
+        };
+        p.check(limits.max_connections >= 16, "restapi.max_connections", limits.max_connections, "must be at least 16");
+        for (k, v) in
+            [("restapi.header_timeout", limits.header_timeout), ("restapi.handshake_timeout", limits.handshake_timeout)]
+        {
+            p.check(v >= Duration::from_millis(100), k, show(v), "must be at least 100ms");
+        }
+        let action_timeout = self.action_timeout.unwrap_or(Duration::from_secs(60));
+        p.check(
+            action_timeout >= Duration::from_secs(1),
+            "restapi.action_timeout",
+            show(action_timeout),
+            "must be at least 1s",
+        );
+        RestApi {
+            access: Access {
+                basic,
+                allowlist,
+                allowlist_include_members: self.allowlist_include_members,
+                require_client_cert: tls.is_some() && verify != VerifyClient::None,
+            },
+            tls,
+            limits,
+            action_timeout,
+        }
+    }
+}
+
 impl Validate for RawConfig {
     type Valid = Config;
 
@@ -394,6 +519,8 @@ impl Validate for RawConfig {
             show(peer_timeout),
             "must be at least 50ms",
         );
+
+        let restapi = self.restapi.validate(&mut p);
 
         let d = Timings::default();
         let t = Timings {
@@ -470,6 +597,7 @@ impl Validate for RawConfig {
                 restapi_listen,
                 restapi_connect,
                 peer_timeout,
+                restapi,
                 timings: t,
                 postgresql,
                 initdb,
@@ -490,7 +618,8 @@ impl Config {
 
     /// `http://<restapi connect_address>/patroni`, as Patroni publishes `api_url`.
     pub fn api_url(&self) -> String {
-        format!("http://{}/patroni", self.restapi_connect)
+        let scheme = if self.restapi.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/patroni", self.restapi_connect)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -535,6 +664,34 @@ listen = "10.0.0.1:5432"
         assert_eq!(c.postgresql.log_file, PathBuf::from("/var/lib/postgresql/15/main.log"));
         assert_eq!(c.peer_timeout, Duration::from_secs(2));
         assert!(c.tags.can_failover());
+        assert_eq!(c.restapi.access, crate::http::access::Access::default());
+        assert_eq!(c.restapi.tls, None);
+    }
+
+    #[test]
+    fn restapi_security_settings_are_validated() {
+        let text = BASE.replace(
+            "[timings]",
+            "allowlist = [\"10.0.0.0/24\", \"bogus\"]\nverify_client = \"sometimes\"\ncertfile = \"/etc/c.pem\"\n[restapi.authentication]\nusername = \"u\"\n[timings]",
+        );
+        let e = load(&text).unwrap_err();
+        for want in [
+            "restapi.allowlist[1] (bogus): must be",
+            "restapi.verify_client (sometimes): must be none, optional or required",
+            "restapi.authentication: needs both username and password",
+            "restapi.certfile: and restapi.keyfile must be set together",
+        ] {
+            assert!(e.iter().any(|p| p.starts_with(want)), "{want} in {e:?}");
+        }
+        let text = BASE.replace(
+            "[timings]",
+            "allowlist = [\"10.0.0.0/24\"]\ncertfile = \"/etc/c.pem\"\nkeyfile = \"/etc/k.pem\"\ncafile = \"/etc/ca.pem\"\nverify_client = \"optional\"\n[restapi.authentication]\nusername = \"u\"\npassword = \"p\"\n[timings]",
+        );
+        let c = load(&text).unwrap();
+        assert_eq!(c.api_url(), "https://10.0.0.1:8008/patroni");
+        assert!(c.restapi.access.require_client_cert);
+        assert_eq!(c.restapi.access.basic, Some(crate::http::access::Access::basic_header("u", "p")));
+        assert_eq!(c.restapi.access.allowlist.len(), 1);
     }
 
     #[test]

@@ -1,23 +1,17 @@
 //! Every metric ha-agent exports, in one place.
 //!
-//! Own metrics are `ha_agent_*` with labels from closed sets. Patroni's `patroni_*` gauges
-//! that dashboards already use are served too, with Patroni's `scope` and `name` labels.
+//! Own metrics are `ha_agent_*` with labels from closed sets. Patroni's `patroni_*` metrics
+//! that dashboards already use are rendered at scrape time from the loop's last snapshot
+//! ([`Metrics::render_with`]), with Patroni's names, types and `{scope, name}` labels.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::fmt::Write as _;
+use std::time::Instant;
 
+use outrigger_schema::MemberRole;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::control::Snapshot;
 use crate::core::Decision;
-
-/// Values for the `patroni_*` gauges.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PatroniGauges {
-    pub running: bool,
-    pub primary: bool,
-    pub replica: bool,
-    pub xlog_location: u64,
-    pub timeline: u32,
-    pub cluster_unlocked: bool,
-    pub pending_restart: bool,
-}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -35,14 +29,17 @@ pub struct Metrics {
     pub cycle_seconds: Histogram,
     /// Unix time of the last completed HA cycle.
     pub last_cycle: IntGauge,
-    patroni_version: IntGauge,
-    patroni_running: IntGauge,
-    patroni_primary: IntGauge,
-    patroni_replica: IntGauge,
-    patroni_xlog_location: IntGauge,
-    patroni_timeline: IntGauge,
-    patroni_unlocked: IntGauge,
-    patroni_pending_restart: IntGauge,
+    /// REST requests by kind (health checks, status reads, actions, anything else).
+    pub rest_health: IntCounter,
+    pub rest_status: IntCounter,
+    pub rest_action: IntCounter,
+    pub rest_other: IntCounter,
+    /// REST connections closed at once because the connection cap was reached.
+    pub rest_rejected_limit: IntCounter,
+    /// TLS handshakes that failed or timed out.
+    pub rest_tls_failed: IntCounter,
+    /// Patroni's `scope` and `name` labels, rendered once.
+    labels: String,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -58,9 +55,33 @@ fn counter(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -
     c
 }
 
-fn patroni_gauge(r: &Registry, name: &str, help: &str, scope: &str, member: &str) -> IntGauge {
-    let v = register(r, IntGaugeVec::new(Opts::new(name, help), &["scope", "name"]).expect("valid metric definition"));
-    v.with_label_values(&[scope, member])
+/// A label value escaped for the text format.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Patroni's `PostgresqlState` order, which `patroni_postgres_state` reports as a number.
+const PG_STATES: [&str; 15] = [
+    "initializing new cluster",
+    "initdb failed",
+    "running custom bootstrap script",
+    "custom bootstrap failed",
+    "creating replica",
+    "running",
+    "starting",
+    "starting after custom bootstrap",
+    "start failed",
+    "restarting",
+    "restart failed",
+    "stopping",
+    "stopped",
+    "stop failed",
+    "crashed",
+];
+
+/// Patroni's `patroni_version` value: each part zero-padded to two digits (4.1.4 → 040104).
+fn padded_version(v: &str) -> String {
+    v.split('.').map(|p| format!("{p:0>2}")).collect()
 }
 
 impl Metrics {
@@ -109,8 +130,21 @@ impl Metrics {
             IntGauge::new("ha_agent_last_cycle_timestamp_seconds", "Unix time of the last completed HA cycle.")
                 .expect("valid metric definition"),
         );
-        let g = |n: &str, h: &str| patroni_gauge(&r, n, h, scope, name);
-        let m = Self {
+        let rest = counter(
+            &r,
+            "ha_agent_rest_requests_total",
+            "REST API requests, by kind.",
+            "kind",
+            &["health", "status", "action", "other"],
+        );
+        let rejected = counter(
+            &r,
+            "ha_agent_rest_connections_refused_total",
+            "REST connections closed without serving them, by reason.",
+            "reason",
+            &["limit", "tls_handshake"],
+        );
+        Self {
             decisions,
             fences,
             lease_renewals,
@@ -118,32 +152,166 @@ impl Metrics {
             decode_errors,
             cycle_seconds,
             last_cycle,
-            patroni_version: g("patroni_version", "Version of the Patroni contract implemented (zero-padded)."),
-            patroni_running: g("patroni_postgres_running", "1 if PostgreSQL is running."),
-            patroni_primary: g("patroni_primary", "1 if this member is the primary."),
-            patroni_replica: g("patroni_replica", "1 if this member is a running replica."),
-            patroni_xlog_location: g("patroni_xlog_location", "WAL position of this member in bytes."),
-            patroni_timeline: g("patroni_postgres_timeline", "PostgreSQL timeline of this member."),
-            patroni_unlocked: g("patroni_cluster_unlocked", "1 if no member holds the leader key."),
-            patroni_pending_restart: g("patroni_pending_restart", "1 if PostgreSQL needs a restart for a setting."),
+            rest_health: rest.with_label_values(&["health"]),
+            rest_status: rest.with_label_values(&["status"]),
+            rest_action: rest.with_label_values(&["action"]),
+            rest_other: rest.with_label_values(&["other"]),
+            rest_rejected_limit: rejected.with_label_values(&["limit"]),
+            rest_tls_failed: rejected.with_label_values(&["tls_handshake"]),
+            labels: format!("{{scope=\"{}\",name=\"{}\"}}", escape(scope), escape(name)),
             registry: r,
-        };
-        m.patroni_version.set(40104);
-        m
+        }
     }
 
-    pub fn set_patroni(&self, g: PatroniGauges) {
-        self.patroni_running.set(i64::from(g.running));
-        self.patroni_primary.set(i64::from(g.primary));
-        self.patroni_replica.set(i64::from(g.replica));
-        self.patroni_xlog_location.set(i64::try_from(g.xlog_location).unwrap_or(i64::MAX));
-        self.patroni_timeline.set(i64::from(g.timeline));
-        self.patroni_unlocked.set(i64::from(g.cluster_unlocked));
-        self.patroni_pending_restart.set(i64::from(g.pending_restart));
-    }
-
+    /// ha-agent's own metrics only.
     pub fn render(&self) -> String {
         outrigger_daemon::metrics::render(&self.registry)
+    }
+
+    /// ha-agent's own metrics, then Patroni's from `snap` as Patroni's `/metrics` shows them.
+    pub fn render_with(&self, snap: &Snapshot, now: Instant) -> String {
+        let mut out = self.render();
+        out.push_str(&self.render_patroni(snap, now));
+        out
+    }
+
+    fn render_patroni(&self, snap: &Snapshot, now: Instant) -> String {
+        let l = &self.labels;
+        let mut out = String::with_capacity(4096);
+        let mut m = |name: &str, kind: &str, help: &str, value: &str| {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{l} {value}\n");
+        };
+        let b = |v: bool| if v { "1" } else { "0" }.to_owned();
+        let s = snap.status.as_ref();
+        let xlog = s.and_then(|s| s.xlog.clone()).unwrap_or_default();
+        let role = s.map(|s| &s.role);
+        let state = s.map_or("", |s| s.state.as_str());
+        let repl = s.and_then(|s| s.replication_state.as_deref());
+        let version =
+            s.and_then(|s| s.patroni.as_ref()).map_or(outrigger_schema::PATRONI_COMPAT_VERSION, |p| p.version.as_str());
+        let start = s
+            .and_then(|s| s.postmaster_start_time.as_deref())
+            .and_then(crate::core::schedule::parse_rfc3339_ms)
+            .map_or("0".to_owned(), |ms| format!("{:.3}", ms as f64 / 1000.0));
+        let replayed_ts = match xlog.replayed_timestamp.as_ref().and_then(|v| v.as_str()) {
+            Some(t) => crate::core::schedule::parse_rfc3339_ms(t)
+                .map_or("0".to_owned(), |ms| format!("{:.3}", ms as f64 / 1000.0)),
+            None => "0".to_owned(),
+        };
+        let tags = s.map(|s| crate::core::Tags::from_json(&s.tags)).unwrap_or_default();
+        let n = |v: Option<u64>| v.unwrap_or(0).to_string();
+        m("patroni_version", "gauge", "Patroni semver without periods.", &padded_version(version));
+        m(
+            "patroni_postgres_running",
+            "gauge",
+            "Value is 1 if Postgres is running, 0 otherwise.",
+            &b(state == "running"),
+        );
+        m("patroni_postmaster_start_time", "gauge", "Epoch seconds since Postgres started.", &start);
+        m(
+            "patroni_primary",
+            "gauge",
+            "Value is 1 if this node is the leader, 0 otherwise.",
+            &b(role == Some(&MemberRole::Primary) && snap.holds_leader(now)),
+        );
+        m(
+            "patroni_xlog_location",
+            "counter",
+            "Current location of the Postgres transaction log, 0 if this node is not the leader.",
+            &n(xlog.location),
+        );
+        m(
+            "patroni_standby_leader",
+            "gauge",
+            "Value is 1 if this node is the standby_leader, 0 otherwise.",
+            &b(role == Some(&MemberRole::StandbyLeader)),
+        );
+        m(
+            "patroni_replica",
+            "gauge",
+            "Value is 1 if this node is a replica, 0 otherwise.",
+            &b(role == Some(&MemberRole::Replica)),
+        );
+        m(
+            "patroni_sync_standby",
+            "gauge",
+            "Value is 1 if this node is a sync standby, 0 otherwise.",
+            &b(snap.sync_standby),
+        );
+        m("patroni_quorum_standby", "gauge", "Value is 1 if this node is a quorum standby, 0 otherwise.", "0");
+        m(
+            "patroni_xlog_received_location",
+            "counter",
+            "Current location of the received Postgres transaction log, 0 if this node is not a replica.",
+            &n(xlog.received_location),
+        );
+        m(
+            "patroni_xlog_replayed_location",
+            "counter",
+            "Current location of the replayed Postgres transaction log, 0 if this node is not a replica.",
+            &n(xlog.replayed_location),
+        );
+        m(
+            "patroni_xlog_replayed_timestamp",
+            "gauge",
+            "Current timestamp of the replayed Postgres transaction log, 0 if null.",
+            &replayed_ts,
+        );
+        m(
+            "patroni_xlog_paused",
+            "gauge",
+            "Value is 1 if the Postgres xlog is paused, 0 otherwise.",
+            &b(xlog.paused.unwrap_or(false)),
+        );
+        m(
+            "patroni_postgres_streaming",
+            "gauge",
+            "Value is 1 if Postgres is streaming, 0 otherwise.",
+            &b(repl == Some("streaming")),
+        );
+        m(
+            "patroni_postgres_in_archive_recovery",
+            "gauge",
+            "Value is 1 if Postgres is replicating from archive, 0 otherwise.",
+            &b(repl == Some("in archive recovery")),
+        );
+        m(
+            "patroni_postgres_server_version",
+            "gauge",
+            "Version of Postgres (if running), 0 otherwise.",
+            &s.and_then(|s| s.server_version).unwrap_or(0).to_string(),
+        );
+        m(
+            "patroni_cluster_unlocked",
+            "gauge",
+            "Value is 1 if the cluster is unlocked, 0 if locked.",
+            &b(s.and_then(|s| s.cluster_unlocked).unwrap_or(false)),
+        );
+        m("patroni_failsafe_mode_is_active", "gauge", "Value is 1 if failsafe mode is active, 0 if inactive.", "0");
+        m(
+            "patroni_postgres_timeline",
+            "gauge",
+            "Postgres timeline of this node (if running), 0 otherwise.",
+            &s.and_then(|s| s.timeline).unwrap_or(0).to_string(),
+        );
+        m(
+            "patroni_dcs_last_seen",
+            "gauge",
+            "Epoch timestamp when DCS was last contacted successfully by Patroni.",
+            &s.and_then(|s| s.dcs_last_seen).unwrap_or(0).to_string(),
+        );
+        m(
+            "patroni_pending_restart",
+            "gauge",
+            "Value is 1 if the node needs a restart, 0 otherwise.",
+            &b(s.and_then(|s| s.pending_restart).unwrap_or(false)),
+        );
+        m("patroni_is_paused", "gauge", "Value is 1 if auto failover is disabled, 0 otherwise.", &b(snap.paused));
+        let pg_state = PG_STATES.iter().position(|p| *p == state).map_or("-1".to_owned(), |i| i.to_string());
+        m("patroni_postgres_state", "gauge", "Numeric representation of Postgres state.", &pg_state);
+        let priority = if tags.nofailover { 0 } else { tags.failover_priority };
+        m("patroni_failover_priority", "gauge", "Configured failover priority for the node.", &priority.to_string());
+        out
     }
 }
 
@@ -155,11 +323,34 @@ mod tests {
     fn own_and_patroni_names_are_exposed() {
         let m = Metrics::new("batman", "n1");
         m.decisions.with_label_values(&["lead"]).inc();
-        m.set_patroni(PatroniGauges { primary: true, timeline: 3, ..PatroniGauges::default() });
-        let text = m.render();
+        let now = Instant::now();
+        let status: outrigger_schema::StatusJson = serde_json::from_str(
+            r#"{"state":"running","role":"primary","server_version":170002,"xlog":{"location":4096},"timeline":3,"cluster_unlocked":false,"patroni":{"version":"4.1.4","scope":"batman","name":"n1"}}"#,
+        )
+        .unwrap();
+        let snap = Snapshot {
+            status: Some(status),
+            leader_until: Some(now + std::time::Duration::from_secs(5)),
+            ..Snapshot::default()
+        };
+        let text = m.render_with(&snap, now);
         assert!(text.contains("ha_agent_decisions_total{decision=\"lead\"} 1"), "{text}");
-        assert!(text.contains("patroni_primary{name=\"n1\",scope=\"batman\"} 1"), "{text}");
-        assert!(text.contains("patroni_postgres_timeline{name=\"n1\",scope=\"batman\"} 3"), "{text}");
         assert!(text.contains("ha_agent_build_info"), "{text}");
+        for line in [
+            "patroni_version{scope=\"batman\",name=\"n1\"} 040104",
+            "patroni_primary{scope=\"batman\",name=\"n1\"} 1",
+            "patroni_replica{scope=\"batman\",name=\"n1\"} 0",
+            "patroni_xlog_location{scope=\"batman\",name=\"n1\"} 4096",
+            "patroni_postgres_timeline{scope=\"batman\",name=\"n1\"} 3",
+            "patroni_postgres_server_version{scope=\"batman\",name=\"n1\"} 170002",
+            "patroni_postgres_state{scope=\"batman\",name=\"n1\"} 5",
+            "patroni_failover_priority{scope=\"batman\",name=\"n1\"} 1",
+            "# TYPE patroni_xlog_location counter",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        // The lease lapsed: no longer the primary, even without a new snapshot.
+        let later = m.render_with(&snap, now + std::time::Duration::from_secs(6));
+        assert!(later.contains("patroni_primary{scope=\"batman\",name=\"n1\"} 0"), "{later}");
     }
 }

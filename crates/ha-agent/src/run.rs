@@ -30,7 +30,7 @@ use crate::core::{
 use crate::dcs::Dcs;
 use crate::http::{self, ApiState};
 use crate::lease::{Clock, LeaseHandle, LeaseKeeper};
-use crate::metrics::{Metrics, PatroniGauges};
+use crate::metrics::Metrics;
 use crate::pg::text::{Upstream, host_port_from_conn_url, parse_history_file, slot_name};
 use crate::pg::{Extra, Postgres, StopMode};
 
@@ -863,15 +863,6 @@ impl Agent {
             },
             wall_ms() / 1000,
         );
-        self.metrics.set_patroni(PatroniGauges {
-            running: matches!(pg, PgView::Running(_)),
-            primary: pg.writable(),
-            replica,
-            xlog_location: position.unwrap_or(0),
-            timeline: timeline.unwrap_or(0),
-            cluster_unlocked: unlocked.unwrap_or(false),
-            pending_restart: self.pending_restart,
-        });
     }
 
     // ---- REST actions ----
@@ -1221,18 +1212,29 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
     let listener = tokio::net::TcpListener::bind(cfg.restapi_listen)
         .await
         .with_context(|| format!("listen on {} (restapi.listen)", cfg.restapi_listen))?;
+    let server_tls = match &cfg.restapi.tls {
+        Some(t) => {
+            http::probe::set_client_tls(http::tls::client_config(t).context("restapi TLS client settings")?);
+            Some(http::tls::server_config(t).context("restapi TLS settings")?)
+        }
+        None => None,
+    };
     let (commands_tx, commands) = mpsc::channel(16);
-    let api = Arc::new(ApiState::new(metrics.clone(), cfg.timings.ttl * 2, commands_tx));
+    let api_settings = http::ApiSettings {
+        scope: cfg.layout.scope().to_owned(),
+        name: cfg.name.clone(),
+        ttl: cfg.timings.ttl,
+        loop_wait: cfg.timings.loop_wait,
+        peer_timeout: cfg.peer_timeout,
+        access: cfg.restapi.access.clone(),
+        command_timeout: cfg.restapi.action_timeout,
+    };
+    let store: Arc<dyn http::store::Store> = Arc::new(etcd.clone());
+    let api =
+        Arc::new(ApiState::with_layout(api_settings, metrics.clone(), commands_tx, Some(store), cfg.layout.clone()));
     let tasks = CancellationToken::new();
-    let a = api.clone();
     tokio::spawn(
-        outrigger_daemon::http::serve(
-            listener,
-            outrigger_daemon::http::Limits { max_connections: 256, ..Default::default() },
-            move |req, _| http::handle(a.clone(), req),
-            tasks.clone(),
-        )
-        .in_current_span(),
+        http::server::serve(listener, cfg.restapi.limits, server_tls, api.clone(), tasks.clone()).in_current_span(),
     );
     let keeper = LeaseKeeper {
         etcd: hedged.clone(),

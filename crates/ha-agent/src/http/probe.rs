@@ -1,0 +1,138 @@
+//! Asking peers for their status (`GET /patroni`), as Patroni does in a leader race and before
+//! a switchover: every peer at once, each bounded by a timeout. Over https when the peer's
+//! `api_url` says so, with the client TLS settings given once at start ([`set_client_tls`]).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use outrigger_schema::StatusJson;
+
+use crate::core::{PeerProbe, PeerRef, PeerStatus, Tags};
+
+static CLIENT_TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+
+/// The TLS client settings for https peers (set once, when the REST port has TLS).
+pub fn set_client_tls(cfg: Arc<rustls::ClientConfig>) {
+    let _ = CLIENT_TLS.set(cfg);
+}
+
+/// A peer URL split for the request: https or not, `host:port`, host, path.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target {
+    pub https: bool,
+    pub authority: String,
+    pub host: String,
+    pub path: String,
+}
+
+pub fn split_url(url: &str) -> Option<Target> {
+    let (https, rest) = match url.strip_prefix("http://") {
+        Some(r) => (false, r),
+        None => (true, url.strip_prefix("https://")?),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/patroni"),
+    };
+    let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    let host = if has_port { authority.rsplit_once(':').map_or(authority, |(h, _)| h) } else { authority };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let authority =
+        if has_port { authority.to_owned() } else { format!("{authority}:{}", if https { 443 } else { 80 }) };
+    Some(Target { https, authority, host, path: path.to_owned() })
+}
+
+async fn send(
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    t: &Target,
+) -> anyhow::Result<Bytes> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::get(t.path.as_str())
+        .header(hyper::header::HOST, t.authority.as_str())
+        .header(hyper::header::USER_AGENT, "ha-agent")
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    // Patroni answers 200 or 503 with the status JSON; both carry it.
+    Ok(Limited::new(resp.into_body(), 256 * 1024)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("read body: {e}"))?
+        .to_bytes())
+}
+
+async fn fetch(url: &str) -> anyhow::Result<StatusJson> {
+    let t = split_url(url).ok_or_else(|| anyhow::anyhow!("unsupported api_url {url:?}"))?;
+    let stream = tokio::net::TcpStream::connect(&t.authority).await?;
+    let _ = stream.set_nodelay(true);
+    let body = if t.https {
+        let cfg = CLIENT_TLS.get().ok_or_else(|| anyhow::anyhow!("https peer but no TLS client settings"))?;
+        let name = rustls::pki_types::ServerName::try_from(t.host.clone())?;
+        let tls = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, stream).await?;
+        send(tls, &t).await?
+    } else {
+        send(stream, &t).await?
+    };
+    Ok(StatusJson::decode(&body)?)
+}
+
+/// A peer's status in core terms; `None` when the answer has no WAL position (Patroni treats
+/// such a member as unreachable).
+pub fn peer_status(s: &StatusJson) -> Option<PeerStatus> {
+    Some(PeerStatus {
+        primary: !s.in_recovery(),
+        wal_position: s.wal_position()?,
+        timeline: s.timeline,
+        tags: Tags::from_json(&s.tags),
+        watchdog_failed: s.watchdog_failed.unwrap_or(false),
+    })
+}
+
+/// Asks one peer, bounded by `timeout`.
+pub async fn status_of(api_url: &str, timeout: Duration) -> Option<StatusJson> {
+    match tokio::time::timeout(timeout, fetch(api_url)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(api_url, error = %e, "peer did not answer usefully");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(api_url, ?timeout, "peer did not answer in time");
+            None
+        }
+    }
+}
+
+/// Asks every peer in parallel, each bounded by `timeout`.
+pub async fn probe(peers: &[PeerRef], timeout: Duration) -> Vec<PeerProbe> {
+    let asks = peers.iter().map(|p| async move {
+        let status = status_of(&p.api_url, timeout).await.as_ref().and_then(peer_status);
+        PeerProbe { name: p.name.clone(), status }
+    });
+    futures::future::join_all(asks).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_split_for_the_request() {
+        let t = split_url("http://10.0.0.2:8008/patroni").unwrap();
+        assert_eq!(
+            (t.https, t.authority.as_str(), t.host.as_str(), t.path.as_str()),
+            (false, "10.0.0.2:8008", "10.0.0.2", "/patroni")
+        );
+        let t = split_url("http://h/patroni").unwrap();
+        assert_eq!(t.authority, "h:80");
+        let t = split_url("https://h:8008/patroni").unwrap();
+        assert_eq!((t.https, t.host.as_str()), (true, "h"));
+        assert_eq!(split_url("ftp://h/x"), None);
+    }
+}

@@ -1,0 +1,133 @@
+//! The REST port's accept loop: plain HTTP/1.1 or TLS, built so that misbehaving clients
+//! cannot take it down (Patroni issue #3705: five silent TLS clients stall its thread pool).
+//!
+//! - Open connections are capped; a connection over the cap is closed at once rather than
+//!   queued, so health checks never wait behind idle clients.
+//! - A TLS handshake must finish within `handshake_timeout`, on its own task: a client that
+//!   connects and says nothing holds one slot for that long, never the accept loop.
+//! - A request's head must arrive within `header_timeout`, counted from when the connection
+//!   is idle, so idle keep-alive connections are closed too; heads are size-limited.
+//!
+//! Each connection is one task on the runtime; handlers answer from state already in memory.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiState, ConnInfo};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_head_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1000,
+            header_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            max_head_bytes: 16 * 1024,
+        }
+    }
+}
+
+async fn serve_conn<I>(io: I, info: ConnInfo, state: Arc<ApiState>, limits: Limits, shutdown: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .keep_alive(true);
+    let conn = builder.serve_connection(
+        TokioIo::new(io),
+        service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(super::handle(state, req, info).await) }
+        }),
+    );
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(peer = %info.peer, error = %e, "http connection ended with an error");
+            }
+        }
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<ApiState>,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept on the REST port");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            state.metrics.rest_rejected_limit.inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (state, shutdown, acceptor) = (state.clone(), shutdown.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            match acceptor {
+                None => {
+                    let info = ConnInfo { peer, client_cert: false };
+                    serve_conn(stream, info, state, limits, shutdown).await;
+                }
+                Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let client_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                        let info = ConnInfo { peer, client_cert };
+                        serve_conn(tls, info, state, limits, shutdown).await;
+                    }
+                    Ok(Err(e)) => {
+                        state.metrics.rest_tls_failed.inc();
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        state.metrics.rest_tls_failed.inc();
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
+                },
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,235 @@
+//! ha-agent's Patroni REST API on a live 3-host cluster (`ha_agent_harness.rs`): the status
+//! codes of the health endpoints in each role, `PATCH /config` applied by the members, a
+//! switchover to a named candidate through `POST /switchover` and through an unmodified
+//! `patronictl` from PyPI, and Basic auth plus TLS on the live port.
+//!
+//! Every client runs inside a host's namespace (`curl` and `patronictl` through
+//! `ip netns exec`), so no test traffic leaves the machine.
+
+#[path = "ha_agent_harness.rs"]
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use harness::{Cluster, Opts, SCOPE};
+use outrigger_testkit::{wait_ok, wait_until};
+
+const UP: Duration = Duration::from_secs(90);
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn others(p: usize) -> Vec<usize> {
+    (1..=3).filter(|&i| i != p).collect()
+}
+
+/// `curl` from host `from`; `args` after the common options. Returns stdout.
+fn curl(c: &Cluster, from: usize, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["curl", "-s", "--max-time", "60"];
+    all.extend_from_slice(args);
+    c.net.host(from).exec(&all)
+}
+
+/// The status code of `method url` from host `from` (`extra`: more curl options).
+fn code(c: &Cluster, from: usize, method: &str, url: &str, extra: &[&str]) -> anyhow::Result<u16> {
+    let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}", "-X", method];
+    if method == "HEAD" {
+        args = vec!["-o", "/dev/null", "-w", "%{http_code}", "-I"];
+    }
+    args.extend_from_slice(extra);
+    args.push(url);
+    Ok(curl(c, from, &args)?.trim().parse()?)
+}
+
+fn api(c: &Cluster, i: usize, path: &str) -> String {
+    format!("http://{}:8008{path}", c.net.host(i).ip())
+}
+
+/// Waits until every health path answers `want(member)` on every member.
+fn wait_codes(c: &Cluster, p: usize, scheme_extra: &[&str], url: impl Fn(usize, &str) -> String) -> anyhow::Result<()> {
+    // (path, method, on the primary, on a replica)
+    let table: [(&str, &str, u16, u16); 14] = [
+        ("/", "OPTIONS", 200, 503),
+        ("/primary", "GET", 200, 503),
+        ("/primary", "HEAD", 200, 503),
+        ("/read-write", "GET", 200, 503),
+        ("/leader", "GET", 200, 503),
+        ("/standby-leader", "GET", 503, 503),
+        ("/replica", "GET", 503, 200),
+        ("/replica?lag=16MB", "GET", 503, 200),
+        ("/replica?replication_state=streaming", "HEAD", 503, 200),
+        ("/read-only", "GET", 200, 200),
+        ("/async", "GET", 503, 200),
+        ("/health", "GET", 200, 200),
+        ("/liveness", "GET", 200, 200),
+        ("/readiness", "GET", 200, 200),
+    ];
+    for i in 1..=3 {
+        for (path, method, on_primary, on_replica) in table {
+            let want = if i == p { on_primary } else { on_replica };
+            let u = url(i, path);
+            wait_ok(SETTLE, &format!("{method} {path} on n{i} to answer {want}"), || {
+                let got = code(c, i, method, &u, scheme_extra)?;
+                anyhow::ensure!(got == want, "got {got}");
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A patronictl config for the test cluster.
+fn patronictl_config(c: &Cluster, dir: &Path, extra: &str) -> anyhow::Result<PathBuf> {
+    let hosts = (1..=3).map(|i| format!("{}:2379", c.net.host(i).ip())).collect::<Vec<_>>().join(",");
+    let path = dir.join("patronictl.yml");
+    std::fs::write(&path, format!("scope: {SCOPE}\nnamespace: /service/\netcd3:\n  hosts: {hosts}\n{extra}"))?;
+    Ok(path)
+}
+
+fn patronictl(c: &Cluster, from: usize, config: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let bin = outrigger_testkit::python::patroni_bin()?.join("patronictl");
+    let mut all = vec![bin.to_str().unwrap_or("patronictl"), "-c", config.to_str().unwrap_or("")];
+    all.extend_from_slice(args);
+    c.net.host(from).exec(&all)
+}
+
+#[test]
+fn endpoints_answer_by_role_config_patches_apply_and_switchovers_complete() -> anyhow::Result<()> {
+    let c = Cluster::start("api_roles", Opts { sync: false, ..Opts::default() })?;
+    let p = c.wait_primary(UP, &[])?;
+    c.wait_streaming(p, &others(p), UP)?;
+    wait_codes(&c, p, &[], |i, path| api(&c, i, path))?;
+
+    // GET /cluster from a replica shows the leader and every member.
+    let q = others(p)[0];
+    let cluster: serde_json::Value = serde_json::from_str(&curl(&c, q, &[&api(&c, q, "/cluster")])?)?;
+    let members = cluster["members"].as_array().cloned().unwrap_or_default();
+    assert_eq!(members.len(), 3, "{cluster}");
+    let leader = members.iter().find(|m| m["role"] == "leader").map(|m| m["name"].clone());
+    assert_eq!(leader, Some(serde_json::json!(format!("n{p}"))), "{cluster}");
+
+    // PATCH /config: every member applies the parameter.
+    let patch = r#"{"postgresql":{"parameters":{"work_mem":"7MB"}}}"#;
+    let url = api(&c, q, "/config");
+    let got = code(&c, q, "PATCH", &url, &["-H", "Content-Type: application/json", "-d", patch])?;
+    assert_eq!(got, 200);
+    for i in 1..=3 {
+        wait_until(SETTLE, &format!("n{i} to apply work_mem = 7MB"), || {
+            c.sql(i, "show work_mem").ok().filter(|v| v == "7MB")
+        })?;
+    }
+
+    // POST /switchover to a named candidate answers 200 once it is done.
+    let body = format!(r#"{{"leader":"n{p}","candidate":"n{q}"}}"#);
+    let url = api(&c, p, "/switchover");
+    let out =
+        curl(&c, p, &["-X", "POST", "-H", "Content-Type: application/json", "-d", &body, "-w", " %{http_code}", &url])?;
+    assert_eq!(out.trim(), format!("Successfully switched over to \"n{q}\" 200"));
+    assert_eq!(c.leader_key().as_deref(), Some(format!("n{q}").as_str()));
+    let q = c.wait_primary(UP, &[p])?;
+    c.wait_streaming(q, &others(q), UP)?;
+    wait_codes(&c, q, &[], |i, path| api(&c, i, path))?;
+
+    // An unmodified patronictl: version, list, and a switchover back.
+    let dir = tempfile::tempdir()?;
+    let cfg = patronictl_config(&c, dir.path(), "")?;
+    let version = patronictl(&c, q, &cfg, &["version", SCOPE])?;
+    assert!(version.contains("4.1.4"), "{version}");
+    let list = patronictl(&c, q, &cfg, &["list", SCOPE])?;
+    assert!(list.contains(&format!("n{q}")) && list.contains("Leader") && list.contains("streaming"), "{list}");
+    let out = patronictl(
+        &c,
+        q,
+        &cfg,
+        &["switchover", SCOPE, "--leader", &format!("n{q}"), "--candidate", &format!("n{p}"), "--force"],
+    )?;
+    assert!(out.contains(&format!("Successfully switched over to \"n{p}\"")), "{out}");
+    c.wait_primary(UP, &[q])?;
+    let errors = c.unexpected_errors(&[]);
+    anyhow::ensure!(errors.is_empty(), "unexpected errors: {errors:?}");
+    Ok(())
+}
+
+/// A CA and one certificate for all three hosts' addresses, made with openssl.
+fn certificates(c: &Cluster, dir: &Path) -> anyhow::Result<()> {
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output()?;
+        anyhow::ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=otk-ca"]]
+        .concat())?;
+    run(&[&["req"][..], &ec, &["-keyout", "api.key", "-out", "api.csr", "-subj", "/CN=otk-api"]].concat())?;
+    let sans = (1..=3).map(|i| format!("IP:{}", c.net.host(i).ip())).collect::<Vec<_>>().join(",");
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n"),
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "api.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "api.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])?;
+    Ok(())
+}
+
+#[test]
+fn basic_auth_and_tls_guard_the_live_port() -> anyhow::Result<()> {
+    // The addresses are fixed by the harness (10.250.0.<i>), so the certificate can be made
+    // before the cluster starts.
+    let dir = tempfile::tempdir()?;
+    let tls = dir.path().to_path_buf();
+    let restapi = format!(
+        "certfile = \"{d}/api.pem\"\nkeyfile = \"{d}/api.key\"\ncafile = \"{d}/ca.pem\"\nverify_client = \"optional\"\n\
+         [restapi.authentication]\nusername = \"admin\"\npassword = \"s3cret\"\n",
+        d = tls.display()
+    );
+    let mut c = Cluster::start("api_auth_tls", Opts { sync: false, agents: 0, restapi, ..Opts::default() })?;
+    certificates(&c, &tls)?;
+    for i in 1..=3 {
+        c.start_agent(i)?;
+    }
+    let p = c.wait_primary(UP, &[])?;
+    c.wait_streaming(p, &others(p), UP)?;
+    let ca = format!("{}/ca.pem", tls.display());
+    let https = |i: usize, path: &str| format!("https://{}:8008{path}", c.net.host(i).ip());
+    wait_codes(&c, p, &["--cacert", &ca], https)?;
+    // Plain HTTP on the TLS port gets no answer.
+    assert!(code(&c, p, "GET", &api(&c, p, "/primary"), &[]).map_or(true, |s| s == 0 || s == 400));
+
+    // Unsafe endpoints: a client certificate (verify_client optional), then credentials.
+    let cert = ["--cert", &format!("{}/api.pem", tls.display()), "--key", &format!("{}/api.key", tls.display())]
+        .map(str::to_owned);
+    let reload = https(p, "/reload");
+    assert_eq!(code(&c, p, "POST", &reload, &["--cacert", &ca])?, 403, "no client certificate");
+    let with_cert: Vec<&str> = ["--cacert", ca.as_str()].into_iter().chain(cert.iter().map(String::as_str)).collect();
+    assert_eq!(code(&c, p, "POST", &reload, &with_cert)?, 401, "no credentials");
+    let mut wrong = with_cert.clone();
+    wrong.extend(["-u", "admin:guess"]);
+    assert_eq!(code(&c, p, "POST", &reload, &wrong)?, 401, "wrong password");
+    let mut right = with_cert.clone();
+    right.extend([
+        "-u",
+        "admin:s3cret",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"postgresql":{"parameters":{"work_mem":"5MB"}}}"#,
+    ]);
+    assert_eq!(code(&c, p, "PATCH", &https(p, "/config"), &right)?, 200, "authorised config patch");
+    let errors = c.unexpected_errors(&[]);
+    anyhow::ensure!(errors.is_empty(), "unexpected errors: {errors:?}");
+    Ok(())
+}
