@@ -125,3 +125,101 @@ fn patronictl_lists_shows_and_edits_an_ha_agent_cluster() {
     let history = ctl.run(&["history", SCOPE]).expect("patronictl history");
     assert!(history.contains("TL") && history.contains("LSN"), "{history}");
 }
+
+/// The member `patronictl list -f json` shows as Leader.
+fn listed_leader(ctl: &Ctl) -> Option<String> {
+    ctl.list().iter().find(|m| field(m, "Role") == "Leader").map(|m| field(m, "Member").to_owned())
+}
+
+#[test]
+fn patronictl_switchover_and_failover_move_the_leader_and_the_old_one_follows() {
+    let ctl = Ctl::start("patronictl_switchover_and_failover", Opts { sync: false, ..Opts::default() });
+    let p = ctl.primary;
+    let to = if p == 1 { 2 } else { 1 };
+
+    // switchover to a named candidate: patronictl POSTs /switchover to the leader and waits.
+    let out = ctl
+        .run(&["switchover", SCOPE, "--leader", &Cluster::name(p), "--candidate", &Cluster::name(to), "--force"])
+        .expect("patronictl switchover");
+    assert!(out.contains(&format!("Successfully switched over to \"{}\"", Cluster::name(to))), "{out}");
+    assert_eq!(ctl.c.wait_primary(UP, &[p]).expect("new primary"), to);
+    ctl.c.wait_streaming(to, &[p], UP).expect("the old leader follows the new one");
+    wait_until(UP, "patronictl list shows the new leader on timeline 2", || {
+        let members = ctl.list();
+        let leader = members.iter().find(|m| field(m, "Role") == "Leader")?;
+        (field(leader, "Member") == Cluster::name(to) && leader["TL"] == serde_json::json!(2)).then_some(())
+    })
+    .expect("list after switchover");
+    let history = ctl.run(&["history", SCOPE]).expect("patronictl history");
+    assert!(
+        history.lines().any(|l| l.starts_with("|  1 ") || l.starts_with("| 1 ")),
+        "a row for timeline 1: {history}"
+    );
+    assert!(history.contains(&Cluster::name(to)), "the new leader named: {history}");
+    assert_eq!(ctl.c.etcd_get("failover").as_deref(), Some("{}"), "the failover key is cleared");
+
+    // switchover to whoever is best (no candidate given).
+    let out = ctl.run(&["switchover", SCOPE, "--leader", &Cluster::name(to), "--force"]).expect("switchover to any");
+    assert!(out.contains("Successfully switched over to"), "{out}");
+    let any = ctl.c.wait_primary(UP, &[to]).expect("a primary other than the last");
+
+    // failover to a named candidate, once both replicas stream from the current leader.
+    let replicas: Vec<usize> = (1..=3).filter(|&i| i != any).collect();
+    ctl.c.wait_streaming(any, &replicas, UP).expect("replicas streaming before the failover");
+    let target = replicas[0];
+    let out =
+        ctl.run(&["failover", SCOPE, "--candidate", &Cluster::name(target), "--force"]).expect("patronictl failover");
+    assert!(out.contains(&format!("Successfully failed over to \"{}\"", Cluster::name(target))), "{out}");
+    assert_eq!(ctl.c.wait_primary(UP, &[any]).expect("the candidate leads"), target);
+    assert_eq!(listed_leader(&ctl), Some(Cluster::name(target)));
+}
+
+#[test]
+fn patronictl_restart_reload_reinit_and_pause_act_on_ha_agent_members() {
+    let ctl = Ctl::start("patronictl_restart_reload_reinit_pause", Opts { sync: false, ..Opts::default() });
+    let p = ctl.primary;
+    let r = (1..=3).find(|&i| i != p).expect("a replica");
+    let started = |i: usize| ctl.c.sql(i, "select pg_postmaster_start_time()").expect("start time");
+
+    // restart of one replica: a new postmaster, still a streaming replica, no leader change.
+    let before = started(r);
+    let out = ctl.run(&["restart", SCOPE, &Cluster::name(r), "--force"]).expect("patronictl restart");
+    assert!(out.contains("Success: restart on member"), "{out}");
+    wait_until(UP, "a new postmaster on the replica", || (started(r) != before).then_some(())).expect("restarted");
+    ctl.c.wait_streaming(p, &[r], UP).expect("streaming again");
+    assert_eq!(ctl.c.leader_key(), Some(Cluster::name(p)), "no failover");
+
+    // restart of the leader: it keeps the leader key.
+    let before = started(p);
+    let out = ctl.run(&["restart", SCOPE, &Cluster::name(p), "--force"]).expect("patronictl restart leader");
+    assert!(out.contains("Success: restart on member"), "{out}");
+    wait_until(UP, "a new postmaster on the leader", || (started(p) != before).then_some(())).expect("restarted");
+    assert_eq!(ctl.c.wait_primary(UP, &[]).expect("primary"), p, "the leader kept its key");
+
+    // reload: every member answers.
+    let out = ctl.run(&["reload", SCOPE, "--force"]).expect("patronictl reload");
+    assert_eq!(out.matches("Reload request received for member").count(), 3, "{out}");
+
+    // reinit of a replica: wiped and cloned again from the leader, then streaming.
+    let marker = ctl.c.sql(r, "select pg_postmaster_start_time()").expect("start time");
+    let out = ctl.run(&["reinit", SCOPE, &Cluster::name(r), "--force", "--wait"]).expect("patronictl reinit");
+    assert!(out.contains("Success: reinitialize for member"), "{out}");
+    ctl.c.wait_streaming(p, &[r], UP).expect("streaming after reinit");
+    assert_ne!(ctl.c.sql(r, "select pg_postmaster_start_time()").expect("start time"), marker);
+
+    // pause: every member publishes pause, list says so; the primary's PostgreSQL killed is
+    // then not restarted and nobody takes over; resume restores both.
+    let out = ctl.run(&["pause", SCOPE, "--wait"]).expect("patronictl pause");
+    assert!(out.contains("Success: cluster management is paused"), "{out}");
+    for i in 1..=3 {
+        let m = ctl.c.etcd_get(&format!("members/{}", Cluster::name(i))).expect("member key");
+        let v: serde_json::Value = serde_json::from_str(&m).expect("member JSON");
+        assert_eq!(v["pause"], serde_json::json!(true), "n{i}: {m}");
+    }
+    let table = ctl.run(&["list", SCOPE]).expect("list");
+    assert!(table.contains("Maintenance mode: on"), "{table}");
+    let out = ctl.run(&["resume", SCOPE, "--wait"]).expect("patronictl resume");
+    assert!(out.contains("Success: cluster management is resumed"), "{out}");
+    let table = ctl.run(&["list", SCOPE]).expect("list");
+    assert!(!table.contains("Maintenance mode"), "{table}");
+}

@@ -843,6 +843,9 @@ impl Agent {
                 if let Some(r) = &member.scheduled_restart {
                     m.insert("scheduled_restart".into(), r.clone());
                 }
+                if self.dyn_config.pause {
+                    m.insert("pause".into(), serde_json::Value::Bool(true));
+                }
                 m
             },
         };
