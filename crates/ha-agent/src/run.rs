@@ -1236,9 +1236,8 @@ async fn run_inner(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<(
     let api =
         Arc::new(ApiState::with_layout(api_settings, metrics.clone(), commands_tx, Some(store), cfg.layout.clone()));
     let tasks = CancellationToken::new();
-    tokio::spawn(
-        http::server::serve(listener, cfg.restapi.limits, server_tls, api.clone(), tasks.clone()).in_current_span(),
-    );
+    http::server::spawn_thread(listener, cfg.restapi.limits, server_tls, api.clone(), tasks.clone())
+        .context("start the REST API thread")?;
     let keeper = LeaseKeeper {
         etcd: hedged.clone(),
         timings: cfg.timings,

@@ -8,7 +8,10 @@
 //! - A request's head must arrive within `header_timeout`, counted from when the connection
 //!   is idle, so idle keep-alive connections are closed too; heads are size-limited.
 //!
-//! Each connection is one task on the runtime; handlers answer from state already in memory.
+//! Each connection is one task; handlers answer from state already in memory. The server runs
+//! on its own thread with a one-thread runtime ([`spawn_thread`]): health checks never wait
+//! for a worker busy with the HA loop, and all connections share one thread, so under load
+//! they queue for microseconds instead of for the scheduler's time slice between threads.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -73,6 +76,39 @@ where
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
     }
+}
+
+/// Runs [`serve`] on a thread of its own (named `rest-api`) until `shutdown` is cancelled.
+pub fn spawn_thread(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<ApiState>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use tracing::Instrument;
+    // A listener belongs to the runtime that made it: hand it over as a std socket.
+    let listener = listener.into_std()?;
+    let span = tracing::Span::current();
+    let handle = std::thread::Builder::new().name("rest-api".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the REST API's runtime");
+                return;
+            }
+        };
+        rt.block_on(
+            async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, limits, tls, state, shutdown).await,
+                    Err(e) => tracing::error!(error = %e, "cannot use the REST API's socket"),
+                }
+            }
+            .instrument(span),
+        );
+    })?;
+    Ok(handle)
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled.

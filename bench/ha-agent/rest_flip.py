@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Time from a leader-key change in etcd to the REST endpoints showing it (bench/ha-agent/rest.sh).
+
+Each round: overwrite the leader key with another member's name through etcd's JSON gateway,
+and from the moment etcd answers, poll GET /primary on the agent over one keep-alive
+connection until it answers 503 (the agent no longer claims to lead). Then delete the key and
+time how long until /primary answers 200 again (the agent takes the key back; this includes
+restarting PostgreSQL, so it is shown apart). Talks to loopback only.
+"""
+import argparse
+import base64
+import http.client
+import json
+import statistics
+import time
+import urllib.parse
+import urllib.request
+
+
+def etcd(base, path, body):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        r.read()
+
+
+def b64(s):
+    return base64.b64encode(s.encode()).decode()
+
+
+class Api:
+    def __init__(self, url):
+        u = urllib.parse.urlparse(url)
+        self.host, self.port = u.hostname, u.port
+        self.conn = None
+
+    def code(self, path):
+        for _ in range(2):
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
+                self.conn.request("GET", path)
+                r = self.conn.getresponse()
+                r.read()
+                return r.status
+            except (OSError, http.client.HTTPException):
+                self.conn = None
+        return 0
+
+
+def wait_for(api, path, want, limit_s):
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        if api.code(path) == want:
+            return time.perf_counter() - start
+        time.sleep(0.0005)
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--etcd", required=True)
+    ap.add_argument("--api", required=True)
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--flips", type=int, default=5)
+    a = ap.parse_args()
+    api = Api(a.api)
+    lose, regain = [], []
+    for i in range(a.flips):
+        if wait_for(api, "/primary", 200, 60) is None:
+            print("the agent did not lead again within 60 s; stopping")
+            break
+        time.sleep(0.5)  # let the agent settle into its steady cycle
+        etcd(a.etcd, "/v3/kv/put", {"key": b64(a.key), "value": b64("intruder")})
+        t = wait_for(api, "/primary", 503, 10)
+        lose.append(t)
+        etcd(a.etcd, "/v3/kv/deleterange", {"key": b64(a.key)})
+        regain.append(wait_for(api, "/primary", 200, 60))
+        shown = "none" if t is None else f"{t * 1000:.1f} ms"
+        print(f"round {i + 1}: leader key taken over -> /primary 503 after {shown}")
+
+    def summary(xs):
+        ok = [x for x in xs if x is not None]
+        if not ok:
+            return "no data"
+        return f"median {statistics.median(ok) * 1000:.1f} ms, worst {max(ok) * 1000:.1f} ms ({len(ok)}/{len(xs)} rounds)"
+
+    print(f"leader key changed in etcd -> GET /primary shows it: {summary(lose)} (target 100 ms)")
+    print(f"leader key deleted -> agent leads again, /primary 200 (includes PostgreSQL restart): {summary(regain)}")
+    print("(/replica flipping needs a second member: see tests/ha_agent_api_real.rs for the codes after a switchover)")
+
+
+if __name__ == "__main__":
+    main()
