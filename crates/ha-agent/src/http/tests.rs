@@ -620,3 +620,18 @@ async fn peers_are_probed_over_https() {
     let got = probe::status_of(&format!("https://127.0.0.1:{}/patroni", s.addr.port()), Duration::from_secs(2)).await;
     assert_eq!(got.map(|st| st.role), Some(MemberRole::Primary));
 }
+
+#[test]
+fn query_strings_are_split_and_percent_decoded() {
+    let q = parse_query(Some("lag=16MB&tag_zone=eu%2Dwest&replication_state=in+archive+recovery&lag=1&bad=%z"));
+    assert_eq!(
+        q,
+        vec![
+            ("lag".to_owned(), "16MB".to_owned()),
+            ("tag_zone".to_owned(), "eu-west".to_owned()),
+            ("replication_state".to_owned(), "in archive recovery".to_owned()),
+            ("bad".to_owned(), "%z".to_owned()),
+        ]
+    );
+    assert!(parse_query(None).is_empty());
+}
