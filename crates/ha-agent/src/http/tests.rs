@@ -635,3 +635,16 @@ fn query_strings_are_split_and_percent_decoded() {
     );
     assert!(parse_query(None).is_empty());
 }
+
+#[tokio::test]
+async fn deleting_a_scheduled_switchover_that_changed_meanwhile_is_409() {
+    let mem = Arc::new(MemStore::default());
+    mem.set(
+        &format!("{PREFIX}/failover"),
+        r#"{"leader":"n1","member":"n2","scheduled_at":"2099-01-01T00:00:00+00:00"}"#,
+    );
+    let store: Arc<dyn Store> = Arc::new(Racing(mem.clone()));
+    let state =
+        ApiState::new(ApiSettings::new("b", "n1"), Arc::new(Metrics::new("b", "n1")), mpsc::channel(1).0, Some(store));
+    assert_eq!(delete_switchover(&state).await.status, 409);
+}
