@@ -10,13 +10,17 @@
 #  2. FLIPS times: the leader key is overwritten in etcd (another member's name), and
 #     rest_flip.py polls /primary and /replica until they show the change; the time from the
 #     etcd write's answer to the endpoint's new code is printed (median and worst). The key is
-#     then deleted and the agent leads again.
+#     then deleted and the agent leads again;
+#  3. with a second member (a replica cloned from the first, unpinned), SWITCHES switchovers
+#     through POST /switchover: the time from the leader key changing in etcd to /primary
+#     and /replica answering their new codes on both members (rest_switch.py).
 # Everything it started is stopped on exit. Needs root, etcd, PostgreSQL, wrk, python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" -eq 0 ] || { echo "run as root (PostgreSQL runs as postgres)" >&2; exit 1; }
 SECS=${1:-10}
 FLIPS=${FLIPS:-5}
+SWITCHES=${SWITCHES:-4}
 CPU=${CPU:-1}
 WRK_CPU=${WRK_CPU:-0}
 ETCD_PORT=${ETCD_PORT:-23790}
@@ -34,9 +38,11 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     # The agent stops PostgreSQL on SIGTERM; make sure nothing is left if it could not.
-    if [ -f "$TMP/data/postmaster.pid" ]; then
-        kill -9 "$(head -1 "$TMP/data/postmaster.pid")" 2>/dev/null || true
-    fi
+    for d in "$TMP"/data*; do
+        if [ -f "$d/postmaster.pid" ]; then
+            kill -9 "$(head -1 "$d/postmaster.pid")" 2>/dev/null || true
+        fi
+    done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -49,10 +55,11 @@ etcd --name b1 --data-dir "$TMP/etcd" \
     --heartbeat-interval 50 --election-timeout 500 >"$TMP/etcd.log" 2>&1 &
 PIDS+=($!)
 
-mkdir -p "$TMP/run"
-chown postgres "$TMP/run"
-cat >"$TMP/ha-agent.toml" <<EOF
-name = "n1"
+write_config() { # index api_port pg_port
+    mkdir -p "$TMP/run$1"
+    chown postgres "$TMP/run$1"
+    cat >"$TMP/ha-agent$1.toml" <<EOF
+name = "n$1"
 scope = "rest-bench"
 [log]
 level = "warn"
@@ -60,31 +67,35 @@ level = "warn"
 endpoints = ["http://127.0.0.1:$ETCD_PORT"]
 request_timeout = "1s"
 [restapi]
-listen = "127.0.0.1:$API_PORT"
+listen = "127.0.0.1:$2"
 [timings]
 ttl = "4s"
 loop_wait = "1s"
 retry_timeout = "1s"
 [postgresql]
-data_dir = "$TMP/data"
+data_dir = "$TMP/data$1"
 bin_dir = "$PG_BIN"
-listen = "127.0.0.1:$PG_PORT"
-socket_dir = "$TMP/run"
-log_file = "$TMP/pg.log"
-pg_hba = ["local all all trust", "local replication all trust"]
+listen = "127.0.0.1:$3"
+socket_dir = "$TMP/run$1"
+log_file = "$TMP/pg$1.log"
+pg_hba = ["local all all trust", "local replication all trust", "host all all 127.0.0.1/32 trust", "host replication all 127.0.0.1/32 trust"]
 [postgresql.parameters]
 fsync = "off"
+wal_receiver_status_interval = "1s"
 [bootstrap]
 initdb = ["encoding=UTF8", "locale=C.UTF-8", "no-sync"]
 EOF
-taskset -c "$CPU" "$AGENT" --config "$TMP/ha-agent.toml" >"$TMP/agent.log" 2>&1 &
+}
+write_config 1 "$API_PORT" "$PG_PORT"
+write_config 2 "$((API_PORT + 1))" "$((PG_PORT + 1))"
+taskset -c "$CPU" "$AGENT" --config "$TMP/ha-agent1.toml" >"$TMP/agent1.log" 2>&1 &
 AGENT_PID=$!
 PIDS+=($AGENT_PID)
 
 wait_code() { # url code seconds
     local end=$((SECONDS + $3))
     until [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = "$2" ]; do
-        [ $SECONDS -lt $end ] || { echo "timed out waiting for $1 to answer $2" >&2; tail -20 "$TMP/agent.log" >&2; exit 1; }
+        [ $SECONDS -lt $end ] || { echo "timed out waiting for $1 to answer $2" >&2; tail -20 "$TMP"/agent*.log >&2; exit 1; }
         sleep 0.2
     done
 }
@@ -114,3 +125,10 @@ echo "ha-agent RSS during the load: max $((rss_max / 1024)) MiB (${rss_max} kB; 
 echo
 python3 bench/ha-agent/rest_flip.py --etcd "http://127.0.0.1:$ETCD_PORT" --api "http://127.0.0.1:$API_PORT" \
     --key /service/rest-bench/leader --flips "$FLIPS"
+
+echo
+"$AGENT" --config "$TMP/ha-agent2.toml" >"$TMP/agent2.log" 2>&1 &
+PIDS+=($!)
+wait_code "http://127.0.0.1:$((API_PORT + 1))/replica" 200 120
+python3 bench/ha-agent/rest_switch.py --etcd "http://127.0.0.1:$ETCD_PORT" --key /service/rest-bench/leader \
+    --member "n1=http://127.0.0.1:$API_PORT" --member "n2=http://127.0.0.1:$((API_PORT + 1))" --switches "$SWITCHES"

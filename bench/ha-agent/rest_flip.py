@@ -86,7 +86,7 @@ def main():
 
     print(f"leader key changed in etcd -> GET /primary shows it: {summary(lose)} (target 100 ms)")
     print(f"leader key deleted -> agent leads again, /primary 200 (includes PostgreSQL restart): {summary(regain)}")
-    print("(/replica flipping needs a second member: see tests/ha_agent_api_real.rs for the codes after a switchover)")
+    print("(/replica flips are timed with two members by rest_switch.py)")
 
 
 if __name__ == "__main__":

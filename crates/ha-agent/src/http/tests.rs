@@ -620,3 +620,31 @@ async fn peers_are_probed_over_https() {
     let got = probe::status_of(&format!("https://127.0.0.1:{}/patroni", s.addr.port()), Duration::from_secs(2)).await;
     assert_eq!(got.map(|st| st.role), Some(MemberRole::Primary));
 }
+
+#[test]
+fn query_strings_are_split_and_percent_decoded() {
+    let q = parse_query(Some("lag=16MB&tag_zone=eu%2Dwest&replication_state=in+archive+recovery&lag=1&bad=%z"));
+    assert_eq!(
+        q,
+        vec![
+            ("lag".to_owned(), "16MB".to_owned()),
+            ("tag_zone".to_owned(), "eu-west".to_owned()),
+            ("replication_state".to_owned(), "in archive recovery".to_owned()),
+            ("bad".to_owned(), "%z".to_owned()),
+        ]
+    );
+    assert!(parse_query(None).is_empty());
+}
+
+#[tokio::test]
+async fn deleting_a_scheduled_switchover_that_changed_meanwhile_is_409() {
+    let mem = Arc::new(MemStore::default());
+    mem.set(
+        &format!("{PREFIX}/failover"),
+        r#"{"leader":"n1","member":"n2","scheduled_at":"2099-01-01T00:00:00+00:00"}"#,
+    );
+    let store: Arc<dyn Store> = Arc::new(Racing(mem.clone()));
+    let state =
+        ApiState::new(ApiSettings::new("b", "n1"), Arc::new(Metrics::new("b", "n1")), mpsc::channel(1).0, Some(store));
+    assert_eq!(delete_switchover(&state).await.status, 409);
+}
