@@ -19,8 +19,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub type Body = Full<Bytes>;
@@ -90,26 +90,7 @@ pub async fn serve_observed<H, F, E>(
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_head_bytes.max(8192))
         .keep_alive(true);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Over the limit: close at once rather than queue, so a flood of idle clients
-            // cannot delay the health checks of the others.
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer, permit)) = accept_within(&listener, &permits, &shutdown, || {}).await {
         let handler = handler.clone();
         let conn = builder.serve_connection(
             TokioIo::new(stream),
@@ -136,6 +117,38 @@ pub async fn serve_observed<H, F, E>(
             }
             drop(permit);
         });
+    }
+}
+
+/// Accepts the next connection under the cap of `permits`, with Nagle off; `None` once
+/// `shutdown` is cancelled. Accept errors (EMFILE and friends) back off briefly instead of
+/// spinning. A connection over the cap is closed at once rather than queued, so a flood of idle
+/// clients cannot delay the others' health checks; `over_cap` is told (for a metric).
+pub async fn accept_within(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    over_cap: impl Fn(),
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            over_cap();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        return Some((stream, peer, permit));
     }
 }
 

@@ -14,7 +14,6 @@
 //! they queue for microseconds instead of for the scheduler's time slice between threads.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,25 +120,10 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    loop {
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept on the REST port");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            state.metrics.rest_rejected_limit.inc();
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    let over_cap = || state.metrics.rest_rejected_limit.inc();
+    while let Some((stream, peer, permit)) =
+        outrigger_daemon::http::accept_within(&listener, &permits, &shutdown, over_cap).await
+    {
         let (state, shutdown, acceptor) = (state.clone(), shutdown.clone(), acceptor.clone());
         tokio::spawn(async move {
             match acceptor {
