@@ -4,7 +4,8 @@
 #   tuner     - `tuner` for this machine (hardware detected: cgroup limits, else the host);
 #   pgtune    - PGTune's formulas for the same inputs (`tuner --formula pgtune`).
 # Workloads: read-only (pgbench -S) and read-write (TPC-B-like), RUNS runs each, configurations
-# interleaved run by run so that drift (table growth, caches) hits all three alike. The data set
+# interleaved run by run, in an order that rotates, so that drift (table growth, caches, the
+# neighbours of a shared machine) hits all three alike. The data set
 # (scale SCALE) is larger than the default shared_buffers (128MB) and fits in RAM.
 #
 # Prints a table of TPS (median, min-max) and mean latency (median of the runs).
@@ -106,8 +107,12 @@ measure() {
 
 RESULTS="$WORK/results"
 : > "$RESULTS"
+CONFIGS=(defaults tuner pgtune)
 for run in $(seq 1 "$RUNS"); do
-  for cfg in defaults tuner pgtune; do
+  # The order rotates run by run: a configuration that always ran last (or first) would
+  # collect whatever drift there is within a run.
+  for i in 0 1 2; do
+    cfg=${CONFIGS[$(((run - 1 + i) % 3))]}
     use_config "$cfg"
     read -r tps lat < <(measure -S)
     echo "$cfg ro $tps $lat" >> "$RESULTS"

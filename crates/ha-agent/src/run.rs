@@ -24,8 +24,8 @@ use crate::config::Config;
 use crate::control::{Command, Reply, RestartRequest, Snapshot};
 use crate::core::schedule::{format_rfc3339_ms, parse_rfc3339_ms};
 use crate::core::{
-    ClusterState, ClusterView, ConfigState, Decision, DynConfig, Moment, Observed, PeerRef, PgView, Recent, RunningPg,
-    Settings, WaitReason,
+    ClusterState, ClusterView, ConfigState, Decision, DynConfig, LeaderKey, Moment, Observed, PeerRef, PgView, Recent,
+    RunningPg, Settings, WaitReason,
 };
 use crate::dcs::Dcs;
 use crate::http::{self, ApiState};
@@ -47,6 +47,7 @@ fn wall_ms() -> u64 {
 }
 
 /// One etcd read, decoded.
+#[derive(Clone)]
 struct Read {
     view: ClusterView,
     history: Vec<HistoryEntry>,
@@ -560,6 +561,15 @@ impl Agent {
         self.pg.promote().await?;
         self.upstream = None;
         tracing::info!("promoted");
+        // Publish the new role at once (REST health checks, member key): the history and the
+        // checkpoint below take a while, and a proxy should not wait for them.
+        // The key is ours (taken or held on our lease) even if `read` predates taking it.
+        let mut held = read.cloned();
+        if let (Some(h), Some(lease)) = (held.as_mut(), self.lease.view().id) {
+            h.view.leader = Some(LeaderKey { name: self.cfg.name.clone(), lease, mod_revision: 0 });
+        }
+        let (now_pg, now_extra) = self.pg.observe(None).await;
+        self.publish(held.as_ref(), &now_pg, now_extra.as_ref()).await;
         if let Err(e) = self.write_history(&rows, rev).await {
             tracing::warn!(error = format!("{e:#}"), "could not publish the new timeline yet; retrying while leading");
         }

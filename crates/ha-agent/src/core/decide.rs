@@ -257,7 +257,7 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
         }
     }
     let limit = o.config.maximum_lag_on_failover;
-    let fit = |name: &str| {
+    let fit_by_key = |name: &str| {
         c.member(name).is_some_and(|m| {
             m.name != me
                 && m.running
@@ -266,12 +266,43 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
                 && r.wal_position.saturating_sub(m.lsn.unwrap_or(0)) <= limit
         })
     };
+    // What the member answered to GET /patroni just now, when the shell has asked.
+    let fit_by_answer = |name: &str| {
+        o.peers.and_then(|ps| ps.iter().find(|p| p.name == name)).and_then(|p| p.status.as_ref()).is_some_and(|st| {
+            !st.primary
+                && st.tags.can_failover()
+                && !st.watchdog_failed
+                && r.wal_position.saturating_sub(st.wal_position) <= limit
+        })
+    };
+    let fit = |name: &str| name != me && c.member(name).is_some() && (fit_by_key(name) || fit_by_answer(name));
+    // Rule: a member key is refreshed once per loop_wait, so right after a role change it can
+    // still say "primary" or "stopped". Before refusing a switchover on what the keys say, ask
+    // the members themselves (as Patroni does, and as the REST pre-check did).
+    let ask = |names: Vec<&str>| -> Option<Decision> {
+        if o.peers.is_some() {
+            return None;
+        }
+        let peers: Vec<PeerRef> = names
+            .into_iter()
+            .filter_map(|n| c.member(n))
+            .filter(|m| m.name != me && !m.api_url.is_empty())
+            .map(|m| PeerRef { name: m.name.clone(), api_url: m.api_url.clone() })
+            .collect();
+        (!peers.is_empty()).then_some(Decision::ProbePeers { peers })
+    };
     Some(match &f.candidate {
         Some(cand) if cand == me => Decision::ClearFailover { reason: ClearReason::CandidateIsLeader },
         Some(cand) if fit(cand) => Decision::StepDown { candidate: Some(cand.clone()) },
-        Some(cand) => Decision::ClearFailover { reason: ClearReason::CandidateNotEligible(cand.clone()) },
+        Some(cand) => match ask(vec![cand.as_str()]) {
+            Some(probe) => probe,
+            None => Decision::ClearFailover { reason: ClearReason::CandidateNotEligible(cand.clone()) },
+        },
         None if c.members.iter().any(|m| fit(&m.name)) => Decision::StepDown { candidate: None },
-        None => Decision::ClearFailover { reason: ClearReason::NoEligibleCandidate },
+        None => match ask(c.members.iter().map(|m| m.name.as_str()).collect()) {
+            Some(probe) => probe,
+            None => Decision::ClearFailover { reason: ClearReason::NoEligibleCandidate },
+        },
     })
 }
 

@@ -611,6 +611,34 @@ fn leader_steps_down_for_the_best_replica_when_none_is_named() {
 fn switchover_to_an_ineligible_candidate_is_cleared() {
     let mut fx = Fx::new().leader(ME).pg(primary(1000, 1)).failover(None, Some("n2"));
     fx.c().members[1].tags.nofailover = true;
+    // The member key may be stale: the candidate is asked first.
+    match fx.decide() {
+        Decision::ProbePeers { peers } => assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["n2"]),
+        d => panic!("expected the candidate to be asked, got {d:?}"),
+    }
+    let mut nofailover = answer("n2", false, 1000);
+    nofailover.status.as_mut().unwrap().tags.nofailover = true;
+    let fx = fx.peers(vec![nofailover]);
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::CandidateNotEligible("n2".into()) });
+    let mut fx = fx.peers(vec![silent("n2")]);
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::CandidateNotEligible("n2".into()) });
+    fx.c().failover.as_mut().unwrap().candidate = None;
+    fx.c().members[2].tags.nofailover = true;
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::NoEligibleCandidate });
+}
+
+#[test]
+fn switchover_trusts_the_candidates_own_answer_over_its_stale_member_key() {
+    // Right after a previous switchover the candidate's key still says it is a stopped primary,
+    // while it already answers GET /patroni as a streaming replica.
+    let mut fx = Fx::new().leader(ME).pg(primary(1000, 1)).failover(None, Some("n2"));
+    fx.c().members[1].role = Role::Primary;
+    fx.c().members[1].running = false;
+    assert!(matches!(fx.decide(), Decision::ProbePeers { .. }));
+    let fx = fx.peers(vec![answer("n2", false, 1000)]);
+    assert_eq!(fx.decide(), Decision::StepDown { candidate: Some("n2".into()) });
+    // Still a primary by its own answer: refused.
+    let fx = fx.peers(vec![answer("n2", true, 1000)]);
     assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::CandidateNotEligible("n2".into()) });
 }
 
