@@ -14,7 +14,7 @@
 #  3. with a second member (a replica cloned from the first, unpinned), SWITCHES switchovers
 #     through POST /switchover: the time from the leader key changing in etcd to /primary
 #     and /replica answering their new codes on both members (rest_switch.py).
-# Everything it started is stopped on exit. Needs root, etcd, PostgreSQL, wrk, python3.
+# Everything it started is stopped on exit; KEEP_LOGS=DIR keeps the logs there. Needs root, etcd, PostgreSQL, wrk, python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" -eq 0 ] || { echo "run as root (PostgreSQL runs as postgres)" >&2; exit 1; }
@@ -43,6 +43,9 @@ cleanup() {
             kill -9 "$(head -1 "$d/postmaster.pid")" 2>/dev/null || true
         fi
     done
+    if [ -n "${KEEP_LOGS:-}" ]; then
+        mkdir -p "$KEEP_LOGS" && cp "$TMP"/*.log "$KEEP_LOGS"/ 2>/dev/null || true
+    fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -62,7 +65,7 @@ write_config() { # index api_port pg_port
 name = "n$1"
 scope = "rest-bench"
 [log]
-level = "warn"
+level = "${AGENT_LOG_LEVEL:-warn}"
 [etcd]
 endpoints = ["http://127.0.0.1:$ETCD_PORT"]
 request_timeout = "1s"

@@ -570,6 +570,11 @@ impl Agent {
         }
         let (now_pg, now_extra) = self.pg.observe(None).await;
         self.publish(held.as_ref(), &now_pg, now_extra.as_ref()).await;
+        // The other members' slots now, not a cycle later: the old primary of a switchover
+        // restarts as our replica within milliseconds and cannot stream without its slot.
+        if let Some(x) = read {
+            self.manage_slots(&x.view).await;
+        }
         if let Err(e) = self.write_history(&rows, rev).await {
             tracing::warn!(error = format!("{e:#}"), "could not publish the new timeline yet; retrying while leading");
         }

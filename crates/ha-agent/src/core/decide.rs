@@ -263,6 +263,7 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
                 && m.running
                 && m.role == Role::Replica
                 && m.tags.can_failover()
+                && m.timeline.is_none_or(|t| t >= r.timeline)
                 && r.wal_position.saturating_sub(m.lsn.unwrap_or(0)) <= limit
         })
     };
@@ -272,10 +273,14 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
             !st.primary
                 && st.tags.can_failover()
                 && !st.watchdog_failed
+                && st.timeline.is_none_or(|t| t >= r.timeline)
                 && r.wal_position.saturating_sub(st.wal_position) <= limit
         })
     };
     let fit = |name: &str| name != me && c.member(name).is_some() && (fit_by_key(name) || fit_by_answer(name));
+    // Rule: the candidate must already replicate on our timeline. One still on the previous
+    // timeline (it has just followed us and not yet streamed) would refuse to promote, and we
+    // would have stopped for nothing: the cluster without a primary for a whole ttl.
     // Rule: a member key is refreshed once per loop_wait, so right after a role change it can
     // still say "primary" or "stopped". Before refusing a switchover on what the keys say, ask
     // the members themselves (as Patroni does, and as the REST pre-check did).

@@ -291,7 +291,11 @@ impl fmt::Display for ClearReason {
         match self {
             ClearReason::NamesAnotherLeader(l) => write!(f, "it names {l} as the leader, not us"),
             ClearReason::CandidateIsLeader => f.write_str("the candidate already leads"),
-            ClearReason::CandidateNotEligible(c) => write!(f, "candidate {c} is not a healthy, eligible member"),
+            ClearReason::CandidateNotEligible(c) => write!(
+                f,
+                "candidate {c} is not a healthy, eligible member (a running replica on our timeline, \
+                 failover allowed, within maximum_lag_on_failover)"
+            ),
             ClearReason::NoEligibleCandidate => f.write_str("no member is fit to take over"),
             ClearReason::Done => f.write_str("the switchover is done"),
             ClearReason::BadSchedule(s) => write!(f, "scheduled_at {s:?} is not an RFC 3339 time"),

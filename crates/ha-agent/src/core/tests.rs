@@ -637,6 +637,15 @@ fn switchover_trusts_the_candidates_own_answer_over_its_stale_member_key() {
     assert!(matches!(fx.decide(), Decision::ProbePeers { .. }));
     let fx = fx.peers(vec![answer("n2", false, 1000)]);
     assert_eq!(fx.decide(), Decision::StepDown { candidate: Some("n2".into()) });
+    // Streaming, but still on the previous timeline (it has just followed us): refused, as it
+    // would not promote and we would stop for nothing.
+    let fx2 = Fx::new().leader(ME).pg(primary(1000, 2)).failover(None, Some("n2"));
+    assert!(matches!(fx2.decide(), Decision::ProbePeers { .. }), "its key says timeline 1");
+    let fx2 = fx2.peers(vec![answer("n2", false, 1000)]);
+    assert_eq!(fx2.decide(), Decision::ClearFailover { reason: ClearReason::CandidateNotEligible("n2".into()) });
+    let mut caught_up = answer("n2", false, 1000);
+    caught_up.status.as_mut().unwrap().timeline = Some(2);
+    assert_eq!(fx2.peers(vec![caught_up]).decide(), Decision::StepDown { candidate: Some("n2".into()) });
     // Still a primary by its own answer: refused.
     let fx = fx.peers(vec![answer("n2", true, 1000)]);
     assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::CandidateNotEligible("n2".into()) });

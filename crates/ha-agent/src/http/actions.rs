@@ -99,6 +99,9 @@ pub struct Plan {
     pub scheduled_at: Option<u64>,
     /// Members to ask before writing: at least one must be able to take over.
     pub candidates: Vec<(String, String)>,
+    /// The leader's timeline as its member key says: a candidate still on an older one (it
+    /// has just begun to follow the leader) cannot take over yet.
+    pub leader_timeline: Option<u32>,
 }
 
 impl Plan {
@@ -200,7 +203,15 @@ pub fn plan(action: Action, req: &Map<String, Value>, c: &ClusterRead, now_ms: u
     // A failover naming the leader is a switchover (Patroni 4.x; 3.0.2's patronictl always
     // sends the leader).
     let action = if action == Action::Failover && leader.is_some() { Action::Switchover } else { action };
-    let mut p = Plan { action, leader: leader.clone(), candidate: candidate.clone(), scheduled_at, candidates: vec![] };
+    let leader_timeline = c.leader.as_deref().and_then(|l| c.member(l)).and_then(|m| m.timeline);
+    let mut p = Plan {
+        action,
+        leader: leader.clone(),
+        candidate: candidate.clone(),
+        scheduled_at,
+        candidates: vec![],
+        leader_timeline,
+    };
     if let Some(l) = &leader
         && c.leader.as_deref() != Some(l.as_str())
     {
@@ -239,13 +250,17 @@ pub fn plan(action: Action, req: &Map<String, Value>, c: &ClusterRead, now_ms: u
 }
 
 /// Patroni's `failover_limitation` on a candidate's `GET /patroni` answer.
-pub fn can_take_over(s: &outrigger_schema::StatusJson) -> bool {
+pub fn can_take_over(s: &outrigger_schema::StatusJson, leader_timeline: Option<u32>) -> bool {
     let nofailover = match s.tags.get("nofailover") {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(v)) => matches!(v.to_ascii_lowercase().as_str(), "true" | "yes" | "on"),
         _ => false,
     };
-    s.state == "running" && !nofailover && !s.watchdog_failed.unwrap_or(false)
+    let on_our_timeline = match (s.timeline, leader_timeline) {
+        (Some(t), Some(l)) => t >= l,
+        _ => true,
+    };
+    s.state == "running" && !nofailover && !s.watchdog_failed.unwrap_or(false) && on_our_timeline
 }
 
 /// Patroni's `postgres_version_to_int`: `X.Y` (X >= 10) or `X.Y.Z`.

@@ -497,7 +497,7 @@ async fn switchover(state: &ApiState, action: Action, body: Option<&[u8]>) -> Re
         let timeout = state.settings.peer_timeout;
         let asks = plan.candidates.iter().map(|(_, url)| probe::status_of(url, timeout));
         let answers = futures::future::join_all(asks).await;
-        if !answers.iter().flatten().any(actions::can_take_over) {
+        if !answers.iter().flatten().any(|s| actions::can_take_over(s, plan.leader_timeline)) {
             return plan.impossible("no good candidates have been found");
         }
     }

@@ -648,3 +648,12 @@ async fn deleting_a_scheduled_switchover_that_changed_meanwhile_is_409() {
         ApiState::new(ApiSettings::new("b", "n1"), Arc::new(Metrics::new("b", "n1")), mpsc::channel(1).0, Some(store));
     assert_eq!(delete_switchover(&state).await.status, 409);
 }
+
+#[test]
+fn switchover_precheck_refuses_a_candidate_still_on_an_older_timeline() {
+    // It has just begun to follow the leader and streams nothing yet: it would not promote.
+    let s = status(MemberRole::Replica);
+    assert!(actions::can_take_over(&s, Some(1)));
+    assert!(actions::can_take_over(&s, None), "no leader timeline known: judged on the rest");
+    assert!(!actions::can_take_over(&s, Some(2)));
+}

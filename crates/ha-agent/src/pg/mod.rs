@@ -517,13 +517,27 @@ impl Postgres {
 
     /// Promotes a running standby and waits for it to accept writes, then checkpoints so that
     /// pg_rewind on others sees the new timeline in our pg_control.
+    /// Promotes and returns once the server accepts writes (within 60 s). `pg_promote(true)`
+    /// checks only every 100 ms; the signal is sent without waiting and recovery's end is
+    /// checked every 10 ms, because proxies see the new primary only after this returns.
     pub async fn promote(&mut self) -> anyhow::Result<()> {
-        let rows = self.query("SELECT pg_promote(true, 60)").await?;
-        let ok: bool = rows.first().context("pg_promote returned nothing")?.try_get(0)?;
-        if !ok {
-            bail!("pg_promote: not promoted within 60s");
+        let rows = self.query("SELECT pg_promote(false)").await?;
+        let sent: bool = rows.first().context("pg_promote returned nothing")?.try_get(0)?;
+        if !sent {
+            bail!("pg_promote: the promote signal could not be sent");
         }
-        Ok(())
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = self.query("SELECT pg_is_in_recovery()").await?;
+            let in_recovery: bool = rows.first().context("pg_is_in_recovery returned nothing")?.try_get(0)?;
+            if !in_recovery {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("pg_promote: not promoted within 60s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn checkpoint(&mut self) -> anyhow::Result<()> {
