@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use harness::{Ack, Cluster, Opts, Writer, lost};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use outrigger_testkit::hold_for;
 
 const UP: Duration = Duration::from_secs(90);
 const FAILOVER: Duration = Duration::from_secs(30);
@@ -64,16 +65,6 @@ fn report(what: &str, fault: Instant, first_new: Option<Instant>) {
         }
         None => println!("{what}: no write on a new primary"),
     }
-}
-
-/// Waits for `d`, failing at once if `ok` stops holding: an observation window, not a sleep.
-fn hold_for(d: Duration, what: &str, mut ok: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        ok().map_err(|e| e.context(format!("while checking that {what}")))?;
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 fn no_unexpected_errors(c: &Cluster, expected: &[&str]) -> anyhow::Result<()> {

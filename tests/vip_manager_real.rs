@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use outrigger_testkit::{EtcdCluster, EtcdOptions, Net, Proc, wait_until};
+use outrigger_testkit::{EtcdCluster, EtcdOptions, Net, Proc, hold_for, wait_until};
 
 const VIP: &str = "10.250.0.100";
 /// The VIP of the IPv6 group; every host also gets `fd00::<index>/64` so the client has a route.
@@ -652,8 +652,12 @@ fn etcd_follow_moves_the_vip_with_the_leader_key() {
             .unwrap_or_else(|e| panic!("{e:#}; holders {:?}", holders(net)));
         eprintln!("{what}: {:?}", t0.elapsed());
     };
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(holders(&net), Vec::<usize>::new(), "no leader key: nobody holds the VIP");
+    hold_for(Duration::from_millis(500), "nobody holds the VIP without a leader key", || {
+        let h = holders(&net);
+        anyhow::ensure!(h.is_empty(), "held by {h:?}");
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
     etcd.etcdctl(&net, 0, &["put", key, "n1"]).expect("put");
     wait(&net, &[1], "leader n1");
     etcd.etcdctl(&net, 0, &["put", key, "n2"]).expect("put");
@@ -674,8 +678,12 @@ fn etcd_follow_moves_the_vip_with_the_leader_key() {
     etcd.etcdctl(&net, 0, &["put", key, "n1"]).expect("put");
     wait(&net, &[1], "leader n1");
     net.host(1).block("etcd", &[&format!("ip saddr {etcd_ip}")], &[&format!("ip daddr {etcd_ip}")]).expect("block");
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(holders(&net), [1], "policy keep rides out the outage");
+    hold_for(Duration::from_secs(3), "policy keep rides out the outage", || {
+        let h = holders(&net);
+        anyhow::ensure!(h == [1], "holders {h:?}");
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
     net.host(1).unblock("etcd").expect("unblock");
 
     for mut p in procs.drain(..) {

@@ -143,3 +143,20 @@ for cfg in defaults tuner pgtune; do
   done
   printf '%-9s | %-28s | %-12s | %-28s | %-12s\n' "$cfg" "${row[0]}" "${row[1]}" "${row[2]}" "${row[3]}"
 done
+
+# Is tuner behind the better of the other two by more than the noise? Welch's t on the runs
+# (|t| < 2: the difference is within the run-to-run spread).
+echo
+for w in ro rw; do
+  awk -v w="$w" '
+    $2 == w { n[$1]++; s[$1] += $3; q[$1] += $3 * $3 }
+    END {
+      for (c in n) { m[c] = s[c] / n[c]; v[c] = (n[c] > 1) ? (q[c] - n[c] * m[c] * m[c]) / (n[c] - 1) : 0 }
+      best = (m["defaults"] > m["pgtune"]) ? "defaults" : "pgtune"
+      se = sqrt(v["tuner"] / n["tuner"] + v[best] / n[best])
+      t = (se > 0) ? (m["tuner"] - m[best]) / se : 0
+      verdict = (t >= 0) ? "tuner ahead" : ((t > -2) ? "within the noise" : "tuner behind")
+      printf "%s: tuner mean %.0f tps vs %s %.0f tps (%+.1f %%), Welch t = %.2f: %s\n",
+        (w == "ro" ? "read-only " : "read-write"), m["tuner"], best, m[best], 100 * (m["tuner"] / m[best] - 1), t, verdict
+    }' "$RESULTS"
+done

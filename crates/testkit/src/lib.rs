@@ -36,7 +36,7 @@ pub use etcd::{EtcdCluster, EtcdOptions, EtcdTls, make_tls};
 pub use net::{Host, Net, NsRuntime};
 pub use pg::{PgOptions, Postgres};
 pub use proc::Proc;
-pub use wait::{wait_ok, wait_until};
+pub use wait::{hold_for, wait_ok, wait_until};
 
 /// Environment variable set on every process the kit starts, holding the test process's pid.
 pub const OWNER_ENV: &str = "OUTRIGGER_TESTKIT_OWNER";

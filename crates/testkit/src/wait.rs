@@ -32,6 +32,19 @@ pub fn wait_ok<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> anyh
     }
 }
 
+/// Checks `ok` for the whole of `d` and fails at once when it stops holding: an observation
+/// window for "nothing must happen meanwhile", not a sleep.
+pub fn hold_for(d: Duration, what: &str, mut ok: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let end = Instant::now() + d;
+    loop {
+        ok().map_err(|e| e.context(format!("while checking that {what}")))?;
+        if Instant::now() >= end {
+            return Ok(());
+        }
+        std::thread::sleep(POLL.max(Duration::from_millis(50)).min(end.saturating_duration_since(Instant::now())));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +55,26 @@ mod tests {
         assert!(e.to_string().contains("the moon to turn blue"), "{e}");
         let e = wait_ok::<()>(Duration::from_millis(60), "x", || anyhow::bail!("still red")).unwrap_err();
         assert!(format!("{e}").contains("still red"), "{e}");
+    }
+
+    #[test]
+    fn hold_for_fails_as_soon_as_the_condition_breaks() {
+        let mut n = 0;
+        let t0 = Instant::now();
+        let e = hold_for(Duration::from_secs(10), "n stays small", || {
+            n += 1;
+            if n < 3 { Ok(()) } else { anyhow::bail!("n is {n}") }
+        })
+        .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(2), "failed at once, not after the window");
+        assert!(format!("{e:#}").contains("n stays small"), "{e:#}");
+        let mut checks = 0;
+        hold_for(Duration::from_millis(200), "always", || {
+            checks += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert!(checks >= 2, "checked throughout the window, {checks} times");
     }
 
     #[test]
