@@ -144,6 +144,15 @@ fn endpoints_answer_by_role_config_patches_apply_and_switchovers_complete() -> a
     )?;
     assert!(out.contains(&format!("Successfully switched over to \"n{p}\"")), "{out}");
     c.wait_primary(UP, &[q])?;
+
+    // At once back again: the old leader has only just begun to follow and may still report
+    // the previous timeline; the request waits for it to catch up instead of failing.
+    let body = format!(r#"{{"leader":"n{p}","candidate":"n{q}"}}"#);
+    let url = api(&c, p, "/switchover");
+    let out =
+        curl(&c, p, &["-X", "POST", "-H", "Content-Type: application/json", "-d", &body, "-w", " %{http_code}", &url])?;
+    assert_eq!(out.trim(), format!("Successfully switched over to \"n{q}\" 200"), "back-to-back switchover");
+    c.wait_primary(UP, &[p])?;
     let errors = c.unexpected_errors(&[]);
     anyhow::ensure!(errors.is_empty(), "unexpected errors: {errors:?}");
     Ok(())

@@ -276,26 +276,54 @@ async fn patch_config_after_a_concurrent_change_is_409() {
     assert_eq!(mem.value(&format!("{PREFIX}/config")).unwrap(), r#"{"changed":"meanwhile"}"#);
 }
 
-#[tokio::test]
-async fn immediate_switchover_answers_200_once_the_leader_key_moves() {
-    let s = start(MemberRole::Primary).await;
-    // n2's API answers as a running replica.
-    let n2 = start(MemberRole::Replica).await;
-    s.store.set(&format!("{PREFIX}/members/n2"), &member_json(&n2.addr.to_string()));
-    // The stand-in for the cluster: once the failover key names n2, n2 takes the leader key.
-    let store = s.store.clone();
+/// The stand-in for the cluster: once the failover key names `to`, `to` takes the leader key
+/// (polled for at most 10 s).
+fn stand_in_cluster_moves_the_leader_to(store: &Arc<MemStore>, to: &'static str) {
+    let store = store.clone();
     tokio::spawn(async move {
         for _ in 0..500 {
-            if store.value(&format!("{PREFIX}/failover")).is_some_and(|v| v.contains("\"member\":\"n2\"")) {
-                store.set(&format!("{PREFIX}/leader"), "n2");
+            if store.value(&format!("{PREFIX}/failover")).is_some_and(|v| v.contains(&format!("\"member\":\"{to}\""))) {
+                store.set(&format!("{PREFIX}/leader"), to);
                 store.set(&format!("{PREFIX}/failover"), "{}");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+}
+
+#[tokio::test]
+async fn immediate_switchover_answers_200_once_the_leader_key_moves() {
+    let s = start(MemberRole::Primary).await;
+    // n2's API answers as a running replica.
+    let n2 = start(MemberRole::Replica).await;
+    s.store.set(&format!("{PREFIX}/members/n2"), &member_json(&n2.addr.to_string()));
+    stand_in_cluster_moves_the_leader_to(&s.store, "n2");
     let (code, _, body) = call(s.addr, "POST", "/switchover", &[], Some(r#"{"leader":"n1","candidate":"n2"}"#)).await;
     assert_eq!((code, body.as_str()), (200, "Successfully switched over to \"n2\""));
+}
+
+#[tokio::test]
+async fn switchover_waits_for_a_candidate_still_on_the_previous_timeline() {
+    let s = start(MemberRole::Primary).await;
+    let leader_on_tl2 = member_json(&s.addr.to_string()).replace(r#""version""#, r#""timeline":2,"version""#);
+    s.store.set(&format!("{PREFIX}/members/n1"), &leader_on_tl2);
+    // n2 answers as a replica still on timeline 1 (it has just begun to follow n1), and
+    // reports timeline 2 a little later.
+    let n2 = start(MemberRole::Replica).await;
+    s.store.set(&format!("{PREFIX}/members/n2"), &member_json(&n2.addr.to_string()));
+    let n2_state = n2.state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut snap = snapshot(MemberRole::Replica);
+        snap.status.as_mut().expect("status").timeline = Some(2);
+        n2_state.publish(snap, 0);
+    });
+    stand_in_cluster_moves_the_leader_to(&s.store, "n2");
+    let t0 = Instant::now();
+    let (code, _, body) = call(s.addr, "POST", "/switchover", &[], Some(r#"{"leader":"n1","candidate":"n2"}"#)).await;
+    assert_eq!((code, body.as_str()), (200, "Successfully switched over to \"n2\""));
+    assert!(t0.elapsed() >= Duration::from_millis(400), "the failover key was written only once n2 caught up");
 }
 
 #[tokio::test]
