@@ -25,7 +25,7 @@ use super::decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseR
 use super::divergence::{self, Divergence, LocalEnd};
 use super::observed::{ClusterState, Observed, PeerRef, PeerStatus, PgView, RunningPg};
 use super::schedule::parse_rfc3339_ms;
-use super::view::{ClusterView, FailoverRequest, Initialize, LeaderKey, Role};
+use super::view::{ClusterView, FailoverRequest, Initialize, LeaderKey, Member, Role};
 
 /// Decides what to do next from what was observed.
 pub fn decide(o: &Observed<'_>) -> Decision {
@@ -160,14 +160,7 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
         return paused_leader(o, c);
     }
     match o.pg {
-        PgView::Running(r) if r.primary => {
-            if let Some(f) = &c.failover
-                && let Some(d) = switchover(o, c, f, r)
-            {
-                return d;
-            }
-            Decision::Lead
-        }
+        PgView::Running(r) if r.primary => lead_or_switch_over(o, c, r),
         // Rule: the key is ours and PostgreSQL is a replica (a takeover the agent did not
         // finish): promote if still fit, else let someone else lead.
         PgView::Running(r) => match unfit(o, c, &o.settings.name, r.timeline, r.wal_position) {
@@ -203,14 +196,7 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
 /// releases it when someone demoted or stopped it by hand; it never starts or promotes.
 fn paused_leader(o: &Observed<'_>, c: &ClusterView) -> Decision {
     match o.pg {
-        PgView::Running(r) if r.primary => {
-            if let Some(f) = &c.failover
-                && let Some(d) = switchover(o, c, f, r)
-            {
-                return d;
-            }
-            Decision::Lead
-        }
+        PgView::Running(r) if r.primary => lead_or_switch_over(o, c, r),
         PgView::Running(_) => Decision::ReleaseLeader { reason: ReleaseReason::NotPrimaryWhilePaused },
         PgView::Starting { .. } => Decision::Wait { reason: WaitReason::PgStarting },
         _ => Decision::ReleaseLeader { reason: ReleaseReason::NotRunningWhilePaused },
@@ -224,6 +210,11 @@ fn start_failed(o: &Observed<'_>) -> bool {
 
 fn start_timed_out(o: &Observed<'_>) -> bool {
     o.recent.primary_down_since.is_some_and(|since| o.now.since(since) >= o.config.primary_start_timeout)
+}
+
+/// A leader with a running primary keeps leading, unless the `failover` key asks otherwise.
+fn lead_or_switch_over(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
+    c.failover.as_ref().and_then(|f| switchover(o, c, f, r)).unwrap_or(Decision::Lead)
 }
 
 /// The leader handles the `failover` key. `None`: nothing to do now (keep leading).
@@ -257,10 +248,12 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
         }
     }
     let limit = o.config.maximum_lag_on_failover;
+    // Rule: the candidate must already replicate on our timeline. One still on the previous
+    // timeline (it has just followed us and not yet streamed) would refuse to promote, and we
+    // would have stopped for nothing: the cluster without a primary for a whole ttl.
     let fit_by_key = |name: &str| {
         c.member(name).is_some_and(|m| {
-            m.name != me
-                && m.running
+            m.running
                 && m.role == Role::Replica
                 && m.tags.can_failover()
                 && m.timeline.is_none_or(|t| t >= r.timeline)
@@ -278,36 +271,28 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
         })
     };
     let fit = |name: &str| name != me && c.member(name).is_some() && (fit_by_key(name) || fit_by_answer(name));
-    // Rule: the candidate must already replicate on our timeline. One still on the previous
-    // timeline (it has just followed us and not yet streamed) would refuse to promote, and we
-    // would have stopped for nothing: the cluster without a primary for a whole ttl.
     // Rule: a member key is refreshed once per loop_wait, so right after a role change it can
     // still say "primary" or "stopped". Before refusing a switchover on what the keys say, ask
-    // the members themselves (as Patroni does, and as the REST pre-check did).
-    let ask = |names: Vec<&str>| -> Option<Decision> {
-        if o.peers.is_some() {
-            return None;
-        }
-        let peers: Vec<PeerRef> = names
+    // the members themselves (as Patroni does, and as the REST pre-check did); refuse only
+    // once they have answered.
+    let ask_else = |members: Vec<&Member>, refusal: ClearReason| {
+        let peers: Vec<PeerRef> = members
             .into_iter()
-            .filter_map(|n| c.member(n))
             .filter(|m| m.name != me && !m.api_url.is_empty())
             .map(|m| PeerRef { name: m.name.clone(), api_url: m.api_url.clone() })
             .collect();
-        (!peers.is_empty()).then_some(Decision::ProbePeers { peers })
+        if o.peers.is_none() && !peers.is_empty() {
+            Decision::ProbePeers { peers }
+        } else {
+            Decision::ClearFailover { reason: refusal }
+        }
     };
     Some(match &f.candidate {
         Some(cand) if cand == me => Decision::ClearFailover { reason: ClearReason::CandidateIsLeader },
         Some(cand) if fit(cand) => Decision::StepDown { candidate: Some(cand.clone()) },
-        Some(cand) => match ask(vec![cand.as_str()]) {
-            Some(probe) => probe,
-            None => Decision::ClearFailover { reason: ClearReason::CandidateNotEligible(cand.clone()) },
-        },
+        Some(cand) => ask_else(c.member(cand).into_iter().collect(), ClearReason::CandidateNotEligible(cand.clone())),
         None if c.members.iter().any(|m| fit(&m.name)) => Decision::StepDown { candidate: None },
-        None => match ask(c.members.iter().map(|m| m.name.as_str()).collect()) {
-            Some(probe) => probe,
-            None => Decision::ClearFailover { reason: ClearReason::NoEligibleCandidate },
-        },
+        None => ask_else(c.members.iter().collect(), ClearReason::NoEligibleCandidate),
     })
 }
 
