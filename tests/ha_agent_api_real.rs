@@ -158,42 +158,6 @@ fn endpoints_answer_by_role_config_patches_apply_and_switchovers_complete() -> a
     Ok(())
 }
 
-/// A CA and one certificate for all three hosts' addresses, made with openssl.
-fn certificates(c: &Cluster, dir: &Path) -> anyhow::Result<()> {
-    let run = |args: &[&str]| -> anyhow::Result<()> {
-        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output()?;
-        anyhow::ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(())
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=otk-ca"]]
-        .concat())?;
-    run(&[&["req"][..], &ec, &["-keyout", "api.key", "-out", "api.csr", "-subj", "/CN=otk-api"]].concat())?;
-    let sans = (1..=3).map(|i| format!("IP:{}", c.net.host(i).ip())).collect::<Vec<_>>().join(",");
-    std::fs::write(
-        dir.join("ext.cnf"),
-        format!("subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n"),
-    )?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "api.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "api.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ])?;
-    Ok(())
-}
-
 #[test]
 fn basic_auth_and_tls_guard_the_live_port() -> anyhow::Result<()> {
     // The addresses are fixed by the harness (10.250.0.<i>), so the certificate can be made
@@ -201,12 +165,13 @@ fn basic_auth_and_tls_guard_the_live_port() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let tls = dir.path().to_path_buf();
     let restapi = format!(
-        "certfile = \"{d}/api.pem\"\nkeyfile = \"{d}/api.key\"\ncafile = \"{d}/ca.pem\"\nverify_client = \"optional\"\n\
+        "certfile = \"{d}/member.pem\"\nkeyfile = \"{d}/member.key\"\ncafile = \"{d}/ca.pem\"\nverify_client = \"optional\"\n\
          [restapi.authentication]\nusername = \"admin\"\npassword = \"s3cret\"\n",
         d = tls.display()
     );
     let mut c = Cluster::start("api_auth_tls", Opts { sync: false, agents: 0, restapi, ..Opts::default() })?;
-    certificates(&c, &tls)?;
+    // One certificate for all three hosts' addresses.
+    outrigger_testkit::make_tls_for(&tls, &(1..=3).map(|i| c.net.host(i).ip()).collect::<Vec<_>>())?;
     for i in 1..=3 {
         c.start_agent(i)?;
     }
@@ -219,7 +184,7 @@ fn basic_auth_and_tls_guard_the_live_port() -> anyhow::Result<()> {
     assert!(code(&c, p, "GET", &api(&c, p, "/primary"), &[]).map_or(true, |s| s == 0 || s == 400));
 
     // Unsafe endpoints: a client certificate (verify_client optional), then credentials.
-    let cert = ["--cert", &format!("{}/api.pem", tls.display()), "--key", &format!("{}/api.key", tls.display())]
+    let cert = ["--cert", &format!("{}/member.pem", tls.display()), "--key", &format!("{}/member.key", tls.display())]
         .map(str::to_owned);
     let reload = https(p, "/reload");
     assert_eq!(code(&c, p, "POST", &reload, &["--cacert", &ca])?, 403, "no client certificate");

@@ -242,6 +242,12 @@ impl EtcdCluster {
 
 /// Makes a CA and a certificate for `ip` (server and client use) with `openssl`, in `dir`.
 pub fn make_tls(dir: &std::path::Path, ip: std::net::Ipv4Addr) -> anyhow::Result<EtcdTls> {
+    make_tls_for(dir, &[ip])
+}
+
+/// Makes a CA and one certificate for all of `ips` and 127.0.0.1 (server and client use) with
+/// `openssl`, in `dir`: `ca.pem`, `member.pem`, `member.key`.
+pub fn make_tls_for(dir: &std::path::Path, ips: &[std::net::Ipv4Addr]) -> anyhow::Result<EtcdTls> {
     let run = |args: &[&str]| crate::net::run(Command::new("openssl").current_dir(dir).args(args)).map(drop);
     run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"])?;
     run(&["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=outrigger-test-ca", "-days", "2", "-out", "ca.pem"])?;
@@ -250,7 +256,8 @@ pub fn make_tls(dir: &std::path::Path, ip: std::net::Ipv4Addr) -> anyhow::Result
     std::fs::write(
         dir.join("ext.cnf"),
         format!(
-            "subjectAltName=IP:{ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature\n"
+            "subjectAltName={}IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature\n",
+            ips.iter().map(|ip| format!("IP:{ip},")).collect::<String>()
         ),
     )?;
     run(&[

@@ -32,7 +32,7 @@ mod sys;
 mod wait;
 
 pub use dirs::TestDir;
-pub use etcd::{EtcdCluster, EtcdOptions, EtcdTls, make_tls};
+pub use etcd::{EtcdCluster, EtcdOptions, EtcdTls, make_tls, make_tls_for};
 pub use net::{Host, Net, NsRuntime};
 pub use pg::{PgOptions, Postgres};
 pub use proc::Proc;

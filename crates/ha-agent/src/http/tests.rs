@@ -529,41 +529,6 @@ async fn connections_over_the_cap_are_closed_at_once() {
 
 // ---- TLS ----
 
-/// A CA and one leaf certificate for 127.0.0.1 (server and client use), made with openssl.
-fn make_certs(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"]]
-        .concat());
-    run(&[&["req"][..], &ec, &["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat());
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (dir.join("leaf.pem"), dir.join("leaf.key"), dir.join("ca.pem"))
-}
-
 struct TlsServer {
     addr: SocketAddr,
     files: tls::TlsFiles,
@@ -573,8 +538,9 @@ struct TlsServer {
 
 async fn start_tls(verify: tls::VerifyClient, limits: Limits) -> TlsServer {
     let dir = tempfile::tempdir().unwrap();
-    let (certfile, keyfile, cafile) = make_certs(dir.path());
-    let files = tls::TlsFiles { certfile, keyfile, cafile: Some(cafile), verify_client: verify };
+    // A CA and one certificate for 127.0.0.1 (server and client use).
+    let made = outrigger_testkit::make_tls_for(dir.path(), &[]).unwrap();
+    let files = tls::TlsFiles { certfile: made.cert, keyfile: made.key, cafile: Some(made.ca), verify_client: verify };
     let access = Access { require_client_cert: verify != tls::VerifyClient::None, ..Access::default() };
     // A plain server for the state, and a TLS listener serving the same state.
     let plain = start_with(MemberRole::Primary, access, limits).await;
