@@ -8,43 +8,18 @@ time how long until /primary answers 200 again (the agent takes the key back; th
 restarting PostgreSQL, so it is shown apart). Talks to loopback only.
 """
 import argparse
-import base64
-import http.client
 import json
 import statistics
 import time
-import urllib.parse
 import urllib.request
+
+from restlib import Api, b64
 
 
 def etcd(base, path, body):
     req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST")
     with urllib.request.urlopen(req, timeout=5) as r:
         r.read()
-
-
-def b64(s):
-    return base64.b64encode(s.encode()).decode()
-
-
-class Api:
-    def __init__(self, url):
-        u = urllib.parse.urlparse(url)
-        self.host, self.port = u.hostname, u.port
-        self.conn = None
-
-    def code(self, path):
-        for _ in range(2):
-            try:
-                if self.conn is None:
-                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
-                self.conn.request("GET", path)
-                r = self.conn.getresponse()
-                r.read()
-                return r.status
-            except (OSError, http.client.HTTPException):
-                self.conn = None
-        return 0
 
 
 def wait_for(api, path, want, limit_s):

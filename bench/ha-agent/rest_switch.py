@@ -9,17 +9,13 @@ only.
 """
 import argparse
 import base64
-import http.client
 import json
 import statistics
 import threading
 import time
-import urllib.parse
 import urllib.request
 
-
-def b64(s):
-    return base64.b64encode(s.encode()).decode()
+from restlib import Api, b64
 
 
 def leader(etcd, key):
@@ -27,29 +23,6 @@ def leader(etcd, key):
     with urllib.request.urlopen(req, timeout=2) as r:
         kvs = json.loads(r.read()).get("kvs") or []
     return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
-
-
-class Api:
-    def __init__(self, url):
-        u = urllib.parse.urlparse(url)
-        self.host, self.port = u.hostname, u.port
-        self.conn = None
-
-    def request(self, method, path, body=None, timeout=2):
-        for _ in range(2):
-            try:
-                if self.conn is None:
-                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-                headers = {"Content-Type": "application/json"} if body else {}
-                self.conn.request(method, path, body=body, headers=headers)
-                r = self.conn.getresponse()
-                return r.status, r.read().decode(errors="replace")
-            except (OSError, http.client.HTTPException):
-                self.conn = None
-        return 0, ""
-
-    def code(self, path):
-        return self.request("GET", path)[0]
 
 
 def wait(cond, limit_s):
