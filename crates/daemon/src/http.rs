@@ -19,6 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -84,39 +85,57 @@ pub async fn serve_observed<H, F, E>(
     let on_error = Arc::new(on_error);
     let handler = Arc::new(handler);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    while let Some((stream, peer, permit)) = accept_within(&listener, &permits, &shutdown, || {}).await {
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        let on_error = on_error.clone();
+        tokio::spawn(async move {
+            let served = serve_connection(stream, &limits, move |req| handler(req, peer), &shutdown).await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                on_error(&e);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one accepted connection (plain TCP, or TLS already handshaken) with the header
+/// deadline and head-size limit of `limits`, until the client closes it. Once `shutdown` is
+/// cancelled the request in flight may finish, for at most a second. Returns the error the
+/// connection ended with (a malformed request, a client too slow with its headers).
+pub async fn serve_connection<I, H, F>(
+    io: I,
+    limits: &Limits,
+    handler: H,
+    shutdown: &CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_head_bytes.max(8192))
         .keep_alive(true);
-    while let Some((stream, peer, permit)) = accept_within(&listener, &permits, &shutdown, || {}).await {
-        let handler = handler.clone();
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| {
-                let h = handler.clone();
-                async move { Ok::<_, Infallible>(h(req, peer).await) }
-            }),
-        );
-        let shutdown = shutdown.clone();
-        let on_error = on_error.clone();
-        tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "http connection ended with an error");
-                        on_error(&e);
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-                }
-            }
-            drop(permit);
-        });
+    let conn = builder.serve_connection(
+        TokioIo::new(io),
+        service_fn(move |req| {
+            let answer = handler(req);
+            async move { Ok::<_, Infallible>(answer.await) }
+        }),
+    );
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => res,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            Ok(())
+        }
     }
 }
 

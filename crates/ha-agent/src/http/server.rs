@@ -13,13 +13,9 @@
 //! for a worker busy with the HA loop, and all connections share one thread, so under load
 //! they queue for microseconds instead of for the scheduler's time slice between threads.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -46,34 +42,24 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The per-connection limits as the shared server code takes them.
+    fn http(&self) -> outrigger_daemon::http::Limits {
+        outrigger_daemon::http::Limits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            max_head_bytes: self.max_head_bytes,
+        }
+    }
+}
+
 async fn serve_conn<I>(io: I, info: ConnInfo, state: Arc<ApiState>, limits: Limits, shutdown: CancellationToken)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_head_bytes.max(8192))
-        .keep_alive(true);
-    let conn = builder.serve_connection(
-        TokioIo::new(io),
-        service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(super::handle(state, req, info).await) }
-        }),
-    );
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(peer = %info.peer, error = %e, "http connection ended with an error");
-            }
-        }
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-        }
+    let handler = move |req| super::handle(state.clone(), req, info);
+    if let Err(e) = outrigger_daemon::http::serve_connection(io, &limits.http(), handler, &shutdown).await {
+        tracing::debug!(peer = %info.peer, error = %e, "http connection ended with an error");
     }
 }
 
