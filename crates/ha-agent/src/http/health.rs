@@ -218,31 +218,33 @@ fn status_code(path: &str, q: &[(String, String)], snap: &Snapshot, now: Now) ->
     code
 }
 
+/// A status JSON for tests: `role` in `state`, timeline 1, nothing else set.
+#[cfg(test)]
+pub(super) fn test_status(role: MemberRole, state: &str) -> outrigger_schema::StatusJson {
+    outrigger_schema::StatusJson {
+        state: state.into(),
+        postmaster_start_time: None,
+        role,
+        server_version: Some(170000),
+        xlog: None,
+        timeline: Some(1),
+        replication_state: None,
+        cluster_unlocked: Some(false),
+        dcs_last_seen: None,
+        tags: serde_json::Map::new(),
+        database_system_identifier: None,
+        pending_restart: None,
+        watchdog_failed: None,
+        patroni: None,
+        extra: serde_json::Map::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outrigger_schema::{StatusJson, XlogStatus};
-    use serde_json::{Map, json};
-
-    fn status(role: MemberRole, state: &str) -> StatusJson {
-        StatusJson {
-            state: state.into(),
-            postmaster_start_time: None,
-            role,
-            server_version: Some(170000),
-            xlog: None,
-            timeline: Some(1),
-            replication_state: None,
-            cluster_unlocked: Some(false),
-            dcs_last_seen: None,
-            tags: Map::new(),
-            database_system_identifier: None,
-            pending_restart: None,
-            watchdog_failed: None,
-            patroni: None,
-            extra: Map::new(),
-        }
-    }
+    use outrigger_schema::XlogStatus;
+    use serde_json::json;
 
     fn t0() -> Now {
         Now { instant: Instant::now(), wall_ms: 1_000_000 }
@@ -250,7 +252,7 @@ mod tests {
 
     /// A leader holding its lease for another 10 s.
     fn leader(now: Now) -> Snapshot {
-        let mut s = status(MemberRole::Primary, "running");
+        let mut s = test_status(MemberRole::Primary, "running");
         s.xlog = Some(XlogStatus { location: Some(1000), ..XlogStatus::default() });
         Snapshot {
             status: Some(s),
@@ -262,7 +264,7 @@ mod tests {
 
     /// A streaming replica that replayed up to 900 (received 950), the leader at 1000.
     fn replica(now: Now) -> Snapshot {
-        let mut s = status(MemberRole::Replica, "running");
+        let mut s = test_status(MemberRole::Replica, "running");
         s.replication_state = Some("streaming".into());
         s.xlog =
             Some(XlogStatus { received_location: Some(950), replayed_location: Some(900), ..XlogStatus::default() });

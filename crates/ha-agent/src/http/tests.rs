@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outrigger_schema::{MemberRole, StatusJson, XlogStatus};
-use serde_json::{Map, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -18,28 +18,17 @@ use super::*;
 
 const PREFIX: &str = "/service/b";
 
+/// A running member's status: a primary at LSN 1000, or a replica streaming up to it.
 fn status(role: MemberRole) -> StatusJson {
     let primary = role == MemberRole::Primary;
     StatusJson {
-        state: "running".into(),
-        postmaster_start_time: None,
-        role,
-        server_version: Some(170000),
         xlog: Some(if primary {
             XlogStatus { location: Some(1000), ..XlogStatus::default() }
         } else {
             XlogStatus { received_location: Some(1000), replayed_location: Some(1000), ..XlogStatus::default() }
         }),
-        timeline: Some(1),
         replication_state: (!primary).then(|| "streaming".to_owned()),
-        cluster_unlocked: Some(false),
-        dcs_last_seen: None,
-        tags: Map::new(),
-        database_system_identifier: None,
-        pending_restart: None,
-        watchdog_failed: None,
-        patroni: None,
-        extra: Map::new(),
+        ..health::test_status(role, "running")
     }
 }
 
