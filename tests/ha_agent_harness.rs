@@ -79,6 +79,8 @@ pub struct Opts {
     pub dcs: &'static str,
     /// Extra `[restapi]` lines (may end with a `[restapi.authentication]` table).
     pub restapi: String,
+    /// The `[watchdog]` lines.
+    pub watchdog: String,
 }
 
 impl Default for Opts {
@@ -94,6 +96,7 @@ impl Default for Opts {
             reinit_on_rewind_failure: false,
             dcs: "",
             restapi: String::new(),
+            watchdog: "safety_margin = -1".into(),
         }
     }
 }
@@ -159,6 +162,7 @@ impl Cluster {
         let o = &self.opts;
         let ip = self.net.host(i).ip();
         let endpoints = self.etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+        let subnet = format!("{}.0/24", outrigger_testkit::SUBNET_PREFIX);
         let sync = if o.sync { "synchronous_commit = \"on\"\nsynchronous_standby_names = \"*\"\n" } else { "" };
         format!(
             r#"name = "n{i}"
@@ -171,11 +175,14 @@ request_timeout = "{rt}"
 [restapi]
 listen = "{ip}:8008"
 peer_timeout = "{peer}"
+allowlist = ["127.0.0.1/32", "{subnet}"]
 {restapi}
 [timings]
 ttl = "{ttl}"
 loop_wait = "{lw}"
 retry_timeout = "{rt}"
+[watchdog]
+{watchdog}
 [postgresql]
 data_dir = "{data}"
 bin_dir = "{bin}"
@@ -206,6 +213,8 @@ maximum_lag_on_failover = 16777216
             log = self.net.dir().log(&format!("pg-n{i}")).display(),
             dcs = o.dcs,
             restapi = o.restapi,
+            watchdog = o.watchdog,
+            subnet = subnet,
             reinit = o.reinit_on_rewind_failure,
         )
     }

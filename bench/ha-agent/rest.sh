@@ -75,6 +75,8 @@ listen = "127.0.0.1:$2"
 ttl = "4s"
 loop_wait = "1s"
 retry_timeout = "1s"
+[watchdog]
+safety_margin = -1
 [postgresql]
 data_dir = "$TMP/data$1"
 bin_dir = "$PG_BIN"

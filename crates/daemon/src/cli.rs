@@ -114,12 +114,14 @@ pub enum Runtime {
     },
 }
 
-/// The rest of every daemon's `main` after [`startup`]: builds the runtime, cancels `stop` on
-/// SIGTERM/SIGINT, runs the daemon until it returns, tells systemd STOPPING, and maps the
-/// result to the exit code (1 on an error, so that systemd restarts the daemon).
+/// The rest of every daemon's `main` after [`startup`]: builds the runtime, installs the
+/// signal handlers (SIGTERM/SIGINT/SIGQUIT cancel `Control::stop`, SIGHUP is a reload
+/// request, see [`crate::shutdown`]), runs the daemon until it returns, tells systemd
+/// STOPPING, and maps the result to the exit code (1 on an error, so that systemd restarts the
+/// daemon).
 pub fn run_until_stopped<F, Fut>(bin: &str, runtime: Runtime, run: F) -> ExitCode
 where
-    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    F: FnOnce(crate::shutdown::Control) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let built = match runtime {
@@ -136,9 +138,16 @@ where
         }
     };
     let result = rt.block_on(async {
+        // Installed before the daemon does anything, so that no signal takes its default
+        // action (termination) while the daemon holds something it must release.
+        let handlers = match crate::shutdown::Handlers::install() {
+            Ok(h) => h,
+            Err(e) => return Err(anyhow::anyhow!("install signal handlers: {e}")),
+        };
         let stop = tokio_util::sync::CancellationToken::new();
-        let signals = tokio::spawn(crate::shutdown::on_signal(stop.clone()));
-        let result = run(stop.clone()).await;
+        let reloads = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
+        let signals = tokio::spawn(crate::shutdown::listen(handlers, stop.clone(), reloads.clone()));
+        let result = run(crate::shutdown::Control::new(stop.clone(), reloads)).await;
         crate::systemd::stopping();
         stop.cancel();
         let _ = signals.await;

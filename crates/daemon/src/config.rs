@@ -121,7 +121,7 @@ pub trait Validate {
 pub fn parse_toml<Raw: DeserializeOwned>(path: &str, text: &str) -> Result<Raw, ConfigError> {
     let mut unknown = Vec::new();
     let de = toml::Deserializer::parse(text)
-        .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: one_line(&e.to_string()) })?;
+        .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: syntax_message(text, &e) })?;
     let raw: Result<Raw, _> = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
     match raw {
         Ok(raw) if unknown.is_empty() => Ok(raw),
@@ -139,6 +139,18 @@ pub fn parse_toml<Raw: DeserializeOwned>(path: &str, text: &str) -> Result<Raw, 
             Err(ConfigError::Invalid { path: path.to_owned(), problems })
         }
     }
+}
+
+/// Where the syntax error is and what it is, without the text of the line: a config line can
+/// hold a password, and this message goes to logs (a reload on SIGHUP logs it).
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map(|s| {
+        let before = &text[..s.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    format!("{}{}", at.unwrap_or_default(), one_line(e.message()))
 }
 
 fn unknown_key(key: String) -> Problem {
@@ -383,6 +395,15 @@ mod tests {
     fn syntax_errors_are_their_own_kind() {
         let r: Result<Raw, _> = parse_toml("t.toml", "name = \n");
         assert!(matches!(r, Err(ConfigError::Syntax { .. })));
+    }
+
+    #[test]
+    fn syntax_errors_say_where_without_echoing_the_line() {
+        let r: Result<Raw, _> = parse_toml("t.toml", "name = \"a\"\n[etcd]\npassword = \"s3cret\n");
+        let Err(e @ ConfigError::Syntax { .. }) = r else { panic!("expected a syntax error") };
+        let shown = e.to_string();
+        assert!(shown.contains("line 3"), "{shown}");
+        assert!(!shown.contains("s3cret"), "the password must not be echoed: {shown}");
     }
 
     #[test]

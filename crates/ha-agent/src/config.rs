@@ -37,6 +37,22 @@ pub struct RawConfig {
     pub bootstrap: RawBootstrap,
     #[serde(default)]
     pub tags: RawTags,
+    #[serde(default)]
+    pub watchdog: RawWatchdog,
+}
+
+/// Patroni's `watchdog` section.
+#[derive(Debug, Deserialize, Default)]
+pub struct RawWatchdog {
+    /// `off`, `automatic` (default, as Patroni) or `required`.
+    pub mode: Option<String>,
+    /// Default `/dev/watchdog`.
+    pub device: Option<PathBuf>,
+    /// Seconds between the watchdog firing and the leader key expiring (Patroni: 5; -1 means
+    /// half the ttl).
+    pub safety_margin: Option<i64>,
+    /// `default` (the Linux watchdog API) or `testing` (Patroni's named-pipe stand-in).
+    pub driver: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -233,6 +249,7 @@ pub struct Config {
     /// `bootstrap.dcs` as JSON, for the `config` key.
     pub bootstrap_dcs: serde_json::Value,
     pub tags: Tags,
+    pub watchdog: crate::core::watchdog::Settings,
 }
 
 fn show(d: Duration) -> String {
@@ -344,18 +361,13 @@ impl RawConfig {
         };
         let mut parameters = Vec::new();
         for (k, v) in &pg.parameters {
+            if let Some(why) = crate::core::refused_parameter(k) {
+                p.push_key(format!("postgresql.parameters.{k}"), format!("is refused: {why}"));
+                continue;
+            }
             match setting(v) {
                 Some(s) => parameters.push((k.clone(), s)),
                 None => p.push(format!("postgresql.parameters.{k}"), v, "must be a string, number or boolean"),
-            }
-        }
-        for managed in ["listen_addresses", "port", "unix_socket_directories", "primary_conninfo", "primary_slot_name"]
-        {
-            if pg.parameters.contains_key(managed) {
-                p.push_key(
-                    format!("postgresql.parameters.{managed}"),
-                    "is managed by ha-agent (use postgresql.listen, socket_dir or the leader race instead)",
-                );
             }
         }
         let start_timeout = pg.start_timeout.unwrap_or(Duration::from_secs(60));
@@ -383,6 +395,51 @@ impl RawConfig {
             parameters,
             start_timeout,
         }
+    }
+}
+
+impl RawWatchdog {
+    fn validate(&self, p: &mut Problems, t: &Timings, request_timeout: Duration) -> crate::core::watchdog::Settings {
+        use crate::core::watchdog::{Driver, Mode, Settings, timeout_for, unusable_timings};
+        let mode = match self.mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("automatic") => Mode::Automatic,
+            Some("off") => Mode::Off,
+            Some("required") => Mode::Required,
+            Some(_) => {
+                p.push("watchdog.mode", self.mode.as_deref().unwrap_or(""), "must be off, automatic or required");
+                Mode::Off
+            }
+        };
+        let driver = match self.driver.as_deref() {
+            None | Some("default") => Driver::Linux,
+            Some("testing") => Driver::Testing,
+            Some(other) => {
+                p.push("watchdog.driver", other, "must be default or testing");
+                Driver::Linux
+            }
+        };
+        let device = self.device.clone().unwrap_or_else(|| PathBuf::from("/dev/watchdog"));
+        p.check(device.is_absolute(), "watchdog.device", device.display(), "must be an absolute path");
+        let margin = self.safety_margin.unwrap_or(5);
+        let timeout = timeout_for(t.ttl, margin);
+        if mode != Mode::Off {
+            match timeout {
+                None => p.push(
+                    "watchdog.safety_margin",
+                    margin,
+                    format!(
+                        "must leave a watchdog timeout of at least 1s: ttl ({}) - safety_margin (-1: ttl / 2); or set watchdog.mode = \"off\"",
+                        show(t.ttl)
+                    ),
+                ),
+                Some(timeout) => {
+                    if let Some(why) = unusable_timings(timeout, t.ttl, t.renew_interval(), request_timeout) {
+                        p.push("watchdog.safety_margin", margin, why);
+                    }
+                }
+            }
+        }
+        Settings { mode, device, driver, timeout: timeout.unwrap_or(Duration::from_secs(1)) }
     }
 }
 
@@ -521,6 +578,23 @@ impl Validate for RawConfig {
         );
 
         let restapi = self.restapi.validate(&mut p);
+        // The unsafe endpoints restart, reinitialise and switch over this member: on an
+        // address others can reach they need some form of access control.
+        if let Some(l) = listen
+            && !l.ip().is_loopback()
+            && restapi.access.basic.is_none()
+            && restapi.access.allowlist.is_empty()
+            && !restapi.access.allowlist_include_members
+            && !restapi.access.require_client_cert
+        {
+            p.push(
+                "restapi.authentication",
+                "(none)",
+                format!(
+                    "must be set (or restapi.allowlist, or TLS with restapi.verify_client) when restapi.listen ({listen_text}) is not a loopback address: the unsafe endpoints (POST, PATCH, PUT, DELETE) restart, reinitialise and switch over members"
+                ),
+            );
+        }
 
         let d = Timings::default();
         let t = Timings {
@@ -587,6 +661,7 @@ impl Validate for RawConfig {
             nosync: self.tags.nosync,
         };
         let bootstrap_dcs = toml_to_json(&toml::Value::Table(self.bootstrap.dcs.clone()));
+        let watchdog = self.watchdog.validate(&mut p, &t, etcd.request_timeout);
         p.finish(())?;
         match (layout, listen) {
             (Some(layout), Some(restapi_listen)) => Ok(Config {
@@ -603,6 +678,7 @@ impl Validate for RawConfig {
                 initdb,
                 bootstrap_dcs,
                 tags,
+                watchdog,
             }),
             // Both None cases pushed a problem above, so `finish` already returned.
             _ => Err(vec![Problem::key_only("(config)", "invalid")]),
@@ -610,7 +686,79 @@ impl Validate for RawConfig {
     }
 }
 
+/// What a reload (SIGHUP) does with a new config: which keys changed and are applied at once,
+/// and which changed but need the agent restarted (they keep their running values).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReloadPlan {
+    pub applied: Vec<&'static str>,
+    pub need_restart: Vec<&'static str>,
+}
+
 impl Config {
+    /// The config to run with after a reload to `new`: keys that can change at runtime come
+    /// from `new`, the others keep their running values and are listed in `need_restart`.
+    pub fn reloaded(&self, new: &Config) -> (Config, ReloadPlan) {
+        let mut plan = ReloadPlan::default();
+        let mut next = self.clone();
+        macro_rules! runtime {
+            ($key:literal, $($f:ident).+) => {
+                if self.$($f).+ != new.$($f).+ {
+                    plan.applied.push($key);
+                    next.$($f).+ = new.$($f).+.clone();
+                }
+            };
+        }
+        macro_rules! restart {
+            ($key:literal, $($f:ident).+) => {
+                if self.$($f).+ != new.$($f).+ {
+                    plan.need_restart.push($key);
+                }
+            };
+        }
+        restart!("name", name);
+        restart!("scope/namespace", layout);
+        restart!("log.format", log.format);
+        runtime!("log.level", log.level);
+        restart!("etcd", etcd);
+        restart!("restapi.listen", restapi_listen);
+        // Published addresses follow the listeners, which need a restart.
+        restart!("restapi.connect_address", restapi_connect);
+        runtime!("restapi.peer_timeout", peer_timeout);
+        runtime!("restapi.authentication/allowlist", restapi.access);
+        runtime!("restapi TLS files", restapi.tls);
+        restart!("restapi connection limits", restapi.limits);
+        runtime!("restapi.action_timeout", restapi.action_timeout);
+        runtime!("timings", timings);
+        restart!("postgresql.data_dir", postgresql.data_dir);
+        restart!("postgresql.bin_dir", postgresql.bin_dir);
+        restart!("postgresql.listen", postgresql.listen_addresses);
+        restart!("postgresql.listen", postgresql.port);
+        restart!("postgresql.connect_address", postgresql.connect_address);
+        restart!("postgresql.socket_dir", postgresql.socket_dir);
+        restart!("postgresql.run_as", postgresql.run_as);
+        restart!("postgresql.log_file", postgresql.log_file);
+        runtime!("postgresql.authentication.superuser", postgresql.superuser);
+        runtime!("postgresql.authentication.replication", postgresql.replication);
+        runtime!("postgresql.use_pg_rewind", postgresql.use_pg_rewind);
+        runtime!(
+            "postgresql.remove_data_directory_on_rewind_failure",
+            postgresql.remove_data_directory_on_rewind_failure
+        );
+        runtime!(
+            "postgresql.remove_data_directory_on_diverged_timelines",
+            postgresql.remove_data_directory_on_diverged_timelines
+        );
+        runtime!("postgresql.pg_hba", postgresql.pg_hba);
+        runtime!("postgresql.parameters", postgresql.parameters);
+        runtime!("postgresql.start_timeout", postgresql.start_timeout);
+        runtime!("bootstrap.initdb", initdb);
+        runtime!("bootstrap.dcs", bootstrap_dcs);
+        runtime!("tags", tags);
+        runtime!("watchdog", watchdog);
+        plan.need_restart.dedup();
+        (next, plan)
+    }
+
     /// `postgres://<connect_address>/postgres`, as Patroni publishes `conn_url`.
     pub fn conn_url(&self) -> String {
         format!("postgres://{}/postgres", self.postgresql.connect_address)
@@ -639,10 +787,13 @@ scope = "batman"
 endpoints = ["http://127.0.0.1:2379"]
 [restapi]
 listen = "10.0.0.1:8008"
+allowlist = ["10.0.0.0/24"]
 [timings]
 ttl = "4s"
 loop_wait = "1s"
 retry_timeout = "1s"
+[watchdog]
+safety_margin = -1
 [postgresql]
 data_dir = "/var/lib/postgresql/15/main"
 bin_dir = "/usr/lib/postgresql/15/bin"
@@ -664,13 +815,15 @@ listen = "10.0.0.1:5432"
         assert_eq!(c.postgresql.log_file, PathBuf::from("/var/lib/postgresql/15/main.log"));
         assert_eq!(c.peer_timeout, Duration::from_secs(2));
         assert!(c.tags.can_failover());
-        assert_eq!(c.restapi.access, crate::http::access::Access::default());
+        assert_eq!(c.restapi.access.basic, None);
         assert_eq!(c.restapi.tls, None);
+        assert_eq!(c.watchdog.mode, crate::core::watchdog::Mode::Automatic);
+        assert_eq!(c.watchdog.timeout, Duration::from_secs(2));
     }
 
     #[test]
     fn restapi_security_settings_are_validated() {
-        let text = BASE.replace(
+        let text = BASE.replace("allowlist = [\"10.0.0.0/24\"]\n", "").replace(
             "[timings]",
             "allowlist = [\"10.0.0.0/24\", \"bogus\"]\nverify_client = \"sometimes\"\ncertfile = \"/etc/c.pem\"\n[restapi.authentication]\nusername = \"u\"\n[timings]",
         );
@@ -683,7 +836,7 @@ listen = "10.0.0.1:5432"
         ] {
             assert!(e.iter().any(|p| p.starts_with(want)), "{want} in {e:?}");
         }
-        let text = BASE.replace(
+        let text = BASE.replace("allowlist = [\"10.0.0.0/24\"]\n", "").replace(
             "[timings]",
             "allowlist = [\"10.0.0.0/24\"]\ncertfile = \"/etc/c.pem\"\nkeyfile = \"/etc/k.pem\"\ncafile = \"/etc/ca.pem\"\nverify_client = \"optional\"\n[restapi.authentication]\nusername = \"u\"\npassword = \"p\"\n[timings]",
         );
@@ -703,14 +856,74 @@ listen = "10.0.0.1:5432"
 
     #[test]
     fn parameters_become_settings_and_managed_ones_are_refused() {
-        let text = format!("{BASE}[postgresql.parameters]\nmax_connections = 200\nhot_standby = true\nport = 5433\n");
+        let text = format!(
+            "{BASE}[postgresql.parameters]\nmax_connections = 200\nhot_standby = true\nport = 5433\n\"x = 1\\ninclude\" = 1\n"
+        );
         let e = load(&text).unwrap_err();
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("postgresql.parameters.port: is managed"), "{e:?}");
-        let ok = load(&format!("{BASE}[postgresql.parameters]\nmax_connections = 200\nhot_standby = true\n")).unwrap();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e.iter().any(|p| p.starts_with("postgresql.parameters.port: is refused: managed")), "{e:?}");
+        assert!(e.iter().any(|p| p.starts_with("postgresql.parameters.hot_standby: is refused: managed")), "{e:?}");
+        assert!(e.iter().any(|p| p.contains("is refused: not a parameter name")), "{e:?}");
+        let ok =
+            load(&format!("{BASE}[postgresql.parameters]\nmax_connections = 200\nwal_compression = true\n")).unwrap();
         let mut p = ok.postgresql.parameters.clone();
         p.sort();
-        assert_eq!(p, vec![("hot_standby".into(), "on".into()), ("max_connections".into(), "200".into())]);
+        assert_eq!(p, vec![("max_connections".into(), "200".into()), ("wal_compression".into(), "on".into())]);
+    }
+
+    #[test]
+    fn unsafe_endpoints_on_a_reachable_address_need_access_control() {
+        let open = BASE.replace("allowlist = [\"10.0.0.0/24\"]\n", "");
+        let e = load(&open).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|p| p.starts_with("restapi.authentication ((none)): must be set") && p.contains("10.0.0.1:8008")),
+            "{e:?}"
+        );
+        let loopback = open.replace("listen = \"10.0.0.1:8008\"", "listen = \"127.0.0.1:8008\"");
+        assert!(load(&loopback).is_ok(), "loopback needs no access control");
+        let auth = open.replace("[timings]", "[restapi.authentication]\nusername = \"u\"\npassword = \"p\"\n[timings]");
+        assert!(load(&auth).is_ok());
+    }
+
+    #[test]
+    fn watchdog_settings_follow_patroni_and_timings_that_cannot_work_are_refused() {
+        use crate::core::watchdog::{Driver, Mode};
+        let c = load(&BASE.replace(
+            "safety_margin = -1",
+            "mode = \"required\"\nsafety_margin = 2\ndriver = \"testing\"\ndevice = \"/run/wd\"",
+        ))
+        .unwrap();
+        assert_eq!(c.watchdog.mode, Mode::Required);
+        assert_eq!(c.watchdog.driver, Driver::Testing);
+        assert_eq!(c.watchdog.timeout, Duration::from_secs(2));
+        // Patroni's default margin (5 s) cannot work with a 4 s ttl.
+        let e = load(&BASE.replace("[watchdog]\nsafety_margin = -1\n", "")).unwrap_err();
+        assert!(e.iter().any(|p| p.starts_with("watchdog.safety_margin (5): must leave a watchdog timeout")), "{e:?}");
+        let off = load(&BASE.replace("safety_margin = -1", "mode = \"off\"\nsafety_margin = 5")).unwrap();
+        assert_eq!(off.watchdog.mode, Mode::Off);
+        let e = load(&BASE.replace("safety_margin = -1", "mode = \"sometimes\"")).unwrap_err();
+        assert!(e.iter().any(|p| p.starts_with("watchdog.mode (sometimes): must be off, automatic or required")));
+    }
+
+    #[test]
+    fn a_reload_applies_runtime_settings_and_names_the_ones_that_need_a_restart() {
+        let old = load(BASE).unwrap();
+        let text = BASE
+            .replace("ttl = \"4s\"", "ttl = \"5s\"")
+            .replace("name = \"n1\"", "name = \"n9\"")
+            .replace("listen = \"10.0.0.1:5432\"", "listen = \"10.0.0.1:5433\"")
+            + "[tags]\nnofailover = true\n[postgresql.parameters]\nwork_mem = \"8MB\"\n";
+        let new = load(&text).unwrap();
+        let (next, plan) = old.reloaded(&new);
+        assert_eq!(plan.applied, vec!["timings", "postgresql.parameters", "tags"]);
+        assert_eq!(plan.need_restart, vec!["name", "postgresql.listen", "postgresql.connect_address"]);
+        assert_eq!(next.timings.ttl, Duration::from_secs(5));
+        assert!(!next.tags.can_failover());
+        assert_eq!(next.name, "n1", "restart-only keys keep their running values");
+        assert_eq!(next.postgresql.port, 5432);
+        let (_, none) = old.reloaded(&load(BASE).unwrap());
+        assert_eq!(none, ReloadPlan::default());
     }
 
     #[test]

@@ -5,29 +5,52 @@
 //! whose delay matters (the lease renewal decides when a primary fences; reads and writes of
 //! the HA loop decide how fast a failover completes) goes to every member at once through a
 //! client per endpoint, and the first answer wins.
+//!
+//! Each endpoint's client connects lazily, on its first use (and again after a failed
+//! connect): with user/password auth a connect authenticates, and one unreachable member must
+//! neither keep the agent from starting nor hold up the requests the others answer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::select_ok;
 use futures::stream::FuturesUnordered;
 use outrigger_etcd::{ConnectOptions, Etcd, EtcdError, LeaseId, LeaseRenewer, Snapshot};
+use tokio::sync::OnceCell;
+
+/// One endpoint: its options and, once connected, its client.
+#[derive(Debug)]
+struct Endpoint {
+    opts: ConnectOptions,
+    client: OnceCell<Etcd>,
+}
+
+impl Endpoint {
+    async fn client(&self) -> Result<&Etcd, EtcdError> {
+        self.client.get_or_try_init(|| Etcd::connect(&self.opts)).await
+    }
+}
 
 /// One client per etcd endpoint.
 #[derive(Clone, Debug)]
 pub struct PerEndpoint {
-    clients: Vec<Etcd>,
+    endpoints: Arc<Vec<Endpoint>>,
 }
 
 impl PerEndpoint {
-    pub async fn connect(opts: &ConnectOptions) -> Result<Self, EtcdError> {
-        let mut clients = Vec::with_capacity(opts.endpoints.len());
-        for ep in &opts.endpoints {
-            let mut o = opts.clone();
-            o.endpoints = vec![ep.clone()];
-            clients.push(Etcd::connect(&o).await?);
-        }
-        Ok(Self { clients })
+    /// Nothing is connected yet: each endpoint connects when first used.
+    pub fn new(opts: &ConnectOptions) -> Self {
+        let endpoints = opts
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let mut o = opts.clone();
+                o.endpoints = vec![ep.clone()];
+                Endpoint { opts: o, client: OnceCell::new() }
+            })
+            .collect();
+        Self { endpoints: Arc::new(endpoints) }
     }
 
     /// Runs `op` through every member at once and returns the first success (or, when all
@@ -36,10 +59,10 @@ impl PerEndpoint {
     /// the other copy already won is outweighed by that copy's success.
     pub async fn first_ok<'a, T, F, Fut>(&'a self, op: F) -> Result<T, EtcdError>
     where
-        F: Fn(&'a Etcd) -> Fut,
+        F: Fn(&'a Etcd) -> Fut + Copy,
         Fut: std::future::Future<Output = Result<T, EtcdError>> + 'a,
     {
-        let asks = self.clients.iter().map(|c| Box::pin(op(c)));
+        let asks = self.endpoints.iter().map(|e| Box::pin(async move { op(e.client().await?).await }));
         select_ok(asks).await.map(|(v, _)| v)
     }
 
@@ -48,19 +71,36 @@ impl PerEndpoint {
         self.first_ok(|c| c.get_prefix(prefix)).await
     }
 
-    pub fn renewers(&self, lease: LeaseId) -> Vec<LeaseRenewer> {
-        self.clients.iter().map(|c| c.lease_renewer(lease)).collect()
+    /// Keep-alive streams for `lease` through every endpoint connected so far (`None` for the
+    /// others; [`PerEndpoint::renew`] connects them when it can).
+    pub fn renewers(&self, lease: LeaseId) -> Vec<Option<LeaseRenewer>> {
+        self.endpoints.iter().map(|e| e.client.get().map(|c| c.lease_renewer(lease))).collect()
     }
 
     /// One keep-alive through every member at once; the first answer wins. Renewers whose
     /// answer was not awaited are replaced: a late answer on their stream would otherwise be
     /// read as the answer to the next keep-alive, crediting it with a later send time (and the
     /// lease with more life than it has).
-    pub async fn renew(&self, renewers: &mut [LeaseRenewer], lease: LeaseId) -> Result<Duration, EtcdError> {
+    pub async fn renew(&self, renewers: &mut [Option<LeaseRenewer>], lease: LeaseId) -> Result<Duration, EtcdError> {
         let mut answered = vec![false; renewers.len()];
         let result = {
-            let mut asks: FuturesUnordered<_> =
-                renewers.iter_mut().enumerate().map(|(i, r)| async move { (i, r.renew().await) }).collect();
+            let mut asks: FuturesUnordered<_> = renewers
+                .iter_mut()
+                .zip(self.endpoints.iter())
+                .enumerate()
+                .map(|(i, (r, e))| async move {
+                    if r.is_none() {
+                        match e.client().await {
+                            Ok(c) => *r = Some(c.lease_renewer(lease)),
+                            Err(err) => return (i, Err(err)),
+                        }
+                    }
+                    match r.as_mut() {
+                        Some(r) => (i, r.renew().await),
+                        None => (i, Err(no_endpoint())),
+                    }
+                })
+                .collect();
             let mut last = None;
             loop {
                 match asks.next().await {
@@ -84,9 +124,9 @@ impl PerEndpoint {
         // A renewer that failed has already dropped its stream and one that answered is in
         // step; only those abandoned mid-flight start afresh (`renewers()` pairs renewer i
         // with client i).
-        for ((r, client), done) in renewers.iter_mut().zip(&self.clients).zip(answered) {
+        for ((r, e), done) in renewers.iter_mut().zip(self.endpoints.iter()).zip(answered) {
             if !done {
-                *r = client.lease_renewer(lease);
+                *r = e.client.get().map(|c| c.lease_renewer(lease));
             }
         }
         result
@@ -96,9 +136,9 @@ impl PerEndpoint {
     /// at a time, starting with a different one on each call so that a hung member does not
     /// fail every grant.
     pub async fn grant(&self, ttl: Duration, attempt: usize) -> Result<(LeaseId, Duration), EtcdError> {
-        let n = self.clients.len().max(1);
-        let c = self.clients.get(attempt % n).ok_or_else(no_endpoint)?;
-        c.grant_lease(ttl).await
+        let n = self.endpoints.len().max(1);
+        let e = self.endpoints.get(attempt % n).ok_or_else(no_endpoint)?;
+        e.client().await?.grant_lease(ttl).await
     }
 }
 

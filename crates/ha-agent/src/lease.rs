@@ -1,243 +1,374 @@
-//! The lease keeper: holds this member's etcd lease, renews it on its own schedule, and fences
-//! PostgreSQL when the lease is no longer trusted.
+//! The lease keeper's shell: drives [`crate::core::keeper::Keeper`] with the real clock
+//! (`CLOCK_BOOTTIME`, see [`crate::clock`]), etcd (every member at once, see
+//! [`crate::hedge`]), the postmaster (the fence is one SIGQUIT) and the watchdog device.
 //!
 //! It runs as its own task so that slow work in the HA loop (a checkpoint, a base backup, an
-//! etcd read that times out) never delays a renewal or a fence. The HA loop *arms* it whenever
-//! PostgreSQL is, or is about to become, a primary; armed, it sends SIGQUIT (immediate
-//! shutdown) to the postmaster at `LeaseView::fence_at`, which is `retry_timeout` before the
-//! earliest moment etcd can expire the lease.
-//!
-//! Arithmetic: a renewal sent at `s` and answered makes the lease live at etcd until at least
-//! `s + ttl` (etcd received it after `s`; an etcd leader change only extends leases). Renewals
-//! go out every `Timings::renew_interval` (at most `loop_wait`), each bounded by
-//! `etcd.request_timeout <= retry_timeout`; failed ones are retried every 200 ms. With
-//! `loop_wait + 2 * retry_timeout <= ttl`, a lease that was renewed on schedule is never
-//! fenced, and a primary that cannot renew stops at `s + ttl - retry_timeout` at the latest.
+//! etcd read that times out) never delays a renewal, a fence or a watchdog feed. The HA loop
+//! *arms* it whenever PostgreSQL is, or is about to become, a primary, and disarms it once
+//! PostgreSQL is known not to accept writes. The arithmetic is in `core::keeper` and
+//! `core::watchdog`.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use outrigger_etcd::{EtcdError, LeaseRenewer};
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::Timings;
+use crate::core::keeper::{Answer, Ask, Effect, Keeper, WatchdogState};
+use crate::core::watchdog::{Mode, Settings as WatchdogSettings};
 use crate::core::{LeaseView, Moment};
 use crate::hedge::PerEndpoint;
 use crate::metrics::Metrics;
+use crate::sys::Device;
 
-/// The agent's monotonic clock, as [`Moment`]s from the agent's start.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    origin: Instant,
+/// How long a fenced postmaster gets to act on SIGQUIT before it and its backends are killed.
+/// Less than the smallest `retry_timeout` (100 ms is the floor): the fence comes
+/// `retry_timeout` before the lease can expire.
+pub const FENCE_ESCALATION: Duration = Duration::from_millis(80);
+
+struct Shared {
+    core: Keeper,
+    device: Option<Device>,
+    watchdog: WatchdogSettings,
+    /// The keeper task's last iteration (liveness for the systemd watchdog).
+    alive_at: Moment,
+    /// A renewal was late or failed: logged once per episode.
+    failing_logged: bool,
 }
 
-impl Clock {
-    pub fn new() -> Self {
-        Self { origin: Instant::now() }
-    }
-
-    pub fn now(&self) -> Moment {
-        Moment::from_millis(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub fn instant(&self, m: Moment) -> Instant {
-        self.origin + Duration::from_millis(m.as_millis())
-    }
+struct Inner {
+    shared: Mutex<Shared>,
+    keeper_wake: Notify,
+    loop_wake: Arc<Notify>,
+    clock: Clock,
+    data_dir: PathBuf,
+    metrics: Arc<Metrics>,
 }
 
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// What the lease keeper and the HA loop share.
-#[derive(Debug, Default)]
-pub struct LeaseState {
-    pub view: LeaseView,
-    /// PostgreSQL is, or may be about to become, a primary: fence it when the lease goes.
-    pub armed: bool,
-    /// Set by the keeper when it fenced; taken by the HA loop.
-    pub fenced: bool,
-}
-
-/// The handle the HA loop uses.
-#[derive(Debug, Clone, Default)]
-pub struct LeaseHandle {
-    state: Arc<Mutex<LeaseState>>,
-    /// Wakes the keeper (armed changed).
-    keeper: Arc<Notify>,
-    /// Wakes the HA loop (fenced, or lease lost).
-    pub loop_wake: Arc<Notify>,
-}
+/// The handle the HA loop (and the REST snapshot) use.
+#[derive(Clone)]
+pub struct LeaseHandle(Arc<Inner>);
 
 impl LeaseHandle {
-    fn lock(&self) -> MutexGuard<'_, LeaseState> {
+    pub fn new(
+        timings: Timings,
+        watchdog: WatchdogSettings,
+        clock: Clock,
+        data_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let core = Keeper::new(timings, watchdog.mode, watchdog.timeout);
+        Self(Arc::new(Inner {
+            shared: Mutex::new(Shared { core, device: None, watchdog, alive_at: clock.now(), failing_logged: false }),
+            keeper_wake: Notify::new(),
+            loop_wake: Arc::new(Notify::new()),
+            clock,
+            data_dir,
+            metrics,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
         // The state is plain data; a panic elsewhere cannot leave it half-written.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the HA loop when the keeper fenced, or the lease was granted or lost.
+    pub fn loop_wake(&self) -> Arc<Notify> {
+        self.0.loop_wake.clone()
     }
 
     pub fn view(&self) -> LeaseView {
-        self.lock().view
+        self.lock().core.view()
     }
 
     pub fn arm(&self) {
-        let was = std::mem::replace(&mut self.lock().armed, true);
-        if !was {
-            self.keeper.notify_one();
-        }
+        let now = self.0.clock.now();
+        self.lock().core.arm(now);
+        self.0.keeper_wake.notify_one();
     }
 
-    pub fn disarm(&self) {
-        self.lock().armed = false;
+    /// Disarms the fence; `pg_down`: PostgreSQL is known not to accept writes, so the
+    /// watchdog may be closed too.
+    pub fn disarm(&self, pg_down: bool) {
+        let mut st = self.lock();
+        let e = st.core.disarm(pg_down);
+        self.execute(&mut st, e);
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        let now = self.0.clock.now();
+        let mut st = self.lock();
+        let e = st.core.set_paused(paused, now);
+        self.execute(&mut st, e);
+        drop(st);
+        self.0.keeper_wake.notify_one();
+    }
+
+    /// Check the lease now (the loop saw our leader or member key vanish).
+    pub fn renew_soon(&self) {
+        let now = self.0.clock.now();
+        self.lock().core.renew_soon(now);
+        self.0.keeper_wake.notify_one();
     }
 
     pub fn take_fenced(&self) -> bool {
-        std::mem::take(&mut self.lock().fenced)
+        self.lock().core.take_fenced()
     }
-}
 
-pub struct LeaseKeeper {
-    pub etcd: PerEndpoint,
-    pub timings: Timings,
-    pub clock: Clock,
-    pub data_dir: PathBuf,
-    pub handle: LeaseHandle,
-    pub metrics: Arc<Metrics>,
-}
+    /// `watchdog_failed` as Patroni means it: mode required, and the device is not usable
+    /// (missing or not writable) or could not be activated.
+    pub fn watchdog_failed(&self) -> bool {
+        let st = self.lock();
+        st.watchdog.mode == Mode::Required
+            && (st.core.watchdog_failed() || (st.device.is_none() && !crate::sys::usable(&st.watchdog)))
+    }
 
-enum Step {
-    Granted(i64, Duration),
-    Renewed(Duration),
-    Failed(EtcdError),
-}
+    pub fn watchdog_state(&self) -> WatchdogState {
+        self.lock().core.watchdog()
+    }
 
-impl LeaseKeeper {
-    /// Fences if armed and the lease is not trusted at `now`.
-    fn fence_if_due(&self, now: Moment) {
-        let mut st = self.handle.lock();
-        if !st.armed || st.view.trusted(now, &self.timings) {
-            return;
+    /// Waits (up to `limit`) for the watchdog wanted by [`LeaseHandle::arm`] to be open.
+    /// Returns false when it is required and not open: the caller must not promote.
+    pub async fn wait_watchdog(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (state, mode) = {
+                let st = self.lock();
+                (st.core.watchdog(), st.watchdog.mode)
+            };
+            match state {
+                WatchdogState::Open { .. } => return true,
+                WatchdogState::Wanted if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => return mode != Mode::Required,
+            }
         }
-        st.armed = false;
-        st.fenced = true;
+    }
+
+    /// New timings or watchdog settings (a config reload).
+    pub fn reconfigure(&self, timings: Timings, watchdog: WatchdogSettings) {
+        let now = self.0.clock.now();
+        let mut st = self.lock();
+        let e = st.core.set_timings(timings, watchdog.mode, watchdog.timeout, now);
+        st.watchdog = watchdog;
+        self.execute(&mut st, e);
         drop(st);
-        match crate::pg::signal_postmaster(&self.data_dir, Signal::SIGQUIT) {
+        self.0.keeper_wake.notify_one();
+    }
+
+    /// Whether the keeper task ran within `within` (the systemd watchdog's liveness).
+    pub fn keeper_alive(&self, within: Duration) -> bool {
+        let at = self.lock().alive_at;
+        self.0.clock.now().since(at) <= within
+    }
+
+    /// Carries out the effects that need no request (those the keeper task sends itself).
+    fn execute(&self, st: &mut Shared, effects: Vec<Effect>) {
+        let mut queue = std::collections::VecDeque::from(effects);
+        while let Some(e) = queue.pop_front() {
+            match e {
+                // Sends are collected by the keeper task before it calls this.
+                Effect::Send(_) => {}
+                Effect::Fence => self.fence(),
+                Effect::LeaseChanged => self.0.loop_wake.notify_one(),
+                Effect::OpenWatchdog { timeout } => {
+                    let now = self.0.clock.now();
+                    let actual = match Device::open(&st.watchdog, timeout) {
+                        Ok(d) => {
+                            let t = d.timeout();
+                            st.device = Some(d);
+                            Some(t)
+                        }
+                        Err(why) => {
+                            tracing::warn!(device = %st.watchdog.device.display(), error = why, mode = ?st.watchdog.mode, "watchdog unavailable");
+                            self.0.metrics.watchdog.with_label_values(&["failed"]).inc();
+                            None
+                        }
+                    };
+                    let more = st.core.watchdog_opened(now, actual);
+                    if let WatchdogState::Open { timeout, .. } = st.core.watchdog() {
+                        tracing::info!(device = %st.watchdog.device.display(), timeout = ?timeout, "watchdog activated");
+                        self.0.metrics.watchdog.with_label_values(&["opened"]).inc();
+                    } else if actual.is_some() {
+                        tracing::warn!(timeout = ?actual, "the watchdog's timeout cannot be fed safely within the lease; not using it");
+                    }
+                    queue.extend(more);
+                }
+                Effect::FeedWatchdog => {
+                    if let Some(d) = st.device.as_mut() {
+                        if let Err(e) = d.feed() {
+                            tracing::error!(error = %e, "watchdog keepalive failed");
+                            self.0.metrics.watchdog.with_label_values(&["failed"]).inc();
+                            st.core.watchdog_lost();
+                        } else {
+                            self.0.metrics.watchdog.with_label_values(&["fed"]).inc();
+                        }
+                    }
+                }
+                Effect::CloseWatchdog => {
+                    if let Some(d) = st.device.take() {
+                        match d.close() {
+                            Ok(()) => tracing::info!("watchdog disabled"),
+                            Err(e) => tracing::warn!(error = %e, "watchdog magic close"),
+                        }
+                        self.0.metrics.watchdog.with_label_values(&["closed"]).inc();
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGQUIT to the postmaster (an immediate stop); if it is still there after
+    /// [`FENCE_ESCALATION`] (stopped, or hung), SIGKILL to it and to every process still
+    /// working in the data directory: backends of a postmaster that cannot act on SIGQUIT go
+    /// on serving their sessions.
+    fn fence(&self) {
+        match crate::pg::signal_postmaster(&self.0.data_dir, Signal::SIGQUIT) {
             Some(pid) => {
                 tracing::warn!(
                     pid,
                     "fencing: the leader lease could not be renewed in time; PostgreSQL stopped (immediate)"
                 );
-                self.metrics.fences.with_label_values(&["lease_not_renewed"]).inc();
+                self.0.metrics.fences.with_label_values(&["lease_not_renewed"]).inc();
+                let data_dir = self.0.data_dir.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(FENCE_ESCALATION).await;
+                    if crate::pg::postmaster_pid(&data_dir) == Some(pid) {
+                        tracing::error!(pid, "the postmaster did not act on SIGQUIT; killing it and its backends");
+                        let _ = crate::pg::signal_postmaster(&data_dir, Signal::SIGKILL);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    for p in crate::pg::leftover_pids(&data_dir) {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
+                    }
+                });
             }
             None => tracing::info!("lease not renewed in time; PostgreSQL was not running"),
         }
-        self.handle.loop_wake.notify_one();
+        self.0.loop_wake.notify_one();
     }
+}
 
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut renewers: Option<(i64, Vec<LeaseRenewer>)> = None;
-        let mut grants = 0usize;
-        let mut next_renew = self.clock.now();
-        let retry = Duration::from_millis(200);
-        let mut failing = false;
-        loop {
-            let now = self.clock.now();
-            self.fence_if_due(now);
-            let (view, armed) = {
-                let st = self.handle.lock();
-                (st.view, st.armed)
-            };
-            let fence_at = self.clock.instant(view.fence_at(&self.timings));
-            if now < next_renew {
-                let wake = self.clock.instant(next_renew);
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep_until(wake) => {}
-                    () = tokio::time::sleep_until(fence_at), if armed => {}
-                    () = self.handle.keeper.notified() => {}
-                }
-                continue;
+type Request = Pin<Box<dyn Future<Output = (Answer, Option<(i64, Vec<Option<LeaseRenewer>>)>)> + Send>>;
+
+/// The keeper task: runs until `shutdown`.
+pub async fn run_keeper(handle: LeaseHandle, etcd: PerEndpoint, shutdown: CancellationToken) {
+    let clock = handle.0.clock;
+    let mut renewers: Option<(i64, Vec<Option<LeaseRenewer>>)> = None;
+    let mut request: Option<Request> = None;
+    loop {
+        let now = clock.now();
+        let (sends, wake) = {
+            let mut st = handle.lock();
+            st.alive_at = now;
+            let effects = st.core.step(now);
+            let sends: Vec<Ask> =
+                effects.iter().filter_map(|e| if let Effect::Send(a) = e { Some(*a) } else { None }).collect();
+            handle.execute(&mut st, effects);
+            (sends, st.core.wake_at())
+        };
+        for ask in sends {
+            request = Some(send(&etcd, ask, &mut renewers));
+        }
+        // Wake at least every second: the systemd watchdog reads `alive_at`.
+        let wake = wake.map_or(now.plus(Duration::from_secs(1)), |w| w.min(now.plus(Duration::from_secs(1))));
+        let woke = tokio::select! {
+            () = shutdown.cancelled() => return,
+            out = answer_of(&mut request) => Some(out),
+            () = clock.sleep_until(wake) => None,
+            () = handle.0.keeper_wake.notified() => None,
+        };
+        if let Some((answer, rs)) = woke {
+            request = None;
+            if let Some(rs) = rs {
+                renewers = Some(rs);
             }
-            // Due: grant or renew, but never past the fence point.
-            let sent = now;
-            let etcd = &self.etcd;
-            let ttl_wanted = self.timings.ttl;
-            let attempt = grants;
-            let work = async {
-                match &mut renewers {
-                    None => match etcd.grant(ttl_wanted, attempt).await {
-                        Ok((id, ttl)) => Step::Granted(id, ttl),
-                        Err(e) => Step::Failed(e),
-                    },
-                    Some((id, rs)) => match etcd.renew(rs.as_mut_slice(), *id).await {
-                        Ok(ttl) => Step::Renewed(ttl),
-                        Err(e) => Step::Failed(e),
-                    },
+            let now = clock.now();
+            let mut st = handle.lock();
+            record(&handle, &mut st, answer);
+            let e = st.core.answered(now, answer);
+            handle.execute(&mut st, e);
+        }
+    }
+}
+
+/// The answer to the request in flight (never, if none is).
+async fn answer_of(request: &mut Option<Request>) -> (Answer, Option<(i64, Vec<Option<LeaseRenewer>>)>) {
+    match request {
+        Some(r) => r.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts a request; renew uses (and hands back) the per-member keep-alive streams.
+fn send(etcd: &PerEndpoint, ask: Ask, renewers: &mut Option<(i64, Vec<Option<LeaseRenewer>>)>) -> Request {
+    let etcd = etcd.clone();
+    match ask {
+        Ask::Grant { ttl, attempt } => Box::pin(async move {
+            match etcd.grant(ttl, attempt).await {
+                Ok((lease, ttl)) => {
+                    let rs = etcd.renewers(lease);
+                    (Answer::Granted { lease, ttl }, Some((lease, rs)))
                 }
+                Err(e) => {
+                    tracing::debug!(error = %e, "lease grant failed");
+                    (Answer::Failed, None)
+                }
+            }
+        }),
+        Ask::Renew { lease } => {
+            let mut rs = match renewers.take() {
+                Some((id, rs)) if id == lease => rs,
+                _ => etcd.renewers(lease),
             };
-            let step = tokio::select! {
-                () = shutdown.cancelled() => return,
-                s = work => s,
-                () = tokio::time::sleep_until(fence_at), if armed && view.id.is_some() => {
-                    // Abandoned mid-flight: fresh streams next time (see `PerEndpoint::renew`).
-                    if let Some((id, rs)) = &mut renewers {
-                        *rs = self.etcd.renewers(*id);
+            Box::pin(async move {
+                let answer = match etcd.renew(rs.as_mut_slice(), lease).await {
+                    Ok(ttl) => Answer::Renewed { ttl },
+                    Err(EtcdError::LeaseLost { detail, .. }) => {
+                        tracing::warn!(lease = format!("{lease:x}"), detail, "lease lost; granting a new one");
+                        Answer::Lost
                     }
-                    continue;
-                }
-            };
-            match step {
-                Step::Granted(id, ttl) => {
-                    failing = false;
-                    renewers = Some((id, self.etcd.renewers(id)));
-                    self.handle.lock().view = LeaseView { id: Some(id), expires_at: sent.plus(ttl) };
-                    self.metrics.lease_renewals.with_label_values(&["granted"]).inc();
-                    tracing::info!(lease = format!("{id:x}"), ttl = ?ttl, "lease granted");
-                    next_renew = sent.plus(self.timings.renew_interval());
-                    self.handle.loop_wake.notify_one();
-                }
-                Step::Renewed(ttl) => {
-                    if std::mem::take(&mut failing) {
-                        tracing::info!("lease renewed again");
+                    Err(e) => {
+                        tracing::debug!(error = %e, "lease renewal failed");
+                        Answer::Failed
                     }
-                    self.handle.lock().view.expires_at = sent.plus(ttl);
-                    self.metrics.lease_renewals.with_label_values(&["ok"]).inc();
-                    next_renew = sent.plus(self.timings.renew_interval());
-                }
-                Step::Failed(EtcdError::LeaseLost { lease, detail }) => {
-                    tracing::warn!(lease = format!("{lease:x}"), detail, "lease lost; granting a new one");
-                    self.metrics.lease_renewals.with_label_values(&["lost"]).inc();
-                    renewers = None;
-                    self.handle.lock().view.id = None;
-                    self.handle.loop_wake.notify_one();
-                    next_renew = self.clock.now();
-                }
-                Step::Failed(e) => {
-                    if renewers.is_none() {
-                        grants += 1;
-                    }
-                    self.metrics.lease_renewals.with_label_values(&["failed"]).inc();
-                    let now = self.clock.now();
-                    let mut st = self.handle.lock();
-                    if st.view.id.is_some() && now >= st.view.expires_at {
-                        // Whatever the error says, a lease not renewed for its whole TTL is
-                        // gone at etcd: start over with a new one.
-                        tracing::warn!(error = %e, "lease expired without renewal; granting a new one");
-                        st.view.id = None;
-                        renewers = None;
-                        self.handle.loop_wake.notify_one();
-                    } else if std::mem::replace(&mut failing, true) {
-                        tracing::debug!(error = %e, "lease renewal failed; retrying");
-                    } else {
-                        tracing::warn!(error = %e, "lease renewal failed; retrying every 200ms");
-                    }
-                    next_renew = now.plus(retry);
-                }
+                };
+                let keep = (answer != Answer::Lost).then_some((lease, rs));
+                (answer, keep)
+            })
+        }
+    }
+}
+
+/// Metrics and the once-per-episode log lines for an answer.
+fn record(handle: &LeaseHandle, st: &mut Shared, answer: Answer) {
+    let m = &handle.0.metrics.lease_renewals;
+    match answer {
+        Answer::Granted { lease, ttl } => {
+            m.with_label_values(&["granted"]).inc();
+            tracing::info!(lease = format!("{lease:x}"), ttl = ?ttl, "lease granted");
+            st.failing_logged = false;
+        }
+        Answer::Renewed { .. } => {
+            m.with_label_values(&["ok"]).inc();
+            if std::mem::take(&mut st.failing_logged) {
+                tracing::info!("lease renewed again");
+            }
+        }
+        Answer::Lost => m.with_label_values(&["lost"]).inc(),
+        Answer::Failed => {
+            m.with_label_values(&["failed"]).inc();
+            if !std::mem::replace(&mut st.failing_logged, true) {
+                tracing::warn!("lease grant or renewal failed; retrying every 200ms");
             }
         }
     }

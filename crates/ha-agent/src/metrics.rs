@@ -21,6 +21,13 @@ pub struct Metrics {
     pub fences: IntCounterVec,
     /// Lease operations, by result: granted, ok, failed, lost.
     pub lease_renewals: IntCounterVec,
+    /// Watchdog events: opened, fed, closed, failed.
+    pub watchdog: IntCounterVec,
+    /// Config reloads (SIGHUP), by result: applied, unchanged, invalid.
+    pub config_reloads: IntCounterVec,
+    /// Exits while PostgreSQL may have been a primary, by what the agent did: stopped (it
+    /// stopped PostgreSQL) or paused (maintenance mode: left running, as Patroni does).
+    pub exits_as_primary: IntCounterVec,
     /// etcd requests of the HA loop that failed, by operation.
     pub etcd_errors: IntCounterVec,
     /// Values in etcd that could not be decoded, by key kind (member, config, ...).
@@ -103,6 +110,27 @@ impl Metrics {
             "result",
             &["granted", "ok", "failed", "lost"],
         );
+        let watchdog = counter(
+            &r,
+            "ha_agent_watchdog_events_total",
+            "Watchdog device events, by kind.",
+            "event",
+            &["opened", "fed", "closed", "failed"],
+        );
+        let config_reloads = counter(
+            &r,
+            "ha_agent_config_reloads_total",
+            "Config file reloads (SIGHUP), by result.",
+            "result",
+            &["applied", "unchanged", "invalid"],
+        );
+        let exits_as_primary = counter(
+            &r,
+            "ha_agent_exits_as_primary_total",
+            "Agent exits while PostgreSQL may have accepted writes, by what was done with it.",
+            "action",
+            &["stopped", "paused"],
+        );
         let etcd_errors = counter(
             &r,
             "ha_agent_etcd_errors_total",
@@ -148,6 +176,9 @@ impl Metrics {
             decisions,
             fences,
             lease_renewals,
+            watchdog,
+            config_reloads,
+            exits_as_primary,
             etcd_errors,
             decode_errors,
             cycle_seconds,

@@ -16,6 +16,8 @@ listen = "127.0.0.1:8008"
 ttl = "4s"
 loop_wait = "1s"
 retry_timeout = "1s"
+[watchdog]
+safety_margin = -1
 [postgresql]
 data_dir = "/var/lib/postgresql/15/main"
 listen = "127.0.0.1:5432"

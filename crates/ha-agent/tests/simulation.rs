@@ -741,6 +741,7 @@ impl World {
             pg: &pg,
             peers: answers.as_deref(),
             recent: &agent.recent,
+            watchdog_failed: false,
         });
         let line = decision.to_string();
         // The shell remembers members seen as non-leaders (see `Recent::known_peers`).

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         cli::Startup::Run(cfg) => cfg,
         cli::Startup::Exit(code) => return code,
     };
-    cli::run_until_stopped("proxy-checker", cli::Runtime::CurrentThread, |stop| {
-        proxy_checker::run(cfg, stop, systemd::ready)
+    cli::run_until_stopped("proxy-checker", cli::Runtime::CurrentThread, |ctl| {
+        proxy_checker::run(cfg, ctl.stop, systemd::ready)
     })
 }

@@ -33,7 +33,7 @@ mod wait;
 
 pub use dirs::TestDir;
 pub use etcd::{EtcdCluster, EtcdOptions, EtcdTls, make_tls, make_tls_for};
-pub use net::{Host, Net, NsRuntime};
+pub use net::{Host, Net, NsRuntime, SUBNET_PREFIX};
 pub use pg::{PgOptions, Postgres};
 pub use proc::Proc;
 pub use wait::{hold_for, wait_ok, wait_until};

@@ -32,7 +32,8 @@ fn main() -> ExitCode {
         cli::Startup::Exit(code) => return code,
     };
     // The VIP is released by the library on every way out, errors included.
-    cli::run_until_stopped("vip-manager", cli::Runtime::CurrentThread, |stop| async move {
+    cli::run_until_stopped("vip-manager", cli::Runtime::CurrentThread, |ctl| async move {
+        let stop = ctl.stop;
         let progress = vip_manager::Progress::default();
         let alive = progress.clone();
         let _watchdog = systemd::spawn_watchdog(stop.clone(), move || alive.alive(Duration::from_secs(15)));

@@ -32,12 +32,37 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     let lease_ok = o.lease.trusted(o.now, &o.settings.timings);
 
     // Rule: fence first. A primary that cannot vouch for its lease stops accepting writes
-    // before the lease can expire at etcd, whatever else is going on.
-    if o.pg.writable() && !lease_ok {
+    // before the lease can expire at etcd, whatever else is going on. A postmaster that does
+    // not answer SQL and is not a standby counts as a primary here.
+    if o.pg.may_accept_writes() && !lease_ok {
         let reason = if o.cluster.is_none() { FenceReason::EtcdUnreachable } else { FenceReason::LeaseNotRenewed };
         return Decision::Fence { reason };
     }
+    licensed(o, lease_ok, decide_on(o, lease_ok))
+}
 
+/// Rule: nothing that makes or keeps a primary runs without its licence. Taking the leader
+/// key (a race, a bootstrap, a primary re-taking its key) needs a lease trusted now, so that
+/// the key cannot expire under a primary that believes it holds it; becoming a primary also
+/// needs the watchdog when it is required.
+fn licensed(o: &Observed<'_>, lease_ok: bool, d: Decision) -> Decision {
+    match d {
+        Decision::AcquireLeader | Decision::RaceInitialize | Decision::Promote | Decision::StartPrimary
+            if !lease_ok =>
+        {
+            Decision::Wait { reason: WaitReason::LeaseNotTrusted }
+        }
+        Decision::Promote | Decision::StartPrimary if o.watchdog_failed => {
+            Decision::ReleaseLeader { reason: ReleaseReason::WatchdogUnavailable }
+        }
+        Decision::AcquireLeader | Decision::RaceInitialize if o.watchdog_failed && !o.pg.writable() => {
+            Decision::Wait { reason: WaitReason::NotEligible("watchdog required but not usable") }
+        }
+        d => d,
+    }
+}
+
+fn decide_on(o: &Observed<'_>, lease_ok: bool) -> Decision {
     let Some(c) = o.cluster else { return without_etcd(o) };
     let me = o.settings.name.as_str();
     let i_lead = c.leader.as_ref().is_some_and(|l| l.name == me);
@@ -298,8 +323,9 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
 
 /// Someone else holds the leader key.
 fn as_follower(o: &Observed<'_>, c: &ClusterView, leader: &str) -> Decision {
-    // Rule: a primary that is not the leader is demoted at once (paused: reported only).
-    if o.pg.writable() {
+    // Rule: a primary that is not the leader is demoted at once (paused: reported only); so is
+    // a postmaster that may accept writes without answering SQL.
+    if o.pg.may_accept_writes() {
         if o.config.pause {
             return Decision::Wait { reason: WaitReason::PausedPrimaryWithoutKey(leader.to_owned()) };
         }

@@ -41,6 +41,8 @@ pub enum ReleaseReason {
     NotPrimaryWhilePaused,
     /// Maintenance mode: PostgreSQL is not running (someone stopped it by hand).
     NotRunningWhilePaused,
+    /// `watchdog.mode = required` and the watchdog cannot be used: no promotion.
+    WatchdogUnavailable,
 }
 
 /// Why a `failover` key is cleared without acting on it.
@@ -282,6 +284,7 @@ impl fmt::Display for ReleaseReason {
             ReleaseReason::SystemIdMismatch => "our system identifier is not the cluster's",
             ReleaseReason::NotPrimaryWhilePaused => "paused, and PostgreSQL no longer runs as a primary",
             ReleaseReason::NotRunningWhilePaused => "paused, and PostgreSQL is not running",
+            ReleaseReason::WatchdogUnavailable => "watchdog.mode is required and the watchdog cannot be used",
         })
     }
 }

@@ -7,20 +7,24 @@
 mod decide;
 mod decision;
 pub mod divergence;
+pub mod keeper;
+mod memory;
 mod observed;
 pub mod schedule;
 mod view;
+pub mod watchdog;
 
 #[cfg(test)]
 mod tests;
 
 pub use decide::decide;
 pub use decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
+pub use memory::{KNOWN_PEER_TTL, MEMBER_SLOTS_TTL, Memory, Outcome, PgErrorKind};
 pub use observed::{
     ClusterState, Control, LeaseView, Moment, Observed, PeerProbe, PeerRef, PeerStatus, PgView, Recent, RunningPg,
     Settings,
 };
 pub use view::{
     ClusterView, ConfigState, DynConfig, FailoverRequest, Initialize, KeyProblem, LeaderKey, Member, Role, Tags,
-    TimelineSwitch,
+    TimelineSwitch, refused_parameter,
 };

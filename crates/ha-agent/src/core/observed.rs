@@ -125,9 +125,13 @@ pub enum PgView {
     /// No data directory, or an empty one.
     NoData,
     Stopped(Control),
-    /// The postmaster runs but does not accept connections yet (startup, crash recovery).
+    /// The postmaster runs but does not answer SQL: starting up, in crash recovery, or hung.
+    /// Unless it is a standby (`standby.signal` or `recovery.signal` in the data directory), it
+    /// may accept writes from sessions it already has, or the moment it answers again: such a
+    /// server is treated as a primary by the fence, the demote and the release rules.
     Starting {
         sysid: Option<u64>,
+        standby: bool,
     },
     Running(RunningPg),
     /// A data directory we cannot use (pg_control unreadable, wrong version, ...).
@@ -142,11 +146,19 @@ impl PgView {
         matches!(self, PgView::Running(r) if r.primary)
     }
 
+    /// Whether this PostgreSQL may accept writes now or without further action of ours: a
+    /// running primary, or a postmaster that runs without answering SQL and is not a standby.
+    /// Such a server is never left running without a trusted lease, and the leader key is
+    /// never given up while it runs.
+    pub fn may_accept_writes(&self) -> bool {
+        self.writable() || matches!(self, PgView::Starting { standby: false, .. })
+    }
+
     pub fn sysid(&self) -> Option<u64> {
         match self {
             PgView::Stopped(c) => Some(c.sysid),
             PgView::Running(r) => Some(r.sysid),
-            PgView::Starting { sysid } => *sysid,
+            PgView::Starting { sysid, .. } => *sysid,
             PgView::NoData | PgView::Unusable { .. } => None,
         }
     }
@@ -240,4 +252,7 @@ pub struct Observed<'a> {
     /// `None` until the shell has asked the peers for this decision.
     pub peers: Option<&'a [PeerProbe]>,
     pub recent: &'a Recent,
+    /// `watchdog.mode` is `required` and the watchdog is not usable: this member must not
+    /// become a primary (Patroni's `watchdog_failed`).
+    pub watchdog_failed: bool,
 }

@@ -20,6 +20,7 @@ struct Fx {
     recent: Recent,
     now: Moment,
     wall_ms: u64,
+    watchdog_failed: bool,
 }
 
 fn member(name: &str, role: Role, lsn: u64, timeline: u32) -> Member {
@@ -114,6 +115,7 @@ impl Fx {
             recent: Recent::default(),
             now: Moment::from_millis(10_000),
             wall_ms: 1_795_514_400_000,
+            watchdog_failed: false,
         }
     }
 
@@ -128,6 +130,7 @@ impl Fx {
             pg: &self.pg,
             peers: self.peers.as_deref(),
             recent: &self.recent,
+            watchdog_failed: self.watchdog_failed,
         })
     }
 
@@ -887,4 +890,74 @@ fn stale_scheduled_switchover_is_dropped() {
     assert!(matches!(fx.decide(), Decision::ClearFailover { reason: ClearReason::Stale(_) }));
     fx.c().failover.as_mut().unwrap().scheduled_at = Some("2026-11-24T09:59:58.6+00:00".into());
     assert_eq!(fx.decide(), Decision::StepDown { candidate: Some("n2".into()) });
+}
+
+// ---- a postmaster that does not answer SQL; lease licence; watchdog ----
+
+fn hung_primary() -> PgView {
+    PgView::Starting { sysid: Some(SYSID), standby: false }
+}
+
+#[test]
+fn a_hung_primary_without_a_trusted_lease_is_fenced() {
+    let mut fx = Fx::new().leader(ME);
+    fx.pg = hung_primary();
+    fx.lease.expires_at = Moment::from_millis(10_500);
+    assert_eq!(fx.decide(), Decision::Fence { reason: FenceReason::LeaseNotRenewed });
+}
+
+#[test]
+fn a_hung_standby_is_not_fenced_it_cannot_accept_writes() {
+    let mut fx = Fx::new().leader("n2");
+    fx.pg = PgView::Starting { sysid: Some(SYSID), standby: true };
+    fx.lease.expires_at = Moment::from_millis(10_500);
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::PgStarting });
+}
+
+#[test]
+fn a_hung_primary_that_is_not_the_leader_is_demoted() {
+    let mut fx = Fx::new().leader("n2");
+    fx.pg = hung_primary();
+    assert_eq!(fx.decide(), Decision::Demote { reason: DemoteReason::OtherLeader("n2".into()) });
+}
+
+#[test]
+fn a_leader_whose_primary_stays_hung_past_primary_start_timeout_releases_the_key() {
+    // The shell stops PostgreSQL (immediate, leftovers killed) before it deletes the key.
+    let mut fx = Fx::new().leader(ME);
+    fx.pg = hung_primary();
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::PgStarting });
+    fx.config.primary_start_timeout = Duration::from_secs(5);
+    fx.recent.primary_down_since = Some(Moment::from_millis(4_000));
+    assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::StartTimedOut });
+}
+
+#[test]
+fn the_leader_race_needs_a_lease_trusted_now() {
+    let mut fx = Fx::new().peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    // Renewed long ago: the lease could expire before the promotion is done.
+    fx.lease.expires_at = Moment::from_millis(10_900);
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::LeaseNotTrusted });
+    fx.lease = LeaseView::NONE;
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::LeaseNotTrusted });
+}
+
+#[test]
+fn a_primary_whose_key_vanished_retakes_it_only_with_a_trusted_lease() {
+    let mut fx = Fx::new();
+    fx.pg = primary(1000, 1);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    fx.lease.expires_at = Moment::from_millis(10_900);
+    assert_eq!(fx.decide(), Decision::Fence { reason: FenceReason::LeaseNotRenewed });
+}
+
+#[test]
+fn a_required_watchdog_that_cannot_be_used_keeps_a_member_out_of_the_race_and_from_promoting() {
+    let mut fx = Fx::new().peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    fx.watchdog_failed = true;
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::NotEligible("watchdog required but not usable") });
+    let mut fx = Fx::new().leader(ME);
+    fx.watchdog_failed = true;
+    assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::WatchdogUnavailable });
 }

@@ -159,6 +159,42 @@ pub struct DynConfig {
     /// `pause`: maintenance mode (Patroni's `docs/pause.rst`). No automatic start, stop,
     /// promote or demote; see `decide.rs` for what still happens.
     pub pause: bool,
+    /// Parameters from `postgresql.parameters` that are not applied, with why.
+    pub refused: Vec<(String, &'static str)>,
+}
+
+/// Why a PostgreSQL parameter from a config (the cluster's `config` key, or the agent's file)
+/// is not applied, if it is not: the agent sets it itself (a replica's upstream, the
+/// addresses and paths it connects to), or the name is not a parameter name at all (it would
+/// be written into postgresql.conf as is).
+pub fn refused_parameter(name: &str) -> Option<&'static str> {
+    const MANAGED: [&str; 15] = [
+        "listen_addresses",
+        "port",
+        "unix_socket_directories",
+        "hot_standby",
+        "primary_conninfo",
+        "primary_slot_name",
+        "recovery_target_timeline",
+        "data_directory",
+        "config_file",
+        "hba_file",
+        "ident_file",
+        "external_pid_file",
+        "include",
+        "include_dir",
+        "include_if_exists",
+    ];
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && name.len() <= 63;
+    if !valid {
+        Some("not a parameter name (letters, digits, _ and . only)")
+    } else if MANAGED.contains(&name.to_ascii_lowercase().as_str()) {
+        Some("managed by ha-agent (its address, port, paths and a replica's upstream)")
+    } else {
+        None
+    }
 }
 
 impl Default for DynConfig {
@@ -170,6 +206,7 @@ impl Default for DynConfig {
             use_pg_rewind: None,
             parameters: Vec::new(),
             pause: false,
+            refused: Vec::new(),
         }
     }
 }
@@ -177,8 +214,15 @@ impl Default for DynConfig {
 impl DynConfig {
     pub fn from_value(v: &ConfigValue) -> Self {
         let d = DynConfig::default();
-        let mut parameters = v.parameters();
+        let (mut parameters, mut refused) = (Vec::new(), Vec::new());
+        for (k, val) in v.parameters() {
+            match refused_parameter(&k) {
+                Some(why) => refused.push((k, why)),
+                None => parameters.push((k, val)),
+            }
+        }
         parameters.sort();
+        refused.sort();
         Self {
             maximum_lag_on_failover: v
                 .maximum_lag_on_failover()
@@ -192,6 +236,7 @@ impl DynConfig {
             use_pg_rewind: v.use_pg_rewind(),
             parameters,
             pause: v.pause().unwrap_or(false),
+            refused,
         }
     }
 }
@@ -294,7 +339,13 @@ impl ClusterView {
                     }
                 },
                 Some(KeyKind::Fixed(ClusterKey::Config)) => match ConfigValue::decode(&kv.value) {
-                    Ok(v) => view.config = ConfigState::Valid(DynConfig::from_value(&v)),
+                    Ok(v) => {
+                        let c = DynConfig::from_value(&v);
+                        for (name, why) in &c.refused {
+                            problem(kv, &format!("postgresql.parameters.{name} is not applied: {why}"));
+                        }
+                        view.config = ConfigState::Valid(c);
+                    }
                     Err(e) => {
                         view.config = ConfigState::Garbage;
                         problem(kv, &e);

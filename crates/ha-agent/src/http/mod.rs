@@ -87,7 +87,10 @@ struct Published {
 pub struct ApiState {
     published: RwLock<Arc<Published>>,
     pub metrics: Arc<Metrics>,
-    pub settings: ApiSettings,
+    /// Replaced on a config reload.
+    settings: RwLock<Arc<ApiSettings>>,
+    /// The REST port's TLS settings (`None`: plain HTTP); replaced on a config reload.
+    tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
     /// Actions for the HA loop (restart, reload, reinitialise).
     commands: mpsc::Sender<Command>,
     /// The cluster's keys; `None` answers 503 on the endpoints that need them.
@@ -147,7 +150,8 @@ impl ApiState {
         Self {
             published: RwLock::new(Arc::new(Published { body: encode_status(&empty), snap: empty })),
             metrics,
-            settings,
+            settings: RwLock::new(Arc::new(settings)),
+            tls: RwLock::new(None),
             commands,
             store,
             layout,
@@ -158,6 +162,24 @@ impl ApiState {
     pub fn publish(&self, s: Snapshot, _now_unix: u64) {
         let p = Arc::new(Published { body: encode_status(&s), snap: s });
         *self.published.write().unwrap_or_else(std::sync::PoisonError::into_inner) = p;
+    }
+
+    pub fn settings(&self) -> Arc<ApiSettings> {
+        self.settings.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// New settings (a config reload): access rules, timings, timeouts.
+    pub fn set_settings(&self, s: ApiSettings) {
+        *self.settings.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(s);
+    }
+
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// New TLS settings for connections accepted from now on.
+    pub fn set_tls(&self, tls: Option<Arc<rustls::ServerConfig>>) {
+        *self.tls.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tls;
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -267,7 +289,7 @@ pub async fn handle(state: Arc<ApiState>, req: Request<hyper::body::Incoming>, c
             let q = parse_query(req.uri().query());
             let p = state.current();
             let now = Now { instant: Instant::now(), wall_ms: wall_ms() };
-            let v = health::verdict(ask, &path, &q, &p.snap, state.settings.ttl, now);
+            let v = health::verdict(ask, &path, &q, &p.snap, state.settings().ttl, now);
             if v.body { json(code(v.code), p.body.clone()) } else { json(code(v.code), Bytes::new()) }
         }
         (&Method::POST, "switchover" | "failover" | "restart" | "reload" | "reinitialize")
@@ -295,7 +317,7 @@ async fn get_from_dcs(state: &ApiState, what: &str) -> Response<Body> {
         Err(r) => return reply(r),
     };
     match what {
-        "cluster" => json_value(200, &cluster::cluster_json(&c, &state.settings.scope)),
+        "cluster" => json_value(200, &cluster::cluster_json(&c, &state.settings().scope)),
         "history" => json_value(200, c.history.as_ref().unwrap_or(&Value::Array(vec![]))),
         _ => match &c.config {
             Some((v, _)) => json_value(200, v),
@@ -346,7 +368,8 @@ async fn unsafe_request(
     method: &Method,
     seg: &str,
 ) -> Result<Response<Body>, Response<Body>> {
-    let a = &state.settings.access;
+    let settings = state.settings();
+    let a = &settings.access;
     let members =
         if a.needs_members() { state.read_cluster().await.map(|c| member_ips(&c)).unwrap_or_default() } else { vec![] };
     let auth = req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
@@ -371,17 +394,17 @@ async fn unsafe_request(
         (&Method::DELETE, "switchover") => delete_switchover(state).await,
         (&Method::POST, "restart") => restart(state, body).await,
         (&Method::DELETE, "restart") => {
-            let t = state.settings.command_timeout;
+            let t = state.settings().command_timeout;
             command(state, "restart", t, |reply| Command::CancelRestart { reply }).await
         }
         (&Method::POST, "reload") => {
-            let t = state.settings.command_timeout;
+            let t = state.settings().command_timeout;
             command(state, "reload", t, |reply| Command::Reload { reply }).await
         }
         _ => {
             let req = actions::read_json(body, true)?;
             let (force, from_leader) = actions::parse_reinitialize(&req);
-            let t = state.settings.command_timeout;
+            let t = state.settings().command_timeout;
             command(state, "reinitialize", t, |reply| Command::Reinitialize { force, from_leader, reply }).await
         }
     };
@@ -429,7 +452,7 @@ async fn restart(state: &ApiState, body: Option<&[u8]>) -> Reply {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let timeout = r.timeout.unwrap_or_default() + state.settings.command_timeout;
+    let timeout = r.timeout.unwrap_or_default() + state.settings().command_timeout;
     command(state, "restart", timeout, |reply| Command::Restart { req: r, reply }).await
 }
 
@@ -497,8 +520,8 @@ async fn switchover(state: &ApiState, action: Action, body: Option<&[u8]>) -> Re
         // A candidate that has only just begun to follow the leader (right after another
         // switchover) is still on the previous timeline and could not promote yet; it is given
         // a short while (2 x loop_wait, 2 to 10 s) to catch up before the request is refused.
-        let timeout = state.settings.peer_timeout;
-        let catch_up = (state.settings.loop_wait * 2).clamp(Duration::from_secs(2), Duration::from_secs(10));
+        let timeout = state.settings().peer_timeout;
+        let catch_up = (state.settings().loop_wait * 2).clamp(Duration::from_secs(2), Duration::from_secs(10));
         let deadline = tokio::time::Instant::now() + catch_up;
         let mut waited = false;
         loop {
@@ -536,7 +559,7 @@ async fn switchover(state: &ApiState, action: Action, body: Option<&[u8]>) -> Re
     // Wait for the leader key to change hands, as Patroni's poll_failover_result (but
     // polled every 100 ms rather than every second).
     let old = c.leader;
-    let deadline = tokio::time::Instant::now() + 2 * state.settings.loop_wait.max(Duration::from_secs(10));
+    let deadline = tokio::time::Instant::now() + 2 * state.settings().loop_wait.max(Duration::from_secs(10));
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(SWITCHOVER_POLL).await;
         let Ok(now) = state.read_cluster().await else { continue };

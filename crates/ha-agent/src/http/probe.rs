@@ -2,7 +2,7 @@
 //! a switchover: every peer at once, each bounded by a timeout. Over https when the peer's
 //! `api_url` says so, with the client TLS settings given once at start ([`set_client_tls`]).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,11 +13,16 @@ use outrigger_schema::StatusJson;
 
 use crate::core::{PeerProbe, PeerRef, PeerStatus, Tags};
 
-static CLIENT_TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+static CLIENT_TLS: RwLock<Option<Arc<rustls::ClientConfig>>> = RwLock::new(None);
 
-/// The TLS client settings for https peers (set once, when the REST port has TLS).
+/// The TLS client settings for https peers (set when the REST port has TLS, and again when a
+/// reload changes its files).
 pub fn set_client_tls(cfg: Arc<rustls::ClientConfig>) {
-    let _ = CLIENT_TLS.set(cfg);
+    *CLIENT_TLS.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cfg);
+}
+
+fn client_tls() -> Option<Arc<rustls::ClientConfig>> {
+    CLIENT_TLS.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
 }
 
 /// A peer URL split for the request: https or not, `host:port`, host, path.
@@ -67,27 +72,44 @@ async fn send(
         .to_bytes())
 }
 
+/// Whether anything answers HTTP at `url` within `timeout`, whatever the status (Patroni's
+/// unique-name check: a member whose API answers at all is running).
+pub async fn answers(url: &str, timeout: Duration) -> bool {
+    matches!(tokio::time::timeout(timeout, get(url)).await, Ok(Ok(_)))
+}
+
 async fn fetch(url: &str) -> anyhow::Result<StatusJson> {
+    Ok(StatusJson::decode(&get(url).await?)?)
+}
+
+async fn get(url: &str) -> anyhow::Result<Bytes> {
     let t = split_url(url).ok_or_else(|| anyhow::anyhow!("unsupported api_url {url:?}"))?;
     let stream = tokio::net::TcpStream::connect(&t.authority).await?;
     let _ = stream.set_nodelay(true);
     let body = if t.https {
-        let cfg = CLIENT_TLS.get().ok_or_else(|| anyhow::anyhow!("https peer but no TLS client settings"))?;
+        let cfg = client_tls().ok_or_else(|| anyhow::anyhow!("https peer but no TLS client settings"))?;
         let name = rustls::pki_types::ServerName::try_from(t.host.clone())?;
-        let tls = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, stream).await?;
+        let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, stream).await?;
         send(tls, &t).await?
     } else {
         send(stream, &t).await?
     };
-    Ok(StatusJson::decode(&body)?)
+    Ok(body)
 }
 
 /// A peer's status in core terms; `None` when the answer has no WAL position (Patroni treats
 /// such a member as unreachable).
 pub fn peer_status(s: &StatusJson) -> Option<PeerStatus> {
+    // A member that says it is a primary without a WAL position (its postmaster runs but does
+    // not answer SQL) may still take writes: it counts as a live primary, never as gone.
+    let wal_position = match s.wal_position() {
+        Some(p) => p,
+        None if !s.in_recovery() => 0,
+        None => return None,
+    };
     Some(PeerStatus {
         primary: !s.in_recovery(),
-        wal_position: s.wal_position()?,
+        wal_position,
         timeline: s.timeline,
         tags: Tags::from_json(&s.tags),
         watchdog_failed: s.watchdog_failed.unwrap_or(false),

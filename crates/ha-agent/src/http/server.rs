@@ -64,18 +64,30 @@ where
 }
 
 /// Runs [`serve`] on a thread of its own (named `rest-api`) until `shutdown` is cancelled.
+/// `on_exit` runs when the thread ends for any reason (a panic included): the agent treats
+/// that as the end of an essential task. TLS settings come from the state, per connection.
 pub fn spawn_thread(
     listener: TcpListener,
     limits: Limits,
-    tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<ApiState>,
     shutdown: CancellationToken,
+    on_exit: impl FnOnce() + Send + 'static,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     use tracing::Instrument;
+    /// Runs the callback when dropped, so also when the thread unwinds.
+    struct OnExit<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for OnExit<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
     // A listener belongs to the runtime that made it: hand it over as a std socket.
     let listener = listener.into_std()?;
     let span = tracing::Span::current();
     let handle = std::thread::Builder::new().name("rest-api".into()).spawn(move || {
+        let _exit = OnExit(Some(on_exit));
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -86,7 +98,7 @@ pub fn spawn_thread(
         rt.block_on(
             async move {
                 match TcpListener::from_std(listener) {
-                    Ok(l) => serve(l, limits, tls, state, shutdown).await,
+                    Ok(l) => serve(l, limits, state, shutdown).await,
                     Err(e) => tracing::error!(error = %e, "cannot use the REST API's socket"),
                 }
             }
@@ -96,21 +108,16 @@ pub fn spawn_thread(
     Ok(handle)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    limits: Limits,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    state: Arc<ApiState>,
-    shutdown: CancellationToken,
-) {
+/// Serves the API on `listener` until `shutdown` is cancelled. Each connection uses the TLS
+/// settings in force when it was accepted ([`ApiState::set_tls`]).
+pub async fn serve(listener: TcpListener, limits: Limits, state: Arc<ApiState>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let over_cap = || state.metrics.rest_rejected_limit.inc();
     while let Some((stream, peer, permit)) =
         outrigger_daemon::http::accept_within(&listener, &permits, &shutdown, over_cap).await
     {
-        let (state, shutdown, acceptor) = (state.clone(), shutdown.clone(), acceptor.clone());
+        let acceptor = state.tls().map(tokio_rustls::TlsAcceptor::from);
+        let (state, shutdown) = (state.clone(), shutdown.clone());
         tokio::spawn(async move {
             match acceptor {
                 None => {

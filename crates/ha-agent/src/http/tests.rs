@@ -93,7 +93,7 @@ async fn start_with(role: MemberRole, access: Access, limits: Limits) -> Server 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(server::serve(listener, limits, None, state.clone(), stop.clone()));
+    tokio::spawn(server::serve(listener, limits, state.clone(), stop.clone()));
     store.set(&format!("{PREFIX}/leader"), "n1");
     store.set(&format!("{PREFIX}/config"), r#"{"ttl":30,"postgresql":{"parameters":{"work_mem":"4MB"}}}"#);
     store.set(&format!("{PREFIX}/members/n1"), &member_json(&addr.to_string()));
@@ -536,7 +536,8 @@ async fn start_tls(verify: tls::VerifyClient, limits: Limits) -> TlsServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = tls::server_config(&files).unwrap();
-    tokio::spawn(server::serve(listener, limits, Some(cfg), plain.state.clone(), plain.stop.clone()));
+    plain.state.set_tls(Some(cfg));
+    tokio::spawn(server::serve(listener, limits, plain.state.clone(), plain.stop.clone()));
     TlsServer { addr, files, _dir: dir, server: plain }
 }
 

@@ -19,8 +19,42 @@ use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 
 use crate::config::PgConfig;
-use crate::core::{Control, PgView, RunningPg};
+use crate::core::{Control, PgErrorKind, PgView, RunningPg};
 use text::{ConfInput, Upstream};
+
+/// A PostgreSQL tool that failed, with the kind of failure the HA core cares about.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PgError {
+    pub kind: PgErrorKind,
+    message: String,
+}
+
+impl PgError {
+    fn new(kind: PgErrorKind, message: String) -> Self {
+        Self { kind, message }
+    }
+}
+
+/// The data directory is a standby's (`standby.signal` or `recovery.signal`): a server started
+/// from it cannot accept writes until it is promoted.
+pub fn is_standby_dir(data_dir: &Path) -> bool {
+    data_dir.join("standby.signal").exists() || data_dir.join("recovery.signal").exists()
+}
+
+/// Processes working in the data directory (backends of a postmaster that died keep running
+/// for a moment, keep its shared memory, and keep serving the sessions they have).
+pub fn leftover_pids(data_dir: &Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let me = std::process::id();
+    dir.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        (u32::try_from(pid).ok() != Some(me) && std::fs::read_link(format!("/proc/{pid}/cwd")).ok()? == data)
+            .then_some(pid)
+    })
+    .collect()
+}
 
 /// How to stop PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +147,13 @@ impl Postgres {
         &self.cfg
     }
 
+    /// A reloaded `[postgresql]` section (only runtime settings differ: the reload keeps the
+    /// ones that need a restart).
+    pub fn set_config(&mut self, cfg: PgConfig) {
+        self.cfg = cfg;
+        self.client = None;
+    }
+
     fn cmd(&self, tool: &str) -> Command {
         let mut c = Command::new(self.cfg.bin_dir.join(tool));
         c.env("LC_ALL", "C").env("LANG", "C").stdin(Stdio::null()).kill_on_drop(true);
@@ -124,18 +165,19 @@ impl Postgres {
     }
 
     /// Runs a tool to completion within `limit`; stderr (and stdout on failure) go into the error.
-    async fn run(&self, what: &str, mut c: Command, limit: Duration) -> anyhow::Result<String> {
+    async fn run(&self, what: &str, mut c: Command, limit: Duration) -> Result<String, PgError> {
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let out = tokio::time::timeout(limit, c.output())
-            .await
-            .with_context(|| format!("{what}: no result within {limit:?}"))?
-            .with_context(|| format!("{what}: start"))?;
+        let out = match tokio::time::timeout(limit, c.output()).await {
+            Err(_) => return Err(PgError::new(PgErrorKind::TimedOut, format!("{what}: no result within {limit:?}"))),
+            Ok(Err(e)) => return Err(PgError::new(PgErrorKind::Failed, format!("{what}: start: {e}"))),
+            Ok(Ok(out)) => out,
+        };
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().chain(stdout.lines()).rev().take(6).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("{what}: {}: {}", out.status, tail.join(" | "));
+            return Err(PgError::new(PgErrorKind::Failed, format!("{what}: {}: {}", out.status, tail.join(" | "))));
         }
         Ok(stdout)
     }
@@ -322,7 +364,7 @@ impl Postgres {
                 Err(e) => {
                     tracing::debug!(error = %format!("{e:#}"), "postmaster runs but does not answer yet");
                     let sysid = self.controldata().await.ok().map(|c| c.sysid);
-                    (PgView::Starting { sysid }, None)
+                    (PgView::Starting { sysid, standby: is_standby_dir(&self.cfg.data_dir) }, None)
                 }
             };
         }
@@ -407,16 +449,8 @@ impl Postgres {
 
     // ---- processes ----
 
-    /// Processes working in the data directory (backends of a postmaster that died keep
-    /// running for a moment and keep its shared memory, so a new postmaster refuses to start).
     fn leftovers(&self) -> Vec<i32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-        let data = std::fs::canonicalize(&self.cfg.data_dir).unwrap_or_else(|_| self.cfg.data_dir.clone());
-        dir.filter_map(|e| {
-            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            (std::fs::read_link(format!("/proc/{pid}/cwd")).ok()? == data).then_some(pid)
-        })
-        .collect()
+        leftover_pids(&self.cfg.data_dir)
     }
 
     /// Waits for the leftovers of a dead postmaster to exit, and kills them after 5 s.
@@ -491,13 +525,24 @@ impl Postgres {
     }
 
     /// Stops the postmaster and waits for it to be gone (escalating to immediate, then
-    /// SIGKILL, when a mode takes too long).
+    /// SIGKILL, when a mode takes too long), then for every process still working in the data
+    /// directory: a backend of a postmaster that had to be killed still serves its session, so
+    /// the server counts as stopped only once none is left (they are killed after a second).
+    /// A fast stop waits 30 s for the shutdown checkpoint, within systemd's stop timeout.
     pub async fn stop(&mut self, mode: StopMode) -> anyhow::Result<()> {
         self.client = None;
-        let Some(pid) = postmaster_pid(&self.cfg.data_dir) else { return Ok(()) };
+        if let Some(pid) = postmaster_pid(&self.cfg.data_dir) {
+            self.stop_postmaster(pid, mode).await?;
+        }
+        self.kill_leftovers(Duration::from_secs(1)).await
+    }
+
+    async fn stop_postmaster(&self, pid: i32, mode: StopMode) -> anyhow::Result<()> {
         let plan: &[(Signal, u64)] = match mode {
-            StopMode::Fast => &[(Signal::SIGINT, 60_000), (Signal::SIGQUIT, 5_000), (Signal::SIGKILL, 5_000)],
-            StopMode::Immediate => &[(Signal::SIGQUIT, 5_000), (Signal::SIGKILL, 5_000)],
+            StopMode::Fast => &[(Signal::SIGINT, 30_000), (Signal::SIGQUIT, 5_000), (Signal::SIGKILL, 5_000)],
+            // A healthy postmaster is gone within milliseconds of SIGQUIT; one that is not
+            // (stopped, hung) does not get better by waiting.
+            StopMode::Immediate => &[(Signal::SIGQUIT, 1_000), (Signal::SIGKILL, 5_000)],
         };
         for &(sig, wait_ms) in plan {
             if kill(Pid::from_raw(pid), sig).is_err() {
@@ -513,6 +558,30 @@ impl Postgres {
             tracing::warn!(pid, signal = %sig, "postmaster did not stop in time; escalating");
         }
         bail!("stop PostgreSQL: postmaster {pid} survived SIGKILL")
+    }
+
+    /// Waits up to `grace` for processes left in the data directory, then kills them.
+    async fn kill_leftovers(&self, grace: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(pids = ?left, "killing processes a stopped postmaster left behind");
+                for p in &left {
+                    let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let still = self.leftovers();
+                if still.is_empty() {
+                    return Ok(());
+                }
+                bail!("stop PostgreSQL: processes {still:?} survived SIGKILL");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Promotes a running standby and waits for it to accept writes, then checkpoints so that
@@ -572,7 +641,7 @@ impl Postgres {
         if let Some(p) = pwfile {
             let _ = std::fs::remove_file(p);
         }
-        r.map(drop)
+        r.map(drop).map_err(Into::into)
     }
 
     /// After bootstrap: the replication role.
@@ -608,11 +677,33 @@ impl Postgres {
         if r.is_err() {
             let _ = self.remove_data();
         }
-        r.map(drop)
+        r.map(drop).map_err(Into::into)
     }
 
-    /// pg_rewind from the leader; the server must be stopped cleanly first.
-    pub async fn rewind(&self, host: &str, port: u16) -> anyhow::Result<()> {
+    /// Whether `host:port` accepts a connection as the superuser (within 2 s).
+    async fn reachable(&self, host: &str, port: u16) -> bool {
+        let su = &self.cfg.superuser;
+        let mut c = tokio_postgres::Config::new();
+        c.host(host).port(port).user(&su.username).dbname("postgres").connect_timeout(Duration::from_secs(2));
+        if let Some(p) = &su.password {
+            c.password(p);
+        }
+        matches!(tokio::time::timeout(Duration::from_secs(3), c.connect(NoTls)).await, Ok(Ok(_)))
+    }
+
+    /// pg_rewind from the leader; the server must be stopped cleanly first. A failure whose
+    /// source cannot be reached afterwards is [`PgErrorKind::SourceUnreachable`] (the source
+    /// was fenced or restarted under it), which does not count against the rewind.
+    pub async fn rewind(&self, host: &str, port: u16) -> Result<(), PgError> {
+        match self.rewind_once(host, port).await {
+            Err(e) if e.kind == PgErrorKind::Failed && !self.reachable(host, port).await => {
+                Err(PgError::new(PgErrorKind::SourceUnreachable, e.message))
+            }
+            r => r,
+        }
+    }
+
+    async fn rewind_once(&self, host: &str, port: u16) -> Result<(), PgError> {
         let su = &self.cfg.superuser;
         let conninfo = format!(
             "host={} port={port} user={} dbname=postgres connect_timeout=5",
@@ -632,7 +723,7 @@ impl Postgres {
     pub async fn crash_recovery(&self) -> anyhow::Result<()> {
         let mut c = self.cmd("postgres");
         c.arg("--single").arg("-D").arg(&self.cfg.data_dir).args(["-c", "archive_mode=off", "postgres"]);
-        self.run("single-user crash recovery", c, Duration::from_secs(3600)).await.map(drop)
+        self.run("single-user crash recovery", c, Duration::from_secs(3600)).await.map(drop).map_err(Into::into)
     }
 
     /// Removes the data directory (reinit, failed bootstrap or clone).

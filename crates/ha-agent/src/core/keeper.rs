@@ -1,0 +1,557 @@
+//! The lease keeper's logic, pure: when to grant or renew the member's etcd lease, when the
+//! lease stops being trusted and an armed primary must be fenced, and when the watchdog is
+//! opened, fed and closed. Time comes in as [`Moment`]s, requests go out as [`Effect`]s, and
+//! answers come back through [`Keeper::answered`].
+//!
+//! The shell (`crate::lease`) drives it with the real clock (`CLOCK_BOOTTIME`), etcd and the
+//! watchdog device; the simulation (`tests/simulation.rs`) drives the same code with its own
+//! clock, an in-memory etcd with latency, and a simulated watchdog.
+//!
+//! Arithmetic. A keep-alive sent at `s` and answered with TTL `ttl` makes the lease live at
+//! etcd until at least `s + ttl` (etcd received it after `s`); that is [`LeaseView::expires_at`].
+//! The lease is trusted until `expires_at - retry_timeout` ([`LeaseView::fence_at`]); an armed
+//! keeper fences at that moment, whatever is in flight (a renewal still awaiting its answer
+//! cannot push the fence later: the fence is checked on its own deadline, and a late answer
+//! only counts from its send time). Renewals go out every `Timings::renew_interval`, failed
+//! ones are retried every [`RETRY`]; with `loop_wait + 2 * retry_timeout <= ttl` and
+//! `request_timeout <= retry_timeout`, a lease renewed on schedule is never fenced. The
+//! watchdog rules are in [`super::watchdog`].
+
+use std::time::Duration;
+
+use super::observed::{LeaseView, Moment};
+use super::watchdog::{self, Mode};
+use crate::config::Timings;
+
+/// How soon a failed grant or renewal is tried again.
+pub const RETRY: Duration = Duration::from_millis(200);
+/// How long before the last allowed moment the keeper wakes for a last-chance watchdog feed
+/// (timers fire a little late; a feed after the last allowed moment is refused).
+const FEED_LEAD: Duration = Duration::from_millis(100);
+
+/// A request to etcd the shell sends for the keeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// A new lease; `attempt` lets the shell rotate the member it asks (a grant is not
+    /// idempotent, so it goes to one member at a time).
+    Grant {
+        ttl: Duration,
+        attempt: usize,
+    },
+    Renew {
+        lease: i64,
+    },
+}
+
+/// What etcd answered to the request in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Granted {
+        lease: i64,
+        ttl: Duration,
+    },
+    Renewed {
+        ttl: Duration,
+    },
+    /// etcd says the lease does not exist (expired or revoked).
+    Lost,
+    /// No answer in time, or an error that says nothing about the lease.
+    Failed,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Send(Ask),
+    /// Stop PostgreSQL now (immediate): the lease may be about to expire at etcd.
+    Fence,
+    /// The lease was granted, lost or replaced: wake the HA loop.
+    LeaseChanged,
+    /// Open the watchdog device with this timeout; report with [`Keeper::watchdog_opened`].
+    OpenWatchdog {
+        timeout: Duration,
+    },
+    FeedWatchdog,
+    /// Disable the watchdog (magic close).
+    CloseWatchdog,
+}
+
+/// The watchdog as the keeper sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogState {
+    /// Not in use (mode off, paused, or not a primary).
+    Closed,
+    /// Wanted (armed): opened as soon as the lease is fresh enough for a safe first feed.
+    Wanted,
+    /// Active, with the device's actual timeout.
+    Open { timeout: Duration, last_feed: Moment },
+    /// Could not be activated (mode required: this member must not become a primary).
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    id: i64,
+    ttl: Duration,
+    expires_at: Moment,
+}
+
+/// The lease keeper's state.
+#[derive(Debug, Clone)]
+pub struct Keeper {
+    timings: Timings,
+    mode: Mode,
+    wd_timeout: Duration,
+    lease: Option<Held>,
+    in_flight: Option<(Ask, Moment)>,
+    next_at: Moment,
+    armed: bool,
+    paused: bool,
+    fenced: bool,
+    failing: bool,
+    attempts: usize,
+    wd: WatchdogState,
+}
+
+impl Keeper {
+    pub fn new(timings: Timings, mode: Mode, wd_timeout: Duration) -> Self {
+        Self {
+            timings,
+            mode,
+            wd_timeout,
+            lease: None,
+            in_flight: None,
+            next_at: Moment::from_millis(0),
+            armed: false,
+            paused: false,
+            fenced: false,
+            failing: false,
+            attempts: 0,
+            wd: WatchdogState::Closed,
+        }
+    }
+
+    /// The lease as the HA loop sees it.
+    pub fn view(&self) -> LeaseView {
+        match self.lease {
+            Some(h) => LeaseView { id: Some(h.id), expires_at: h.expires_at },
+            None => LeaseView::NONE,
+        }
+    }
+
+    pub fn trusted(&self, now: Moment) -> bool {
+        self.view().trusted(now, &self.timings)
+    }
+
+    pub fn armed(&self) -> bool {
+        self.armed
+    }
+
+    pub fn watchdog(&self) -> WatchdogState {
+        self.wd
+    }
+
+    /// Mode required and the watchdog could not be activated: this member must not lead.
+    pub fn watchdog_failed(&self) -> bool {
+        self.mode == Mode::Required && self.wd == WatchdogState::Failed
+    }
+
+    /// Whether a watchdog is required before this member may become a primary, and is not
+    /// known to be unusable.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// PostgreSQL is, or is about to become, a primary: fence it when the lease goes, and
+    /// activate the watchdog (after a fresh renewal, so that its first feed is safe).
+    pub fn arm(&mut self, now: Moment) {
+        if !self.armed {
+            self.armed = true;
+            self.want_watchdog(now);
+        }
+    }
+
+    /// Asks for the watchdog (if it is used and not paused); when the lease is too old for a
+    /// safe first feed, a renewal goes out first.
+    fn want_watchdog(&mut self, now: Moment) {
+        if self.mode == Mode::Off || self.paused || self.wd != WatchdogState::Closed {
+            return;
+        }
+        self.wd = WatchdogState::Wanted;
+        if self.lease.is_none_or(|h| !watchdog::may_feed(now, h.expires_at, self.wd_timeout)) {
+            self.renew_soon(now);
+        }
+    }
+
+    /// PostgreSQL no longer accepts writes (`pg_down`), or is not to be fenced any more: the
+    /// watchdog is closed only once PostgreSQL is known not to accept writes.
+    pub fn disarm(&mut self, pg_down: bool) -> Vec<Effect> {
+        self.armed = false;
+        if pg_down { self.close_watchdog() } else { Vec::new() }
+    }
+
+    /// Maintenance mode: the watchdog is disabled (as Patroni does); the lease fence stays.
+    pub fn set_paused(&mut self, paused: bool, now: Moment) -> Vec<Effect> {
+        if paused == self.paused {
+            return Vec::new();
+        }
+        self.paused = paused;
+        if paused {
+            self.close_watchdog()
+        } else {
+            if self.armed {
+                self.want_watchdog(now);
+            }
+            Vec::new()
+        }
+    }
+
+    fn close_watchdog(&mut self) -> Vec<Effect> {
+        match self.wd {
+            WatchdogState::Open { .. } => {
+                self.wd = WatchdogState::Closed;
+                vec![Effect::CloseWatchdog]
+            }
+            WatchdogState::Wanted => {
+                self.wd = WatchdogState::Closed;
+                Vec::new()
+            }
+            // Failed stays failed for the next attempt to say so; Closed is closed.
+            _ => Vec::new(),
+        }
+    }
+
+    /// Renew now rather than on schedule (the loop saw our key vanish: is our lease gone?).
+    pub fn renew_soon(&mut self, now: Moment) {
+        self.next_at = self.next_at.min(now);
+    }
+
+    /// New timings (a config reload). A changed `ttl` takes effect with the next lease: at
+    /// once when this member is not a primary (a new lease is granted and the loop moves its
+    /// keys onto it), else when it stops being one.
+    pub fn set_timings(&mut self, t: Timings, mode: Mode, wd_timeout: Duration, now: Moment) -> Vec<Effect> {
+        let ttl_changed = t.ttl != self.timings.ttl;
+        self.timings = t;
+        self.mode = mode;
+        self.wd_timeout = wd_timeout;
+        let mut out = Vec::new();
+        if mode == Mode::Off {
+            out.extend(self.close_watchdog());
+            if self.wd == WatchdogState::Failed {
+                self.wd = WatchdogState::Closed;
+            }
+        }
+        if ttl_changed && !self.armed && self.lease.is_some() && self.in_flight.is_none() {
+            self.lease = None;
+            self.next_at = now;
+            out.push(Effect::LeaseChanged);
+        }
+        out
+    }
+
+    /// Takes the "fenced since last asked" flag (the HA loop logs it).
+    pub fn take_fenced(&mut self) -> bool {
+        std::mem::take(&mut self.fenced)
+    }
+
+    /// What is due at `now`: fence, send, open or feed the watchdog.
+    pub fn step(&mut self, now: Moment) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if self.armed && !self.trusted(now) {
+            self.armed = false;
+            self.fenced = true;
+            // The watchdog stays as it is: if the fence does not stop PostgreSQL, the machine
+            // is reset before the lease can expire (no feed is allowed past that point).
+            if self.wd == WatchdogState::Wanted {
+                self.wd = WatchdogState::Closed;
+            }
+            out.push(Effect::Fence);
+        }
+        if self.in_flight.is_none() && now >= self.next_at {
+            let ask = match self.lease {
+                None => Ask::Grant { ttl: self.timings.ttl, attempt: self.attempts },
+                Some(h) => Ask::Renew { lease: h.id },
+            };
+            self.in_flight = Some((ask, now));
+            out.push(Effect::Send(ask));
+        }
+        if let Some(h) = self.lease {
+            match self.wd {
+                WatchdogState::Wanted if self.armed && watchdog::may_feed(now, h.expires_at, self.wd_timeout) => {
+                    out.push(Effect::OpenWatchdog { timeout: self.wd_timeout });
+                }
+                WatchdogState::Open { timeout, last_feed }
+                    if now >= watchdog::last_feed_at(h.expires_at, timeout).minus(FEED_LEAD)
+                        && last_feed < watchdog::last_feed_at(h.expires_at, timeout).minus(FEED_LEAD)
+                        && watchdog::may_feed(now, h.expires_at, timeout) =>
+                {
+                    self.wd = WatchdogState::Open { timeout, last_feed: now };
+                    out.push(Effect::FeedWatchdog);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The outcome of [`Effect::OpenWatchdog`]: the device's actual timeout, or `None` when it
+    /// could not be opened or set.
+    pub fn watchdog_opened(&mut self, now: Moment, actual: Option<Duration>) -> Vec<Effect> {
+        if self.wd != WatchdogState::Wanted {
+            // Disarmed meanwhile.
+            return if actual.is_some() { vec![Effect::CloseWatchdog] } else { Vec::new() };
+        }
+        match actual {
+            // A device that keeps a longer timeout than asked can still be used if it can be
+            // fed safely; one that cannot is as good as none.
+            Some(t) if self.lease.is_some_and(|h| watchdog::may_feed(now, h.expires_at, t)) => {
+                self.wd = WatchdogState::Open { timeout: t, last_feed: now };
+                Vec::new()
+            }
+            Some(_) => {
+                self.wd = self.unavailable();
+                vec![Effect::CloseWatchdog]
+            }
+            None => {
+                self.wd = self.unavailable();
+                Vec::new()
+            }
+        }
+    }
+
+    fn unavailable(&self) -> WatchdogState {
+        // Automatic mode carries on without it; the shell says so.
+        if self.mode == Mode::Required { WatchdogState::Failed } else { WatchdogState::Closed }
+    }
+
+    /// A failed feed (the device went away): as a failed activation.
+    pub fn watchdog_lost(&mut self) {
+        if matches!(self.wd, WatchdogState::Open { .. }) {
+            self.wd = self.unavailable();
+        }
+    }
+
+    /// The answer to the request in flight.
+    pub fn answered(&mut self, now: Moment, answer: Answer) -> Vec<Effect> {
+        let Some((ask, sent)) = self.in_flight.take() else { return Vec::new() };
+        let mut out = Vec::new();
+        match (ask, answer) {
+            (Ask::Grant { .. }, Answer::Granted { lease, ttl }) => {
+                self.failing = false;
+                self.lease = Some(Held { id: lease, ttl, expires_at: sent.plus(ttl) });
+                self.next_at = sent.plus(self.timings.renew_interval());
+                out.push(Effect::LeaseChanged);
+            }
+            (Ask::Renew { lease }, Answer::Renewed { ttl }) => {
+                self.failing = false;
+                if let Some(h) = self.lease.as_mut().filter(|h| h.id == lease) {
+                    // Only ever later: an answer to an older keep-alive cannot shorten it.
+                    h.expires_at = h.expires_at.max(sent.plus(ttl));
+                    h.ttl = ttl;
+                }
+                self.next_at = sent.plus(self.timings.renew_interval());
+                if let (Some(h), WatchdogState::Open { timeout, .. }) = (self.lease, self.wd)
+                    && watchdog::may_feed(now, h.expires_at, timeout)
+                {
+                    self.wd = WatchdogState::Open { timeout, last_feed: now };
+                    out.push(Effect::FeedWatchdog);
+                }
+            }
+            (Ask::Renew { lease }, Answer::Lost) => {
+                if self.lease.is_some_and(|h| h.id == lease) {
+                    self.lease = None;
+                    out.push(Effect::LeaseChanged);
+                }
+                self.next_at = now;
+            }
+            (Ask::Grant { .. }, _) => {
+                self.attempts += 1;
+                self.failing = true;
+                self.next_at = now.plus(RETRY);
+            }
+            (Ask::Renew { .. }, _) => {
+                self.failing = true;
+                if self.lease.is_some_and(|h| now >= h.expires_at) {
+                    // Whatever the error says, a lease not renewed for its whole TTL is gone
+                    // at etcd: start over with a new one.
+                    self.lease = None;
+                    out.push(Effect::LeaseChanged);
+                }
+                self.next_at = now.plus(RETRY);
+            }
+        }
+        out
+    }
+
+    /// Whether the last request failed (for logging once per episode).
+    pub fn failing(&self) -> bool {
+        self.failing
+    }
+
+    /// The request in flight, with its send time.
+    pub fn in_flight(&self) -> Option<(Ask, Moment)> {
+        self.in_flight
+    }
+
+    /// When [`Keeper::step`] next has something to do (`None`: only an answer or a command
+    /// can change anything).
+    pub fn wake_at(&self) -> Option<Moment> {
+        let mut at: Option<Moment> = None;
+        let mut consider = |m: Moment| at = Some(at.map_or(m, |a| a.min(m)));
+        if self.in_flight.is_none() {
+            consider(self.next_at);
+        }
+        if let Some(h) = self.lease {
+            if self.armed {
+                consider(h.expires_at.minus(self.timings.retry_timeout));
+            }
+            if let WatchdogState::Open { timeout, last_feed } = self.wd {
+                let last_chance = watchdog::last_feed_at(h.expires_at, timeout).minus(FEED_LEAD);
+                if last_feed < last_chance {
+                    consider(last_chance);
+                }
+            }
+        }
+        at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Moment {
+        Moment::from_millis(ms)
+    }
+
+    /// Lab timings: ttl 2 s, loop_wait 500 ms, retry_timeout 500 ms (renew every 500 ms).
+    fn lab() -> Timings {
+        Timings {
+            ttl: Duration::from_secs(2),
+            loop_wait: Duration::from_millis(500),
+            retry_timeout: Duration::from_millis(500),
+        }
+    }
+
+    fn granted(mode: Mode) -> Keeper {
+        let mut k = Keeper::new(lab(), mode, Duration::from_secs(1));
+        assert_eq!(k.step(t(0)), vec![Effect::Send(Ask::Grant { ttl: Duration::from_secs(2), attempt: 0 })]);
+        assert_eq!(
+            k.answered(t(5), Answer::Granted { lease: 7, ttl: Duration::from_secs(2) }),
+            vec![Effect::LeaseChanged]
+        );
+        k
+    }
+
+    #[test]
+    fn an_armed_primary_is_fenced_retry_timeout_before_the_lease_can_expire() {
+        let mut k = granted(Mode::Off);
+        k.arm(t(10));
+        assert_eq!(k.wake_at(), Some(t(500)), "next renewal first");
+        // The renewal goes out and never comes back.
+        assert_eq!(k.step(t(500)), vec![Effect::Send(Ask::Renew { lease: 7 })]);
+        assert_eq!(k.wake_at(), Some(t(1500)), "the fence point: sent 0 + ttl 2 s - retry 0.5 s");
+        assert_eq!(k.step(t(1499)), vec![]);
+        assert_eq!(k.step(t(1500)), vec![Effect::Fence], "fenced while the renewal is still in flight");
+        assert!(k.take_fenced());
+        assert!(!k.armed());
+    }
+
+    #[test]
+    fn a_late_answer_counts_from_its_send_time_and_cannot_push_the_fence_past_its_deadline() {
+        let mut k = granted(Mode::Off);
+        k.arm(t(10));
+        k.step(t(500));
+        // Answered 1.2 s after it was sent: the lease lives until 500 + 2000 at least.
+        assert_eq!(k.answered(t(1700), Answer::Renewed { ttl: Duration::from_secs(2) }), vec![]);
+        assert_eq!(k.view().expires_at, t(2500));
+        assert!(k.trusted(t(1999)));
+        assert!(!k.trusted(t(2000)));
+    }
+
+    #[test]
+    fn a_lost_lease_fences_an_armed_primary_at_once_and_a_new_one_is_granted() {
+        let mut k = granted(Mode::Off);
+        k.arm(t(10));
+        k.step(t(500));
+        assert_eq!(k.answered(t(510), Answer::Lost), vec![Effect::LeaseChanged]);
+        let e = k.step(t(510));
+        assert_eq!(e[0], Effect::Fence);
+        assert!(matches!(e[1], Effect::Send(Ask::Grant { .. })));
+    }
+
+    #[test]
+    fn failed_renewals_are_retried_and_the_lease_is_dropped_once_its_ttl_passed() {
+        let mut k = granted(Mode::Off);
+        k.step(t(500));
+        assert_eq!(k.answered(t(1500), Answer::Failed), vec![]);
+        assert_eq!(k.wake_at(), Some(t(1700)));
+        k.step(t(1700));
+        assert_eq!(k.answered(t(2100), Answer::Failed), vec![Effect::LeaseChanged], "0 + 2 s passed");
+        assert_eq!(k.view(), LeaseView::NONE);
+    }
+
+    #[test]
+    fn the_watchdog_opens_only_after_a_fresh_renewal_and_is_fed_only_while_the_reset_beats_the_lease() {
+        let mut k = granted(Mode::Automatic);
+        // The lease was sent at 0 (expires 2000); at 800 a 1 s watchdog would reset at 2050.
+        k.arm(t(800));
+        assert_eq!(k.watchdog(), WatchdogState::Wanted);
+        let e = k.step(t(800));
+        assert_eq!(e, vec![Effect::Send(Ask::Renew { lease: 7 })], "renew first, no unsafe first feed");
+        k.answered(t(810), Answer::Renewed { ttl: Duration::from_secs(2) });
+        assert_eq!(k.step(t(810)), vec![Effect::OpenWatchdog { timeout: Duration::from_secs(1) }]);
+        assert_eq!(k.watchdog_opened(t(811), Some(Duration::from_secs(1))), vec![]);
+        // Renewals feed it.
+        k.step(t(1300));
+        assert_eq!(k.answered(t(1305), Answer::Renewed { ttl: Duration::from_secs(2) }), vec![Effect::FeedWatchdog]);
+        // etcd goes silent: one last-chance feed at expires (3300) - 1 s - 250 ms - lead.
+        k.step(t(1800));
+        assert_eq!(k.wake_at(), Some(t(1950)));
+        assert_eq!(k.step(t(1950)), vec![Effect::FeedWatchdog]);
+        assert_eq!(k.step(t(2000)), vec![]);
+        // The fence comes at 3300 - 500; the reset (1950 + 1 s) would only follow it.
+        assert_eq!(k.step(t(2800)), vec![Effect::Fence]);
+        // PostgreSQL confirmed down: the watchdog is closed cleanly.
+        assert_eq!(k.disarm(true), vec![Effect::CloseWatchdog]);
+    }
+
+    #[test]
+    fn a_device_whose_timeout_cannot_be_fed_safely_counts_as_unavailable() {
+        let mut k = granted(Mode::Required);
+        k.arm(t(10));
+        assert_eq!(k.step(t(10)), vec![Effect::OpenWatchdog { timeout: Duration::from_secs(1) }]);
+        // The device kept 60 s: no feed could ever reset before the lease expires.
+        assert_eq!(k.watchdog_opened(t(11), Some(Duration::from_secs(60))), vec![Effect::CloseWatchdog]);
+        assert!(k.watchdog_failed());
+        let mut a = granted(Mode::Automatic);
+        a.arm(t(10));
+        a.step(t(10));
+        a.watchdog_opened(t(11), None);
+        assert!(!a.watchdog_failed(), "automatic mode carries on without it");
+    }
+
+    #[test]
+    fn pause_closes_the_watchdog_and_resume_reopens_it() {
+        let mut k = granted(Mode::Automatic);
+        k.arm(t(10));
+        k.step(t(10));
+        k.watchdog_opened(t(10), Some(Duration::from_secs(1)));
+        assert_eq!(k.set_paused(true, t(20)), vec![Effect::CloseWatchdog]);
+        assert_eq!(k.set_paused(false, t(30)), vec![]);
+        assert_eq!(k.watchdog(), WatchdogState::Wanted);
+    }
+
+    #[test]
+    fn a_ttl_change_replaces_the_lease_of_a_replica_but_not_of_a_primary() {
+        let mut k = granted(Mode::Off);
+        let mut new = lab();
+        new.ttl = Duration::from_secs(3);
+        k.arm(t(10));
+        assert_eq!(k.set_timings(new, Mode::Off, Duration::from_secs(1), t(20)), vec![]);
+        assert_eq!(k.view().id, Some(7));
+        let mut r = granted(Mode::Off);
+        assert_eq!(r.set_timings(new, Mode::Off, Duration::from_secs(1), t(20)), vec![Effect::LeaseChanged]);
+        assert_eq!(r.step(t(20)), vec![Effect::Send(Ask::Grant { ttl: Duration::from_secs(3), attempt: 0 })]);
+    }
+}

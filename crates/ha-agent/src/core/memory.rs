@@ -1,0 +1,270 @@
+//! What the agent remembers between cycles, as a pure value.
+//!
+//! The shell (`crate::run`) and the simulation (`tests/simulation.rs`) both keep one
+//! [`Memory`] per agent and update it the same way: [`Memory::observe`] with what a cycle saw
+//! (before deciding), [`Memory::record`] with the typed [`Outcome`] of each action. What the
+//! core decides from ([`Recent`]) is derived here and nowhere else, so the simulation proves
+//! the daemon's bookkeeping, not a copy of it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::observed::{Moment, PeerRef, PgView, Recent};
+use super::view::ClusterView;
+
+/// How long a member seen in etcd is still asked in a leader race after its key vanished.
+pub const KNOWN_PEER_TTL: Duration = Duration::from_secs(600);
+/// How long a replication slot is kept for a member that left (Patroni's member_slots_ttl).
+pub const MEMBER_SLOTS_TTL: Duration = Duration::from_secs(1800);
+/// pg_rewind failures (other than its source going away) before the rewind counts as failed.
+pub const REWIND_ATTEMPTS: u32 = 3;
+
+/// Why an action on PostgreSQL failed, as far as the next decision cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgErrorKind {
+    /// The server the action reads from (pg_rewind's or pg_basebackup's source) could not be
+    /// reached afterwards: it went away under us, and the next attempt against whoever leads
+    /// may work.
+    SourceUnreachable,
+    /// The tool did not finish within its time limit.
+    TimedOut,
+    /// Anything else: the tool ran and failed.
+    Failed,
+}
+
+/// The typed result of an action of the shell, fed back with [`Memory::record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// PostgreSQL started (as primary or replica) and answers.
+    Started,
+    /// PostgreSQL did not start (it exited, or did not answer within `start_timeout`).
+    StartFailed,
+    /// postgresql.conf now points at `upstream` (`None`: no upstream, a primary or a replica
+    /// waiting for a leader).
+    ConfiguredUpstream(Option<String>),
+    /// A new data directory, cloned (or reinitialised) from a member; it will follow `upstream`.
+    Cloned {
+        upstream: Option<String>,
+    },
+    /// The data directory was removed (reinit): the next cycle clones.
+    DataRemoved,
+    /// pg_rewind is about to run: the data directory is known to have diverged.
+    RewindStarted,
+    Rewound {
+        leader: String,
+    },
+    RewindFailed(PgErrorKind),
+    /// Diverged, and nothing may repair it: PostgreSQL stays stopped.
+    StayedStopped,
+    /// We stopped our primary for a switchover and released the key.
+    SteppedDown,
+    /// Promoted to primary (or bootstrapped one).
+    Promoted,
+}
+
+/// The agent's memory between cycles.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memory {
+    recent: Recent,
+    /// Members seen as non-leaders: name → (api_url, when).
+    known: BTreeMap<String, (String, Moment)>,
+    /// Members whose slots we manage: name → last seen.
+    slot_members: BTreeMap<String, Moment>,
+    /// pg_rewind failures in a row that were not the source going away.
+    rewind_failures: u32,
+    /// The member PostgreSQL is configured to stream from.
+    upstream: Option<String>,
+}
+
+impl Memory {
+    /// A fresh memory; `upstream` is what postgresql.conf says (read back after a restart).
+    pub fn new(upstream: Option<String>) -> Self {
+        Self { upstream, ..Self::default() }
+    }
+
+    /// What the core decides from.
+    pub fn recent(&self) -> &Recent {
+        &self.recent
+    }
+
+    /// The member PostgreSQL is configured to stream from.
+    pub fn upstream(&self) -> Option<&str> {
+        self.upstream.as_deref()
+    }
+
+    /// Updates what the agent knows from one cycle's observations, before it decides.
+    /// `view` is `None` when etcd could not be read.
+    pub fn observe(&mut self, me: &str, view: Option<&ClusterView>, pg: &PgView, now: Moment) {
+        if let Some(v) = view {
+            let leader = v.leader.as_ref().map(|l| l.name.as_str());
+            for m in &v.members {
+                if m.name == me {
+                    continue;
+                }
+                self.slot_members.insert(m.name.clone(), now);
+                if Some(m.name.as_str()) == leader {
+                    self.known.remove(&m.name);
+                } else if !m.api_url.is_empty() {
+                    self.known.insert(m.name.clone(), (m.api_url.clone(), now));
+                }
+            }
+            self.known.retain(|_, (_, seen)| now.since(*seen) < KNOWN_PEER_TTL);
+            self.recent.known_peers =
+                self.known.iter().map(|(n, (u, _))| PeerRef { name: n.clone(), api_url: u.clone() }).collect();
+        }
+        let i_lead = view.and_then(|v| v.leader.as_ref()).is_some_and(|l| l.name == me);
+        if i_lead && !matches!(pg, PgView::Running(_)) {
+            self.recent.primary_down_since.get_or_insert(now);
+        } else {
+            self.recent.primary_down_since = None;
+        }
+        match view.map(|v| v.leader.is_none()) {
+            Some(true) => {
+                self.recent.unlocked_since.get_or_insert(now);
+            }
+            Some(false) => self.recent.unlocked_since = None,
+            // etcd unreadable: keep what we knew.
+            None => {}
+        }
+        if matches!(pg, PgView::Running(_)) {
+            self.recent.stepped_down_at = None;
+        }
+    }
+
+    /// Records the outcome of an action.
+    pub fn record(&mut self, outcome: &Outcome, now: Moment) {
+        match outcome {
+            Outcome::Started => self.recent.start_failed_at = None,
+            Outcome::StartFailed => self.recent.start_failed_at = Some(now),
+            Outcome::ConfiguredUpstream(up) => self.upstream = up.clone(),
+            Outcome::Cloned { upstream } => {
+                self.forget_data();
+                self.upstream = upstream.clone();
+            }
+            Outcome::DataRemoved => {
+                self.forget_data();
+                self.upstream = None;
+            }
+            Outcome::RewindStarted => self.recent.diverged = true,
+            Outcome::Rewound { leader } => {
+                self.recent.diverged = false;
+                self.recent.rewind_failed = false;
+                self.rewind_failures = 0;
+                self.upstream = Some(leader.clone());
+            }
+            Outcome::RewindFailed(kind) => {
+                self.recent.diverged = true;
+                // Only repeated failures are a failed rewind: the source may have been fenced
+                // or restarted under it, which the next attempt (against whoever leads) survives.
+                if *kind != PgErrorKind::SourceUnreachable {
+                    self.rewind_failures += 1;
+                }
+                if self.rewind_failures >= REWIND_ATTEMPTS {
+                    self.recent.rewind_failed = true;
+                }
+            }
+            Outcome::StayedStopped => self.recent.diverged = true,
+            Outcome::SteppedDown => {
+                self.upstream = None;
+                self.recent.stepped_down_at = Some(now);
+            }
+            Outcome::Promoted => self.upstream = None,
+        }
+    }
+
+    /// Whether the last rewind failure made the rewind count as failed (for the log level).
+    pub fn rewind_gave_up(&self) -> bool {
+        self.recent.rewind_failed
+    }
+
+    /// A new or removed data directory: what we knew about the old one no longer holds.
+    fn forget_data(&mut self) {
+        self.recent = Recent { known_peers: std::mem::take(&mut self.recent.known_peers), ..Recent::default() };
+        self.rewind_failures = 0;
+    }
+
+    /// Members whose slot the leader keeps (seen within `MEMBER_SLOTS_TTL`).
+    pub fn slot_members(&self) -> impl Iterator<Item = &str> {
+        self.slot_members.keys().map(String::as_str)
+    }
+
+    /// Members gone (not in `present`) for `MEMBER_SLOTS_TTL`: their slots may be dropped.
+    /// They are forgotten by [`Memory::forget_slot_member`] once handled.
+    pub fn departed_slot_members(&self, present: &[&str], now: Moment) -> Vec<String> {
+        self.slot_members
+            .iter()
+            .filter(|(n, seen)| !present.contains(&n.as_str()) && now.since(**seen) >= MEMBER_SLOTS_TTL)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    pub fn forget_slot_member(&mut self, name: &str) {
+        self.slot_members.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Moment {
+        Moment::from_millis(ms)
+    }
+
+    fn member(name: &str) -> crate::core::Member {
+        crate::core::Member {
+            name: name.into(),
+            conn_url: format!("postgres://{name}:5432/postgres"),
+            api_url: format!("http://{name}:8008/patroni"),
+            role: crate::core::Role::Replica,
+            running: true,
+            lsn: None,
+            timeline: None,
+            tags: crate::core::Tags::default(),
+            lease: 1,
+        }
+    }
+
+    #[test]
+    fn rewind_counts_as_failed_only_after_three_failures_that_were_not_the_source_going_away() {
+        let mut m = Memory::default();
+        m.record(&Outcome::RewindFailed(PgErrorKind::Failed), at(1));
+        m.record(&Outcome::RewindFailed(PgErrorKind::SourceUnreachable), at(2));
+        m.record(&Outcome::RewindFailed(PgErrorKind::TimedOut), at(3));
+        assert!(!m.recent().rewind_failed);
+        assert!(m.recent().diverged);
+        m.record(&Outcome::RewindFailed(PgErrorKind::Failed), at(4));
+        assert!(m.recent().rewind_failed);
+        m.record(&Outcome::Rewound { leader: "n2".into() }, at(5));
+        assert!(!m.recent().rewind_failed && !m.recent().diverged);
+        assert_eq!(m.upstream(), Some("n2"));
+    }
+
+    #[test]
+    fn a_new_data_directory_forgets_the_old_ones_failures_but_keeps_known_peers() {
+        let mut m = Memory::default();
+        let mut v = ClusterView::empty();
+        v.members.push(member("n2"));
+        m.observe("n1", Some(&v), &PgView::NoData, at(1));
+        m.record(&Outcome::StartFailed, at(2));
+        m.record(&Outcome::StayedStopped, at(3));
+        m.record(&Outcome::Cloned { upstream: Some("n2".into()) }, at(4));
+        assert_eq!(m.recent().start_failed_at, None);
+        assert!(!m.recent().diverged);
+        assert_eq!(m.recent().known_peers.len(), 1);
+        assert_eq!(m.upstream(), Some("n2"));
+    }
+
+    #[test]
+    fn known_peers_outlive_their_member_keys_for_a_while() {
+        let mut m = Memory::default();
+        let mut v = ClusterView::empty();
+        v.members.push(member("n2"));
+        m.observe("n1", Some(&v), &PgView::NoData, at(1));
+        let empty = ClusterView::empty();
+        m.observe("n1", Some(&empty), &PgView::NoData, at(1 + 599_000));
+        assert_eq!(m.recent().known_peers.len(), 1, "still asked in a race");
+        m.observe("n1", Some(&empty), &PgView::NoData, at(1 + 600_000));
+        assert!(m.recent().known_peers.is_empty(), "forgotten after KNOWN_PEER_TTL");
+    }
+}

@@ -1,0 +1,479 @@
+//! Carrying out a decision. Every action that makes or keeps a primary runs only after the
+//! compare-and-swap that licenses it, and re-checks the lease right before the step that
+//! cannot be undone (STYLE rule 3); each outcome is recorded in the memory.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use outrigger_schema::{ConfigValue, HistoryEntry, StatusValue};
+
+use super::{Agent, PROMOTING, Read, wall_ms};
+use crate::core::schedule::format_rfc3339_ms;
+use crate::core::{ClusterState, ClusterView, Decision, LeaderKey, Outcome, PgView, RunningPg};
+use crate::pg::StopMode;
+use crate::pg::text::{Upstream, host_port_from_conn_url, parse_history_file, slot_name};
+
+impl Agent {
+    pub(super) fn upstream_of(&self, read: Option<&Read>, member: &str) -> Option<Upstream> {
+        let m = read?.view.member(member)?;
+        let (host, port) = host_port_from_conn_url(&m.conn_url)?;
+        Some(Upstream { member: member.to_owned(), host, port })
+    }
+
+    /// Publishes `state` (member key and REST status) before a long action, so that the
+    /// leader sees this member (and creates its slot) while the action runs.
+    pub(super) async fn announce(&mut self, read: Option<&Read>, pg: &PgView, state: &'static str) {
+        self.set_busy(Some(state));
+        self.publish(read, pg, None).await;
+    }
+
+    /// The member we stream from, with its address from the latest read (`None` without one).
+    pub(super) fn current_upstream(&self, read: Option<&Read>) -> Option<Upstream> {
+        self.memory.upstream().and_then(|u| self.upstream_of(read, u))
+    }
+
+    pub(super) fn record(&mut self, outcome: Outcome) {
+        self.memory.record(&outcome, self.clock.now());
+    }
+
+    /// Starts PostgreSQL and records the outcome.
+    async fn start(&mut self) {
+        match self.pg.start().await {
+            Ok(()) => self.record(Outcome::Started),
+            Err(e) => self.failed_start(&e),
+        }
+    }
+
+    pub(super) fn failed_start(&mut self, e: &anyhow::Error) {
+        self.record(Outcome::StartFailed);
+        tracing::error!(error = format!("{e:#}"), "PostgreSQL did not start");
+    }
+
+    /// The lease is trusted now (checked right before a step that makes a primary).
+    fn lease_trusted_now(&self) -> bool {
+        self.lease.view().trusted(self.clock.now(), &self.settings.timings)
+    }
+
+    /// Arms the fence and, when the watchdog is used, waits for it to be active: a primary
+    /// that needs the watchdog must not start taking writes before it can be reset.
+    async fn arm_for_primary(&mut self) -> anyhow::Result<()> {
+        self.lease.arm();
+        if !self.lease.wait_watchdog(self.settings.timings.retry_timeout).await {
+            anyhow::bail!("watchdog.mode is required and the watchdog could not be activated; not becoming a primary");
+        }
+        Ok(())
+    }
+
+    pub(super) async fn act(&mut self, d: &Decision, read: Option<&Read>, pg: &PgView) -> anyhow::Result<()> {
+        match d {
+            Decision::Fence { .. } | Decision::Demote { .. } => {
+                self.pg.stop(StopMode::Immediate).await?;
+                self.lease.disarm(true);
+            }
+            Decision::RaceInitialize => self.bootstrap().await?,
+            Decision::PublishInitialize { sysid } => self.dcs.set_initialize(*sysid).await?,
+            Decision::Clone { from } => {
+                let src = self.upstream_of(read, from).with_context(|| format!("no conn_url for {from}"))?;
+                self.announce(read, pg, "creating replica").await;
+                self.pg.basebackup(&src.host, src.port).await?;
+                let leader = read.and_then(|r| r.view.leader.as_ref()).map(|l| l.name.clone());
+                let up = leader.as_deref().and_then(|l| self.upstream_of(read, l));
+                self.pg.write_config(&self.dyn_config.parameters, true, up.as_ref(), self.wal_log_hints())?;
+                self.record(Outcome::Cloned { upstream: leader });
+                self.start().await;
+            }
+            // Handled in `cycle`: the answers are fed back into `decide`.
+            Decision::ProbePeers { .. } => {}
+            Decision::AcquireLeader => {
+                let lease = self.lease.view().id.context("no lease to take the leader key on")?;
+                if !self.lease_trusted_now() {
+                    anyhow::bail!("the lease is no longer trusted; not taking the leader key");
+                }
+                if !self.dcs.acquire(lease).await? {
+                    tracing::info!("lost the leader race");
+                    return Ok(());
+                }
+                tracing::info!("took the leader key");
+                if let Some(f) = read.and_then(|r| r.view.failover.as_ref()) {
+                    let _ = self.dcs.clear_failover(f.mod_revision).await;
+                }
+                match pg {
+                    PgView::Running(r) if !r.primary => self.promote(read, r).await?,
+                    PgView::Running(_) => self.lease.arm(),
+                    _ => {}
+                }
+            }
+            Decision::RetakeLeader => {
+                let lease = self.lease.view().id.context("no lease")?;
+                if !self.dcs.retake(lease).await? {
+                    tracing::info!("the leader key changed before it could be retaken");
+                }
+            }
+            Decision::Promote => {
+                if let PgView::Running(r) = pg {
+                    self.promote(read, r).await?;
+                }
+            }
+            Decision::StartPrimary => {
+                // Armed first: from the moment it starts, this primary is fenced with the lease.
+                self.arm_for_primary().await?;
+                if !self.lease_trusted_now() {
+                    anyhow::bail!("the lease is no longer trusted; not starting as a primary");
+                }
+                self.pg.write_config(&self.dyn_config.parameters, false, None, self.wal_log_hints())?;
+                self.record(Outcome::ConfiguredUpstream(None));
+                self.announce(read, pg, "starting").await;
+                self.start().await;
+            }
+            Decision::ReleaseLeader { .. } => {
+                // Never give up the key while this server may accept writes: stop it first
+                // (also when it runs without answering SQL). Paused, PostgreSQL is left as it
+                // is (Patroni releases without stopping).
+                if pg.may_accept_writes() && !self.dyn_config.pause {
+                    self.pg.stop(StopMode::Immediate).await?;
+                    self.lease.disarm(true);
+                }
+                self.dcs.release().await?;
+            }
+            Decision::StepDown { .. } => self.step_down(read).await?,
+            Decision::ClearFailover { .. } => {
+                if let Some(f) = read.and_then(|r| r.view.failover.as_ref()) {
+                    self.dcs.clear_failover(f.mod_revision).await?;
+                }
+            }
+            Decision::Lead => {
+                if let PgView::Running(r) = pg {
+                    self.lead(read, r).await;
+                }
+            }
+            Decision::Follow { leader } => {
+                let up = leader.as_deref().and_then(|l| self.upstream_of(read, l));
+                if leader.is_some() && up.is_none() {
+                    anyhow::bail!("no conn_url for the leader");
+                }
+                let changed =
+                    self.pg.write_config(&self.dyn_config.parameters, true, up.as_ref(), self.wal_log_hints())?;
+                self.record(Outcome::ConfiguredUpstream(leader.clone()));
+                match pg {
+                    PgView::Stopped(_) => {
+                        self.announce(read, pg, "starting").await;
+                        self.start().await;
+                    }
+                    PgView::Running(_) if changed => {
+                        self.pending_restart = !self.pg.reload().await?.is_empty();
+                    }
+                    _ => {}
+                }
+            }
+            Decision::Replicate { leader } => {
+                let up = self.upstream_of(read, leader);
+                if self.pg.write_config(&self.dyn_config.parameters, true, up.as_ref(), self.wal_log_hints())? {
+                    self.pending_restart = !self.pg.reload().await?.is_empty();
+                }
+            }
+            Decision::Rewind { leader } => self.rewind(read, pg, leader).await?,
+            Decision::Reinit { .. } => {
+                self.pg.stop(StopMode::Immediate).await?;
+                self.lease.disarm(true);
+                self.pg.remove_data()?;
+                self.record(Outcome::DataRemoved);
+            }
+            Decision::StayStopped { .. } => {
+                self.pg.stop(StopMode::Fast).await?;
+                self.record(Outcome::StayedStopped);
+            }
+            Decision::Wait { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Bootstrap through the `initialize` race: initdb, start as primary, publish.
+    async fn bootstrap(&mut self) -> anyhow::Result<()> {
+        if !self.dcs.race_initialize().await? {
+            tracing::info!("another member won the bootstrap race");
+            return Ok(());
+        }
+        let lease = match self.lease.view().id {
+            Some(l) if self.lease_trusted_now() && self.dcs.acquire(l).await.unwrap_or(false) => l,
+            _ => {
+                let _ = self.dcs.cancel_initialize().await;
+                anyhow::bail!("won the bootstrap race but could not take the leader key");
+            }
+        };
+        tracing::info!(lease = format!("{lease:x}"), "won the bootstrap race; running initdb");
+        self.set_busy(Some("initializing new cluster"));
+        let steps = async {
+            self.arm_for_primary().await?;
+            self.bootstrap_steps().await
+        };
+        match steps.await {
+            Ok(sysid) => {
+                self.dcs.set_initialize(sysid).await?;
+                let mut dcs = self.cfg.bootstrap_dcs.clone();
+                if let Some(obj) = dcs.as_object_mut() {
+                    let secs = |d: Duration| serde_json::Value::from(d.as_millis().div_ceil(1000) as u64);
+                    obj.entry("ttl").or_insert_with(|| secs(self.cfg.timings.ttl));
+                    obj.entry("loop_wait").or_insert_with(|| secs(self.cfg.timings.loop_wait));
+                    obj.entry("retry_timeout").or_insert_with(|| secs(self.cfg.timings.retry_timeout));
+                }
+                self.dcs.create_config(&dcs.to_string()).await?;
+                tracing::info!(sysid, "cluster bootstrapped");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.pg.stop(StopMode::Immediate).await;
+                self.lease.disarm(true);
+                let _ = self.pg.remove_data();
+                let _ = self.dcs.release().await;
+                let _ = self.dcs.cancel_initialize().await;
+                Err(e.context("bootstrap"))
+            }
+        }
+    }
+
+    async fn bootstrap_steps(&mut self) -> anyhow::Result<u64> {
+        self.pg.initdb(&self.cfg.initdb).await?;
+        let params = serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone())
+            .map(|c| c.parameters())
+            .unwrap_or_default();
+        let hints = self.settings.use_pg_rewind.unwrap_or(false)
+            || serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone())
+                .ok()
+                .and_then(|c| c.use_pg_rewind())
+                .unwrap_or(false);
+        self.pg.write_config(&params, false, None, hints)?;
+        self.record(Outcome::Promoted);
+        self.pg.start().await?;
+        self.pg.create_replication_user().await?;
+        Ok(self.pg.controldata().await?.sysid)
+    }
+
+    /// Promotion: announce the new timeline in `history`, arm the fence and the watchdog,
+    /// check the lease once more, promote, then publish the exact switch point and checkpoint
+    /// (pg_rewind on others reads our pg_control's timeline).
+    async fn promote(&mut self, read: Option<&Read>, r: &RunningPg) -> anyhow::Result<()> {
+        let mut rows: Vec<HistoryEntry> = read.map(|x| x.history.clone()).unwrap_or_default();
+        rows.retain(|h| h.timeline < r.timeline);
+        rows.push(HistoryEntry {
+            timeline: r.timeline,
+            lsn: r.wal_position,
+            reason: PROMOTING.to_owned(),
+            timestamp: Some(format_rfc3339_ms(wall_ms())),
+            new_leader: Some(self.cfg.name.clone()),
+        });
+        // Compare-and-swap on the history we decided from: if another member changed it
+        // meanwhile, our decision is stale and the next cycle decides again.
+        let rev = read.map_or(0, |x| x.history_rev);
+        let rev = self.dcs.write_history(&rows, rev).await.context("announce the promotion in history")?;
+        self.arm_for_primary().await?;
+        // The history write and the watchdog took time: the lease must still be trusted now,
+        // or the key may expire under the new primary.
+        if !self.lease_trusted_now() {
+            anyhow::bail!("the lease is no longer trusted; not promoting");
+        }
+        self.pg.promote().await?;
+        self.record(Outcome::Promoted);
+        tracing::info!("promoted");
+        // Publish the new role at once (REST health checks, member key): the history and the
+        // checkpoint below take a while, and a proxy should not wait for them.
+        // The key is ours (taken or held on our lease) even if `read` predates taking it.
+        let mut held = read.cloned();
+        if let (Some(h), Some(lease)) = (held.as_mut(), self.lease.view().id) {
+            h.view.leader = Some(LeaderKey { name: self.cfg.name.clone(), lease, mod_revision: 0 });
+        }
+        let (now_pg, now_extra) = self.pg.observe(None).await;
+        self.publish(held.as_ref(), &now_pg, now_extra.as_ref()).await;
+        // The other members' slots now, not a cycle later: the old primary of a switchover
+        // restarts as our replica within milliseconds and cannot stream without its slot.
+        if let Some(x) = read {
+            self.manage_slots(&x.view).await;
+        }
+        if let Err(e) = self.write_history(&rows, rev).await {
+            tracing::warn!(error = format!("{e:#}"), "could not publish the new timeline yet; retrying while leading");
+        }
+        if let Err(e) = self.pg.checkpoint().await {
+            tracing::warn!(error = format!("{e:#}"), "checkpoint after promote");
+        }
+        Ok(())
+    }
+
+    /// `history` from our timeline's history file; leader names and times kept from `known`,
+    /// written only if the key is still at `rev`.
+    async fn write_history(&mut self, known: &[HistoryEntry], rev: i64) -> anyhow::Result<()> {
+        let PgView::Running(r) = self.pg.observe(None).await.0 else { anyhow::bail!("PostgreSQL is not running") };
+        if r.timeline <= 1 {
+            return Ok(());
+        }
+        let text = self.pg.timeline_history(r.timeline).await?;
+        let file = parse_history_file(&text);
+        let last = file.len();
+        let rows: Vec<HistoryEntry> = file
+            .into_iter()
+            .enumerate()
+            .map(|(i, (sw, reason))| {
+                let old = known.iter().find(|h| h.timeline == sw.timeline && h.reason != PROMOTING);
+                let mine = i + 1 == last;
+                HistoryEntry {
+                    timeline: sw.timeline,
+                    lsn: sw.lsn,
+                    reason,
+                    timestamp: old.and_then(|o| o.timestamp.clone()).or_else(|| Some(format_rfc3339_ms(wall_ms()))),
+                    new_leader: if mine { Some(self.cfg.name.clone()) } else { old.and_then(|o| o.new_leader.clone()) },
+                }
+            })
+            .collect();
+        self.dcs.write_history(&rows, rev).await?;
+        Ok(())
+    }
+
+    /// The leader's housekeeping: settings, history, slots, status.
+    async fn lead(&mut self, read: Option<&Read>, r: &RunningPg) {
+        match self.pg.write_config(&self.dyn_config.parameters, false, None, self.wal_log_hints()) {
+            Ok(true) => match self.pg.reload().await {
+                Ok(pending) => {
+                    if !pending.is_empty() {
+                        tracing::info!(settings = pending.join(","), "settings changed; they need a restart");
+                    }
+                    self.pending_restart = !pending.is_empty();
+                }
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "reload"),
+            },
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "write postgresql.conf"),
+        }
+        let Some(read) = read else { return };
+        // History: our switch must be the last row, exact (not the provisional one).
+        if r.timeline > 1 {
+            let last = read.history.iter().max_by_key(|h| h.timeline);
+            let ok = last.is_some_and(|h| h.timeline + 1 == r.timeline && h.reason != PROMOTING);
+            if !ok && let Err(e) = self.write_history(&read.history, read.history_rev).await {
+                tracing::warn!(error = format!("{e:#}"), "publish history");
+            }
+        }
+        self.manage_slots(&read.view).await;
+        let status = StatusValue {
+            optime: r.wal_position,
+            slots: serde_json::Map::new(),
+            retain_slots: Some(
+                read.view.members.iter().filter(|m| m.name != self.cfg.name).map(|m| slot_name(&m.name)).collect(),
+            ),
+            extra: serde_json::Map::new(),
+        };
+        let due = self.last_status_at.is_none_or(|t| self.clock.now().since(t) >= self.settings.timings.ttl);
+        if due || self.last_status.as_ref() != Some(&status) {
+            match self.dcs.write_status(&status).await {
+                Ok(()) => {
+                    self.last_status = Some(status);
+                    self.last_status_at = Some(self.clock.now());
+                }
+                Err(e) => {
+                    self.metrics.etcd_errors.with_label_values(&["write"]).inc();
+                    tracing::debug!(error = %e, "write status");
+                }
+            }
+        }
+    }
+
+    /// One physical slot per other member; slots of members gone for `MEMBER_SLOTS_TTL` are
+    /// dropped. Slots we never saw a member for are left alone.
+    async fn manage_slots(&mut self, view: &ClusterView) {
+        let slots = match self.pg.physical_slots().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = format!("{e:#}"), "list slots");
+                return;
+            }
+        };
+        // Members seen recently, former leaders included: a member rejoining after its key
+        // expired needs its slot before it can stream and publish its key again.
+        let wanted: Vec<String> = view
+            .members
+            .iter()
+            .map(|m| m.name.as_str())
+            .chain(self.memory.slot_members())
+            .filter(|n| *n != self.cfg.name)
+            .map(str::to_owned)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for member in &wanted {
+            let name = slot_name(member);
+            if !slots.iter().any(|(s, _)| *s == name) {
+                match self.pg.create_slot(&name).await {
+                    Ok(()) => tracing::info!(slot = %name, "created replication slot"),
+                    Err(e) => tracing::warn!(slot = %name, error = format!("{e:#}"), "create replication slot"),
+                }
+            }
+        }
+        let present: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+        for member in self.memory.departed_slot_members(&present, self.clock.now()) {
+            let name = slot_name(&member);
+            if slots.iter().any(|(s, active)| *s == name && !active) {
+                match self.pg.drop_slot(&name).await {
+                    Ok(()) => tracing::info!(slot = %name, "dropped the slot of a member gone for 30 minutes"),
+                    Err(e) => tracing::warn!(slot = %name, error = format!("{e:#}"), "drop replication slot"),
+                }
+            }
+            self.memory.forget_slot_member(&member);
+        }
+    }
+
+    async fn rewind(&mut self, read: Option<&Read>, pg: &PgView, leader: &str) -> anyhow::Result<()> {
+        self.record(Outcome::RewindStarted);
+        let src = self.upstream_of(read, leader).with_context(|| format!("no conn_url for {leader}"))?;
+        self.announce(read, pg, "rewinding").await;
+        if matches!(pg, PgView::Running(_)) {
+            self.pg.stop(StopMode::Fast).await?;
+        }
+        let ctl = self.pg.controldata().await?;
+        if !matches!(ctl.state, ClusterState::ShutDown | ClusterState::ShutDownInRecovery) {
+            tracing::info!("crash recovery in single-user mode before pg_rewind");
+            self.set_busy(Some("crash recovery"));
+            self.pg.crash_recovery().await?;
+            self.set_busy(Some("rewinding"));
+        }
+        tracing::info!(source = %leader, "running pg_rewind");
+        match self.pg.rewind(&src.host, src.port).await {
+            Ok(()) => {
+                self.record(Outcome::Rewound { leader: leader.to_owned() });
+                tracing::info!(source = %leader, "pg_rewind done");
+                self.pg.write_config(&self.dyn_config.parameters, true, Some(&src), self.wal_log_hints())?;
+                self.start().await;
+                Ok(())
+            }
+            Err(e) => {
+                self.record(Outcome::RewindFailed(e.kind));
+                if self.memory.rewind_gave_up() {
+                    tracing::error!(error = %e, "pg_rewind failed three times");
+                } else {
+                    tracing::warn!(error = %e, kind = ?e.kind, "pg_rewind failed; will try again");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Planned switchover, leader side: stop taking writes (a fast stop writes the shutdown
+    /// checkpoint, and walsenders wait for connected replicas to confirm they have it), tell
+    /// peers we are no longer primary, publish the shutdown checkpoint as the cluster's last
+    /// position (`status.optime`, as Patroni does on a graceful release) so that the
+    /// candidate promotes only once it has everything, then release the key.
+    async fn step_down(&mut self, read: Option<&Read>) -> anyhow::Result<()> {
+        self.pg.stop(StopMode::Fast).await?;
+        self.lease.disarm(true);
+        self.record(Outcome::SteppedDown);
+        let (pg, _) = self.pg.observe(None).await;
+        self.publish(read, &pg, None).await;
+        if let PgView::Stopped(ctl) = &pg
+            && ctl.state == ClusterState::ShutDown
+        {
+            let mut status = self.last_status.clone().unwrap_or_default();
+            status.optime = ctl.checkpoint_lsn;
+            self.dcs.write_status(&status).await.context("publish the shutdown checkpoint")?;
+            self.last_status = Some(status);
+            tracing::info!(checkpoint = ctl.checkpoint_lsn, "stopped for the switchover; releasing the leader key");
+        }
+        self.dcs.release().await?;
+        Ok(())
+    }
+}

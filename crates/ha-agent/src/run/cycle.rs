@@ -1,0 +1,178 @@
+//! One cycle: read etcd, observe PostgreSQL, update the memory, decide, act, publish.
+
+use std::sync::atomic::Ordering;
+
+use outrigger_schema::{ClusterKey, HistoryEntry, KeyKind};
+
+use super::{Agent, Read, wall_ms};
+use crate::core::{ConfigState, Decision, DynConfig, Observed, PgView, WaitReason};
+
+impl Agent {
+    pub(super) async fn read(&mut self) -> Option<Read> {
+        let (revision, kvs) = match self.dcs.snapshot().await {
+            Ok(x) => x,
+            Err(e) => {
+                self.metrics.etcd_errors.with_label_values(&["read"]).inc();
+                tracing::warn!(error = %e, "cannot read the cluster from etcd");
+                return None;
+            }
+        };
+        self.dcs_last_seen = Some(wall_ms() / 1000);
+        let (view, problems) = crate::core::ClusterView::decode(self.dcs.layout(), revision, &kvs);
+        for p in problems {
+            if self.reported.insert((p.key.clone(), p.mod_revision)) {
+                let kind = match self.dcs.layout().classify(&p.key) {
+                    Some(KeyKind::Member(_)) => "member",
+                    Some(KeyKind::Fixed(ClusterKey::Config)) => "config",
+                    _ => "other",
+                };
+                self.metrics.decode_errors.with_label_values(&[kind]).inc();
+                tracing::warn!(key = %p.key, mod_revision = p.mod_revision, error = %p.error, "ignoring a value that cannot be decoded");
+            }
+        }
+        match &view.config {
+            ConfigState::Valid(c) => self.dyn_config = c.clone(),
+            // Garbage: keep the last good config. Absent: Patroni's defaults.
+            ConfigState::Garbage => {}
+            ConfigState::Absent => self.dyn_config = DynConfig::default(),
+        }
+        let (history, history_rev) = history_rows(self.dcs.layout(), &kvs);
+        Some(Read { view, history, history_rev })
+    }
+
+    fn decide(&self, read: Option<&Read>, pg: &PgView, peers: Option<&[crate::core::PeerProbe]>) -> Decision {
+        crate::core::decide(&Observed {
+            now: self.clock.now(),
+            wall_ms: wall_ms(),
+            settings: &self.settings,
+            cluster: read.map(|r| &r.view),
+            config: &self.dyn_config,
+            lease: self.lease.view(),
+            pg,
+            peers,
+            recent: self.memory.recent(),
+            watchdog_failed: self.lease.watchdog_failed(),
+        })
+    }
+
+    /// One cycle. An error ends the agent (another agent writes our member key).
+    pub(super) async fn cycle(&mut self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        self.cycle_started_ms = wall_ms();
+        let mut read = self.read().await;
+        self.check_impostor(read.as_ref())?;
+        let (mut pg, mut extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
+        self.observe(read.as_ref(), &pg);
+        let mut d = self.decide(read.as_ref(), &pg, None);
+        if let Decision::ProbePeers { peers } = &d {
+            let answers = crate::http::probe(peers, self.cfg.peer_timeout).await;
+            // The answers may have taken a while: decide on fresh reads.
+            read = self.read().await;
+            (pg, extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
+            self.observe(read.as_ref(), &pg);
+            d = self.decide(read.as_ref(), &pg, Some(&answers));
+        }
+        self.log(&d);
+        self.metrics.decisions.with_label_values(&[d.kind()]).inc();
+        if let Err(e) = self.act(&d, read.as_ref(), &pg).await {
+            // Usually transient (a leader not accepting base backups yet, an etcd hiccup):
+            // the next cycle decides again. What needs a human is logged as ERROR where known.
+            tracing::warn!(decision = d.kind(), error = format!("{e:#}"), "action failed");
+        }
+        self.set_busy(None);
+        if self.force_reload && matches!(pg, PgView::Running(_)) {
+            self.force_reload = false;
+            self.reload_now(read.as_ref(), &pg).await;
+        }
+        if d.is_steady()
+            && let Some(done) = self.run_scheduled_restart(&pg, extra.as_ref()).await
+        {
+            tracing::info!("scheduled restart: {}", done.body);
+            (pg, extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
+        }
+        if !d.is_steady() {
+            // The action changed things: publish what is true now.
+            (pg, extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
+            self.observe(read.as_ref(), &pg);
+        }
+        self.publish(read.as_ref(), &pg, extra.as_ref()).await;
+        self.metrics.cycle_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.last_cycle.set(i64::try_from(wall_ms() / 1000).unwrap_or(0));
+        self.progress.cycle_done(self.clock.now());
+        Ok(())
+    }
+
+    /// Another agent writes our member key (on a lease that is not ours, with another
+    /// address): two agents with one name would each take the other's leader key for their
+    /// own. This agent stops (and fences its PostgreSQL on the way out).
+    fn check_impostor(&self, read: Option<&Read>) -> anyhow::Result<()> {
+        let Some(m) = read.and_then(|r| r.view.member(&self.cfg.name)) else { return Ok(()) };
+        let ours = self.lease.view().id == Some(m.lease);
+        if !ours && (m.api_url != self.cfg.api_url() || m.conn_url != self.cfg.conn_url()) {
+            anyhow::bail!(
+                "another agent named {:?} writes this member's key (api_url {}, conn_url {}): stopping",
+                self.cfg.name,
+                m.api_url,
+                m.conn_url
+            );
+        }
+        Ok(())
+    }
+
+    /// Updates the memory and the lease keeper from what this cycle saw: the fence is armed
+    /// while PostgreSQL may accept writes; the watchdog follows maintenance mode; a leader key
+    /// of ours that vanished makes the keeper check the lease at once (etcd 3.4 may revoke it
+    /// early when a stalled former raft leader wakes).
+    fn observe(&mut self, read: Option<&Read>, pg: &PgView) {
+        let now = self.clock.now();
+        self.memory.observe(&self.cfg.name, read.map(|r| &r.view), pg, now);
+        if pg.may_accept_writes() {
+            self.lease.arm();
+        } else {
+            self.lease.disarm(true);
+        }
+        self.lease.set_paused(self.dyn_config.pause);
+        self.paused.store(self.dyn_config.pause, Ordering::SeqCst);
+        if let Some(r) = read {
+            let i_lead = r.view.leader.as_ref().is_some_and(|l| l.name == self.cfg.name);
+            if self.held_key && !i_lead {
+                self.lease.renew_soon();
+            }
+            self.held_key = i_lead;
+        }
+        self.switchover_at_ms = read
+            .and_then(|r| r.view.failover.as_ref())
+            .and_then(|f| f.scheduled_at.as_deref())
+            .and_then(crate::core::schedule::parse_rfc3339_ms);
+    }
+
+    fn log(&mut self, d: &Decision) {
+        let line = d.to_string();
+        if self.last_logged.as_deref() == Some(line.as_str()) {
+            tracing::debug!(decision = d.kind(), "{line}");
+            return;
+        }
+        match d {
+            Decision::StayStopped { .. } | Decision::Wait { reason: WaitReason::SystemIdMismatch { .. } } => {
+                tracing::error!(decision = d.kind(), "{line}")
+            }
+            Decision::Fence { .. }
+            | Decision::Demote { .. }
+            | Decision::ReleaseLeader { .. }
+            | Decision::Wait { reason: WaitReason::PausedPrimaryWithoutKey(_) } => {
+                tracing::warn!(decision = d.kind(), "{line}")
+            }
+            _ => tracing::info!(decision = d.kind(), "{line}"),
+        }
+        self.last_logged = Some(line);
+    }
+}
+
+/// `history` rows as written (with reasons and times) and the key's mod_revision, for
+/// rewriting them with compare-and-swap.
+fn history_rows(layout: &outrigger_schema::KeyLayout, kvs: &[outrigger_etcd::Kv]) -> (Vec<HistoryEntry>, i64) {
+    let Some(kv) = kvs.iter().find(|kv| layout.classify(&kv.key) == Some(KeyKind::Fixed(ClusterKey::History))) else {
+        return (Vec::new(), 0);
+    };
+    (HistoryEntry::decode_list(&kv.value).unwrap_or_default(), kv.mod_revision)
+}

@@ -1,0 +1,163 @@
+//! The HA loop: read etcd, observe PostgreSQL, decide (`core::decide`), act, publish, wait for
+//! the next event (an etcd change, the `loop_wait` timer, the lease keeper, a postmaster exit,
+//! a REST action, a reload request, or a stop signal).
+//!
+//! Next to it run three supervised tasks: the lease keeper (`crate::lease`, renews, fences and
+//! feeds the watchdog on its own), the etcd watch ([`watch`], wakes the loop on cluster
+//! changes) and the REST API (`crate::http`, on its own thread). If any of them ends, the
+//! agent ends with an error, and [`exit::ExitFence`] makes sure no primary is left running
+//! unfenced on the way out (as on every other exit).
+//!
+//! The loop's sections, one file each: [`cycle`] (read, observe, decide), [`act`] (carry a
+//! decision out), [`publish`] (member key, status, REST snapshot), [`commands`] (REST
+//! actions), [`reload`] (SIGHUP), [`exit`] (shutdown and the exit fence), [`start`] (start-up
+//! checks and wiring).
+
+mod act;
+mod commands;
+mod cycle;
+mod exit;
+mod publish;
+mod reload;
+mod start;
+mod watch;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use outrigger_daemon::shutdown::Control;
+use outrigger_schema::{HistoryEntry, StatusValue};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::control::Command;
+use crate::core::{ClusterView, DynConfig, Memory, Moment, Settings};
+use crate::dcs::Dcs;
+use crate::http::ApiState;
+use crate::lease::LeaseHandle;
+use crate::metrics::Metrics;
+use crate::pg::Postgres;
+
+pub use exit::ExitFence;
+
+/// The `reason` of the history row a leader writes before it promotes (see
+/// `ClusterView::cluster_timeline_for`); replaced by the exact row right after.
+const PROMOTING: &str = "ha-agent: promoting";
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One etcd read, decoded.
+#[derive(Clone)]
+struct Read {
+    view: ClusterView,
+    history: Vec<HistoryEntry>,
+    /// `history`'s mod_revision (0: absent), for compare-and-swap writes.
+    history_rev: i64,
+}
+
+/// What the loop is doing, for the systemd watchdog and for operators: a loop inside a long
+/// action (a base backup, pg_rewind, crash recovery) is alive as long as that action runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    inner: std::sync::Mutex<ProgressInner>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ProgressInner {
+    /// When the last cycle ended.
+    cycle_done: Option<Moment>,
+    /// A long action that runs, and since when.
+    busy: Option<(&'static str, Moment)>,
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProgressInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cycle_done(&self, at: Moment) {
+        self.lock().cycle_done = Some(at);
+    }
+
+    fn busy(&self, what: Option<&'static str>, at: Moment) {
+        self.lock().busy = what.map(|w| (w, at));
+    }
+
+    /// Alive: a cycle ended within `within`, or a long action (bounded by its own time limit)
+    /// is in progress.
+    pub fn alive(&self, now: Moment, within: std::time::Duration) -> bool {
+        let p = *self.lock();
+        p.busy.is_some() || p.cycle_done.is_some_and(|at| now.since(at) <= within)
+    }
+}
+
+pub struct Agent {
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    settings: Settings,
+    dcs: Dcs,
+    pg: Postgres,
+    pg_exits: mpsc::UnboundedReceiver<String>,
+    clock: Clock,
+    lease: LeaseHandle,
+    metrics: Arc<Metrics>,
+    api: Arc<ApiState>,
+    memory: Memory,
+    dyn_config: DynConfig,
+    last_logged: Option<String>,
+    /// Lease and JSON of the member key as last written.
+    last_member: Option<(i64, String)>,
+    last_member_at: Option<Moment>,
+    last_status: Option<StatusValue>,
+    last_status_at: Option<Moment>,
+    reported: HashSet<(String, i64)>,
+    pending_restart: bool,
+    dcs_last_seen: Option<u64>,
+    /// Shown as `state` while a long action runs.
+    busy_state: Option<&'static str>,
+    progress: Arc<Progress>,
+    /// Actions from the REST API.
+    commands: mpsc::Receiver<Command>,
+    /// Unix ms at the start of the current cycle.
+    cycle_started_ms: u64,
+    /// A restart scheduled through the REST API (`POST /restart` with `schedule`).
+    scheduled_restart: Option<commands::ScheduledRestart>,
+    /// `POST /reload`: reload PostgreSQL in the next cycle even if nothing changed.
+    force_reload: bool,
+    /// Unix ms of a scheduled switchover in the `failover` key, to wake up on time.
+    switchover_at_ms: Option<u64>,
+    /// Whether the leader key named us at the last read (to notice it vanishing).
+    held_key: bool,
+    /// Shared with the exit fence: the cluster is paused.
+    paused: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Agent {
+    fn wal_log_hints(&self) -> bool {
+        self.settings.use_pg_rewind.or(self.dyn_config.use_pg_rewind).unwrap_or(false)
+    }
+
+    fn set_busy(&mut self, state: Option<&'static str>) {
+        self.busy_state = state;
+        self.progress.busy(state, self.clock.now());
+    }
+}
+
+/// Runs the agent until `ctl.stop` is cancelled (SIGTERM/SIGINT/SIGQUIT), reloading its config
+/// on SIGHUP. Whatever way it ends, a PostgreSQL that may accept writes is not left running
+/// unfenced (see [`ExitFence`]).
+pub async fn run(cfg: Config, config_path: Option<PathBuf>, ctl: Control) -> anyhow::Result<()> {
+    let span = tracing::info_span!("ha", cluster = %cfg.layout.scope(), member = %cfg.name);
+    let fence = ExitFence::new(cfg.postgresql.data_dir.clone());
+    let result = start::run(cfg, config_path, ctl, &fence).instrument(span).await;
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "ha-agent is stopping on an error");
+    }
+    fence.on_exit();
+    result
+}
