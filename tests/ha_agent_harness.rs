@@ -81,6 +81,13 @@ pub struct Opts {
     pub restapi: String,
     /// The `[watchdog]` lines.
     pub watchdog: String,
+    /// A stand-in watchdog on every host (mode required, Patroni's testing driver); when one
+    /// fires it kills its host's PostgreSQL.
+    pub standin_watchdog: bool,
+    /// etcd with TLS client certificates and user/password authentication.
+    pub etcd_secure: bool,
+    /// etcd's `--lease-checkpoint` experiment (see `EtcdOptions`).
+    pub etcd_lease_checkpoint: bool,
 }
 
 impl Default for Opts {
@@ -97,6 +104,9 @@ impl Default for Opts {
             dcs: "",
             restapi: String::new(),
             watchdog: "safety_margin = -1".into(),
+            standin_watchdog: false,
+            etcd_secure: false,
+            etcd_lease_checkpoint: false,
         }
     }
 }
@@ -105,9 +115,16 @@ pub struct Cluster {
     pub net: Net,
     pub etcd: EtcdCluster,
     agents: Vec<Option<Proc>>,
+    /// Stand-in watchdogs, one per host (`Opts::standin_watchdog`).
+    pub watchdogs: Vec<outrigger_testkit::StandInWatchdog>,
     tmps: Vec<tempfile::TempDir>,
+    /// TLS files of a secure etcd.
+    etcd_tls: Option<outrigger_testkit::EtcdTls>,
     pub opts: Opts,
 }
+
+/// The etcd root password of `Opts::etcd_secure` clusters.
+pub const ETCD_PASSWORD: &str = "s3cret-etcd";
 
 impl Cluster {
     pub fn start(test: &str, opts: Opts) -> anyhow::Result<Self> {
@@ -116,11 +133,26 @@ impl Cluster {
         // Fast elections: etcd's shortest lease is ~1.5 x the election timeout, and a leader
         // change re-extends every lease, so both bound how fast a dead primary is noticed.
         let election_ms = opts.etcd_election_ms;
-        let etcd = EtcdCluster::start(
+        let etcd_tls = if opts.etcd_secure {
+            let ips: Vec<_> = net.hosts().iter().map(outrigger_testkit::Host::ip).collect();
+            Some(outrigger_testkit::make_tls_for(&net.dir().sub("etcd-tls")?, &ips)?)
+        } else {
+            None
+        };
+        let mut etcd = EtcdCluster::start(
             &net,
             &[1, 2, 3],
-            EtcdOptions { heartbeat_ms: election_ms / 10, election_ms, client_tls: None },
+            EtcdOptions {
+                heartbeat_ms: election_ms / 10,
+                election_ms,
+                client_tls: etcd_tls.clone(),
+                lease_checkpoint: opts.etcd_lease_checkpoint,
+                ..EtcdOptions::default()
+            },
         )?;
+        if opts.etcd_secure {
+            etcd.enable_auth(&net, ETCD_PASSWORD)?;
+        }
         let mut tmps = Vec::new();
         for h in net.hosts() {
             let t = tempfile::Builder::new().prefix(&format!("otk-ha-{}-", h.name())).tempdir_in("/tmp")?;
@@ -128,7 +160,17 @@ impl Cluster {
             std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755))?;
             tmps.push(t);
         }
-        let mut c = Self { net, etcd, agents: (0..3).map(|_| None).collect(), tmps, opts };
+        let mut c =
+            Self { net, etcd, agents: (0..3).map(|_| None).collect(), watchdogs: Vec::new(), tmps, etcd_tls, opts };
+        if c.opts.standin_watchdog {
+            for i in 1..=3 {
+                let data = c.data_dir(i);
+                let w = outrigger_testkit::StandInWatchdog::start(&c.watchdog_path(i), move || {
+                    kill_postgres_in(&data);
+                })?;
+                c.watchdogs.push(w);
+            }
+        }
         for i in 1..=3 {
             std::fs::write(c.config_path(i), c.config(i))?;
         }
@@ -158,11 +200,31 @@ impl Cluster {
         self.tmps[i - 1].path().join("ha-agent.toml")
     }
 
+    pub fn watchdog_path(&self, i: usize) -> PathBuf {
+        self.tmps[i - 1].path().join("watchdog")
+    }
+
     fn config(&self, i: usize) -> String {
         let o = &self.opts;
         let ip = self.net.host(i).ip();
         let endpoints = self.etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
         let subnet = format!("{}.0/24", outrigger_testkit::SUBNET_PREFIX);
+        let watchdog = if o.standin_watchdog {
+            format!(
+                "mode = \"required\"\ndriver = \"testing\"\ndevice = \"{}\"\nsafety_margin = -1",
+                self.watchdog_path(i).display()
+            )
+        } else {
+            o.watchdog.clone()
+        };
+        let etcd_secure = self.etcd_tls.as_ref().map_or(String::new(), |t| {
+            format!(
+                "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nusername = \"root\"\npassword = \"{ETCD_PASSWORD}\"\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display()
+            )
+        });
         let sync = if o.sync { "synchronous_commit = \"on\"\nsynchronous_standby_names = \"*\"\n" } else { "" };
         format!(
             r#"name = "n{i}"
@@ -172,6 +234,7 @@ level = "info,ha_agent=debug"
 [etcd]
 endpoints = [{endpoints}]
 request_timeout = "{rt}"
+{etcd_secure}
 [restapi]
 listen = "{ip}:8008"
 peer_timeout = "{peer}"
@@ -213,7 +276,8 @@ maximum_lag_on_failover = 16777216
             log = self.net.dir().log(&format!("pg-n{i}")).display(),
             dcs = o.dcs,
             restapi = o.restapi,
-            watchdog = o.watchdog,
+            watchdog = watchdog,
+            etcd_secure = etcd_secure,
             subnet = subnet,
             reinit = o.reinit_on_rewind_failure,
         )
@@ -273,20 +337,10 @@ maximum_lag_on_failover = 16777216
     pub fn etcd_get(&self, key: &str) -> Option<String> {
         let key = format!("/service/{SCOPE}/{key}");
         (0..self.etcd.len()).find_map(|m| {
-            let host = self.net.host(self.etcd.host_of(m));
-            let ep = self.etcd.endpoint(m);
-            host.exec(&[
-                "etcdctl",
-                "--command-timeout=1s",
-                "--dial-timeout=1s",
-                "--endpoints",
-                &ep,
-                "get",
-                "--print-value-only",
-                &key,
-            ])
-            .ok()
-            .map(|s| s.trim().to_owned())
+            self.etcd
+                .etcdctl_quick(&self.net, m, "1s", &["get", "--print-value-only", &key])
+                .ok()
+                .map(|s| s.trim().to_owned())
         })
     }
 
@@ -448,4 +502,215 @@ pub fn lost(c: &Cluster, i: usize, acks: &[Ack]) -> anyhow::Result<Vec<i64>> {
     let have: std::collections::HashSet<i64> =
         c.sql(i, "select id from acked")?.lines().filter_map(|l| l.trim().parse().ok()).collect();
     Ok(acks.iter().map(|a| a.id).filter(|id| !have.contains(id)).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fencing check: a local poller on every host.
+
+/// One write a host's local poller got acknowledged: by `member`, on `timeline`, `at`.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAck {
+    pub member: usize,
+    pub timeline: u32,
+    pub at: Instant,
+}
+
+/// On every host, a poller inside its namespace writes to the local PostgreSQL over the Unix
+/// socket every 5 ms and records each acknowledged write with the time (one clock, one
+/// machine). A server that takes writes is seen taking them, whatever the agents believe.
+pub struct Pollers {
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<LocalAck>>>,
+    tasks: Vec<(outrigger_testkit::NsRuntime, tokio::task::JoinHandle<()>)>,
+}
+
+/// The table the pollers write (created on the primary by the tests' `healthy`).
+pub const FENCE_PROBE_TABLE: &str = "create table if not exists fence_probe(member int, id bigserial)";
+
+impl Pollers {
+    pub fn start(c: &Cluster) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 1..=3 {
+            let rt = c.net.host(i).runtime()?;
+            let task = rt.spawn(poll_loop(i, c.socket_dir(i), stop.clone(), acks.clone()));
+            tasks.push((rt, task));
+        }
+        Ok(Self { stop, acks, tasks })
+    }
+
+    pub fn acks(&self) -> Vec<LocalAck> {
+        let mut a = self.acks.lock().expect("acks lock").clone();
+        a.sort_by_key(|x| x.at);
+        a
+    }
+
+    /// Stops the pollers and returns every acknowledged write, in time order.
+    pub fn stop(mut self) -> Vec<LocalAck> {
+        self.halt();
+        self.acks()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for (rt, task) in self.tasks.drain(..) {
+            rt.block_on(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            });
+        }
+    }
+}
+
+impl Drop for Pollers {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+async fn poll_loop(member: usize, socket: PathBuf, stop: Arc<AtomicBool>, acks: Arc<Mutex<Vec<LocalAck>>>) {
+    const INSERT: &str = "insert into fence_probe(member) values ($1) \
+        returning ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int";
+    let mut client: Option<tokio_postgres::Client> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let Some(c) = client.as_ref() else {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host_path(&socket)
+                .port(PG_PORT)
+                .user("postgres")
+                .dbname("postgres")
+                .application_name("fence-poller")
+                .connect_timeout(Duration::from_millis(500));
+            if let Ok(Ok((c, conn))) =
+                tokio::time::timeout(Duration::from_millis(700), cfg.connect(tokio_postgres::NoTls)).await
+            {
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                client = Some(c);
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            continue;
+        };
+        let member_id = i32::try_from(member).unwrap_or(0);
+        match tokio::time::timeout(Duration::from_secs(1), c.query_one(INSERT, &[&member_id])).await {
+            Ok(Ok(row)) => {
+                let tl: i32 = row.get(0);
+                let at = Instant::now();
+                acks.lock().expect("acks lock").push(LocalAck { member, timeline: tl as u32, at });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // A replica refuses (read-only); the server answered, keep the session.
+            Ok(Err(e)) if e.as_db_error().is_some() => tokio::time::sleep(Duration::from_millis(20)).await,
+            // The session broke, or the statement hangs: start a new one.
+            _ => client = None,
+        }
+    }
+}
+
+/// Each primary incarnation (member, timeline) with its first and last acknowledged write.
+#[derive(Debug, Clone)]
+pub struct Incarnation {
+    pub member: usize,
+    pub timeline: u32,
+    pub first: Instant,
+    pub last: Instant,
+    pub writes: usize,
+}
+
+/// The fence gaps between consecutive primaries: from the old one's last acknowledged write to
+/// the new one's first. Errors if two incarnations' acknowledged writes overlap in time.
+pub fn check_fencing(acks: &[LocalAck]) -> anyhow::Result<(Vec<Incarnation>, Vec<Duration>)> {
+    let mut inc: Vec<Incarnation> = Vec::new();
+    for a in acks {
+        match inc.iter_mut().find(|i| i.member == a.member && i.timeline == a.timeline) {
+            Some(i) => {
+                i.first = i.first.min(a.at);
+                i.last = i.last.max(a.at);
+                i.writes += 1;
+            }
+            None => {
+                inc.push(Incarnation { member: a.member, timeline: a.timeline, first: a.at, last: a.at, writes: 1 })
+            }
+        }
+    }
+    inc.sort_by_key(|i| i.first);
+    let mut gaps = Vec::new();
+    let mut prev: Option<&Incarnation> = None;
+    for i in &inc {
+        if let Some(p) = prev {
+            anyhow::ensure!(
+                p.last < i.first,
+                "two primaries acknowledged writes at the same time: n{} (timeline {}) until {:?} after n{} (timeline {}) began; incarnations: {inc:#?}",
+                p.member,
+                p.timeline,
+                p.last.duration_since(i.first),
+                i.member,
+                i.timeline
+            );
+            gaps.push(i.first - p.last);
+        }
+        if prev.is_none_or(|p| i.last > p.last) {
+            prev = Some(i);
+        }
+    }
+    Ok((inc, gaps))
+}
+
+/// Stops the pollers, checks that no two primaries took writes at once, and prints the fence
+/// gaps.
+pub fn assert_fenced(what: &str, pollers: Pollers) -> anyhow::Result<Vec<Duration>> {
+    let acks = pollers.stop();
+    let (inc, gaps) = check_fencing(&acks)?;
+    let shown: Vec<String> = gaps.iter().map(|g| format!("{:.3}s", g.as_secs_f64())).collect();
+    println!(
+        "{what}: {} local writes acknowledged by {} primary incarnation(s); fence gaps {}",
+        acks.len(),
+        inc.len(),
+        shown.join(", ")
+    );
+    Ok(gaps)
+}
+
+impl Cluster {
+    /// SIGKILL of host `i`'s postmaster and every process working in its data directory (what
+    /// a watchdog reset does to PostgreSQL).
+    pub fn kill_postgres(&self, i: usize) {
+        kill_postgres_in(&self.data_dir(i));
+    }
+
+    /// Rewrites host `i`'s config file with `edit` (for a reload).
+    pub fn edit_config(&self, i: usize, edit: impl FnOnce(String) -> String) -> anyhow::Result<()> {
+        let path = self.config_path(i);
+        let text = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, edit(text))?;
+        Ok(())
+    }
+
+    /// Host `i`'s generated config (for a second agent started by hand).
+    pub fn config_text(&self, i: usize) -> String {
+        self.config(i)
+    }
+}
+
+/// SIGKILL of the postmaster of `data_dir` and of every process working in it.
+pub fn kill_postgres_in(data_dir: &Path) {
+    let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut pids: Vec<i32> = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+        .into_iter()
+        .collect();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == data) {
+                pids.push(pid);
+            }
+        }
+    }
+    for p in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+    }
 }

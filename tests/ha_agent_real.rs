@@ -9,16 +9,21 @@
 //! The failover tests run with synchronous replication (`synchronous_commit = on`,
 //! `synchronous_standby_names = '*'`) and a writer that records every acknowledged insert:
 //! none may be missing on the primary at the end, and none may be acknowledged by the old
-//! primary after the new one acknowledged its first (two primaries at once). Timings are short
-//! (ttl 3 s, etcd election 500 ms); the time a failover took is printed, not asserted
-//! (`bench/ha-agent` measures it).
+//! primary after the new one acknowledged its first (two primaries at once). Besides, during
+//! every fault a poller on each host writes to its own PostgreSQL over the Unix socket every
+//! 5 ms and records each acknowledged write with the time (`harness::Pollers`): no two
+//! primary incarnations may have acknowledged writes in overlapping intervals, and the fence
+//! gap (the old primary's last acknowledged write to the new one's first) is printed. Timings
+//! are short (ttl 3 s, etcd election 500 ms); the time a failover took is printed, not
+//! asserted (`bench/ha-agent` measures it). These are safety tests: they run without retries
+//! (`.config/nextest.toml`).
 
 #[path = "ha_agent_harness.rs"]
 mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::{Ack, Cluster, Opts, Writer, lost};
+use harness::{Ack, Cluster, FENCE_PROBE_TABLE, Opts, Pollers, Writer, assert_fenced, lost};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use outrigger_testkit::hold_for;
@@ -37,6 +42,7 @@ fn healthy(test: &str, opts: Opts) -> anyhow::Result<(Cluster, usize)> {
     let p = c.wait_primary(UP, &[])?;
     c.wait_streaming(p, &others(p), UP)?;
     c.sql(p, "create table acked(id bigint primary key)")?;
+    c.sql(p, FENCE_PROBE_TABLE)?;
     Ok((c, p))
 }
 
@@ -107,6 +113,7 @@ fn bootstrap_from_empty_and_a_new_member_joins_as_replica() -> anyhow::Result<()
 #[test]
 fn killed_primary_postgres_restarts_in_place_without_failover() -> anyhow::Result<()> {
     let (c, p) = healthy("ha_kill_pg", Opts::default())?;
+    let pollers = Pollers::start(&c)?;
     let w = Writer::start(c.sockets());
     outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
     let pid = c.postmaster_pid(p).ok_or_else(|| anyhow::anyhow!("no postmaster on n{p}"))?;
@@ -124,12 +131,14 @@ fn killed_primary_postgres_restarts_in_place_without_failover() -> anyhow::Resul
     anyhow::ensure!(acks.iter().all(|a| a.member == p), "writes went elsewhere");
     check_writes(&c, p, p, &acks)?;
     c.wait_streaming(p, &others(p), REJOIN)?;
+    assert_fenced("postgres killed, restarted in place", pollers)?;
     no_unexpected_errors(&c, &[])
 }
 
 #[test]
 fn primary_postgres_that_cannot_restart_fails_over_and_rejoins_when_repaired() -> anyhow::Result<()> {
     let (c, p) = healthy("ha_pg_broken", Opts::default())?;
+    let pollers = Pollers::start(&c)?;
     let w = Writer::start(c.sockets());
     outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
     // A setting PostgreSQL refuses: the restart fails, the key must be released at once.
@@ -146,6 +155,7 @@ fn primary_postgres_that_cannot_restart_fails_over_and_rejoins_when_repaired() -
     c.wait_streaming(new, &others(new), REJOIN)?;
     let acks = w.stop();
     check_writes(&c, new, p, &acks)?;
+    assert_fenced("postgres killed and unable to restart", pollers)?;
     no_unexpected_errors(&c, &["PostgreSQL did not start", "action failed"])
 }
 
@@ -157,6 +167,7 @@ fn failover_and_rejoin(
     heal: impl Fn(&Cluster, usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let (c, p) = healthy(test, Opts::default())?;
+    let pollers = Pollers::start(&c)?;
     let w = Writer::start(c.sockets());
     outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
     let t0 = Instant::now();
@@ -176,6 +187,7 @@ fn failover_and_rejoin(
     }
     let acks = w.stop();
     check_writes(&c, last, p, &acks)?;
+    assert_fenced(what, pollers)?;
     no_unexpected_errors(&c, &["action failed"])
 }
 
@@ -214,6 +226,7 @@ fn primary_cut_off_from_etcd_only_fails_over_and_rejoins() -> anyhow::Result<()>
 #[test]
 fn losing_one_etcd_member_causes_no_failover() -> anyhow::Result<()> {
     let (mut c, p) = healthy("ha_etcd_member_lost", Opts::default())?;
+    let pollers = Pollers::start(&c)?;
     let w = Writer::start(c.sockets());
     outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
     // The worst one to lose: the raft leader (a new election re-extends every lease).
@@ -229,12 +242,14 @@ fn losing_one_etcd_member_causes_no_failover() -> anyhow::Result<()> {
     let last = acks.last().map(|a| a.at).ok_or_else(|| anyhow::anyhow!("no writes"))?;
     anyhow::ensure!(last.elapsed() < Duration::from_secs(2), "writes stopped");
     check_writes(&c, p, p, &acks)?;
+    assert_fenced("one etcd member lost", pollers)?;
     no_unexpected_errors(&c, &[])
 }
 
 #[test]
 fn all_etcd_members_frozen_make_the_primary_read_only() -> anyhow::Result<()> {
     let (c, p) = healthy("ha_etcd_frozen", Opts::default())?;
+    let pollers = Pollers::start(&c)?;
     for m in 0..c.etcd.len() {
         c.etcd.freeze(m)?;
     }
@@ -253,6 +268,7 @@ fn all_etcd_members_frozen_make_the_primary_read_only() -> anyhow::Result<()> {
     }
     let new = c.wait_primary(UP, &[])?;
     c.wait_streaming(new, &others(new), REJOIN)?;
+    assert_fenced("every etcd member frozen", pollers)?;
     no_unexpected_errors(&c, &["action failed"])
 }
 
@@ -287,6 +303,7 @@ fn switchover_through_the_failover_key_moves_the_leader_without_losing_writes() 
     // Asynchronous replication: the candidate must still get every acknowledged write (it
     // promotes only once it has the old primary's shutdown checkpoint).
     let (c, p) = healthy("ha_switchover", Opts { sync: false, ..Opts::default() })?;
+    let pollers = Pollers::start(&c)?;
     let w = Writer::start(c.sockets());
     outrigger_testkit::wait_until(Duration::from_secs(10), "the first writes", || (w.acks().len() > 10).then_some(()))?;
     let cand = others(p)[0];
@@ -305,12 +322,14 @@ fn switchover_through_the_failover_key_moves_the_leader_without_losing_writes() 
     // A clean switchover needs no pg_rewind.
     let old_log = c.agent(p).map(outrigger_testkit::Proc::log_text).unwrap_or_default();
     anyhow::ensure!(!old_log.contains("running pg_rewind"), "the old primary was rewound after a clean switchover");
+    assert_fenced("switchover", pollers)?;
     no_unexpected_errors(&c, &[])
 }
 
 #[test]
 fn restarted_agent_keeps_its_running_primary_without_failover_or_restart() -> anyhow::Result<()> {
     let (mut c, p) = healthy("ha_agent_restart", Opts::default())?;
+    let pollers = Pollers::start(&c)?;
     let pid = c.postmaster_pid(p).ok_or_else(|| anyhow::anyhow!("no postmaster on n{p}"))?;
     // PostgreSQL keeps running without its agent (like systemd's KillMode=process).
     c.kill_agent(p)?;
@@ -329,6 +348,7 @@ fn restarted_agent_keeps_its_running_primary_without_failover_or_restart() -> an
     })?;
     c.sql(p, "insert into acked values (1)")?;
     anyhow::ensure!(!new_log(&c).contains("fencing"), "the restarted agent fenced its primary");
+    assert_fenced("agent restarted under its primary", pollers)?;
     no_unexpected_errors(&c, &[])
 }
 
@@ -355,6 +375,7 @@ fn member_paused(c: &Cluster, i: usize) -> bool {
 #[test]
 fn paused_cluster_neither_restarts_nor_fails_over_but_switches_over_and_resumes() -> anyhow::Result<()> {
     let (c, p) = healthy("ha_pause", Opts { sync: false, ..Opts::default() })?;
+    let pollers = Pollers::start(&c)?;
     patch_config(&c, serde_json::json!({"pause": true}))?;
     outrigger_testkit::wait_until(Duration::from_secs(10), "every member to publish pause: true", || {
         (1..=3).all(|i| member_paused(&c, i)).then_some(())
@@ -383,5 +404,191 @@ fn paused_cluster_neither_restarts_nor_fails_over_but_switches_over_and_resumes(
     outrigger_testkit::wait_until(Duration::from_secs(10), "every member to stop publishing pause", || {
         (!(1..=3).any(|i| member_paused(&c, i))).then_some(())
     })?;
+    assert_fenced("paused cluster", pollers)?;
     no_unexpected_errors(&c, &[])
+}
+
+// ---- signals, hung SQL, watchdog, duplicate names, etcd with auth and TLS ----
+
+#[test]
+fn sighup_to_the_leaders_agent_reloads_its_config_and_it_stays_leader() -> anyhow::Result<()> {
+    let (c, p) = healthy("ha_sighup", Opts::default())?;
+    let pollers = Pollers::start(&c)?;
+    let agent_pid = c.agent(p).and_then(outrigger_testkit::Proc::pid).ok_or_else(|| anyhow::anyhow!("no agent"))?;
+    let before = c.agent_log(p).len();
+    let new_log = |c: &Cluster| c.agent_log(p).get(before..).unwrap_or_default().to_owned();
+    // A runtime setting (a PostgreSQL parameter) and a restart-only one (the REST port's
+    // connection limit).
+    c.edit_config(p, |t| {
+        t.replace("fsync = \"off\"", "fsync = \"off\"\nwork_mem = \"7MB\"")
+            .replace("[restapi]\n", "[restapi]\nmax_connections = 500\n")
+    })?;
+    kill(Pid::from_raw(agent_pid), Signal::SIGHUP)?;
+    outrigger_testkit::wait_until(Duration::from_secs(10), "the reload to apply work_mem", || {
+        (c.sql(p, "show work_mem").ok().as_deref() == Some("7MB")).then_some(())
+    })?;
+    anyhow::ensure!(new_log(&c).contains("config reloaded"), "no reload logged: {}", new_log(&c));
+    anyhow::ensure!(
+        new_log(&c)
+            .lines()
+            .any(|l| l.contains("applies only when ha-agent restarts") && l.contains("restapi connection limits")),
+        "the restart-only key is not named"
+    );
+    // An invalid file: refused, named, and the agent keeps running with the config it had.
+    c.edit_config(p, |t| t.replace("[timings]", "[timings]\nloop_wiat = \"1s\""))?;
+    kill(Pid::from_raw(agent_pid), Signal::SIGHUP)?;
+    outrigger_testkit::wait_until(Duration::from_secs(10), "the bad file to be refused", || {
+        new_log(&c).contains("config reload refused").then_some(())
+    })?;
+    anyhow::ensure!(new_log(&c).contains("timings.loop_wiat"), "the problem is not named");
+    let leader = format!("n{p}");
+    hold_for(Duration::from_secs(4), "the agent runs on and keeps leading", || {
+        anyhow::ensure!(c.leader_key().as_deref() == Some(leader.as_str()), "leader is {:?}", c.leader_key());
+        anyhow::ensure!(nix::sys::signal::kill(Pid::from_raw(agent_pid), None).is_ok(), "the agent exited");
+        Ok(())
+    })?;
+    c.sql(p, "insert into acked values (1)")?;
+    assert_fenced("SIGHUP to the leader's agent", pollers)?;
+    no_unexpected_errors(&c, &["config reload refused"])
+}
+
+#[test]
+fn sigkill_of_the_leaders_agent_makes_the_watchdog_reset_postgres_before_a_replica_promotes() -> anyhow::Result<()> {
+    let (mut c, p) = healthy("ha_watchdog", Opts { standin_watchdog: true, ..Opts::default() })?;
+    let wd = &c.watchdogs[p - 1];
+    outrigger_testkit::wait_until(Duration::from_secs(10), "the leader to feed its watchdog", || {
+        (wd.armed() && wd.feeds() > 3).then_some(())
+    })?;
+    anyhow::ensure!(
+        c.watchdogs.iter().enumerate().all(|(i, w)| i + 1 == p || !w.armed()),
+        "a replica's watchdog is armed"
+    );
+    let pollers = Pollers::start(&c)?;
+    outrigger_testkit::wait_until(Duration::from_secs(10), "local writes on the primary", || {
+        pollers.acks().iter().any(|a| a.member == p).then_some(())
+    })?;
+    // SIGKILL: no clean-up, the watchdog is left armed (no magic close).
+    c.kill_agent(p)?;
+    let t0 = Instant::now();
+    let new = c.wait_primary(FAILOVER, &[p])?;
+    outrigger_testkit::wait_until(FAILOVER, "a write on the new primary", || {
+        pollers.acks().iter().any(|a| a.member == new).then_some(())
+    })?;
+    let fired = c.watchdogs[p - 1].fired_at().ok_or_else(|| anyhow::anyhow!("the watchdog never fired"))?;
+    let acks = pollers.acks();
+    let first_new = acks.iter().find(|a| a.member == new).map(|a| a.at).expect("waited for it");
+    println!(
+        "watchdog reset PostgreSQL {:.2} s after the agent was killed; the new primary's first write {:.2} s after",
+        (fired - t0).as_secs_f64(),
+        (first_new - t0).as_secs_f64()
+    );
+    anyhow::ensure!(fired < first_new, "the new primary took writes before the watchdog reset the old one");
+    anyhow::ensure!(c.postmaster_pid(p).is_none_or(|_| !c.writable(p)), "the old primary still takes writes");
+    assert_fenced("leader's agent killed, watchdog", pollers)?;
+    // The new leader activated its own watchdog before promoting.
+    anyhow::ensure!(c.watchdogs[new - 1].armed(), "the new leader's watchdog is not armed");
+    c.start_agent(p)?;
+    c.wait_streaming(new, &others(new), REJOIN)?;
+    anyhow::ensure!(!c.watchdogs[p - 1].armed(), "the old leader's watchdog is armed as a replica");
+    no_unexpected_errors(&c, &["action failed"])
+}
+
+#[test]
+fn a_primary_whose_sql_hangs_is_stopped_before_its_leader_key_is_released() -> anyhow::Result<()> {
+    // primary_start_timeout 5 s: how long a leader whose PostgreSQL does not answer SQL keeps
+    // its key before it gives it up (after stopping PostgreSQL).
+    let (c, p) = healthy("ha_sql_hangs", Opts { dcs: "primary_start_timeout = 5", ..Opts::default() })?;
+    let pollers = Pollers::start(&c)?;
+    outrigger_testkit::wait_until(Duration::from_secs(10), "local writes on the primary", || {
+        pollers.acks().iter().filter(|a| a.member == p).nth(20).map(drop)
+    })?;
+    // The agent's own session and the postmaster stop (no new session can start); existing
+    // sessions, the poller's among them, keep writing.
+    let agent_backend: i32 = c
+        .sql(p, "select pid from pg_stat_activity where application_name = 'ha-agent'")?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no ha-agent session on n{p}"))?;
+    let postmaster = c.postmaster_pid(p).ok_or_else(|| anyhow::anyhow!("no postmaster on n{p}"))?;
+    kill(Pid::from_raw(agent_backend), Signal::SIGSTOP)?;
+    kill(Pid::from_raw(postmaster), Signal::SIGSTOP)?;
+    let t0 = Instant::now();
+    let new = c.wait_primary(Duration::from_secs(60), &[p])?;
+    outrigger_testkit::wait_until(FAILOVER, "a write on the new primary", || {
+        pollers.acks().iter().any(|a| a.member == new && a.at > t0).then_some(())
+    })?;
+    let acks = pollers.acks();
+    let last_old = acks.iter().filter(|a| a.member == p).map(|a| a.at).max();
+    println!(
+        "hung primary: its sessions wrote until {:.2} s, the new primary from {:.2} s",
+        last_old.map_or(0.0, |t| (t.saturating_duration_since(t0)).as_secs_f64()),
+        acks.iter().find(|a| a.member == new && a.at > t0).map_or(0.0, |a| (a.at - t0).as_secs_f64())
+    );
+    assert_fenced("primary whose SQL hangs", pollers)?;
+    // The stopped processes were killed, not left around.
+    anyhow::ensure!(
+        nix::sys::signal::kill(Pid::from_raw(postmaster), None).is_err(),
+        "the hung postmaster still exists"
+    );
+    c.wait_streaming(new, &others(new), REJOIN)?;
+    no_unexpected_errors(&c, &["action failed", "killing processes", "did not stop in time"])
+}
+
+#[test]
+fn a_second_agent_with_a_running_members_name_refuses_to_start() -> anyhow::Result<()> {
+    let (c, p) = healthy("ha_duplicate_name", Opts::default())?;
+    let victim = others(p)[0];
+    let host = others(p)[1];
+    // An agent on `host` configured with `victim`'s name (its own ports and data directory).
+    let dir = tempfile::Builder::new().prefix("otk-ha-dup-").tempdir_in("/tmp")?;
+    let ip = c.net.host(host).ip().to_string();
+    let cfg = c
+        .config_text(host)
+        .replace(&format!("name = \"n{host}\""), &format!("name = \"n{victim}\""))
+        .replace(&format!("listen = \"{ip}:8008\""), &format!("listen = \"{ip}:8009\""))
+        .replace(&format!("listen = \"{ip}:5432\""), &format!("listen = \"{ip}:5433\""))
+        .replace(&c.data_dir(host).display().to_string(), &dir.path().join("data").display().to_string());
+    let path = dir.path().join("dup.toml");
+    std::fs::write(&path, cfg)?;
+    let mut cmd = std::process::Command::new(harness::agent_bin());
+    cmd.arg("--config").arg(&path);
+    let mut dup = c.net.host(host).spawn("ha-duplicate", cmd)?;
+    let status =
+        outrigger_testkit::wait_until(Duration::from_secs(20), "the duplicate agent to exit", || dup.try_status())?;
+    anyhow::ensure!(status.code() == Some(1), "exit status {status}");
+    let log = dup.log_text();
+    anyhow::ensure!(
+        log.lines().any(|l| l.contains("another member named")
+            && l.contains(&format!("n{victim}"))
+            && l.contains("refusing to start")),
+        "the refusal does not say why: {log}"
+    );
+    // The real member is untouched.
+    c.wait_streaming(p, &others(p), REJOIN)?;
+    no_unexpected_errors(&c, &[])
+}
+
+#[test]
+fn agents_start_and_fail_over_with_etcd_auth_and_tls_while_one_etcd_member_is_down() -> anyhow::Result<()> {
+    let mut c = Cluster::start("ha_etcd_secure", Opts { etcd_secure: true, agents: 0, ..Opts::default() })?;
+    // One member down before any agent starts: every agent has it in its endpoint list.
+    c.etcd.kill(2)?;
+    for i in 1..=3 {
+        c.start_agent(i)?;
+    }
+    let p = c.wait_primary(UP, &[])?;
+    c.wait_streaming(p, &others(p), UP)?;
+    c.sql(p, FENCE_PROBE_TABLE)?;
+    let pollers = Pollers::start(&c)?;
+    let pid = c.postmaster_pid(p).ok_or_else(|| anyhow::anyhow!("no postmaster on n{p}"))?;
+    c.net.host(p).freeze_all()?;
+    let new = c.wait_primary(FAILOVER, &[p])?;
+    println!("failover with etcd auth + TLS and one member down: n{p} -> n{new}");
+    c.net.host(p).thaw_all()?;
+    let _ = pid;
+    let last = c.wait_primary(UP, &[])?;
+    c.wait_streaming(last, &others(last), REJOIN)?;
+    assert_fenced("etcd with auth and TLS, one member down", pollers)?;
+    no_unexpected_errors(&c, &["action failed"])
 }

@@ -18,6 +18,18 @@
 //! retry_timeout 1 s, etcd election 1 s: more headroom for slow disks and networks). Choose
 //! with `HA_BENCH_PROFILES=lab,ttl4` (default: both).
 //!
+//! The etcd raft leader is placed before every run (`etcdctl move-leader`): on the primary's
+//! host in odd runs, elsewhere in even runs, so that both cases get half the runs (a failed
+//! raft leader means an election first, and the new raft leader restarts every lease's TTL).
+//! The figures are printed for all runs and for each case.
+//!
+//! The fence gap, in every failover and switchover run: a poller on each host writes to its
+//! own PostgreSQL over the Unix socket every 5 ms (`harness::Pollers`); the gap runs from the
+//! old primary's last acknowledged local write to the new primary's first. It must be
+//! positive in every run (no two primaries taking writes at once); min and median are
+//! printed. `HA_BENCH_ETCD_CHECKPOINT=1` runs etcd with lease checkpointing (see
+//! ARCHITECTURE.md: it does not apply to leases this short).
+//!
 //! Then the footprint: resident memory and CPU of each agent over 30 s of an idle cluster.
 //!
 //! Then switchovers through the `failover` key (as `POST /switchover` and patronictl write it),
@@ -34,7 +46,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::{Cluster, Opts, Writer};
+use harness::{Cluster, FENCE_PROBE_TABLE, Opts, Pollers, Writer};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use outrigger_testkit::wait_until;
@@ -57,6 +69,11 @@ impl Fault {
 }
 
 fn profile(name: &str) -> Opts {
+    let checkpoint = std::env::var("HA_BENCH_ETCD_CHECKPOINT").is_ok_and(|v| v == "1");
+    Opts { etcd_lease_checkpoint: checkpoint, ..base_profile(name) }
+}
+
+fn base_profile(name: &str) -> Opts {
     match name {
         "ttl4" => Opts {
             sync: false,
@@ -114,9 +131,59 @@ fn repair(c: &Cluster, f: Fault, p: usize) -> anyhow::Result<()> {
 }
 
 /// One failover: seconds, and whether etcd's raft leader was on the failed host (then etcd
-/// elects a new leader first and re-extends every lease to its full TTL).
+/// elects a new leader first and re-extends every lease to its full TTL); and the fence gaps.
 struct Stats {
     values: Vec<(f64, bool)>,
+    gaps: Vec<f64>,
+}
+
+/// Moves etcd's raft leadership to the member on host `host` (or away from it).
+fn place_raft_leader(c: &Cluster, on: Option<usize>, away_from: usize) -> anyhow::Result<()> {
+    let from = c.etcd.leader(&c.net, 0)?;
+    let here = c.etcd.host_of(from);
+    let target = match on {
+        Some(h) if h == here => return Ok(()),
+        Some(h) => h,
+        None if here != away_from => return Ok(()),
+        None => others(away_from)[0],
+    };
+    let ids = c.etcd.etcdctl(&c.net, 0, &["member", "list", "-w", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&ids)?;
+    let name = format!("etcd-n{target}");
+    let id = v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == name.as_str())
+        .and_then(|m| m["ID"].as_u64())
+        .ok_or_else(|| anyhow::anyhow!("no etcd member {name}"))?;
+    c.etcd.etcdctl_at(&c.net, from, &["move-leader", &format!("{id:x}")])?;
+    wait_until(Duration::from_secs(10), "the raft leader to move", || {
+        c.etcd.leader(&c.net, 0).ok().filter(|m| c.etcd.host_of(*m) == target).map(drop)
+    })
+}
+
+/// The fence gap of the switch from `old` to `new` after `t0`: from `old`'s last acknowledged
+/// local write to `new`'s first (negative: both took writes at once).
+fn fence_gap(p: &Pollers, old: usize, new: usize, t0: Instant) -> Option<f64> {
+    let acks = p.acks();
+    let first_new = acks.iter().find(|a| a.member == new && a.at > t0)?.at;
+    let last_old = acks.iter().filter(|a| a.member == old).map(|a| a.at).max()?;
+    Some(if first_new > last_old {
+        (first_new - last_old).as_secs_f64()
+    } else {
+        -(last_old - first_new).as_secs_f64()
+    })
+}
+
+fn gap_summary(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return "no runs".into();
+    }
+    let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+    let negative = v.iter().filter(|g| **g <= 0.0).count();
+    format!("fence gap min {:.3} s, median {median:.3} s ({negative} runs not positive)", v[0])
 }
 
 fn summary(mut v: Vec<f64>) -> String {
@@ -133,7 +200,10 @@ impl Stats {
         let all = summary(self.values.iter().map(|v| v.0).collect());
         let apart = summary(self.values.iter().filter(|v| !v.1).map(|v| v.0).collect());
         let with = summary(self.values.iter().filter(|v| v.1).map(|v| v.0).collect());
-        format!("all: {all}\n      etcd leader elsewhere: {apart}\n      etcd leader on the failed host: {with}")
+        format!(
+            "all: {all}\n      etcd leader elsewhere: {apart}\n      etcd leader on the failed host: {with}\n      {}",
+            gap_summary(self.gaps.clone())
+        )
     }
 }
 
@@ -143,13 +213,19 @@ fn failovers(prof: &str, f: Fault, runs: usize) -> anyhow::Result<Stats> {
     let mut p = c.wait_primary(Duration::from_secs(90), &[])?;
     c.wait_streaming(p, &others(p), Duration::from_secs(90))?;
     c.sql(p, "create table acked(id bigint primary key)")?;
+    c.sql(p, FENCE_PROBE_TABLE)?;
     let w = Writer::start(c.sockets());
-    let mut values = Vec::new();
+    let pollers = Pollers::start(&c)?;
+    let (mut values, mut gaps) = (Vec::new(), Vec::new());
     for run in 1..=runs {
         // etcd first: a member that was cut off or frozen in the previous run must have caught
         // up, or the next fault leaves a pair that cannot elect a leader.
         for m in 0..c.etcd.len() {
             c.etcd.wait_healthy(&c.net, m, Duration::from_secs(60))?;
+        }
+        // Half the runs with the raft leader on the primary's host.
+        if let Err(e) = place_raft_leader(&c, (run % 2 == 1).then_some(p), p) {
+            println!("    (could not place the raft leader: {e:#})");
         }
         let settled = Instant::now();
         wait_until(Duration::from_secs(30), "writes on the primary", || {
@@ -164,12 +240,15 @@ fn failovers(prof: &str, f: Fault, runs: usize) -> anyhow::Result<Stats> {
         let first = wait_until(Duration::from_secs(60), "a write on a new primary", || w.first_ack_elsewhere(t0, p))?;
         let secs = (first - t0).as_secs_f64();
         let new = w.acks().iter().find(|a| a.at == first).map(|a| a.member).unwrap_or(0);
+        let gap =
+            wait_until(Duration::from_secs(10), "the new primary's local writes", || fence_gap(&pollers, p, new, t0))?;
         println!(
-            "  {prof:<4} {:<9} run {run:>2}: {secs:.2} s (n{p} -> n{new}{})",
+            "  {prof:<4} {:<9} run {run:>2}: {secs:.2} s (n{p} -> n{new}{}), fence gap {gap:.3} s",
             f.name(),
             if etcd_leader_here { ", etcd leader was on the failed host" } else { "" }
         );
         values.push((secs, etcd_leader_here));
+        gaps.push(gap);
         repair(&c, f, p)?;
         // Usually `new` keeps leading; when the repaired host held etcd's raft leadership,
         // etcd 3.4 revokes every lease as it wakes (fixed in 3.4.28/3.5.11), and the cluster
@@ -182,20 +261,27 @@ fn failovers(prof: &str, f: Fault, runs: usize) -> anyhow::Result<Stats> {
         p = last;
     }
     drop(w);
-    Ok(Stats { values })
+    let acks = pollers.stop();
+    if let Err(e) = harness::check_fencing(&acks) {
+        println!("    TWO PRIMARIES: {e:#}");
+    }
+    Ok(Stats { values, gaps })
 }
 
 /// RUNS switchovers through the `failover` key (what `POST /switchover` and patronictl write),
 /// to each other member in turn. Write-unavailability = from the last write the old primary
 /// acknowledged (it refuses writes from then on) to the first committed on the new primary.
 /// Also counts acknowledged writes missing on the new primary (there must be none).
-fn switchovers(prof: &str, runs: usize) -> anyhow::Result<(Vec<f64>, usize)> {
+fn switchovers(prof: &str, runs: usize) -> anyhow::Result<(Vec<f64>, usize, Vec<f64>)> {
     let c = Cluster::start(&format!("ha_bench_{prof}_switchover"), profile(prof))?;
     let mut p = c.wait_primary(Duration::from_secs(90), &[])?;
     c.wait_streaming(p, &others(p), Duration::from_secs(90))?;
     c.sql(p, "create table acked(id bigint primary key)")?;
+    c.sql(p, FENCE_PROBE_TABLE)?;
     let w = Writer::start(c.sockets());
+    let pollers = Pollers::start(&c)?;
     let mut values = Vec::new();
+    let mut gaps = Vec::new();
     let mut lost_total = 0;
     for run in 1..=runs {
         let settled = Instant::now();
@@ -213,8 +299,11 @@ fn switchovers(prof: &str, runs: usize) -> anyhow::Result<(Vec<f64>, usize)> {
         let secs = (first - last_old).as_secs_f64();
         let missing = harness::lost(&c, new, &acks)?.len();
         lost_total += missing;
+        let gap =
+            wait_until(Duration::from_secs(10), "the new primary's local writes", || fence_gap(&pollers, p, new, t0))?;
+        gaps.push(gap);
         println!(
-            "  {prof:<4} switchover run {run:>2}: {secs:.3} s without writes (n{p} -> n{new}, asked for n{cand}; {:.2} s after the request; {missing} acknowledged writes lost)",
+            "  {prof:<4} switchover run {run:>2}: {secs:.3} s without writes (n{p} -> n{new}, asked for n{cand}; {:.2} s after the request; {missing} acknowledged writes lost), fence gap {gap:.3} s",
             (first - t0).as_secs_f64()
         );
         values.push(secs);
@@ -225,7 +314,11 @@ fn switchovers(prof: &str, runs: usize) -> anyhow::Result<(Vec<f64>, usize)> {
         p = new;
     }
     drop(w);
-    Ok((values, lost_total))
+    let acks = pollers.stop();
+    if let Err(e) = harness::check_fencing(&acks) {
+        println!("    TWO PRIMARIES: {e:#}");
+    }
+    Ok((values, lost_total, gaps))
 }
 
 /// A pseudo-random number of milliseconds below `max` (from the clock; no dependency).
@@ -331,8 +424,12 @@ fn main() -> anyhow::Result<()> {
     if runs > 0 {
         println!("ha-agent switchover (failover key, asynchronous replication): write-unavailability");
         for prof in profiles.split(',').filter(|s| !s.is_empty()) {
-            let (v, lost) = switchovers(prof, runs)?;
-            summary.push(format!("  {prof:<4} switchover {} ({lost} acknowledged writes lost)", crate::summary(v)));
+            let (v, lost, gaps) = switchovers(prof, runs)?;
+            summary.push(format!(
+                "  {prof:<4} switchover {} ({lost} acknowledged writes lost); {}",
+                crate::summary(v),
+                gap_summary(gaps)
+            ));
             println!("{}", summary.last().map_or("", String::as_str));
         }
     }

@@ -66,6 +66,13 @@ impl PerEndpoint {
         select_ok(asks).await.map(|(v, _)| v)
     }
 
+    /// The client of member `i % n` (connected now if it was not), for work that stays with
+    /// one member (a watch).
+    pub async fn client(&self, i: usize) -> Result<&Etcd, EtcdError> {
+        let n = self.endpoints.len().max(1);
+        self.endpoints.get(i % n).ok_or_else(no_endpoint)?.client().await
+    }
+
     /// A linearizable read of the prefix from whichever member answers first.
     pub async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, EtcdError> {
         self.first_ok(|c| c.get_prefix(prefix)).await

@@ -28,11 +28,6 @@ use crate::hedge::PerEndpoint;
 use crate::metrics::Metrics;
 use crate::sys::Device;
 
-/// How long a fenced postmaster gets to act on SIGQUIT before it and its backends are killed.
-/// Less than the smallest `retry_timeout` (100 ms is the floor): the fence comes
-/// `retry_timeout` before the lease can expire.
-pub const FENCE_ESCALATION: Duration = Duration::from_millis(80);
-
 struct Shared {
     core: Keeper,
     device: Option<Device>,
@@ -41,6 +36,8 @@ struct Shared {
     alive_at: Moment,
     /// A renewal was late or failed: logged once per episode.
     failing_logged: bool,
+    /// A fence with nothing to kill was logged (once per disarm).
+    fence_reported: bool,
 }
 
 struct Inner {
@@ -66,7 +63,14 @@ impl LeaseHandle {
     ) -> Self {
         let core = Keeper::new(timings, watchdog.mode, watchdog.timeout);
         Self(Arc::new(Inner {
-            shared: Mutex::new(Shared { core, device: None, watchdog, alive_at: clock.now(), failing_logged: false }),
+            shared: Mutex::new(Shared {
+                core,
+                device: None,
+                watchdog,
+                alive_at: clock.now(),
+                failing_logged: false,
+                fence_reported: false,
+            }),
             keeper_wake: Notify::new(),
             loop_wake: Arc::new(Notify::new()),
             clock,
@@ -100,16 +104,15 @@ impl LeaseHandle {
     pub fn disarm(&self, pg_down: bool) {
         let mut st = self.lock();
         let e = st.core.disarm(pg_down);
+        st.fence_reported = false;
         self.execute(&mut st, e);
     }
 
-    pub fn set_paused(&self, paused: bool) {
-        let now = self.0.clock.now();
+    /// Disables the watchdog (the agent leaves a paused cluster's PostgreSQL running).
+    pub fn release_watchdog(&self) {
         let mut st = self.lock();
-        let e = st.core.set_paused(paused, now);
+        let e = st.core.release_watchdog();
         self.execute(&mut st, e);
-        drop(st);
-        self.0.keeper_wake.notify_one();
     }
 
     /// Check the lease now (the loop saw our leader or member key vanish).
@@ -178,7 +181,7 @@ impl LeaseHandle {
             match e {
                 // Sends are collected by the keeper task before it calls this.
                 Effect::Send(_) => {}
-                Effect::Fence => self.fence(),
+                Effect::Fence => self.fence(st),
                 Effect::LeaseChanged => self.0.loop_wake.notify_one(),
                 Effect::OpenWatchdog { timeout } => {
                     let now = self.0.clock.now();
@@ -227,33 +230,40 @@ impl LeaseHandle {
         }
     }
 
-    /// SIGQUIT to the postmaster (an immediate stop); if it is still there after
-    /// [`FENCE_ESCALATION`] (stopped, or hung), SIGKILL to it and to every process still
-    /// working in the data directory: backends of a postmaster that cannot act on SIGQUIT go
-    /// on serving their sessions.
-    fn fence(&self) {
-        match crate::pg::signal_postmaster(&self.0.data_dir, Signal::SIGQUIT) {
-            Some(pid) => {
-                tracing::warn!(
-                    pid,
-                    "fencing: the leader lease could not be renewed in time; PostgreSQL stopped (immediate)"
-                );
-                self.0.metrics.fences.with_label_values(&["lease_not_renewed"]).inc();
-                let data_dir = self.0.data_dir.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(FENCE_ESCALATION).await;
-                    if crate::pg::postmaster_pid(&data_dir) == Some(pid) {
-                        tracing::error!(pid, "the postmaster did not act on SIGQUIT; killing it and its backends");
-                        let _ = crate::pg::signal_postmaster(&data_dir, Signal::SIGKILL);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    for p in crate::pg::leftover_pids(&data_dir) {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
-                    }
-                });
-            }
-            None => tracing::info!("lease not renewed in time; PostgreSQL was not running"),
+    /// The fence: SIGKILL to the postmaster's process group and to every process still
+    /// working in the data directory, at once. Not SIGQUIT: a postmaster that is stopped or
+    /// hung would not act on it while its backends go on serving their sessions, and killing
+    /// backends alone makes a live postmaster restart them (`restart_after_crash`). This is a
+    /// power cut for PostgreSQL, which it is built to recover from; it happens only when the
+    /// lease is about to expire. The keeper stays armed and fences again on every step until
+    /// the loop sees PostgreSQL stopped, so a postmaster started meanwhile goes the same way.
+    fn fence(&self, st: &mut Shared) {
+        // A standby cannot take writes (the loop starts a fenced primary again as one).
+        if crate::pg::is_standby_dir(&self.0.data_dir) {
+            return;
         }
+        let pid = crate::pg::postmaster_pid(&self.0.data_dir);
+        let leftovers = crate::pg::leftover_pids(&self.0.data_dir);
+        if pid.is_none() && leftovers.is_empty() {
+            if !std::mem::replace(&mut st.fence_reported, true) {
+                tracing::info!("lease not trusted; PostgreSQL is not running");
+            }
+            return;
+        }
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        for p in &leftovers {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        tracing::warn!(
+            postmaster = pid,
+            processes = leftovers.len(),
+            "fencing: the leader lease could not be renewed in time; PostgreSQL killed"
+        );
+        st.fence_reported = true;
+        self.0.metrics.fences.with_label_values(&["lease_not_renewed"]).inc();
         self.0.loop_wake.notify_one();
     }
 }

@@ -1,42 +1,56 @@
-//! Deterministic simulation: 3-5 agents running the real decision core (`ha_agent::core`) over
-//! an in-memory etcd with leases and fake PostgreSQL servers with WAL, under random faults,
-//! for many seeds.
+//! Deterministic simulation: 3-5 agents running the daemon's own decision core
+//! (`core::decide`), memory (`core::Memory`: `observe` before each decision, `record` after
+//! each action, as `run/` does) and lease keeper (`core::keeper::Keeper`, as `lease.rs`
+//! drives it), over an in-memory etcd with leases and request latency, fake PostgreSQL
+//! servers with WAL, and simulated watchdog devices, under random faults, for many seeds.
 //!
-//! Faults: host crashes, agent-only crashes with a quick restart, PostgreSQL crashes (some
-//! unable to restart for a while), host freezes (SIGSTOP of everything on the host), agent-etcd
-//! and agent-agent partitions, whole-etcd outages, etcd leader changes (which re-extend every
-//! lease to its full TTL), forward clock jumps and clock-rate drift, planned switchovers, and
-//! maintenance mode (`pause`) switched on for a while.
+//! Faults: host crashes; agent crashes with absences up to 10 s (longer than the ttl);
+//! agent-only stalls up to 8 s (SIGSTOP of the agent, PostgreSQL keeps taking writes);
+//! PostgreSQL crashes (some unable to restart for a while); PostgreSQL hangs (the postmaster
+//! runs, SQL does not answer, existing sessions keep writing); host freezes (SIGSTOP of
+//! everything; the kernel's watchdog keeps counting); VM suspends (everything stops, the
+//! watchdog too, and `CLOCK_MONOTONIC` stops while `CLOCK_BOOTTIME` runs on); agent-etcd cuts,
+//! agent-agent cuts, asymmetric cuts (a host's etcd answers or its peers' answers lost one
+//! way); whole-etcd outages; etcd latency and stalls (a renewal answered after the client gave
+//! up, or processed by etcd after it); etcd leader changes (every lease re-extended to its
+//! TTL); early lease revocation (etcd 3.4's stalled former raft leader, etcd #15247); forward
+//! clock jumps and clock-rate drift; planned switchovers; maintenance mode; SIGHUP reloads
+//! that change the ttl.
 //!
 //! Invariants:
 //! 1. never two PostgreSQL servers accept writes at the same instant;
 //! 2. never a promotion of a member further behind the cluster's last published position
 //!    (`status.optime`) than `maximum_lag_on_failover`;
-//! 3. never a replica streaming across a fork that PostgreSQL's timeline check cannot see
-//!    (a timeline id reused with different contents);
+//! 3. never a replica streaming across a fork that PostgreSQL's timeline check cannot see;
 //! 4. once faults stop, the cluster converges to exactly one primary holding the leader key,
 //!    every other member streaming from it.
 //!
-//! Modelling choices (each mirrors what the real shell in `crate::run` does):
-//! - The simulation steps in 10 ms ticks. In each tick, every host first runs its lease keeper
-//!   (renew, or fence when the lease is no longer trusted), then its main loop; writes and the
-//!   invariant check come last. So a host thawed after a freeze fences before its PostgreSQL
-//!   takes a write: in the real world that is a race of microseconds between the agent's timer
-//!   and PostgreSQL's backends that only a hardware watchdog closes (or synchronous
-//!   replication, which keeps such a write from being acknowledged).
-//! - An agent-only crash restarts within a second, as systemd does with `RestartSec` below the
-//!   lease's fence margin: a primary whose agent stays dead longer is unprotected until the
-//!   agent is back (Patroni needs its watchdog for the same case).
-//! - etcd itself is exact: a lease expires `ttl` after the last keep-alive it received, or
-//!   later after an etcd leader change; etcd's own clock does not jump.
+//! Each CI run takes a different range of seeds (printed; `HA_SIM_FIRST_SEED` and
+//! `HA_SIM_SEEDS` pick them, `HA_SIM_TRACE=<seed>` prints one seed's event log). Two negative
+//! controls show that the checks can fail: without a watchdog, agent stalls and absences
+//! longer than the lease do produce two writable primaries; with the keeper on the monotonic
+//! clock, a VM suspend does.
+//!
+//! Modelling choices (each mirrors the real shell):
+//! - 10 ms ticks. In each tick, the watchdogs fire first, then every running agent's keeper
+//!   (answers, then its step), then its HA loop; writes and the invariant check come last. A
+//!   thawed host fences before its PostgreSQL takes a write: in the real world a race of
+//!   microseconds that the watchdog closes.
+//! - A VM suspend only hits a host whose agent runs (see fault 17).
+//! - etcd is exact: a lease expires `ttl` after the last keep-alive it processed (later after
+//!   an etcd leader change, sooner when revoked). Requests take 1-20 ms each way; a request
+//!   whose answer does not come within the request timeout fails on the client's side even
+//!   if etcd processed it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ha_agent::config::Timings;
+use ha_agent::core::keeper::{Answer, Ask, Effect, Keeper};
+use ha_agent::core::watchdog::{self, Mode};
 use ha_agent::core::{
     ClusterState, ClusterView, ConfigState, Control, Decision, DynConfig, FailoverRequest, Initialize, LeaderKey,
-    LeaseView, Member, Moment, Observed, PeerProbe, PeerRef, PeerStatus, PgView, Recent, Role, RunningPg, Settings,
+    Member, Memory, Moment, Observed, Outcome, PeerProbe, PeerStatus, PgErrorKind, PgView, Role, RunningPg, Settings,
     Tags, TimelineSwitch, decide,
 };
 
@@ -44,13 +58,28 @@ const TICK: u64 = 10;
 const TTL: u64 = 3000;
 const LOOP_WAIT: u64 = 1000;
 const RETRY: u64 = 1000;
-/// `Timings::renew_interval`: min(loop_wait, ttl / 4).
-const RENEW: u64 = 750;
+/// The etcd request timeout (`etcd.request_timeout <= retry_timeout`).
+const REQUEST_TIMEOUT: u64 = 1000;
 const PROBE_TIMEOUT: u64 = 2000;
 const MAX_LAG: u64 = 2000;
+/// `pg.stop(Immediate)` of a postmaster that does not act on SIGQUIT: 1 s, then SIGKILL.
+const HUNG_STOP: u64 = 1100;
 const FAULTS_FROM: u64 = 5_000;
 const FAULTS_UNTIL: u64 = 35_000;
-const CONVERGE_BY: u64 = 65_000;
+const CONVERGE_BY: u64 = 70_000;
+
+fn timings(ttl: u64) -> Timings {
+    Timings {
+        ttl: Duration::from_millis(ttl),
+        loop_wait: Duration::from_millis(LOOP_WAIT),
+        retry_timeout: Duration::from_millis(RETRY),
+    }
+}
+
+/// The watchdog timeout the agents use: `ttl / 2` (Patroni's `safety_margin = -1`).
+fn wd_timeout(ttl: u64) -> Duration {
+    watchdog::timeout_for(Duration::from_millis(ttl), -1).expect("a usable watchdog timeout")
+}
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic randomness (SplitMix64): the same seed gives the same run on every machine.
@@ -77,18 +106,47 @@ impl Rng {
 }
 
 // ---------------------------------------------------------------------------------------------
-// In-memory etcd.
+// What a run exercises.
 
-#[derive(Clone)]
-struct Lease {
-    expiry: u64,
+/// The agents' watchdog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wd {
+    /// Every host has a watchdog device; the agents use it (mode automatic).
+    Device,
+    /// No device anywhere (mode automatic carries on without it).
+    None,
 }
+
+/// The clock the lease keeper runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClockSource {
+    /// `CLOCK_BOOTTIME`, as the agent does: it runs on through a suspend.
+    Boottime,
+    /// `CLOCK_MONOTONIC`: it stops while the machine is suspended (the negative control).
+    Monotonic,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Variant {
+    wd: Wd,
+    clock: ClockSource,
+    /// Fault kinds drawn (indexes into `World::inject_faults`).
+    faults: &'static [u64],
+}
+
+const ALL_FAULTS: &[u64] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
+
+const SAFE: Variant = Variant { wd: Wd::Device, clock: ClockSource::Boottime, faults: ALL_FAULTS };
+
+// ---------------------------------------------------------------------------------------------
+// In-memory etcd.
 
 #[derive(Default)]
 struct Etcd {
     up: bool,
     revision: i64,
-    leases: BTreeMap<i64, Lease>,
+    /// Lease id → expiry (global ms).
+    leases: BTreeMap<i64, u64>,
     next_lease: i64,
     leader: Option<LeaderKey>,
     initialize: Option<Initialize>,
@@ -101,6 +159,9 @@ struct Etcd {
     /// `pause` in `config`, and when the simulation lifts it.
     paused: bool,
     pause_ends: u64,
+    /// Extra latency on every request until then (a slow etcd: fsync stalls, elections).
+    slow_until: u64,
+    slow_by: u64,
 }
 
 impl Etcd {
@@ -112,19 +173,23 @@ impl Etcd {
         self.revision
     }
 
+    fn revoke(&mut self, id: i64) {
+        self.leases.remove(&id);
+        if self.leader.as_ref().is_some_and(|l| l.lease == id) {
+            self.leader = None;
+            self.bump(true);
+        }
+        let before = self.members.len();
+        self.members.retain(|_, m| m.lease != id);
+        if self.members.len() != before {
+            self.bump(false);
+        }
+    }
+
     fn expire(&mut self, now: u64) {
-        let dead: Vec<i64> = self.leases.iter().filter(|(_, l)| l.expiry <= now).map(|(id, _)| *id).collect();
+        let dead: Vec<i64> = self.leases.iter().filter(|(_, e)| **e <= now).map(|(id, _)| *id).collect();
         for id in dead {
-            self.leases.remove(&id);
-            if self.leader.as_ref().is_some_and(|l| l.lease == id) {
-                self.leader = None;
-                self.bump(true);
-            }
-            let before = self.members.len();
-            self.members.retain(|_, m| m.lease != id);
-            if self.members.len() != before {
-                self.bump(false);
-            }
+            self.revoke(id);
         }
     }
 
@@ -148,6 +213,26 @@ fn dyn_config() -> DynConfig {
         primary_start_timeout: Duration::from_secs(20),
         ..DynConfig::default()
     }
+}
+
+/// A lease request in flight: it reaches etcd at `arrive_at` (and is processed then), and
+/// its answer reaches the agent at `answer_at`, unless lost on the way back.
+struct Request {
+    host: usize,
+    /// The agent incarnation that sent it (a restarted agent never sees an old answer).
+    generation: u64,
+    ask: Ask,
+    sent: u64,
+    arrive_at: u64,
+    answer_at: u64,
+    /// Reaches etcd at all.
+    delivered: bool,
+    /// Its answer reaches the agent.
+    answer_lost: bool,
+    /// What etcd answered, once processed.
+    answer: Option<Answer>,
+    /// The agent has its outcome (the answer, or its own timeout).
+    client_done: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,13 +290,22 @@ struct Pg {
     data: Option<Data>,
     run: Run,
     /// `primary_conninfo`: who the walreceiver streams from. PostgreSQL config, so it outlives
-    /// an agent restart (the agent itself then does not know it until it rewrites it).
+    /// an agent restart.
     upstream: Option<String>,
+    /// Until then the postmaster does not answer SQL (it is hung); existing sessions still
+    /// write, walsenders still stream.
+    hung_until: u64,
+    /// A postmaster that is starting (as a primary: `true`) and answers from the given time
+    /// on, agent or not.
+    starting: Option<(bool, u64)>,
 }
 
 impl Pg {
     fn writable(&self) -> bool {
         self.run == Run::Primary
+    }
+    fn hung(&self, t: u64) -> bool {
+        t < self.hung_until
     }
 }
 
@@ -234,75 +328,87 @@ fn truly_compatible(ours: &Data, up: &Data) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Agents.
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Pending {
     /// etcd read timing out: decide with `cluster: None` when done.
     SnapshotFailed,
+    /// etcd read in flight: decide on what etcd holds when it answers.
+    Read,
     /// Peers asked; decide again with their answers when done.
     Probed {
         answers: Vec<PeerProbe>,
     },
-    Promote,
-    StartPrimary,
-    StartReplica(Option<String>),
+    /// `arm_for_primary` and the lease re-check, then `pg_promote`; gives up at `deadline`
+    /// (local ms) if a required watchdog did not open.
+    Promote {
+        deadline: u64,
+    },
+    StartPrimary {
+        deadline: u64,
+    },
+    /// A stop (immediate) in progress; `release` gives up the key once it is done.
+    Stop {
+        release: bool,
+    },
+    /// PostgreSQL starting: as a primary, or as a replica of `upstream`.
+    Start {
+        primary: bool,
+    },
     Bootstrap,
     Clone(String),
     Rewind(String),
 }
 
 struct Agent {
-    lease: LeaseView,
-    next_renew: u64,
-    /// PostgreSQL may be primary: the lease keeper fences it when the lease is not trusted.
-    armed: bool,
+    keeper: Keeper,
+    memory: Memory,
+    settings: Settings,
     next_cycle: u64,
     seen_wake: i64,
     pending: Option<(u64, Pending)>,
-    recent: Recent,
-    upstream: Option<String>,
     last: Option<String>,
     /// `pause` as last read (the shell keeps the last good config when etcd is unreachable).
     paused: bool,
-}
-
-impl Agent {
-    fn new(pg_writable: bool) -> Self {
-        Self {
-            lease: LeaseView::NONE,
-            next_renew: 0,
-            armed: pg_writable,
-            next_cycle: 0,
-            seen_wake: 0,
-            pending: None,
-            recent: Recent::default(),
-            upstream: None,
-            last: None,
-            paused: false,
-        }
-    }
+    /// The leader key named us at the last read.
+    held_key: bool,
+    /// Until then (local ms) the agent waits for its first lease before it runs its loop.
+    boot_until: u64,
+    booted: bool,
 }
 
 struct Host {
     name: String,
     settings: Settings,
     agent: Option<Agent>,
+    generation: u64,
     agent_back_at: u64,
+    /// SIGSTOP of the agent only.
+    agent_frozen_until: u64,
+    /// SIGSTOP of every process on the host (the kernel, and its watchdog, run on).
     frozen_until: u64,
+    /// A suspended VM: nothing runs, the watchdog neither; the monotonic clock stops.
+    suspended_until: u64,
     host_down_until: u64,
     pg: Pg,
     cannot_start_until: u64,
-    /// Local monotonic clock: global * (1 + ppm/1e6) + offset (offset only grows).
+    /// Local clocks: global * (1 + ppm/1e6) + offset (offset only grows); the monotonic clock
+    /// also lost the time the machine was suspended.
     ppm: i64,
     offset: u64,
+    suspended_total: u64,
+    /// The watchdog device, when open: its timeout and last keepalive (global ms). It stays
+    /// open when the agent dies without closing it.
+    device: Option<(u64, u64)>,
+    /// This host's etcd answers are lost until then (requests still reach etcd).
+    answers_lost_until: u64,
 }
 
 impl Host {
-    fn local(&self, t: u64) -> u64 {
-        let drift = (t as i64) * self.ppm / 1_000_000;
-        (t as i64 + drift) as u64 + self.offset
+    fn processes_run(&self, t: u64) -> bool {
+        t >= self.frozen_until && t >= self.suspended_until && t >= self.host_down_until
     }
-    fn running(&self, t: u64) -> bool {
-        t >= self.frozen_until && t >= self.host_down_until
+    fn agent_runs(&self, t: u64) -> bool {
+        self.agent.is_some() && self.processes_run(t) && t >= self.agent_frozen_until
     }
 }
 
@@ -312,26 +418,24 @@ impl Host {
 struct World {
     t: u64,
     rng: Rng,
+    variant: Variant,
     etcd: Etcd,
+    requests: Vec<Request>,
+    /// The TTL each lease was granted with.
+    lease_ttl: BTreeMap<i64, u64>,
     hosts: Vec<Host>,
     etcd_cut: Vec<u64>,
+    /// `pair_cut[a][b]`: a's messages to b are lost until then.
     pair_cut: Vec<Vec<u64>>,
     next_token: u64,
     log: Vec<String>,
     violations: Vec<String>,
     promotions: u32,
-}
-
-fn timings() -> Timings {
-    Timings {
-        ttl: Duration::from_millis(TTL),
-        loop_wait: Duration::from_millis(LOOP_WAIT),
-        retry_timeout: Duration::from_millis(RETRY),
-    }
+    resets: u32,
 }
 
 impl World {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, variant: Variant) -> Self {
         let mut rng = Rng(seed);
         let n = 3 + (seed % 3) as usize;
         let hosts = (0..n)
@@ -343,24 +447,31 @@ impl World {
                 } else if rng.chance(200) {
                     tags.failover_priority = 2;
                 }
+                let settings = Settings {
+                    name: format!("n{}", i + 1),
+                    timings: timings(TTL),
+                    tags,
+                    use_pg_rewind: Some(true),
+                    remove_data_directory_on_rewind_failure: true,
+                    remove_data_directory_on_diverged_timelines: false,
+                };
                 Host {
                     name: format!("n{}", i + 1),
-                    settings: Settings {
-                        name: format!("n{}", i + 1),
-                        timings: timings(),
-                        tags,
-                        use_pg_rewind: Some(true),
-                        remove_data_directory_on_rewind_failure: true,
-                        remove_data_directory_on_diverged_timelines: false,
-                    },
-                    agent: Some(Agent::new(false)),
+                    settings,
+                    agent: None,
+                    generation: 0,
                     agent_back_at: 0,
+                    agent_frozen_until: 0,
                     frozen_until: 0,
+                    suspended_until: 0,
                     host_down_until: 0,
-                    pg: Pg { data: None, run: Run::Stopped, upstream: None },
+                    pg: Pg { data: None, run: Run::Stopped, upstream: None, hung_until: 0, starting: None },
                     cannot_start_until: 0,
                     ppm: rng.range(0, 10_000) as i64 - 5_000,
                     offset: rng.below(100_000),
+                    suspended_total: 0,
+                    device: None,
+                    answers_lost_until: 0,
                 }
             })
             .collect();
@@ -368,7 +479,10 @@ impl World {
         Self {
             t: 0,
             rng,
+            variant,
             etcd,
+            requests: Vec::new(),
+            lease_ttl: BTreeMap::new(),
             hosts,
             etcd_cut: vec![0; n],
             pair_cut: vec![vec![0; n]; n],
@@ -376,6 +490,7 @@ impl World {
             log: Vec::new(),
             violations: Vec::new(),
             promotions: 0,
+            resets: 0,
         }
     }
 
@@ -392,12 +507,30 @@ impl World {
         self.hosts.iter().position(|h| h.name == name)
     }
 
-    fn etcd_ok(&self, h: usize) -> bool {
-        self.etcd.up && self.t >= self.etcd_cut[h] && self.hosts[h].running(self.t)
+    /// The agent's clock (local ms): BOOTTIME, or MONOTONIC in the negative control.
+    fn local(&self, h: usize) -> u64 {
+        let host = &self.hosts[h];
+        let t = match self.variant.clock {
+            ClockSource::Boottime => self.t,
+            ClockSource::Monotonic => self.t - host.suspended_total.min(self.t),
+        };
+        let drift = (t as i64) * host.ppm / 1_000_000;
+        (t as i64 + drift) as u64 + host.offset
     }
 
-    fn link_ok(&self, a: usize, b: usize) -> bool {
-        self.t >= self.pair_cut[a][b] && self.hosts[a].running(self.t) && self.hosts[b].running(self.t)
+    fn now(&self, h: usize) -> Moment {
+        Moment::from_millis(self.local(h))
+    }
+
+    fn etcd_ok(&self, h: usize) -> bool {
+        self.etcd.up && self.t >= self.etcd_cut[h] && self.hosts[h].processes_run(self.t)
+    }
+
+    /// `from`'s messages reach `to` (both must be running to send and answer).
+    fn link_ok(&self, from: usize, to: usize) -> bool {
+        self.t >= self.pair_cut[from][to]
+            && self.hosts[from].processes_run(self.t)
+            && self.hosts[to].processes_run(self.t)
     }
 
     fn token(&mut self) -> u64 {
@@ -405,11 +538,21 @@ impl World {
         self.next_token
     }
 
+    fn agent(&mut self, h: usize) -> &mut Agent {
+        self.hosts[h].agent.as_mut().expect("agent runs")
+    }
+
     // ---- PostgreSQL as the core sees it ----
 
     fn pg_view(&self, h: usize) -> PgView {
         let host = &self.hosts[h];
         let Some(d) = &host.pg.data else { return PgView::NoData };
+        if let Some((primary, _)) = host.pg.starting {
+            return PgView::Starting { sysid: Some(d.sysid), standby: !primary };
+        }
+        if host.pg.run != Run::Stopped && host.pg.hung(self.t) {
+            return PgView::Starting { sysid: Some(d.sysid), standby: host.pg.run == Run::Replica };
+        }
         match host.pg.run {
             Run::Stopped => PgView::Stopped(Control {
                 sysid: d.sysid,
@@ -423,7 +566,7 @@ impl World {
                 primary: host.pg.run == Run::Primary,
                 timeline: d.tl(),
                 wal_position: d.end(),
-                upstream: host.agent.as_ref().and_then(|a| a.upstream.clone()),
+                upstream: host.agent.as_ref().and_then(|a| a.memory.upstream().map(str::to_owned)),
                 streaming: self.streams(h),
                 rewindable: true,
             }),
@@ -442,26 +585,37 @@ impl World {
         u != h
             && self.hosts[u].pg.run != Run::Stopped
             && self.link_ok(h, u)
+            && self.link_ok(u, h)
             && rd.sysid == ud.sysid
             && pg_accepts(rd, ud)
     }
 
+    /// `GET /patroni` from `asker` to `peer`: answered by the peer's agent from its last view
+    /// of PostgreSQL. A postmaster that does not answer SQL and is not a standby is published
+    /// as role primary without a WAL position: a live primary to the asker.
     fn peer_answer(&self, asker: usize, peer: usize) -> Option<PeerStatus> {
         let p = &self.hosts[peer];
-        if p.agent.is_none() || !self.link_ok(asker, peer) {
+        if !p.agent_runs(self.t) || !self.link_ok(asker, peer) || !self.link_ok(peer, asker) {
             return None;
         }
         let d = p.pg.data.as_ref()?;
-        if p.pg.run == Run::Stopped {
-            return None;
+        match self.pg_view(peer) {
+            PgView::Starting { standby: false, .. } => Some(PeerStatus {
+                primary: true,
+                wal_position: 0,
+                timeline: None,
+                tags: p.settings.tags.clone(),
+                watchdog_failed: false,
+            }),
+            PgView::Running(r) => Some(PeerStatus {
+                primary: r.primary,
+                wal_position: d.end(),
+                timeline: Some(d.tl()),
+                tags: p.settings.tags.clone(),
+                watchdog_failed: false,
+            }),
+            _ => None,
         }
-        Some(PeerStatus {
-            primary: p.pg.run == Run::Primary,
-            wal_position: d.end(),
-            timeline: Some(d.tl()),
-            tags: p.settings.tags.clone(),
-            watchdog_failed: false,
-        })
     }
 
     // ---- PostgreSQL actions ----
@@ -469,6 +623,7 @@ impl World {
     fn stop_pg(&mut self, h: usize, clean: bool) {
         let t = self.t;
         let pg = &mut self.hosts[h].pg;
+        pg.starting = None;
         let Some(d) = pg.data.as_mut() else { return };
         match (pg.run, clean) {
             (Run::Stopped, _) => {}
@@ -488,7 +643,7 @@ impl World {
                         && self.hosts[r].pg.run == Run::Replica
                         && self.hosts[r].pg.upstream.as_deref() == Some(&self.hosts[h].name)
                         && self.t >= self.pair_cut[h][r]
-                        && self.hosts[r].running(t)
+                        && self.hosts[r].processes_run(t)
                         && let Some(rd) = self.hosts[r].pg.data.as_mut()
                         && truly_compatible(rd, &snapshot)
                     {
@@ -564,7 +719,7 @@ impl World {
     }
 
     fn touch_member(&mut self, h: usize) {
-        let Some(lease) = self.hosts[h].agent.as_ref().and_then(|a| a.lease.id) else { return };
+        let Some(lease) = self.hosts[h].agent.as_ref().and_then(|a| a.keeper.view().id) else { return };
         if !self.etcd.leases.contains_key(&lease) {
             return;
         }
@@ -594,25 +749,28 @@ impl World {
         if faults {
             self.inject_faults();
         }
-        self.restart_hosts();
+        self.restart_agents();
+        self.startups();
         self.etcd.expire(self.t);
+        self.process_requests();
         if self.etcd.paused && self.t >= self.etcd.pause_ends {
             self.etcd.paused = false;
             self.etcd.bump(true);
             self.note("pause lifted".into());
         }
+        self.watchdogs();
         let mut order: Vec<usize> = (0..self.hosts.len()).collect();
         for i in (1..order.len()).rev() {
             let j = self.rng.below(i as u64 + 1) as usize;
             order.swap(i, j);
         }
         for &h in &order {
-            if self.hosts[h].running(self.t) && self.hosts[h].agent.is_some() {
-                self.lease_keeper(h);
+            if self.hosts[h].agent_runs(self.t) {
+                self.keeper(h);
             }
         }
         for &h in &order {
-            if self.hosts[h].running(self.t) && self.hosts[h].agent.is_some() {
+            if self.hosts[h].agent_runs(self.t) {
                 self.main_loop(h);
             }
         }
@@ -620,151 +778,306 @@ impl World {
         self.write_and_check();
     }
 
-    fn restart_hosts(&mut self) {
+    /// A new agent process where none runs (systemd restarts it; a host comes back).
+    fn restart_agents(&mut self) {
+        let t = self.t;
+        for h in 0..self.hosts.len() {
+            let host = &self.hosts[h];
+            if host.agent.is_some() || t < host.agent_back_at || !host.processes_run(t) {
+                continue;
+            }
+            let ttl = host.settings.timings.ttl.as_millis() as u64;
+            // Mode automatic: with no device (Wd::None) the keeper carries on without one.
+            let keeper = Keeper::new(host.settings.timings, Mode::Automatic, wd_timeout(ttl));
+            // The shell reads the upstream back from the postgresql.conf it wrote.
+            let memory = Memory::new(host.pg.upstream.clone());
+            let generation = host.generation + 1;
+            let settings = host.settings.clone();
+            let boot_until = self.local(h) + RETRY;
+            let host = &mut self.hosts[h];
+            host.generation = generation;
+            host.agent = Some(Agent {
+                keeper,
+                memory,
+                settings,
+                next_cycle: 0,
+                seen_wake: 0,
+                pending: None,
+                last: None,
+                paused: false,
+                held_key: false,
+                boot_until,
+                booted: false,
+            });
+            let name = host.name.clone();
+            self.note(format!("{name} agent started"));
+        }
+    }
+
+    /// etcd processes the requests that reached it, in order of arrival.
+    fn process_requests(&mut self) {
+        let t = self.t;
+        let mut due: Vec<usize> = (0..self.requests.len())
+            .filter(|&i| {
+                let r = &self.requests[i];
+                r.delivered && r.answer.is_none() && r.arrive_at <= t
+            })
+            .collect();
+        due.sort_by_key(|&i| self.requests[i].arrive_at);
+        for i in due {
+            if !self.etcd.up {
+                self.requests[i].delivered = false;
+                continue;
+            }
+            let at = self.requests[i].arrive_at;
+            let answer = match self.requests[i].ask {
+                Ask::Grant { ttl, .. } => {
+                    let id = self.etcd.next_lease;
+                    self.etcd.next_lease += 1;
+                    self.etcd.leases.insert(id, at + ttl.as_millis() as u64);
+                    self.lease_ttl.insert(id, ttl.as_millis() as u64);
+                    Answer::Granted { lease: id, ttl }
+                }
+                Ask::Renew { lease } => match self.etcd.leases.get_mut(&lease) {
+                    Some(expiry) => {
+                        // The keeper renews with the TTL it was granted; the sim's agents all
+                        // ask for their configured ttl, and etcd answers with the lease's.
+                        let ttl = self.lease_ttl.get(&lease).copied().unwrap_or(TTL);
+                        *expiry = (*expiry).max(at + ttl);
+                        Answer::Renewed { ttl: Duration::from_millis(ttl) }
+                    }
+                    None => Answer::Lost,
+                },
+            };
+            self.requests[i].answer = Some(answer);
+        }
+    }
+
+    /// The watchdog devices: a device not fed within its timeout resets its machine (all its
+    /// processes die). It counts while the host's processes are frozen (the kernel runs), not
+    /// while the VM is suspended.
+    fn watchdogs(&mut self) {
         let t = self.t;
         for h in 0..self.hosts.len() {
             let host = &mut self.hosts[h];
-            if host.agent.is_none() && t >= host.agent_back_at && t >= host.host_down_until {
-                let writable = host.pg.writable();
-                let mut agent = Agent::new(writable);
-                // The shell reads the upstream back from the config file it wrote.
-                agent.upstream = host.pg.upstream.clone();
-                host.agent = Some(agent);
+            if t < host.suspended_until || t < host.host_down_until {
+                // Suspended: its timer is suspended too (it resumes where it was).
+                if let Some((_, last)) = host.device.as_mut() {
+                    *last += TICK;
+                }
+                continue;
+            }
+            let Some((timeout, last)) = host.device else { continue };
+            if t >= last + timeout {
                 let name = host.name.clone();
-                self.note(format!("{name} agent started"));
+                self.note(format!("{name} WATCHDOG RESET (last fed at {last})"));
+                self.resets += 1;
+                self.crash_host(h, 1000);
             }
         }
     }
 
-    /// The lease keeper task: renews on its own schedule and fences when the lease is no
-    /// longer trusted.
-    fn lease_keeper(&mut self, h: usize) {
-        let now = self.hosts[h].local(self.t);
-        let reachable = self.etcd_ok(h);
+    fn crash_host(&mut self, h: usize, down: u64) {
         let t = self.t;
-        let agent = self.hosts[h].agent.as_mut().expect("agent runs");
-        if reachable {
-            match agent.lease.id {
-                None => {
-                    let id = self.etcd.next_lease;
-                    self.etcd.next_lease += 1;
-                    self.etcd.leases.insert(id, Lease { expiry: t + TTL });
-                    agent.lease = LeaseView { id: Some(id), expires_at: Moment::from_millis(now + TTL) };
-                    agent.next_renew = now + RENEW;
-                }
-                Some(id) if now >= agent.next_renew => {
-                    if let Some(l) = self.etcd.leases.get_mut(&id) {
-                        l.expiry = l.expiry.max(t + TTL);
-                        agent.lease.expires_at = Moment::from_millis(now + TTL);
-                        agent.next_renew = now + RENEW;
-                    } else {
-                        agent.lease = LeaseView::NONE;
+        self.stop_pg(h, false);
+        let host = &mut self.hosts[h];
+        host.agent = None;
+        host.device = None;
+        host.pg.hung_until = 0;
+        host.frozen_until = host.frozen_until.min(t);
+        host.agent_frozen_until = host.agent_frozen_until.min(t);
+        host.host_down_until = t + down;
+        host.agent_back_at = t + down;
+    }
+
+    // ---- the lease keeper (as `lease.rs` drives `core::keeper`) ----
+
+    fn keeper(&mut self, h: usize) {
+        let t = self.t;
+        let generation = self.hosts[h].generation;
+        // Answers that came back, or requests that timed out on the client's side.
+        let mut outcomes = Vec::new();
+        for r in self.requests.iter_mut().filter(|r| r.host == h && r.generation == generation && !r.client_done) {
+            let answered =
+                r.answer.is_some() && !r.answer_lost && r.answer_at <= t && r.answer_at <= r.sent + REQUEST_TIMEOUT;
+            if answered {
+                r.client_done = true;
+                outcomes.push(r.answer.unwrap_or(Answer::Failed));
+            } else if t >= r.sent + REQUEST_TIMEOUT {
+                r.client_done = true;
+                outcomes.push(Answer::Failed);
+            }
+        }
+        for answer in outcomes {
+            let now = self.now(h);
+            let effects = self.agent(h).keeper.answered(now, answer);
+            self.effects(h, effects);
+        }
+        // A request stays until etcd processed it (a late renewal still extends the lease).
+        let current: Vec<u64> = self.hosts.iter().map(|x| x.generation).collect();
+        self.requests.retain(|r| {
+            let settled = r.answer.is_some() || !r.delivered;
+            !(settled && (r.client_done || r.generation != current[r.host]))
+        });
+        let now = self.now(h);
+        let effects = self.agent(h).keeper.step(now);
+        self.effects(h, effects);
+        // Until its first lease (or retry_timeout), the agent only waits.
+        let agent = self.agent(h);
+        if !agent.booted && (agent.keeper.view().id.is_some() || now.as_millis() >= agent.boot_until) {
+            agent.booted = true;
+            if self.pg_view(h).may_accept_writes() {
+                let now = self.now(h);
+                self.agent(h).keeper.arm(now);
+            }
+        }
+    }
+
+    fn effects(&mut self, h: usize, effects: Vec<Effect>) {
+        let mut queue = std::collections::VecDeque::from(effects);
+        while let Some(e) = queue.pop_front() {
+            match e {
+                Effect::Send(ask) => self.send(h, ask),
+                Effect::Fence => {
+                    // SIGKILL of the postmaster and its backends: hung or not, it is gone.
+                    let name = self.hosts[h].name.clone();
+                    if self.hosts[h].pg.run != Run::Stopped || self.hosts[h].pg.starting.is_some() {
+                        self.note(format!("{name} lease keeper fences PostgreSQL"));
+                        self.stop_pg(h, false);
+                        self.agent(h).next_cycle = 0;
                     }
                 }
-                Some(_) => {}
+                Effect::LeaseChanged => self.agent(h).next_cycle = 0,
+                Effect::OpenWatchdog { timeout } => {
+                    let now = self.now(h);
+                    let actual = (self.variant.wd == Wd::Device).then_some(timeout);
+                    if let Some(t) = actual {
+                        self.hosts[h].device = Some((t.as_millis() as u64, self.t));
+                    }
+                    let more = self.agent(h).keeper.watchdog_opened(now, actual);
+                    queue.extend(more);
+                }
+                Effect::FeedWatchdog => {
+                    let t = self.t;
+                    if let Some((_, last)) = self.hosts[h].device.as_mut() {
+                        *last = t;
+                    }
+                }
+                Effect::CloseWatchdog => self.hosts[h].device = None,
             }
-        } else if now >= agent.next_renew {
-            // A failed attempt: retry soon.
-            agent.next_renew = now + 200;
-        }
-        let trusted = agent.lease.trusted(Moment::from_millis(now), &timings());
-        if agent.armed && !trusted {
-            agent.armed = false;
-            if matches!(agent.pending, Some((_, Pending::Promote | Pending::StartPrimary | Pending::Bootstrap))) {
-                agent.pending = None;
-            }
-            let name = self.hosts[h].name.clone();
-            if self.hosts[h].pg.run == Run::Primary {
-                self.note(format!("{name} lease keeper fences PostgreSQL"));
-            }
-            self.stop_pg(h, false);
         }
     }
 
+    fn send(&mut self, h: usize, ask: Ask) {
+        let t = self.t;
+        let slow = if t < self.etcd.slow_until { self.etcd.slow_by } else { 0 };
+        let there = self.rng.range(1, 20) + slow;
+        let back = self.rng.range(1, 20);
+        let delivered = self.etcd_ok(h);
+        let answer_lost = t < self.hosts[h].answers_lost_until;
+        let generation = self.hosts[h].generation;
+        self.requests.push(Request {
+            host: h,
+            generation,
+            ask,
+            sent: t,
+            arrive_at: t + there,
+            answer_at: t + there + back,
+            delivered,
+            answer_lost,
+            answer: None,
+            client_done: false,
+        });
+    }
+
+    // ---- the HA loop (as `run/cycle.rs` and `run/act.rs` do it) ----
+
     fn main_loop(&mut self, h: usize) {
-        let now = self.hosts[h].local(self.t);
-        let agent = self.hosts[h].agent.as_ref().expect("agent runs");
-        if let Some((done, _)) = &agent.pending {
-            if self.t < *done {
+        let now = self.local(h);
+        if !self.agent(h).booted {
+            return;
+        }
+        if let Some((done, _)) = &self.agent(h).pending {
+            if now < *done {
                 return;
             }
-            let Some((_, p)) = self.hosts[h].agent.as_mut().and_then(|a| a.pending.take()) else { return };
+            let Some((_, p)) = self.agent(h).pending.take() else { return };
             self.complete(h, p);
             return;
         }
         let reachable = self.etcd_ok(h);
+        let agent = self.hosts[h].agent.as_ref().expect("agent runs");
         let woken = reachable && self.etcd.wake_revision > agent.seen_wake;
         if now < agent.next_cycle && !woken {
             return;
         }
         if reachable {
             let rev = self.etcd.wake_revision;
-            let agent = self.hosts[h].agent.as_mut().expect("agent runs");
+            let agent = self.agent(h);
             agent.seen_wake = rev;
             agent.next_cycle = now + LOOP_WAIT;
-            let view = self.etcd.view();
-            self.cycle(h, Some(view), None);
+            // A read takes a round trip (the watch's wake-up too): the loop never acts on the
+            // tick it woke in.
+            let rtt = self.rng.range(2, 40);
+            self.busy(h, rtt, Pending::Read);
         } else {
             // The read times out after retry_timeout; decide without etcd then.
-            let agent = self.hosts[h].agent.as_mut().expect("agent runs");
+            let agent = self.agent(h);
             agent.next_cycle = now + LOOP_WAIT;
-            agent.pending = Some((self.t + RETRY, Pending::SnapshotFailed));
+            agent.pending = Some((now + RETRY, Pending::SnapshotFailed));
         }
     }
 
-    fn cycle(&mut self, h: usize, view: Option<ClusterView>, answers: Option<Vec<PeerProbe>>) {
-        let now = Moment::from_millis(self.hosts[h].local(self.t));
-        let pg = self.pg_view(h);
-        if let Some(v) = &view {
-            let unlocked = v.leader.is_none();
-            let agent = self.hosts[h].agent.as_mut().expect("agent runs");
-            agent.paused = matches!(&v.config, ConfigState::Valid(c) if c.pause);
-            if unlocked {
-                agent.recent.unlocked_since.get_or_insert(now);
-            } else {
-                agent.recent.unlocked_since = None;
+    /// `Agent::observe` in `run/cycle.rs`: the memory, then the keeper (armed while PostgreSQL
+    /// may accept writes, the watchdog follows pause, a vanished key of ours is checked).
+    fn observe(&mut self, h: usize, view: Option<&ClusterView>, pg: &PgView) {
+        let now = self.now(h);
+        let name = self.hosts[h].name.clone();
+        let paused = view.map(|v| matches!(&v.config, ConfigState::Valid(c) if c.pause));
+        let agent = self.agent(h);
+        agent.memory.observe(&name, view, pg, now);
+        if let Some(p) = paused {
+            agent.paused = p;
+        }
+        let mut effects = Vec::new();
+        if pg.may_accept_writes() {
+            agent.keeper.arm(now);
+        } else {
+            effects.extend(agent.keeper.disarm(true));
+        }
+        if let Some(v) = view {
+            let i_lead = v.leader.as_ref().is_some_and(|l| l.name == name);
+            if agent.held_key && !i_lead {
+                agent.keeper.renew_soon(now);
             }
+            agent.held_key = i_lead;
         }
-        if !matches!(pg, PgView::Stopped(_) | PgView::NoData) {
-            self.hosts[h].agent.as_mut().expect("agent runs").recent.stepped_down_at = None;
-        }
-        let host = &self.hosts[h];
-        let agent = host.agent.as_ref().expect("agent runs");
+        self.effects(h, effects);
+    }
+
+    fn cycle(&mut self, h: usize, view: Option<ClusterView>, answers: Option<Vec<PeerProbe>>) {
+        let pg = self.pg_view(h);
+        self.observe(h, view.as_ref(), &pg);
+        let now = self.now(h);
+        let agent = self.hosts[h].agent.as_ref().expect("agent runs");
         let cfg = DynConfig { pause: agent.paused, ..dyn_config() };
         let decision = decide(&Observed {
             now,
             wall_ms: 1_800_000_000_000 + self.t,
-            settings: &host.settings,
+            settings: &agent.settings,
             cluster: view.as_ref(),
             config: &cfg,
-            lease: agent.lease,
+            lease: agent.keeper.view(),
             pg: &pg,
             peers: answers.as_deref(),
-            recent: &agent.recent,
-            watchdog_failed: false,
+            recent: agent.memory.recent(),
+            watchdog_failed: agent.keeper.watchdog_failed(),
         });
         let line = decision.to_string();
-        // The shell remembers members seen as non-leaders (see `Recent::known_peers`).
-        if let Some(v) = &view {
-            let leader = v.leader.as_ref().map(|l| l.name.clone());
-            let agent = self.hosts[h].agent.as_mut().expect("agent runs");
-            for m in &v.members {
-                agent.recent.known_peers.retain(|p| p.name != m.name);
-                if Some(&m.name) != leader.as_ref() {
-                    agent.recent.known_peers.push(PeerRef { name: m.name.clone(), api_url: m.api_url.clone() });
-                }
-            }
-        }
-        let host = &self.hosts[h];
-        let agent = host.agent.as_ref().expect("agent runs");
         if agent.last.as_deref() != Some(line.as_str()) {
-            let name = host.name.clone();
+            let name = self.hosts[h].name.clone();
             self.note(format!("{name}: {line}"));
-            self.hosts[h].agent.as_mut().expect("agent runs").last = Some(line);
-        }
-        // The real shell arms the lease keeper whenever it sees a primary.
-        if pg.writable() {
-            self.hosts[h].agent.as_mut().expect("agent runs").armed = true;
+            self.agent(h).last = Some(line);
         }
         self.act(h, decision);
         if self.etcd_ok(h) {
@@ -774,41 +1087,53 @@ impl World {
 
     fn set_upstream(&mut self, h: usize, up: Option<String>) {
         self.hosts[h].pg.upstream = up.clone();
-        if let Some(a) = self.hosts[h].agent.as_mut() {
-            a.upstream = up;
-        }
+        self.record(h, Outcome::ConfiguredUpstream(up));
+    }
+
+    fn record(&mut self, h: usize, outcome: Outcome) {
+        let now = self.now(h);
+        self.agent(h).memory.record(&outcome, now);
     }
 
     fn busy(&mut self, h: usize, ms: u64, p: Pending) {
-        let t = self.t;
-        self.hosts[h].agent.as_mut().expect("agent runs").pending = Some((t + ms, p));
+        let now = self.local(h);
+        self.agent(h).pending = Some((now + ms, p));
     }
 
-    fn recent(&mut self, h: usize) -> &mut Recent {
-        &mut self.hosts[h].agent.as_mut().expect("agent runs").recent
+    fn trusted(&self, h: usize) -> bool {
+        let now = self.now(h);
+        self.hosts[h].agent.as_ref().is_some_and(|a| a.keeper.trusted(now))
+    }
+
+    /// `pg.stop(Immediate)`: at once, or after the escalation when the postmaster is hung.
+    fn stop_then(&mut self, h: usize, release: bool) {
+        if self.hosts[h].pg.run != Run::Stopped && self.hosts[h].pg.hung(self.t) {
+            self.busy(h, HUNG_STOP, Pending::Stop { release });
+        } else {
+            self.complete(h, Pending::Stop { release });
+        }
     }
 
     fn act(&mut self, h: usize, d: Decision) {
         let name = self.hosts[h].name.clone();
         let ok = self.etcd_ok(h);
-        let lease = self.hosts[h].agent.as_ref().and_then(|a| a.lease.id);
+        let lease = self.hosts[h].agent.as_ref().and_then(|a| a.keeper.view().id);
         match d {
-            Decision::Fence { .. } | Decision::Demote { .. } => {
-                self.stop_pg(h, false);
-                self.hosts[h].agent.as_mut().expect("agent runs").armed = false;
-            }
+            Decision::Fence { .. } | Decision::Demote { .. } => self.stop_then(h, false),
             Decision::RaceInitialize => {
                 if ok && self.etcd.initialize.is_none() {
                     self.etcd.initialize = Some(Initialize::Racing);
                     self.etcd.bump(true);
                     // Take the leader key before initdb: nobody else can have data yet.
                     if let Some(l) = lease
+                        && self.trusted(h)
                         && self.etcd.leader.is_none()
                         && self.etcd.leases.contains_key(&l)
                     {
                         let rev = self.etcd.bump(true);
                         self.etcd.leader = Some(LeaderKey { name: name.clone(), lease: l, mod_revision: rev });
-                        self.hosts[h].agent.as_mut().expect("agent runs").armed = true;
+                        let now = self.now(h);
+                        self.agent(h).keeper.arm(now);
                         self.busy(h, 300, Pending::Bootstrap);
                     } else {
                         self.etcd.initialize = None;
@@ -831,11 +1156,23 @@ impl World {
                         status: self.idx(&p.name).and_then(|i| self.peer_answer(h, i)),
                     })
                     .collect();
-                let slow = answers.iter().any(|a| a.status.is_none());
-                self.busy(h, if slow { PROBE_TIMEOUT } else { 20 }, Pending::Probed { answers });
+                // Silent peers hold the answer up for the timeout; the former leader for the
+                // short one.
+                let wait = peers
+                    .iter()
+                    .zip(&answers)
+                    .map(|(p, a)| match (&a.status, p.former_leader) {
+                        (Some(_), _) => 20,
+                        (None, true) => ha_agent::core::FORMER_LEADER_TIMEOUT.as_millis() as u64,
+                        (None, false) => PROBE_TIMEOUT,
+                    })
+                    .max()
+                    .unwrap_or(20);
+                self.busy(h, wait, Pending::Probed { answers });
             }
             Decision::AcquireLeader => {
                 if ok
+                    && self.trusted(h)
                     && let Some(l) = lease
                     && self.etcd.leader.is_none()
                     && self.etcd.leases.contains_key(&l)
@@ -846,9 +1183,13 @@ impl World {
                     if self.etcd.failover.take().is_some() {
                         self.etcd.bump(true);
                     }
-                    self.hosts[h].agent.as_mut().expect("agent runs").armed = true;
-                    if self.hosts[h].pg.run == Run::Replica && self.announce_promotion(h) {
-                        self.busy(h, 100, Pending::Promote);
+                    match self.hosts[h].pg.run {
+                        Run::Replica if !self.hosts[h].pg.hung(self.t) => self.promote(h),
+                        Run::Primary => {
+                            let now = self.now(h);
+                            self.agent(h).keeper.arm(now);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -862,33 +1203,28 @@ impl World {
                     self.etcd.leader = Some(LeaderKey { name, lease: l, mod_revision: rev });
                 }
             }
-            Decision::Promote => {
-                if self.announce_promotion(h) {
-                    self.hosts[h].agent.as_mut().expect("agent runs").armed = true;
-                    self.busy(h, 100, Pending::Promote);
-                }
-            }
+            Decision::Promote => self.promote(h),
             Decision::StartPrimary => {
-                self.hosts[h].agent.as_mut().expect("agent runs").armed = true;
-                self.busy(h, 200, Pending::StartPrimary);
+                let now = self.now(h);
+                self.agent(h).keeper.arm(now);
+                let deadline = self.local(h) + RETRY;
+                self.busy(h, 0, Pending::StartPrimary { deadline });
             }
             Decision::ReleaseLeader { .. } => {
-                // Paused, the shell releases without stopping PostgreSQL.
-                let paused = self.hosts[h].agent.as_ref().is_some_and(|a| a.paused);
-                if self.hosts[h].pg.run == Run::Primary && !paused {
-                    self.stop_pg(h, false);
-                }
-                if ok && self.etcd.leader.as_ref().is_some_and(|k| k.name == name) {
-                    self.etcd.leader = None;
-                    self.etcd.bump(true);
+                // Stop first while it may accept writes (paused: released as it is).
+                let paused = self.agent(h).paused;
+                if self.pg_view(h).may_accept_writes() && !paused {
+                    self.stop_then(h, true);
+                } else {
+                    self.release(h);
                 }
             }
             Decision::StepDown { candidate } => {
                 self.stop_pg(h, true);
-                let now = Moment::from_millis(self.hosts[h].local(self.t));
-                let agent = self.hosts[h].agent.as_mut().expect("agent runs");
-                agent.armed = false;
-                agent.recent.stepped_down_at = Some(now);
+                let e = self.agent(h).keeper.disarm(true);
+                self.effects(h, e);
+                self.record(h, Outcome::SteppedDown);
+                self.hosts[h].pg.upstream = None;
                 // The shutdown checkpoint becomes the cluster's last position.
                 let checkpoint = self.hosts[h].pg.data.as_ref().map(|d| d.checkpoint);
                 if ok && self.etcd.leader.as_ref().is_some_and(|k| k.name == name) {
@@ -912,49 +1248,104 @@ impl World {
             }
             Decision::Follow { leader } => match self.hosts[h].pg.run {
                 Run::Stopped => {
+                    self.set_upstream(h, leader.clone());
                     if self.t < self.hosts[h].cannot_start_until {
-                        self.recent(h).start_failed_at = Some(Moment::from_millis(self.hosts[h].local(self.t)));
+                        self.record(h, Outcome::StartFailed);
                     } else {
-                        self.busy(h, 200, Pending::StartReplica(leader));
+                        self.begin_start(h, false, leader);
                     }
                 }
                 _ => self.set_upstream(h, leader),
             },
             Decision::Replicate { .. } | Decision::Wait { .. } => {}
             Decision::Rewind { leader } => {
+                self.record(h, Outcome::RewindStarted);
                 if self.hosts[h].pg.run != Run::Stopped {
                     self.stop_pg(h, true);
                 }
-                self.recent(h).diverged = true;
-                // The real shell first checks that the leader answers; otherwise it retries.
-                if let Some(l) = self.idx(&leader)
-                    && self.link_ok(h, l)
-                    && self.hosts[l].pg.run != Run::Stopped
-                {
-                    self.busy(h, 300, Pending::Rewind(leader));
-                }
+                self.busy(h, 300, Pending::Rewind(leader));
             }
             Decision::Reinit { .. } => {
                 self.stop_pg(h, false);
+                let e = self.agent(h).keeper.disarm(true);
+                self.effects(h, e);
                 self.hosts[h].pg.data = None;
-                let r = self.recent(h);
-                r.diverged = false;
-                r.rewind_failed = false;
+                self.hosts[h].pg.upstream = None;
+                self.record(h, Outcome::DataRemoved);
             }
             Decision::StayStopped { .. } => {
                 self.stop_pg(h, true);
-                self.recent(h).diverged = true;
+                self.record(h, Outcome::StayedStopped);
             }
+        }
+    }
+
+    /// `pg.start()`: the postmaster runs from now on (a fence kills it) and answers 200 ms
+    /// later, whatever becomes of the agent meanwhile; the agent waits for it.
+    fn begin_start(&mut self, h: usize, primary: bool, upstream: Option<String>) {
+        if self.hosts[h].pg.run == Run::Stopped && self.hosts[h].pg.data.is_some() {
+            self.hosts[h].pg.starting = Some((primary, self.t + 200));
+            self.hosts[h].pg.upstream = upstream.clone();
+        }
+        self.busy(h, 200, Pending::Start { primary });
+    }
+
+    /// Postmasters that finished starting (or could not).
+    fn startups(&mut self) {
+        for h in 0..self.hosts.len() {
+            let Some((primary, at)) = self.hosts[h].pg.starting else { continue };
+            if self.t < at || !self.hosts[h].processes_run(self.t) {
+                continue;
+            }
+            self.hosts[h].pg.starting = None;
+            if self.t >= self.hosts[h].cannot_start_until {
+                self.hosts[h].pg.run = if primary { Run::Primary } else { Run::Replica };
+            }
+        }
+    }
+
+    /// `promote` in `run/act.rs`: announce the new timeline, arm (the keeper opens the
+    /// watchdog), then promote once the watchdog is open or not to be had, if the lease is
+    /// still trusted.
+    fn promote(&mut self, h: usize) {
+        if self.announce_promotion(h) {
+            let now = self.now(h);
+            self.agent(h).keeper.arm(now);
+            let deadline = self.local(h) + RETRY;
+            self.busy(h, 100, Pending::Promote { deadline });
+        }
+    }
+
+    fn release(&mut self, h: usize) {
+        let name = self.hosts[h].name.clone();
+        if self.etcd_ok(h) && self.etcd.leader.as_ref().is_some_and(|k| k.name == name) {
+            self.etcd.leader = None;
+            self.etcd.bump(true);
+        }
+    }
+
+    /// Whether `wait_watchdog` is done (`Some(ok)`) or still waiting.
+    fn watchdog_ready(&self, h: usize, deadline: u64) -> Option<bool> {
+        use ha_agent::core::keeper::WatchdogState;
+        let agent = self.hosts[h].agent.as_ref()?;
+        match agent.keeper.watchdog() {
+            WatchdogState::Open { .. } => Some(true),
+            WatchdogState::Wanted if self.local(h) < deadline => None,
+            _ => Some(agent.keeper.mode() != Mode::Required),
         }
     }
 
     fn complete(&mut self, h: usize, p: Pending) {
         let name = self.hosts[h].name.clone();
         match p {
+            Pending::Read => {
+                let view = self.etcd_ok(h).then(|| self.etcd.view());
+                self.cycle(h, view, None);
+            }
             Pending::SnapshotFailed => {
                 if self.etcd_ok(h) {
                     // Reachable again: the next loop iteration reads.
-                    self.hosts[h].agent.as_mut().expect("agent runs").next_cycle = 0;
+                    self.agent(h).next_cycle = 0;
                 } else {
                     self.cycle(h, None, None);
                 }
@@ -964,28 +1355,46 @@ impl World {
                 let view = self.etcd_ok(h).then(|| self.etcd.view());
                 self.cycle(h, view, Some(answers));
             }
-            Pending::Promote => {
-                if self.hosts[h].pg.run == Run::Replica {
-                    self.promote_pg(h);
-                    self.set_upstream(h, None);
+            Pending::Promote { deadline } => match self.watchdog_ready(h, deadline) {
+                None => self.busy(h, TICK, Pending::Promote { deadline }),
+                Some(false) => self.note(format!("{name} watchdog required and not open: not promoting")),
+                Some(true) => {
+                    if !self.trusted(h) {
+                        self.note(format!("{name} lease no longer trusted: not promoting"));
+                    } else if self.hosts[h].pg.run == Run::Replica && !self.hosts[h].pg.hung(self.t) {
+                        self.promote_pg(h);
+                        self.hosts[h].pg.upstream = None;
+                        self.record(h, Outcome::Promoted);
+                    }
+                }
+            },
+            Pending::StartPrimary { deadline } => match self.watchdog_ready(h, deadline) {
+                None => self.busy(h, TICK, Pending::StartPrimary { deadline }),
+                Some(false) => {}
+                Some(true) if !self.trusted(h) => {}
+                Some(true) => {
+                    self.hosts[h].pg.upstream = None;
+                    self.record(h, Outcome::ConfiguredUpstream(None));
+                    self.begin_start(h, true, None);
+                }
+            },
+            Pending::Stop { release } => {
+                self.stop_pg(h, false);
+                let e = self.agent(h).keeper.disarm(true);
+                self.effects(h, e);
+                if release {
+                    self.release(h);
                 }
             }
-            Pending::StartPrimary => {
-                if self.t < self.hosts[h].cannot_start_until {
-                    self.recent(h).start_failed_at = Some(Moment::from_millis(self.hosts[h].local(self.t)));
+            Pending::Start { primary } => {
+                self.startups();
+                let want = if primary { Run::Primary } else { Run::Replica };
+                if self.hosts[h].pg.run == want {
+                    self.record(h, Outcome::Started);
+                } else if self.hosts[h].pg.starting.is_none() {
+                    // It exited, could not start, or was fenced while starting.
+                    self.record(h, Outcome::StartFailed);
                     self.note(format!("{name} PostgreSQL failed to start"));
-                } else if self.hosts[h].pg.run == Run::Stopped && self.hosts[h].pg.data.is_some() {
-                    self.hosts[h].pg.run = Run::Primary;
-                    self.recent(h).start_failed_at = None;
-                }
-            }
-            Pending::StartReplica(leader) => {
-                if self.t < self.hosts[h].cannot_start_until {
-                    self.recent(h).start_failed_at = Some(Moment::from_millis(self.hosts[h].local(self.t)));
-                } else if self.hosts[h].pg.run == Run::Stopped && self.hosts[h].pg.data.is_some() {
-                    self.hosts[h].pg.run = Run::Replica;
-                    self.set_upstream(h, leader);
-                    self.recent(h).start_failed_at = None;
                 }
             }
             Pending::Bootstrap => {
@@ -998,6 +1407,7 @@ impl World {
                     checkpoint: 0,
                 });
                 self.hosts[h].pg.run = Run::Primary;
+                self.record(h, Outcome::Promoted);
                 self.note(format!("{name} bootstrapped the cluster"));
                 if self.etcd_ok(h) {
                     self.etcd.initialize = Some(Initialize::Sysid(sysid));
@@ -1007,29 +1417,43 @@ impl World {
             Pending::Clone(from) => {
                 let Some(f) = self.idx(&from) else { return };
                 if self.link_ok(h, f)
+                    && self.link_ok(f, h)
                     && self.hosts[f].pg.run != Run::Stopped
                     && let Some(src) = self.hosts[f].pg.data.clone()
                 {
                     self.hosts[h].pg.data = Some(Data { state: ClusterState::InProduction, ..src });
-                    self.hosts[h].pg.run = Run::Replica;
                     let leader = self.etcd.leader.as_ref().map(|l| l.name.clone());
-                    self.set_upstream(h, leader);
+                    self.hosts[h].pg.upstream = leader.clone();
+                    self.record(h, Outcome::Cloned { upstream: leader });
+                    self.hosts[h].pg.run = Run::Replica;
+                    self.record(h, Outcome::Started);
                 }
             }
             Pending::Rewind(leader) => {
                 let Some(l) = self.idx(&leader) else { return };
-                if self.link_ok(h, l)
-                    && self.hosts[l].pg.run != Run::Stopped
-                    && let Some(src) = self.hosts[l].pg.data.clone()
-                    && let Some(d) = self.hosts[h].pg.data.as_mut()
-                {
-                    // pg_rewind leaves the target with the source's history up to now.
-                    d.segs = src.segs.clone();
-                    d.state = ClusterState::InArchiveRecovery;
-                    let r = self.recent(h);
-                    r.diverged = false;
-                    r.rewind_failed = false;
-                    self.note(format!("{name} rewound from {leader}"));
+                let reachable = self.link_ok(h, l) && self.link_ok(l, h) && self.hosts[l].pg.run != Run::Stopped;
+                let src = self.hosts[l].pg.data.clone();
+                match (reachable, src) {
+                    (true, Some(src)) if !self.rng.chance(30) => {
+                        if let Some(d) = self.hosts[h].pg.data.as_mut() {
+                            // pg_rewind leaves the target with the source's history up to now.
+                            d.segs = src.segs.clone();
+                            d.state = ClusterState::InArchiveRecovery;
+                        }
+                        self.hosts[h].pg.upstream = Some(leader.clone());
+                        self.record(h, Outcome::Rewound { leader: leader.clone() });
+                        self.note(format!("{name} rewound from {leader}"));
+                        if self.t >= self.hosts[h].cannot_start_until {
+                            self.hosts[h].pg.run = Run::Replica;
+                            self.record(h, Outcome::Started);
+                        } else {
+                            self.record(h, Outcome::StartFailed);
+                        }
+                    }
+                    // One in thirty rewinds fails for another reason: three such failures
+                    // make the member reinitialise (remove_data_directory_on_rewind_failure).
+                    (true, Some(_)) => self.record(h, Outcome::RewindFailed(PgErrorKind::Failed)),
+                    _ => self.record(h, Outcome::RewindFailed(PgErrorKind::SourceUnreachable)),
                 }
             }
         }
@@ -1038,12 +1462,12 @@ impl World {
     fn replicate(&mut self) {
         let n = self.hosts.len();
         for r in 0..n {
-            if self.hosts[r].pg.run != Run::Replica || !self.hosts[r].running(self.t) {
+            if self.hosts[r].pg.run != Run::Replica || !self.hosts[r].processes_run(self.t) {
                 continue;
             }
             let Some(up) = self.hosts[r].pg.upstream.clone() else { continue };
             let Some(u) = self.idx(&up) else { continue };
-            if u == r || self.hosts[u].pg.run == Run::Stopped || !self.link_ok(r, u) {
+            if u == r || self.hosts[u].pg.run == Run::Stopped || !self.link_ok(r, u) || !self.link_ok(u, r) {
                 continue;
             }
             let (Some(rd), Some(ud)) = (&self.hosts[r].pg.data, &self.hosts[u].pg.data) else { continue };
@@ -1066,9 +1490,11 @@ impl World {
         }
     }
 
+    /// Invariant 1, then every server that accepts writes takes some.
     fn write_and_check(&mut self) {
-        let writers: Vec<usize> =
-            (0..self.hosts.len()).filter(|&h| self.hosts[h].pg.writable() && self.hosts[h].running(self.t)).collect();
+        let writers: Vec<usize> = (0..self.hosts.len())
+            .filter(|&h| self.hosts[h].pg.writable() && self.hosts[h].processes_run(self.t))
+            .collect();
         if writers.len() > 1 {
             let names: Vec<String> = writers.iter().map(|&h| self.hosts[h].name.clone()).collect();
             self.violation(format!("two members accept writes: {}", names.join(", ")));
@@ -1087,33 +1513,32 @@ impl World {
         if !self.t.is_multiple_of(100) || !self.rng.chance(40) {
             return;
         }
+        let kinds = self.variant.faults;
+        let kind = kinds[self.rng.below(kinds.len() as u64) as usize];
         let n = self.hosts.len();
         let h = self.rng.below(n as u64) as usize;
         let t = self.t;
         let name = self.hosts[h].name.clone();
-        match self.rng.below(12) {
+        match kind {
             0 => {
                 let d = self.rng.range(500, 5000);
                 self.note(format!("FAULT {name} host crashes for {d} ms"));
-                self.hosts[h].agent = None;
-                self.stop_pg(h, false);
-                self.hosts[h].host_down_until = t + d;
+                self.crash_host(h, d);
             }
-            // Only on a running host: an agent killed during a freeze has, in effect, been
-            // silent for longer than its lease, which only a watchdog can cover.
-            1 if self.hosts[h].running(t) => {
-                let d = self.rng.range(0, 1000);
-                self.note(format!("FAULT {name} agent crashes, back in {d} ms"));
+            1 if self.hosts[h].processes_run(t) && self.hosts[h].agent.is_some() => {
+                let d = self.rng.range(0, 10_000);
+                self.note(format!("FAULT {name} agent killed, back in {d} ms"));
+                // SIGKILL: no clean-up, the watchdog device stays open and counting.
                 self.hosts[h].agent = None;
                 self.hosts[h].agent_back_at = t + d;
             }
-            2 => {
+            2 if self.hosts[h].processes_run(t) => {
                 let stuck = if self.rng.chance(300) { self.rng.range(1000, 10_000) } else { 0 };
                 self.note(format!("FAULT {name} PostgreSQL killed (unable to start for {stuck} ms)"));
                 self.stop_pg(h, false);
                 self.hosts[h].cannot_start_until = t + stuck;
             }
-            3 => {
+            3 if self.hosts[h].processes_run(t) => {
                 let d = self.rng.range(500, 6000);
                 self.note(format!("FAULT {name} host frozen for {d} ms"));
                 self.hosts[h].frozen_until = self.hosts[h].frozen_until.max(t + d);
@@ -1121,37 +1546,36 @@ impl World {
             4 => {
                 let d = self.rng.range(500, 6000);
                 self.note(format!("FAULT {name} cut off from etcd for {d} ms"));
-                self.etcd_cut[h] = t + d;
+                self.etcd_cut[h] = self.etcd_cut[h].max(t + d);
             }
             5 => {
                 let other = (h + 1 + self.rng.below(n as u64 - 1) as usize) % n;
                 let d = self.rng.range(500, 6000);
                 self.note(format!("FAULT {name} and {} cut apart for {d} ms", self.hosts[other].name));
-                self.pair_cut[h][other] = t + d;
-                self.pair_cut[other][h] = t + d;
+                self.pair_cut[h][other] = self.pair_cut[h][other].max(t + d);
+                self.pair_cut[other][h] = self.pair_cut[other][h].max(t + d);
             }
             6 => {
                 let d = self.rng.range(500, 6000);
                 self.note(format!("FAULT {name} cut off from everything for {d} ms"));
-                self.etcd_cut[h] = t + d;
+                self.etcd_cut[h] = self.etcd_cut[h].max(t + d);
                 for o in 0..n {
-                    self.pair_cut[h][o] = t + d;
-                    self.pair_cut[o][h] = t + d;
+                    self.pair_cut[h][o] = self.pair_cut[h][o].max(t + d);
+                    self.pair_cut[o][h] = self.pair_cut[o][h].max(t + d);
                 }
             }
             7 => {
                 let d = self.rng.range(500, 5000);
                 self.note(format!("FAULT etcd down for {d} ms"));
-                self.etcd.up = false;
                 for c in &mut self.etcd_cut {
                     *c = (*c).max(t + d);
                 }
-                self.etcd.up = true;
             }
             8 => {
                 self.note("FAULT etcd leader change: every lease re-extended to its TTL".into());
-                for l in self.etcd.leases.values_mut() {
-                    l.expiry = l.expiry.max(t + TTL);
+                let ttls = self.lease_ttl.clone();
+                for (id, e) in self.etcd.leases.iter_mut() {
+                    *e = (*e).max(t + ttls.get(id).copied().unwrap_or(TTL));
                 }
             }
             9 => {
@@ -1168,7 +1592,7 @@ impl World {
                 }
                 self.etcd.pause_ends = self.etcd.pause_ends.max(t + d);
             }
-            _ => {
+            11 => {
                 if let Some(l) = self.etcd.leader.clone() {
                     let cand = if self.rng.chance(500) { Some(name) } else { None };
                     self.note(format!("FAULT switchover requested from {} to {cand:?}", l.name));
@@ -1181,6 +1605,68 @@ impl World {
                     });
                 }
             }
+            12 if self.hosts[h].processes_run(t) => {
+                let d = self.rng.range(500, 8000);
+                self.note(format!("FAULT {name} agent stalled (SIGSTOP) for {d} ms"));
+                self.hosts[h].agent_frozen_until = self.hosts[h].agent_frozen_until.max(t + d);
+            }
+            13 if self.hosts[h].processes_run(t) => {
+                let d = self.rng.range(500, 8000);
+                self.note(format!("FAULT {name} PostgreSQL hangs (no SQL answers) for {d} ms"));
+                self.hosts[h].pg.hung_until = self.hosts[h].pg.hung_until.max(t + d);
+            }
+            14 => {
+                // etcd 3.4's stalled former raft leader wakes and revokes every lease it knows
+                // (none was renewed through it while it stalled).
+                self.note("FAULT a former etcd raft leader revokes every lease".into());
+                let ids: Vec<i64> = self.etcd.leases.keys().copied().collect();
+                for id in ids {
+                    self.etcd.revoke(id);
+                }
+            }
+            15 => {
+                let d = self.rng.range(500, 5000);
+                let by = self.rng.range(100, 1500);
+                self.note(format!("FAULT etcd slow for {d} ms: every request takes {by} ms more"));
+                self.etcd.slow_until = self.etcd.slow_until.max(t + d);
+                self.etcd.slow_by = by;
+            }
+            16 => {
+                let d = self.rng.range(500, 6000);
+                if self.rng.chance(500) {
+                    self.note(format!("FAULT {name}'s etcd answers are lost for {d} ms (requests get through)"));
+                    self.hosts[h].answers_lost_until = self.hosts[h].answers_lost_until.max(t + d);
+                } else {
+                    let other = (h + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+                    self.note(format!("FAULT {name} cannot reach {} for {d} ms (one way)", self.hosts[other].name));
+                    self.pair_cut[h][other] = self.pair_cut[h][other].max(t + d);
+                }
+            }
+            // Only while the agent runs: a VM suspended while its agent is dead has nothing
+            // left to guard its primary at the resume (the watchdog's timer is suspended too,
+            // and the lease expired meanwhile in real time). No agent design closes that;
+            // ARCHITECTURE.md's failure model says so.
+            17 if self.hosts[h].agent_runs(t) => {
+                let d = self.rng.range(500, 6000);
+                self.note(format!("FAULT {name} VM suspended for {d} ms"));
+                let host = &mut self.hosts[h];
+                let until = t + d;
+                host.suspended_total += until.saturating_sub(host.suspended_until.max(t));
+                host.suspended_until = host.suspended_until.max(until);
+            }
+            18 => {
+                let ttl = if self.hosts[h].settings.timings.ttl.as_millis() as u64 == TTL { 4000 } else { TTL };
+                self.note(format!("FAULT {name} SIGHUP: ttl now {ttl} ms"));
+                self.hosts[h].settings.timings = timings(ttl);
+                if self.hosts[h].agent.is_some() {
+                    let now = self.now(h);
+                    let agent = self.agent(h);
+                    agent.settings.timings = timings(ttl);
+                    let e = agent.keeper.set_timings(timings(ttl), Mode::Automatic, wd_timeout(ttl), now);
+                    self.effects(h, e);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -1189,15 +1675,20 @@ impl World {
         for h in 0..self.hosts.len() {
             let host = &mut self.hosts[h];
             host.frozen_until = host.frozen_until.min(t);
+            host.suspended_until = host.suspended_until.min(t);
             host.host_down_until = host.host_down_until.min(t);
             host.agent_back_at = host.agent_back_at.min(t);
+            host.agent_frozen_until = host.agent_frozen_until.min(t);
             host.cannot_start_until = host.cannot_start_until.min(t);
+            host.answers_lost_until = host.answers_lost_until.min(t);
+            host.pg.hung_until = host.pg.hung_until.min(t);
             self.etcd_cut[h] = self.etcd_cut[h].min(t);
             for o in 0..self.hosts.len() {
                 self.pair_cut[h][o] = self.pair_cut[h][o].min(t);
             }
         }
         self.etcd.pause_ends = self.etcd.pause_ends.min(t);
+        self.etcd.slow_until = self.etcd.slow_until.min(t);
         self.note("HEAL all faults stop".into());
     }
 
@@ -1225,9 +1716,16 @@ impl World {
     }
 }
 
-/// Runs one seed; returns the failure report, if any.
-fn run_seed(seed: u64) -> Result<u32, String> {
-    let mut w = World::new(seed);
+/// What one seed did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    promotions: u32,
+    resets: u32,
+}
+
+/// Runs one seed to the end (or its first violation); returns the world.
+fn simulate(seed: u64, variant: Variant, stop_at_violation: bool) -> World {
+    let mut w = World::new(seed, variant);
     let mut healed = false;
     while w.t < CONVERGE_BY {
         let faults = (FAULTS_FROM..FAULTS_UNTIL).contains(&w.t);
@@ -1236,65 +1734,133 @@ fn run_seed(seed: u64) -> Result<u32, String> {
             healed = true;
         }
         w.step(faults);
-        if !w.violations.is_empty() {
+        if stop_at_violation && !w.violations.is_empty() {
             break;
         }
         // Converged early: stop once stable for a few loops.
-        if healed && w.t > FAULTS_UNTIL + 10 * LOOP_WAIT && w.t.is_multiple_of(1000) && w.converged().is_ok() {
+        if stop_at_violation
+            && healed
+            && w.t > FAULTS_UNTIL + 10 * LOOP_WAIT
+            && w.t.is_multiple_of(1000)
+            && w.converged().is_ok()
+        {
             break;
         }
     }
+    w
+}
+
+/// Runs one seed; returns the failure report, if any.
+fn run_seed(seed: u64, variant: Variant) -> Result<Stats, String> {
+    let mut w = simulate(seed, variant, true);
     if w.violations.is_empty()
         && let Err(e) = w.converged()
     {
         w.violations.push(format!("no convergence by t={}: {e}", w.t));
     }
     if w.violations.is_empty() {
-        return Ok(w.promotions);
+        return Ok(Stats { promotions: w.promotions, resets: w.resets });
     }
-    let tail = w.log.len().saturating_sub(120);
+    let tail = w.log.len().saturating_sub(150);
     Err(format!("seed {seed}: {}\n{}", w.violations.join("; "), w.log[tail..].join("\n")))
 }
 
-#[test]
-fn simulated_clusters_never_split_brain_and_converge_under_random_faults() {
-    assert_eq!(timings().renew_interval(), Duration::from_millis(RENEW), "the simulation renews like the keeper");
-    let seeds: u64 = std::env::var("HA_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let first: u64 = std::env::var("HA_SIM_FIRST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+/// Runs `seeds` seeds from `first` on a few threads.
+fn run_many(first: u64, seeds: u64, variant: Variant) -> Vec<(u64, Result<Stats, String>)> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4) as u64;
-    let results: Vec<(Result<u32, String>, u64)> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|k| {
                 s.spawn(move || {
                     (first..first + seeds)
                         .filter(|seed| seed % threads == k)
-                        .map(|seed| (run_seed(seed), seed))
+                        .map(|seed| (seed, run_seed(seed, variant)))
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("simulation thread")).collect()
-    });
-    let failures: Vec<&String> = results.iter().filter_map(|(r, _)| r.as_ref().err()).collect();
-    let promotions: u32 = results.iter().filter_map(|(r, _)| r.as_ref().ok()).sum();
-    assert!(failures.is_empty(), "{} of {seeds} seeds failed; first:\n{}", failures.len(), failures[0]);
-    // The faults must actually cause failovers, or the test proves nothing.
-    assert!(promotions as u64 > seeds, "only {promotions} promotions in {seeds} seeds");
+    })
+}
+
+/// The first seed of this run: `HA_SIM_FIRST_SEED`, else a different range on every run
+/// (the clock), printed so that any failure can be replayed.
+fn first_seed() -> u64 {
+    std::env::var("HA_SIM_FIRST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (now.as_secs() % 1_000_000) * 1000
+    })
+}
+
+fn seeds() -> u64 {
+    std::env::var("HA_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000)
+}
+
+#[test]
+fn simulated_clusters_never_split_brain_and_converge_under_random_faults() {
+    let (first, n) = (first_seed(), seeds());
+    println!("simulation: seeds {first}..{} (replay one: HA_SIM_TRACE=<seed>)", first + n);
+    let results = run_many(first, n, SAFE);
+    let failures: Vec<&String> = results.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    let ok: Vec<Stats> = results.iter().filter_map(|(_, r)| r.as_ref().ok().copied()).collect();
+    let promotions: u32 = ok.iter().map(|s| s.promotions).sum();
+    let resets: u32 = ok.iter().map(|s| s.resets).sum();
+    println!("{promotions} promotions, {resets} watchdog resets in {n} seeds");
+    assert!(failures.is_empty(), "{} of {n} seeds failed; first:\n{}", failures.len(), failures[0]);
+    // The faults must cause failovers and watchdog resets, or the test proves nothing.
+    assert!(promotions as u64 > n, "only {promotions} promotions in {n} seeds");
+    assert!(resets > 0, "no watchdog reset in {n} seeds: the stalls never reached it");
+}
+
+/// The negative control for the watchdog: with no watchdog device, agent stalls and
+/// absences longer than the lease leave a primary taking writes while a replica promotes.
+/// The invariant check must see it (if it did not, the check could not fail).
+#[test]
+fn without_a_watchdog_a_stalled_or_killed_agent_leaves_two_writable_primaries() {
+    let variant = Variant { wd: Wd::None, clock: ClockSource::Boottime, faults: &[1, 12] };
+    let first = first_seed();
+    let results = run_many(first, 200, variant);
+    let split: Vec<u64> = results
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_err_and(|e| e.contains("two members accept writes")))
+        .map(|(s, _)| *s)
+        .collect();
+    println!("without a watchdog: {} of 200 seeds from {first} had two writable primaries", split.len());
+    assert!(!split.is_empty(), "no seed from {first} showed the hazard the watchdog closes");
+    // The same faults with the watchdog: none.
+    let with = run_many(first, 200, Variant { wd: Wd::Device, ..variant });
+    let failed: Vec<&String> = with.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "with the watchdog: {}", failed[0]);
+}
+
+/// The negative control for `CLOCK_BOOTTIME`: a keeper whose clock stops while the VM is
+/// suspended trusts a lease that expired meanwhile, and its primary takes writes after the
+/// resume while another member leads.
+#[test]
+fn a_lease_kept_on_the_monotonic_clock_is_overtrusted_after_a_vm_suspend() {
+    let variant = Variant { wd: Wd::None, clock: ClockSource::Monotonic, faults: &[17] };
+    let first = first_seed();
+    let results = run_many(first, 200, variant);
+    let split =
+        results.iter().filter(|(_, r)| r.as_ref().is_err_and(|e| e.contains("two members accept writes"))).count();
+    println!("keeper on the monotonic clock: {split} of 200 seeds from {first} had two writable primaries");
+    assert!(split > 0, "no seed from {first} showed the hazard");
+    let boot = run_many(first, 200, Variant { clock: ClockSource::Boottime, ..variant });
+    let failed: Vec<&String> = boot.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "on BOOTTIME: {}", failed[0]);
 }
 
 /// `HA_SIM_TRACE=<seed> cargo test -p ha-agent --test simulation trace -- --nocapture` prints
-/// one seed's event log.
+/// one seed's event log (`HA_SIM_VARIANT=nowatchdog|monotonic` for the negative controls).
 #[test]
 fn trace_one_seed_on_request() {
     let Some(seed) = std::env::var("HA_SIM_TRACE").ok().and_then(|s| s.parse().ok()) else { return };
-    let mut w = World::new(seed);
-    let mut healed = false;
-    while w.t < CONVERGE_BY {
-        if w.t >= FAULTS_UNTIL && !healed {
-            w.heal();
-            healed = true;
-        }
-        w.step((FAULTS_FROM..FAULTS_UNTIL).contains(&w.t));
-    }
+    let variant = match std::env::var("HA_SIM_VARIANT").as_deref() {
+        Ok("nowatchdog") => Variant { wd: Wd::None, ..SAFE },
+        Ok("monotonic") => Variant { wd: Wd::None, clock: ClockSource::Monotonic, faults: &[17] },
+        Ok("suspend") => Variant { wd: Wd::None, clock: ClockSource::Boottime, faults: &[17] },
+        _ => SAFE,
+    };
+    let w = simulate(seed, variant, false);
     println!("{}\nconverged: {:?}\nviolations: {:?}", w.log.join("\n"), w.converged(), w.violations);
 }

@@ -12,6 +12,13 @@ pub struct EtcdOptions {
     pub election_ms: u32,
     /// Serve clients over TLS and require client certificates signed by the CA.
     pub client_tls: Option<EtcdTls>,
+    /// `--pre-vote` (etcd 3.4 has it, off by default; on from 3.5): a member that comes back
+    /// from a partition or a freeze does not force an election by bumping the term.
+    pub pre_vote: bool,
+    /// `--experimental-enable-lease-checkpoint` with `...-checkpoint-persist` (3.4.20+): a
+    /// new raft leader keeps leases' remaining TTLs instead of restarting them (only for
+    /// leases with more than 5 minutes left, see ARCHITECTURE.md).
+    pub lease_checkpoint: bool,
 }
 
 /// PEM files for a TLS etcd: the CA, and the member's certificate (valid for the host's IP).
@@ -24,7 +31,7 @@ pub struct EtcdTls {
 
 impl Default for EtcdOptions {
     fn default() -> Self {
-        Self { heartbeat_ms: 100, election_ms: 1000, client_tls: None }
+        Self { heartbeat_ms: 100, election_ms: 1000, client_tls: None, pre_vote: true, lease_checkpoint: false }
     }
 }
 
@@ -51,6 +58,8 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     opts: EtcdOptions,
+    /// `--user` for etcdctl once auth is enabled.
+    user: Option<String>,
 }
 
 pub const CLIENT_PORT: u16 = 2379;
@@ -75,7 +84,7 @@ impl EtcdCluster {
             .collect::<anyhow::Result<_>>()?;
         let initial_cluster =
             members.iter().map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip)).collect::<Vec<_>>().join(",");
-        let mut c = Self { members, initial_cluster, opts };
+        let mut c = Self { members, initial_cluster, opts, user: None };
         for i in 0..c.members.len() {
             c.spawn(net, i, "new")?;
         }
@@ -112,7 +121,11 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", "otk"])
             .args(["--heartbeat-interval", &self.opts.heartbeat_ms.to_string()])
             .args(["--election-timeout", &self.opts.election_ms.to_string()])
+            .arg(format!("--pre-vote={}", self.opts.pre_vote))
             .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if self.opts.lease_checkpoint {
+            cmd.args(["--experimental-enable-lease-checkpoint", "--experimental-enable-lease-checkpoint-persist"]);
+        }
         let label = m.name.clone();
         let proc = host.spawn(&label, cmd)?;
         self.members[i].proc = Some(proc);
@@ -148,7 +161,10 @@ impl EtcdCluster {
         timeout: &str,
         args: &[&str],
     ) -> anyhow::Result<String> {
-        let tls = self.tls_flags();
+        let mut tls = self.tls_flags();
+        if let Some(u) = &self.user {
+            tls.push(format!("--user={u}"));
+        }
         let mut full = vec!["etcdctl", timeout, "--endpoints", endpoints];
         full.extend(tls.iter().map(String::as_str));
         full.extend_from_slice(args);
@@ -183,11 +199,29 @@ impl EtcdCluster {
         self.etcdctl_with(net, i, &self.endpoint(i), "--command-timeout=5s", args)
     }
 
+    /// Runs `etcdctl` from member `i`'s host against member `i` only, with a command timeout
+    /// like `"1s"` (TLS and credentials as the cluster needs them).
+    pub fn etcdctl_quick(&self, net: &Net, i: usize, timeout: &str, args: &[&str]) -> anyhow::Result<String> {
+        let dial = format!("--dial-timeout={timeout}");
+        let mut all = vec![dial.as_str()];
+        all.extend_from_slice(args);
+        self.etcdctl_with(net, i, &self.endpoint(i), &format!("--command-timeout={timeout}"), &all)
+    }
+
     pub fn wait_healthy(&self, net: &Net, i: usize, timeout: Duration) -> anyhow::Result<()> {
         let ep = self.endpoint(i);
         wait_ok(timeout, &format!("etcd member {} to be healthy", self.members[i].name), || {
             self.etcdctl_with(net, i, &ep, "--command-timeout=1s", &["endpoint", "health"]).map(drop)
         })
+    }
+
+    /// Adds user `root` with `password` and turns authentication on; etcdctl calls of the kit
+    /// use those credentials from then on.
+    pub fn enable_auth(&mut self, net: &Net, password: &str) -> anyhow::Result<()> {
+        self.etcdctl(net, 0, &["user", "add", &format!("root:{password}")])?;
+        self.etcdctl(net, 0, &["auth", "enable"])?;
+        self.user = Some(format!("root:{password}"));
+        Ok(())
     }
 
     /// SIGKILL member `i`.
@@ -232,7 +266,7 @@ impl EtcdCluster {
                 return self
                     .members
                     .iter()
-                    .position(|m| endpoint == format!("http://{}:{CLIENT_PORT}", m.ip))
+                    .position(|m| endpoint.ends_with(&format!("://{}:{CLIENT_PORT}", m.ip)))
                     .ok_or_else(|| anyhow::anyhow!("leader endpoint {endpoint} is not a member"));
             }
         }

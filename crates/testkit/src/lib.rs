@@ -11,6 +11,8 @@
 //! - [`Postgres`]: real PostgreSQL run as the `postgres` user, primary or streaming replica.
 //! - [`wait_until`]: poll a condition with a deadline, saying what it waited for on timeout.
 //! - [`TestDir`]: `target/test-logs/<test>/`, kept after the test for post-mortems.
+//! - [`StandInWatchdog`]: a watchdog device on a named pipe (Patroni's `testing` driver) that
+//!   runs the test's "reset" when not fed in time.
 //!
 //! Every namespace is named `otk-<pid>-...` and every process gets `OUTRIGGER_TESTKIT_OWNER=<pid>`
 //! in its environment, so [`leaks`] can find anything a dead test process left behind.
@@ -30,6 +32,7 @@ mod proc;
 pub mod python;
 mod sys;
 mod wait;
+pub mod watchdog;
 
 pub use dirs::TestDir;
 pub use etcd::{EtcdCluster, EtcdOptions, EtcdTls, make_tls, make_tls_for};
@@ -37,6 +40,7 @@ pub use net::{Host, Net, NsRuntime, SUBNET_PREFIX};
 pub use pg::{PgOptions, Postgres};
 pub use proc::Proc;
 pub use wait::{hold_for, wait_ok, wait_until};
+pub use watchdog::{StandInWatchdog, WdEvent};
 
 /// Environment variable set on every process the kit starts, holding the test process's pid.
 pub const OWNER_ENV: &str = "OUTRIGGER_TESTKIT_OWNER";

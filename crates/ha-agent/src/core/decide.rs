@@ -304,7 +304,7 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
         let peers: Vec<PeerRef> = members
             .into_iter()
             .filter(|m| m.name != me && !m.api_url.is_empty())
-            .map(|m| PeerRef { name: m.name.clone(), api_url: m.api_url.clone() })
+            .map(|m| PeerRef::new(&m.name, &m.api_url))
             .collect();
         if o.peers.is_none() && !peers.is_empty() {
             Decision::ProbePeers { peers }
@@ -472,6 +472,20 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     if let Some(why) = unfit(o, c, &o.settings.name, r.timeline, r.wal_position) {
         return Decision::Wait { reason: why };
     }
+    // Rule: after etcd revoked our lease early (a mass revocation by a stalled former raft
+    // leader, etcd #15247), the old primary's lease went too, but it fences only when it
+    // notices: at the latest retry_timeout before its lease would have expired, which is no
+    // later than one ttl after the revocation. Until then nobody races (the failover then
+    // takes as long as after an ordinary expiry).
+    if o.lease.revoked_within(o.now, o.settings.timings.ttl) {
+        return Decision::Wait { reason: WaitReason::LeaseRevokedEarly };
+    }
+    // Rule: an agent that started less than a ttl ago does not know who led before it (the
+    // former leader is asked in a race even when its keys are gone, but only if we saw it):
+    // it races only once any lease that could still cover a running primary has run out.
+    if o.recent.started_at.is_none_or(|at| o.now.since(at) < o.settings.timings.ttl) {
+        return Decision::Wait { reason: WaitReason::JustStarted };
+    }
     // Rule: during a switchover, nobody takes over before it has the old primary's WAL up to
     // the position it published when it stepped down (`status.optime`, its shutdown
     // checkpoint), so no acknowledged write is lost even with asynchronous replication. The
@@ -487,9 +501,11 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
         .members
         .iter()
         .filter(|m| m.name != me && !m.api_url.is_empty())
-        .map(|m| PeerRef { name: m.name.clone(), api_url: m.api_url.clone() })
+        .map(|m| PeerRef::new(&m.name, &m.api_url))
         .collect();
-    for p in &o.recent.known_peers {
+    // Rule: the former leader is asked too, although its keys are gone: its lease may have
+    // gone early (revoked) while its PostgreSQL still takes writes.
+    for p in o.recent.known_peers.iter().chain(o.recent.former_leader.as_ref()) {
         if p.name != me && !others.iter().any(|q| q.name == p.name) {
             others.push(p.clone());
         }

@@ -118,6 +118,11 @@ pub enum WaitReason {
     },
     /// We stepped down for a switchover: the candidate takes the key, then we follow it.
     SteppedDown,
+    /// etcd revoked our lease early less than a ttl ago (and the leader's with it): the old
+    /// primary may not have fenced yet.
+    LeaseRevokedEarly,
+    /// This agent started less than a ttl ago and does not know who led before.
+    JustStarted,
 }
 
 /// One decision of the HA core.
@@ -332,6 +337,12 @@ impl fmt::Display for WaitReason {
             WaitReason::NoLeaderToCloneFrom => f.write_str("no leader to clone from"),
             WaitReason::NotInitialized => f.write_str("the cluster has no initialize key; start its primary first"),
             WaitReason::PgStarting => f.write_str("PostgreSQL is starting"),
+            WaitReason::JustStarted => f.write_str(
+                "started less than a ttl ago: not racing before any former leader's lease has run out",
+            ),
+            WaitReason::LeaseRevokedEarly => f.write_str(
+                "etcd revoked our lease early (and the leader's with it); waiting one ttl for the old primary to fence before racing",
+            ),
             WaitReason::NotEligible(why) => write!(f, "not eligible to lead: {why}"),
             WaitReason::StaleTimeline { ours, cluster } => {
                 write!(f, "not eligible to lead: our timeline {ours} is behind the cluster's {cluster}")

@@ -15,7 +15,10 @@
 //! only counts from its send time). Renewals go out every `Timings::renew_interval`, failed
 //! ones are retried every [`RETRY`]; with `loop_wait + 2 * retry_timeout <= ttl` and
 //! `request_timeout <= retry_timeout`, a lease renewed on schedule is never fenced. The
-//! watchdog rules are in [`super::watchdog`].
+//! watchdog is fed on every answered renewal and every half timeout in between, as long as a
+//! feed keeps the reset before the lease's earliest expiry ([`super::watchdog`]); with etcd
+//! unreachable the last feed lands at `expires_at - timeout - RESET_MARGIN`, so the lease
+//! fence (`expires_at - retry_timeout`) stops PostgreSQL before the reset would.
 
 use std::time::Duration;
 
@@ -28,6 +31,17 @@ pub const RETRY: Duration = Duration::from_millis(200);
 /// How long before the last allowed moment the keeper wakes for a last-chance watchdog feed
 /// (timers fire a little late; a feed after the last allowed moment is refused).
 const FEED_LEAD: Duration = Duration::from_millis(100);
+/// While armed without a trusted lease, the fence is repeated this often (a postmaster
+/// started meanwhile is killed too) until the loop disarms.
+pub const REFENCE: Duration = Duration::from_millis(100);
+
+/// When the watchdog is fed next without a renewal: every half timeout while the lease is
+/// trusted enough, and once more at the last allowed moment; `None` after that (the reset
+/// then comes at the lease's expiry minus the reset margin, after the lease fence).
+fn next_feed(expires: Moment, timeout: Duration, last_feed: Moment) -> Option<Moment> {
+    let last_chance = watchdog::last_feed_at(expires, timeout).minus(FEED_LEAD);
+    (last_feed < last_chance).then(|| last_feed.plus(timeout / 2).min(last_chance))
+}
 
 /// A request to etcd the shell sends for the keeper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +120,10 @@ pub struct Keeper {
     in_flight: Option<(Ask, Moment)>,
     next_at: Moment,
     armed: bool,
-    paused: bool,
     fenced: bool,
+    /// Armed and fencing: the next repeat of the fence.
+    refence_at: Option<Moment>,
+    revoked_at: Option<Moment>,
     failing: bool,
     attempts: usize,
     wd: WatchdogState,
@@ -123,8 +139,9 @@ impl Keeper {
             in_flight: None,
             next_at: Moment::from_millis(0),
             armed: false,
-            paused: false,
             fenced: false,
+            refence_at: None,
+            revoked_at: None,
             failing: false,
             attempts: 0,
             wd: WatchdogState::Closed,
@@ -134,8 +151,8 @@ impl Keeper {
     /// The lease as the HA loop sees it.
     pub fn view(&self) -> LeaseView {
         match self.lease {
-            Some(h) => LeaseView { id: Some(h.id), expires_at: h.expires_at },
-            None => LeaseView::NONE,
+            Some(h) => LeaseView { id: Some(h.id), expires_at: h.expires_at, revoked_at: self.revoked_at },
+            None => LeaseView { revoked_at: self.revoked_at, ..LeaseView::NONE },
         }
     }
 
@@ -171,10 +188,10 @@ impl Keeper {
         }
     }
 
-    /// Asks for the watchdog (if it is used and not paused); when the lease is too old for a
-    /// safe first feed, a renewal goes out first.
+    /// Asks for the watchdog (if it is used); when the lease is too old for a safe first feed,
+    /// a renewal goes out first.
     fn want_watchdog(&mut self, now: Moment) {
-        if self.mode == Mode::Off || self.paused || self.wd != WatchdogState::Closed {
+        if self.mode == Mode::Off || self.wd != WatchdogState::Closed {
             return;
         }
         self.wd = WatchdogState::Wanted;
@@ -187,23 +204,18 @@ impl Keeper {
     /// watchdog is closed only once PostgreSQL is known not to accept writes.
     pub fn disarm(&mut self, pg_down: bool) -> Vec<Effect> {
         self.armed = false;
+        self.refence_at = None;
         if pg_down { self.close_watchdog() } else { Vec::new() }
     }
 
-    /// Maintenance mode: the watchdog is disabled (as Patroni does); the lease fence stays.
-    pub fn set_paused(&mut self, paused: bool, now: Moment) -> Vec<Effect> {
-        if paused == self.paused {
-            return Vec::new();
-        }
-        self.paused = paused;
-        if paused {
-            self.close_watchdog()
-        } else {
-            if self.armed {
-                self.want_watchdog(now);
-            }
-            Vec::new()
-        }
+    /// Disables the watchdog without disarming the fence: the agent leaves a paused cluster's
+    /// PostgreSQL running on shutdown, as Patroni does, and must not have it reset.
+    ///
+    /// Unlike Patroni, maintenance mode itself keeps the watchdog (as it keeps the lease
+    /// fence): a primary whose agent stalls through the pause would otherwise still take
+    /// writes when the pause ends and a replica takes over.
+    pub fn release_watchdog(&mut self) -> Vec<Effect> {
+        self.close_watchdog()
     }
 
     fn close_watchdog(&mut self) -> Vec<Effect> {
@@ -257,9 +269,13 @@ impl Keeper {
     /// What is due at `now`: fence, send, open or feed the watchdog.
     pub fn step(&mut self, now: Moment) -> Vec<Effect> {
         let mut out = Vec::new();
-        if self.armed && !self.trusted(now) {
-            self.armed = false;
+        if self.armed && !self.trusted(now) && self.refence_at.is_none_or(|at| now >= at) {
+            // Armed stays armed: the fence is repeated every REFENCE (the shell kills whatever
+            // postmaster it finds), until the loop, seeing PostgreSQL no longer accept writes,
+            // disarms. A postmaster spawned just after a fence (a start racing the lease) goes
+            // the same way.
             self.fenced = true;
+            self.refence_at = Some(now.plus(REFENCE));
             // The watchdog stays as it is: if the fence does not stop PostgreSQL, the machine
             // is reset before the lease can expire (no feed is allowed past that point).
             if self.wd == WatchdogState::Wanted {
@@ -281,8 +297,7 @@ impl Keeper {
                     out.push(Effect::OpenWatchdog { timeout: self.wd_timeout });
                 }
                 WatchdogState::Open { timeout, last_feed }
-                    if now >= watchdog::last_feed_at(h.expires_at, timeout).minus(FEED_LEAD)
-                        && last_feed < watchdog::last_feed_at(h.expires_at, timeout).minus(FEED_LEAD)
+                    if next_feed(h.expires_at, timeout, last_feed).is_some_and(|at| now >= at)
                         && watchdog::may_feed(now, h.expires_at, timeout) =>
                 {
                     self.wd = WatchdogState::Open { timeout, last_feed: now };
@@ -358,7 +373,12 @@ impl Keeper {
                 }
             }
             (Ask::Renew { lease }, Answer::Lost) => {
-                if self.lease.is_some_and(|h| h.id == lease) {
+                if let Some(h) = self.lease.filter(|h| h.id == lease) {
+                    // etcd cannot have expired it before `expires_at` (a lower bound of its
+                    // expiry there): it was revoked.
+                    if now < h.expires_at {
+                        self.revoked_at = Some(now);
+                    }
                     self.lease = None;
                     out.push(Effect::LeaseChanged);
                 }
@@ -401,15 +421,18 @@ impl Keeper {
         if self.in_flight.is_none() {
             consider(self.next_at);
         }
+        // Armed without a lease: each step fences again; the grant retries (`next_at`) wake it.
+        if let Some(at) = self.refence_at.filter(|_| self.armed) {
+            consider(at);
+        }
         if let Some(h) = self.lease {
-            if self.armed {
+            if self.armed && self.refence_at.is_none() {
                 consider(h.expires_at.minus(self.timings.retry_timeout));
             }
-            if let WatchdogState::Open { timeout, last_feed } = self.wd {
-                let last_chance = watchdog::last_feed_at(h.expires_at, timeout).minus(FEED_LEAD);
-                if last_feed < last_chance {
-                    consider(last_chance);
-                }
+            if let WatchdogState::Open { timeout, last_feed } = self.wd
+                && let Some(at) = next_feed(h.expires_at, timeout, last_feed)
+            {
+                consider(at);
             }
         }
         at
@@ -454,7 +477,12 @@ mod tests {
         assert_eq!(k.step(t(1499)), vec![]);
         assert_eq!(k.step(t(1500)), vec![Effect::Fence], "fenced while the renewal is still in flight");
         assert!(k.take_fenced());
-        assert!(!k.armed());
+        assert!(k.armed(), "it stays armed until the loop sees PostgreSQL stopped");
+        assert_eq!(k.wake_at(), Some(t(1600)), "the fence is repeated every REFENCE, not in a busy loop");
+        assert_eq!(k.step(t(1550)), vec![]);
+        assert_eq!(k.step(t(1600)), vec![Effect::Fence], "a postmaster started meanwhile is fenced too");
+        k.disarm(true);
+        assert_eq!(k.step(t(1720)), vec![]);
     }
 
     #[test]
@@ -505,12 +533,16 @@ mod tests {
         // Renewals feed it.
         k.step(t(1300));
         assert_eq!(k.answered(t(1305), Answer::Renewed { ttl: Duration::from_secs(2) }), vec![Effect::FeedWatchdog]);
-        // etcd goes silent: one last-chance feed at expires (3300) - 1 s - 250 ms - lead.
-        k.step(t(1800));
+        // etcd goes silent: fed every half timeout, the last time at expires (3300) - 1 s -
+        // 250 ms - lead (1950), never later.
+        assert_eq!(k.step(t(1800)), vec![Effect::Send(Ask::Renew { lease: 7 })]);
+        assert_eq!(k.wake_at(), Some(t(1805)), "half a timeout after the last feed");
+        assert_eq!(k.step(t(1805)), vec![Effect::FeedWatchdog]);
         assert_eq!(k.wake_at(), Some(t(1950)));
         assert_eq!(k.step(t(1950)), vec![Effect::FeedWatchdog]);
+        assert_eq!(k.wake_at(), Some(t(2800)), "no more feeds: next is the fence");
         assert_eq!(k.step(t(2000)), vec![]);
-        // The fence comes at 3300 - 500; the reset (1950 + 1 s) would only follow it.
+        // The fence comes at 3300 - 500; the reset (1950 + 1 s + margin) would only follow it.
         assert_eq!(k.step(t(2800)), vec![Effect::Fence]);
         // PostgreSQL confirmed down: the watchdog is closed cleanly.
         assert_eq!(k.disarm(true), vec![Effect::CloseWatchdog]);
@@ -532,14 +564,27 @@ mod tests {
     }
 
     #[test]
-    fn pause_closes_the_watchdog_and_resume_reopens_it() {
-        let mut k = granted(Mode::Automatic);
-        k.arm(t(10));
-        k.step(t(10));
-        k.watchdog_opened(t(10), Some(Duration::from_secs(1)));
-        assert_eq!(k.set_paused(true, t(20)), vec![Effect::CloseWatchdog]);
-        assert_eq!(k.set_paused(false, t(30)), vec![]);
-        assert_eq!(k.watchdog(), WatchdogState::Wanted);
+    fn a_lease_lost_before_it_could_have_expired_is_recorded_as_revoked_early() {
+        let mut k = granted(Mode::Off);
+        k.step(t(500));
+        k.answered(t(510), Answer::Lost);
+        assert_eq!(k.view().revoked_at, Some(t(510)));
+        // Lost after its fence point but before its earliest expiry (1.8 s < 2 s): revoked.
+        let mut r = granted(Mode::Off);
+        r.step(t(500));
+        r.answered(t(1500), Answer::Failed);
+        r.step(t(1700));
+        r.answered(t(1800), Answer::Lost);
+        assert_eq!(r.view().revoked_at, Some(t(1800)));
+        // Lost after its earliest expiry: it may simply have expired.
+        let mut e = granted(Mode::Off);
+        e.step(t(500));
+        e.answered(t(1500), Answer::Failed);
+        e.step(t(1700));
+        e.answered(t(1990), Answer::Failed);
+        e.step(t(2190));
+        e.answered(t(2200), Answer::Lost);
+        assert_eq!(e.view().revoked_at, None);
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl Memory {
     /// `view` is `None` when etcd could not be read.
     pub fn observe(&mut self, me: &str, view: Option<&ClusterView>, pg: &PgView, now: Moment) {
         if let Some(v) = view {
+            self.recent.started_at.get_or_insert(now);
             let leader = v.leader.as_ref().map(|l| l.name.as_str());
             for m in &v.members {
                 if m.name == me {
@@ -109,8 +110,14 @@ impl Memory {
                 }
             }
             self.known.retain(|_, (_, seen)| now.since(*seen) < KNOWN_PEER_TTL);
-            self.recent.known_peers =
-                self.known.iter().map(|(n, (u, _))| PeerRef { name: n.clone(), api_url: u.clone() }).collect();
+            self.recent.known_peers = self.known.iter().map(|(n, (u, _))| PeerRef::new(n, u)).collect();
+            if let Some(l) = &v.leader {
+                self.recent.former_leader = v
+                    .member(&l.name)
+                    .filter(|m| m.name != me && !m.api_url.is_empty())
+                    .map(|m| PeerRef { former_leader: true, ..PeerRef::new(&m.name, &m.api_url) })
+                    .or_else(|| self.recent.former_leader.take().filter(|f| f.name == l.name));
+            }
         }
         let i_lead = view.and_then(|v| v.leader.as_ref()).is_some_and(|l| l.name == me);
         if i_lead && !matches!(pg, PgView::Running(_)) {
@@ -179,7 +186,12 @@ impl Memory {
 
     /// A new or removed data directory: what we knew about the old one no longer holds.
     fn forget_data(&mut self) {
-        self.recent = Recent { known_peers: std::mem::take(&mut self.recent.known_peers), ..Recent::default() };
+        self.recent = Recent {
+            known_peers: std::mem::take(&mut self.recent.known_peers),
+            former_leader: self.recent.former_leader.take(),
+            started_at: self.recent.started_at,
+            ..Recent::default()
+        };
         self.rewind_failures = 0;
     }
 
@@ -238,6 +250,24 @@ mod tests {
         m.record(&Outcome::Rewound { leader: "n2".into() }, at(5));
         assert!(!m.recent().rewind_failed && !m.recent().diverged);
         assert_eq!(m.upstream(), Some("n2"));
+    }
+
+    #[test]
+    fn the_last_leader_is_remembered_after_its_keys_vanish() {
+        let mut m = Memory::default();
+        let mut v = ClusterView::empty();
+        v.members.push(member("n2"));
+        v.leader = Some(crate::core::LeaderKey { name: "n2".into(), lease: 1, mod_revision: 1 });
+        m.observe("n1", Some(&v), &PgView::NoData, at(1));
+        assert!(m.recent().known_peers.is_empty(), "the leader is not among the known peers");
+        let f = m.recent().former_leader.clone().expect("former leader");
+        assert!(f.former_leader && f.name == "n2");
+        m.observe("n1", Some(&ClusterView::empty()), &PgView::NoData, at(2));
+        assert_eq!(m.recent().former_leader.as_ref().map(|p| p.name.as_str()), Some("n2"));
+        let mut me = ClusterView::empty();
+        me.leader = Some(crate::core::LeaderKey { name: "n1".into(), lease: 1, mod_revision: 2 });
+        m.observe("n1", Some(&me), &PgView::NoData, at(3));
+        assert_eq!(m.recent().former_leader, None, "we lead now");
     }
 
     #[test]

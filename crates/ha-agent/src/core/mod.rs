@@ -21,8 +21,8 @@ pub use decide::decide;
 pub use decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
 pub use memory::{KNOWN_PEER_TTL, MEMBER_SLOTS_TTL, Memory, Outcome, PgErrorKind};
 pub use observed::{
-    ClusterState, Control, LeaseView, Moment, Observed, PeerProbe, PeerRef, PeerStatus, PgView, Recent, RunningPg,
-    Settings,
+    ClusterState, Control, FORMER_LEADER_TIMEOUT, LeaseView, Moment, Observed, PeerProbe, PeerRef, PeerStatus, PgView,
+    Recent, RunningPg, Settings,
 };
 pub use view::{
     ClusterView, ConfigState, DynConfig, FailoverRequest, Initialize, KeyProblem, LeaderKey, Member, Role, Tags,

@@ -45,10 +45,20 @@ impl Moment {
 pub struct LeaseView {
     pub id: Option<i64>,
     pub expires_at: Moment,
+    /// When etcd last said a lease of ours was gone before it could have expired: revoked early
+    /// (etcd 3.4 before 3.4.31 revokes every lease when a stalled former raft leader wakes,
+    /// etcd #15247). The leader's lease went at the same moment, and its primary may not have
+    /// noticed yet.
+    pub revoked_at: Option<Moment>,
 }
 
 impl LeaseView {
-    pub const NONE: LeaseView = LeaseView { id: None, expires_at: Moment(0) };
+    pub const NONE: LeaseView = LeaseView { id: None, expires_at: Moment(0), revoked_at: None };
+
+    /// Whether a lease of ours was revoked early less than `within` ago.
+    pub fn revoked_within(&self, now: Moment, within: Duration) -> bool {
+        self.revoked_at.is_some_and(|at| now.since(at) < within)
+    }
 
     /// When a primary holding this lease must have stopped accepting writes: `retry_timeout`
     /// before the earliest possible expiry, leaving that long for the fence itself (an
@@ -196,6 +206,21 @@ pub struct PeerProbe {
 pub struct PeerRef {
     pub name: String,
     pub api_url: String,
+    /// The last leader we saw, asked although its keys are gone: if its lease went early
+    /// (revoked) while it still runs, it is a live primary. Asked with a short timeout
+    /// ([`FORMER_LEADER_TIMEOUT`]): when it is really gone, the failover should not wait
+    /// long for its silence.
+    pub former_leader: bool,
+}
+
+/// How long a leader race waits for the former leader's answer (it answers from memory in
+/// microseconds when it runs; its silence is the usual case of a failover).
+pub const FORMER_LEADER_TIMEOUT: Duration = Duration::from_millis(200);
+
+impl PeerRef {
+    pub fn new(name: &str, api_url: &str) -> Self {
+        Self { name: name.to_owned(), api_url: api_url.to_owned(), former_leader: false }
+    }
 }
 
 /// Facts about our own recent actions that the core cannot see in PostgreSQL or etcd.
@@ -214,6 +239,12 @@ pub struct Recent {
     /// member keys are gone: after an etcd outage longer than the TTL every member key has
     /// expired, and the first agent back must not think it is alone.
     pub known_peers: Vec<PeerRef>,
+    /// The last other member seen holding the leader key, with its API address; kept after
+    /// its keys vanished, until another leader is seen.
+    pub former_leader: Option<PeerRef>,
+    /// When this agent first read the cluster (`None`: not yet). An agent that started less
+    /// than a ttl ago does not know who led before: it does not race yet.
+    pub started_at: Option<Moment>,
     /// Since when the cluster has had no leader key, as this agent saw it (`None`: it has a
     /// leader, or the shell does not track it). Bounds how long a switchover waits for its
     /// candidate to catch up with the old primary's last WAL position.

@@ -109,10 +109,10 @@ impl Fx {
             },
             cluster: Some(c),
             config: DynConfig::default(),
-            lease: LeaseView { id: Some(MY_LEASE), expires_at: Moment::from_millis(12_900) },
+            lease: LeaseView { id: Some(MY_LEASE), expires_at: Moment::from_millis(12_900), revoked_at: None },
             pg: replica(1000, 1, None),
             peers: None,
-            recent: Recent::default(),
+            recent: Recent { started_at: Some(Moment::from_millis(0)), ..Recent::default() },
             now: Moment::from_millis(10_000),
             wall_ms: 1_795_514_400_000,
             watchdog_failed: false,
@@ -513,7 +513,7 @@ fn lone_member_takes_the_key_without_asking_anyone() {
 fn recently_seen_peers_are_asked_even_when_their_member_keys_expired() {
     let mut fx = Fx::new();
     fx.c().members.retain(|m| m.name == ME);
-    fx.recent.known_peers = vec![PeerRef { name: "n3".into(), api_url: "http://n3:8008/patroni".into() }];
+    fx.recent.known_peers = vec![PeerRef::new("n3", "http://n3:8008/patroni")];
     assert!(matches!(fx.decide(), Decision::ProbePeers { peers } if peers.len() == 1 && peers[0].name == "n3"));
 }
 
@@ -960,4 +960,37 @@ fn a_required_watchdog_that_cannot_be_used_keeps_a_member_out_of_the_race_and_fr
     let mut fx = Fx::new().leader(ME);
     fx.watchdog_failed = true;
     assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::WatchdogUnavailable });
+}
+
+#[test]
+fn after_an_early_revocation_replicas_wait_a_ttl_before_racing() {
+    // Our own lease was revoked while trusted (a mass revocation by a stalled former etcd
+    // leader): the leader's went at the same moment, and its primary fences only when it
+    // notices, at the latest when its lease would have expired. Racing now could promote
+    // next to it.
+    let mut fx = Fx::new().peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    fx.lease.revoked_at = Some(Moment::from_millis(9_000));
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::LeaseRevokedEarly });
+    fx.lease.revoked_at = Some(Moment::from_millis(7_000));
+    assert_eq!(fx.decide(), Decision::AcquireLeader, "a ttl later it races");
+}
+
+#[test]
+fn the_former_leader_is_asked_in_a_race_even_after_its_keys_vanished() {
+    let mut fx = Fx::new();
+    fx.recent.former_leader = Some(PeerRef { former_leader: true, ..PeerRef::new("n9", "http://n9:8008/patroni") });
+    let Decision::ProbePeers { peers } = fx.decide() else { panic!("expected a probe") };
+    assert!(peers.iter().any(|p| p.name == "n9" && p.former_leader), "{peers:?}");
+    // Its lease went early but it still runs as a primary: nobody races.
+    let fx = fx.peers(vec![answer("n2", false, 900), answer("n3", false, 900), answer("n9", true, 1200)]);
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::PrimaryStillAlive("n9".into()) });
+}
+
+#[test]
+fn an_agent_that_just_started_does_not_race_for_a_ttl() {
+    let mut fx = Fx::new().peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    fx.recent.started_at = Some(Moment::from_millis(8_000));
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::JustStarted });
+    fx.recent.started_at = Some(Moment::from_millis(7_000));
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
 }

@@ -131,9 +131,11 @@ pub async fn status_of(api_url: &str, timeout: Duration) -> Option<StatusJson> {
     }
 }
 
-/// Asks every peer in parallel, each bounded by `timeout`.
+/// Asks every peer in parallel, each bounded by `timeout` (the former leader by
+/// [`crate::core::FORMER_LEADER_TIMEOUT`] at most).
 pub async fn probe(peers: &[PeerRef], timeout: Duration) -> Vec<PeerProbe> {
     let asks = peers.iter().map(|p| async move {
+        let timeout = if p.former_leader { timeout.min(crate::core::FORMER_LEADER_TIMEOUT) } else { timeout };
         let status = status_of(&p.api_url, timeout).await.as_ref().and_then(peer_status);
         PeerProbe { name: p.name.clone(), status }
     });

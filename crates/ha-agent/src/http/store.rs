@@ -26,6 +26,22 @@ impl Store for Etcd {
     }
 }
 
+/// The agent's own store: every member at once, the first answer wins (see `crate::hedge`);
+/// a compare-and-swap commits at most once however many members got it.
+impl Store for crate::hedge::PerEndpoint {
+    fn read(&self, prefix: String) -> BoxFuture<'_, Result<Vec<Kv>, EtcdError>> {
+        Box::pin(async move { Ok(self.get_prefix(&prefix).await?.kvs) })
+    }
+
+    fn put(&self, key: String, value: String) -> BoxFuture<'_, Result<(), EtcdError>> {
+        Box::pin(async move { self.first_ok(|c| c.put(&key, value.clone(), None)).await.map(drop) })
+    }
+
+    fn put_if_mod_revision(&self, key: String, rev: i64, value: String) -> BoxFuture<'_, Result<i64, EtcdError>> {
+        Box::pin(async move { self.first_ok(|c| c.put_if_mod_revision(&key, rev, value.clone())).await })
+    }
+}
+
 /// An in-memory store for tests: keys with their mod_revision, one global revision counter.
 #[derive(Default)]
 pub struct MemStore {

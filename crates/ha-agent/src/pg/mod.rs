@@ -48,6 +48,7 @@ pub fn leftover_pids(data_dir: &Path) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     let me = std::process::id();
+    // A zombie's cwd link cannot be read, so only live processes are found.
     dir.filter_map(|e| {
         let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
         (u32::try_from(pid).ok() != Some(me) && std::fs::read_link(format!("/proc/{pid}/cwd")).ok()? == data)
@@ -77,10 +78,12 @@ pub fn signal_postmaster(data_dir: &Path, sig: Signal) -> Option<i32> {
 pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    // A stale file after a crash may name a pid reused by something else.
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    let comm = comm.trim();
-    (comm.starts_with("postgres") || comm.starts_with("postmaster")).then_some(pid)
+    // A stale file after a crash may name a pid reused by something else; a killed postmaster
+    // not yet reaped (a zombie) is gone too.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+    let alive = !rest.starts_with('Z') && !rest.starts_with('X');
+    (alive && (comm.starts_with("postgres") || comm.starts_with("postmaster"))).then_some(pid)
 }
 
 /// A standby that is up and replaying but not yet consistent ("the database system is not

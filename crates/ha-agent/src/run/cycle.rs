@@ -74,6 +74,7 @@ impl Agent {
         }
         self.log(&d);
         self.metrics.decisions.with_label_values(&[d.kind()]).inc();
+        self.progress.busy(Some((d.kind(), super::action_bound(&d))), self.clock.now());
         if let Err(e) = self.act(&d, read.as_ref(), &pg).await {
             // Usually transient (a leader not accepting base backups yet, an etcd hiccup):
             // the next cycle decides again. What needs a human is logged as ERROR where known.
@@ -119,10 +120,10 @@ impl Agent {
         Ok(())
     }
 
-    /// Updates the memory and the lease keeper from what this cycle saw: the fence is armed
-    /// while PostgreSQL may accept writes; the watchdog follows maintenance mode; a leader key
-    /// of ours that vanished makes the keeper check the lease at once (etcd 3.4 may revoke it
-    /// early when a stalled former raft leader wakes).
+    /// Updates the memory and the lease keeper from what this cycle saw: the fence (and the
+    /// watchdog) is armed while PostgreSQL may accept writes, in maintenance mode too; a
+    /// leader key of ours that vanished makes the keeper check the lease at once (etcd 3.4 may
+    /// revoke it early when a stalled former raft leader wakes).
     fn observe(&mut self, read: Option<&Read>, pg: &PgView) {
         let now = self.clock.now();
         self.memory.observe(&self.cfg.name, read.map(|r| &r.view), pg, now);
@@ -131,7 +132,6 @@ impl Agent {
         } else {
             self.lease.disarm(true);
         }
-        self.lease.set_paused(self.dyn_config.pause);
         self.paused.store(self.dyn_config.pause, Ordering::SeqCst);
         if let Some(r) = read {
             let i_lead = r.view.leader.as_ref().is_some_and(|l| l.name == self.cfg.name);

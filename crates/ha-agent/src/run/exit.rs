@@ -126,8 +126,8 @@ impl Agent {
     pub(super) async fn shutdown(&mut self, fence: &ExitFence) {
         if self.dyn_config.pause {
             tracing::warn!("paused: leaving PostgreSQL running and the leader key in place, as Patroni does");
-            self.lease.set_paused(true);
             self.lease.disarm(false);
+            self.lease.release_watchdog();
             fence.done();
             return;
         }

@@ -71,8 +71,21 @@ pub struct Progress {
 struct ProgressInner {
     /// When the last cycle ended.
     cycle_done: Option<Moment>,
-    /// A long action that runs, and since when.
-    busy: Option<(&'static str, Moment)>,
+    /// An action that runs: since when, and how long it may take (its own time limits).
+    busy: Option<(&'static str, Moment, std::time::Duration)>,
+}
+
+/// How long an action may run before the loop counts as stuck: the tools it runs (base
+/// backup, pg_rewind, crash recovery, initdb) are limited to an hour each; everything else is
+/// a few bounded requests and signals.
+fn action_bound(d: &crate::core::Decision) -> std::time::Duration {
+    use crate::core::Decision;
+    match d {
+        Decision::Clone { .. } | Decision::Rewind { .. } | Decision::Reinit { .. } | Decision::RaceInitialize => {
+            std::time::Duration::from_secs(2 * 3600)
+        }
+        _ => std::time::Duration::from_secs(300),
+    }
 }
 
 impl Progress {
@@ -84,15 +97,16 @@ impl Progress {
         self.lock().cycle_done = Some(at);
     }
 
-    fn busy(&self, what: Option<&'static str>, at: Moment) {
-        self.lock().busy = what.map(|w| (w, at));
+    fn busy(&self, what: Option<(&'static str, std::time::Duration)>, at: Moment) {
+        self.lock().busy = what.map(|(w, bound)| (w, at, bound));
     }
 
-    /// Alive: a cycle ended within `within`, or a long action (bounded by its own time limit)
-    /// is in progress.
+    /// Alive: a cycle ended within `within`, or an action runs within its own bound (a long
+    /// pg_basebackup, pg_rewind or crash recovery does not make the agent look stuck).
     pub fn alive(&self, now: Moment, within: std::time::Duration) -> bool {
         let p = *self.lock();
-        p.busy.is_some() || p.cycle_done.is_some_and(|at| now.since(at) <= within)
+        p.busy.is_some_and(|(_, since, bound)| now.since(since) <= bound)
+            || p.cycle_done.is_some_and(|at| now.since(at) <= within)
     }
 }
 
@@ -142,9 +156,11 @@ impl Agent {
         self.settings.use_pg_rewind.or(self.dyn_config.use_pg_rewind).unwrap_or(false)
     }
 
+    /// The state published while a long action runs (`None`: done).
     fn set_busy(&mut self, state: Option<&'static str>) {
         self.busy_state = state;
-        self.progress.busy(state, self.clock.now());
+        let bound = std::time::Duration::from_secs(2 * 3600);
+        self.progress.busy(state.map(|s| (s, bound)), self.clock.now());
     }
 }
 
@@ -155,9 +171,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>, ctl: Control) -> any
     let span = tracing::info_span!("ha", cluster = %cfg.layout.scope(), member = %cfg.name);
     let fence = ExitFence::new(cfg.postgresql.data_dir.clone());
     let result = start::run(cfg, config_path, ctl, &fence).instrument(span).await;
-    if let Err(e) = &result {
-        tracing::error!(error = format!("{e:#}"), "ha-agent is stopping on an error");
-    }
+    // The error itself is logged once, by the caller that turns it into the exit code.
     fence.on_exit();
     result
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use outrigger_daemon::shutdown::Control;
-use outrigger_etcd::Etcd;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -89,7 +88,8 @@ pub(super) async fn run(
     fence: &ExitFence,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(cfg.layout.scope(), &cfg.name));
-    let etcd = Etcd::connect(&cfg.etcd).await.context("connect to etcd")?;
+    // Every etcd client connects lazily (with user/password a connect authenticates): one
+    // member down must not keep the agent from starting, nor leave its PostgreSQL unfenced.
     let hedged = crate::hedge::PerEndpoint::new(&cfg.etcd);
     let dcs = Dcs::new(hedged.clone(), cfg.layout.clone(), &cfg.name);
     ensure_unique_name(&dcs, &cfg).await?;
@@ -113,7 +113,7 @@ pub(super) async fn run(
         None => None,
     };
     let (commands_tx, commands) = mpsc::channel(16);
-    let store: Arc<dyn http::store::Store> = Arc::new(etcd.clone());
+    let store: Arc<dyn http::store::Store> = Arc::new(hedged.clone());
     let api = Arc::new(ApiState::with_layout(
         api_settings_of(&cfg),
         metrics.clone(),
@@ -130,10 +130,11 @@ pub(super) async fn run(
         rest_died.cancel();
     })
     .context("start the REST API thread")?;
-    let mut keeper = tokio::spawn(crate::lease::run_keeper(lease.clone(), hedged, tasks.clone()).in_current_span());
+    let mut keeper =
+        tokio::spawn(crate::lease::run_keeper(lease.clone(), hedged.clone(), tasks.clone()).in_current_span());
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut watcher = tokio::spawn(
-        super::watch::watch(etcd.clone(), cfg.layout.clone(), cfg.name.clone(), wake.clone(), tasks.clone())
+        super::watch::watch(hedged, cfg.layout.clone(), cfg.name.clone(), wake.clone(), tasks.clone())
             .in_current_span(),
     );
 

@@ -4,15 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outrigger_etcd::{Etcd, WatchUpdate};
+use outrigger_etcd::WatchUpdate;
 use outrigger_schema::ClusterKey;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::hedge::PerEndpoint;
+
 /// Wakes the HA loop when a key that matters changes (anything but our own member key and
-/// `status`, which we write ourselves).
+/// `status`, which we write ourselves). Watches through one etcd member at a time: when that
+/// member fails, it moves on to the next (with a full read first, which wakes the loop).
 pub(super) async fn watch(
-    etcd: Etcd,
+    etcd: PerEndpoint,
     layout: outrigger_schema::KeyLayout,
     me: String,
     wake: Arc<Notify>,
@@ -21,32 +24,39 @@ pub(super) async fn watch(
     let prefix = layout.prefix();
     let own = layout.member(&me).unwrap_or_default();
     let status = layout.key(ClusterKey::Status);
-    let revision = loop {
-        match etcd.get_prefix(&prefix).await {
-            Ok(s) => break s.revision,
-            Err(_) => {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        }
-    };
-    let mut w = etcd.watch_prefix(&prefix, revision);
+    let mut member = 0usize;
     loop {
-        let next = tokio::select! {
-            () = stop.cancelled() => return,
-            n = w.next() => n,
+        member = member.wrapping_add(1);
+        let Some((client, revision)) = (match etcd.client(member).await {
+            Ok(c) => c.get_prefix(&prefix).await.ok().map(|s| (c.clone(), s.revision)),
+            Err(_) => None,
+        }) else {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            continue;
         };
-        match next {
-            Ok(WatchUpdate::Changes { changes, .. }) => {
-                if changes.iter().any(|c| c.key() != own && c.key() != status) {
-                    wake.notify_one();
+        // Whatever changed while we were not watching.
+        wake.notify_one();
+        let mut w = client.watch_prefix(&prefix, revision);
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                n = w.next() => n,
+            };
+            match next {
+                Ok(WatchUpdate::Changes { changes, .. }) => {
+                    if changes.iter().any(|c| c.key() != own && c.key() != status) {
+                        wake.notify_one();
+                    }
+                }
+                Ok(WatchUpdate::Resync(_)) => wake.notify_one(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "etcd watch interrupted; watching through the next member");
+                    break;
                 }
             }
-            Ok(WatchUpdate::Resync(_)) => wake.notify_one(),
-            // The watch reconnects by itself on the next call, after a short backoff.
-            Err(e) => tracing::debug!(error = %e, "etcd watch interrupted"),
         }
     }
 }
