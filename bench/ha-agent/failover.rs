@@ -28,7 +28,8 @@
 //! old primary's last acknowledged local write to the new primary's first. It must be
 //! positive in every run (no two primaries taking writes at once); min and median are
 //! printed. `HA_BENCH_ETCD_CHECKPOINT=1` runs etcd with lease checkpointing (see
-//! ARCHITECTURE.md: it does not apply to leases this short).
+//! ARCHITECTURE.md: it does not apply to leases this short); `HA_BENCH_FAULTS=freeze,cut-off`
+//! picks the faults (default: all three).
 //!
 //! Then the footprint: resident memory and CPU of each agent over 30 s of an idle cluster.
 //!
@@ -415,7 +416,8 @@ fn main() -> anyhow::Result<()> {
     let mut summary = Vec::new();
     let only_switchover = std::env::var("HA_BENCH_ONLY").is_ok_and(|o| o == "switchover");
     for prof in profiles.split(',').filter(|s| !s.is_empty() && runs > 0 && !only_switchover) {
-        for f in [Fault::Freeze, Fault::CutOff, Fault::PgBroken] {
+        let faults = std::env::var("HA_BENCH_FAULTS").unwrap_or_else(|_| "freeze,cut-off,pg-broken".into());
+        for f in [Fault::Freeze, Fault::CutOff, Fault::PgBroken].into_iter().filter(|f| faults.split(',').any(|n| n == f.name())) {
             let s = failovers(prof, f, runs)?;
             summary.push(format!("  {prof:<4} {:<9} {}", f.name(), s.line()));
             println!("{}", summary.last().map_or("", String::as_str));
