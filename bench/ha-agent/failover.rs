@@ -417,7 +417,10 @@ fn main() -> anyhow::Result<()> {
     let only_switchover = std::env::var("HA_BENCH_ONLY").is_ok_and(|o| o == "switchover");
     for prof in profiles.split(',').filter(|s| !s.is_empty() && runs > 0 && !only_switchover) {
         let faults = std::env::var("HA_BENCH_FAULTS").unwrap_or_else(|_| "freeze,cut-off,pg-broken".into());
-        for f in [Fault::Freeze, Fault::CutOff, Fault::PgBroken].into_iter().filter(|f| faults.split(',').any(|n| n == f.name())) {
+        for f in [Fault::Freeze, Fault::CutOff, Fault::PgBroken]
+            .into_iter()
+            .filter(|f| faults.split(',').any(|n| n == f.name()))
+        {
             let s = failovers(prof, f, runs)?;
             summary.push(format!("  {prof:<4} {:<9} {}", f.name(), s.line()));
             println!("{}", summary.last().map_or("", String::as_str));

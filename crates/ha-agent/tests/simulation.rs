@@ -15,7 +15,8 @@
 //! up, or processed by etcd after it); etcd leader changes (every lease re-extended to its
 //! TTL); early lease revocation (etcd 3.4's stalled former raft leader, etcd #15247); forward
 //! clock jumps and clock-rate drift; planned switchovers; maintenance mode; SIGHUP reloads
-//! that change the ttl.
+//! that change the ttl; a second agent with a member's name writing its key (the member's
+//! agent exits, fencing its PostgreSQL on the way out).
 //!
 //! Invariants:
 //! 1. never two PostgreSQL servers accept writes at the same instant;
@@ -134,7 +135,7 @@ struct Variant {
     faults: &'static [u64],
 }
 
-const ALL_FAULTS: &[u64] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
+const ALL_FAULTS: &[u64] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19];
 
 const SAFE: Variant = Variant { wd: Wd::Device, clock: ClockSource::Boottime, faults: ALL_FAULTS };
 
@@ -1056,6 +1057,14 @@ impl World {
     }
 
     fn cycle(&mut self, h: usize, view: Option<ClusterView>, answers: Option<Vec<PeerProbe>>) {
+        // `check_impostor` in `run/cycle.rs`: another agent writes our member key.
+        let name = self.hosts[h].name.clone();
+        let lease = self.agent(h).keeper.view().id;
+        let (api, conn) = (format!("http://{name}:8008/patroni"), format!("postgres://{name}:5432/postgres"));
+        if view.as_ref().is_some_and(|v| v.impostor(&name, lease, &api, &conn).is_some()) {
+            self.agent_exits(h, "another agent writes our member key");
+            return;
+        }
         let pg = self.pg_view(h);
         self.observe(h, view.as_ref(), &pg);
         let now = self.now(h);
@@ -1083,6 +1092,20 @@ impl World {
         if self.etcd_ok(h) {
             self.touch_member(h);
         }
+    }
+
+    /// The agent ends on an error: `ExitFence` stops a PostgreSQL that may accept writes and
+    /// then disables the watchdog; systemd restarts the agent a second later.
+    fn agent_exits(&mut self, h: usize, why: &str) {
+        let name = self.hosts[h].name.clone();
+        self.note(format!("{name} agent exits: {why}"));
+        let paused = self.agent(h).paused;
+        if self.pg_view(h).may_accept_writes() && !paused {
+            self.stop_pg(h, false);
+        }
+        self.hosts[h].device = None;
+        self.hosts[h].agent = None;
+        self.hosts[h].agent_back_at = self.t + 1000;
     }
 
     fn set_upstream(&mut self, h: usize, up: Option<String>) {
@@ -1664,6 +1687,20 @@ impl World {
                     agent.settings.timings = timings(ttl);
                     let e = agent.keeper.set_timings(timings(ttl), Mode::Automatic, wd_timeout(ttl), now);
                     self.effects(h, e);
+                }
+            }
+            19 => {
+                // A second agent started elsewhere with this member's name writes its key (on
+                // a lease of its own); it then sees the real one's key and stops too.
+                let id = self.etcd.next_lease;
+                self.etcd.next_lease += 1;
+                self.etcd.leases.insert(id, t + TTL);
+                self.lease_ttl.insert(id, TTL);
+                if let Some(m) = self.etcd.members.get(&name).cloned() {
+                    self.note(format!("FAULT a second agent named {name} writes its member key"));
+                    let ghost = Member { api_url: format!("http://ghost-{name}:8008/patroni"), lease: id, ..m };
+                    self.etcd.members.insert(name, ghost);
+                    self.etcd.bump(false);
                 }
             }
             _ => {}

@@ -293,6 +293,13 @@ impl ClusterView {
         self.members.iter().find(|m| m.name == name)
     }
 
+    /// Another agent writes the member key of `me`: on a lease that is not ours, with another
+    /// address. Two agents with one name would each take the other's leader key for their own,
+    /// so the agent that sees this stops (and fences its PostgreSQL on the way out).
+    pub fn impostor(&self, me: &str, my_lease: Option<i64>, api_url: &str, conn_url: &str) -> Option<&Member> {
+        self.member(me).filter(|m| my_lease != Some(m.lease) && (m.api_url != api_url || m.conn_url != conn_url))
+    }
+
     /// The newest timeline anyone is known to have reached: one past the last switch in
     /// `history`, or a higher timeline a member publishes. A member below it must not lead:
     /// its promotion would reuse a timeline id that already exists elsewhere.

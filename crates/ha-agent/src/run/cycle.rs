@@ -107,9 +107,8 @@ impl Agent {
     /// address): two agents with one name would each take the other's leader key for their
     /// own. This agent stops (and fences its PostgreSQL on the way out).
     fn check_impostor(&self, read: Option<&Read>) -> anyhow::Result<()> {
-        let Some(m) = read.and_then(|r| r.view.member(&self.cfg.name)) else { return Ok(()) };
-        let ours = self.lease.view().id == Some(m.lease);
-        if !ours && (m.api_url != self.cfg.api_url() || m.conn_url != self.cfg.conn_url()) {
+        let (api, conn) = (self.cfg.api_url(), self.cfg.conn_url());
+        if let Some(m) = read.and_then(|r| r.view.impostor(&self.cfg.name, self.lease.view().id, &api, &conn)) {
             anyhow::bail!(
                 "another agent named {:?} writes this member's key (api_url {}, conn_url {}): stopping",
                 self.cfg.name,

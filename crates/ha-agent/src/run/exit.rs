@@ -28,6 +28,9 @@ struct State {
     /// The orderly shutdown finished: PostgreSQL is stopped, or deliberately left running.
     done: bool,
     metrics: Option<Arc<Metrics>>,
+    /// To disable the watchdog once PostgreSQL is stopped (or deliberately left running): an
+    /// exit that closed it without the magic byte would have the machine reset.
+    lease: Option<crate::lease::LeaseHandle>,
 }
 
 /// Stops a PostgreSQL that may accept writes when the agent exits any other way than through
@@ -59,23 +62,36 @@ impl ExitFence {
         s.metrics = Some(metrics);
     }
 
+    pub fn set_lease(&self, lease: crate::lease::LeaseHandle) {
+        self.lock().lease = Some(lease);
+    }
+
     pub fn done(&self) {
         self.lock().done = true;
     }
 
     /// Called on the way out (and on drop): fences unless the orderly shutdown was done.
     pub fn on_exit(&self) {
-        let (metrics, paused) = {
+        let (metrics, paused, lease) = {
             let mut s = self.lock();
             if !s.armed || s.done {
                 return;
             }
             s.done = true;
-            (s.metrics.clone(), self.paused.load(Ordering::SeqCst))
+            (s.metrics.clone(), self.paused.load(Ordering::SeqCst), s.lease.clone())
         };
-        let Some(pid) = crate::pg::postmaster_pid(&self.data_dir) else { return };
+        let release_watchdog = || {
+            if let Some(l) = &lease {
+                l.release_watchdog();
+            }
+        };
+        let Some(pid) = crate::pg::postmaster_pid(&self.data_dir) else {
+            release_watchdog();
+            return;
+        };
         if crate::pg::is_standby_dir(&self.data_dir) {
             tracing::info!(pid, "exiting; PostgreSQL runs as a standby and is left running");
+            release_watchdog();
             return;
         }
         if paused {
@@ -86,10 +102,13 @@ impl ExitFence {
             if let Some(m) = metrics {
                 m.exits_as_primary.with_label_values(&["paused"]).inc();
             }
+            release_watchdog();
             return;
         }
         tracing::warn!(pid, "exiting while PostgreSQL may accept writes: stopping it (immediate)");
-        stop_now(&self.data_dir, pid);
+        if stop_now(&self.data_dir, pid) {
+            release_watchdog();
+        }
         if let Some(m) = metrics {
             m.exits_as_primary.with_label_values(&["stopped"]).inc();
         }
@@ -104,7 +123,8 @@ impl Drop for ExitFence {
 
 /// SIGQUIT to the postmaster, SIGKILL after 5 s, then SIGKILL to whatever still works in the
 /// data directory (backends of a postmaster that died). Blocking: it runs on the way out.
-fn stop_now(data_dir: &std::path::Path, pid: i32) {
+/// Returns whether it is gone (if not, the watchdog stays armed and resets the machine).
+fn stop_now(data_dir: &std::path::Path, pid: i32) -> bool {
     let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while crate::pg::postmaster_pid(data_dir) == Some(pid) && std::time::Instant::now() < deadline {
@@ -117,6 +137,8 @@ fn stop_now(data_dir: &std::path::Path, pid: i32) {
     for p in crate::pg::leftover_pids(data_dir) {
         let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
     }
+    std::thread::sleep(Duration::from_millis(50));
+    crate::pg::postmaster_pid(data_dir).is_none() && crate::pg::leftover_pids(data_dir).is_empty()
 }
 
 impl Agent {

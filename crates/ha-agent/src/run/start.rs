@@ -99,6 +99,7 @@ pub(super) async fn run(
     let clock = Clock::new();
     let lease =
         LeaseHandle::new(cfg.timings, cfg.watchdog.clone(), clock, cfg.postgresql.data_dir.clone(), metrics.clone());
+    fence.set_lease(lease.clone());
     let (exit_tx, pg_exits) = mpsc::unbounded_channel();
     let pg = Postgres::new(cfg.postgresql.clone(), &cfg.name, exit_tx)?;
 
