@@ -88,6 +88,8 @@ pub struct Opts {
     pub etcd_secure: bool,
     /// etcd's `--lease-checkpoint` experiment (see `EtcdOptions`).
     pub etcd_lease_checkpoint: bool,
+    /// Config text appended at the end (whole sections).
+    pub extra: String,
 }
 
 impl Default for Opts {
@@ -107,6 +109,7 @@ impl Default for Opts {
             standin_watchdog: false,
             etcd_secure: false,
             etcd_lease_checkpoint: false,
+            extra: String::new(),
         }
     }
 }
@@ -265,7 +268,8 @@ initdb = ["encoding=UTF8", "locale=C.UTF-8", "no-sync"]
 maximum_lag_on_failover = 16777216
 {dcs}
 [bootstrap.dcs.postgresql.parameters]
-{sync}"#,
+{sync}
+{extra}"#,
             peer = o.peer_timeout,
             ttl = o.ttl,
             lw = o.loop_wait,
@@ -278,6 +282,7 @@ maximum_lag_on_failover = 16777216
             restapi = o.restapi,
             watchdog = watchdog,
             etcd_secure = etcd_secure,
+            extra = o.extra,
             subnet = subnet,
             reinit = o.reinit_on_rewind_failure,
         )

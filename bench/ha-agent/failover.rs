@@ -29,7 +29,8 @@
 //! positive in every run (no two primaries taking writes at once); min and median are
 //! printed. `HA_BENCH_ETCD_CHECKPOINT=1` runs etcd with lease checkpointing (see
 //! ARCHITECTURE.md: it does not apply to leases this short); `HA_BENCH_FAULTS=freeze,cut-off`
-//! picks the faults (default: all three).
+//! picks the faults (default: all three); `HA_BENCH_AFFINITY=0` turns off ha-agent's
+//! `etcd_leader.keep_off_primary` (then the raft leader placed on the primary's host stays).
 //!
 //! Then the footprint: resident memory and CPU of each agent over 30 s of an idle cluster.
 //!
@@ -71,7 +72,12 @@ impl Fault {
 
 fn profile(name: &str) -> Opts {
     let checkpoint = std::env::var("HA_BENCH_ETCD_CHECKPOINT").is_ok_and(|v| v == "1");
-    Opts { etcd_lease_checkpoint: checkpoint, ..base_profile(name) }
+    let extra = if std::env::var("HA_BENCH_AFFINITY").is_ok_and(|v| v == "0") {
+        "[etcd_leader]\nkeep_off_primary = false\n".to_owned()
+    } else {
+        String::new()
+    };
+    Opts { etcd_lease_checkpoint: checkpoint, extra, ..base_profile(name) }
 }
 
 fn base_profile(name: &str) -> Opts {

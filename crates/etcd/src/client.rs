@@ -362,6 +362,40 @@ impl Etcd {
         Ok(())
     }
 
+    /// The member this client talks to and the raft leader it knows (`Status` of the
+    /// maintenance API): `(member_id, leader_id)`.
+    pub async fn raft_status(&self) -> Result<(u64, u64), EtcdError> {
+        let (resp, _) = self
+            .call("status", "", || {
+                let mut c = self.client.maintenance_client();
+                async move { c.status().await }
+            })
+            .await?;
+        Ok((resp.header().map_or(0, |h| h.member_id()), resp.leader()))
+    }
+
+    /// The cluster's members: `(id, name, client URLs)`.
+    pub async fn members(&self) -> Result<Vec<(u64, String, Vec<String>)>, EtcdError> {
+        let (resp, _) = self
+            .call("member-list", "", || {
+                let mut c = self.client.cluster_client();
+                async move { c.member_list().await }
+            })
+            .await?;
+        Ok(resp.members().iter().map(|m| (m.id(), m.name().to_owned(), m.client_urls().to_vec())).collect())
+    }
+
+    /// Hands raft leadership to member `target`; only the current leader can do it (send it
+    /// through a client of that member). Needs the root role when auth is on.
+    pub async fn move_leader(&self, target: u64) -> Result<(), EtcdError> {
+        self.call("move-leader", "", || {
+            let mut c = self.client.maintenance_client();
+            async move { c.move_leader(target).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     pub fn lease_renewer(&self, lease: LeaseId) -> LeaseRenewer {
         LeaseRenewer { etcd: self.clone(), lease, stream: None }
     }

@@ -39,6 +39,20 @@ pub struct RawConfig {
     pub tags: RawTags,
     #[serde(default)]
     pub watchdog: RawWatchdog,
+    #[serde(default)]
+    pub etcd_leader: RawEtcdLeader,
+}
+
+/// Where etcd runs on the PostgreSQL hosts: keep its raft leader off the primary's host.
+#[derive(Debug, Deserialize, Default)]
+pub struct RawEtcdLeader {
+    /// The leader moves etcd's raft leadership to another member when the member on its own
+    /// host holds it (default true): a primary host that fails then costs no etcd election,
+    /// whose new raft leader would restart every lease's TTL and slow the failover.
+    pub keep_off_primary: Option<bool>,
+    /// The `etcd.endpoints` entry of the member on this host (default: the endpoint whose host
+    /// is this member's PostgreSQL or REST address; none: nothing to do).
+    pub local_endpoint: Option<String>,
 }
 
 /// Patroni's `watchdog` section.
@@ -250,6 +264,9 @@ pub struct Config {
     pub bootstrap_dcs: serde_json::Value,
     pub tags: Tags,
     pub watchdog: crate::core::watchdog::Settings,
+    /// Index in `etcd.endpoints` of the member on this host whose raft leadership the leader
+    /// hands on (`None`: none, or `etcd_leader.keep_off_primary = false`).
+    pub local_etcd: Option<usize>,
 }
 
 fn show(d: Duration) -> String {
@@ -394,6 +411,28 @@ impl RawConfig {
             pg_hba: pg.pg_hba.clone().unwrap_or_else(|| DEFAULT_PG_HBA.iter().map(|s| (*s).to_owned()).collect()),
             parameters,
             start_timeout,
+        }
+    }
+}
+
+/// The host of `scheme://host:port` or `host:port`.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.rsplit_once(':').map_or(rest, |(h, _)| h).trim_start_matches('[').trim_end_matches(']')
+}
+
+impl RawConfig {
+    fn local_etcd(&self, p: &mut Problems, endpoints: &[String], pg: &str, api: &str) -> Option<usize> {
+        if self.etcd_leader.keep_off_primary == Some(false) {
+            return None;
+        }
+        match &self.etcd_leader.local_endpoint {
+            Some(e) => {
+                let i = endpoints.iter().position(|x| x == e);
+                p.check(i.is_some(), "etcd_leader.local_endpoint", e, "must be one of etcd.endpoints");
+                i
+            }
+            None => endpoints.iter().position(|e| host_of(e) == host_of(pg) || host_of(e) == host_of(api)),
         }
     }
 }
@@ -662,6 +701,7 @@ impl Validate for RawConfig {
         };
         let bootstrap_dcs = toml_to_json(&toml::Value::Table(self.bootstrap.dcs.clone()));
         let watchdog = self.watchdog.validate(&mut p, &t, etcd.request_timeout);
+        let local_etcd = self.local_etcd(&mut p, &etcd.endpoints, &postgresql.connect_address, &restapi_connect);
         p.finish(())?;
         match (layout, listen) {
             (Some(layout), Some(restapi_listen)) => Ok(Config {
@@ -679,6 +719,7 @@ impl Validate for RawConfig {
                 bootstrap_dcs,
                 tags,
                 watchdog,
+                local_etcd,
             }),
             // Both None cases pushed a problem above, so `finish` already returned.
             _ => Err(vec![Problem::key_only("(config)", "invalid")]),
@@ -755,6 +796,7 @@ impl Config {
         runtime!("bootstrap.dcs", bootstrap_dcs);
         runtime!("tags", tags);
         runtime!("watchdog", watchdog);
+        runtime!("etcd_leader", local_etcd);
         plan.need_restart.dedup();
         (next, plan)
     }
@@ -884,6 +926,24 @@ listen = "10.0.0.1:5432"
         assert!(load(&loopback).is_ok(), "loopback needs no access control");
         let auth = open.replace("[timings]", "[restapi.authentication]\nusername = \"u\"\npassword = \"p\"\n[timings]");
         assert!(load(&auth).is_ok());
+    }
+
+    #[test]
+    fn the_local_etcd_member_is_found_by_address_or_named() {
+        let text = BASE.replace(
+            "endpoints = [\"http://127.0.0.1:2379\"]",
+            "endpoints = [\"http://10.0.0.2:2379\", \"http://10.0.0.1:2379\"]",
+        );
+        assert_eq!(load(&text).unwrap().local_etcd, Some(1));
+        let off = format!("{text}[etcd_leader]\nkeep_off_primary = false\n");
+        assert_eq!(load(&off).unwrap().local_etcd, None);
+        let named = format!("{text}[etcd_leader]\nlocal_endpoint = \"http://10.0.0.2:2379\"\n");
+        assert_eq!(load(&named).unwrap().local_etcd, Some(0));
+        let bad = format!("{text}[etcd_leader]\nlocal_endpoint = \"http://10.9.9.9:2379\"\n");
+        assert!(
+            load(&bad).unwrap_err().iter().any(|p| p.starts_with("etcd_leader.local_endpoint (http://10.9.9.9:2379)"))
+        );
+        assert_eq!(load(BASE).unwrap().local_etcd, None, "no member on this host");
     }
 
     #[test]

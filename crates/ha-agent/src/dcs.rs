@@ -34,6 +34,10 @@ impl Dcs {
         &self.layout
     }
 
+    pub fn etcd(&self) -> &PerEndpoint {
+        &self.etcd
+    }
+
     fn key(&self, k: ClusterKey) -> String {
         self.layout.key(k)
     }

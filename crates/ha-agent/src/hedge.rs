@@ -73,6 +73,22 @@ impl PerEndpoint {
         self.endpoints.get(i % n).ok_or_else(no_endpoint)?.client().await
     }
 
+    /// If the etcd member at endpoint `local` is the raft leader, hands the leadership to
+    /// another member; returns that member's name when it did.
+    pub async fn move_raft_leader_off(&self, local: usize) -> Result<Option<String>, EtcdError> {
+        let c = self.client(local).await?;
+        let (me, leader) = c.raft_status().await?;
+        if me == 0 || me != leader {
+            return Ok(None);
+        }
+        let members = c.members().await?;
+        let Some((target, name, _)) = members.into_iter().find(|(id, _, urls)| *id != me && !urls.is_empty()) else {
+            return Ok(None);
+        };
+        c.move_leader(target).await?;
+        Ok(Some(name))
+    }
+
     /// A linearizable read of the prefix from whichever member answers first.
     pub async fn get_prefix(&self, prefix: &str) -> Result<Snapshot, EtcdError> {
         self.first_ok(|c| c.get_prefix(prefix)).await

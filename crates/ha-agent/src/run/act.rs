@@ -341,6 +341,7 @@ impl Agent {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = format!("{e:#}"), "write postgresql.conf"),
         }
+        self.keep_raft_leader_off();
         let Some(read) = read else { return };
         // History: our switch must be the last row, exact (not the provisional one).
         if r.timeline > 1 {

@@ -18,6 +18,7 @@ mod commands;
 mod cycle;
 mod exit;
 mod publish;
+mod raft;
 mod reload;
 mod start;
 mod watch;
@@ -149,6 +150,8 @@ pub struct Agent {
     held_key: bool,
     /// Shared with the exit fence: the cluster is paused.
     paused: Arc<std::sync::atomic::AtomicBool>,
+    /// Keeping etcd's raft leader off our host while we lead (`raft.rs`).
+    raft: raft::Affinity,
 }
 
 impl Agent {

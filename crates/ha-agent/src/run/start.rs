@@ -170,6 +170,7 @@ pub(super) async fn run(
         cycle_started_ms: 0,
         held_key: false,
         paused: fence.pause_flag(),
+        raft: super::raft::Affinity::default(),
         cfg,
     };
     // Give the keeper its first grant before deciding anything: an agent restarted under a
