@@ -178,3 +178,31 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>, ctl: Control) -> any
     fence.on_exit();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Progress;
+    use crate::core::Moment;
+
+    fn at(ms: u64) -> Moment {
+        Moment::from_millis(ms)
+    }
+
+    #[test]
+    fn a_long_action_within_its_bound_keeps_the_loop_alive_for_the_systemd_watchdog() {
+        let p = Progress::default();
+        let within = Duration::from_secs(4);
+        assert!(!p.alive(at(0), within), "no cycle yet");
+        p.cycle_done(at(1_000));
+        assert!(p.alive(at(5_000), within));
+        assert!(!p.alive(at(5_001), within), "a loop that stopped finishing cycles is not alive");
+        // A base backup of an hour: alive as long as it runs within its bound.
+        p.busy(Some(("creating replica", Duration::from_secs(7200))), at(2_000));
+        assert!(p.alive(at(3_600_000), within));
+        assert!(!p.alive(at(2_000 + 7_200_001), within), "an action past its own limit is stuck");
+        p.busy(None, at(3_600_000));
+        assert!(!p.alive(at(3_600_000), within));
+    }
+}
