@@ -600,6 +600,9 @@ impl World {
             return None;
         }
         let d = p.pg.data.as_ref()?;
+        // `lease_revoked_recently` in the peer's status JSON.
+        let revoked =
+            p.agent.as_ref().is_some_and(|a| a.keeper.view().revoked_within(self.now(peer), a.settings.timings.ttl));
         match self.pg_view(peer) {
             PgView::Starting { standby: false, .. } => Some(PeerStatus {
                 primary: true,
@@ -607,6 +610,7 @@ impl World {
                 timeline: None,
                 tags: p.settings.tags.clone(),
                 watchdog_failed: false,
+                lease_revoked_recently: revoked,
             }),
             PgView::Running(r) => Some(PeerStatus {
                 primary: r.primary,
@@ -614,6 +618,7 @@ impl World {
                 timeline: Some(d.tl()),
                 tags: p.settings.tags.clone(),
                 watchdog_failed: false,
+                lease_revoked_recently: revoked,
             }),
             _ => None,
         }

@@ -62,6 +62,11 @@ pub struct StatusJson {
     pub pending_restart: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog_failed: Option<bool>,
+    /// ha-agent's own field (Patroni leaves it out and ignores it): etcd revoked this member's
+    /// lease before it could have expired, less than a ttl ago (a mass revocation by a former
+    /// raft leader, etcd #15247). A member asking in a leader race waits, as this one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_revoked_recently: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patroni: Option<PatroniInfo>,
     #[serde(flatten)]
@@ -149,6 +154,7 @@ mod tests {
             database_system_identifier: None,
             pending_restart: None,
             watchdog_failed: None,
+            lease_revoked_recently: None,
             patroni: Some(PatroniInfo { version: "4.1.4".into(), scope: "b".into(), name: Some("n1".into()) }),
             extra: Map::new(),
         };

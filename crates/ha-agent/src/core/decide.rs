@@ -520,6 +520,12 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     if let Some((name, _)) = answered().find(|(_, st)| st.primary) {
         return Decision::Wait { reason: WaitReason::PrimaryStillAlive(name.to_owned()) };
     }
+    // Rule: a peer saw its lease revoked early less than a ttl ago: so did the old primary's,
+    // and it may not have fenced yet (our own lease may have expired instead, while we were
+    // cut off, and told us nothing).
+    if answered().any(|(_, st)| st.lease_revoked_recently) {
+        return Decision::Wait { reason: WaitReason::LeaseRevokedEarly };
+    }
     // Rule: a switchover names its candidate; others stand back while it is healthy. The
     // former leader of a switchover stands back for any healthy member.
     if named == Some(me) {

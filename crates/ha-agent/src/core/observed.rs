@@ -192,6 +192,8 @@ pub struct PeerStatus {
     pub timeline: Option<u32>,
     pub tags: Tags,
     pub watchdog_failed: bool,
+    /// It saw its own lease revoked early less than a ttl ago (`lease_revoked_recently`).
+    pub lease_revoked_recently: bool,
 }
 
 /// The outcome of asking one peer; `status: None` means no usable answer in time.

@@ -74,6 +74,7 @@ fn answer(name: &str, primary: bool, lsn: u64) -> PeerProbe {
             timeline: Some(1),
             tags: Tags::default(),
             watchdog_failed: false,
+            lease_revoked_recently: false,
         }),
     }
 }
@@ -973,6 +974,13 @@ fn after_an_early_revocation_replicas_wait_a_ttl_before_racing() {
     assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::LeaseRevokedEarly });
     fx.lease.revoked_at = Some(Moment::from_millis(7_000));
     assert_eq!(fx.decide(), Decision::AcquireLeader, "a ttl later it races");
+    // A member whose own lease was not revoked (it had expired: it was cut off) learns it
+    // from a peer's answer.
+    fx.lease.revoked_at = None;
+    if let Some(st) = fx.peers.as_mut().and_then(|p| p[0].status.as_mut()) {
+        st.lease_revoked_recently = true;
+    }
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::LeaseRevokedEarly });
 }
 
 #[test]

@@ -235,6 +235,7 @@ pub(super) fn test_status(role: MemberRole, state: &str) -> outrigger_schema::St
         database_system_identifier: None,
         pending_restart: None,
         watchdog_failed: None,
+        lease_revoked_recently: None,
         patroni: None,
         extra: serde_json::Map::new(),
     }

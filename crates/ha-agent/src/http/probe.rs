@@ -113,6 +113,7 @@ pub fn peer_status(s: &StatusJson) -> Option<PeerStatus> {
         timeline: s.timeline,
         tags: Tags::from_json(&s.tags),
         watchdog_failed: s.watchdog_failed.unwrap_or(false),
+        lease_revoked_recently: s.lease_revoked_recently.unwrap_or(false),
     })
 }
 
