@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use outrigger_etcd::{EtcdError, LeaseRenewer};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -242,24 +241,16 @@ impl LeaseHandle {
         if crate::pg::is_standby_dir(&self.0.data_dir) {
             return;
         }
-        let pid = crate::pg::postmaster_pid(&self.0.data_dir);
-        let leftovers = crate::pg::leftover_pids(&self.0.data_dir);
-        if pid.is_none() && leftovers.is_empty() {
+        let (pid, processes) = crate::pg::kill_now(&self.0.data_dir);
+        if pid.is_none() && processes == 0 {
             if !std::mem::replace(&mut st.fence_reported, true) {
                 tracing::info!("lease not trusted; PostgreSQL is not running");
             }
             return;
         }
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), Signal::SIGKILL);
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        for p in &leftovers {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
-        }
         tracing::warn!(
             postmaster = pid,
-            processes = leftovers.len(),
+            processes,
             "fencing: the leader lease could not be renewed in time; PostgreSQL killed"
         );
         st.fence_reported = true;

@@ -86,6 +86,22 @@ pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     (alive && (comm.starts_with("postgres") || comm.starts_with("postmaster"))).then_some(pid)
 }
 
+/// SIGKILL to the postmaster of `data_dir` (and its process group) and to every process still
+/// working in the data directory, at once: nothing of this PostgreSQL takes a write after it.
+/// Returns the postmaster it found and how many other processes it killed.
+pub fn kill_now(data_dir: &Path) -> (Option<i32>, usize) {
+    let pid = postmaster_pid(data_dir);
+    let leftovers = leftover_pids(data_dir);
+    if let Some(pid) = pid {
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    for p in &leftovers {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    (pid, leftovers.len())
+}
+
 /// A standby that is up and replaying but not yet consistent ("the database system is not
 /// yet accepting connections").
 fn replaying(e: &anyhow::Error) -> bool {

@@ -80,37 +80,34 @@ impl ExitFence {
             s.done = true;
             (s.metrics.clone(), self.paused.load(Ordering::SeqCst), s.lease.clone())
         };
-        let release_watchdog = || {
-            if let Some(l) = &lease {
-                l.release_watchdog();
+        // The watchdog is disabled unless a PostgreSQL that may take writes is still running:
+        // then the machine is to be reset.
+        let safe = match crate::pg::postmaster_pid(&self.data_dir) {
+            None => true,
+            Some(pid) if crate::pg::is_standby_dir(&self.data_dir) => {
+                tracing::info!(pid, "exiting; PostgreSQL runs as a standby and is left running");
+                true
+            }
+            Some(pid) if paused => {
+                tracing::warn!(
+                    pid,
+                    "exiting in maintenance mode: PostgreSQL is left running, as Patroni does; nothing fences it until an agent runs again"
+                );
+                if let Some(m) = &metrics {
+                    m.exits_as_primary.with_label_values(&["paused"]).inc();
+                }
+                true
+            }
+            Some(pid) => {
+                tracing::warn!(pid, "exiting while PostgreSQL may accept writes: stopping it (immediate)");
+                if let Some(m) = &metrics {
+                    m.exits_as_primary.with_label_values(&["stopped"]).inc();
+                }
+                stop_now(&self.data_dir, pid)
             }
         };
-        let Some(pid) = crate::pg::postmaster_pid(&self.data_dir) else {
-            release_watchdog();
-            return;
-        };
-        if crate::pg::is_standby_dir(&self.data_dir) {
-            tracing::info!(pid, "exiting; PostgreSQL runs as a standby and is left running");
-            release_watchdog();
-            return;
-        }
-        if paused {
-            tracing::warn!(
-                pid,
-                "exiting in maintenance mode: PostgreSQL is left running, as Patroni does; nothing fences it until an agent runs again"
-            );
-            if let Some(m) = metrics {
-                m.exits_as_primary.with_label_values(&["paused"]).inc();
-            }
-            release_watchdog();
-            return;
-        }
-        tracing::warn!(pid, "exiting while PostgreSQL may accept writes: stopping it (immediate)");
-        if stop_now(&self.data_dir, pid) {
-            release_watchdog();
-        }
-        if let Some(m) = metrics {
-            m.exits_as_primary.with_label_values(&["stopped"]).inc();
+        if safe && let Some(l) = &lease {
+            l.release_watchdog();
         }
     }
 }
@@ -130,13 +127,7 @@ fn stop_now(data_dir: &std::path::Path, pid: i32) -> bool {
     while crate::pg::postmaster_pid(data_dir) == Some(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if crate::pg::postmaster_pid(data_dir) == Some(pid) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for p in crate::pg::leftover_pids(data_dir) {
-        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-    }
+    crate::pg::kill_now(data_dir);
     std::thread::sleep(Duration::from_millis(50));
     crate::pg::postmaster_pid(data_dir).is_none() && crate::pg::leftover_pids(data_dir).is_empty()
 }
