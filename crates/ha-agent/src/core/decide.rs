@@ -350,6 +350,13 @@ fn as_follower(o: &Observed<'_>, c: &ClusterView, leader: &str) -> Decision {
             if following && r.streaming {
                 return Decision::Replicate { leader: leader.to_owned() };
             }
+            // Rule: a replica that streamed from the leader less than a ttl ago and has paused
+            // (its walreceiver restarts on the leader's new timeline after a promotion) reports
+            // a timeline and position that can be mid-switch: it is not judged diverged on
+            // them. pg_rewind run on such a pair fails ("could not find previous WAL record").
+            if following && o.recent.streamed_at.is_some_and(|t| o.now.since(t) < o.settings.timings.ttl) {
+                return Decision::Replicate { leader: leader.to_owned() };
+            }
             // Rule: a running replica with WAL past the leader's switch point must be rewound
             // (PostgreSQL itself refuses to stream across that fork, so nothing is corrupted
             // meanwhile).

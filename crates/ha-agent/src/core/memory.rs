@@ -136,6 +136,9 @@ impl Memory {
         if matches!(pg, PgView::Running(_)) {
             self.recent.stepped_down_at = None;
         }
+        if matches!(pg, PgView::Running(r) if r.streaming) {
+            self.recent.streamed_at = Some(now);
+        }
     }
 
     /// Records the outcome of an action.

@@ -244,6 +244,8 @@ pub struct Recent {
     /// The last other member seen holding the leader key, with its API address; kept after
     /// its keys vanished, until another leader is seen.
     pub former_leader: Option<PeerRef>,
+    /// When PostgreSQL was last seen streaming from its upstream (a running replica).
+    pub streamed_at: Option<Moment>,
     /// When this agent first read the cluster (`None`: not yet). An agent that started less
     /// than a ttl ago does not know who led before: it does not race yet.
     pub started_at: Option<Moment>,

@@ -1002,3 +1002,20 @@ fn an_agent_that_just_started_does_not_race_for_a_ttl() {
     fx.recent.started_at = Some(Moment::from_millis(7_000));
     assert_eq!(fx.decide(), Decision::AcquireLeader);
 }
+
+#[test]
+fn a_replica_that_streamed_from_the_leader_moments_ago_is_not_judged_on_a_mid_switch_position() {
+    // n1 follows n2, which just promoted at 1000 (timeline 1 -> 2); its walreceiver is
+    // reconnecting, and the position it reports is already past the switch point.
+    let mut fx = Fx::new().leader("n2");
+    if let Some(c) = fx.cluster.as_mut() {
+        c.history = vec![TimelineSwitch { timeline: 1, lsn: 1000, leader: Some("n2".into()) }];
+        c.members[1].timeline = Some(2);
+    }
+    fx.pg = replica(1100, 1, Some("n2"));
+    fx.recent.streamed_at = Some(Moment::from_millis(9_500));
+    assert_eq!(fx.decide(), Decision::Replicate { leader: "n2".into() });
+    // Still not streaming a ttl later: judged on what it reports.
+    fx.recent.streamed_at = Some(Moment::from_millis(6_000));
+    assert_eq!(fx.decide(), Decision::Rewind { leader: "n2".into() });
+}
