@@ -1,6 +1,17 @@
-//! wal-shipper: WAL archiving and base backups in WAL-G's bucket layout on S3-compatible storage.
+//! wal-shipper: WAL archiving and base backups in WAL-G's bucket layout, on S3-compatible
+//! storage, GCS, Azure or a local folder. A drop-in for WAL-G's verbs and settings.
 //!
-//! This crate so far holds the config layer; the daemon's behaviour lands with its own issue.
+//! Pure parts: [`walname`] (WAL file names), [`walpush::on_existing`] (the overwrite rule),
+//! [`backup::sentinel`] (WAL-G's JSON), [`retention`] and [`verify`] (what to delete, what is
+//! missing). Edges: [`storage`] (object_store), [`codec`]/[`crypto`] (compression,
+//! libsodium), the verbs in [`cli`].
 #![forbid(unsafe_code)]
 
-pub mod config;
+pub mod cli;
+pub mod codec;
+pub mod crypto;
+pub mod settings;
+pub mod storage;
+pub mod walfetch;
+pub mod walname;
+pub mod walpush;

@@ -1,0 +1,175 @@
+//! The command line: WAL-G's verbs and flags, and their exit codes.
+//!
+//! | exit | meaning |
+//! |---|---|
+//! | 0 | done |
+//! | 1 | failed (archive_command: PostgreSQL retries; restore_command: treated as not there) |
+//! | 2 | bad command line |
+//! | 65, 66, 78 | the config file is not valid / cannot be read / has problems (as every daemon) |
+//! | 74 | `wal-fetch`: the file is not in the archive (WAL-G's code) |
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use outrigger_daemon::cli::CommonArgs;
+
+use crate::settings::{self, Settings};
+use crate::storage::Store;
+use crate::{walfetch, walpush};
+
+pub const EXIT_NOT_FOUND: u8 = 74;
+
+/// WAL archiving, base backups and point-in-time restore in WAL-G's bucket layout (Outrigger).
+#[derive(Debug, Parser)]
+#[command(name = "wal-shipper", version, about)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// archive_command: upload one WAL file (`wal-push %p`).
+    WalPush { path: PathBuf },
+    /// restore_command: download one WAL file (`wal-fetch %f %p`); exit 74 if it is not there.
+    WalFetch { name: String, dest: PathBuf },
+    /// Internal: fetch the segments after NAME into DIR (started by wal-fetch).
+    #[command(hide = true)]
+    WalPrefetch { name: String, dir: PathBuf },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main(args: Args) -> ExitCode {
+    let env = |k: &str| std::env::var(k).ok();
+    if let Some(path) = &args.common.check_config {
+        return match settings::load(Some(path), &env) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(outrigger_daemon::cli::exit_code(&e))
+            }
+        };
+    }
+    let Some(command) = args.command else {
+        eprintln!("wal-shipper: a command is required (see --help)");
+        return ExitCode::from(2);
+    };
+    // The fast path of upload-ahead: the daemon already stored this segment. Nothing else is
+    // loaded, so the call returns in about a millisecond.
+    if let Command::WalPush { path } = &command
+        && let (Some(dir), Ok(name)) = (path.parent(), walpush::checked_name(path))
+        && walpush::consume_marker(dir, &name)
+    {
+        return ExitCode::SUCCESS;
+    }
+    let s = match settings::load(args.common.config.as_deref(), &env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(outrigger_daemon::cli::exit_code(&e));
+        }
+    };
+    let mut log = s.log.clone();
+    if let Some(f) = args.common.log_format_override() {
+        log.format = f;
+    }
+    outrigger_daemon::logging::init(&log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wal-shipper: start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(run(command, s));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+async fn run(command: Command, s: Settings) -> ExitCode {
+    let store = match Store::open(&s.storage, s.request_timeout) {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "open the storage");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        Command::WalPush { path } => done(wal_push(&store, &s, &path).await),
+        Command::WalFetch { name, dest } => match wal_fetch(&store, &s, &name, &dest).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(walfetch::FetchError::NotFound(n)) => {
+                tracing::info!(file = %n, "not in the archive");
+                ExitCode::from(EXIT_NOT_FOUND)
+            }
+            Err(walfetch::FetchError::Failed(e)) => done(Err(e)),
+        },
+        Command::WalPrefetch { name, dir } => {
+            done(walfetch::prefetch(&store, &s.codec, &name, &dir, s.download_concurrency).await)
+        }
+    }
+}
+
+fn done(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wal_push(store: &Store, s: &Settings, path: &std::path::Path) -> anyhow::Result<()> {
+    let name = walpush::checked_name(path)?;
+    let data = tokio::fs::read(path).await.with_context(|| format!("read {}", path.display()))?;
+    let push = walpush::push_bytes(store, &s.codec, s.prevent_wal_overwrite, &name, data.into());
+    let outcome = tokio::time::timeout(s.push_timeout, push)
+        .await
+        .map_err(|_| anyhow::anyhow!("upload of {name} did not finish within {:?}", s.push_timeout))??;
+    tracing::debug!(file = %name, outcome = ?outcome, "archived");
+    Ok(())
+}
+
+async fn wal_fetch(
+    store: &Store,
+    s: &Settings,
+    name: &str,
+    dest: &std::path::Path,
+) -> Result<(), walfetch::FetchError> {
+    let pdir = walfetch::prefetch_dir(dest, s.prefetch_dir.as_deref());
+    if !walfetch::take_prefetched(&pdir, name, dest) {
+        let fetch = walfetch::download(store, &s.codec, name);
+        let data = tokio::time::timeout(s.push_timeout, fetch)
+            .await
+            .map_err(|_| anyhow::anyhow!("download of {name} did not finish within {:?}", s.push_timeout))??;
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || walfetch::write_atomically(&dest, &data)).await.context("write")??;
+    }
+    if s.download_concurrency > 1 && !walfetch::next_segments(name, 1).is_empty() {
+        spawn_prefetch(name, &pdir);
+    }
+    Ok(())
+}
+
+/// Starts a detached `wal-prefetch` (its own session, no stdio), so the restore_command
+/// returns at once. Failing to start it only costs speed.
+fn spawn_prefetch(name: &str, dir: &std::path::Path) {
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else { return };
+    let mut c = std::process::Command::new(exe);
+    c.args(std::env::args_os().skip(1).take_while(|a| a != "wal-fetch"));
+    c.arg("wal-prefetch").arg(name).arg(dir);
+    c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    c.process_group(0);
+    if let Err(e) = c.spawn() {
+        tracing::warn!(error = %e, "start the prefetcher");
+    }
+}

@@ -1,0 +1,668 @@
+//! Where wal-shipper's settings come from, as WAL-G reads them: WAL-G's environment variables,
+//! WAL-G's JSON config file (`--config FILE.json`, keys spelled as the variables), or our TOML
+//! file (`--config FILE.toml`, the same keys in lower case without the `walg_` prefix, plus a
+//! `[log]` table). The environment overrides a file, as in WAL-G.
+//!
+//! Every setting is declared once in [`KNOWN`]; validation reports each problem as
+//! `KEY (value): rule`, and never echoes a secret's value.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use outrigger_daemon::config::{LogSection, Problem, Problems};
+use outrigger_daemon::logging::LogOptions;
+
+use crate::codec::{Codec, Method};
+use crate::crypto::{Key, KeyTransform};
+
+/// One setting: its WAL-G (environment) name, other names WAL-G accepts, its TOML name, and
+/// whether its value is a secret.
+struct Known {
+    env: &'static str,
+    aliases: &'static [&'static str],
+    toml: &'static str,
+    secret: bool,
+}
+
+const fn k(env: &'static str, toml: &'static str) -> Known {
+    Known { env, aliases: &[], toml, secret: false }
+}
+const fn secret(env: &'static str, toml: &'static str) -> Known {
+    Known { env, aliases: &[], toml, secret: true }
+}
+
+/// Every setting wal-shipper reads.
+const KNOWN: &[Known] = &[
+    Known { env: "WALG_S3_PREFIX", aliases: &["WALE_S3_PREFIX"], toml: "s3_prefix", secret: false },
+    k("WALG_FILE_PREFIX", "file_prefix"),
+    k("WALG_GS_PREFIX", "gs_prefix"),
+    k("WALG_AZ_PREFIX", "az_prefix"),
+    Known { env: "AWS_ENDPOINT", aliases: &["AWS_ENDPOINT_URL"], toml: "aws_endpoint", secret: false },
+    k("AWS_S3_FORCE_PATH_STYLE", "aws_s3_force_path_style"),
+    k("AWS_REGION", "aws_region"),
+    k("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+    secret("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+    secret("AWS_SESSION_TOKEN", "aws_session_token"),
+    k("GOOGLE_APPLICATION_CREDENTIALS", "google_application_credentials"),
+    k("AZURE_STORAGE_ACCOUNT", "azure_storage_account"),
+    secret("AZURE_STORAGE_ACCESS_KEY", "azure_storage_access_key"),
+    k("WALG_COMPRESSION_METHOD", "compression_method"),
+    k("WALG_ZSTD_LEVEL", "zstd_level"),
+    k("WALG_UPLOAD_CONCURRENCY", "upload_concurrency"),
+    k("WALG_DOWNLOAD_CONCURRENCY", "download_concurrency"),
+    k("WALG_UPLOAD_DISK_CONCURRENCY", "upload_disk_concurrency"),
+    secret("WALG_LIBSODIUM_KEY", "libsodium_key"),
+    k("WALG_LIBSODIUM_KEY_PATH", "libsodium_key_path"),
+    k("WALG_LIBSODIUM_KEY_TRANSFORM", "libsodium_key_transform"),
+    k("WALG_PREVENT_WAL_OVERWRITE", "prevent_wal_overwrite"),
+    k("WALG_DELTA_MAX_STEPS", "delta_max_steps"),
+    k("WALG_TAR_SIZE_THRESHOLD", "tar_size_threshold"),
+    k("WALG_PREFETCH_DIR", "prefetch_dir"),
+    k("WALG_SENTINEL_USER_DATA", "sentinel_user_data"),
+    k("TOTAL_BG_UPLOADED_LIMIT", "total_bg_uploaded_limit"),
+    k("PGDATA", "pgdata"),
+    k("PGHOST", "pghost"),
+    k("PGPORT", "pgport"),
+    k("PGUSER", "pguser"),
+    k("PGDATABASE", "pgdatabase"),
+    secret("PGPASSWORD", "pgpassword"),
+    // Ours: WAL-G has no such settings.
+    k("WAL_SHIPPER_REQUEST_TIMEOUT", "request_timeout"),
+    k("WAL_SHIPPER_PUSH_TIMEOUT", "push_timeout"),
+    k("WAL_SHIPPER_METRICS_LISTEN", "metrics_listen"),
+    k("WAL_SHIPPER_DAEMON_POLL", "daemon_poll"),
+];
+
+/// WAL-G settings for encryption wal-shipper does not implement: refusing them is the only
+/// safe answer, since ignoring them would upload plaintext where the user expects ciphertext.
+const REFUSED: &[&str] = &[
+    "WALG_PGP_KEY",
+    "WALG_PGP_KEY_PATH",
+    "WALG_GPG_KEY_ID",
+    "WALG_CSE_KMS_ID",
+    "WALG_ENVELOPE_PGP_KEY",
+    "WALG_ENVELOPE_PGP_KEY_PATH",
+    "YC_CSE_KMS_KEY_ID",
+];
+
+/// Where the object storage is and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageSpec {
+    S3 {
+        bucket: String,
+        prefix: String,
+        endpoint: Option<String>,
+        region: String,
+        path_style: bool,
+        access_key_id: Option<String>,
+        secret_access_key: Option<String>,
+        session_token: Option<String>,
+    },
+    File {
+        root: PathBuf,
+    },
+    Gcs {
+        bucket: String,
+        prefix: String,
+        credentials: Option<String>,
+    },
+    Azure {
+        container: String,
+        prefix: String,
+        account: Option<String>,
+        access_key: Option<String>,
+    },
+}
+
+/// The validated settings every verb runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub storage: StorageSpec,
+    pub codec: Codec,
+    pub upload_concurrency: usize,
+    pub download_concurrency: usize,
+    pub upload_disk_concurrency: usize,
+    /// Refuse to replace an archived file with different content (default on; WAL-G's
+    /// default is off). `.history` files are always protected.
+    pub prevent_wal_overwrite: bool,
+    pub delta_max_steps: u32,
+    pub tar_size_threshold: u64,
+    pub prefetch_dir: Option<PathBuf>,
+    pub sentinel_user_data: Option<serde_json::Value>,
+    pub bg_uploaded_limit: usize,
+    pub pgdata: Option<PathBuf>,
+    pub pg: PgConn,
+    /// Deadline of one storage request (each retry gets it again).
+    pub request_timeout: Duration,
+    /// Deadline of a whole `wal-push`, so a hung storage never hangs the archiver.
+    pub push_timeout: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+    pub daemon_poll: Duration,
+    pub log: LogOptions,
+}
+
+/// libpq-style connection settings for `backup-push`.
+#[derive(Debug, Clone, Default)]
+pub struct PgConn {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub dbname: Option<String>,
+    pub password: Option<String>,
+}
+
+/// A value and where it came from (for messages).
+#[derive(Debug, Clone)]
+struct Val {
+    text: String,
+    /// The name the user wrote it under: the variable, the JSON key or the TOML key.
+    shown_as: String,
+}
+
+/// Errors loading settings, as the daemon config layer reports them.
+pub use outrigger_daemon::config::ConfigError;
+
+/// Reads the settings: `file` if given (JSON or TOML by extension), then the environment
+/// `env` over it.
+pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+    let mut vals: BTreeMap<&'static str, Val> = BTreeMap::new();
+    let mut problems = Problems::new();
+    let mut log = LogSection::default();
+    let mut refused: Vec<String> = Vec::new();
+    let shown = file.map(|p| p.display().to_string()).unwrap_or_else(|| "(environment)".into());
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable { path: shown.clone(), source })?;
+        let is_json = path.extension().is_some_and(|e| e == "json");
+        let table: Vec<(String, serde_json::Value)> = if is_json {
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
+                path: shown.clone(),
+                message: format!("line {}, column {}: not valid JSON ({:?})", e.line(), e.column(), e.classify()),
+            })?;
+            match v {
+                serde_json::Value::Object(m) => m.into_iter().collect(),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        path: shown,
+                        problems: vec![Problem::key_only("(file)", "must be a JSON object of WAL-G settings")],
+                    });
+                }
+            }
+        } else {
+            let mut table: toml::Table = outrigger_daemon::config::parse_toml(&shown, &text)?;
+            if let Some(l) = table.remove("log") {
+                log = read_log_table(l, &mut problems);
+            }
+            table.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()
+        };
+        for (key, value) in table {
+            let text = match &value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => {
+                    problems.push_key(&key, "must be a string, a number or a boolean");
+                    continue;
+                }
+            };
+            let found = KNOWN.iter().find(|k| {
+                if is_json {
+                    k.env.eq_ignore_ascii_case(&key) || k.aliases.iter().any(|a| a.eq_ignore_ascii_case(&key))
+                } else {
+                    k.toml == key
+                }
+            });
+            match found {
+                Some(k) => {
+                    vals.insert(k.env, Val { text, shown_as: key });
+                }
+                None if REFUSED.iter().any(|r| r.eq_ignore_ascii_case(&key)) => refused.push(key),
+                None if is_json => {
+                    // A WAL-G config file may name settings of features wal-shipper does not
+                    // have; they change nothing here, and a WARN says so at start.
+                    vals.insert("", Val { text: String::new(), shown_as: key });
+                }
+                None => problems.push_key(key, "unknown key (see the example config for the keys there are)"),
+            }
+        }
+    }
+    let ignored: Vec<String> = vals.remove("").map(|v| v.shown_as).into_iter().collect();
+    for k in KNOWN {
+        for name in std::iter::once(&k.env).chain(k.aliases) {
+            if let Some(text) = env(name) {
+                vals.insert(k.env, Val { text, shown_as: (*name).to_owned() });
+                break;
+            }
+        }
+    }
+    for r in REFUSED {
+        if env(r).is_some() {
+            refused.push((*r).to_owned());
+        }
+    }
+    for r in refused {
+        problems.push_key(r, "is not supported by wal-shipper (only WALG_LIBSODIUM_KEY encryption is); refusing rather than uploading plaintext");
+    }
+    let s = validate(&vals, &log, &mut problems);
+    match (problems.finish(()), s) {
+        (Ok(()), Some(s)) => {
+            for key in ignored {
+                tracing::warn!(key = %key, "setting not used by wal-shipper; ignored");
+            }
+            Ok(s)
+        }
+        (Err(problems), _) => Err(ConfigError::Invalid { path: shown, problems }),
+        (Ok(()), None) => Err(ConfigError::Invalid { path: shown, problems: vec![] }),
+    }
+}
+
+/// `[log]` of the TOML file, with its unknown keys reported.
+fn read_log_table(v: toml::Value, problems: &mut Problems) -> LogSection {
+    let toml::Value::Table(t) = v else {
+        problems.push_key("log", "must be a table ([log])");
+        return LogSection::default();
+    };
+    for k in t.keys().filter(|k| !["level", "format"].contains(&k.as_str())) {
+        problems.push_key(format!("log.{k}"), "unknown key (see the example config for the keys there are)");
+    }
+    let pick = |k: &str, problems: &mut Problems| match t.get(k) {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            problems.push_key(format!("log.{k}"), "must be a string");
+            None
+        }
+    };
+    LogSection { level: pick("level", problems), format: pick("format", problems) }
+}
+
+fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::String(s),
+        toml::Value::Integer(i) => serde_json::Value::from(i),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(b),
+        toml::Value::Float(f) => serde_json::Value::from(f),
+        // Tables and arrays are not settings; the caller names the key.
+        other => serde_json::Value::Array(vec![serde_json::Value::String(other.to_string())]),
+    }
+}
+
+struct Reader<'a> {
+    vals: &'a BTreeMap<&'static str, Val>,
+    p: &'a mut Problems,
+}
+
+impl Reader<'_> {
+    fn get(&self, env: &str) -> Option<&Val> {
+        self.vals.get(env)
+    }
+
+    fn text(&self, env: &str) -> Option<String> {
+        self.get(env).map(|v| v.text.clone()).filter(|t| !t.is_empty())
+    }
+
+    fn shown(&self, env: &str, v: &Val) -> String {
+        let secret = KNOWN.iter().any(|k| k.env == env && k.secret);
+        if secret { "(hidden)".into() } else { v.text.clone() }
+    }
+
+    fn bad(&mut self, env: &str, rule: &str) {
+        if let Some(v) = self.vals.get(env) {
+            let shown = self.shown(env, v);
+            self.p.push(v.shown_as.clone(), shown, rule);
+        }
+    }
+
+    fn number<T: std::str::FromStr + PartialOrd + Copy>(&mut self, env: &str, default: T, min: T, rule: &str) -> T {
+        match self.text(env) {
+            None => default,
+            Some(t) => match t.trim().parse::<T>() {
+                Ok(n) if n >= min => n,
+                _ => {
+                    self.bad(env, rule);
+                    default
+                }
+            },
+        }
+    }
+
+    fn boolean(&mut self, env: &str, default: bool) -> bool {
+        match self.text(env).map(|t| t.trim().to_ascii_lowercase()) {
+            None => default,
+            Some(t) if ["true", "1", "yes", "on"].contains(&t.as_str()) => true,
+            Some(t) if ["false", "0", "no", "off"].contains(&t.as_str()) => false,
+            Some(_) => {
+                self.bad(env, "must be true or false");
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, env: &str, default: Duration) -> Duration {
+        match self.text(env) {
+            None => default,
+            Some(t) => match humantime::parse_duration(t.trim()) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    self.bad(env, "must be a duration such as 30s or 2m");
+                    default
+                }
+            },
+        }
+    }
+}
+
+/// `s3://bucket/path` → (bucket, path without trailing slash).
+fn split_url(url: &str, scheme: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix(scheme)?;
+    let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+    (!bucket.is_empty()).then(|| (bucket.to_owned(), path.trim_matches('/').to_owned()))
+}
+
+fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Problems) -> Option<Settings> {
+    let mut r = Reader { vals, p };
+    let storage_keys = ["WALG_S3_PREFIX", "WALG_FILE_PREFIX", "WALG_GS_PREFIX", "WALG_AZ_PREFIX"];
+    let given: Vec<&str> = storage_keys.iter().copied().filter(|k| r.text(k).is_some()).collect();
+    if given.len() > 1 {
+        let names = given.join(", ");
+        r.p.push_key(given[1], format!("only one storage may be set (found {names})"));
+    }
+    let storage = match given.first().copied() {
+        None => {
+            r.p.push_key(
+                "WALG_S3_PREFIX",
+                "one of WALG_S3_PREFIX, WALG_FILE_PREFIX, WALG_GS_PREFIX, WALG_AZ_PREFIX must be set",
+            );
+            None
+        }
+        Some("WALG_S3_PREFIX") => {
+            let url = r.text("WALG_S3_PREFIX").unwrap_or_default();
+            match split_url(&url, "s3://") {
+                None => {
+                    r.bad("WALG_S3_PREFIX", "must be s3://bucket[/path]");
+                    None
+                }
+                Some((bucket, prefix)) => {
+                    let endpoint = r.text("AWS_ENDPOINT");
+                    if let Some(e) = &endpoint
+                        && !(e.starts_with("http://") || e.starts_with("https://"))
+                    {
+                        r.bad("AWS_ENDPOINT", "must start with http:// or https://");
+                    }
+                    Some(StorageSpec::S3 {
+                        bucket,
+                        prefix,
+                        path_style: r.boolean("AWS_S3_FORCE_PATH_STYLE", false),
+                        region: r.text("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
+                        endpoint,
+                        access_key_id: r.text("AWS_ACCESS_KEY_ID"),
+                        secret_access_key: r.text("AWS_SECRET_ACCESS_KEY"),
+                        session_token: r.text("AWS_SESSION_TOKEN"),
+                    })
+                }
+            }
+        }
+        Some("WALG_FILE_PREFIX") => {
+            let root = PathBuf::from(r.text("WALG_FILE_PREFIX").unwrap_or_default());
+            if !root.is_absolute() {
+                r.bad("WALG_FILE_PREFIX", "must be an absolute path");
+            }
+            Some(StorageSpec::File { root })
+        }
+        Some("WALG_GS_PREFIX") => match split_url(&r.text("WALG_GS_PREFIX").unwrap_or_default(), "gs://") {
+            None => {
+                r.bad("WALG_GS_PREFIX", "must be gs://bucket[/path]");
+                None
+            }
+            Some((bucket, prefix)) => {
+                Some(StorageSpec::Gcs { bucket, prefix, credentials: r.text("GOOGLE_APPLICATION_CREDENTIALS") })
+            }
+        },
+        Some(_) => match split_url(&r.text("WALG_AZ_PREFIX").unwrap_or_default(), "azure://") {
+            None => {
+                r.bad("WALG_AZ_PREFIX", "must be azure://container[/path]");
+                None
+            }
+            Some((container, prefix)) => Some(StorageSpec::Azure {
+                container,
+                prefix,
+                account: r.text("AZURE_STORAGE_ACCOUNT"),
+                access_key: r.text("AZURE_STORAGE_ACCESS_KEY"),
+            }),
+        },
+    };
+
+    let method = match r.text("WALG_COMPRESSION_METHOD") {
+        None => Method::Lz4,
+        Some(t) => match Method::parse(t.trim()) {
+            Some(Method::Brotli) => {
+                r.bad("WALG_COMPRESSION_METHOD", "brotli is read-only here; write with lz4, zstd or none");
+                Method::Lz4
+            }
+            Some(m) => m,
+            None => {
+                r.bad("WALG_COMPRESSION_METHOD", "must be lz4, zstd or none (brotli objects are read)");
+                Method::Lz4
+            }
+        },
+    };
+    let zstd_level = match r.text("WALG_ZSTD_LEVEL").as_deref().map(str::trim) {
+        None | Some("fastest") => 1,
+        Some("default") => 3,
+        Some("better") => 7,
+        Some("best") => 11,
+        Some(n) => match n.parse::<i32>() {
+            Ok(l) if (1..=22).contains(&l) => l,
+            _ => {
+                r.bad("WALG_ZSTD_LEVEL", "must be fastest, default, better, best or a level 1..22");
+                1
+            }
+        },
+    };
+    let key = read_key(&mut r);
+    let upload_concurrency = r.number("WALG_UPLOAD_CONCURRENCY", 16usize, 1, "must be an integer >= 1");
+    let download_concurrency = r.number("WALG_DOWNLOAD_CONCURRENCY", 10usize, 1, "must be an integer >= 1");
+    let upload_disk_concurrency = r.number("WALG_UPLOAD_DISK_CONCURRENCY", 1usize, 1, "must be an integer >= 1");
+    let prevent_wal_overwrite = r.boolean("WALG_PREVENT_WAL_OVERWRITE", true);
+    let delta_max_steps = r.number("WALG_DELTA_MAX_STEPS", 0u32, 0, "must be an integer >= 0");
+    let tar_size_threshold =
+        r.number("WALG_TAR_SIZE_THRESHOLD", (1u64 << 30) - 1, 1 << 20, "must be a byte count >= 1048576");
+    let bg_uploaded_limit = r.number("TOTAL_BG_UPLOADED_LIMIT", 32usize, 1, "must be an integer >= 1");
+    let sentinel_user_data = r
+        .text("WALG_SENTINEL_USER_DATA")
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap_or(serde_json::Value::String(t)));
+    let pgport = match r.text("PGPORT") {
+        None => None,
+        Some(t) => match t.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                r.bad("PGPORT", "must be a port number 1..65535");
+                None
+            }
+        },
+    };
+    let pg = PgConn {
+        host: r.text("PGHOST"),
+        port: pgport,
+        user: r.text("PGUSER"),
+        dbname: r.text("PGDATABASE"),
+        password: r.text("PGPASSWORD"),
+    };
+    let request_timeout = r.duration("WAL_SHIPPER_REQUEST_TIMEOUT", Duration::from_secs(30));
+    let push_timeout = r.duration("WAL_SHIPPER_PUSH_TIMEOUT", Duration::from_secs(120));
+    let daemon_poll = r.duration("WAL_SHIPPER_DAEMON_POLL", Duration::from_millis(100));
+    let metrics_listen = r.text("WAL_SHIPPER_METRICS_LISTEN").and_then(|t| match t.trim().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            r.bad("WAL_SHIPPER_METRICS_LISTEN", "must be an address:port such as 127.0.0.1:9187");
+            None
+        }
+    });
+    let log = log.validate(r.p);
+    Some(Settings {
+        storage: storage?,
+        codec: Codec { method, zstd_level, key },
+        upload_concurrency,
+        download_concurrency,
+        upload_disk_concurrency,
+        prevent_wal_overwrite,
+        delta_max_steps,
+        tar_size_threshold,
+        prefetch_dir: r.text("WALG_PREFETCH_DIR").map(PathBuf::from),
+        sentinel_user_data,
+        bg_uploaded_limit,
+        pgdata: r.text("PGDATA").map(PathBuf::from),
+        pg,
+        request_timeout,
+        push_timeout,
+        metrics_listen,
+        daemon_poll,
+        log,
+    })
+}
+
+fn read_key(r: &mut Reader<'_>) -> Option<Key> {
+    let transform = match r.text("WALG_LIBSODIUM_KEY_TRANSFORM") {
+        None => KeyTransform::None,
+        Some(t) => match KeyTransform::parse(t.trim()) {
+            Some(t) => t,
+            None => {
+                r.bad("WALG_LIBSODIUM_KEY_TRANSFORM", "must be none, hex or base64");
+                return None;
+            }
+        },
+    };
+    let (text, env) = match (r.text("WALG_LIBSODIUM_KEY"), r.text("WALG_LIBSODIUM_KEY_PATH")) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            r.bad("WALG_LIBSODIUM_KEY_PATH", "set either WALG_LIBSODIUM_KEY or WALG_LIBSODIUM_KEY_PATH, not both");
+            return None;
+        }
+        (Some(k), None) => (k, "WALG_LIBSODIUM_KEY"),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            // A key file usually ends in a newline that is not part of the key.
+            Ok(k) => (k.trim_end_matches(['\n', '\r']).to_owned(), "WALG_LIBSODIUM_KEY_PATH"),
+            Err(e) => {
+                r.bad("WALG_LIBSODIUM_KEY_PATH", &format!("must name a readable file ({e})"));
+                return None;
+            }
+        },
+    };
+    match Key::from_text(&text, transform) {
+        Ok(k) => Some(k),
+        Err(rule) => {
+            r.bad(env, &format!("the key {rule}"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        move |k: &str| m.get(k).cloned()
+    }
+
+    fn problems(e: ConfigError) -> Vec<String> {
+        match e {
+            ConfigError::Invalid { problems, .. } => problems.iter().map(|p| p.to_string()).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+
+    #[test]
+    fn walg_environment_alone_is_enough() {
+        let env = env_of(&[
+            ("WALG_S3_PREFIX", "s3://backups/cluster1/"),
+            ("AWS_ENDPOINT", "http://127.0.0.1:8333"),
+            ("AWS_S3_FORCE_PATH_STYLE", "true"),
+            ("WALG_COMPRESSION_METHOD", "zstd"),
+            ("WALG_UPLOAD_CONCURRENCY", "4"),
+        ]);
+        let s = load(None, &env).expect("valid");
+        match &s.storage {
+            StorageSpec::S3 { bucket, prefix, path_style, endpoint, .. } => {
+                assert_eq!((bucket.as_str(), prefix.as_str(), *path_style), ("backups", "cluster1", true));
+                assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+            }
+            other => panic!("not s3: {other:?}"),
+        }
+        assert_eq!(s.codec.method, Method::Zstd);
+        assert_eq!(s.upload_concurrency, 4);
+        assert!(s.prevent_wal_overwrite, "overwrite protection is on by default");
+    }
+
+    #[test]
+    fn environment_overrides_a_walg_json_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("walg.json");
+        std::fs::write(
+            &f,
+            r#"{"WALG_FILE_PREFIX": "/var/backups/x", "WALG_UPLOAD_CONCURRENCY": 3, "WALG_COMPRESSION_METHOD": "lz4"}"#,
+        )
+        .expect("write");
+        let s = load(Some(&f), &env_of(&[("WALG_COMPRESSION_METHOD", "none")])).expect("valid");
+        assert_eq!(s.storage, StorageSpec::File { root: "/var/backups/x".into() });
+        assert_eq!(s.upload_concurrency, 3);
+        assert_eq!(s.codec.method, Method::None);
+    }
+
+    #[test]
+    fn toml_file_uses_lower_case_names_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("w.toml");
+        std::fs::write(&f, "s3_prefix = \"s3://b/p\"\nupload_concurrency = 2\n[log]\nlevel = \"debug\"\n").expect("w");
+        let s = load(Some(&f), &env_of(&[])).expect("valid");
+        assert_eq!(s.upload_concurrency, 2);
+        std::fs::write(&f, "s3_prefix = \"s3://b/p\"\nupload_concurency = 2\n").expect("w");
+        let p = problems(load(Some(&f), &env_of(&[])).expect_err("typo"));
+        assert!(p.iter().any(|l| l.contains("upload_concurency") && l.contains("unknown key")), "{p:?}");
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_rule() {
+        let env = env_of(&[
+            ("WALG_S3_PREFIX", "backups"),
+            ("WALG_COMPRESSION_METHOD", "lzo"),
+            ("WALG_UPLOAD_CONCURRENCY", "0"),
+            ("WALG_PREVENT_WAL_OVERWRITE", "maybe"),
+        ]);
+        let p = problems(load(None, &env).expect_err("invalid"));
+        let want = [
+            "WALG_S3_PREFIX (backups): must be s3://bucket[/path]",
+            "WALG_COMPRESSION_METHOD (lzo): must be lz4, zstd or none (brotli objects are read)",
+            "WALG_UPLOAD_CONCURRENCY (0): must be an integer >= 1",
+            "WALG_PREVENT_WAL_OVERWRITE (maybe): must be true or false",
+        ];
+        for w in want {
+            assert!(p.iter().any(|l| l.contains(w)), "missing {w:?} in {p:?}");
+        }
+    }
+
+    #[test]
+    fn a_short_key_is_refused_without_echoing_it() {
+        let env = env_of(&[("WALG_FILE_PREFIX", "/b"), ("WALG_LIBSODIUM_KEY", "tooshort-secret")]);
+        let p = problems(load(None, &env).expect_err("invalid"));
+        assert!(p.iter().any(|l| l.contains("WALG_LIBSODIUM_KEY") && l.contains("at least 25 bytes")), "{p:?}");
+        assert!(p.iter().all(|l| !l.contains("tooshort-secret")), "secret echoed: {p:?}");
+    }
+
+    #[test]
+    fn pgp_encryption_is_refused_rather_than_ignored() {
+        let env = env_of(&[("WALG_FILE_PREFIX", "/b"), ("WALG_PGP_KEY_PATH", "/k")]);
+        let p = problems(load(None, &env).expect_err("invalid"));
+        assert!(p.iter().any(|l| l.contains("WALG_PGP_KEY_PATH") && l.contains("not supported")), "{p:?}");
+    }
+
+    #[test]
+    fn no_storage_at_all_is_named() {
+        let p = problems(load(None, &env_of(&[])).expect_err("invalid"));
+        assert!(p.iter().any(|l| l.contains("must be set")), "{p:?}");
+    }
+}
