@@ -30,6 +30,7 @@ mod net;
 mod pg;
 mod proc;
 pub mod python;
+pub mod s3;
 mod sys;
 mod wait;
 pub mod watchdog;

@@ -99,6 +99,35 @@ impl Postgres {
         Ok(pg)
     }
 
+    /// A server on a data directory that `fill` writes (a restore from a backup, run as the
+    /// `postgres` user into the empty folder it is given), then started.
+    pub fn restored(
+        host: &Host,
+        name: &str,
+        opts: PgOptions,
+        fill: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let mut pg = Self::new(host, name, opts)?;
+        fill(&pg.data())?;
+        pg.start(host)?;
+        Ok(pg)
+    }
+
+    /// The `-c` settings the next [`Postgres::start`] passes (change them while stopped).
+    pub fn settings_mut(&mut self) -> &mut Vec<(String, String)> {
+        &mut self.opts.settings
+    }
+
+    /// The `postgres` user's uid and gid, for commands a test runs as that user.
+    pub fn os_user() -> anyhow::Result<(u32, u32)> {
+        sys::postgres_ids()
+    }
+
+    /// Path of a PostgreSQL tool (`pgbench`, `pg_waldump`).
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -37,6 +37,41 @@ pub enum Command {
     WalPush { path: PathBuf },
     /// restore_command: download one WAL file (`wal-fetch %f %p`); exit 74 if it is not there.
     WalFetch { name: String, dest: PathBuf },
+    /// Take a base backup of PGDATA (the argument, or the PGDATA setting).
+    BackupPush {
+        pgdata: Option<PathBuf>,
+        /// Mark the backup permanent: retention never deletes it.
+        #[arg(short = 'p', long)]
+        permanent: bool,
+        /// Take a full backup even where a delta would be allowed.
+        #[arg(short = 'f', long)]
+        full: bool,
+        /// JSON (or text) stored as the sentinel's UserData.
+        #[arg(long)]
+        add_user_data: Option<String>,
+    },
+    /// Restore a base backup into an empty folder: `backup-fetch DEST NAME|LATEST`.
+    BackupFetch { dest: PathBuf, name: String },
+    /// List the backups (only basebackups_005/ is read, never the WAL folder).
+    BackupList {
+        #[arg(long)]
+        json: bool,
+        /// Read each backup's metadata: times, host, LSNs, sizes; ordered by start time.
+        #[arg(long)]
+        detail: bool,
+        /// Accepted for WAL-G compatibility (the text output is always aligned).
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Mark a backup permanent, or with -i impermanent again.
+    BackupMark {
+        name: String,
+        #[arg(short = 'i', long)]
+        impermanent: bool,
+    },
+    /// Upload-ahead: upload every `.ready` WAL file of PGDATA as soon as PostgreSQL marks it,
+    /// so archive_command's wal-push returns at once; serves /metrics.
+    Daemon { pgdata: Option<PathBuf> },
     /// Internal: fetch the segments after NAME into DIR (started by wal-fetch).
     #[command(hide = true)]
     WalPrefetch { name: String, dir: PathBuf },
@@ -81,6 +116,13 @@ pub fn main(args: Args) -> ExitCode {
         log.format = f;
     }
     outrigger_daemon::logging::init(&log);
+    if let Command::Daemon { pgdata } = command {
+        return outrigger_daemon::cli::run_until_stopped(
+            "wal-shipper",
+            outrigger_daemon::cli::Runtime::MultiThread { workers: 2 },
+            move |ctl| daemon(s, pgdata, ctl),
+        );
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -111,6 +153,27 @@ async fn run(command: Command, s: Settings) -> ExitCode {
             }
             Err(walfetch::FetchError::Failed(e)) => done(Err(e)),
         },
+        Command::BackupPush { pgdata, permanent, full, add_user_data } => {
+            let user_data = add_user_data.map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)));
+            let opts = crate::backup::push::PushOptions { permanent, full, user_data };
+            done(
+                async {
+                    let pgdata = crate::backup::push::pgdata_of(pgdata, &s)?;
+                    crate::backup::push::push(&store, &s, &pgdata, &opts).await.map(|name| println!("{name}"))
+                }
+                .await,
+            )
+        }
+        Command::BackupFetch { dest, name } => {
+            done(crate::backup::fetch::fetch(&store, &s, &dest, &name).await.map(drop))
+        }
+        Command::BackupList { json, detail, pretty: _ } => {
+            done(crate::report::backup_list(&store, &s, json, detail).await)
+        }
+        Command::BackupMark { name, impermanent } => {
+            done(crate::report::backup_mark(&store, &name, !impermanent).await)
+        }
+        Command::Daemon { .. } => ExitCode::FAILURE,
         Command::WalPrefetch { name, dir } => {
             done(walfetch::prefetch(&store, &s.codec, &name, &dir, s.download_concurrency).await)
         }
@@ -172,4 +235,26 @@ fn spawn_prefetch(name: &str, dir: &std::path::Path) {
     if let Err(e) = c.spawn() {
         tracing::warn!(error = %e, "start the prefetcher");
     }
+}
+
+async fn daemon(s: Settings, pgdata: Option<PathBuf>, ctl: outrigger_daemon::shutdown::Control) -> anyhow::Result<()> {
+    let pgdata =
+        pgdata.or_else(|| s.pgdata.clone()).context("no data directory: give it as an argument or set PGDATA")?;
+    let store = Store::open(&s.storage, s.request_timeout)?;
+    let metrics = crate::metrics::Metrics::new();
+    let http = match s.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+            tracing::info!(listen = %addr, "serving /metrics");
+            Some(tokio::spawn(outrigger_daemon::metrics::serve(l, metrics.registry.clone(), ctl.stop.clone())))
+        }
+        None => None,
+    };
+    outrigger_daemon::systemd::ready();
+    let r = crate::daemon::run(store, s, pgdata, metrics, ctl.stop.clone()).await;
+    ctl.stop.cancel();
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    r
 }

@@ -7,9 +7,14 @@
 //! libsodium), the verbs in [`cli`].
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod cli;
 pub mod codec;
 pub mod crypto;
+pub mod daemon;
+pub mod metrics;
+pub mod progress;
+pub mod report;
 pub mod settings;
 pub mod storage;
 pub mod walfetch;

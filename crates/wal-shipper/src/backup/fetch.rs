@@ -1,0 +1,195 @@
+//! `backup-fetch DEST NAME|LATEST`: restore a base backup into an empty folder.
+//!
+//! - LATEST is the backup with the newest start time of its own ([`super::latest`]), never
+//!   the storage's modification time.
+//! - The key is checked first: `backup_label.tar` (the smallest part) is downloaded and
+//!   decoded before anything is written, so a wrong or missing key fails with nothing on disk.
+//! - Data parts are extracted `WALG_DOWNLOAD_CONCURRENCY` at a time, each streamed (download,
+//!   decrypt, decompress, untar) with bounded buffers; every object is read to its end so
+//!   its checksum (lz4 frame, zstd frame, libsodium MACs) is verified. `files_metadata.json`
+//!   names every part, so a part missing from storage is an error, not a smaller database.
+//! - `pg_control` after the data, `backup_label` last, then the folder is fsynced.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+
+use super::sentinel::FilesMetadata;
+use super::{Known, backup_dir, list_known, read_sentinel};
+use crate::codec::{self, Method};
+use crate::progress::Progress;
+use crate::settings::Settings;
+use crate::storage::Store;
+
+/// Resolves `LATEST` (or checks a name) to a backup name.
+pub async fn resolve(store: &Store, s: &Settings, which: &str) -> anyhow::Result<String> {
+    if which != "LATEST" {
+        return Ok(which.to_owned());
+    }
+    let all: Vec<Known> = list_known(store, s.download_concurrency).await?;
+    super::latest(all).map(|k| k.listed.name).context("no backups found")
+}
+
+/// Restores backup `which` into `dest`; returns the backup's name.
+pub async fn fetch(store: &Store, s: &Settings, dest: &Path, which: &str) -> anyhow::Result<String> {
+    let name = resolve(store, s, which).await?;
+    let sentinel = read_sentinel(store, &name).await?;
+    if sentinel.delta_from.is_some() {
+        bail!("{name} is a delta backup; restoring deltas is not implemented by this wal-shipper yet");
+    }
+    let parts_dir = format!("{}/tar_partitions", backup_dir(&name));
+    let (objects, _) = store.list_dir(&parts_dir).await?;
+    let mut data = Vec::new();
+    let (mut control, mut label) = (None, None);
+    for o in objects {
+        let (method, base) = Method::from_object_name(&o.name);
+        match base {
+            "pg_control.tar" => control = Some((method, o.name.clone())),
+            "backup_label.tar" => label = Some((method, o.name.clone())),
+            b if b.starts_with("part_") && b.ends_with(".tar") => data.push((method, o.name.clone(), o.size)),
+            _ => {}
+        }
+    }
+    let label =
+        label.with_context(|| format!("{parts_dir}/backup_label.tar.* is missing: the backup is incomplete"))?;
+    let control =
+        control.with_context(|| format!("{parts_dir}/pg_control.tar.* is missing: the backup is incomplete"))?;
+    if let Some(fm) = store.get(&format!("{}/files_metadata.json", backup_dir(&name))).await? {
+        let fm: FilesMetadata = serde_json::from_slice(&fm).context("read files_metadata.json")?;
+        for tar in fm.tar_file_sets.keys() {
+            let known = data.iter().any(|(_, n, _)| n == tar) || *tar == control.1 || *tar == label.1;
+            if !known {
+                bail!("{parts_dir}/{tar} is named in files_metadata.json but missing from storage");
+            }
+        }
+    }
+
+    // The key check: decode the label before writing anything.
+    let label_obj = store.get(&format!("{parts_dir}/{}", label.1)).await?.context("backup_label.tar vanished")?;
+    let label_tar = codec::decode(label.0, s.codec.key.as_ref(), &label_obj).map_err(|e| explain(&e, s, &label.1))?;
+
+    prepare_dest(dest)?;
+    let total: u64 = data.iter().map(|d| d.2).sum();
+    let progress = Progress::start("backup-fetch", total);
+    let results: Vec<anyhow::Result<()>> =
+        futures::stream::iter(data)
+            .map(|(method, object, _)| {
+                let key = format!("{parts_dir}/{object}");
+                let progress = progress.clone();
+                async move {
+                    extract(store, s, &key, method, dest, &progress).await.with_context(|| format!("restore {key}"))
+                }
+            })
+            .buffer_unordered(s.download_concurrency.max(1))
+            .collect()
+            .await;
+    progress.finish();
+    for r in results {
+        r?;
+    }
+    extract(store, s, &format!("{parts_dir}/{}", control.1), control.0, dest, &progress).await?;
+    let mut ar = tar::Archive::new(label_tar.as_slice());
+    ar.unpack(dest).context("write backup_label")?;
+    for d in [
+        "pg_wal",
+        "pg_wal/archive_status",
+        "pg_replslot",
+        "pg_stat_tmp",
+        "pg_notify",
+        "pg_serial",
+        "pg_snapshots",
+        "pg_subtrans",
+        "pg_dynshmem",
+        "pg_tblspc",
+        "pg_twophase",
+        "pg_commit_ts",
+        "pg_logical/snapshots",
+        "pg_logical/mappings",
+    ] {
+        std::fs::create_dir_all(dest.join(d)).with_context(|| format!("create {d}"))?;
+    }
+    set_mode(dest, 0o700)?;
+    sync_folder(dest)?;
+    tracing::info!(backup = %name, dest = %dest.display(), "backup restored");
+    Ok(name)
+}
+
+fn explain(e: &io::Error, s: &Settings, object: &str) -> anyhow::Error {
+    if crate::crypto::is_decrypt_error(e) {
+        anyhow::anyhow!("{object}: {e}")
+    } else if s.codec.key.is_none() {
+        anyhow::anyhow!("{object} cannot be decoded ({e}); if the backup is encrypted, set WALG_LIBSODIUM_KEY")
+    } else {
+        anyhow::anyhow!("{object} is corrupted: {e}")
+    }
+}
+
+fn prepare_dest(dest: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dest).with_context(|| format!("create {}", dest.display()))?;
+    let not_empty = std::fs::read_dir(dest).with_context(|| format!("read {}", dest.display()))?.next().is_some();
+    if not_empty {
+        bail!("{} is not empty; restore into an empty folder", dest.display());
+    }
+    set_mode(dest, 0o700)
+}
+
+fn set_mode(p: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", p.display()))
+}
+
+/// Flushes everything written under `dest` to disk (one syncfs for the filesystem).
+fn sync_folder(dest: &Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(dest).with_context(|| format!("open {}", dest.display()))?;
+    nix::unistd::syncfs(&f).with_context(|| format!("sync {}", dest.display()))?;
+    Ok(())
+}
+
+/// Streams one tar part into `dest`, then reads the object to its end so its checksum is checked.
+async fn extract(
+    store: &Store,
+    s: &Settings,
+    key: &str,
+    method: Method,
+    dest: &Path,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let (stream, _size) = store.get_stream(key).await?.with_context(|| format!("{key} vanished"))?;
+    let counter = progress.counter();
+    let counted = stream.map(move |c| {
+        if let Ok(b) = &c {
+            counter.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        c
+    });
+    let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(counted));
+    let (k, dest, keyname) = (s.codec.key.clone(), dest.to_owned(), key.to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let r = codec::reader(method, k.as_ref(), bridge).map_err(|e| anyhow::anyhow!("{keyname}: {e}"))?;
+        let mut ar = tar::Archive::new(r);
+        ar.set_preserve_permissions(true);
+        ar.set_overwrite(true);
+        for entry in ar.entries().with_context(|| format!("read {keyname}"))? {
+            let mut entry = entry.with_context(|| format!("{keyname} is corrupted or cut short"))?;
+            // unpack_in refuses paths that leave dest (.., absolute paths, links out).
+            let inside = entry.unpack_in(&dest).with_context(|| format!("{keyname}: write {:?}", entry.path().ok()))?;
+            if !inside {
+                bail!("{keyname} holds an entry outside the data directory: {:?}", entry.path().ok());
+            }
+        }
+        let mut rest = ar.into_inner();
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match rest.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => bail!("{keyname} is corrupted or cut short: {e}"),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .context("restore thread")?
+}

@@ -1,0 +1,571 @@
+//! `backup-push`: a non-exclusive base backup of a local data directory, from a primary or a
+//! standby, in WAL-G's layout.
+//!
+//! 1. `pg_backup_start(label, fast)` on a session held open to the end (PostgreSQL 15+, or
+//!    `pg_start_backup(label, true, false)` before). The name is `base_` + the start segment.
+//! 2. The data directory is walked and its files are packed, in the order found, into tar
+//!    partitions of about `WALG_TAR_SIZE_THRESHOLD` bytes. Each partition is read, tarred,
+//!    compressed and encrypted on a blocking thread and streamed as a multipart upload;
+//!    `min(WALG_UPLOAD_CONCURRENCY, cores)` partitions go at once, and every buffer on the way
+//!    is bounded, so memory does not grow with the database.
+//! 3. `pg_control.tar` after every data part, then `pg_backup_stop`, whose label and tablespace
+//!    map become `backup_label.tar`. Then `files_metadata.json`, `metadata.json`, and last the
+//!    sentinel, create-only. A backup that fails before its sentinel is invisible.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use chrono::Utc;
+
+use super::sentinel::{DATE_FMT, FileMeta, FilesMetadata, Metadata, Sentinel};
+use super::{backup_dir, sentinel_key};
+use crate::codec::Codec;
+use crate::progress::Progress;
+use crate::settings::{PgConn, Settings};
+use crate::storage::{Created, Store};
+use crate::walname::{DEFAULT_SEGMENT_SIZE, Lsn, Segment};
+
+/// Bytes per multipart part: S3's minimum, so that at most a few parts are in memory.
+const PART_SIZE: usize = 5 * 1024 * 1024;
+/// Bytes per chunk handed from the tar thread to the uploader.
+const CHUNK: usize = 1024 * 1024;
+
+/// Folders whose contents are never backed up (the folder itself is, empty), and files that
+/// never are: PostgreSQL's own exclusion list for base backups.
+const EMPTY_DIRS: &[&str] =
+    &["pg_wal", "pg_dynshmem", "pg_notify", "pg_replslot", "pg_serial", "pg_snapshots", "pg_stat_tmp", "pg_subtrans"];
+const SKIP_FILES: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "backup_label",
+    "tablespace_map",
+    "postgresql.auto.conf.tmp",
+    "current_logfiles.tmp",
+    "pg_internal.init",
+    "standby.signal",
+    "recovery.signal",
+    "recovery.conf",
+];
+
+/// One entry of the data directory.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Relative to the data directory, `/`-separated.
+    pub rel: String,
+    pub dir: bool,
+    pub size: u64,
+    pub mtime: std::time::SystemTime,
+}
+
+/// Walks `pgdata` as a base backup sees it. `pg_control` is left out (it goes last, alone).
+pub fn walk(pgdata: &Path) -> anyhow::Result<Vec<Item>> {
+    let mut out = Vec::new();
+    walk_into(pgdata, pgdata, &mut out)?;
+    Ok(out)
+}
+
+fn walk_into(root: &Path, dir: &Path, out: &mut Vec<Item>) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.flatten().collect(),
+        // A folder dropped while we walk (DROP DATABASE): WAL replay recreates the truth.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("list {}", dir.display())),
+    };
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+        if SKIP_FILES.contains(&name.as_str()) || name.starts_with("pgsql_tmp") || rel == "global/pg_control" {
+            continue;
+        }
+        // Follows symlinks: pg_wal may be one (initdb -X); its contents are skipped anyway.
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err).with_context(|| format!("stat {}", path.display())),
+        };
+        let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        if rel.starts_with("pg_tblspc/") {
+            bail!(
+                "{} is a tablespace; backups of clusters with tablespaces are not supported by this wal-shipper yet",
+                path.display()
+            );
+        }
+        if meta.is_dir() {
+            out.push(Item { rel: rel.clone(), dir: true, size: 0, mtime });
+            if !EMPTY_DIRS.contains(&rel.as_str()) {
+                walk_into(root, &path, out)?;
+            } else if rel == "pg_wal" {
+                out.push(Item { rel: "pg_wal/archive_status".into(), dir: true, size: 0, mtime });
+            }
+        } else if meta.is_file() {
+            out.push(Item { rel, dir: false, size: meta.len(), mtime });
+        }
+    }
+    Ok(())
+}
+
+/// Splits the walk into tar partitions of about `threshold` bytes of file data each.
+pub fn partition(items: Vec<Item>, threshold: u64) -> Vec<Vec<Item>> {
+    let mut parts: Vec<Vec<Item>> = Vec::new();
+    let mut cur: Vec<Item> = Vec::new();
+    let mut size = 0u64;
+    for it in items {
+        if size > 0 && size + it.size > threshold {
+            parts.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+        size += it.size;
+        cur.push(it);
+    }
+    if !cur.is_empty() {
+        parts.push(cur);
+    }
+    parts
+}
+
+/// Reads exactly `size` bytes of a file that PostgreSQL may be writing: a file that shrank
+/// is padded with zeros, one that grew is cut, one that vanished is all zeros. WAL replay
+/// from the backup's start repairs all three, as for any non-exclusive backup.
+struct Exactly {
+    inner: Option<io::Take<std::fs::File>>,
+    left: u64,
+    counter: Arc<AtomicU64>,
+}
+
+impl Read for Exactly {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.left as usize);
+        let n = match &mut self.inner {
+            Some(f) => f.read(&mut buf[..want])?,
+            None => 0,
+        };
+        let n = if n == 0 {
+            self.inner = None;
+            buf[..want].fill(0);
+            want
+        } else {
+            n
+        };
+        self.left -= n as u64;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn header_for(it: &Item) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(if it.dir { 0 } else { it.size });
+    h.set_mode(if it.dir { 0o700 } else { 0o600 });
+    h.set_mtime(it.mtime.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+    h.set_entry_type(if it.dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+    h
+}
+
+/// Writes the tar of `items` into `w` (the codec's writer). Returns the tar's size.
+fn write_tar(
+    pgdata: &Path,
+    items: &[Item],
+    w: Box<dyn crate::codec::FinishWrite>,
+    counter: Arc<AtomicU64>,
+) -> anyhow::Result<u64> {
+    let counting = CountingWriter { inner: w, n: 0 };
+    let mut b = tar::Builder::new(counting);
+    b.mode(tar::HeaderMode::Deterministic);
+    for it in items {
+        let mut h = header_for(it);
+        if it.dir {
+            b.append_data(&mut h, &it.rel, io::empty()).with_context(|| format!("tar {}", it.rel))?;
+        } else {
+            let inner = match std::fs::File::open(pgdata.join(&it.rel)) {
+                Ok(f) => Some(f.take(it.size)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e).with_context(|| format!("open {}", it.rel)),
+            };
+            let r = Exactly { inner, left: it.size, counter: counter.clone() };
+            b.append_data(&mut h, &it.rel, r).with_context(|| format!("tar {}", it.rel))?;
+        }
+    }
+    let counting = b.into_inner().context("finish the tar")?;
+    let n = counting.n;
+    counting.inner.finish().context("finish compression")?;
+    Ok(n)
+}
+
+struct CountingWriter {
+    inner: Box<dyn crate::codec::FinishWrite>,
+    n: u64,
+}
+
+impl Write for CountingWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Hands chunks from a blocking thread to the async uploader, at most a few in flight.
+struct ChanWriter {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+    sent: Arc<AtomicU64>,
+}
+
+impl ChanWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        self.tx
+            .blocking_send(Bytes::from(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}
+
+impl Write for ChanWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = b.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// Sizes of one uploaded tar: (tar bytes, stored bytes).
+type Sizes = (u64, u64);
+
+/// Streams the tar of `items` to `key`: tar + compress + encrypt on a blocking thread, a
+/// multipart upload here. An error on either side aborts the upload, so no partial object
+/// is ever completed.
+async fn upload_tar(
+    store: &Store,
+    codec: &Codec,
+    pgdata: &Path,
+    items: Vec<Item>,
+    key: &str,
+    counter: Arc<AtomicU64>,
+) -> anyhow::Result<Sizes> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let sent = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (codec, pgdata, sent) = (codec.clone(), pgdata.to_owned(), sent.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            let w = codec.writer(ChanWriter { tx, buf: Vec::with_capacity(CHUNK), sent })?;
+            write_tar(&pgdata, &items, w, counter)
+        })
+    };
+    let mut up = store.multipart(key, PART_SIZE).await?;
+    let mut failed = None;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = up.wait_for_capacity(2).await {
+            failed = Some(anyhow::Error::from(e).context("upload a part"));
+            break;
+        }
+        up.put(chunk);
+    }
+    // Closing the channel stops a producer still writing (its send fails).
+    drop(rx);
+    let produced = producer.await.context("tar thread").and_then(|r| r);
+    match (failed, produced) {
+        (None, Ok(tar_bytes)) => {
+            up.finish().await.context("complete the upload")?;
+            Ok((tar_bytes, sent.load(Ordering::Relaxed)))
+        }
+        (Some(e), _) | (None, Err(e)) => {
+            let _ = up.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// What `backup-push` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    pub permanent: bool,
+    pub full: bool,
+    pub user_data: Option<serde_json::Value>,
+}
+
+/// Connects to PostgreSQL with libpq's settings.
+pub async fn connect(pg: &PgConn) -> anyhow::Result<tokio_postgres::Client> {
+    let mut c = tokio_postgres::Config::new();
+    c.host(pg.host.as_deref().unwrap_or("/var/run/postgresql"));
+    c.port(pg.port.unwrap_or(5432));
+    let user = pg.user.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "postgres".into());
+    c.user(&user);
+    c.dbname(pg.dbname.as_deref().unwrap_or("postgres"));
+    if let Some(p) = &pg.password {
+        c.password(p);
+    }
+    c.application_name("wal-shipper");
+    c.connect_timeout(std::time::Duration::from_secs(10));
+    let (client, conn) = c.connect(tokio_postgres::NoTls).await.context("connect to PostgreSQL")?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Takes a full backup of `pgdata`; returns its name.
+pub async fn push(store: &Store, s: &Settings, pgdata: &Path, opts: &PushOptions) -> anyhow::Result<String> {
+    if s.delta_max_steps > 0 && !opts.full {
+        tracing::warn!(
+            delta_max_steps = s.delta_max_steps,
+            "delta backups are not implemented by this wal-shipper yet; taking a full backup"
+        );
+    }
+    let db = connect(&s.pg).await?;
+    let version: i64 = db
+        .query_one("SELECT current_setting('server_version_num')::int8", &[])
+        .await
+        .context("read server_version_num")?
+        .get(0);
+    let sysid: String = db
+        .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+        .await
+        .context("read the system identifier")?
+        .get(0);
+    let seg_size: i64 = db
+        .query_one("SELECT setting::int8 FROM pg_settings WHERE name = 'wal_segment_size'", &[])
+        .await
+        .context("read wal_segment_size")?
+        .get(0);
+    if seg_size as u64 != DEFAULT_SEGMENT_SIZE {
+        bail!("wal_segment_size is {seg_size}; this wal-shipper handles 16 MiB segments only");
+    }
+    let label = format!("wal-shipper {}", Utc::now().format("%Y%m%dT%H%M%SZ"));
+    let start_sql = if version >= 150000 {
+        "SELECT pg_backup_start($1, true)::text, pg_is_in_recovery()"
+    } else {
+        "SELECT pg_start_backup($1, true, false)::text, pg_is_in_recovery()"
+    };
+    let started_at = Utc::now();
+    let row = db.query_one(start_sql, &[&label]).await.context("start the backup (pg_backup_start)")?;
+    let start_text: String = row.get(0);
+    let in_recovery: bool = row.get(1);
+    let start = Lsn::parse(&start_text).with_context(|| format!("start LSN {start_text:?}"))?;
+    let tli_of = |r: tokio_postgres::Row| -> u32 { r.get::<_, i32>(0) as u32 };
+    let tli = tli_of(
+        db.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[]).await.context("read the timeline")?,
+    );
+    // On a standby WAL-G names the backup by the segment of lsn-1 (they differ only on a
+    // segment boundary); on a primary by the segment holding the LSN.
+    let seg_lsn = if in_recovery { start.0.saturating_sub(1) } else { start.0 };
+    let name = format!("base_{}", Segment::containing(tli, seg_lsn, DEFAULT_SEGMENT_SIZE).name(DEFAULT_SEGMENT_SIZE));
+    tracing::info!(backup = %name, start_lsn = %start, standby = in_recovery, "backup started");
+
+    let result = push_files(store, s, pgdata, &name).await;
+    // Stop the backup whatever happened, so the server is not left in backup mode.
+    let stop_sql = if version >= 150000 {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
+    } else {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
+    };
+    let stop = db.query_one(stop_sql, &[]).await.context("stop the backup (pg_backup_stop)");
+    let (files, sizes) = result?;
+    let stop = stop?;
+    let finish_text: String = stop.get(0);
+    let label_file: String = stop.get(1);
+    let spcmap: Option<String> = stop.get(2);
+    let finish = Lsn::parse(&finish_text).with_context(|| format!("finish LSN {finish_text:?}"))?;
+    if in_recovery {
+        let now = tli_of(db.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[]).await?);
+        if now != tli {
+            bail!("the standby moved from timeline {tli} to {now} during the backup; the backup is left unfinished");
+        }
+    }
+
+    // backup_label.tar: the label and the tablespace map from pg_backup_stop.
+    let mut label_items: Vec<(String, Vec<u8>)> = vec![("backup_label".into(), label_file.into_bytes())];
+    if let Some(m) = spcmap.filter(|m| !m.is_empty()) {
+        label_items.push(("tablespace_map".into(), m.into_bytes()));
+    }
+    let label_tar = small_tar(&label_items)?;
+    let label_key = format!("{}/tar_partitions/{}", backup_dir(&name), s.codec.method.object_name("backup_label.tar"));
+    let label_enc = s.codec.encode(&label_tar).context("compress backup_label.tar")?;
+    store.put(&label_key, Bytes::from(label_enc.clone())).await?;
+
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let sentinel = Sentinel {
+        lsn: Some(start.0),
+        pg_version: version,
+        finish_lsn: Some(finish.0),
+        system_identifier: sysid.parse().ok(),
+        uncompressed_size: (sizes.0 + label_tar.len() as u64) as i64,
+        compressed_size: (sizes.1 + label_enc.len() as u64) as i64,
+        data_catalog_size: sizes.2 as i64,
+        user_data: opts.user_data.clone().or_else(|| s.sentinel_user_data.clone()),
+        version: 2,
+        start_time: Some(started_at),
+        finish_time: Some(Utc::now()),
+        date_fmt: DATE_FMT.into(),
+        hostname: host,
+        data_dir: pgdata.display().to_string(),
+        is_permanent: opts.permanent,
+        ..Default::default()
+    };
+    let fm = serde_json::to_vec(&files).context("encode files_metadata.json")?;
+    store.put(&format!("{}/files_metadata.json", backup_dir(&name)), Bytes::from(fm)).await?;
+    let md = serde_json::to_vec(&Metadata::from_sentinel(&sentinel)).context("encode metadata.json")?;
+    store.put(&format!("{}/metadata.json", backup_dir(&name)), Bytes::from(md)).await?;
+    let sj = serde_json::to_vec(&sentinel).context("encode the sentinel")?;
+    if store.put_new(&sentinel_key(&name), Bytes::from(sj)).await? == Created::Exists {
+        bail!("a backup named {name} already exists; this one is left without a sentinel (invisible)");
+    }
+    tracing::info!(
+        backup = %name,
+        finish_lsn = %finish,
+        tar_bytes = sizes.0,
+        stored_bytes = sizes.1,
+        "backup finished"
+    );
+    Ok(name)
+}
+
+/// A tar of small in-memory files.
+fn small_tar(files: &[(String, Vec<u8>)]) -> anyhow::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_mtime(Utc::now().timestamp().max(0) as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, data.as_slice()).with_context(|| format!("tar {name}"))?;
+    }
+    b.into_inner().context("finish tar")
+}
+
+/// Uploads the data partitions, then pg_control. Returns the files' metadata and the sizes
+/// (tar bytes, stored bytes, data bytes).
+async fn push_files(
+    store: &Store,
+    s: &Settings,
+    pgdata: &Path,
+    name: &str,
+) -> anyhow::Result<(FilesMetadata, (u64, u64, u64))> {
+    let items = {
+        let p = pgdata.to_owned();
+        tokio::task::spawn_blocking(move || walk(&p)).await.context("walk")??
+    };
+    let data_bytes: u64 = items.iter().map(|i| i.size).sum();
+    let mut files = FilesMetadata { databases_by_names: serde_json::json!({}), ..Default::default() };
+    for it in items.iter().filter(|i| !i.dir) {
+        files.files.insert(
+            it.rel.clone(),
+            FileMeta { mtime: Some(chrono::DateTime::<Utc>::from(it.mtime)), ..Default::default() },
+        );
+    }
+    let parts = partition(items, s.tar_size_threshold);
+    let progress = Progress::start("backup-push", data_bytes);
+    let workers = s.upload_concurrency.min(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
+    let sem = Arc::new(tokio::sync::Semaphore::new(workers));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, items) in parts.into_iter().enumerate() {
+        let object = s.codec.method.object_name(&format!("part_{:03}.tar", i + 1));
+        files.tar_file_sets.insert(object.clone(), items.iter().filter(|i| !i.dir).map(|i| i.rel.clone()).collect());
+        let key = format!("{}/tar_partitions/{object}", backup_dir(name));
+        let (store, codec, pgdata, sem, counter) =
+            (store.clone(), s.codec.clone(), pgdata.to_owned(), sem.clone(), progress.counter());
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await.context("semaphore")?;
+            upload_tar(&store, &codec, &pgdata, items, &key, counter).await.with_context(|| format!("upload {key}"))
+        });
+    }
+    let mut total: Sizes = (0, 0);
+    let mut first_err = None;
+    while let Some(r) = set.join_next().await {
+        match r.map_err(anyhow::Error::from).and_then(|r| r) {
+            Ok((t, c)) => {
+                total.0 += t;
+                total.1 += c;
+            }
+            Err(e) => {
+                set.abort_all();
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    progress.finish();
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    // pg_control after every data part: a restore that has it has all of them.
+    let ctl = Item {
+        rel: "global/pg_control".into(),
+        dir: false,
+        size: std::fs::metadata(pgdata.join("global/pg_control")).context("stat global/pg_control")?.len(),
+        mtime: std::time::SystemTime::now(),
+    };
+    let object = s.codec.method.object_name("pg_control.tar");
+    files.tar_file_sets.insert(object.clone(), vec![ctl.rel.clone()]);
+    let key = format!("{}/tar_partitions/{object}", backup_dir(name));
+    let (t, c) = upload_tar(store, &s.codec, pgdata, vec![ctl], &key, progress.counter()).await?;
+    Ok((files, (total.0 + t, total.1 + c, data_bytes)))
+}
+
+/// The data directory a backup is taken of: the argument, else `PGDATA`.
+pub fn pgdata_of(arg: Option<PathBuf>, s: &Settings) -> anyhow::Result<PathBuf> {
+    arg.or_else(|| s.pgdata.clone()).context("no data directory: give it as an argument or set PGDATA")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(rel: &str, size: u64) -> Item {
+        Item { rel: rel.into(), dir: false, size, mtime: std::time::UNIX_EPOCH }
+    }
+
+    #[test]
+    fn partitions_close_at_the_threshold_and_a_big_file_goes_alone() {
+        let parts = partition(vec![item("a", 40), item("b", 40), item("c", 40), item("big", 500), item("d", 1)], 100);
+        let names: Vec<Vec<&str>> = parts.iter().map(|p| p.iter().map(|i| i.rel.as_str()).collect()).collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["big"], vec!["d"]]);
+    }
+
+    #[test]
+    fn the_walk_skips_what_a_base_backup_never_holds() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path();
+        for f in [
+            "PG_VERSION",
+            "postmaster.pid",
+            "global/pg_control",
+            "global/1262",
+            "pg_wal/000000010000000000000001",
+            "base/1/pgsql_tmp1",
+            "pg_replslot/s/state",
+            "standby.signal",
+        ] {
+            std::fs::create_dir_all(p.join(f).parent().expect("parent")).expect("mkdir");
+            std::fs::write(p.join(f), b"x").expect("write");
+        }
+        let rels: Vec<String> = walk(p).expect("walk").into_iter().map(|i| i.rel).collect();
+        assert_eq!(
+            rels,
+            ["PG_VERSION", "base", "base/1", "global", "global/1262", "pg_replslot", "pg_wal", "pg_wal/archive_status"]
+        );
+    }
+}

