@@ -275,8 +275,151 @@ fn killing_the_shipper_mid_upload_under_pgbench_leaves_no_gap() {
     let last = archive_everything(&r.pg);
     let checked = assert_no_gap(&r, &last);
     assert!(checked >= 5, "only {checked} segments were archived under load");
+    let verify = ok(&r, &["wal-verify", "integrity", "timeline", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&verify).unwrap();
+    assert_eq!(v["integrity"]["status"], "OK", "{verify}");
+    assert_eq!(v["timeline"]["status"], "OK", "{verify}");
     let metrics = host(&r).exec(&["curl", "-sf", "http://127.0.0.1:9187/metrics"]).unwrap();
     assert!(metrics.contains("wal_shipper_uploads_total{result=\"uploaded\"}"), "{metrics}");
     eprintln!("killed the daemon {daemon_kills} times and wal-push {push_kills} times; {checked} segments checked");
     drop(daemon);
+}
+
+/// An object in the rig's bucket under the cluster prefix, read or written with boto3.
+fn s3_object(r: &Rig, key: &str, put: Option<&[u8]>) -> Vec<u8> {
+    let key = format!("cluster1/{key}");
+    match put {
+        Some(data) => {
+            r.s3.put_object(host(r), &key, data).unwrap();
+            vec![]
+        }
+        None => r.s3.get_object(host(r), &key).unwrap(),
+    }
+}
+
+#[test]
+fn retention_keeps_the_newest_backups_the_permanent_one_and_the_wal_they_need() {
+    let r = rig("retention_keeps_the_newest_backups_the_permanent_one_and_the_wal_they_need", "");
+    r.pg.sql("create table t (id int)").unwrap();
+    let mut names = Vec::new();
+    for i in 0..4 {
+        r.pg.sql(&format!("insert into t select generate_series(1, 50000); select pg_switch_wal() -- {i}")).unwrap();
+        names.push(ok(&r, &["backup-push", &r.pg.data().display().to_string()]).trim().to_owned());
+    }
+    archive_everything(&r.pg);
+    ok(&r, &["backup-mark", &names[0]]);
+    let dry = ok(&r, &["delete", "retain", "2"]);
+    assert!(dry.contains("dry run"), "{dry}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&ok(&r, &["backup-list", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    ok(&r, &["delete", "retain", "2", "--confirm"]);
+    let list: serde_json::Value = serde_json::from_str(&ok(&r, &["backup-list", "--json", "--detail"])).unwrap();
+    let left: Vec<&str> = list.as_array().unwrap().iter().map(|b| b["backup_name"].as_str().unwrap()).collect();
+    assert_eq!(left, [names[0].as_str(), names[2].as_str(), names[3].as_str()], "the permanent one and the newest two");
+    assert_eq!(list[0]["is_permanent"], true);
+    // Every WAL segment from the oldest kept non-permanent backup on is still there, and the
+    // permanent backup's own range too.
+    let verify = ok(&r, &["wal-verify", "integrity", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&verify).unwrap();
+    assert_eq!(v["integrity"]["status"], "OK", "{verify}");
+    let runs = v["integrity"]["details"].as_array().unwrap();
+    assert_eq!(runs[0]["start_segment"].as_str().unwrap(), &names[0][5..], "{verify}");
+    assert!(runs.iter().any(|r| r["start_segment"].as_str().unwrap() == &names[2][5..]), "{verify}");
+}
+
+#[test]
+fn corrupted_or_cut_objects_are_named_and_never_restored() {
+    let r = rig("corrupted_or_cut_objects_are_named_and_never_restored", "");
+    r.pg.sql("create table t (id int); insert into t select generate_series(1, 100000)").unwrap();
+    let name = ok(&r, &["backup-push", &r.pg.data().display().to_string()]).trim().to_owned();
+    let last = archive_everything(&r.pg);
+    let seg = segments_in_pg_wal(&r.pg, &last).pop().unwrap();
+    // Flip one byte in the middle of an archived segment.
+    let key = format!("wal_005/{seg}.lz4");
+    let mut obj = s3_object(&r, &key, None);
+    let mid = obj.len() / 2;
+    obj[mid] ^= 0x40;
+    s3_object(&r, &key, Some(&obj));
+    let dest = host(&r).dir().path().join("restored-seg");
+    let (code, _, err) = shipper(&r, &r.cfg, &["wal-fetch", &seg, &dest.display().to_string()]);
+    assert_eq!(code, 1, "a corrupted segment is an error, not 'missing' (74) and not success:\n{err}");
+    assert!(err.contains(&key), "the error names the object: {err}");
+    assert!(!dest.exists(), "nothing at %p");
+    // Cut a data part of the backup short.
+    let part = format!("basebackups_005/{name}/tar_partitions/part_001.tar.lz4");
+    let obj = s3_object(&r, &part, None);
+    s3_object(&r, &part, Some(&obj[..obj.len() * 2 / 3]));
+    let target = host(&r).dir().sub("restore-target").unwrap();
+    let (uid, gid) = Postgres::os_user().unwrap();
+    nix::unistd::chown(&target, Some(uid.into()), Some(gid.into())).unwrap();
+    let (code, _, err) = shipper(&r, &r.cfg, &["backup-fetch", &target.display().to_string(), &name]);
+    assert_ne!(code, 0, "a cut part must fail the restore");
+    assert!(err.contains("part_001.tar.lz4"), "the error names the part: {err}");
+}
+
+#[test]
+fn a_wrong_key_fails_before_anything_is_written() {
+    let key = "a-libsodium-key-of-32-bytes-long!";
+    let r = rig("a_wrong_key_fails_before_anything_is_written", &format!("libsodium_key = {key:?}\n"));
+    r.pg.sql("create table t (id int); insert into t select generate_series(1, 1000)").unwrap();
+    let name = ok(&r, &["backup-push", &r.pg.data().display().to_string()]).trim().to_owned();
+    let last = archive_everything(&r.pg);
+    let seg = segments_in_pg_wal(&r.pg, &last).pop().unwrap();
+    let wrong = write_config(
+        host(&r).dir().path(),
+        &r.s3,
+        "cluster1",
+        r.pg.socket_dir(),
+        r.pg.port(),
+        "libsodium_key = \"another-key-that-is-wrong-but-long\"\n",
+    );
+    let target = host(&r).dir().sub("restore-target").unwrap();
+    let (uid, gid) = Postgres::os_user().unwrap();
+    nix::unistd::chown(&target, Some(uid.into()), Some(gid.into())).unwrap();
+    let (code, _, err) = shipper(&r, &wrong, &["backup-fetch", &target.display().to_string(), &name]);
+    assert_ne!(code, 0);
+    assert!(err.contains("WALG_LIBSODIUM_KEY"), "the error says the key is wrong: {err}");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "nothing may be written with a wrong key");
+    let dest = host(&r).dir().path().join("seg");
+    let (code, _, err) = shipper(&r, &wrong, &["wal-fetch", &seg, &dest.display().to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("WALG_LIBSODIUM_KEY") && !dest.exists(), "{err}");
+    // With no key at all the error says the backup may be encrypted.
+    let none = write_config(host(&r).dir().path(), &r.s3, "cluster1", r.pg.socket_dir(), r.pg.port(), "");
+    let (code, _, err) = shipper(&r, &none, &["backup-fetch", &target.display().to_string(), &name]);
+    assert_ne!(code, 0);
+    assert!(err.contains("set WALG_LIBSODIUM_KEY"), "{err}");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+}
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk(PathBuf);
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_restore_leaves_no_file_that_looks_complete() {
+    let r = rig("a_full_disk_during_restore_leaves_no_file_that_looks_complete", "");
+    r.pg.sql("create table t (id int); insert into t select generate_series(1, 100000)").unwrap();
+    let last = archive_everything(&r.pg);
+    let seg = segments_in_pg_wal(&r.pg, &last).pop().unwrap();
+    let dir = host(&r).dir().sub("small-disk").unwrap();
+    let st =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m,mode=0777", "tmpfs"]).arg(&dir).status().unwrap();
+    assert!(st.success(), "mount a 4 MB tmpfs");
+    let _disk = SmallDisk(dir.clone());
+    let dest = dir.join("RECOVERYXLOG");
+    let (code, _, err) = shipper(&r, &r.cfg, &["wal-fetch", &seg, &dest.display().to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("No space left") || err.contains("os error 28"), "{err}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no partial or temp file is left");
 }

@@ -70,10 +70,16 @@ impl S3Server {
         let bin = s3_venv()?;
         let mut cmd = match self.kind {
             S3Kind::SeaweedFs => {
-                let mut c = Command::new(bin.join("weed"));
-                c.arg("mini")
-                    .arg(format!("-dir={}", self.dir.display()))
-                    .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false"])
+                // SeaweedFS puts Unix sockets named by port in /tmp, whatever TMPDIR says, and
+                // Unix sockets are not per network namespace: two servers at once would talk to
+                // each other's. Each one gets a private /tmp in a mount namespace of its own.
+                let weed = format!(
+                    "mount -t tmpfs -o size=64m tmpfs /tmp && exec {} mini -dir={} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false",
+                    bin.join("weed").display(),
+                    self.dir.display()
+                );
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c", &weed])
                     .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
                     .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
                     .env("S3_BUCKET", &self.bucket);
@@ -97,7 +103,42 @@ impl S3Server {
             let code = host.exec(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2", &url])?;
             anyhow::ensure!(code != "000" && !code.is_empty(), "no answer yet");
             Ok(())
+        })?;
+        if self.kind == S3Kind::Moto {
+            return Ok(());
+        }
+        // SeaweedFS answers before its volumes can store anything: a signed write must succeed.
+        wait_ok(Duration::from_secs(60), "seaweedfs to store an object", || {
+            self.put_object(host, ".outrigger-probe", b"probe").map(drop)
         })
+    }
+
+    fn boto(&self, host: &Host, script: &str, args: &[&str]) -> anyhow::Result<String> {
+        let py = s3_venv()?.join("python");
+        let prog = format!(
+            "import sys, boto3\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='{ACCESS_KEY}', \
+             aws_secret_access_key='{SECRET_KEY}', region_name='us-east-1')\n{script}",
+            self.endpoint
+        );
+        let mut a: Vec<&str> = vec![py.to_str().unwrap_or("python3"), "-c", &prog];
+        a.extend(args);
+        host.exec(&a)
+    }
+
+    /// Writes an object with boto3 (outside the code under test), e.g. to corrupt one.
+    pub fn put_object(&self, host: &Host, key: &str, data: &[u8]) -> anyhow::Result<()> {
+        let tmp = self.dir.join(".put-object");
+        std::fs::write(&tmp, data)?;
+        let script = "s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=open(sys.argv[3], 'rb').read())";
+        self.boto(host, script, &[&self.bucket, key, tmp.to_str().unwrap_or("")]).map(drop)
+    }
+
+    /// Reads an object with boto3.
+    pub fn get_object(&self, host: &Host, key: &str) -> anyhow::Result<Vec<u8>> {
+        let tmp = self.dir.join(".get-object");
+        let script = "open(sys.argv[3], 'wb').write(s3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())";
+        self.boto(host, script, &[&self.bucket, key, tmp.to_str().unwrap_or("")])?;
+        Ok(std::fs::read(&tmp)?)
     }
 
     /// Kills the server (SIGKILL): the storage is unreachable until [`S3Server::start`].

@@ -69,6 +69,21 @@ pub enum Command {
         #[arg(short = 'i', long)]
         impermanent: bool,
     },
+    /// Delete old backups and WAL: `delete retain N`, `before NAME`, `everything [FORCE]`.
+    /// A dry run unless --confirm.
+    Delete {
+        #[arg(required = true, num_args = 1..)]
+        args: Vec<String>,
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Check the archive: `wal-verify integrity timeline` (either or both).
+    WalVerify {
+        #[arg(required = true, num_args = 1..)]
+        checks: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Upload-ahead: upload every `.ready` WAL file of PGDATA as soon as PostgreSQL marks it,
     /// so archive_command's wal-push returns at once; serves /metrics.
     Daemon { pgdata: Option<PathBuf> },
@@ -174,6 +189,14 @@ async fn run(command: Command, s: Settings) -> ExitCode {
             done(crate::report::backup_mark(&store, &name, !impermanent).await)
         }
         Command::Daemon { .. } => ExitCode::FAILURE,
+        Command::Delete { args, confirm } => done(
+            async {
+                let mode = crate::ops::parse_delete(&args)?;
+                crate::ops::delete(&store, &s, &mode, confirm).await
+            }
+            .await,
+        ),
+        Command::WalVerify { checks, json } => done(crate::ops::wal_verify(&store, &s, &checks, json).await),
         Command::WalPrefetch { name, dir } => {
             done(walfetch::prefetch(&store, &s.codec, &name, &dir, s.download_concurrency).await)
         }

@@ -1,0 +1,165 @@
+//! `delete`: which backups and which WAL go, as a pure plan over what is stored.
+//!
+//! Backups are ordered by their own start time (then start LSN), never by storage time.
+//! `retain N` keeps the newest N; `before NAME` keeps NAME and newer; `everything` removes
+//! all (refused while a permanent backup exists unless `FORCE`). Permanent backups are never
+//! deleted. WAL goes only below the oldest kept backup's start segment (on every timeline:
+//! a backup newer by time can start at a lower position after a point-in-time restore), and
+//! never inside a permanent backup's start..finish range; `.history` files are never deleted.
+//! So no kept backup is ever left without the WAL it needs.
+
+use std::collections::BTreeSet;
+
+use anyhow::bail;
+
+use crate::walname::{DEFAULT_SEGMENT_SIZE, first_segment_in};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Retain(usize),
+    Before(String),
+    Everything { force: bool },
+}
+
+/// What retention needs to know of one backup.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub name: String,
+    /// Chronological position (start time, then LSN): larger is newer.
+    pub order: (Option<chrono::DateTime<chrono::Utc>>, u64),
+    pub start_segno: u64,
+    pub finish_segno: u64,
+    pub permanent: bool,
+    pub is_delta: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Backups to delete, oldest first.
+    pub backups: Vec<String>,
+    /// WAL objects with a segment number below this go (unless protected); `None`: no WAL goes.
+    pub wal_below: Option<u64>,
+    /// Segment ranges (inclusive) of permanent backups: never deleted.
+    pub protected: Vec<(u64, u64)>,
+    /// `everything`: every WAL object goes, history files too.
+    pub all_wal: bool,
+}
+
+impl Plan {
+    /// Whether the WAL object `key` (relative to `wal_005/`) is deleted by this plan.
+    pub fn deletes_wal(&self, key: &str) -> bool {
+        if self.all_wal {
+            return true;
+        }
+        if key.contains(".history") {
+            return false;
+        }
+        let Some(seg) = first_segment_in(key, DEFAULT_SEGMENT_SIZE) else { return false };
+        let protected = self.protected.iter().any(|(a, b)| (*a..=*b).contains(&seg.number));
+        !protected && self.wal_below.is_some_and(|b| seg.number < b)
+    }
+}
+
+/// The plan for `mode` over `backups` (any order).
+pub fn plan(mut backups: Vec<Backup>, mode: &Mode) -> anyhow::Result<Plan> {
+    backups.sort_by_key(|b| b.order);
+    let protected: Vec<(u64, u64)> =
+        backups.iter().filter(|b| b.permanent).map(|b| (b.start_segno, b.finish_segno)).collect();
+    let keep_from = match mode {
+        Mode::Everything { force } => {
+            if !force && backups.iter().any(|b| b.permanent) {
+                bail!("permanent backups exist; `delete everything FORCE` removes them too");
+            }
+            return Ok(Plan {
+                backups: backups.iter().map(|b| b.name.clone()).collect(),
+                wal_below: None,
+                protected: vec![],
+                all_wal: true,
+            });
+        }
+        Mode::Retain(n) => {
+            if *n == 0 {
+                bail!("retain 0 would delete every backup; use `delete everything`");
+            }
+            if backups.len() <= *n {
+                return Ok(Plan { backups: vec![], wal_below: None, protected, all_wal: false });
+            }
+            backups.len() - n
+        }
+        Mode::Before(name) => match backups.iter().position(|b| &b.name == name) {
+            Some(i) => i,
+            None => bail!("backup {name} not found"),
+        },
+    };
+    let target = &backups[keep_from];
+    if target.is_delta {
+        bail!("{} is a delta backup: the backups it builds on cannot be deleted (keep one more)", target.name);
+    }
+    let doomed: Vec<String> = backups[..keep_from].iter().filter(|b| !b.permanent).map(|b| b.name.clone()).collect();
+    let kept_starts: BTreeSet<u64> = backups[keep_from..].iter().map(|b| b.start_segno).collect();
+    let wal_below = kept_starts.first().copied();
+    Ok(Plan { backups: doomed, wal_below, protected, all_wal: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(name: &str, t: i64, start: u64, finish: u64, permanent: bool) -> Backup {
+        Backup {
+            name: name.into(),
+            order: (chrono::DateTime::from_timestamp(t, 0), start),
+            start_segno: start,
+            finish_segno: finish,
+            permanent,
+            is_delta: false,
+        }
+    }
+
+    fn key(tli: u32, n: u64) -> String {
+        format!("{}.lz4", crate::walname::Segment { timeline: tli, number: n }.name(DEFAULT_SEGMENT_SIZE))
+    }
+
+    #[test]
+    fn retain_keeps_the_newest_by_start_time_and_the_wal_they_need() {
+        let all = vec![b("b1", 100, 2, 3, false), b("b2", 200, 10, 11, false), b("b3", 300, 20, 21, false)];
+        let p = plan(all, &Mode::Retain(2)).expect("plan");
+        assert_eq!(p.backups, ["b1"]);
+        assert!(p.deletes_wal(&key(1, 9)));
+        assert!(!p.deletes_wal(&key(1, 10)), "the oldest kept backup's start segment stays");
+        assert!(!p.deletes_wal("00000002.history.lz4"), "history files stay");
+    }
+
+    #[test]
+    fn a_newer_backup_at_a_lower_position_after_a_pitr_keeps_its_wal() {
+        // b3 was taken on timeline 2 after restoring to a point before b2's start.
+        let all = vec![b("b1", 100, 2, 3, false), b("b2", 200, 10, 11, false), b("b3", 300, 6, 7, false)];
+        let p = plan(all, &Mode::Retain(2)).expect("plan");
+        assert_eq!(p.backups, ["b1"]);
+        assert!(!p.deletes_wal(&key(2, 6)));
+        assert!(p.deletes_wal(&key(1, 5)));
+    }
+
+    #[test]
+    fn permanent_backups_and_their_wal_are_never_deleted() {
+        let all = vec![b("p", 100, 2, 3, true), b("b2", 200, 10, 11, false), b("b3", 300, 20, 21, false)];
+        let p = plan(all.clone(), &Mode::Retain(1)).expect("plan");
+        assert_eq!(p.backups, ["b2"]);
+        assert!(!p.deletes_wal(&key(1, 3)));
+        assert!(p.deletes_wal(&key(1, 4)));
+        assert!(plan(all.clone(), &Mode::Everything { force: false }).is_err());
+        assert!(plan(all, &Mode::Everything { force: true }).expect("force").all_wal);
+    }
+
+    #[test]
+    fn fewer_backups_than_retained_deletes_nothing() {
+        let p = plan(vec![b("b1", 100, 2, 3, false)], &Mode::Retain(3)).expect("plan");
+        assert!(p.backups.is_empty() && p.wal_below.is_none());
+        assert!(!p.deletes_wal(&key(1, 1)));
+    }
+
+    #[test]
+    fn before_an_unknown_backup_is_an_error() {
+        assert!(plan(vec![b("b1", 100, 2, 3, false)], &Mode::Before("nope".into())).is_err());
+    }
+}
