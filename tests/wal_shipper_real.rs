@@ -423,3 +423,89 @@ fn a_full_disk_during_restore_leaves_no_file_that_looks_complete() {
     assert!(err.contains("No space left") || err.contains("os error 28"), "{err}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no partial or temp file is left");
 }
+
+/// Runs `tool` (wal-shipper or walrus) with a WAL-G JSON config as the `postgres` user on the
+/// rig's host, with libpq's variables for the rig's primary.
+fn tool(r: &Rig, tool: &Path, cfg: &Path, args: &[&str]) -> (i32, String) {
+    let (uid, gid) = Postgres::os_user().unwrap();
+    let err = host(r).dir().path().join(format!("{}-{}.err", tool.file_name().unwrap().to_string_lossy(), args[0]));
+    let mut c = Command::new(tool);
+    c.arg("--config").arg(cfg).args(args).uid(uid).gid(gid).current_dir("/tmp");
+    c.env("PGHOST", r.pg.socket_dir()).env("PGPORT", r.pg.port().to_string()).env("PGUSER", "postgres");
+    c.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&err).unwrap());
+    let code = host(r).enter(move || c.status().map(|s| s.code().unwrap_or(-1))).unwrap().unwrap();
+    (code, std::fs::read_to_string(&err).unwrap_or_default())
+}
+
+/// Restores the newest backup of `cfg`'s prefix with `restorer` (backup-fetch and wal-fetch as
+/// restore_command), to the end of the archive, on `port`.
+fn restore_with(r: &Rig, restorer: &Path, cfg: &Path, name: &str, port: u16) -> Postgres {
+    let restore_command = format!("{} --config {} wal-fetch %f %p", restorer.display(), cfg.display());
+    let opts = PgOptions {
+        port,
+        settings: vec![
+            ("restore_command".into(), restore_command),
+            ("recovery_target_action".into(), "promote".into()),
+        ],
+    };
+    Postgres::restored(host(r), name, opts, |data| {
+        let (code, err) = tool(r, restorer, cfg, &["backup-fetch", &data.display().to_string(), "LATEST"]);
+        anyhow::ensure!(code == 0, "{} backup-fetch failed: {err}", restorer.display());
+        std::fs::write(data.join("recovery.signal"), b"")?;
+        let (uid, gid) = Postgres::os_user()?;
+        nix::unistd::chown(&data.join("recovery.signal"), Some(uid.into()), Some(gid.into()))?;
+        Ok(())
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_bucket_written_by_walrus_is_restored_by_wal_shipper_and_the_reverse() {
+    let mut r = rig("a_bucket_written_by_walrus_is_restored_by_wal_shipper_and_the_reverse", "");
+    let walrus = outrigger_testkit::s3::walrus_bin().unwrap();
+    let shipper_bin = bin::daemon("wal-shipper");
+    let dir = host(&r).dir().path().to_owned();
+    // One WAL-G JSON config per prefix; both tools read the same file.
+    let ours = dir.join("ours.json");
+    std::fs::write(&ours, r.s3.walg_json("ours", &[])).unwrap();
+    let theirs = dir.join("theirs.json");
+    std::fs::write(&theirs, r.s3.walg_json("theirs", &[])).unwrap();
+    // The primary archives every segment with both tools, each to its own prefix.
+    r.pg.stop().unwrap();
+    let both = format!(
+        "{} --config {} wal-push %p && {} --config {} wal-push %p",
+        shipper_bin.display(),
+        ours.display(),
+        walrus.display(),
+        theirs.display()
+    );
+    for (k, v) in r.pg.settings_mut().iter_mut() {
+        if k == "archive_command" {
+            *v = both.clone();
+        }
+    }
+    r.pg.start(r.net.host(1)).unwrap();
+    r.pg.sql(
+        "create table t (id int primary key, v text); insert into t select g, 'before' from generate_series(1, 5000) g",
+    )
+    .unwrap();
+    let data = r.pg.data().display().to_string();
+    let (code, err) = tool(&r, &shipper_bin, &ours, &["backup-push", &data]);
+    assert_eq!(code, 0, "wal-shipper backup-push: {err}");
+    let (code, err) = tool(&r, &walrus, &theirs, &["backup-push", &data]);
+    assert_eq!(code, 0, "walrus backup-push: {err}");
+    r.pg.sql("insert into t select g, 'after' from generate_series(5001, 8000) g").unwrap();
+    archive_everything(&r.pg);
+
+    let by_us = restore_with(&r, &shipper_bin, &theirs, "ours-from-walrus", 5433);
+    let by_them = restore_with(&r, &walrus, &ours, "walrus-from-ours", 5434);
+    for (who, pg) in
+        [("wal-shipper restoring walrus's bucket", &by_us), ("walrus restoring wal-shipper's bucket", &by_them)]
+    {
+        wait_until(Duration::from_secs(90), &format!("{who}: recovery to the end of the archive"), || {
+            (pg.sql("select pg_is_in_recovery()").ok()? == "f").then_some(())
+        })
+        .unwrap();
+        assert_eq!(pg.sql("select count(*), max(id) from t").unwrap(), "8000|8000", "{who}");
+    }
+}

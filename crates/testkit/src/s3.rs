@@ -161,3 +161,30 @@ impl S3Server {
         ]
     }
 }
+
+/// ClickHouse's `walrus` (crates.io `wal-rus` 0.4.1), another implementation of WAL-G's
+/// format: `OUTRIGGER_WALRUS`, else where `scripts/install-tools` puts it.
+pub fn walrus_bin() -> anyhow::Result<PathBuf> {
+    let p = std::env::var_os("OUTRIGGER_WALRUS").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("OUTRIGGER_TOOL_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/var/cache/outrigger".into());
+        cache.join("wal-rus-0.4.1/bin/walrus")
+    });
+    anyhow::ensure!(p.exists(), "{} is missing: run scripts/install-tools (cargo install wal-rus 0.4.1)", p.display());
+    Ok(p)
+}
+
+impl S3Server {
+    /// WAL-G's JSON config for this server with `prefix`: both wal-shipper and walrus read it.
+    pub fn walg_json(&self, prefix: &str, extra: &[(&str, &str)]) -> String {
+        let mut m = serde_json::Map::new();
+        for (k, v) in self.walg_env(prefix) {
+            m.insert(k, serde_json::Value::String(v));
+        }
+        for (k, v) in extra {
+            m.insert((*k).to_owned(), serde_json::Value::String((*v).to_owned()));
+        }
+        serde_json::Value::Object(m).to_string()
+    }
+}

@@ -52,23 +52,35 @@ pub async fn fetch(store: &Store, s: &Settings, dest: &Path, which: &str) -> any
             _ => {}
         }
     }
-    let label =
-        label.with_context(|| format!("{parts_dir}/backup_label.tar.* is missing: the backup is incomplete"))?;
+    // WAL-G writes the label in backup_label.tar; other writers (walrus) in the last data part.
     let control =
         control.with_context(|| format!("{parts_dir}/pg_control.tar.* is missing: the backup is incomplete"))?;
     if let Some(fm) = store.get(&format!("{}/files_metadata.json", backup_dir(&name))).await? {
         let fm: FilesMetadata = serde_json::from_slice(&fm).context("read files_metadata.json")?;
+        // Writers name the sets with or without the compression extension: compare bases.
+        let base = |n: &str| Method::from_object_name(n).1.to_owned();
         for tar in fm.tar_file_sets.keys() {
-            let known = data.iter().any(|(_, n, _)| n == tar) || *tar == control.1 || *tar == label.1;
+            let tar = &base(tar);
+            let known = data.iter().any(|(_, n, _)| base(n) == *tar)
+                || base(&control.1) == *tar
+                || label.as_ref().is_some_and(|l| base(&l.1) == *tar);
             if !known {
                 bail!("{parts_dir}/{tar} is named in files_metadata.json but missing from storage");
             }
         }
     }
 
-    // The key check: decode the label before writing anything.
-    let label_obj = store.get(&format!("{parts_dir}/{}", label.1)).await?.context("backup_label.tar vanished")?;
-    let label_tar = codec::decode(label.0, s.codec.key.as_ref(), &label_obj).map_err(|e| explain(&e, s, &label.1))?;
+    // The key check: decode pg_control.tar (small, always there) before writing anything.
+    let control_obj = store.get(&format!("{parts_dir}/{}", control.1)).await?.context("pg_control.tar vanished")?;
+    let control_tar =
+        codec::decode(control.0, s.codec.key.as_ref(), &control_obj).map_err(|e| explain(&e, s, &control.1))?;
+    let label_tar = match &label {
+        Some((method, object)) => {
+            let obj = store.get(&format!("{parts_dir}/{object}")).await?.context("backup_label.tar vanished")?;
+            Some(codec::decode(*method, s.codec.key.as_ref(), &obj).map_err(|e| explain(&e, s, object))?)
+        }
+        None => None,
+    };
 
     prepare_dest(dest)?;
     let total: u64 = data.iter().map(|d| d.2).sum();
@@ -89,9 +101,13 @@ pub async fn fetch(store: &Store, s: &Settings, dest: &Path, which: &str) -> any
     for r in results {
         r?;
     }
-    extract(store, s, &format!("{parts_dir}/{}", control.1), control.0, dest, &progress).await?;
-    let mut ar = tar::Archive::new(label_tar.as_slice());
-    ar.unpack(dest).context("write backup_label")?;
+    tar::Archive::new(control_tar.as_slice()).unpack(dest).context("write pg_control")?;
+    if let Some(label_tar) = label_tar {
+        tar::Archive::new(label_tar.as_slice()).unpack(dest).context("write backup_label")?;
+    }
+    if !dest.join("backup_label").exists() {
+        bail!("{name} has no backup_label in any part: it cannot be restored consistently");
+    }
     for d in [
         "pg_wal",
         "pg_wal/archive_status",

@@ -483,8 +483,9 @@ async fn push_files(
     let sem = Arc::new(tokio::sync::Semaphore::new(workers));
     let mut set = tokio::task::JoinSet::new();
     for (i, items) in parts.into_iter().enumerate() {
-        let object = s.codec.method.object_name(&format!("part_{:03}.tar", i + 1));
-        files.tar_file_sets.insert(object.clone(), items.iter().filter(|i| !i.dir).map(|i| i.rel.clone()).collect());
+        let tar_name = format!("part_{:03}.tar", i + 1);
+        let object = s.codec.method.object_name(&tar_name);
+        files.tar_file_sets.insert(tar_name, items.iter().filter(|i| !i.dir).map(|i| i.rel.clone()).collect());
         let key = format!("{}/tar_partitions/{object}", backup_dir(name));
         let (store, codec, pgdata, sem, counter) =
             (store.clone(), s.codec.clone(), pgdata.to_owned(), sem.clone(), progress.counter());
@@ -519,7 +520,7 @@ async fn push_files(
         mtime: std::time::SystemTime::now(),
     };
     let object = s.codec.method.object_name("pg_control.tar");
-    files.tar_file_sets.insert(object.clone(), vec![ctl.rel.clone()]);
+    files.tar_file_sets.insert("pg_control.tar".into(), vec![ctl.rel.clone()]);
     let key = format!("{}/tar_partitions/{object}", backup_dir(name));
     let (t, c) = upload_tar(store, &s.codec, pgdata, vec![ctl], &key, progress.counter()).await?;
     Ok((files, (total.0 + t, total.1 + c, data_bytes)))
