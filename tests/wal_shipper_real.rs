@@ -509,3 +509,132 @@ fn a_bucket_written_by_walrus_is_restored_by_wal_shipper_and_the_reverse() {
         assert_eq!(pg.sql("select count(*), max(id) from t").unwrap(), "8000|8000", "{who}");
     }
 }
+
+/// libsodium's secretstream through PyPI's pysodium (C libsodium, not our code): `seal` and
+/// `open` files in WAL-G's framing (24-byte header, 8192-byte chunks, FINAL on the last).
+const SODIUM_PY: &str = r#"
+import sys, pysodium as s
+mode, key, src, dst = sys.argv[1], sys.argv[2].encode()[:32].ljust(32, b'\0'), sys.argv[3], sys.argv[4]
+data = open(src, 'rb').read()
+out = bytearray()
+if mode == 'open':
+    st = s.crypto_secretstream_xchacha20poly1305_init_pull(data[:24], key)
+    pos = 24
+    while pos < len(data):
+        chunk = data[pos:pos + 8192 + 17]; pos += len(chunk)
+        msg, tag = s.crypto_secretstream_xchacha20poly1305_pull(st, chunk, None)
+        out += msg
+        if tag == s.crypto_secretstream_xchacha20poly1305_TAG_FINAL:
+            break
+    else:
+        sys.exit('no FINAL chunk')
+else:
+    st, header = s.crypto_secretstream_xchacha20poly1305_init_push(key)
+    out += header
+    chunks = [data[i:i + 8192] for i in range(0, len(data), 8192)] or [b'']
+    for i, c in enumerate(chunks):
+        tag = s.crypto_secretstream_xchacha20poly1305_TAG_FINAL if i == len(chunks) - 1 else 0
+        out += s.crypto_secretstream_xchacha20poly1305_push(st, c, None, tag)
+open(dst, 'wb').write(out)
+"#;
+
+fn run_ok(c: &mut Command) -> Vec<u8> {
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+#[test]
+fn our_objects_decode_with_lz4_zstd_and_libsodium_and_theirs_with_ours() {
+    let dir =
+        outrigger_testkit::TestDir::new("our_objects_decode_with_lz4_zstd_and_libsodium_and_theirs_with_ours").unwrap();
+    let py = outrigger_testkit::python::venv("sodium", &["pysodium==0.7.19"]).unwrap().join("python");
+    let script = dir.path().join("sodium.py");
+    std::fs::write(&script, SODIUM_PY).unwrap();
+    let shipper_bin = bin::daemon("wal-shipper");
+    let key = "a-libsodium-key-of-32-bytes-long!";
+    // A segment-sized file that compresses, as WAL does.
+    let wal = dir.sub("pg_wal").unwrap();
+    let name = "000000010000000000000009";
+    let data: Vec<u8> = (0..16u32 * 1024 * 1024 / 4).flat_map(|i| (i / 3).to_le_bytes()).collect();
+    std::fs::write(wal.join(name), &data).unwrap();
+    let shipper = |store: &Path, method: &str, key: Option<&str>, args: &[&str]| {
+        let mut c = Command::new(&shipper_bin);
+        c.args(args).env_clear().env("WALG_FILE_PREFIX", store).env("WALG_COMPRESSION_METHOD", method);
+        if let Some(k) = key {
+            c.env("WALG_LIBSODIUM_KEY", k);
+        }
+        run_ok(&mut c)
+    };
+    let seg = wal.join(name).display().to_string();
+    for (method, ext, tool) in [("lz4", "lz4", "lz4"), ("zstd", "zst", "zstd")] {
+        let store = dir.sub(&format!("ours-{method}")).unwrap();
+        shipper(&store, method, None, &["wal-push", &seg]);
+        let obj = store.join(format!("wal_005/{name}.{ext}"));
+        let plain = run_ok(Command::new(tool).arg("-dc").arg(&obj));
+        assert!(plain == data, "{tool} -d does not give back the segment");
+        // Encrypted: libsodium opens it, then the tool decompresses it.
+        let store = dir.sub(&format!("ours-{method}-sealed")).unwrap();
+        shipper(&store, method, Some(key), &["wal-push", &seg]);
+        let opened = dir.path().join(format!("opened.{ext}"));
+        run_ok(
+            Command::new(&py)
+                .arg(&script)
+                .args(["open", key])
+                .arg(store.join(format!("wal_005/{name}.{ext}")))
+                .arg(&opened),
+        );
+        assert!(run_ok(Command::new(tool).arg("-dc").arg(&opened)) == data, "libsodium + {tool} on our sealed object");
+        // The reverse: the tool compresses, libsodium seals, wal-shipper fetches.
+        let theirs = dir.sub(&format!("theirs-{method}")).unwrap();
+        std::fs::create_dir_all(theirs.join("wal_005")).unwrap();
+        let packed = dir.path().join(format!("packed.{ext}"));
+        run_ok(
+            Command::new(tool)
+                .args(["-q", "-f", "-c"])
+                .arg(wal.join(name))
+                .stdout(std::fs::File::create(&packed).unwrap()),
+        );
+        run_ok(
+            Command::new(&py)
+                .arg(&script)
+                .args(["seal", key])
+                .arg(&packed)
+                .arg(theirs.join(format!("wal_005/{name}.{ext}"))),
+        );
+        let back = dir.path().join("back");
+        let _ = std::fs::remove_file(&back);
+        shipper(&theirs, "lz4", Some(key), &["wal-fetch", name, &back.display().to_string()]);
+        assert!(std::fs::read(&back).unwrap() == data, "wal-shipper on a {tool} + libsodium object");
+    }
+}
+
+#[test]
+fn moto_as_a_second_s3_keeps_create_only_and_compare_semantics() {
+    let net = Net::start("moto_as_a_second_s3_keeps_create_only_and_compare_semantics", 1).unwrap();
+    let h = net.host(1);
+    let s3 = S3Server::moto(h, "backups").unwrap();
+    let wal = h.dir().sub("pg_wal").unwrap();
+    let name = "000000010000000000000002";
+    let seg = wal.join(name).display().to_string();
+    let run = |args: &[&str]| -> (i32, String) {
+        let mut c = Command::new(bin::daemon("wal-shipper"));
+        c.args(args).env_clear();
+        for (k, v) in s3.walg_env("moto") {
+            c.env(k, v);
+        }
+        let out = h.enter(move || c.output()).unwrap().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    std::fs::write(&seg, vec![7u8; 1 << 20]).unwrap();
+    assert_eq!(run(&["wal-push", &seg]).0, 0);
+    assert_eq!(run(&["wal-push", &seg]).0, 0, "the same content again succeeds");
+    std::fs::write(&seg, vec![8u8; 1 << 20]).unwrap();
+    let (code, err) = run(&["wal-push", &seg]);
+    assert_eq!(code, 1, "different content must fail: {err}");
+    assert!(err.contains("different content"), "{err}");
+    let back = h.dir().path().join("back");
+    assert_eq!(run(&["wal-fetch", name, &back.display().to_string()]).0, 0);
+    assert_eq!(std::fs::read(&back).unwrap(), vec![7u8; 1 << 20], "the first copy is kept");
+    assert_eq!(run(&["wal-fetch", "000000010000000000000003", &back.display().to_string()]).0, 74);
+}
