@@ -273,8 +273,13 @@ async fn daemon(s: Settings, pgdata: Option<PathBuf>, ctl: outrigger_daemon::shu
         }
         None => None,
     };
+    let beat = std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+    let seen = beat.clone();
+    let _watchdog = outrigger_daemon::systemd::spawn_watchdog(ctl.stop.clone(), move || {
+        seen.lock().map(|t| t.elapsed() < std::time::Duration::from_secs(10)).unwrap_or(false)
+    });
     outrigger_daemon::systemd::ready();
-    let r = crate::daemon::run(store, s, pgdata, metrics, ctl.stop.clone()).await;
+    let r = crate::daemon::run(store, s, pgdata, metrics, ctl.stop.clone(), beat).await;
     ctl.stop.cancel();
     if let Some(h) = http {
         let _ = h.await;

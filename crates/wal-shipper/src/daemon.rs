@@ -87,13 +87,14 @@ fn prune_markers(pg_wal: &Path, ready: &[Ready], marked: &BTreeSet<String>) {
     }
 }
 
-/// Runs until `stop`.
+/// Runs until `stop`. `beat` is set to the loop's last turn (for the systemd watchdog).
 pub async fn run(
     store: Store,
     s: Settings,
     pgdata: PathBuf,
     metrics: Metrics,
     stop: CancellationToken,
+    beat: Arc<std::sync::Mutex<Instant>>,
 ) -> anyhow::Result<()> {
     let pg_wal = pgdata.join("pg_wal");
     std::fs::create_dir_all(walpush::marker_dir(&pg_wal))
@@ -103,6 +104,7 @@ pub async fn run(
     let s = Arc::new(s);
     tracing::info!(pg_wal = %pg_wal.display(), storage = %store.describe, concurrency = s.upload_concurrency, "upload-ahead started");
     loop {
+        *beat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         let (ready, marked) = match snapshot(&pg_wal) {
             Ok(x) => x,
             Err(e) => {
