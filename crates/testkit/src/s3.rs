@@ -74,7 +74,7 @@ impl S3Server {
                 // Unix sockets are not per network namespace: two servers at once would talk to
                 // each other's. Each one gets a private /tmp in a mount namespace of its own.
                 let weed = format!(
-                    "mount -t tmpfs -o size=64m tmpfs /tmp && exec {} mini -dir={} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false",
+                    "mount -t tmpfs -o size=2g tmpfs /tmp && exec {} mini -dir={} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false",
                     bin.join("weed").display(),
                     self.dir.display()
                 );

@@ -89,15 +89,17 @@ pub async fn push_bytes(
     let enc = {
         let codec = codec.clone();
         let data = data.clone();
-        tokio::task::spawn_blocking(move || codec.encode(&data)).await.context("compress")?.context("compress")?
+        Bytes::from(
+            tokio::task::spawn_blocking(move || codec.encode(&data)).await.context("compress")?.context("compress")?,
+        )
     };
-    if store.put_new(&key, Bytes::from(enc.clone())).await? == Created::Created {
+    if store.put_new(&key, enc.clone()).await? == Created::Created {
         return Ok(Pushed::Uploaded);
     }
     let existing = match store.get(&key).await? {
         // Gone between our create and our read (a delete raced us): try once more.
         None => {
-            return match store.put_new(&key, Bytes::from(enc)).await? {
+            return match store.put_new(&key, enc).await? {
                 Created::Created => Ok(Pushed::Uploaded),
                 Created::Exists => bail!("{key} keeps changing under us; refusing to decide"),
             };
@@ -112,7 +114,7 @@ pub async fn push_bytes(
         }
         Decision::Replace => {
             tracing::warn!(file = name, existing = ?existing, "replacing the archived copy");
-            store.put(&key, Bytes::from(enc)).await?;
+            store.put(&key, enc).await?;
             Ok(Pushed::Replaced)
         }
         Decision::Refuse => match existing {
