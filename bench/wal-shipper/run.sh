@@ -218,7 +218,7 @@ if want backup; then
   psql_ "drop table if exists churn" >/dev/null
   psql_ "checkpoint" >/dev/null
   # Sequential read rate of the disk: one big relation file, read uncached.
-  big=$(ls -S "$W"/data/base/*/* | head -1)
+  big=$(find "$W/data/base" -type f -printf '%s %p\n' | sort -n | tail -1 | cut -d' ' -f2)
   disk=$(dd if="$big" of=/dev/null bs=1M iflag=direct 2>&1 | grep -o '[0-9.]* [MG]B/s' | tail -1)
   report "disk sequential read (dd iflag=direct)" "$disk"
   for kind in compressible incompressible; do
