@@ -232,7 +232,11 @@ if want backup; then
     report "database ($kind)" "$(printf '%.0f MB' "$mb")"
     timed() { # label, command (as postgres): prints MB/s and peak RSS
       local label=$1; shift
-      local out; out=$( { /usr/bin/time -f '%e %M' su postgres -s /bin/bash -c "$*" >/dev/null 2>"$W/err"; } 2>&1 | tail -1)
+      if ! /usr/bin/time -o "$W/time" -f '%e %M' su postgres -s /bin/bash -c "$*" >/dev/null 2>"$W/err"; then
+        report "$label" "FAILED: $(tail -1 "$W/err" | cut -c1-200)"
+        return 0
+      fi
+      local out; out=$(tail -1 "$W/time")
       local secs=${out% *} kb=${out#* }
       report "$label" "$(printf '%.1f s, %.0f MB/s, peak RSS %.0f MB' "$secs" "$(echo "$mb / $secs" | bc -l)" "$(echo "$kb / 1024" | bc -l)")"
     }
