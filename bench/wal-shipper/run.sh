@@ -39,10 +39,15 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D $W/data -m immediate stop" >/dev/null 2>&1 || true
+  # What `su` started (daemons) outlives a killed `su`: every process naming this run's
+  # folder is ours.
+  pkill -9 -f -- "$W" 2>/dev/null || true
   rm -rf "$W"
 }
 trap cleanup EXIT
 as_pg() { su postgres -s /bin/bash -c "$*"; }
+# write_env FILE VAR=VALUE...: a file of exports the postgres user sources before a tool.
+write_env() { local f=$1; shift; printf 'export %s\n' "$@" > "$f"; chown postgres "$f"; }
 psql_() { as_pg "$PGBIN/psql -X -q -A -t -h $W -p $PORT -d postgres -c \"$1\""; }
 now() { date +%s.%N; }
 rss_of() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -160,13 +165,12 @@ if want drain; then
     for where in file s3; do
       if [ $where = file ]; then env_="WALG_FILE_PREFIX=$W/store-ship-$method"; else env_="$(s3_env ship-$method)"; fi
       envfile=$W/ship-$method-$where.env
-      echo "$env_ $common" | tr ' ' '\n' | sed 's/^/export /' > "$envfile"
-      chown postgres "$envfile"
+      write_env "$envfile" $env_ $common
       drain "wal-shipper $method ($where)" ". $envfile; $SHIPPER wal-push %p" ". $envfile; exec $SHIPPER daemon $W/data"
       # walrus, per-segment wal-push (its own background uploader)
       envfile=$W/walrus-$method-$where.env
       if [ $where = file ]; then env_="WALG_FILE_PREFIX=$W/store-walrus-$method"; else env_="$(s3_env walrus-$method)"; fi
-      echo "$env_ $common" | tr ' ' '\n' | sed 's/^/export /' > "$envfile"; chown postgres "$envfile"
+      write_env "$envfile" $env_ $common
       drain "walrus $method ($where)" ". $envfile; $WALRUS wal-push %p"
     done
     # pgBackRest async archive-push, posix repository
@@ -179,9 +183,8 @@ fi
 if want load; then
   as_pg "$PGBIN/pgbench -h $W -p $PORT -i -s 10 -q postgres >/dev/null 2>&1"
   envfile=$W/load.env
-  echo "WALG_FILE_PREFIX=$W/store-load WALG_UPLOAD_CONCURRENCY=$JOBS" | tr ' ' '\n' | sed 's/^/export /' > "$envfile"; chown postgres "$envfile"
+  write_env "$envfile" WALG_FILE_PREFIX=$W/store-load WALG_UPLOAD_CONCURRENCY=$JOBS
   build_backlog
-  as_pg ". $envfile; exec $SHIPPER wal-push /dev/null" >/dev/null 2>&1 || true
   as_pg ". $envfile; exec $SHIPPER daemon $W/data" >"$W/daemon-load.log" 2>&1 &
   PIDS+=($!)
   set_archive ". $envfile; $SHIPPER wal-push %p"
@@ -243,18 +246,17 @@ if want backup; then
     }
     for method in lz4 zstd; do
       pbext=$([ $method = zstd ] && echo zst || echo lz4)
-      envs="export WALG_FILE_PREFIX=$W/bk-ship-$kind-$method WALG_COMPRESSION_METHOD=$method WALG_UPLOAD_CONCURRENCY=$JOBS WALG_DOWNLOAD_CONCURRENCY=$JOBS PGHOST=$W PGPORT=$PORT PGUSER=postgres"
-      echo "$envs" | sed 's/^export //' | tr ' ' '\n' | sed 's/^/export /' > "$W/bk.env"; chown postgres "$W/bk.env"
-      set_archive ". $W/bk.env; $SHIPPER wal-push %p"
-      timed "backup-push wal-shipper $kind $method" "$envs; $SHIPPER backup-push $W/data"
-      rm -rf "$W/restore"; mkdir "$W/restore"; chown postgres "$W/restore"
-      timed "backup-fetch wal-shipper $kind $method" "$envs; $SHIPPER backup-fetch $W/restore LATEST"
-      wenvs="export WALG_FILE_PREFIX=$W/bk-walrus-$kind-$method WALG_COMPRESSION_METHOD=$method WALG_UPLOAD_CONCURRENCY=$JOBS WALG_DOWNLOAD_CONCURRENCY=$JOBS PGHOST=$W PGPORT=$PORT PGUSER=postgres"
-      echo "$wenvs" | sed 's/^export //' | tr ' ' '\n' | sed 's/^/export /' > "$W/bkw.env"; chown postgres "$W/bkw.env"
-      set_archive ". $W/bkw.env; $WALRUS wal-push %p"
-      timed "backup-push walrus $kind $method" "$wenvs; $WALRUS backup-push $W/data"
-      rm -rf "$W/restore"; mkdir "$W/restore"; chown postgres "$W/restore"
-      timed "backup-fetch walrus $kind $method" "$wenvs; $WALRUS backup-fetch $W/restore LATEST"
+      # wal-shipper, then walrus: each archives to its own folder while it backs up
+      # (pg_backup_stop waits for the WAL), then restores into an empty folder.
+      for tool in wal-shipper walrus; do
+        bin=$([ $tool = walrus ] && echo "$WALRUS" || echo "$SHIPPER")
+        write_env "$W/bk.env" WALG_FILE_PREFIX=$W/bk-$tool-$kind-$method WALG_COMPRESSION_METHOD=$method \
+          WALG_UPLOAD_CONCURRENCY=$JOBS WALG_DOWNLOAD_CONCURRENCY=$JOBS PGHOST=$W PGPORT=$PORT PGUSER=postgres
+        set_archive ". $W/bk.env; $bin wal-push %p"
+        timed "backup-push $tool $kind $method" ". $W/bk.env; $bin backup-push $W/data"
+        rm -rf "$W/restore"; mkdir "$W/restore"; chown postgres "$W/restore"
+        timed "backup-fetch $tool $kind $method" ". $W/bk.env; $bin backup-fetch $W/restore LATEST"
+      done
       rm -rf "$W/repo"/* "$W/spool"/*; pgbr "stanza-create" >/dev/null 2>&1 || true
       set_archive "pgbackrest --config=$W/pgbackrest.conf --stanza=bench --compress-type=$pbext archive-push %p"
       timed "backup pgBackRest $kind $pbext" "pgbackrest --config=$W/pgbackrest.conf --stanza=bench --type=full --compress-type=$pbext --archive-check=n backup"

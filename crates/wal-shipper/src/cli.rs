@@ -101,10 +101,7 @@ pub fn main(args: Args) -> ExitCode {
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(outrigger_daemon::cli::exit_code(&e))
-            }
+            Err(e) => config_error(&e),
         };
     }
     let Some(command) = args.command else {
@@ -121,10 +118,7 @@ pub fn main(args: Args) -> ExitCode {
     }
     let s = match settings::load(args.common.config.as_deref(), &env) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(outrigger_daemon::cli::exit_code(&e));
-        }
+        Err(e) => return config_error(&e),
     };
     let mut log = s.log.clone();
     if let Some(f) = args.common.log_format_override() {
@@ -188,6 +182,7 @@ async fn run(command: Command, s: Settings) -> ExitCode {
         Command::BackupMark { name, impermanent } => {
             done(crate::report::backup_mark(&store, &name, !impermanent).await)
         }
+        // Runs on its own runtime, with signal handling: started in `main`, never here.
         Command::Daemon { .. } => ExitCode::FAILURE,
         Command::Delete { args, confirm } => done(
             async {
@@ -201,6 +196,12 @@ async fn run(command: Command, s: Settings) -> ExitCode {
             done(walfetch::prefetch(&store, &s.codec, &name, &dir, s.download_concurrency).await)
         }
     }
+}
+
+/// Prints the config's problems and returns the daemons' exit code for them.
+fn config_error(e: &settings::ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(outrigger_daemon::cli::exit_code(e))
 }
 
 fn done(r: anyhow::Result<()>) -> ExitCode {
@@ -261,8 +262,7 @@ fn spawn_prefetch(name: &str, dir: &std::path::Path) {
 }
 
 async fn daemon(s: Settings, pgdata: Option<PathBuf>, ctl: outrigger_daemon::shutdown::Control) -> anyhow::Result<()> {
-    let pgdata =
-        pgdata.or_else(|| s.pgdata.clone()).context("no data directory: give it as an argument or set PGDATA")?;
+    let pgdata = crate::backup::push::pgdata_of(pgdata, &s)?;
     let store = Store::open(&s.storage, s.request_timeout)?;
     let metrics = crate::metrics::Metrics::new();
     let http = match s.metrics_listen {

@@ -47,21 +47,20 @@ pub async fn delete(store: &Store, s: &Settings, mode: &Mode, confirm: bool) -> 
         })
         .collect();
     let plan = retention::plan(infos, mode)?;
-    let mut sentinels = Vec::new();
+    let sentinels: Vec<String> = plan.backups.iter().map(|n| backup::sentinel_key(n)).collect();
     let mut rest = Vec::new();
     let mut bytes = 0u64;
-    for name in &plan.backups {
-        sentinels.push(backup::sentinel_key(name));
-        for o in store.list_all(&backup::backup_dir(name)).await? {
-            bytes += o.size;
-            rest.push(format!("{}/{}", backup::backup_dir(name), o.name));
-        }
-    }
     if matches!(mode, Mode::Everything { .. }) {
-        for o in store.list_all(BACKUP_DIR).await? {
-            let key = format!("{BACKUP_DIR}/{}", o.name);
-            if !sentinels.contains(&key) && !rest.contains(&key) && !o.name.ends_with(SENTINEL_SUFFIX) {
-                rest.push(key);
+        // One listing: every backup's parts, and parts of backups that never got a sentinel.
+        for o in store.list_all(BACKUP_DIR).await?.into_iter().filter(|o| !o.name.ends_with(SENTINEL_SUFFIX)) {
+            bytes += o.size;
+            rest.push(format!("{BACKUP_DIR}/{}", o.name));
+        }
+    } else {
+        for name in &plan.backups {
+            for o in store.list_all(&backup::backup_dir(name)).await? {
+                bytes += o.size;
+                rest.push(format!("{}/{}", backup::backup_dir(name), o.name));
             }
         }
     }

@@ -10,14 +10,13 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub struct Progress {
     done: Arc<AtomicU64>,
-    total: u64,
     stop: tokio_util::sync::CancellationToken,
 }
 
 impl Progress {
     /// Starts reporting `what` against `total` bytes (0 if unknown).
     pub fn start(what: &'static str, total: u64) -> Progress {
-        let p = Progress { done: Arc::new(AtomicU64::new(0)), total, stop: tokio_util::sync::CancellationToken::new() };
+        let p = Progress { done: Arc::new(AtomicU64::new(0)), stop: tokio_util::sync::CancellationToken::new() };
         let (done, stop) = (p.done.clone(), p.stop.clone());
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(total);
@@ -68,10 +67,6 @@ impl Progress {
 
     pub fn counter(&self) -> Arc<AtomicU64> {
         self.done.clone()
-    }
-
-    pub fn total(&self) -> u64 {
-        self.total
     }
 
     pub fn finish(&self) {

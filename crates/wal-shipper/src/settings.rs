@@ -123,7 +123,6 @@ pub struct Settings {
     pub codec: Codec,
     pub upload_concurrency: usize,
     pub download_concurrency: usize,
-    pub upload_disk_concurrency: usize,
     /// Refuse to replace an archived file with different content (default on; WAL-G's
     /// default is off). `.history` files are always protected.
     pub prevent_wal_overwrite: bool,
@@ -131,7 +130,6 @@ pub struct Settings {
     pub tar_size_threshold: u64,
     pub prefetch_dir: Option<PathBuf>,
     pub sentinel_user_data: Option<serde_json::Value>,
-    pub bg_uploaded_limit: usize,
     pub pgdata: Option<PathBuf>,
     pub pg: PgConn,
     /// Deadline of one storage request (each retry gets it again).
@@ -171,18 +169,20 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut problems = Problems::new();
     let mut log = LogSection::default();
     let mut refused: Vec<String> = Vec::new();
+    let mut ignored: Vec<String> = Vec::new();
     let shown = file.map(|p| p.display().to_string()).unwrap_or_else(|| "(environment)".into());
     if let Some(path) = file {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable { path: shown.clone(), source })?;
         let is_json = path.extension().is_some_and(|e| e == "json");
-        let table: Vec<(String, serde_json::Value)> = if is_json {
+        // Each setting as text; `None` for a value that is not a scalar.
+        let table: Vec<(String, Option<String>)> = if is_json {
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
                 path: shown.clone(),
                 message: format!("line {}, column {}: not valid JSON ({:?})", e.line(), e.column(), e.classify()),
             })?;
             match v {
-                serde_json::Value::Object(m) => m.into_iter().collect(),
+                serde_json::Value::Object(m) => m.into_iter().map(|(k, v)| (k, json_text(v))).collect(),
                 _ => {
                     return Err(ConfigError::Invalid {
                         path: shown,
@@ -195,17 +195,12 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             if let Some(l) = table.remove("log") {
                 log = read_log_table(l, &mut problems);
             }
-            table.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()
+            table.into_iter().map(|(k, v)| (k, toml_text(v))).collect()
         };
         for (key, value) in table {
-            let text = match &value {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                _ => {
-                    problems.push_key(&key, "must be a string, a number or a boolean");
-                    continue;
-                }
+            let Some(text) = value else {
+                problems.push_key(&key, "must be a string, a number or a boolean");
+                continue;
             };
             let found = KNOWN.iter().find(|k| {
                 if is_json {
@@ -219,16 +214,13 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
                     vals.insert(k.env, Val { text, shown_as: key });
                 }
                 None if REFUSED.iter().any(|r| r.eq_ignore_ascii_case(&key)) => refused.push(key),
-                None if is_json => {
-                    // A WAL-G config file may name settings of features wal-shipper does not
-                    // have; they change nothing here, and a WARN says so at start.
-                    vals.insert("", Val { text: String::new(), shown_as: key });
-                }
+                // A WAL-G config file may name settings of features wal-shipper does not have;
+                // they change nothing here, and a WARN says so at start.
+                None if is_json => ignored.push(key),
                 None => problems.push_key(key, "unknown key (see the example config for the keys there are)"),
             }
         }
     }
-    let ignored: Vec<String> = vals.remove("").map(|v| v.shown_as).into_iter().collect();
     for k in KNOWN {
         for name in std::iter::once(&k.env).chain(k.aliases) {
             if let Some(text) = env(name) {
@@ -278,14 +270,24 @@ fn read_log_table(v: toml::Value, problems: &mut Problems) -> LogSection {
     LogSection { level: pick("level", problems), format: pick("format", problems) }
 }
 
-fn toml_to_json(v: toml::Value) -> serde_json::Value {
+/// A JSON setting as text; `None` for objects, arrays and null (not settings).
+fn json_text(v: serde_json::Value) -> Option<String> {
     match v {
-        toml::Value::String(s) => serde_json::Value::String(s),
-        toml::Value::Integer(i) => serde_json::Value::from(i),
-        toml::Value::Boolean(b) => serde_json::Value::Bool(b),
-        toml::Value::Float(f) => serde_json::Value::from(f),
-        // Tables and arrays are not settings; the caller names the key.
-        other => serde_json::Value::Array(vec![serde_json::Value::String(other.to_string())]),
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A TOML setting as text; `None` for tables, arrays and dates (not settings).
+fn toml_text(v: toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 
@@ -295,12 +297,8 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn get(&self, env: &str) -> Option<&Val> {
-        self.vals.get(env)
-    }
-
     fn text(&self, env: &str) -> Option<String> {
-        self.get(env).map(|v| v.text.clone()).filter(|t| !t.is_empty())
+        self.vals.get(env).map(|v| v.text.clone()).filter(|t| !t.is_empty())
     }
 
     fn shown(&self, env: &str, v: &Val) -> String {
@@ -464,12 +462,14 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
     let key = read_key(&mut r);
     let upload_concurrency = r.number("WALG_UPLOAD_CONCURRENCY", 16usize, 1, "must be an integer >= 1");
     let download_concurrency = r.number("WALG_DOWNLOAD_CONCURRENCY", 10usize, 1, "must be an integer >= 1");
-    let upload_disk_concurrency = r.number("WALG_UPLOAD_DISK_CONCURRENCY", 1usize, 1, "must be an integer >= 1");
+    // WAL-G settings wal-shipper has no use for (its disk reads and background uploads are
+    // bounded by the two above): still checked, so a WAL-G config with a bad value is refused.
+    r.number("WALG_UPLOAD_DISK_CONCURRENCY", 1usize, 1, "must be an integer >= 1");
+    r.number("TOTAL_BG_UPLOADED_LIMIT", 32usize, 1, "must be an integer >= 1");
     let prevent_wal_overwrite = r.boolean("WALG_PREVENT_WAL_OVERWRITE", true);
     let delta_max_steps = r.number("WALG_DELTA_MAX_STEPS", 0u32, 0, "must be an integer >= 0");
     let tar_size_threshold =
         r.number("WALG_TAR_SIZE_THRESHOLD", (1u64 << 30) - 1, 1 << 20, "must be a byte count >= 1048576");
-    let bg_uploaded_limit = r.number("TOTAL_BG_UPLOADED_LIMIT", 32usize, 1, "must be an integer >= 1");
     let sentinel_user_data = r
         .text("WALG_SENTINEL_USER_DATA")
         .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap_or(serde_json::Value::String(t)));
@@ -506,13 +506,11 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
         codec: Codec { method, zstd_level, key },
         upload_concurrency,
         download_concurrency,
-        upload_disk_concurrency,
         prevent_wal_overwrite,
         delta_max_steps,
         tar_size_threshold,
         prefetch_dir: r.text("WALG_PREFETCH_DIR").map(PathBuf::from),
         sentinel_user_data,
-        bg_uploaded_limit,
         pgdata: r.text("PGDATA").map(PathBuf::from),
         pg,
         request_timeout,

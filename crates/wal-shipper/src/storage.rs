@@ -133,6 +133,11 @@ impl Store {
         if self.base.is_empty() { Path::from(rel) } else { Path::from(format!("{}/{rel}", self.base)) }
     }
 
+    /// A listed object as an [`Entry`] named relative to `dir`.
+    fn entry(&self, m: object_store::ObjectMeta, dir: &str) -> Entry {
+        Entry { name: self.rel_of(m.location.as_ref(), dir).to_owned(), size: m.size, modified: m.last_modified }
+    }
+
     fn rel_of<'a>(&self, full: &'a str, dir: &str) -> &'a str {
         let mut s = full;
         if !self.base.is_empty() {
@@ -148,8 +153,6 @@ impl Store {
         match self.os.put_opts(&self.path(rel), PutPayload::from(data), opts).await {
             Ok(_) => Ok(Created::Created),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Created::Exists),
-            // A store that cannot do conditional writes: fall back to look, then write.
-            Err(object_store::Error::NotImplemented { .. }) => Ok(Created::Exists),
             Err(e) => Err(e).with_context(|| format!("upload {}", self.path(rel))),
         }
     }
@@ -172,28 +175,12 @@ impl Store {
         }
     }
 
-    /// The object as a stream of chunks and its size, or `None` if there is none.
-    pub async fn get_stream(
-        &self,
-        rel: &str,
-    ) -> anyhow::Result<Option<(BoxStream<'static, std::io::Result<Bytes>>, u64)>> {
+    /// The object as a stream of chunks, or `None` if there is none.
+    pub async fn get_stream(&self, rel: &str) -> anyhow::Result<Option<BoxStream<'static, std::io::Result<Bytes>>>> {
         match self.os.get(&self.path(rel)).await {
-            Ok(r) => {
-                let size = r.meta.size;
-                let s = r.into_stream().map(|c| c.map_err(std::io::Error::other)).boxed();
-                Ok(Some((s, size)))
-            }
+            Ok(r) => Ok(Some(r.into_stream().map(|c| c.map_err(std::io::Error::other)).boxed())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e).with_context(|| format!("download {}", self.path(rel))),
-        }
-    }
-
-    /// Size and time of `rel`, or `None`.
-    pub async fn head(&self, rel: &str) -> anyhow::Result<Option<Entry>> {
-        match self.os.head(&self.path(rel)).await {
-            Ok(m) => Ok(Some(Entry { name: rel.to_owned(), size: m.size, modified: m.last_modified })),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("look up {}", self.path(rel))),
         }
     }
 
@@ -205,15 +192,7 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => return Ok((vec![], vec![])),
             Err(e) => return Err(e).with_context(|| format!("list {p}")),
         };
-        let objects = r
-            .objects
-            .into_iter()
-            .map(|m| Entry {
-                name: self.rel_of(m.location.as_ref(), dir).to_owned(),
-                size: m.size,
-                modified: m.last_modified,
-            })
-            .collect();
+        let objects = r.objects.into_iter().map(|m| self.entry(m, dir)).collect();
         let dirs = r.common_prefixes.into_iter().map(|d| self.rel_of(d.as_ref(), dir).to_owned()).collect();
         Ok((objects, dirs))
     }
@@ -225,11 +204,7 @@ impl Store {
         let mut s = self.os.list(Some(&p));
         while let Some(m) = s.next().await {
             match m {
-                Ok(m) => out.push(Entry {
-                    name: self.rel_of(m.location.as_ref(), dir).to_owned(),
-                    size: m.size,
-                    modified: m.last_modified,
-                }),
+                Ok(m) => out.push(self.entry(m, dir)),
                 Err(object_store::Error::NotFound { .. }) => break,
                 Err(e) => return Err(e).with_context(|| format!("list {p}")),
             }

@@ -39,7 +39,7 @@ pub async fn fetch(store: &Store, s: &Settings, dest: &Path, which: &str) -> any
     if sentinel.delta_from.is_some() {
         bail!("{name} is a delta backup; restoring deltas is not implemented by this wal-shipper yet");
     }
-    let parts_dir = format!("{}/tar_partitions", backup_dir(&name));
+    let parts_dir = super::parts_dir(&name);
     let (objects, _) = store.list_dir(&parts_dir).await?;
     let mut data = Vec::new();
     let (mut control, mut label) = (None, None);
@@ -172,7 +172,7 @@ async fn extract(
     dest: &Path,
     progress: &Progress,
 ) -> anyhow::Result<()> {
-    let (stream, _size) = store.get_stream(key).await?.with_context(|| format!("{key} vanished"))?;
+    let stream = store.get_stream(key).await?.with_context(|| format!("{key} vanished"))?;
     let counter = progress.counter();
     let counted = stream.map(move |c| {
         if let Ok(b) = &c {

@@ -37,6 +37,11 @@ pub fn backup_dir(name: &str) -> String {
     format!("{BACKUP_DIR}/{name}")
 }
 
+/// The folder of a backup's tar partitions.
+pub fn parts_dir(name: &str) -> String {
+    format!("{}/tar_partitions", backup_dir(name))
+}
+
 /// Whether `name` is a backup name WAL-G (or WAL-E) could have written.
 pub fn is_backup_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix("base_") else { return false };

@@ -402,7 +402,7 @@ pub async fn push(store: &Store, s: &Settings, pgdata: &Path, opts: &PushOptions
         label_items.push(("tablespace_map".into(), m.into_bytes()));
     }
     let label_tar = small_tar(&label_items)?;
-    let label_key = format!("{}/tar_partitions/{}", backup_dir(&name), s.codec.method.object_name("backup_label.tar"));
+    let label_key = format!("{}/{}", super::parts_dir(&name), s.codec.method.object_name("backup_label.tar"));
     let label_enc = s.codec.encode(&label_tar).context("compress backup_label.tar")?;
     store.put(&label_key, Bytes::from(label_enc.clone())).await?;
 
@@ -486,7 +486,7 @@ async fn push_files(
         let tar_name = format!("part_{:03}.tar", i + 1);
         let object = s.codec.method.object_name(&tar_name);
         files.tar_file_sets.insert(tar_name, items.iter().filter(|i| !i.dir).map(|i| i.rel.clone()).collect());
-        let key = format!("{}/tar_partitions/{object}", backup_dir(name));
+        let key = format!("{}/{object}", super::parts_dir(name));
         let (store, codec, pgdata, sem, counter) =
             (store.clone(), s.codec.clone(), pgdata.to_owned(), sem.clone(), progress.counter());
         set.spawn(async move {
@@ -521,7 +521,7 @@ async fn push_files(
     };
     let object = s.codec.method.object_name("pg_control.tar");
     files.tar_file_sets.insert("pg_control.tar".into(), vec![ctl.rel.clone()]);
-    let key = format!("{}/tar_partitions/{object}", backup_dir(name));
+    let key = format!("{}/{object}", super::parts_dir(name));
     let (t, c) = upload_tar(store, &s.codec, pgdata, vec![ctl], &key, progress.counter()).await?;
     Ok((files, (total.0 + t, total.1 + c, data_bytes)))
 }
