@@ -111,19 +111,27 @@ fn point_in_time_restore_holds_exactly_the_rows_committed_before_the_target() {
     let listed: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(listed[0]["backup_name"], name.as_str(), "{list}");
 
+    let restored = restore_to(&r, "LATEST", &target, 5433, "restored");
+    assert_eq!(restored.sql("select count(*), max(id) from t").unwrap(), "2000|2000");
+    assert_eq!(restored.sql("select count(*) from t where v = 'b'").unwrap(), "0");
+}
+
+/// Restores backup `which` (a name or LATEST) with wal-shipper and replays the archive up to
+/// `target_lsn`, then promotes; returns the server once it is out of recovery.
+fn restore_to(r: &Rig, which: &str, target_lsn: &str, port: u16, name: &str) -> Postgres {
     let shipper_bin = bin::daemon("wal-shipper");
     let restore_command = format!("{} --config {} wal-fetch %f %p", shipper_bin.display(), r.cfg.display());
     let opts = PgOptions {
-        port: 5433,
+        port,
         settings: vec![
             ("restore_command".into(), restore_command),
-            ("recovery_target_lsn".into(), target.clone()),
+            ("recovery_target_lsn".into(), target_lsn.to_owned()),
             ("recovery_target_action".into(), "promote".into()),
         ],
     };
-    let restored = Postgres::restored(host(&r), "restored", opts, |data| {
-        let (code, _, err) = shipper(&r, &r.cfg, &["backup-fetch", &data.display().to_string(), "LATEST"]);
-        anyhow::ensure!(code == 0, "backup-fetch failed: {err}");
+    let restored = Postgres::restored(host(r), name, opts, |data| {
+        let (code, _, err) = shipper(r, &r.cfg, &["backup-fetch", &data.display().to_string(), which]);
+        anyhow::ensure!(code == 0, "backup-fetch {which} failed: {err}");
         std::fs::write(data.join("recovery.signal"), b"")?;
         let (uid, gid) = Postgres::os_user()?;
         nix::unistd::chown(&data.join("recovery.signal"), Some(uid.into()), Some(gid.into()))?;
@@ -134,8 +142,121 @@ fn point_in_time_restore_holds_exactly_the_rows_committed_before_the_target() {
         (restored.sql("select pg_is_in_recovery()").ok()? == "f").then_some(())
     })
     .unwrap();
-    assert_eq!(restored.sql("select count(*), max(id) from t").unwrap(), "2000|2000");
-    assert_eq!(restored.sql("select count(*) from t where v = 'b'").unwrap(), "0");
+    restored
+}
+
+/// Turns data checksums on (the server is stopped for it and started again).
+fn enable_checksums(r: &mut Rig) {
+    r.pg.stop().unwrap();
+    let (uid, gid) = Postgres::os_user().unwrap();
+    let mut c = Command::new(r.pg.tool("pg_checksums"));
+    c.arg("--enable").arg("--no-sync").arg("-D").arg(r.pg.data()).uid(uid).gid(gid).current_dir("/tmp");
+    c.stdout(std::process::Stdio::null());
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "pg_checksums --enable: {}", String::from_utf8_lossy(&out.stderr));
+    let h = r.net.host(1);
+    r.pg.start(h).unwrap();
+    assert_eq!(r.pg.sql("show data_checksums").unwrap(), "on");
+}
+
+/// A table's content as one digest.
+fn digest(pg: &Postgres, table: &str) -> String {
+    pg.sql(&format!("select count(*) || ':' || md5(string_agg(id || '=' || v, ',' order by id)) from {table}")).unwrap()
+}
+
+#[test]
+fn a_delta_backup_holds_only_what_changed_and_restores_to_the_same_point_as_its_full() {
+    let mut r = rig(
+        "a_delta_backup_holds_only_what_changed_and_restores_to_the_same_point_as_its_full",
+        "delta_max_steps = 3\n",
+    );
+    // Autovacuum would rewrite the untouched table's pages at a time of its choosing.
+    r.pg.settings_mut().push(("autovacuum".into(), "off".into()));
+    enable_checksums(&mut r);
+    r.pg.sql(
+        "create table t (id int primary key, v text); insert into t select g, 'base' from generate_series(1, 20000) g;
+         create table cold (id int primary key, v text); insert into cold select g, repeat('c', 200) from generate_series(1, 40000) g;
+         checkpoint",
+    )
+    .unwrap();
+    // A file is skipped only if its last write lies over 2 s before its parent's start.
+    std::thread::sleep(Duration::from_secs(3));
+    let pgdata = r.pg.data().display().to_string();
+    let (code, out, err) = shipper(&r, &r.cfg, &["backup-push", &pgdata]);
+    assert_eq!(code, 0, "{err}");
+    let full = out.trim().to_owned();
+    assert!(!full.contains("_D_"), "the first backup is a full one: {full}");
+    assert!(!err.contains("checksum mismatch"), "no false alarm on real pages: {err}");
+    r.pg.sql("update t set v = 'changed' where id <= 500; insert into t select g, 'more' from generate_series(20001, 21000) g")
+        .unwrap();
+    let (code, out, err) = shipper(&r, &r.cfg, &["backup-push", &pgdata]);
+    assert_eq!(code, 0, "{err}");
+    let delta = out.trim().to_owned();
+    assert_eq!(delta.len(), "base_".len() + 24 + "_D_".len() + 24, "{delta}");
+    assert!(delta.ends_with(&format!("_D_{}", &full[5..])), "{delta} builds on {full}");
+    assert!(!err.contains("checksum mismatch"), "{err}");
+
+    let sentinel = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&s3_object(&r, &format!("basebackups_005/{name}_backup_stop_sentinel.json"), None))
+            .unwrap()
+    };
+    let (fs, ds) = (sentinel(&full), sentinel(&delta));
+    assert_eq!(ds["DeltaFrom"], full.as_str());
+    assert_eq!(ds["DeltaFullName"], full.as_str());
+    assert_eq!(ds["DeltaCount"], 1);
+    assert_eq!(ds["DeltaLSN"], fs["LSN"], "pages at or after the parent's start LSN");
+    let (fsize, dsize) = (fs["CompressedSize"].as_i64().unwrap(), ds["CompressedSize"].as_i64().unwrap());
+    assert!(dsize * 3 < fsize, "the delta ({dsize} bytes) is far smaller than the full backup ({fsize} bytes)");
+    let files: serde_json::Value =
+        serde_json::from_slice(&s3_object(&r, &format!("basebackups_005/{delta}/files_metadata.json"), None)).unwrap();
+    let files = files["Files"].as_object().unwrap();
+    let cold = r.pg.sql("select pg_relation_filepath('cold')").unwrap();
+    let hot = r.pg.sql("select pg_relation_filepath('t')").unwrap();
+    assert_eq!(files[&cold]["IsSkipped"], true, "the untouched table is left to the full backup");
+    assert_eq!(files[&hot]["IsIncremented"], true, "the written table goes as an increment");
+
+    r.pg.sql("insert into t select g, 'a' from generate_series(21001, 22000) g").unwrap();
+    let expected = digest(&r.pg, "t");
+    let target = r.pg.sql("select pg_current_wal_insert_lsn()").unwrap();
+    r.pg.sql("insert into t select g, 'b' from generate_series(22001, 23000) g; delete from t where id <= 10").unwrap();
+    archive_everything(&r.pg);
+
+    let from_delta = restore_to(&r, "LATEST", &target, 5433, "from-delta");
+    assert_eq!(digest(&from_delta, "t"), expected, "restored from the delta");
+    assert_eq!(from_delta.sql("select count(*) from cold").unwrap(), "40000");
+    drop(from_delta);
+    let from_full = restore_to(&r, &full, &target, 5434, "from-full");
+    assert_eq!(digest(&from_full, "t"), expected, "restored from the full backup");
+    assert_eq!(from_full.sql("select count(*) from t where v = 'b'").unwrap(), "0");
+}
+
+#[test]
+fn a_corrupt_page_is_named_by_backup_push_and_recorded_in_files_metadata() {
+    let mut r = rig("a_corrupt_page_is_named_by_backup_push_and_recorded_in_files_metadata", "");
+    r.pg.settings_mut().push(("autovacuum".into(), "off".into()));
+    enable_checksums(&mut r);
+    r.pg.sql("create table c (id int, v text); insert into c select g, repeat('x', 100) from generate_series(1, 1000) g; checkpoint")
+        .unwrap();
+    let rel = r.pg.sql("select pg_relation_filepath('c')").unwrap();
+    r.pg.stop().unwrap();
+    let file = r.pg.data().join(&rel);
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.len() >= 3 * 8192, "the table has at least three pages");
+    bytes[8192 + 5000] ^= 0x5A; // tuple data of block 1
+    std::fs::write(&file, &bytes).unwrap();
+    let h = r.net.host(1);
+    r.pg.start(h).unwrap();
+
+    let (code, out, err) = shipper(&r, &r.cfg, &["backup-push", &r.pg.data().display().to_string()]);
+    assert_eq!(code, 0, "the backup completes and keeps the pages as they are: {err}");
+    assert!(err.contains("checksum mismatch") && err.contains(&rel), "the file is named: {err}");
+    let name = out.trim();
+    let files: serde_json::Value =
+        serde_json::from_slice(&s3_object(&r, &format!("basebackups_005/{name}/files_metadata.json"), None)).unwrap();
+    assert_eq!(files["Files"][&rel]["CorruptBlocks"]["SomeCorruptBlocks"], serde_json::json!([1]), "{files}");
+    assert_eq!(files["Files"][&rel]["CorruptBlocks"]["CorruptBlocksCount"], 1);
+    let others = files["Files"].as_object().unwrap().iter().filter(|(_, m)| m.get("CorruptBlocks").is_some()).count();
+    assert_eq!(others, 1, "only the damaged file");
 }
 
 /// The finished segments in the primary's pg_wal, oldest first.

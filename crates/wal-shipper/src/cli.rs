@@ -49,6 +49,10 @@ pub enum Command {
         /// JSON (or text) stored as the sentinel's UserData.
         #[arg(long)]
         add_user_data: Option<String>,
+        /// WAL-G's flag to check page checksums. Accepted for compatibility: the check runs
+        /// whenever the cluster has data checksums (WALG_VERIFY_PAGE_CHECKSUMS=false: never).
+        #[arg(long)]
+        verify: bool,
     },
     /// Restore a base backup into an empty folder: `backup-fetch DEST NAME|LATEST`.
     BackupFetch { dest: PathBuf, name: String },
@@ -162,7 +166,7 @@ async fn run(command: Command, s: Settings) -> ExitCode {
             }
             Err(walfetch::FetchError::Failed(e)) => done(Err(e)),
         },
-        Command::BackupPush { pgdata, permanent, full, add_user_data } => {
+        Command::BackupPush { pgdata, permanent, full, add_user_data, verify: _ } => {
             let user_data = add_user_data.map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)));
             let opts = crate::backup::push::PushOptions { permanent, full, user_data };
             done(

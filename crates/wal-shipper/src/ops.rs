@@ -42,7 +42,7 @@ pub async fn delete(store: &Store, s: &Settings, mode: &Mode, confirm: bool) -> 
                 start_segno: k.listed.start_segment().map_or(start / DEFAULT_SEGMENT_SIZE, |s| s.number),
                 finish_segno: k.sentinel.finish_lsn.unwrap_or(start) / DEFAULT_SEGMENT_SIZE,
                 permanent: k.sentinel.is_permanent,
-                is_delta: k.sentinel.delta_from.is_some(),
+                parent: k.sentinel.delta_from.clone(),
             }
         })
         .collect();

@@ -6,7 +6,8 @@
 //! deleted. WAL goes only below the oldest kept backup's start segment (on every timeline:
 //! a backup newer by time can start at a lower position after a point-in-time restore), and
 //! never inside a permanent backup's start..finish range; `.history` files are never deleted.
-//! So no kept backup is ever left without the WAL it needs.
+//! A delta that is kept (or permanent) keeps the backups it builds on. So no kept backup is
+//! ever left without the WAL or the parents it needs.
 
 use std::collections::BTreeSet;
 
@@ -30,7 +31,8 @@ pub struct Backup {
     pub start_segno: u64,
     pub finish_segno: u64,
     pub permanent: bool,
-    pub is_delta: bool,
+    /// A delta's parent (`DeltaFrom`).
+    pub parent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,11 +94,32 @@ pub fn plan(mut backups: Vec<Backup>, mode: &Mode) -> anyhow::Result<Plan> {
         },
     };
     let target = &backups[keep_from];
-    if target.is_delta {
+    if target.parent.is_some() {
         bail!("{} is a delta backup: the backups it builds on cannot be deleted (keep one more)", target.name);
     }
-    let doomed: Vec<String> = backups[..keep_from].iter().filter(|b| !b.permanent).map(|b| b.name.clone()).collect();
-    let kept_starts: BTreeSet<u64> = backups[keep_from..].iter().map(|b| b.start_segno).collect();
+    // A kept or permanent delta keeps every backup it builds on.
+    let mut needed: BTreeSet<&str> = BTreeSet::new();
+    for b in backups[keep_from..].iter().chain(backups.iter().filter(|b| b.permanent)) {
+        let mut at = b.parent.as_deref();
+        while let Some(p) = at {
+            if !needed.insert(p) {
+                break;
+            }
+            at = backups.iter().find(|x| x.name == p).and_then(|x| x.parent.as_deref());
+        }
+    }
+    let doomed: Vec<String> = backups[..keep_from]
+        .iter()
+        .filter(|b| !b.permanent && !needed.contains(b.name.as_str()))
+        .map(|b| b.name.clone())
+        .collect();
+    // Kept parents keep their WAL too, so each stays restorable on its own.
+    let kept_starts: BTreeSet<u64> = backups
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| *i >= keep_from || needed.contains(b.name.as_str()))
+        .map(|(_, b)| b.start_segno)
+        .collect();
     let wal_below = kept_starts.first().copied();
     Ok(Plan { backups: doomed, wal_below, protected, all_wal: false })
 }
@@ -112,7 +135,7 @@ mod tests {
             start_segno: start,
             finish_segno: finish,
             permanent,
-            is_delta: false,
+            parent: None,
         }
     }
 
@@ -156,6 +179,21 @@ mod tests {
         let p = plan(vec![b("b1", 100, 2, 3, false)], &Mode::Retain(3)).expect("plan");
         assert!(p.backups.is_empty() && p.wal_below.is_none());
         assert!(!p.deletes_wal(&key(1, 1)));
+    }
+
+    #[test]
+    fn a_delta_keeps_the_backups_it_builds_on() {
+        let mut d = b("d", 400, 30, 31, true);
+        d.parent = Some("b2".into());
+        let mut target = b("b4", 500, 40, 41, false);
+        let all = vec![b("b1", 100, 2, 3, false), b("b2", 200, 10, 11, false), d.clone(), target.clone()];
+        let p = plan(all, &Mode::Retain(1)).expect("plan");
+        assert_eq!(p.backups, ["b1"], "b2 stays: the permanent delta d builds on it");
+        assert!(!p.deletes_wal(&key(1, 10)), "and so does its WAL");
+        assert!(p.deletes_wal(&key(1, 9)));
+        target.parent = Some("d".into());
+        let all = vec![b("b1", 100, 2, 3, false), b("b2", 200, 10, 11, false), d, target];
+        assert!(plan(all, &Mode::Retain(1)).is_err(), "retain stopping at a delta fails, as in WAL-G");
     }
 
     #[test]

@@ -58,6 +58,8 @@ const KNOWN: &[Known] = &[
     k("WALG_LIBSODIUM_KEY_TRANSFORM", "libsodium_key_transform"),
     k("WALG_PREVENT_WAL_OVERWRITE", "prevent_wal_overwrite"),
     k("WALG_DELTA_MAX_STEPS", "delta_max_steps"),
+    k("WALG_DELTA_ORIGIN", "delta_origin"),
+    k("WALG_VERIFY_PAGE_CHECKSUMS", "verify_page_checksums"),
     k("WALG_TAR_SIZE_THRESHOLD", "tar_size_threshold"),
     k("WALG_PREFETCH_DIR", "prefetch_dir"),
     k("WALG_SENTINEL_USER_DATA", "sentinel_user_data"),
@@ -127,6 +129,11 @@ pub struct Settings {
     /// default is off). `.history` files are always protected.
     pub prevent_wal_overwrite: bool,
     pub delta_max_steps: u32,
+    /// What a delta builds on: the newest backup (`LATEST`), or the newest full one.
+    pub delta_origin: DeltaOrigin,
+    /// Check page checksums during backup-push when the cluster has them (default on; WAL-G
+    /// checks only with `--verify`). `false` turns the check off.
+    pub verify_page_checksums: bool,
     pub tar_size_threshold: u64,
     pub prefetch_dir: Option<PathBuf>,
     pub sentinel_user_data: Option<serde_json::Value>,
@@ -139,6 +146,13 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub daemon_poll: Duration,
     pub log: LogOptions,
+}
+
+/// `WALG_DELTA_ORIGIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaOrigin {
+    Latest,
+    LatestFull,
 }
 
 /// libpq-style connection settings for `backup-push`.
@@ -468,6 +482,15 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
     r.number("TOTAL_BG_UPLOADED_LIMIT", 32usize, 1, "must be an integer >= 1");
     let prevent_wal_overwrite = r.boolean("WALG_PREVENT_WAL_OVERWRITE", true);
     let delta_max_steps = r.number("WALG_DELTA_MAX_STEPS", 0u32, 0, "must be an integer >= 0");
+    let delta_origin = match r.text("WALG_DELTA_ORIGIN").as_deref().map(str::trim) {
+        None | Some("LATEST") => DeltaOrigin::Latest,
+        Some("LATEST_FULL") => DeltaOrigin::LatestFull,
+        Some(_) => {
+            r.bad("WALG_DELTA_ORIGIN", "must be LATEST or LATEST_FULL");
+            DeltaOrigin::Latest
+        }
+    };
+    let verify_page_checksums = r.boolean("WALG_VERIFY_PAGE_CHECKSUMS", true);
     let tar_size_threshold =
         r.number("WALG_TAR_SIZE_THRESHOLD", (1u64 << 30) - 1, 1 << 20, "must be a byte count >= 1048576");
     let sentinel_user_data = r
@@ -508,6 +531,8 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
         download_concurrency,
         prevent_wal_overwrite,
         delta_max_steps,
+        delta_origin,
+        verify_page_checksums,
         tar_size_threshold,
         prefetch_dir: r.text("WALG_PREFETCH_DIR").map(PathBuf::from),
         sentinel_user_data,

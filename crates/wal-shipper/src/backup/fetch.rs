@@ -8,6 +8,9 @@
 //!   decrypt, decompress, untar) with bounded buffers; every object is read to its end so
 //!   its checksum (lz4 frame, zstd frame, libsodium MACs) is verified. `files_metadata.json`
 //!   names every part, so a part missing from storage is an error, not a smaller database.
+//! - A delta restores its chain oldest first (the full backup, then each delta): only the
+//!   files the restored backup lists, each whole copy overwriting, each `wi1` increment
+//!   applied in place to its parent's copy.
 //! - `pg_control` after the data, `backup_label` last, then the folder is fsynced.
 
 use std::io::{self, Read};
@@ -16,8 +19,12 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use futures::StreamExt;
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use super::sentinel::FilesMetadata;
 use super::{Known, backup_dir, list_known, read_sentinel};
+use super::{delta, pages};
 use crate::codec::{self, Method};
 use crate::progress::Progress;
 use crate::settings::Settings;
@@ -32,14 +39,20 @@ pub async fn resolve(store: &Store, s: &Settings, which: &str) -> anyhow::Result
     super::latest(all).map(|k| k.listed.name).context("no backups found")
 }
 
-/// Restores backup `which` into `dest`; returns the backup's name.
-pub async fn fetch(store: &Store, s: &Settings, dest: &Path, which: &str) -> anyhow::Result<String> {
-    let name = resolve(store, s, which).await?;
-    let sentinel = read_sentinel(store, &name).await?;
-    if sentinel.delta_from.is_some() {
-        bail!("{name} is a delta backup; restoring deltas is not implemented by this wal-shipper yet");
-    }
-    let parts_dir = super::parts_dir(&name);
+/// The objects of one backup's `tar_partitions/`.
+struct Parts {
+    name: String,
+    dir: String,
+    /// (method, object name, size)
+    data: Vec<(Method, String, u64)>,
+    control: (Method, String),
+    label: Option<(Method, String)>,
+    files: Option<FilesMetadata>,
+}
+
+/// Lists and checks one backup's parts against its `files_metadata.json`.
+async fn parts_of(store: &Store, name: &str) -> anyhow::Result<Parts> {
+    let parts_dir = super::parts_dir(name);
     let (objects, _) = store.list_dir(&parts_dir).await?;
     let mut data = Vec::new();
     let (mut control, mut label) = (None, None);
@@ -55,7 +68,8 @@ pub async fn fetch(store: &Store, s: &Settings, dest: &Path, which: &str) -> any
     // WAL-G writes the label in backup_label.tar; other writers (walrus) in the last data part.
     let control =
         control.with_context(|| format!("{parts_dir}/pg_control.tar.* is missing: the backup is incomplete"))?;
-    if let Some(fm) = store.get(&format!("{}/files_metadata.json", backup_dir(&name))).await? {
+    let mut files = None;
+    if let Some(fm) = store.get(&format!("{}/files_metadata.json", backup_dir(name))).await? {
         let fm: FilesMetadata = serde_json::from_slice(&fm).context("read files_metadata.json")?;
         // Writers name the sets with or without the compression extension: compare bases.
         let base = |n: &str| Method::from_object_name(n).1.to_owned();
@@ -68,13 +82,64 @@ pub async fn fetch(store: &Store, s: &Settings, dest: &Path, which: &str) -> any
                 bail!("{parts_dir}/{tar} is named in files_metadata.json but missing from storage");
             }
         }
+        files = Some(fm);
     }
+    Ok(Parts { name: name.to_owned(), dir: parts_dir, data, control, label, files })
+}
+
+/// The backups a restore of `name` reads, the full one first: `name` itself, or for a delta
+/// the chain of `DeltaFrom` down to its full backup.
+async fn chain(store: &Store, name: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = vec![name.to_owned()];
+    let mut sentinel = read_sentinel(store, name).await?;
+    while let Some(parent) = sentinel.delta_from.clone() {
+        if out.contains(&parent) || out.len() > 1000 {
+            bail!("the delta chain of {name} loops at {parent}");
+        }
+        sentinel = read_sentinel(store, &parent)
+            .await
+            .with_context(|| format!("{} builds on {parent}, which cannot be read", out.last().map_or("", |s| s)))?;
+        out.push(parent);
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// What a restore writes of one backup's data parts.
+#[derive(Clone)]
+struct Filter {
+    /// Files of the restored backup (`None`: every file in the tars).
+    wanted: Option<Arc<HashSet<String>>>,
+    /// Files this backup holds as increments over its parent.
+    increments: Arc<HashSet<String>>,
+}
+
+/// Restores backup `which` into `dest`; returns the backup's name.
+pub async fn fetch(store: &Store, s: &Settings, dest: &Path, which: &str) -> anyhow::Result<String> {
+    let name = resolve(store, s, which).await?;
+    let names = chain(store, &name).await?;
+    let mut backups = Vec::new();
+    for n in &names {
+        backups.push(parts_of(store, n).await?);
+    }
+    let target = backups.last().context("empty chain")?;
+    // A delta restores only the files its own metadata lists, taking each from the newest
+    // backup of the chain that holds it.
+    let wanted = if backups.len() > 1 {
+        let fm = target.files.as_ref().with_context(|| {
+            format!("{name} is a delta backup without files_metadata.json: its files cannot be told apart")
+        })?;
+        Some(Arc::new(fm.files.keys().map(|k| delta::normalize(k).to_owned()).collect::<HashSet<_>>()))
+    } else {
+        None
+    };
 
     // The key check: decode pg_control.tar (small, always there) before writing anything.
+    let (control, parts_dir) = (&target.control, &target.dir);
     let control_obj = store.get(&format!("{parts_dir}/{}", control.1)).await?.context("pg_control.tar vanished")?;
     let control_tar =
         codec::decode(control.0, s.codec.key.as_ref(), &control_obj).map_err(|e| explain(&e, s, &control.1))?;
-    let label_tar = match &label {
+    let label_tar = match &target.label {
         Some((method, object)) => {
             let obj = store.get(&format!("{parts_dir}/{object}")).await?.context("backup_label.tar vanished")?;
             Some(codec::decode(*method, s.codec.key.as_ref(), &obj).map_err(|e| explain(&e, s, object))?)
@@ -83,24 +148,39 @@ pub async fn fetch(store: &Store, s: &Settings, dest: &Path, which: &str) -> any
     };
 
     prepare_dest(dest)?;
-    let total: u64 = data.iter().map(|d| d.2).sum();
+    let total: u64 = backups.iter().flat_map(|b| b.data.iter().map(|d| d.2)).sum();
     let progress = Progress::start("backup-fetch", total);
-    let results: Vec<anyhow::Result<()>> =
-        futures::stream::iter(data)
+    // Oldest first: a delta's increments apply to what its parents restored.
+    for b in &backups {
+        let increments: HashSet<String> = b
+            .files
+            .iter()
+            .flat_map(|fm| fm.files.iter())
+            .filter(|(_, m)| m.is_incremented)
+            .map(|(k, _)| delta::normalize(k).to_owned())
+            .collect();
+        let filter = Filter { wanted: wanted.clone(), increments: Arc::new(increments) };
+        if backups.len() > 1 {
+            tracing::info!(backup = %b.name, "restoring a backup of the delta chain");
+        }
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(b.data.clone())
             .map(|(method, object, _)| {
-                let key = format!("{parts_dir}/{object}");
-                let progress = progress.clone();
+                let key = format!("{}/{object}", b.dir);
+                let (progress, filter) = (progress.clone(), filter.clone());
                 async move {
-                    extract(store, s, &key, method, dest, &progress).await.with_context(|| format!("restore {key}"))
+                    extract(store, s, &key, method, dest, &filter, &progress)
+                        .await
+                        .with_context(|| format!("restore {key}"))
                 }
             })
             .buffer_unordered(s.download_concurrency.max(1))
             .collect()
             .await;
-    progress.finish();
-    for r in results {
-        r?;
+        for r in results {
+            r?;
+        }
     }
+    progress.finish();
     tar::Archive::new(control_tar.as_slice()).unpack(dest).context("write pg_control")?;
     if let Some(label_tar) = label_tar {
         tar::Archive::new(label_tar.as_slice()).unpack(dest).context("write backup_label")?;
@@ -130,6 +210,21 @@ pub async fn fetch(store: &Store, s: &Settings, dest: &Path, which: &str) -> any
     sync_folder(dest)?;
     tracing::info!(backup = %name, dest = %dest.display(), "backup restored");
     Ok(name)
+}
+
+/// Applies a WAL-G increment to the copy of `rel` its parents restored.
+fn apply(entry: &mut impl Read, dest: &Path, rel: &str) -> anyhow::Result<()> {
+    let p = Path::new(rel);
+    if p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        bail!("{rel} leaves the data directory");
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dest.join(p))
+        .with_context(|| format!("{rel} is an increment, but no parent backup holds the file"))?;
+    pages::apply_increment(entry, &mut f)?;
+    Ok(())
 }
 
 fn explain(e: &io::Error, s: &Settings, object: &str) -> anyhow::Error {
@@ -170,6 +265,7 @@ async fn extract(
     key: &str,
     method: Method,
     dest: &Path,
+    filter: &Filter,
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let stream = store.get_stream(key).await?.with_context(|| format!("{key} vanished"))?;
@@ -181,7 +277,7 @@ async fn extract(
         c
     });
     let bridge = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(counted));
-    let (k, dest, keyname) = (s.codec.key.clone(), dest.to_owned(), key.to_owned());
+    let (k, dest, keyname, filter) = (s.codec.key.clone(), dest.to_owned(), key.to_owned(), filter.clone());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let r = codec::reader(method, k.as_ref(), bridge).map_err(|e| anyhow::anyhow!("{keyname}: {e}"))?;
         let mut ar = tar::Archive::new(r);
@@ -189,6 +285,16 @@ async fn extract(
         ar.set_overwrite(true);
         for entry in ar.entries().with_context(|| format!("read {keyname}"))? {
             let mut entry = entry.with_context(|| format!("{keyname} is corrupted or cut short"))?;
+            let path = entry.path().with_context(|| format!("{keyname}: an entry's name"))?.into_owned();
+            let rel = delta::normalize(&path.to_string_lossy()).to_owned();
+            let is_dir = entry.header().entry_type().is_dir();
+            if !is_dir && filter.wanted.as_ref().is_some_and(|w| !w.contains(&rel)) {
+                continue; // dropped before the restored backup was taken
+            }
+            if filter.increments.contains(&rel) {
+                apply(&mut entry, &dest, &rel).with_context(|| format!("{keyname}: apply the increment of {rel}"))?;
+                continue;
+            }
             // unpack_in refuses paths that leave dest (.., absolute paths, links out).
             let inside = entry.unpack_in(&dest).with_context(|| format!("{keyname}: write {:?}", entry.path().ok()))?;
             if !inside {

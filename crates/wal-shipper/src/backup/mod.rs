@@ -13,7 +13,9 @@
 //! listing and retention work without the key. [`sentinel`] holds WAL-G's JSON types;
 //! ordering and the choice of LATEST are pure functions here.
 
+pub mod delta;
 pub mod fetch;
+pub mod pages;
 pub mod push;
 pub mod sentinel;
 

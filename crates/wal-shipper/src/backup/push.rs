@@ -2,17 +2,20 @@
 //! standby, in WAL-G's layout.
 //!
 //! 1. `pg_backup_start(label, fast)` on a session held open to the end (PostgreSQL 15+, or
-//!    `pg_start_backup(label, true, false)` before). The name is `base_` + the start segment.
+//!    `pg_start_backup(label, true, false)` before). The name is `base_` + the start segment,
+//!    plus `_D_<parent's start segment>` for a delta ([`super::delta`] chooses the parent and
+//!    whether each file is skipped, stored as a `wi1` increment or whole).
 //! 2. The data directory is walked and its files are packed, in the order found, into tar
 //!    partitions of about `WALG_TAR_SIZE_THRESHOLD` bytes. Each partition is read, tarred,
 //!    compressed and encrypted on a blocking thread and streamed as a multipart upload;
 //!    `min(WALG_UPLOAD_CONCURRENCY, cores)` partitions go at once, and every buffer on the way
-//!    is bounded, so memory does not grow with the database.
+//!    is bounded, so memory does not grow with the database. When the cluster has data
+//!    checksums, every relation page is checked on the way ([`super::pages::Verifier`]).
 //! 3. `pg_control.tar` after every data part, then `pg_backup_stop`, whose label and tablespace
 //!    map become `backup_label.tar`. Then `files_metadata.json`, `metadata.json`, and last the
 //!    sentinel, create-only. A backup that fails before its sentinel is invisible.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +24,8 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use chrono::Utc;
 
+use super::delta;
+use super::pages::{self, Verifier};
 use super::sentinel::{DATE_FMT, FileMeta, FilesMetadata, Metadata, Sentinel};
 use super::{backup_dir, sentinel_key};
 use crate::codec::Codec;
@@ -59,6 +64,18 @@ pub struct Item {
     pub dir: bool,
     pub size: u64,
     pub mtime: std::time::SystemTime,
+    pub how: How,
+}
+
+/// How a file goes into a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Its whole content (every file of a full backup).
+    Whole,
+    /// A WAL-G increment over the parent: the pages written since the parent started.
+    Increment,
+    /// Not at all: unchanged since the parent copied it (the restore takes the parent's copy).
+    Skip,
 }
 
 /// Walks `pgdata` as a base backup sees it. `pg_control` is left out (it goes last, alone).
@@ -97,14 +114,14 @@ fn walk_into(root: &Path, dir: &Path, out: &mut Vec<Item>) -> anyhow::Result<()>
             );
         }
         if meta.is_dir() {
-            out.push(Item { rel: rel.clone(), dir: true, size: 0, mtime });
+            out.push(Item { rel: rel.clone(), dir: true, size: 0, mtime, how: How::Whole });
             if !EMPTY_DIRS.contains(&rel.as_str()) {
                 walk_into(root, &path, out)?;
             } else if rel == "pg_wal" {
-                out.push(Item { rel: "pg_wal/archive_status".into(), dir: true, size: 0, mtime });
+                out.push(Item { rel: "pg_wal/archive_status".into(), dir: true, size: 0, mtime, how: How::Whole });
             }
         } else if meta.is_file() {
-            out.push(Item { rel, dir: false, size: meta.len(), mtime });
+            out.push(Item { rel, dir: false, size: meta.len(), mtime, how: How::Whole });
         }
     }
     Ok(())
@@ -132,13 +149,14 @@ pub fn partition(items: Vec<Item>, threshold: u64) -> Vec<Vec<Item>> {
 /// Reads exactly `size` bytes of a file that PostgreSQL may be writing: a file that shrank
 /// is padded with zeros, one that grew is cut, one that vanished is all zeros. WAL replay
 /// from the backup's start repairs all three, as for any non-exclusive backup.
-struct Exactly {
+struct Exactly<'a> {
     inner: Option<io::Take<std::fs::File>>,
     left: u64,
     counter: Arc<AtomicU64>,
+    verifier: Option<&'a mut Verifier>,
 }
 
-impl Read for Exactly {
+impl Read for Exactly<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.left == 0 {
             return Ok(0);
@@ -153,6 +171,9 @@ impl Read for Exactly {
             buf[..want].fill(0);
             want
         } else {
+            if let Some(v) = self.verifier.as_deref_mut() {
+                v.feed(&buf[..n]);
+            }
             n
         };
         self.left -= n as u64;
@@ -170,34 +191,128 @@ fn header_for(it: &Item) -> tar::Header {
     h
 }
 
-/// Writes the tar of `items` into `w` (the codec's writer). Returns the tar's size.
+/// How the tar thread treats the files of one partition.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    /// A delta's base LSN: pages at or after it go into increments.
+    delta_lsn: u64,
+    /// Check page checksums (pages older than this LSN, the backup's start).
+    verify_before: Option<u64>,
+}
+
+/// What the tar thread learnt about one file.
+#[derive(Debug, Clone, Default)]
+struct FileReport {
+    rel: String,
+    incremented: bool,
+    /// Block numbers within the file with a bad checksum.
+    corrupt: Vec<u32>,
+}
+
+/// Writes the tar of `items` into `w` (the codec's writer). Returns the tar's size and what
+/// it learnt of the files (increments taken, corrupt pages).
 fn write_tar(
     pgdata: &Path,
     items: &[Item],
+    pass: Pass,
     w: Box<dyn crate::codec::FinishWrite>,
     counter: Arc<AtomicU64>,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Vec<FileReport>)> {
     let counting = CountingWriter { inner: w, n: 0 };
     let mut b = tar::Builder::new(counting);
     b.mode(tar::HeaderMode::Deterministic);
-    for it in items {
+    let mut reports = Vec::new();
+    for it in items.iter().filter(|i| i.how != How::Skip) {
         let mut h = header_for(it);
         if it.dir {
             b.append_data(&mut h, &it.rel, io::empty()).with_context(|| format!("tar {}", it.rel))?;
-        } else {
-            let inner = match std::fs::File::open(pgdata.join(&it.rel)) {
-                Ok(f) => Some(f.take(it.size)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(e).with_context(|| format!("open {}", it.rel)),
-            };
-            let r = Exactly { inner, left: it.size, counter: counter.clone() };
-            b.append_data(&mut h, &it.rel, r).with_context(|| format!("tar {}", it.rel))?;
+            continue;
+        }
+        let file = match std::fs::File::open(pgdata.join(&it.rel)) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("open {}", it.rel)),
+        };
+        let first_blkno = pages::segment_of(&it.rel).wrapping_mul(pages::PAGES_PER_SEGMENT);
+        let mut verifier =
+            pass.verify_before.filter(|_| is_checksummed(&it.rel)).map(|lsn| Verifier::new(first_blkno, lsn));
+        let mut report = FileReport { rel: it.rel.clone(), ..Default::default() };
+        let blocks = match (&file, it.how) {
+            (Some(f), How::Increment) => scan(f, it, pass.delta_lsn, verifier.as_mut(), &counter)?,
+            _ => None,
+        };
+        match (file, blocks) {
+            (Some(f), Some(blocks)) => {
+                h.set_size(pages::increment_size(blocks.len()));
+                let r = pages::IncrementReader::new(f, it.size, blocks);
+                b.append_data(&mut h, &it.rel, r).with_context(|| format!("tar the increment of {}", it.rel))?;
+                report.incremented = true;
+            }
+            (file, _) => {
+                let inner = match file {
+                    Some(mut f) => {
+                        f.seek(io::SeekFrom::Start(0)).with_context(|| format!("rewind {}", it.rel))?;
+                        // A failed scan already fed the verifier: check the pages only once.
+                        let v = if it.how == How::Increment { None } else { verifier.as_mut() };
+                        Some((f.take(it.size), v))
+                    }
+                    None => None,
+                };
+                let (inner, v) = match inner {
+                    Some((f, v)) => (Some(f), v),
+                    None => (None, None),
+                };
+                let r = Exactly { inner, left: it.size, counter: counter.clone(), verifier: v };
+                b.append_data(&mut h, &it.rel, r).with_context(|| format!("tar {}", it.rel))?;
+            }
+        }
+        if let Some(v) = verifier {
+            report.corrupt = v.corrupt.iter().map(|b| b.wrapping_sub(first_blkno)).collect();
+        }
+        if report.incremented || !report.corrupt.is_empty() {
+            reports.push(report);
         }
     }
     let counting = b.into_inner().context("finish the tar")?;
     let n = counting.n;
     counting.inner.finish().context("finish compression")?;
-    Ok(n)
+    Ok((n, reports))
+}
+
+/// Reads a paged file once for an increment: the changed blocks, or `None` when a page is
+/// garbage (the file then goes whole, as WAL-G does).
+fn scan(
+    f: &std::fs::File,
+    it: &Item,
+    delta_lsn: u64,
+    mut verifier: Option<&mut Verifier>,
+    counter: &AtomicU64,
+) -> anyhow::Result<Option<Vec<u32>>> {
+    let mut r = io::BufReader::with_capacity(256 * 1024, f.take(it.size));
+    let blocks = pages::changed_blocks(&mut r, delta_lsn, |page| {
+        counter.fetch_add(page.len() as u64, Ordering::Relaxed);
+        if let Some(v) = verifier.as_deref_mut() {
+            v.feed(page);
+        }
+    })
+    .with_context(|| format!("read {}", it.rel))?;
+    if blocks.is_none() {
+        tracing::info!(file = %it.rel, "a page is neither valid nor new; the file is stored whole");
+    }
+    Ok(blocks)
+}
+
+/// Relation files whose pages carry checksums: `base/`, `global/` and `pg_tblspc/` files
+/// named `<relfilenode>[_fsm|_vm|_init][.<segment>]`.
+fn is_checksummed(rel: &str) -> bool {
+    if !(rel.starts_with("base/") || rel.starts_with("global/") || rel.starts_with("pg_tblspc/")) {
+        return false;
+    }
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    let name =
+        name.split_once('.').map_or(name, |(n, seg)| if seg.bytes().all(|b| b.is_ascii_digit()) { n } else { "" });
+    let node = ["_fsm", "_vm", "_init"].iter().find_map(|f| name.strip_suffix(f)).unwrap_or(name);
+    !node.is_empty() && node.bytes().all(|b| b.is_ascii_digit())
 }
 
 struct CountingWriter {
@@ -253,6 +368,9 @@ impl Write for ChanWriter {
 /// Sizes of one uploaded tar: (tar bytes, stored bytes).
 type Sizes = (u64, u64);
 
+/// One uploaded tar: its sizes and what the tar thread learnt of its files.
+type Uploaded = (Sizes, Vec<FileReport>);
+
 /// Streams the tar of `items` to `key`: tar + compress + encrypt on a blocking thread, a
 /// multipart upload here. An error on either side aborts the upload, so no partial object
 /// is ever completed.
@@ -261,16 +379,17 @@ async fn upload_tar(
     codec: &Codec,
     pgdata: &Path,
     items: Vec<Item>,
+    pass: Pass,
     key: &str,
     counter: Arc<AtomicU64>,
-) -> anyhow::Result<Sizes> {
+) -> anyhow::Result<Uploaded> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let sent = Arc::new(AtomicU64::new(0));
     let producer = {
         let (codec, pgdata, sent) = (codec.clone(), pgdata.to_owned(), sent.clone());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Vec<FileReport>)> {
             let w = codec.writer(ChanWriter { tx, buf: Vec::with_capacity(CHUNK), sent })?;
-            write_tar(&pgdata, &items, w, counter)
+            write_tar(&pgdata, &items, pass, w, counter)
         })
     };
     let mut up = store.multipart(key, PART_SIZE).await?;
@@ -286,9 +405,9 @@ async fn upload_tar(
     drop(rx);
     let produced = producer.await.context("tar thread").and_then(|r| r);
     match (failed, produced) {
-        (None, Ok(tar_bytes)) => {
+        (None, Ok((tar_bytes, reports))) => {
             up.finish().await.context("complete the upload")?;
-            Ok((tar_bytes, sent.load(Ordering::Relaxed)))
+            Ok(((tar_bytes, sent.load(Ordering::Relaxed)), reports))
         }
         (Some(e), _) | (None, Err(e)) => {
             let _ = up.abort().await;
@@ -327,14 +446,8 @@ pub async fn connect(pg: &PgConn) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// Takes a full backup of `pgdata`; returns its name.
+/// Takes a backup of `pgdata` (a delta where the settings allow one); returns its name.
 pub async fn push(store: &Store, s: &Settings, pgdata: &Path, opts: &PushOptions) -> anyhow::Result<String> {
-    if s.delta_max_steps > 0 && !opts.full {
-        tracing::warn!(
-            delta_max_steps = s.delta_max_steps,
-            "delta backups are not implemented by this wal-shipper yet; taking a full backup"
-        );
-    }
     let db = connect(&s.pg).await?;
     let version: i64 = db
         .query_one("SELECT current_setting('server_version_num')::int8", &[])
@@ -354,6 +467,16 @@ pub async fn push(store: &Store, s: &Settings, pgdata: &Path, opts: &PushOptions
     if seg_size as u64 != DEFAULT_SEGMENT_SIZE {
         bail!("wal_segment_size is {seg_size}; this wal-shipper handles 16 MiB segments only");
     }
+    let checksums: String = db.query_one("SHOW data_checksums", &[]).await.context("read data_checksums")?.get(0);
+    let tli_of = |r: tokio_postgres::Row| -> u32 { r.get::<_, i32>(0) as u32 };
+    let timeline_sql = "SELECT timeline_id FROM pg_control_checkpoint()";
+    let tli = tli_of(db.query_one(timeline_sql, &[]).await.context("read the timeline")?);
+    let parent = if opts.full {
+        None
+    } else {
+        let server = delta::Server { system_identifier: sysid.parse().ok(), timeline: tli, permanent: opts.permanent };
+        delta::find_parent(store, s, server).await?
+    };
     let label = format!("wal-shipper {}", Utc::now().format("%Y%m%dT%H%M%SZ"));
     let start_sql = if version >= 150000 {
         "SELECT pg_backup_start($1, true)::text, pg_is_in_recovery()"
@@ -365,17 +488,27 @@ pub async fn push(store: &Store, s: &Settings, pgdata: &Path, opts: &PushOptions
     let start_text: String = row.get(0);
     let in_recovery: bool = row.get(1);
     let start = Lsn::parse(&start_text).with_context(|| format!("start LSN {start_text:?}"))?;
-    let tli_of = |r: tokio_postgres::Row| -> u32 { r.get::<_, i32>(0) as u32 };
-    let tli = tli_of(
-        db.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[]).await.context("read the timeline")?,
-    );
+    let started_tli = tli_of(db.query_one(timeline_sql, &[]).await.context("read the timeline")?);
+    let parent = parent.filter(|p| {
+        let future = p.sentinel.finish_lsn.is_some_and(|f| f > start.0);
+        if future || started_tli != tli {
+            tracing::info!(parent = %p.name, "the parent ends after this backup starts, or the timeline moved; taking a full backup");
+        }
+        !future && started_tli == tli
+    });
+    let tli = started_tli;
     // On a standby WAL-G names the backup by the segment of lsn-1 (they differ only on a
     // segment boundary); on a primary by the segment holding the LSN.
     let seg_lsn = if in_recovery { start.0.saturating_sub(1) } else { start.0 };
     let name = format!("base_{}", Segment::containing(tli, seg_lsn, DEFAULT_SEGMENT_SIZE).name(DEFAULT_SEGMENT_SIZE));
-    tracing::info!(backup = %name, start_lsn = %start, standby = in_recovery, "backup started");
+    let name = match &parent {
+        Some(p) => p.delta_name(&name),
+        None => name,
+    };
+    tracing::info!(backup = %name, start_lsn = %start, standby = in_recovery, delta_from = ?parent.as_ref().map(|p| &p.name), "backup started");
 
-    let result = push_files(store, s, pgdata, &name).await;
+    let verify_before = (checksums == "on" && s.verify_page_checksums).then_some(start.0);
+    let result = push_files(store, s, pgdata, &name, parent.as_ref(), verify_before).await;
     // Stop the backup whatever happened, so the server is not left in backup mode.
     let stop_sql = if version >= 150000 {
         "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
@@ -423,6 +556,10 @@ pub async fn push(store: &Store, s: &Settings, pgdata: &Path, opts: &PushOptions
         hostname: host,
         data_dir: pgdata.display().to_string(),
         is_permanent: opts.permanent,
+        delta_lsn: parent.as_ref().and_then(|p| p.sentinel.lsn),
+        delta_from: parent.as_ref().map(|p| p.name.clone()),
+        delta_full_name: parent.as_ref().map(|p| p.full_name()),
+        delta_count: parent.as_ref().map(|p| p.count),
         ..Default::default()
     };
     let fm = serde_json::to_vec(&files).context("encode files_metadata.json")?;
@@ -464,19 +601,27 @@ async fn push_files(
     s: &Settings,
     pgdata: &Path,
     name: &str,
+    parent: Option<&delta::Parent>,
+    verify_before: Option<u64>,
 ) -> anyhow::Result<(FilesMetadata, (u64, u64, u64))> {
-    let items = {
+    let mut items = {
         let p = pgdata.to_owned();
         tokio::task::spawn_blocking(move || walk(&p)).await.context("walk")??
     };
+    delta::plan(&mut items, parent);
+    let pass = Pass { delta_lsn: parent.and_then(|p| p.sentinel.lsn).unwrap_or(0), verify_before };
     let data_bytes: u64 = items.iter().map(|i| i.size).sum();
     let mut files = FilesMetadata { databases_by_names: serde_json::json!({}), ..Default::default() };
     for it in items.iter().filter(|i| !i.dir) {
-        files.files.insert(
-            it.rel.clone(),
-            FileMeta { mtime: Some(chrono::DateTime::<Utc>::from(it.mtime)), ..Default::default() },
-        );
+        let meta = FileMeta {
+            mtime: Some(chrono::DateTime::<Utc>::from(it.mtime)),
+            is_skipped: it.how == How::Skip,
+            ..Default::default()
+        };
+        files.files.insert(it.rel.clone(), meta);
     }
+    let skipped = items.iter().filter(|i| i.how == How::Skip).count();
+    let items: Vec<Item> = items.into_iter().filter(|i| i.how != How::Skip).collect();
     let parts = partition(items, s.tar_size_threshold);
     let progress = Progress::start("backup-push", data_bytes);
     let workers = s.upload_concurrency.min(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
@@ -491,16 +636,20 @@ async fn push_files(
             (store.clone(), s.codec.clone(), pgdata.to_owned(), sem.clone(), progress.counter());
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.context("semaphore")?;
-            upload_tar(&store, &codec, &pgdata, items, &key, counter).await.with_context(|| format!("upload {key}"))
+            upload_tar(&store, &codec, &pgdata, items, pass, &key, counter)
+                .await
+                .with_context(|| format!("upload {key}"))
         });
     }
     let mut total: Sizes = (0, 0);
+    let mut reports = Vec::new();
     let mut first_err = None;
     while let Some(r) = set.join_next().await {
         match r.map_err(anyhow::Error::from).and_then(|r| r) {
-            Ok((t, c)) => {
+            Ok(((t, c), rs)) => {
                 total.0 += t;
                 total.1 += c;
+                reports.extend(rs);
             }
             Err(e) => {
                 set.abort_all();
@@ -518,12 +667,46 @@ async fn push_files(
         dir: false,
         size: std::fs::metadata(pgdata.join("global/pg_control")).context("stat global/pg_control")?.len(),
         mtime: std::time::SystemTime::now(),
+        how: How::Whole,
     };
     let object = s.codec.method.object_name("pg_control.tar");
     files.tar_file_sets.insert("pg_control.tar".into(), vec![ctl.rel.clone()]);
     let key = format!("{}/{object}", super::parts_dir(name));
-    let (t, c) = upload_tar(store, &s.codec, pgdata, vec![ctl], &key, progress.counter()).await?;
+    let no_checks = Pass { delta_lsn: 0, verify_before: None };
+    let ((t, c), _) = upload_tar(store, &s.codec, pgdata, vec![ctl], no_checks, &key, progress.counter()).await?;
+    record(&mut files, reports, skipped);
     Ok((files, (total.0 + t, total.1 + c, data_bytes)))
+}
+
+/// At most this many corrupt block numbers are listed per file (WAL-G's limit).
+const LISTED_CORRUPT_BLOCKS: usize = 10;
+
+/// Writes what the tar threads learnt into the files' metadata, and says it.
+fn record(files: &mut FilesMetadata, reports: Vec<FileReport>, skipped: usize) {
+    let mut incremented = 0;
+    let mut corrupt_files = 0;
+    for mut r in reports {
+        let Some(meta) = files.files.get_mut(&r.rel) else { continue };
+        if r.incremented {
+            meta.is_incremented = true;
+            incremented += 1;
+        }
+        if !r.corrupt.is_empty() {
+            corrupt_files += 1;
+            r.corrupt.sort_unstable();
+            tracing::warn!(file = %r.rel, blocks = ?r.corrupt, "page checksum mismatch: the backup holds these pages as they are on disk");
+            meta.corrupt_blocks = Some(serde_json::json!({
+                "CorruptBlocksCount": r.corrupt.len(),
+                "SomeCorruptBlocks": r.corrupt.iter().take(LISTED_CORRUPT_BLOCKS).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    if corrupt_files > 0 {
+        tracing::warn!(files = corrupt_files, "files with corrupt pages (listed in files_metadata.json)");
+    }
+    if incremented > 0 || skipped > 0 {
+        tracing::info!(incremented, skipped, "delta: files stored as increments, and files left to the parent");
+    }
 }
 
 /// The data directory a backup is taken of: the argument, else `PGDATA`.
@@ -536,7 +719,7 @@ mod tests {
     use super::*;
 
     fn item(rel: &str, size: u64) -> Item {
-        Item { rel: rel.into(), dir: false, size, mtime: std::time::UNIX_EPOCH }
+        Item { rel: rel.into(), dir: false, size, mtime: std::time::UNIX_EPOCH, how: How::Whole }
     }
 
     #[test]
