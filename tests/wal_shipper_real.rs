@@ -581,16 +581,17 @@ fn restore_with(r: &Rig, restorer: &Path, cfg: &Path, name: &str, port: u16) -> 
 }
 
 #[test]
-fn a_bucket_written_by_walrus_is_restored_by_wal_shipper_and_the_reverse() {
-    let mut r = rig("a_bucket_written_by_walrus_is_restored_by_wal_shipper_and_the_reverse", "");
+fn a_bucket_written_by_walrus_is_restored_by_wal_shipper_and_the_reverse_deltas_included() {
+    let mut r = rig("a_bucket_written_by_walrus_is_restored_by_wal_shipper_and_the_reverse_deltas_included", "");
     let walrus = outrigger_testkit::s3::walrus_bin().unwrap();
     let shipper_bin = bin::daemon("wal-shipper");
     let dir = host(&r).dir().path().to_owned();
     // One WAL-G JSON config per prefix; both tools read the same file.
     let ours = dir.join("ours.json");
-    std::fs::write(&ours, r.s3.walg_json("ours", &[])).unwrap();
+    let deltas = [("WALG_DELTA_MAX_STEPS", "2")];
+    std::fs::write(&ours, r.s3.walg_json("ours", &deltas)).unwrap();
     let theirs = dir.join("theirs.json");
-    std::fs::write(&theirs, r.s3.walg_json("theirs", &[])).unwrap();
+    std::fs::write(&theirs, r.s3.walg_json("theirs", &deltas)).unwrap();
     // The primary archives every segment with both tools, each to its own prefix.
     r.pg.stop().unwrap();
     let both = format!(
@@ -615,7 +616,26 @@ fn a_bucket_written_by_walrus_is_restored_by_wal_shipper_and_the_reverse() {
     assert_eq!(code, 0, "wal-shipper backup-push: {err}");
     let (code, err) = tool(&r, &walrus, &theirs, &["backup-push", &data]);
     assert_eq!(code, 0, "walrus backup-push: {err}");
-    r.pg.sql("insert into t select g, 'after' from generate_series(5001, 8000) g").unwrap();
+    r.pg.sql("insert into t select g, 'after' from generate_series(5001, 8000) g; update t set v = 'changed' where id <= 100")
+        .unwrap();
+    // Second backups: deltas over the first, in WAL-G's wi1 format, by each tool.
+    let (code, err) = tool(&r, &shipper_bin, &ours, &["backup-push", &data]);
+    assert_eq!(code, 0, "wal-shipper delta backup-push: {err}");
+    let (code, err) = tool(&r, &walrus, &theirs, &["backup-push", &data]);
+    assert_eq!(code, 0, "walrus delta backup-push: {err}");
+    for (who, cfg) in [("wal-shipper", &ours), ("walrus", &theirs)] {
+        let (code, out, err) = shipper(&r, cfg, &["backup-list", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["backup_name"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(names.len() == 2 && names.iter().any(|n| n.contains("_D_")), "{who} took a delta: {names:?}");
+    }
+    r.pg.sql("insert into t select g, 'last' from generate_series(8001, 9000) g").unwrap();
     archive_everything(&r.pg);
 
     let by_us = restore_with(&r, &shipper_bin, &theirs, "ours-from-walrus", 5433);
@@ -627,7 +647,8 @@ fn a_bucket_written_by_walrus_is_restored_by_wal_shipper_and_the_reverse() {
             (pg.sql("select pg_is_in_recovery()").ok()? == "f").then_some(())
         })
         .unwrap();
-        assert_eq!(pg.sql("select count(*), max(id) from t").unwrap(), "8000|8000", "{who}");
+        assert_eq!(pg.sql("select count(*), max(id) from t").unwrap(), "9000|9000", "{who}");
+        assert_eq!(pg.sql("select count(*) from t where v = 'changed'").unwrap(), "100", "{who}");
     }
 }
 
