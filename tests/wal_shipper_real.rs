@@ -752,8 +752,9 @@ fn our_objects_decode_with_lz4_zstd_and_libsodium_and_theirs_with_ours() {
 }
 
 #[test]
-fn moto_as_a_second_s3_keeps_create_only_and_compare_semantics() {
-    let net = Net::start("moto_as_a_second_s3_keeps_create_only_and_compare_semantics", 1).unwrap();
+fn moto_as_a_second_s3_keeps_create_only_and_compare_semantics_and_sse_and_storage_class() {
+    let net =
+        Net::start("moto_as_a_second_s3_keeps_create_only_and_compare_semantics_and_sse_and_storage_class", 1).unwrap();
     let h = net.host(1);
     let s3 = S3Server::moto(h, "backups").unwrap();
     let wal = h.dir().sub("pg_wal").unwrap();
@@ -779,4 +780,25 @@ fn moto_as_a_second_s3_keeps_create_only_and_compare_semantics() {
     assert_eq!(run(&["wal-fetch", name, &back.display().to_string()]).0, 0);
     assert_eq!(std::fs::read(&back).unwrap(), vec![7u8; 1 << 20], "the first copy is kept");
     assert_eq!(run(&["wal-fetch", "000000010000000000000003", &back.display().to_string()]).0, 74);
+
+    // WAL-G's server-side encryption and storage class settings reach every stored object.
+    let kms = |args: &[&str]| -> (i32, String) {
+        let mut c = Command::new(bin::daemon("wal-shipper"));
+        c.args(args).env_clear();
+        for (k, v) in s3.walg_env("moto") {
+            c.env(k, v);
+        }
+        c.env("WALG_S3_SSE", "aws:kms").env("WALG_S3_SSE_KMS_ID", "outrigger-test-key");
+        c.env("WALG_S3_STORAGE_CLASS", "STANDARD_IA");
+        let out = h.enter(move || c.output()).unwrap().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let second = wal.join("000000010000000000000004").display().to_string();
+    std::fs::write(&second, vec![9u8; 1 << 20]).unwrap();
+    let (code, err) = kms(&["wal-push", &second]);
+    assert_eq!(code, 0, "{err}");
+    let head = s3.head_object(h, "moto/wal_005/000000010000000000000004.lz4").unwrap();
+    assert_eq!(head["ServerSideEncryption"], "aws:kms", "{head}");
+    assert_eq!(head["SSEKMSKeyId"].as_str().map(|k| k.ends_with("outrigger-test-key")), Some(true), "{head}");
+    assert_eq!(head["StorageClass"], "STANDARD_IA", "{head}");
 }

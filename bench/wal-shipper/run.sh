@@ -236,6 +236,14 @@ if want backup; then
     report "database ($kind)" "$(printf '%.0f MB' "$mb")"
     timed() { # label, command (as postgres): prints MB/s and peak RSS
       local label=$1; shift
+      # No tool inherits a WAL backlog (building the database leaves ~2 GB of WAL .ready,
+      # which the first backup would otherwise archive while pg_backup_stop waits for it).
+      local keep; keep=$(psql_ "show archive_command"); set_archive "/bin/true"
+      for _ in $(seq 600); do [ "$(ready_count)" -eq 0 ] && break; sleep 0.5; done
+      set_archive "$keep"
+      # Every tool starts cold: written data flushed, the page cache emptied, so no tool
+      # reads what the one before it left in memory.
+      sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || label="$label (page cache NOT dropped)"
       if ! /usr/bin/time -o "$W/time" -f '%e %M' su postgres -s /bin/bash -c "$*" >/dev/null 2>"$W/err"; then
         report "$label" "FAILED: $(tail -1 "$W/err" | cut -c1-200)"
         return 0

@@ -144,6 +144,15 @@ impl S3Server {
         Ok(std::fs::read(&tmp)?)
     }
 
+    /// An object's stored attributes with boto3 (`head_object`): the JSON of its
+    /// `ServerSideEncryption`, `SSEKMSKeyId` and `StorageClass` (absent ones are null).
+    pub fn head_object(&self, host: &Host, key: &str) -> anyhow::Result<serde_json::Value> {
+        let script = "import json\nh = s3.head_object(Bucket=sys.argv[1], Key=sys.argv[2])\n\
+                      print(json.dumps({k: h.get(k) for k in ('ServerSideEncryption', 'SSEKMSKeyId', 'StorageClass')}))";
+        let out = self.boto(host, script, &[&self.bucket, key])?;
+        serde_json::from_str(out.trim()).map_err(|e| anyhow::anyhow!("head_object {key}: {e}: {out}"))
+    }
+
     /// Kills the server (SIGKILL): the storage is unreachable until [`S3Server::start`].
     pub fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut p) = self.proc.take() {

@@ -42,6 +42,10 @@ const KNOWN: &[Known] = &[
     Known { env: "AWS_ENDPOINT", aliases: &["AWS_ENDPOINT_URL"], toml: "aws_endpoint", secret: false },
     k("AWS_S3_FORCE_PATH_STYLE", "aws_s3_force_path_style"),
     k("AWS_REGION", "aws_region"),
+    Known { env: "WALG_S3_STORAGE_CLASS", aliases: &["S3_STORAGE_CLASS"], toml: "s3_storage_class", secret: false },
+    Known { env: "WALG_S3_SSE", aliases: &["S3_SSE"], toml: "s3_sse", secret: false },
+    Known { env: "WALG_S3_SSE_KMS_ID", aliases: &["S3_SSE_KMS_ID"], toml: "s3_sse_kms_id", secret: false },
+    Known { env: "WALG_S3_SSE_C", aliases: &["S3_SSE_C"], toml: "s3_sse_c", secret: true },
     k("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
     secret("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
     secret("AWS_SESSION_TOKEN", "aws_session_token"),
@@ -101,6 +105,10 @@ pub enum StorageSpec {
         access_key_id: Option<String>,
         secret_access_key: Option<String>,
         session_token: Option<String>,
+        /// Server-side encryption the bucket applies to what we store.
+        sse: Option<Sse>,
+        /// `x-amz-storage-class` of every object stored (`WALG_S3_STORAGE_CLASS`).
+        storage_class: Option<String>,
     },
     File {
         root: PathBuf,
@@ -146,6 +154,27 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub daemon_poll: Duration,
     pub log: LogOptions,
+}
+
+/// S3 server-side encryption (`WALG_S3_SSE`, `WALG_S3_SSE_KMS_ID`, `WALG_S3_SSE_C`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// `AES256`: keys managed by S3.
+    S3,
+    /// `aws:kms` or `aws:kms:dsse`, with a key id or the bucket's default key.
+    Kms { dsse: bool, key_id: Option<String> },
+    /// SSE-C: a customer key (base64), sent with every request.
+    Customer { key_base64: String },
+}
+
+impl std::fmt::Debug for Sse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sse::S3 => write!(f, "AES256"),
+            Sse::Kms { dsse, key_id } => write!(f, "aws:kms{} {key_id:?}", if *dsse { ":dsse" } else { "" }),
+            Sse::Customer { .. } => write!(f, "SSE-C (key not shown)"),
+        }
+    }
 }
 
 /// `WALG_DELTA_ORIGIN`.
@@ -403,7 +432,16 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
                     {
                         r.bad("AWS_ENDPOINT", "must start with http:// or https://");
                     }
+                    let sse = read_sse(&mut r);
+                    let storage_class = r.text("WALG_S3_STORAGE_CLASS").map(|c| c.trim().to_owned());
+                    if let Some(c) = &storage_class
+                        && (c.is_empty() || !c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+                    {
+                        r.bad("WALG_S3_STORAGE_CLASS", "must be an S3 storage class such as STANDARD or STANDARD_IA");
+                    }
                     Some(StorageSpec::S3 {
+                        sse,
+                        storage_class,
                         bucket,
                         prefix,
                         path_style: r.boolean("AWS_S3_FORCE_PATH_STYLE", false),
@@ -546,6 +584,41 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
     })
 }
 
+fn read_sse(r: &mut Reader<'_>) -> Option<Sse> {
+    let kms_id = r.text("WALG_S3_SSE_KMS_ID").map(|k| k.trim().to_owned());
+    let customer = r.text("WALG_S3_SSE_C").map(|k| k.trim().to_owned());
+    let sse = match r.text("WALG_S3_SSE").as_deref().map(str::trim) {
+        None => None,
+        Some("AES256") => Some(Sse::S3),
+        Some("aws:kms") => Some(Sse::Kms { dsse: false, key_id: kms_id.clone() }),
+        Some("aws:kms:dsse") => Some(Sse::Kms { dsse: true, key_id: kms_id.clone() }),
+        Some(_) => {
+            r.bad("WALG_S3_SSE", "must be AES256, aws:kms or aws:kms:dsse");
+            None
+        }
+    };
+    if kms_id.is_some() && !matches!(sse, Some(Sse::Kms { .. })) {
+        r.bad("WALG_S3_SSE_KMS_ID", "is used only with WALG_S3_SSE=aws:kms (or aws:kms:dsse)");
+    }
+    match (sse, customer) {
+        (Some(_), Some(_)) => {
+            r.bad("WALG_S3_SSE_C", "cannot be combined with WALG_S3_SSE: one server-side encryption at a time");
+            None
+        }
+        (None, Some(key)) => {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(&key) {
+                Ok(k) if k.len() == 32 => Some(Sse::Customer { key_base64: key }),
+                _ => {
+                    r.bad("WALG_S3_SSE_C", "must be a 256-bit key in base64 (44 characters)");
+                    None
+                }
+            }
+        }
+        (sse, None) => sse,
+    }
+}
+
 fn read_key(r: &mut Reader<'_>) -> Option<Key> {
     let transform = match r.text("WALG_LIBSODIUM_KEY_TRANSFORM") {
         None => KeyTransform::None,
@@ -619,6 +692,38 @@ mod tests {
         assert_eq!(s.codec.method, Method::Zstd);
         assert_eq!(s.upload_concurrency, 4);
         assert!(s.prevent_wal_overwrite, "overwrite protection is on by default");
+    }
+
+    #[test]
+    fn s3_server_side_encryption_and_storage_class_follow_walg() {
+        let base = [("WALG_S3_PREFIX", "s3://b/p")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let pairs: Vec<(&str, &str)> = base.iter().chain(extra).copied().collect();
+            load(None, &env_of(&pairs))
+        };
+        let s =
+            with(&[("WALG_S3_SSE", "aws:kms"), ("WALG_S3_SSE_KMS_ID", "k1"), ("WALG_S3_STORAGE_CLASS", "STANDARD_IA")])
+                .expect("valid");
+        match s.storage {
+            StorageSpec::S3 { sse, storage_class, .. } => {
+                assert_eq!(sse, Some(Sse::Kms { dsse: false, key_id: Some("k1".into()) }));
+                assert_eq!(storage_class.as_deref(), Some("STANDARD_IA"));
+            }
+            other => panic!("not s3: {other:?}"),
+        }
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; // 32 bytes
+        assert!(with(&[("S3_SSE_C", key)]).is_ok(), "WAL-G's short alias");
+        for (bad, names) in [
+            (vec![("WALG_S3_SSE", "false")], "WALG_S3_SSE (false): must be AES256"),
+            (vec![("WALG_S3_SSE_KMS_ID", "k1")], "WALG_S3_SSE_KMS_ID (k1): is used only with"),
+            (vec![("WALG_S3_SSE_C", "c2hvcnQ=")], "WALG_S3_SSE_C ((hidden)): must be a 256-bit key"),
+            (vec![("WALG_S3_SSE", "AES256"), ("WALG_S3_SSE_C", key)], "cannot be combined"),
+            (vec![("WALG_S3_STORAGE_CLASS", "glacier")], "WALG_S3_STORAGE_CLASS (glacier)"),
+        ] {
+            let p = problems(with(&bad).expect_err("refused"));
+            assert!(p.iter().any(|l| l.contains(names)), "{bad:?}: {p:?}");
+            assert!(!p.iter().any(|l| l.contains(key)), "the customer key is never echoed: {p:?}");
+        }
     }
 
     #[test]
