@@ -244,13 +244,13 @@ if want backup; then
       # Every tool starts cold: written data flushed, the page cache emptied, so no tool
       # reads what the one before it left in memory.
       sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || label="$label (page cache NOT dropped)"
-      if ! /usr/bin/time -o "$W/time" -f '%e %M' su postgres -s /bin/bash -c "$*" >/dev/null 2>"$W/err"; then
+      if ! /usr/bin/time -o "$W/time" -f '%e %M %P' su postgres -s /bin/bash -c "$*" >/dev/null 2>"$W/err"; then
         report "$label" "FAILED: $(tail -1 "$W/err" | cut -c1-200)"
         return 0
       fi
-      local out; out=$(tail -1 "$W/time")
-      local secs=${out% *} kb=${out#* }
-      report "$label" "$(printf '%.1f s, %.0f MB/s, peak RSS %.0f MB' "$secs" "$(echo "$mb / $secs" | bc -l)" "$(echo "$kb / 1024" | bc -l)")"
+      local secs kb cpu; read -r secs kb cpu < <(tail -1 "$W/time")
+      # cpu: the tool's user+system time over wall time (200% = both cores busy).
+      report "$label" "$(printf '%.1f s, %.0f MB/s, peak RSS %.0f MB, cpu %s' "$secs" "$(echo "$mb / $secs" | bc -l)" "$(echo "$kb / 1024" | bc -l)" "$cpu")"
     }
     for method in lz4 zstd; do
       pbext=$([ $method = zstd ] && echo zst || echo lz4)
