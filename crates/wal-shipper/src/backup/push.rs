@@ -38,6 +38,8 @@ use crate::walname::{DEFAULT_SEGMENT_SIZE, Lsn, Segment};
 const PART_SIZE: usize = 5 * 1024 * 1024;
 /// Bytes per read from a data file.
 const READ_BUFFER: usize = 512 * 1024;
+/// How far ahead of the reader the kernel is asked to read a data file.
+const READ_AHEAD: u64 = 32 * 1024 * 1024;
 /// Bytes per chunk handed from the tar thread to the uploader.
 const CHUNK: usize = 1024 * 1024;
 
@@ -156,6 +158,37 @@ struct Exactly<'a> {
     left: u64,
     counter: Arc<AtomicU64>,
     verifier: Option<&'a mut Verifier>,
+    /// Bytes read so far, and how far the kernel has been asked to read ahead.
+    pos: u64,
+    advised: u64,
+}
+
+impl<'a> Exactly<'a> {
+    fn new(
+        inner: Option<io::BufReader<io::Take<std::fs::File>>>,
+        size: u64,
+        counter: Arc<AtomicU64>,
+        verifier: Option<&'a mut Verifier>,
+    ) -> Self {
+        Exactly { inner, left: size, counter, verifier, pos: 0, advised: 0 }
+    }
+
+    /// Keeps the kernel reading [`READ_AHEAD`] beyond what we have read, so the disk works
+    /// while this thread compresses (WAL-G's separate disk readers, without the threads).
+    fn read_ahead(&mut self) {
+        let Some(f) = &self.inner else { return };
+        if self.pos + READ_AHEAD / 2 < self.advised {
+            return;
+        }
+        let from = self.advised.max(self.pos);
+        let _ = nix::fcntl::posix_fadvise(
+            f.get_ref().get_ref(),
+            from as i64,
+            READ_AHEAD as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+        self.advised = from + READ_AHEAD;
+    }
 }
 
 impl Read for Exactly<'_> {
@@ -164,6 +197,7 @@ impl Read for Exactly<'_> {
             return Ok(0);
         }
         let want = buf.len().min(self.left as usize);
+        self.read_ahead();
         let n = match &mut self.inner {
             Some(f) => f.read(&mut buf[..want])?,
             None => 0,
@@ -179,6 +213,7 @@ impl Read for Exactly<'_> {
             n
         };
         self.left -= n as u64;
+        self.pos += n as u64;
         self.counter.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -268,7 +303,7 @@ fn write_tar(
                     Some((f, v)) => (Some(f), v),
                     None => (None, None),
                 };
-                let r = Exactly { inner, left: it.size, counter: counter.clone(), verifier: v };
+                let r = Exactly::new(inner, it.size, counter.clone(), v);
                 b.append_data(&mut h, &it.rel, r).with_context(|| format!("tar {}", it.rel))?;
             }
         }
