@@ -88,8 +88,11 @@ pub struct Opts {
     pub etcd_secure: bool,
     /// etcd's `--lease-checkpoint` experiment (see `EtcdOptions`).
     pub etcd_lease_checkpoint: bool,
-    /// Config text appended at the end (whole sections).
+    /// Config text appended at the end: first lines of `[bootstrap.dcs.postgresql.parameters]`,
+    /// then whole sections.
     pub extra: String,
+    /// Extra lines of the `[postgresql]` section.
+    pub postgresql: String,
 }
 
 impl Default for Opts {
@@ -110,6 +113,7 @@ impl Default for Opts {
             etcd_secure: false,
             etcd_lease_checkpoint: false,
             extra: String::new(),
+            postgresql: String::new(),
         }
     }
 }
@@ -258,6 +262,7 @@ log_file = "{log}"
 use_pg_rewind = true
 remove_data_directory_on_rewind_failure = {reinit}
 start_timeout = "20s"
+{postgresql}
 pg_hba = ["local all all trust", "local replication all trust", "host all all 10.250.0.0/24 trust", "host replication all 10.250.0.0/24 trust"]
 [postgresql.parameters]
 fsync = "off"
@@ -283,6 +288,7 @@ maximum_lag_on_failover = 16777216
             watchdog = watchdog,
             etcd_secure = etcd_secure,
             extra = o.extra,
+            postgresql = o.postgresql,
             subnet = subnet,
             reinit = o.reinit_on_rewind_failure,
         )

@@ -155,6 +155,15 @@ pub struct RawPostgresql {
     /// How long a start may take before it counts as failed.
     #[serde(default, with = "humantime_serde::option")]
     pub start_timeout: Option<Duration>,
+    /// Patroni's `create_replica_methods`: tried in order when a replica is made
+    /// (default `["basebackup"]`). Every name but `basebackup` has a table of its own.
+    pub create_replica_methods: Option<Vec<String>>,
+    /// Patroni's `recovery_conf` (PostgreSQL 12+: parameters, e.g. `restore_command`).
+    #[serde(default)]
+    pub recovery_conf: toml::Table,
+    /// The tables of the replica methods (`[postgresql.wal_shipper]`, ...), by name.
+    #[serde(flatten)]
+    pub methods: toml::Table,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -235,6 +244,20 @@ pub struct PgConfig {
     /// Local `postgresql.parameters`; they win over the cluster's.
     pub parameters: Vec<(String, String)>,
     pub start_timeout: Duration,
+    /// How a replica is made, in order of preference.
+    pub create_replica_methods: Vec<ReplicaMethod>,
+}
+
+/// One way to make a replica (Patroni's `create_replica_methods`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaMethod {
+    /// pg_basebackup from the leader.
+    Basebackup,
+    /// A command run as the PostgreSQL user, as Patroni runs one: `command` split like a
+    /// shell, then `--scope=S --datadir=D --role=replica --connstring=C`, then the method's
+    /// other keys as `--key=value` (unless `no_params`). Exit 0 means the data directory holds
+    /// a restorable copy; ha-agent then writes the replica's configuration and starts it.
+    Command { name: String, argv: Vec<String>, params: Vec<(String, String)>, no_params: bool, keep_data: bool },
 }
 
 /// The validated `[restapi]` settings beyond the addresses.
@@ -387,6 +410,19 @@ impl RawConfig {
                 None => p.push(format!("postgresql.parameters.{k}"), v, "must be a string, number or boolean"),
             }
         }
+        for (k, v) in &pg.recovery_conf {
+            let key = format!("postgresql.recovery_conf.{k}");
+            if let Some(why) = crate::core::refused_parameter(k) {
+                p.push_key(key, format!("is refused: {why}"));
+                continue;
+            }
+            match setting(v) {
+                // PostgreSQL 12+ reads recovery settings as parameters.
+                Some(s) => parameters.push((k.clone(), s)),
+                None => p.push(key, v, "must be a string, number or boolean"),
+            }
+        }
+        let create_replica_methods = replica_methods(pg, p);
         let start_timeout = pg.start_timeout.unwrap_or(Duration::from_secs(60));
         p.check(
             start_timeout >= timings.loop_wait,
@@ -411,8 +447,72 @@ impl RawConfig {
             pg_hba: pg.pg_hba.clone().unwrap_or_else(|| DEFAULT_PG_HBA.iter().map(|s| (*s).to_owned()).collect()),
             parameters,
             start_timeout,
+            create_replica_methods,
         }
     }
+}
+
+/// Validates `create_replica_methods` and the tables they name.
+fn replica_methods(pg: &RawPostgresql, p: &mut Problems) -> Vec<ReplicaMethod> {
+    let names = pg.create_replica_methods.clone().unwrap_or_else(|| vec!["basebackup".into()]);
+    if names.is_empty() {
+        p.push_key("postgresql.create_replica_methods", "must name at least one method (basebackup is the default)");
+    }
+    // The flattened tables hold every other key of [postgresql]: a key that names no method is
+    // a typo, refused as serde refuses unknown keys elsewhere.
+    for k in pg.methods.keys().filter(|k| !names.contains(k)) {
+        p.push_key(
+            format!("postgresql.{k}"),
+            "unknown key (a replica method's table must be named in postgresql.create_replica_methods)",
+        );
+    }
+    let mut out = Vec::new();
+    for name in names {
+        if name == "basebackup" {
+            out.push(ReplicaMethod::Basebackup);
+            continue;
+        }
+        let key = format!("postgresql.{name}");
+        let Some(toml::Value::Table(t)) = pg.methods.get(&name) else {
+            p.push_key(
+                &key,
+                format!("is named in postgresql.create_replica_methods but has no [{key}] table with a command"),
+            );
+            continue;
+        };
+        let argv = match t.get("command") {
+            Some(toml::Value::String(c)) => match shlex::split(c) {
+                Some(a) if !a.is_empty() => a,
+                _ => {
+                    p.push(format!("{key}.command"), c, "must be a command line (quotes balanced)");
+                    continue;
+                }
+            },
+            _ => {
+                p.push_key(format!("{key}.command"), "must be set: the command that makes the replica");
+                continue;
+            }
+        };
+        let flag = |k: &str| matches!(t.get(k), Some(toml::Value::Boolean(true)) | Some(toml::Value::Integer(1)));
+        let mut params = Vec::new();
+        for (k, v) in t {
+            if ["command", "no_params", "keep_data"].contains(&k.as_str()) {
+                continue;
+            }
+            match setting(v) {
+                Some(s) => params.push((k.clone(), s)),
+                None => p.push(format!("{key}.{k}"), v, "must be a string, number or boolean"),
+            }
+        }
+        out.push(ReplicaMethod::Command {
+            name,
+            argv,
+            params,
+            no_params: flag("no_params"),
+            keep_data: flag("keep_data"),
+        });
+    }
+    out
 }
 
 /// The host of `scheme://host:port` or `host:port`.
@@ -845,6 +945,47 @@ listen = "10.0.0.1:5432"
     fn load(text: &str) -> Result<Config, Vec<String>> {
         let raw: RawConfig = parse_toml("t.toml", text).map_err(|e| vec![e.to_string()])?;
         raw.validate().map_err(|ps| ps.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn replica_methods_and_recovery_conf_read_as_patroni_names_them() {
+        let c = load(&format!(
+            "{BASE}create_replica_methods = [\"wal_shipper\", \"basebackup\"]\n\
+             [postgresql.wal_shipper]\ncommand = \"wal-shipper --config '/etc/o r/w.toml' create-replica\"\nno_leader = 1\n\
+             [postgresql.recovery_conf]\nrestore_command = \"wal-shipper wal-fetch %f %p\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.postgresql.create_replica_methods,
+            vec![
+                ReplicaMethod::Command {
+                    name: "wal_shipper".into(),
+                    argv: vec![
+                        "wal-shipper".into(),
+                        "--config".into(),
+                        "/etc/o r/w.toml".into(),
+                        "create-replica".into()
+                    ],
+                    params: vec![("no_leader".into(), "1".into())],
+                    no_params: false,
+                    keep_data: false,
+                },
+                ReplicaMethod::Basebackup,
+            ]
+        );
+        assert!(
+            c.postgresql.parameters.contains(&("restore_command".into(), "wal-shipper wal-fetch %f %p".into())),
+            "{:?}",
+            c.postgresql.parameters
+        );
+        assert_eq!(load(BASE).expect("valid").postgresql.create_replica_methods, vec![ReplicaMethod::Basebackup]);
+        let missing = load(&format!("{BASE}create_replica_methods = [\"wal_g\"]\n")).expect_err("no table");
+        assert!(missing.iter().any(|p| p.contains("postgresql.wal_g")), "{missing:?}");
+        let bad = load(&format!("{BASE}create_replica_methods = [\"x\"]\n[postgresql.x]\ncommand = \"a 'b\"\n"))
+            .expect_err("unbalanced quotes");
+        assert!(bad.iter().any(|p| p.contains("postgresql.x.command")), "{bad:?}");
+        let typo = load(&format!("{BASE}use_pg_rewnd = true\n")).expect_err("unknown key");
+        assert!(typo.iter().any(|p| p.contains("postgresql.use_pg_rewnd") && p.contains("unknown key")), "{typo:?}");
     }
 
     #[test]

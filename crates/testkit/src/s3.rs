@@ -37,12 +37,22 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    /// SeaweedFS (`weed mini`) with `bucket` created, data under the host's test folder.
+    /// SeaweedFS (`weed mini`) with `bucket` created, data under the host's test folder,
+    /// reachable on the host's loopback only.
     pub fn seaweedfs(host: &Host, bucket: &str) -> anyhow::Result<S3Server> {
+        Self::seaweedfs_on(host, bucket, "127.0.0.1")
+    }
+
+    /// SeaweedFS reachable by every host of the test network: on `host`'s own address.
+    pub fn seaweedfs_shared(host: &Host, bucket: &str) -> anyhow::Result<S3Server> {
+        Self::seaweedfs_on(host, bucket, &host.ip().to_string())
+    }
+
+    fn seaweedfs_on(host: &Host, bucket: &str, ip: &str) -> anyhow::Result<S3Server> {
         let dir = host.dir().sub("seaweedfs")?;
         let mut s = S3Server {
             kind: S3Kind::SeaweedFs,
-            endpoint: "http://127.0.0.1:8333".into(),
+            endpoint: format!("http://{ip}:8333"),
             bucket: bucket.into(),
             dir,
             proc: None,
@@ -75,9 +85,10 @@ impl S3Server {
                 // each other's. Each one gets a private /tmp in a mount namespace of its own.
                 // Its binary and data folder may themselves be under /tmp (a checkout there),
                 // so both are opened first and reached through those descriptors afterwards.
+                let ip = self.endpoint.trim_start_matches("http://").trim_end_matches(":8333");
                 let weed = format!(
                     "exec 3<{} 4<{} && mount -t tmpfs -o size=2g tmpfs /tmp && \
-                     exec /proc/self/fd/3/weed mini -dir=/proc/self/fd/4 -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false",
+                     exec /proc/self/fd/3/weed mini -dir=/proc/self/fd/4 -ip={ip} -ip.bind={ip} -master.telemetry=false",
                     bin.display(),
                     self.dir.display()
                 );

@@ -56,6 +56,25 @@ pub enum Command {
     },
     /// Restore a base backup into an empty folder: `backup-fetch DEST NAME|LATEST`.
     BackupFetch { dest: PathBuf, name: String },
+    /// A replica method for ha-agent's or Patroni's `create_replica_methods`: restores a
+    /// backup (LATEST by default) into `--datadir`; the caller then configures and starts the
+    /// replica, which replays the archive and streams. Patroni's other arguments (`--scope`,
+    /// `--role`, `--connstring`, the method's own `--key=value`) are accepted and ignored.
+    CreateReplica {
+        #[arg(long)]
+        datadir: PathBuf,
+        /// The backup to restore.
+        #[arg(long, default_value = "LATEST")]
+        backup: String,
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        connstring: Option<String>,
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true, hide = true)]
+        rest: Vec<String>,
+    },
     /// List the backups (only basebackups_005/ is read, never the WAL folder).
     BackupList {
         #[arg(long)]
@@ -179,6 +198,10 @@ async fn run(command: Command, s: Settings) -> ExitCode {
         }
         Command::BackupFetch { dest, name } => {
             done(crate::backup::fetch::fetch(&store, &s, &dest, &name).await.map(drop))
+        }
+        Command::CreateReplica { datadir, backup, scope, role, connstring: _, rest } => {
+            tracing::info!(datadir = %datadir.display(), backup = %backup, scope = ?scope, role = ?role, ignored = ?rest, "creating a replica from the archive");
+            done(crate::backup::fetch::fetch(&store, &s, &datadir, &backup).await.map(drop))
         }
         Command::BackupList { json, detail, pretty: _ } => {
             done(crate::report::backup_list(&store, &s, json, detail).await)

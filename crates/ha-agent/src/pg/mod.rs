@@ -699,6 +699,52 @@ impl Postgres {
         r.map(drop).map_err(Into::into)
     }
 
+    /// A new replica by a configured command, called as Patroni calls one:
+    /// `argv... --scope=S --datadir=D --role=replica --connstring=C [--key=value...]`, as the
+    /// PostgreSQL user. A failed attempt leaves no data behind (unless `keep_data`).
+    pub async fn replica_by_command(
+        &self,
+        method: &crate::config::ReplicaMethod,
+        scope: &str,
+        upstream: Option<(&str, u16)>,
+    ) -> anyhow::Result<()> {
+        let crate::config::ReplicaMethod::Command { name, argv, params, no_params, keep_data } = method else {
+            bail!("not a command method");
+        };
+        if !keep_data {
+            self.prepare_empty_data_dir()?;
+        }
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]).env("LC_ALL", "C").stdin(Stdio::null()).kill_on_drop(true);
+        if let Some(ids) = self.ids {
+            c.uid(ids.uid).gid(ids.gid);
+            c.env("HOME", self.cfg.data_dir.parent().unwrap_or(Path::new("/tmp")));
+        }
+        if !no_params {
+            let u = &self.cfg.replication;
+            let conn = match upstream {
+                Some((host, port)) => format!(
+                    "host={} port={port} user={} dbname=postgres",
+                    text::conninfo_quote(host),
+                    text::conninfo_quote(&u.username)
+                ),
+                None => String::new(),
+            };
+            c.arg(format!("--scope={scope}"))
+                .arg(format!("--datadir={}", self.cfg.data_dir.display()))
+                .arg("--role=replica")
+                .arg(format!("--connstring={conn}"));
+            for (k, v) in params {
+                c.arg(format!("--{k}={v}"));
+            }
+        }
+        let r = self.run(&format!("create_replica_methods {name}"), c, Duration::from_secs(3600)).await;
+        if r.is_err() && !keep_data {
+            let _ = self.remove_data();
+        }
+        r.map(drop).map_err(Into::into)
+    }
+
     /// Whether `host:port` accepts a connection as the superuser (within 2 s).
     async fn reachable(&self, host: &str, port: u16) -> bool {
         let su = &self.cfg.superuser;

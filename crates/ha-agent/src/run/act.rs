@@ -8,6 +8,7 @@ use anyhow::Context;
 use outrigger_schema::{ConfigValue, HistoryEntry, StatusValue};
 
 use super::{Agent, PROMOTING, Read, wall_ms};
+use crate::config::ReplicaMethod;
 use crate::core::schedule::format_rfc3339_ms;
 use crate::core::{ClusterState, ClusterView, Decision, LeaderKey, Outcome, PgView, RunningPg};
 use crate::pg::StopMode;
@@ -49,6 +50,33 @@ impl Agent {
         tracing::error!(error = format!("{e:#}"), "PostgreSQL did not start");
     }
 
+    /// Makes this member a replica's data directory by `create_replica_methods`, in order: the
+    /// first that succeeds wins; a failed one is logged and leaves nothing behind.
+    async fn create_replica(&mut self, host: &str, port: u16) -> anyhow::Result<()> {
+        let methods = self.cfg.postgresql.create_replica_methods.clone();
+        let scope = self.dcs.layout().scope().to_owned();
+        let mut failures = Vec::new();
+        for m in &methods {
+            let (name, r) = match m {
+                ReplicaMethod::Basebackup => ("basebackup", self.pg.basebackup(host, port).await),
+                ReplicaMethod::Command { name, .. } => {
+                    (name.as_str(), self.pg.replica_by_command(m, &scope, Some((host, port))).await)
+                }
+            };
+            match r {
+                Ok(()) => {
+                    tracing::info!(method = name, "replica created");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(method = name, error = %format!("{e:#}"), "replica method failed; trying the next");
+                    failures.push(format!("{name}: {e:#}"));
+                }
+            }
+        }
+        anyhow::bail!("every replica method failed: {}", failures.join("; "))
+    }
+
     /// The lease is trusted now (checked right before a step that makes a primary).
     fn lease_trusted_now(&self) -> bool {
         self.lease.view().trusted(self.clock.now(), &self.settings.timings)
@@ -75,7 +103,7 @@ impl Agent {
             Decision::Clone { from } => {
                 let src = self.upstream_of(read, from).with_context(|| format!("no conn_url for {from}"))?;
                 self.announce(read, pg, "creating replica").await;
-                self.pg.basebackup(&src.host, src.port).await?;
+                self.create_replica(&src.host, src.port).await?;
                 let leader = read.and_then(|r| r.view.leader.as_ref()).map(|l| l.name.clone());
                 let up = leader.as_deref().and_then(|l| self.upstream_of(read, l));
                 self.pg.write_config(&self.dyn_config.parameters, true, up.as_ref(), self.wal_log_hints())?;

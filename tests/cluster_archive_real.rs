@@ -1,0 +1,104 @@
+//! Backups in the cluster (issue 13) with real etcd, PostgreSQL and SeaweedFS on 3 hosts
+//! (`ha_agent_harness.rs`): every member archives with wal-shipper to one S3 server, and
+//! ha-agent makes replicas from the archive with Patroni's `create_replica_methods`.
+
+#[path = "ha_agent_harness.rs"]
+mod harness;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{Cluster, Opts, PG_PORT};
+use outrigger_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use outrigger_testkit::{Postgres, SUBNET_PREFIX, bin};
+
+const UP: Duration = Duration::from_secs(90);
+
+/// wal-shipper's config, shared by every member: the S3 server runs on host 1.
+fn shipper_config(dir: &Path) -> PathBuf {
+    let text = format!(
+        "s3_prefix = \"s3://backups/cluster\"\naws_endpoint = \"http://{SUBNET_PREFIX}.1:8333\"\n\
+         aws_s3_force_path_style = true\naws_region = \"us-east-1\"\naws_access_key_id = \"{ACCESS_KEY}\"\n\
+         aws_secret_access_key = \"{SECRET_KEY}\"\nupload_concurrency = 2\ndownload_concurrency = 2\n"
+    );
+    let path = dir.join("wal-shipper.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    path
+}
+
+/// Every member archives with wal-shipper and replays from the archive; replicas are made
+/// from the archive first, by pg_basebackup when there is no backup yet.
+fn archiving_opts(shipper: &str) -> Opts {
+    Opts {
+        agents: 0,
+        postgresql: "create_replica_methods = [\"wal_shipper\", \"basebackup\"]\n".into(),
+        extra: format!(
+            "archive_mode = \"on\"\narchive_command = \"{shipper} wal-push %p\"\nlog_replication_commands = \"on\"\n\
+             [postgresql.wal_shipper]\ncommand = \"{shipper} create-replica\"\nno_leader = 1\n\
+             [postgresql.recovery_conf]\nrestore_command = \"{shipper} wal-fetch %f %p\"\n"
+        ),
+        ..Opts::default()
+    }
+}
+
+/// How many base backups a member's PostgreSQL has served (its log, with
+/// `log_replication_commands`).
+fn base_backups_served(c: &Cluster, i: usize) -> usize {
+    let log = std::fs::read_to_string(c.net.dir().log(&format!("pg-n{i}"))).unwrap_or_default();
+    log.lines().filter(|l| l.contains("replication command: BASE_BACKUP")).count()
+}
+
+/// Runs wal-shipper on host `i` as the postgres user; returns (exit code, stderr).
+fn shipper_on(c: &Cluster, i: usize, cfg: &Path, args: &[&str]) -> (i32, String) {
+    let (uid, gid) = Postgres::os_user().unwrap();
+    let err = c.net.dir().path().join(format!("shipper-n{i}-{}.err", args[0]));
+    let mut cmd = Command::new(bin::daemon("wal-shipper"));
+    cmd.arg("--config").arg(cfg).args(args).uid(uid).gid(gid).current_dir("/tmp");
+    cmd.env("PGHOST", c.socket_dir(i)).env("PGPORT", PG_PORT.to_string()).env("PGUSER", "postgres");
+    cmd.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&err).unwrap());
+    let code = c.net.host(i).enter(move || cmd.status().map(|s| s.code().unwrap_or(-1))).unwrap().unwrap();
+    (code, std::fs::read_to_string(&err).unwrap_or_default())
+}
+
+#[test]
+fn a_new_replica_is_made_from_the_archive_not_from_the_primary_and_streams() -> anyhow::Result<()> {
+    let cfg_dir = tempfile::Builder::new().prefix("otk-walship-").tempdir_in("/tmp")?;
+    std::fs::set_permissions(cfg_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let cfg = shipper_config(cfg_dir.path());
+    let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
+    let mut c = Cluster::start("cluster_replica_from_archive", archiving_opts(&shipper))?;
+    let _s3 = S3Server::seaweedfs_shared(c.net.host(1), "backups")?;
+    c.start_agent(1)?;
+    let p = c.wait_primary(UP, &[])?;
+    anyhow::ensure!(p == 1, "the only agent bootstraps");
+
+    // No backup yet: wal_shipper fails, and the next method (pg_basebackup) makes n2.
+    c.start_agent(2)?;
+    c.wait_streaming(p, &[2], UP)?;
+    anyhow::ensure!(base_backups_served(&c, p) == 1, "n2 came from pg_basebackup");
+
+    c.sql(
+        p,
+        "create table t (id int primary key, v text); insert into t select g, 'before' from generate_series(1, 1000) g",
+    )?;
+    let (code, err) = shipper_on(&c, p, &cfg, &["backup-push", &c.data_dir(p).display().to_string()]);
+    anyhow::ensure!(code == 0, "backup-push: {err}");
+    c.sql(p, "insert into t select g, 'after' from generate_series(1001, 2000) g")?;
+
+    // n3 is made from the archive: the latest backup plus WAL, then it streams.
+    c.start_agent(3)?;
+    c.wait_streaming(p, &[3], UP)?;
+    outrigger_testkit::wait_ok(Duration::from_secs(30), "every row to reach n3", || {
+        anyhow::ensure!(c.sql(3, "select count(*) from t")? == "2000");
+        Ok(())
+    })?;
+    anyhow::ensure!(base_backups_served(&c, p) == 1, "the primary served no base backup to n3");
+    let restore = c.sql(3, "show restore_command")?;
+    anyhow::ensure!(restore.contains("wal-fetch %f %p"), "n3 replays from the archive: {restore:?}");
+    let slots = c.sql(p, "select count(*) from pg_replication_slots where active")?;
+    anyhow::ensure!(slots == "2", "both replicas stream through their slots: {slots}");
+    Ok(())
+}
