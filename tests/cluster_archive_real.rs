@@ -33,6 +33,8 @@ fn shipper_config(dir: &Path) -> PathBuf {
 /// from the archive first, by pg_basebackup when there is no backup yet.
 fn archiving_opts(shipper: &str) -> Opts {
     Opts {
+        // Asynchronous: a primary alone (or with its replica away) takes writes.
+        sync: false,
         agents: 0,
         postgresql: "create_replica_methods = [\"wal_shipper\", \"basebackup\"]\n".into(),
         extra: format!(
@@ -100,5 +102,67 @@ fn a_new_replica_is_made_from_the_archive_not_from_the_primary_and_streams() -> 
     anyhow::ensure!(restore.contains("wal-fetch %f %p"), "n3 replays from the archive: {restore:?}");
     let slots = c.sql(p, "select count(*) from pg_replication_slots where active")?;
     anyhow::ensure!(slots == "2", "both replicas stream through their slots: {slots}");
+    Ok(())
+}
+
+#[test]
+fn a_replica_behind_the_primarys_recycled_wal_catches_up_from_the_archive_without_a_new_copy() -> anyhow::Result<()> {
+    let cfg_dir = tempfile::Builder::new().prefix("otk-walship-").tempdir_in("/tmp")?;
+    std::fs::set_permissions(cfg_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let cfg = shipper_config(cfg_dir.path());
+    let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
+    let mut c = Cluster::start("cluster_replica_catches_up_from_archive", archiving_opts(&shipper))?;
+    let _s3 = S3Server::seaweedfs_shared(c.net.host(1), "backups")?;
+    c.start_agent(1)?;
+    let p = c.wait_primary(UP, &[])?;
+    outrigger_testkit::wait_ok(Duration::from_secs(30), "the new primary to take writes", || {
+        c.sql(
+            p,
+            "create table if not exists t (id int primary key, v text);
+             insert into t select g, 'one' from generate_series(1, 1000) g on conflict do nothing",
+        )
+        .map(drop)
+    })?;
+    let (code, err) = shipper_on(&c, p, &cfg, &["backup-push", &c.data_dir(p).display().to_string()]);
+    anyhow::ensure!(code == 0, "backup-push: {err}");
+    c.start_agent(3)?;
+    c.wait_streaming(p, &[3], UP)?;
+    // A file of our own in n3's data directory: a new copy would not have it.
+    let marker = c.data_dir(3).join("outrigger-test-marker");
+    std::fs::write(&marker, b"n3")?;
+
+    // n3 goes away, long enough for its slot to go (Patroni's member_slots_ttl, 30 minutes,
+    // stood in for by dropping the slot once n3's member key is gone), and the WAL it would
+    // need is archived and recycled on the primary.
+    c.kill_agent(3)?;
+    c.kill_postgres(3);
+    outrigger_testkit::wait_ok(Duration::from_secs(60), "n3's slot to be free and then dropped", || {
+        let key = c.etcd_get("members/n3").unwrap_or_default();
+        anyhow::ensure!(key.is_empty(), "n3's member key is still there");
+        c.sql(p, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = 'n3' and not active")?;
+        anyhow::ensure!(c.sql(p, "select count(*) from pg_replication_slots where slot_name = 'n3'")? == "0");
+        Ok(())
+    })?;
+    let needed = c.sql(p, "select pg_walfile_name(pg_current_wal_lsn())")?;
+    outrigger_testkit::wait_ok(Duration::from_secs(120), "the primary to recycle the segment n3 needs", || {
+        c.sql(p, "insert into t select g, 'two' from generate_series((select max(id) + 1 from t), (select max(id) + 20000 from t)) g")?;
+        c.sql(p, "select pg_switch_wal()")?;
+        c.sql(p, "checkpoint")?;
+        anyhow::ensure!(!c.data_dir(p).join("pg_wal").join(&needed).exists(), "{needed} still in pg_wal");
+        Ok(())
+    })?;
+    let rows = c.sql(p, "select count(*) from t")?;
+
+    c.start_agent(3)?;
+    c.wait_streaming(p, &[3], UP)?;
+    outrigger_testkit::wait_ok(Duration::from_secs(60), "n3 to hold every row", || {
+        anyhow::ensure!(c.sql(3, "select count(*) from t")? == rows);
+        Ok(())
+    })?;
+    anyhow::ensure!(marker.exists(), "n3 kept its data directory: it was not copied again");
+    anyhow::ensure!(base_backups_served(&c, p) == 0, "the primary served no base backup");
+    let log = std::fs::read_to_string(c.net.dir().log("pg-n3")).unwrap_or_default();
+    let restored = log.lines().filter(|l| l.contains("restored log file") && l.contains(&needed)).count();
+    anyhow::ensure!(restored > 0, "n3 replayed {needed} from the archive");
     Ok(())
 }
