@@ -65,15 +65,28 @@ fn shipper_on(c: &Cluster, i: usize, cfg: &Path, args: &[&str]) -> (i32, String)
     (code, std::fs::read_to_string(&err).unwrap_or_default())
 }
 
-#[test]
-fn a_new_replica_is_made_from_the_archive_not_from_the_primary_and_streams() -> anyhow::Result<()> {
+/// A cluster whose members archive to SeaweedFS on host 1, with only n1's agent started.
+struct Rig {
+    c: Cluster,
+    cfg: PathBuf,
+    _s3: S3Server,
+    _cfg_dir: tempfile::TempDir,
+}
+
+fn rig(test: &str) -> anyhow::Result<Rig> {
     let cfg_dir = tempfile::Builder::new().prefix("otk-walship-").tempdir_in("/tmp")?;
     std::fs::set_permissions(cfg_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let cfg = shipper_config(cfg_dir.path());
     let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
-    let mut c = Cluster::start("cluster_replica_from_archive", archiving_opts(&shipper))?;
-    let _s3 = S3Server::seaweedfs_shared(c.net.host(1), "backups")?;
+    let mut c = Cluster::start(test, archiving_opts(&shipper))?;
+    let s3 = S3Server::seaweedfs_shared(c.net.host(1), "backups")?;
     c.start_agent(1)?;
+    Ok(Rig { c, cfg, _s3: s3, _cfg_dir: cfg_dir })
+}
+
+#[test]
+fn a_new_replica_is_made_from_the_archive_not_from_the_primary_and_streams() -> anyhow::Result<()> {
+    let Rig { mut c, cfg, _s3, _cfg_dir } = rig("cluster_replica_from_archive")?;
     let p = c.wait_primary(UP, &[])?;
     anyhow::ensure!(p == 1, "the only agent bootstraps");
 
@@ -107,13 +120,7 @@ fn a_new_replica_is_made_from_the_archive_not_from_the_primary_and_streams() -> 
 
 #[test]
 fn a_replica_behind_the_primarys_recycled_wal_catches_up_from_the_archive_without_a_new_copy() -> anyhow::Result<()> {
-    let cfg_dir = tempfile::Builder::new().prefix("otk-walship-").tempdir_in("/tmp")?;
-    std::fs::set_permissions(cfg_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let cfg = shipper_config(cfg_dir.path());
-    let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
-    let mut c = Cluster::start("cluster_replica_catches_up_from_archive", archiving_opts(&shipper))?;
-    let _s3 = S3Server::seaweedfs_shared(c.net.host(1), "backups")?;
-    c.start_agent(1)?;
+    let Rig { mut c, cfg, _s3, _cfg_dir } = rig("cluster_replica_catches_up_from_archive")?;
     let p = c.wait_primary(UP, &[])?;
     outrigger_testkit::wait_ok(Duration::from_secs(30), "the new primary to take writes", || {
         c.sql(
