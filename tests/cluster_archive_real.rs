@@ -31,10 +31,10 @@ fn shipper_config(dir: &Path) -> PathBuf {
 
 /// Every member archives with wal-shipper and replays from the archive; replicas are made
 /// from the archive first, by pg_basebackup when there is no backup yet.
-fn archiving_opts(shipper: &str) -> Opts {
+fn archiving_opts(shipper: &str, sync: bool) -> Opts {
     Opts {
-        // Asynchronous: a primary alone (or with its replica away) takes writes.
-        sync: false,
+        // Asynchronous unless asked: a primary alone (or with its replica away) takes writes.
+        sync,
         agents: 0,
         postgresql: "create_replica_methods = [\"wal_shipper\", \"basebackup\"]\n".into(),
         extra: format!(
@@ -55,14 +55,21 @@ fn base_backups_served(c: &Cluster, i: usize) -> usize {
 
 /// Runs wal-shipper on host `i` as the postgres user; returns (exit code, stderr).
 fn shipper_on(c: &Cluster, i: usize, cfg: &Path, args: &[&str]) -> (i32, String) {
+    let (code, _, err) = shipper_out(c, i, cfg, args);
+    (code, err)
+}
+
+/// Runs wal-shipper on host `i` as the postgres user; returns (exit code, stdout, stderr).
+fn shipper_out(c: &Cluster, i: usize, cfg: &Path, args: &[&str]) -> (i32, String, String) {
     let (uid, gid) = Postgres::os_user().unwrap();
+    let out = c.net.dir().path().join(format!("shipper-n{i}-{}.out", args[0]));
     let err = c.net.dir().path().join(format!("shipper-n{i}-{}.err", args[0]));
     let mut cmd = Command::new(bin::daemon("wal-shipper"));
     cmd.arg("--config").arg(cfg).args(args).uid(uid).gid(gid).current_dir("/tmp");
     cmd.env("PGHOST", c.socket_dir(i)).env("PGPORT", PG_PORT.to_string()).env("PGUSER", "postgres");
-    cmd.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(&err).unwrap());
+    cmd.stdout(std::fs::File::create(&out).unwrap()).stderr(std::fs::File::create(&err).unwrap());
     let code = c.net.host(i).enter(move || cmd.status().map(|s| s.code().unwrap_or(-1))).unwrap().unwrap();
-    (code, std::fs::read_to_string(&err).unwrap_or_default())
+    (code, std::fs::read_to_string(&out).unwrap_or_default(), std::fs::read_to_string(&err).unwrap_or_default())
 }
 
 /// A cluster whose members archive to SeaweedFS on host 1, with only n1's agent started.
@@ -73,12 +80,12 @@ struct Rig {
     _cfg_dir: tempfile::TempDir,
 }
 
-fn rig(test: &str) -> anyhow::Result<Rig> {
+fn rig(test: &str, sync: bool) -> anyhow::Result<Rig> {
     let cfg_dir = tempfile::Builder::new().prefix("otk-walship-").tempdir_in("/tmp")?;
     std::fs::set_permissions(cfg_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let cfg = shipper_config(cfg_dir.path());
     let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
-    let mut c = Cluster::start(test, archiving_opts(&shipper))?;
+    let mut c = Cluster::start(test, archiving_opts(&shipper, sync))?;
     let s3 = S3Server::seaweedfs_shared(c.net.host(1), "backups")?;
     c.start_agent(1)?;
     Ok(Rig { c, cfg, _s3: s3, _cfg_dir: cfg_dir })
@@ -86,7 +93,7 @@ fn rig(test: &str) -> anyhow::Result<Rig> {
 
 #[test]
 fn a_new_replica_is_made_from_the_archive_not_from_the_primary_and_streams() -> anyhow::Result<()> {
-    let Rig { mut c, cfg, _s3, _cfg_dir } = rig("cluster_replica_from_archive")?;
+    let Rig { mut c, cfg, _s3, _cfg_dir } = rig("cluster_replica_from_archive", false)?;
     let p = c.wait_primary(UP, &[])?;
     anyhow::ensure!(p == 1, "the only agent bootstraps");
 
@@ -120,7 +127,7 @@ fn a_new_replica_is_made_from_the_archive_not_from_the_primary_and_streams() -> 
 
 #[test]
 fn a_replica_behind_the_primarys_recycled_wal_catches_up_from_the_archive_without_a_new_copy() -> anyhow::Result<()> {
-    let Rig { mut c, cfg, _s3, _cfg_dir } = rig("cluster_replica_catches_up_from_archive")?;
+    let Rig { mut c, cfg, _s3, _cfg_dir } = rig("cluster_replica_catches_up_from_archive", false)?;
     let p = c.wait_primary(UP, &[])?;
     outrigger_testkit::wait_ok(Duration::from_secs(30), "the new primary to take writes", || {
         c.sql(
@@ -171,5 +178,79 @@ fn a_replica_behind_the_primarys_recycled_wal_catches_up_from_the_archive_withou
     let log = std::fs::read_to_string(c.net.dir().log("pg-n3")).unwrap_or_default();
     let restored = log.lines().filter(|l| l.contains("restored log file") && l.contains(&needed)).count();
     anyhow::ensure!(restored > 0, "n3 replayed {needed} from the archive");
+    Ok(())
+}
+
+#[test]
+fn after_a_primary_crash_the_archive_has_no_gap_and_a_restore_to_just_before_it_holds_every_acknowledged_write()
+-> anyhow::Result<()> {
+    // Synchronous replication: an acknowledged write is on a replica when the primary dies.
+    let Rig { mut c, cfg, _s3, _cfg_dir } = rig("cluster_archive_failover", true)?;
+    let p = c.wait_primary(UP, &[])?;
+    c.start_agent(2)?;
+    c.start_agent(3)?;
+    c.wait_streaming(p, &[2, 3], UP)?;
+    c.sql(p, "create table acked (id bigint primary key)")?;
+    let (code, err) = shipper_on(&c, p, &cfg, &["backup-push", &c.data_dir(p).display().to_string()]);
+    anyhow::ensure!(code == 0, "backup-push: {err}");
+
+    let writer = harness::Writer::start(c.sockets());
+    outrigger_testkit::wait_ok(Duration::from_secs(30), "200 acknowledged writes", || {
+        anyhow::ensure!(writer.acks().len() >= 200);
+        Ok(())
+    })?;
+    let (fault, fault_wall) = (std::time::Instant::now(), chrono::Utc::now());
+    c.kill_agent(p)?;
+    c.kill_postgres(p);
+    let q = c.wait_primary(Duration::from_secs(60), &[p])?;
+    outrigger_testkit::wait_ok(Duration::from_secs(30), "writes acknowledged by the new primary", || {
+        anyhow::ensure!(writer.first_ack_elsewhere(fault, p).is_some());
+        Ok(())
+    })?;
+    let acks = writer.stop();
+    let missing = harness::lost(&c, q, &acks)?;
+    anyhow::ensure!(missing.is_empty(), "acknowledged writes missing on the new primary: {missing:?}");
+
+    // Everything the new primary wrote reaches the archive; no segment is missing on any timeline.
+    let last = c.sql(q, "select pg_walfile_name(pg_switch_wal())")?;
+    outrigger_testkit::wait_ok(Duration::from_secs(60), "the new primary to archive its last segment", || {
+        let done = c.sql(q, "select coalesce(last_archived_wal, '') from pg_stat_archiver")?;
+        anyhow::ensure!(done.as_str() >= last.as_str(), "archived up to {done:?}, want {last}");
+        Ok(())
+    })?;
+    let (code, out, err) = shipper_out(&c, q, &cfg, &["wal-verify", "integrity", "timeline", "--json"]);
+    anyhow::ensure!(code == 0, "wal-verify: {err}\n{out}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    anyhow::ensure!(v["integrity"]["status"] == "OK", "no gap in the archive: {out}");
+
+    // A point-in-time restore to the moment before the crash holds every write acknowledged
+    // before it, and none of the new primary's.
+    let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
+    let opts = outrigger_testkit::PgOptions {
+        port: 5499,
+        settings: vec![
+            ("restore_command".into(), format!("{shipper} wal-fetch %f %p")),
+            ("recovery_target_time".into(), fault_wall.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()),
+            ("recovery_target_action".into(), "promote".into()),
+        ],
+    };
+    let restored = Postgres::restored(c.net.host(q), "pitr", opts, |data| {
+        let (code, err) = shipper_on(&c, q, &cfg, &["backup-fetch", &data.display().to_string(), "LATEST"]);
+        anyhow::ensure!(code == 0, "backup-fetch: {err}");
+        std::fs::write(data.join("recovery.signal"), b"")?;
+        let (uid, gid) = Postgres::os_user()?;
+        nix::unistd::chown(&data.join("recovery.signal"), Some(uid.into()), Some(gid.into()))?;
+        Ok(())
+    })?;
+    outrigger_testkit::wait_ok(Duration::from_secs(90), "the restored server to reach its target", || {
+        anyhow::ensure!(restored.sql("select pg_is_in_recovery()")? == "f");
+        Ok(())
+    })?;
+    let have: std::collections::HashSet<i64> =
+        restored.sql("select id from acked")?.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let before: Vec<i64> = acks.iter().filter(|a| a.at < fault).map(|a| a.id).filter(|id| !have.contains(id)).collect();
+    anyhow::ensure!(before.is_empty(), "writes acknowledged before the crash missing from the restore: {before:?}");
+    let after: Vec<i64> = acks.iter().filter(|a| a.member == q).map(|a| a.id).filter(|id| have.contains(id)).collect();
+    anyhow::ensure!(after.is_empty(), "the restore went past its target: {after:?}");
     Ok(())
 }
