@@ -182,7 +182,7 @@ fn a_replica_behind_the_primarys_recycled_wal_catches_up_from_the_archive_withou
 }
 
 #[test]
-fn after_a_primary_crash_the_archive_has_no_gap_and_a_restore_to_just_before_it_holds_every_acknowledged_write()
+fn after_a_primary_crash_and_a_switchover_the_archive_has_no_gap_and_a_restore_to_just_before_the_crash_holds_every_acknowledged_write()
 -> anyhow::Result<()> {
     // Synchronous replication: an acknowledged write is on a replica when the primary dies.
     let Rig { mut c, cfg, _s3, _cfg_dir } = rig("cluster_archive_failover", true)?;
@@ -211,14 +211,36 @@ fn after_a_primary_crash_the_archive_has_no_gap_and_a_restore_to_just_before_it_
     let missing = harness::lost(&c, q, &acks)?;
     anyhow::ensure!(missing.is_empty(), "acknowledged writes missing on the new primary: {missing:?}");
 
-    // Everything the new primary wrote reaches the archive; no segment is missing on any timeline.
-    let last = c.sql(q, "select pg_walfile_name(pg_switch_wal())")?;
+    // Then a switchover to the last replica, under writes again: a third timeline.
+    let r = (1..=3).find(|i| *i != p && *i != q).unwrap_or(q);
+    c.wait_streaming(q, &[r], UP)?;
+    let writer = harness::Writer::start(c.sockets());
+    outrigger_testkit::wait_ok(Duration::from_secs(30), "writes on the new primary", || {
+        anyhow::ensure!(writer.acks().len() >= 50);
+        Ok(())
+    })?;
+    let switch = std::time::Instant::now();
+    c.etcd_put("failover", &format!("{{\"leader\":\"n{q}\",\"member\":\"n{r}\"}}"))?;
+    let r2 = c.wait_primary(Duration::from_secs(60), &[q])?;
+    anyhow::ensure!(r2 == r, "n{r2} took over, not the candidate n{r}");
+    outrigger_testkit::wait_ok(Duration::from_secs(60), "writes acknowledged after the switchover", || {
+        anyhow::ensure!(writer.first_ack_elsewhere(switch, q).is_some());
+        Ok(())
+    })?;
+    let acks2 = writer.stop();
+    let missing = harness::lost(&c, r, &acks2)?;
+    anyhow::ensure!(missing.is_empty(), "acknowledged writes missing after the switchover: {missing:?}");
+
+    // Everything the primaries wrote reaches the archive; no segment is missing on any timeline.
+    let tl = c.sql(r, "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")?;
+    anyhow::ensure!(tl == "00000003", "two promotions make timeline 3, not {tl}");
+    let last = c.sql(r, "select pg_walfile_name(pg_switch_wal())")?;
     outrigger_testkit::wait_ok(Duration::from_secs(60), "the new primary to archive its last segment", || {
-        let done = c.sql(q, "select coalesce(last_archived_wal, '') from pg_stat_archiver")?;
+        let done = c.sql(r, "select coalesce(last_archived_wal, '') from pg_stat_archiver")?;
         anyhow::ensure!(done.as_str() >= last.as_str(), "archived up to {done:?}, want {last}");
         Ok(())
     })?;
-    let (code, out, err) = shipper_out(&c, q, &cfg, &["wal-verify", "integrity", "timeline", "--json"]);
+    let (code, out, err) = shipper_out(&c, r, &cfg, &["wal-verify", "integrity", "timeline", "--json"]);
     anyhow::ensure!(code == 0, "wal-verify: {err}\n{out}");
     let v: serde_json::Value = serde_json::from_str(&out)?;
     anyhow::ensure!(v["integrity"]["status"] == "OK", "no gap in the archive: {out}");
