@@ -181,6 +181,25 @@ fn a_replica_behind_the_primarys_recycled_wal_catches_up_from_the_archive_withou
     Ok(())
 }
 
+/// Once the writer got a write acknowledged by `new` after `since`, stops it and checks that
+/// `new` holds every write it saw acknowledged (by `old` or `new`); returns the acknowledgements.
+fn hand_over(
+    c: &Cluster,
+    writer: harness::Writer,
+    since: std::time::Instant,
+    old: usize,
+    new: usize,
+) -> anyhow::Result<Vec<harness::Ack>> {
+    outrigger_testkit::wait_ok(Duration::from_secs(60), &format!("writes acknowledged by n{new}"), || {
+        anyhow::ensure!(writer.first_ack_elsewhere(since, old).is_some());
+        Ok(())
+    })?;
+    let acks = writer.stop();
+    let missing = harness::lost(c, new, &acks)?;
+    anyhow::ensure!(missing.is_empty(), "acknowledged writes missing on n{new}: {missing:?}");
+    Ok(acks)
+}
+
 #[test]
 fn after_a_primary_crash_and_a_switchover_the_archive_has_no_gap_and_a_restore_to_just_before_the_crash_holds_every_acknowledged_write()
 -> anyhow::Result<()> {
@@ -203,13 +222,7 @@ fn after_a_primary_crash_and_a_switchover_the_archive_has_no_gap_and_a_restore_t
     c.kill_agent(p)?;
     c.kill_postgres(p);
     let q = c.wait_primary(Duration::from_secs(60), &[p])?;
-    outrigger_testkit::wait_ok(Duration::from_secs(30), "writes acknowledged by the new primary", || {
-        anyhow::ensure!(writer.first_ack_elsewhere(fault, p).is_some());
-        Ok(())
-    })?;
-    let acks = writer.stop();
-    let missing = harness::lost(&c, q, &acks)?;
-    anyhow::ensure!(missing.is_empty(), "acknowledged writes missing on the new primary: {missing:?}");
+    let acks = hand_over(&c, writer, fault, p, q)?;
 
     // Then a switchover to the last replica, under writes again: a third timeline.
     let r = (1..=3).find(|i| *i != p && *i != q).unwrap_or(q);
@@ -223,13 +236,7 @@ fn after_a_primary_crash_and_a_switchover_the_archive_has_no_gap_and_a_restore_t
     c.etcd_put("failover", &format!("{{\"leader\":\"n{q}\",\"member\":\"n{r}\"}}"))?;
     let r2 = c.wait_primary(Duration::from_secs(60), &[q])?;
     anyhow::ensure!(r2 == r, "n{r2} took over, not the candidate n{r}");
-    outrigger_testkit::wait_ok(Duration::from_secs(60), "writes acknowledged after the switchover", || {
-        anyhow::ensure!(writer.first_ack_elsewhere(switch, q).is_some());
-        Ok(())
-    })?;
-    let acks2 = writer.stop();
-    let missing = harness::lost(&c, r, &acks2)?;
-    anyhow::ensure!(missing.is_empty(), "acknowledged writes missing after the switchover: {missing:?}");
+    hand_over(&c, writer, switch, q, r)?;
 
     // Everything the primaries wrote reaches the archive; no segment is missing on any timeline.
     let tl = c.sql(r, "select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")?;
