@@ -31,6 +31,9 @@ pub struct ConfigValue {
     pub master_start_timeout: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<Value>,
+    /// How long the leader keeps a departed member's slot (Patroni 4: `30min` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_slots_ttl: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgresql: Option<ConfigPostgresql>,
     #[serde(flatten)]
@@ -116,6 +119,27 @@ impl ConfigValue {
     pub fn primary_start_timeout(&self) -> Option<i64> {
         int(self.primary_start_timeout.as_ref()).or_else(|| int(self.master_start_timeout.as_ref()))
     }
+    /// Seconds. Patroni's spelling: a number of seconds, or a number with a unit (`ms`, `s`,
+    /// `min`, `h`, `d`), e.g. `30min`.
+    pub fn member_slots_ttl(&self) -> Option<i64> {
+        match self.member_slots_ttl.as_ref()? {
+            Value::String(s) => {
+                let s = s.trim();
+                let at = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+                let n: f64 = s[..at].parse().ok()?;
+                let per = match s[at..].trim() {
+                    "" | "s" => 1.0,
+                    "ms" => 0.001,
+                    "min" => 60.0,
+                    "h" => 3600.0,
+                    "d" => 86400.0,
+                    _ => return None,
+                };
+                Some((n * per) as i64)
+            }
+            v => int(Some(v)),
+        }
+    }
     pub fn pause(&self) -> Option<bool> {
         boolean(self.pause.as_ref())
     }
@@ -173,6 +197,19 @@ impl ConfigValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_slots_ttl_reads_patroni_durations() {
+        let ttl = |j: &str| {
+            ConfigValue::decode(format!("{{\"member_slots_ttl\":{j}}}").as_bytes()).unwrap().member_slots_ttl()
+        };
+        assert_eq!(ttl("\"30min\""), Some(1800));
+        assert_eq!(ttl("0"), Some(0));
+        assert_eq!(ttl("\"90s\""), Some(90));
+        assert_eq!(ttl("\"2h\""), Some(7200));
+        assert_eq!(ttl("\"ten\""), None);
+        assert_eq!(ConfigValue::decode(b"{}").unwrap().member_slots_ttl(), None);
+    }
 
     #[test]
     fn patroni_written_config_decodes_with_lenient_types() {

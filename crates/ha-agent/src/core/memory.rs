@@ -14,8 +14,6 @@ use super::view::ClusterView;
 
 /// How long a member seen in etcd is still asked in a leader race after its key vanished.
 pub const KNOWN_PEER_TTL: Duration = Duration::from_secs(600);
-/// How long a replication slot is kept for a member that left (Patroni's member_slots_ttl).
-pub const MEMBER_SLOTS_TTL: Duration = Duration::from_secs(1800);
 /// pg_rewind failures (other than its source going away) before the rewind counts as failed.
 pub const REWIND_ATTEMPTS: u32 = 3;
 
@@ -198,17 +196,17 @@ impl Memory {
         self.rewind_failures = 0;
     }
 
-    /// Members whose slot the leader keeps (seen within `MEMBER_SLOTS_TTL`).
+    /// Members whose slot the leader keeps (seen within `member_slots_ttl`).
     pub fn slot_members(&self) -> impl Iterator<Item = &str> {
         self.slot_members.keys().map(String::as_str)
     }
 
-    /// Members gone (not in `present`) for `MEMBER_SLOTS_TTL`: their slots may be dropped.
-    /// They are forgotten by [`Memory::forget_slot_member`] once handled.
-    pub fn departed_slot_members(&self, present: &[&str], now: Moment) -> Vec<String> {
+    /// Members gone (not in `present`) for `ttl` (`member_slots_ttl`): their slots may be
+    /// dropped. They are forgotten by [`Memory::forget_slot_member`] once handled.
+    pub fn departed_slot_members(&self, present: &[&str], now: Moment, ttl: Duration) -> Vec<String> {
         self.slot_members
             .iter()
-            .filter(|(n, seen)| !present.contains(&n.as_str()) && now.since(**seen) >= MEMBER_SLOTS_TTL)
+            .filter(|(n, seen)| !present.contains(&n.as_str()) && now.since(**seen) >= ttl)
             .map(|(n, _)| n.clone())
             .collect()
     }

@@ -19,7 +19,7 @@ mod tests;
 
 pub use decide::decide;
 pub use decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
-pub use memory::{KNOWN_PEER_TTL, MEMBER_SLOTS_TTL, Memory, Outcome, PgErrorKind};
+pub use memory::{KNOWN_PEER_TTL, Memory, Outcome, PgErrorKind};
 pub use observed::{
     ClusterState, Control, FORMER_LEADER_TIMEOUT, LeaseView, Moment, Observed, PeerProbe, PeerRef, PeerStatus, PgView,
     Recent, RunningPg, Settings,

@@ -153,6 +153,8 @@ pub struct DynConfig {
     pub maximum_lag_on_failover: u64,
     pub check_timeline: bool,
     pub primary_start_timeout: Duration,
+    /// How long the leader keeps a departed member's slot (`member_slots_ttl`).
+    pub member_slots_ttl: Duration,
     pub use_pg_rewind: Option<bool>,
     /// `postgresql.parameters`, applied to every member.
     pub parameters: Vec<(String, String)>,
@@ -203,6 +205,7 @@ impl Default for DynConfig {
             maximum_lag_on_failover: 1_048_576,
             check_timeline: false,
             primary_start_timeout: Duration::from_secs(300),
+            member_slots_ttl: Duration::from_secs(1800),
             use_pg_rewind: None,
             parameters: Vec::new(),
             pause: false,
@@ -233,6 +236,10 @@ impl DynConfig {
                 .primary_start_timeout()
                 .and_then(|s| u64::try_from(s).ok())
                 .map_or(d.primary_start_timeout, Duration::from_secs),
+            member_slots_ttl: v
+                .member_slots_ttl()
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(d.member_slots_ttl, Duration::from_secs),
             use_pg_rewind: v.use_pg_rewind(),
             parameters,
             pause: v.pause().unwrap_or(false),

@@ -403,7 +403,7 @@ impl Agent {
         }
     }
 
-    /// One physical slot per other member; slots of members gone for `MEMBER_SLOTS_TTL` are
+    /// One physical slot per other member; slots of members gone for `member_slots_ttl` are
     /// dropped. Slots we never saw a member for are left alone.
     async fn manage_slots(&mut self, view: &ClusterView) {
         let slots = match self.pg.physical_slots().await {
@@ -435,7 +435,7 @@ impl Agent {
             }
         }
         let present: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
-        for member in self.memory.departed_slot_members(&present, self.clock.now()) {
+        for member in self.memory.departed_slot_members(&present, self.clock.now(), self.dyn_config.member_slots_ttl) {
             let name = slot_name(&member);
             if slots.iter().any(|(s, active)| *s == name && !active) {
                 match self.pg.drop_slot(&name).await {
