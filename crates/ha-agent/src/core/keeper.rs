@@ -373,12 +373,13 @@ impl Keeper {
                 }
             }
             (Ask::Renew { lease }, Answer::Lost) => {
-                if let Some(h) = self.lease.filter(|h| h.id == lease) {
-                    // etcd cannot have expired it before `expires_at` (a lower bound of its
-                    // expiry there): it was revoked.
-                    if now < h.expires_at {
-                        self.revoked_at = Some(now);
-                    }
+                if self.lease.is_some_and(|h| h.id == lease) {
+                    // Before `expires_at` (a lower bound of its expiry at etcd) it was revoked
+                    // early. After it, it may have expired, or have been revoked early while
+                    // we could not renew it: we cannot tell, so it counts as revoked (the
+                    // leader's lease may have gone in the same mass revocation, and nobody
+                    // else may have seen it).
+                    self.revoked_at = Some(now);
                     self.lease = None;
                     out.push(Effect::LeaseChanged);
                 }
@@ -393,7 +394,9 @@ impl Keeper {
                 self.failing = true;
                 if self.lease.is_some_and(|h| now >= h.expires_at) {
                     // Whatever the error says, a lease not renewed for its whole TTL is gone
-                    // at etcd: start over with a new one.
+                    // at etcd: start over with a new one. Whether it expired or was revoked
+                    // early while we were cut off is unknown: it counts as revoked.
+                    self.revoked_at = Some(now);
                     self.lease = None;
                     out.push(Effect::LeaseChanged);
                 }
@@ -516,7 +519,7 @@ mod tests {
         assert_eq!(k.wake_at(), Some(t(1700)));
         k.step(t(1700));
         assert_eq!(k.answered(t(2100), Answer::Failed), vec![Effect::LeaseChanged], "0 + 2 s passed");
-        assert_eq!(k.view(), LeaseView::NONE);
+        assert_eq!(k.view(), LeaseView { revoked_at: Some(t(2100)), ..LeaseView::NONE }, "its fate is unknown");
     }
 
     #[test]
@@ -564,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_lost_before_it_could_have_expired_is_recorded_as_revoked_early() {
+    fn a_lease_lost_or_lapsed_unseen_is_recorded_as_revoked_early() {
         let mut k = granted(Mode::Off);
         k.step(t(500));
         k.answered(t(510), Answer::Lost);
@@ -576,15 +579,19 @@ mod tests {
         r.step(t(1700));
         r.answered(t(1800), Answer::Lost);
         assert_eq!(r.view().revoked_at, Some(t(1800)));
-        // Lost after its earliest expiry: it may simply have expired.
+        // Not renewed for its whole ttl (cut off from etcd): expired or revoked early, nobody
+        // can tell; it counts as revoked, from when we learnt it.
         let mut e = granted(Mode::Off);
         e.step(t(500));
         e.answered(t(1500), Answer::Failed);
         e.step(t(1700));
-        e.answered(t(1990), Answer::Failed);
-        e.step(t(2190));
-        e.answered(t(2200), Answer::Lost);
-        assert_eq!(e.view().revoked_at, None);
+        e.answered(t(2100), Answer::Failed);
+        assert_eq!(e.view().revoked_at, Some(t(2100)));
+        // Renewed all along: no revocation.
+        let mut ok = granted(Mode::Off);
+        ok.step(t(500));
+        ok.answered(t(510), Answer::Renewed { ttl: Duration::from_secs(2) });
+        assert_eq!(ok.view().revoked_at, None);
     }
 
     #[test]
