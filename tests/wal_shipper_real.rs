@@ -180,7 +180,12 @@ fn a_delta_backup_holds_only_what_changed_and_restores_to_the_same_point_as_its_
     )
     .unwrap();
     // A file is skipped only if its last write lies over 2 s before its parent's start.
-    std::thread::sleep(Duration::from_secs(3));
+    let cold_file = r.pg.data().join(r.pg.sql("select pg_relation_filepath('cold')").unwrap());
+    wait_until(Duration::from_secs(20), "the untouched table's last write to lie over 2 s back", || {
+        let written = std::fs::metadata(&cold_file).ok()?.modified().ok()?;
+        (written.elapsed().ok()? > Duration::from_millis(2500)).then_some(())
+    })
+    .unwrap();
     let pgdata = r.pg.data().display().to_string();
     let (code, out, err) = shipper(&r, &r.cfg, &["backup-push", &pgdata]);
     assert_eq!(code, 0, "{err}");

@@ -207,22 +207,13 @@ impl Store {
         match self.os.get(&self.path(rel)).await {
             // object_store reads a local file in 8 KiB chunks, one blocking task each, which
             // held restores from a folder to a third of the disk's rate: read 1 MiB at a time.
-            Ok(r) if r.range.start == 0 && r.range.end == r.meta.size => match r.payload {
+            Ok(r) => Ok(Some(match r.payload {
                 object_store::GetResultPayload::File(file, _) => {
-                    let f = tokio::fs::File::from_std(file);
-                    Ok(Some(
-                        tokio_util::io::ReaderStream::with_capacity(
-                            tokio::io::AsyncReadExt::take(f, r.meta.size),
-                            STREAM_CHUNK,
-                        )
-                        .boxed(),
-                    ))
+                    let f = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), r.meta.size);
+                    tokio_util::io::ReaderStream::with_capacity(f, STREAM_CHUNK).boxed()
                 }
-                object_store::GetResultPayload::Stream(s) => {
-                    Ok(Some(s.map(|c| c.map_err(std::io::Error::other)).boxed()))
-                }
-            },
-            Ok(r) => Ok(Some(r.into_stream().map(|c| c.map_err(std::io::Error::other)).boxed())),
+                object_store::GetResultPayload::Stream(s) => s.map(|c| c.map_err(std::io::Error::other)).boxed(),
+            })),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e).with_context(|| format!("download {}", self.path(rel))),
         }

@@ -174,7 +174,12 @@ impl Postgres {
     }
 
     fn cmd(&self, tool: &str) -> Command {
-        let mut c = Command::new(self.cfg.bin_dir.join(tool));
+        self.command(self.cfg.bin_dir.join(tool))
+    }
+
+    /// `program`, run as the PostgreSQL user with a plain environment.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
         c.env("LC_ALL", "C").env("LANG", "C").stdin(Stdio::null()).kill_on_drop(true);
         if let Some(ids) = self.ids {
             c.uid(ids.uid).gid(ids.gid);
@@ -714,12 +719,8 @@ impl Postgres {
         if !keep_data {
             self.prepare_empty_data_dir()?;
         }
-        let mut c = Command::new(&argv[0]);
-        c.args(&argv[1..]).env("LC_ALL", "C").stdin(Stdio::null()).kill_on_drop(true);
-        if let Some(ids) = self.ids {
-            c.uid(ids.uid).gid(ids.gid);
-            c.env("HOME", self.cfg.data_dir.parent().unwrap_or(Path::new("/tmp")));
-        }
+        let mut c = self.command(&argv[0]);
+        c.args(&argv[1..]);
         if !no_params {
             let u = &self.cfg.replication;
             let conn = match upstream {

@@ -52,15 +52,14 @@ impl Agent {
 
     /// Makes this member a replica's data directory by `create_replica_methods`, in order: the
     /// first that succeeds wins; a failed one is logged and leaves nothing behind.
-    async fn create_replica(&mut self, host: &str, port: u16) -> anyhow::Result<()> {
-        let methods = self.cfg.postgresql.create_replica_methods.clone();
-        let scope = self.dcs.layout().scope().to_owned();
+    async fn create_replica(&self, host: &str, port: u16) -> anyhow::Result<()> {
+        let scope = self.dcs.layout().scope();
         let mut failures = Vec::new();
-        for m in &methods {
+        for m in &self.cfg.postgresql.create_replica_methods {
             let (name, r) = match m {
                 ReplicaMethod::Basebackup => ("basebackup", self.pg.basebackup(host, port).await),
                 ReplicaMethod::Command { name, .. } => {
-                    (name.as_str(), self.pg.replica_by_command(m, &scope, Some((host, port))).await)
+                    (name.as_str(), self.pg.replica_by_command(m, scope, Some((host, port))).await)
                 }
             };
             match r {

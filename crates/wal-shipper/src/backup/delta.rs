@@ -13,6 +13,7 @@
 //! - A paged file the parent knew goes as an increment (pages with LSN >= the parent's start
 //!   LSN, and new pages); everything else whole.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -20,7 +21,7 @@ use chrono::{DateTime, Utc};
 
 use super::pages::is_paged_file;
 use super::push::{How, Item};
-use super::sentinel::{FilesMetadata, Sentinel};
+use super::sentinel::{FileMeta, FilesMetadata, Sentinel};
 use super::{Known, backup_dir, chronological};
 use crate::settings::{DeltaOrigin, Settings};
 use crate::storage::Store;
@@ -139,32 +140,25 @@ pub fn normalize(rel: &str) -> &str {
     rel.trim_start_matches("./").trim_start_matches('/')
 }
 
-/// How `it` goes into a backup over `parent` (`None`: a full backup).
-pub fn how(it: &Item, parent: Option<&Parent>) -> How {
-    let Some(p) = parent else { return How::Whole };
-    if it.dir {
-        return How::Whole;
-    }
-    let known = p.files.files.iter().find(|(k, _)| normalize(k) == it.rel).map(|(_, m)| m);
-    let Some(meta) = known else { return How::Whole };
-    let settled = p
-        .sentinel
-        .start_time
-        .is_some_and(|start| micros(it.mtime) + (SETTLE.as_micros() as i64) < start.timestamp_micros());
+/// How `it` goes into a delta: `known` is the parent's record of the file (if it had one),
+/// `parent_start` when the parent started.
+fn how(it: &Item, known: Option<&FileMeta>, parent_start: Option<DateTime<Utc>>) -> How {
+    let Some(meta) = known.filter(|_| !it.dir) else { return How::Whole };
+    let settled =
+        parent_start.is_some_and(|start| micros(it.mtime) + (SETTLE.as_micros() as i64) < start.timestamp_micros());
     if settled && meta.mtime.map(|m| m.timestamp_micros()) == Some(micros(it.mtime)) {
         return How::Skip;
     }
     if is_paged_file(&it.rel, it.size) { How::Increment } else { How::Whole }
 }
 
-/// Sets `how` on every item, indexing the parent's files once.
+/// Sets `how` on every item of a backup over `parent` (`None`: a full backup, all whole),
+/// looking each file up in the parent's records through one index.
 pub fn plan(items: &mut [Item], parent: Option<&Parent>) {
     let Some(p) = parent else { return };
-    let mut index = p.clone();
-    index.files.files =
-        std::mem::take(&mut index.files.files).into_iter().map(|(k, v)| (normalize(&k).to_owned(), v)).collect();
+    let index: HashMap<&str, &FileMeta> = p.files.files.iter().map(|(k, m)| (normalize(k), m)).collect();
     for it in items.iter_mut() {
-        it.how = how(it, Some(&index));
+        it.how = how(it, index.get(it.rel.as_str()).copied(), p.sentinel.start_time);
     }
 }
 
@@ -172,7 +166,6 @@ pub fn plan(items: &mut [Item], parent: Option<&Parent>) {
 mod tests {
     use super::*;
     use crate::backup::Listed;
-    use crate::backup::sentinel::FileMeta;
 
     fn known(name: &str, t: i64, count: Option<i64>, permanent: bool) -> Known {
         let mut s = Sentinel {

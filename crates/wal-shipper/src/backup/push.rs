@@ -286,22 +286,18 @@ fn write_tar(
                 report.incremented = true;
             }
             (file, _) => {
+                // A failed scan already fed the verifier: check the pages only once.
+                let v = if it.how == How::Increment { None } else { verifier.as_mut() };
                 let inner = match file {
                     Some(mut f) => {
                         f.seek(io::SeekFrom::Start(0)).with_context(|| format!("rewind {}", it.rel))?;
-                        // A failed scan already fed the verifier: check the pages only once.
-                        let v = if it.how == How::Increment { None } else { verifier.as_mut() };
                         // Sequential: the kernel reads further ahead while we compress.
                         let _ =
                             nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
                         // tar copies 8 KiB at a time: read the file in bigger pieces.
-                        Some((io::BufReader::with_capacity(READ_BUFFER, f.take(it.size)), v))
+                        Some(io::BufReader::with_capacity(READ_BUFFER, f.take(it.size)))
                     }
                     None => None,
-                };
-                let (inner, v) = match inner {
-                    Some((f, v)) => (Some(f), v),
-                    None => (None, None),
                 };
                 let r = Exactly::new(inner, it.size, counter.clone(), v);
                 b.append_data(&mut h, &it.rel, r).with_context(|| format!("tar {}", it.rel))?;
