@@ -243,12 +243,13 @@ impl Etcd {
         &self,
         op: &'static str,
         key: &str,
-        cmp: Compare,
+        cmp: impl IntoIterator<Item = Compare>,
         then: TxnOp,
         lease: Option<LeaseId>,
         already_done: impl Fn(Option<&Kv>) -> bool,
     ) -> Result<i64, EtcdError> {
-        let txn = Txn::new().when([cmp]).and_then([then]).or_else([TxnOp::get(key, None)]);
+        let cmp: Vec<Compare> = cmp.into_iter().collect();
+        let txn = Txn::new().when(cmp).and_then([then]).or_else([TxnOp::get(key, None)]);
         let (resp, tries) = self
             .call(op, key, || {
                 let (mut c, txn) = (self.client.kv_client(), txn.clone());
@@ -285,7 +286,7 @@ impl Etcd {
         let cmp = Compare::create_revision(key, CompareOp::Equal, 0);
         let put = TxnOp::put(key, value.clone(), lease.map(|l| PutOptions::new().with_lease(l)));
         let ours = |kv: Option<&Kv>| kv.is_some_and(|kv| kv.value == value && kv.lease == lease.unwrap_or(0));
-        self.cas("create-if-absent", key, cmp, put, lease, ours).await
+        self.cas("create-if-absent", key, [cmp], put, lease, ours).await
     }
 
     /// Puts `value` only if the key currently holds `expected` (the leader re-taking its key on
@@ -301,14 +302,14 @@ impl Etcd {
         let cmp = Compare::value(key, CompareOp::Equal, expected);
         let put = TxnOp::put(key, value.clone(), lease.map(|l| PutOptions::new().with_lease(l)));
         let ours = |kv: Option<&Kv>| kv.is_some_and(|kv| kv.value == value && kv.lease == lease.unwrap_or(0));
-        self.cas("put-if-value", key, cmp, put, lease, ours).await
+        self.cas("put-if-value", key, [cmp], put, lease, ours).await
     }
 
     /// Deletes the key only if it holds `expected` (the leader releasing its key).
     pub async fn delete_if_value(&self, key: &str, expected: &[u8]) -> Result<i64, EtcdError> {
         let cmp = Compare::value(key, CompareOp::Equal, expected);
         // Gone after a retry: our first attempt deleted it (or it expired); the goal holds.
-        self.cas("delete-if-value", key, cmp, TxnOp::delete(key, None), None, |kv| kv.is_none()).await
+        self.cas("delete-if-value", key, [cmp], TxnOp::delete(key, None), None, |kv| kv.is_none()).await
     }
 
     /// Puts only if the key's `mod_revision` is still `mod_revision` (0: the key must not
@@ -322,7 +323,43 @@ impl Etcd {
         let value = value.into();
         let cmp = Compare::mod_revision(key, CompareOp::Equal, mod_revision);
         let ours = |kv: Option<&Kv>| kv.is_some_and(|kv| kv.value == value);
-        self.cas("put-if-mod-revision", key, cmp, TxnOp::put(key, value.clone(), None), None, ours).await
+        self.cas("put-if-mod-revision", key, [cmp], TxnOp::put(key, value.clone(), None), None, ours).await
+    }
+
+    /// Creates `key` on `lease` only if it does not exist and `guard` still has
+    /// `guard_mod_revision` (0: `guard` must not exist): a lock that is taken only while the
+    /// state it was decided on is unchanged.
+    pub async fn create_if_absent_and_unchanged(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        lease: LeaseId,
+        guard: &str,
+        guard_mod_revision: i64,
+    ) -> Result<i64, EtcdError> {
+        let value = value.into();
+        let cmp = [
+            Compare::create_revision(key, CompareOp::Equal, 0),
+            Compare::mod_revision(guard, CompareOp::Equal, guard_mod_revision),
+        ];
+        let put = TxnOp::put(key, value.clone(), Some(PutOptions::new().with_lease(lease)));
+        let ours = |kv: Option<&Kv>| kv.is_some_and(|kv| kv.value == value && kv.lease == lease);
+        self.cas("create-if-absent-and-unchanged", key, cmp, put, Some(lease), ours).await
+    }
+
+    /// Puts `key` (no lease) only while `holder` holds `holder_value`: a record written only
+    /// by the member that still holds a lock.
+    pub async fn put_while_held(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        holder: &str,
+        holder_value: &[u8],
+    ) -> Result<i64, EtcdError> {
+        let value = value.into();
+        let cmp = [Compare::value(holder, CompareOp::Equal, holder_value)];
+        let ours = |kv: Option<&Kv>| kv.is_some_and(|kv| kv.value == value);
+        self.cas("put-while-held", key, cmp, TxnOp::put(key, value.clone(), None), None, ours).await
     }
 
     /// Grants a lease of `ttl` (whole seconds, rounded up: etcd's unit).

@@ -10,11 +10,13 @@
 
 mod dynamic;
 mod keys;
+mod outrigger;
 mod rest;
 mod values;
 
 pub use dynamic::{ConfigPostgresql, ConfigValue, SynchronousMode};
 pub use keys::{ClusterKey, KeyKind, KeyLayout, LayoutError};
+pub use outrigger::{BackupLockValue, BackupRecord, LastBackupValue, WalShipperStatus};
 pub use rest::{PatroniInfo, StatusJson, XlogStatus};
 pub use values::{
     DecodeError, FailoverValue, HistoryEntry, MemberRole, MemberValue, StatusValue, SyncValue, decode_initialize,

@@ -108,7 +108,9 @@ pub enum Command {
         json: bool,
     },
     /// Upload-ahead: upload every `.ready` WAL file of PGDATA as soon as PostgreSQL marks it,
-    /// so archive_command's wal-push returns at once; serves /metrics.
+    /// so archive_command's wal-push returns at once; serves /metrics. With `[etcd]` and
+    /// `[cluster]` in the TOML file it also publishes the member's archive status and takes
+    /// the cluster's scheduled backups, one member at a time.
     Daemon { pgdata: Option<PathBuf> },
     /// Internal: fetch the segments after NAME into DIR (started by wal-fetch).
     #[command(hide = true)]
@@ -306,8 +308,21 @@ async fn daemon(s: Settings, pgdata: Option<PathBuf>, ctl: outrigger_daemon::shu
         seen.lock().map(|t| t.elapsed() < std::time::Duration::from_secs(10)).unwrap_or(false)
     });
     outrigger_daemon::systemd::ready();
+    // With [etcd] and [cluster]: the status and the scheduled backups, beside upload-ahead.
+    let cluster = s.cluster.clone().map(|cs| {
+        let (store, s, pgdata, metrics, stop) =
+            (store.clone(), std::sync::Arc::new(s.clone()), pgdata.clone(), metrics.clone(), ctl.stop.clone());
+        tokio::spawn(crate::cluster::run::run(cs, store, s, pgdata, metrics, stop))
+    });
     let r = crate::daemon::run(store, s, pgdata, metrics, ctl.stop.clone(), beat).await;
     ctl.stop.cancel();
+    if let Some(h) = cluster {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "cluster loop failed"),
+            Err(e) => tracing::error!(error = %e, "cluster loop panicked"),
+        }
+    }
     if let Some(h) = http {
         let _ = h.await;
     }

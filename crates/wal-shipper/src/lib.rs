@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod crypto;
 pub mod daemon;

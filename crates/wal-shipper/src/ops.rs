@@ -16,10 +16,13 @@ use crate::walpush::WAL_DIR;
 /// Parses WAL-G's `delete` arguments: `retain [FULL|FIND_FULL] N`, `before [FIND_FULL] NAME`,
 /// `everything [FORCE]`.
 pub fn parse_delete(args: &[String]) -> anyhow::Result<Mode> {
-    let words: Vec<&str> = args.iter().map(String::as_str).filter(|w| !matches!(*w, "FULL" | "FIND_FULL")).collect();
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let count = |n: &str| n.parse::<usize>().with_context(|| format!("retain: {n:?} is not a number"));
     match words.as_slice() {
-        ["retain", n] => Ok(Mode::Retain(n.parse().with_context(|| format!("retain: {n:?} is not a number"))?)),
-        ["before", name] => Ok(Mode::Before((*name).to_owned())),
+        ["retain", n] => Ok(Mode::Retain(count(n)?)),
+        ["retain", "FULL", n] => Ok(Mode::RetainFull(count(n)?)),
+        ["retain", "FIND_FULL", n] => Ok(Mode::RetainFindFull(count(n)?)),
+        ["before", "FIND_FULL", name] | ["before", name] => Ok(Mode::Before((*name).to_owned())),
         ["everything"] => Ok(Mode::Everything { force: false }),
         ["everything", "FORCE"] => Ok(Mode::Everything { force: true }),
         _ => anyhow::bail!(

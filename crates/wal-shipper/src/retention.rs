@@ -17,9 +17,16 @@ use crate::walname::{DEFAULT_SEGMENT_SIZE, first_segment_in};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
+    /// `retain N`: keep the N newest backups (the oldest kept must be a full one).
     Retain(usize),
+    /// `retain FULL N`: keep the N newest full backups and every delta after the oldest.
+    RetainFull(usize),
+    /// `retain FIND_FULL N`: keep the N newest backups and the full ones they build on.
+    RetainFindFull(usize),
     Before(String),
-    Everything { force: bool },
+    Everything {
+        force: bool,
+    },
 }
 
 /// What retention needs to know of one backup.
@@ -79,14 +86,21 @@ pub fn plan(mut backups: Vec<Backup>, mode: &Mode) -> anyhow::Result<Plan> {
                 all_wal: true,
             });
         }
-        Mode::Retain(n) => {
-            if *n == 0 {
-                bail!("retain 0 would delete every backup; use `delete everything`");
-            }
+        Mode::Retain(0) | Mode::RetainFull(0) | Mode::RetainFindFull(0) => {
+            bail!("retain 0 would delete every backup; use `delete everything`")
+        }
+        Mode::Retain(n) | Mode::RetainFindFull(n) => {
             if backups.len() <= *n {
                 return Ok(Plan { backups: vec![], wal_below: None, protected, all_wal: false });
             }
             backups.len() - n
+        }
+        Mode::RetainFull(n) => {
+            let fulls: Vec<usize> = (0..backups.len()).filter(|i| backups[*i].parent.is_none()).collect();
+            if fulls.len() <= *n {
+                return Ok(Plan { backups: vec![], wal_below: None, protected, all_wal: false });
+            }
+            fulls[fulls.len() - n]
         }
         Mode::Before(name) => match backups.iter().position(|b| &b.name == name) {
             Some(i) => i,
@@ -94,7 +108,7 @@ pub fn plan(mut backups: Vec<Backup>, mode: &Mode) -> anyhow::Result<Plan> {
         },
     };
     let target = &backups[keep_from];
-    if target.parent.is_some() {
+    if target.parent.is_some() && !matches!(mode, Mode::RetainFindFull(_)) {
         bail!("{} is a delta backup: the backups it builds on cannot be deleted (keep one more)", target.name);
     }
     // A kept or permanent delta keeps every backup it builds on.
@@ -151,6 +165,28 @@ mod tests {
         assert!(p.deletes_wal(&key(1, 9)));
         assert!(!p.deletes_wal(&key(1, 10)), "the oldest kept backup's start segment stays");
         assert!(!p.deletes_wal("00000002.history.lz4"), "history files stay");
+    }
+
+    #[test]
+    fn retain_full_counts_full_backups_and_find_full_keeps_what_a_kept_delta_needs() {
+        let delta = |name: &str, order: i64, seg: u64, parent: &str| Backup {
+            parent: Some(parent.into()),
+            ..b(name, order, seg, seg + 1, false)
+        };
+        let all = vec![
+            b("f1", 100, 2, 3, false),
+            delta("d1", 150, 4, "f1"),
+            b("f2", 200, 6, 7, false),
+            delta("d2", 250, 8, "f2"),
+            delta("d3", 260, 9, "d2"),
+        ];
+        let p = plan(all.clone(), &Mode::RetainFull(1)).expect("plan");
+        assert_eq!(p.backups, ["f1", "d1"]);
+        assert!(p.deletes_wal(&key(1, 5)) && !p.deletes_wal(&key(1, 6)));
+        assert!(plan(all.clone(), &Mode::RetainFull(2)).expect("plan").backups.is_empty());
+        assert!(plan(all.clone(), &Mode::Retain(2)).is_err(), "the oldest kept would be a delta");
+        let p = plan(all, &Mode::RetainFindFull(1)).expect("plan");
+        assert_eq!(p.backups, ["f1", "d1"], "d3 needs d2 and f2");
     }
 
     #[test]

@@ -154,6 +154,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub daemon_poll: Duration,
     pub log: LogOptions,
+    /// `[etcd]` and `[cluster]` of the TOML file: scheduled backups and status in etcd.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// S3 server-side encryption (`WALG_S3_SSE`, `WALG_S3_SSE_KMS_ID`, `WALG_S3_SSE_C`).
@@ -211,6 +213,7 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut vals: BTreeMap<&'static str, Val> = BTreeMap::new();
     let mut problems = Problems::new();
     let mut log = LogSection::default();
+    let mut cluster = None;
     let mut refused: Vec<String> = Vec::new();
     let mut ignored: Vec<String> = Vec::new();
     let shown = file.map(|p| p.display().to_string()).unwrap_or_else(|| "(environment)".into());
@@ -238,6 +241,7 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             if let Some(l) = table.remove("log") {
                 log = read_log_table(l, &mut problems);
             }
+            cluster = crate::cluster::read(table.remove("etcd"), table.remove("cluster"), &mut problems);
             table.into_iter().map(|(k, v)| (k, toml_text(v))).collect()
         };
         for (key, value) in table {
@@ -280,7 +284,20 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
     for r in refused {
         problems.push_key(r, "is not supported by wal-shipper (only WALG_LIBSODIUM_KEY encryption is); refusing rather than uploading plaintext");
     }
-    let s = validate(&vals, &log, &mut problems);
+    let mut s = validate(&vals, &log, &mut problems);
+    if let Some(s) = &mut s {
+        if let Some(c) = &cluster
+            && c.policy.as_ref().is_some_and(|p| p.delta.is_some())
+            && s.delta_max_steps == 0
+        {
+            problems.push(
+                "cluster.delta_backup",
+                "(set)",
+                "needs delta_max_steps (WALG_DELTA_MAX_STEPS) of at least 1, or every backup would be full",
+            );
+        }
+        s.cluster = cluster;
+    }
     match (problems.finish(()), s) {
         (Ok(()), Some(s)) => {
             for key in ignored {
@@ -581,6 +598,7 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
         metrics_listen,
         daemon_poll,
         log,
+        cluster: None,
     })
 }
 

@@ -82,6 +82,17 @@ async fn parts_of(store: &Store, name: &str) -> anyhow::Result<Parts> {
                 bail!("{parts_dir}/{tar} is named in files_metadata.json but missing from storage");
             }
         }
+        // Parts the metadata does not name are left over from an attempt that died before
+        // its sentinel (same start segment, same folder): never restore them.
+        if !fm.tar_file_sets.is_empty() {
+            data.retain(|(_, n, _)| {
+                let keep = fm.tar_file_sets.keys().any(|t| base(t) == base(n));
+                if !keep {
+                    tracing::warn!(part = %n, backup = name, "part not named in files_metadata.json (left by an aborted attempt); skipped");
+                }
+                keep
+            });
+        }
         files = Some(fm);
     }
     Ok(Parts { name: name.to_owned(), dir: parts_dir, data, control, label, files })

@@ -485,6 +485,16 @@ pub async fn connect(pg: &PgConn) -> anyhow::Result<tokio_postgres::Client> {
 
 /// Takes a backup of `pgdata` (a delta where the settings allow one); returns its name.
 pub async fn push(store: &Store, s: &Settings, pgdata: &Path, opts: &PushOptions) -> anyhow::Result<String> {
+    push_and_describe(store, s, pgdata, opts).await.map(|(name, _)| name)
+}
+
+/// [`push`], returning the stored sentinel too.
+pub async fn push_and_describe(
+    store: &Store,
+    s: &Settings,
+    pgdata: &Path,
+    opts: &PushOptions,
+) -> anyhow::Result<(String, Sentinel)> {
     let db = connect(&s.pg).await?;
     let version: i64 = db
         .query_one("SELECT current_setting('server_version_num')::int8", &[])
@@ -520,38 +530,57 @@ pub async fn push(store: &Store, s: &Settings, pgdata: &Path, opts: &PushOptions
     } else {
         "SELECT pg_start_backup($1, true, false)::text, pg_is_in_recovery()"
     };
-    let started_at = Utc::now();
-    let row = db.query_one(start_sql, &[&label]).await.context("start the backup (pg_backup_start)")?;
-    let start_text: String = row.get(0);
-    let in_recovery: bool = row.get(1);
-    let start = Lsn::parse(&start_text).with_context(|| format!("start LSN {start_text:?}"))?;
-    let started_tli = tli_of(db.query_one(timeline_sql, &[]).await.context("read the timeline")?);
-    let parent = parent.filter(|p| {
-        let future = p.sentinel.finish_lsn.is_some_and(|f| f > start.0);
-        if future || started_tli != tli {
-            tracing::info!(parent = %p.name, "the parent ends after this backup starts, or the timeline moved; taking a full backup");
+    let stop_sql = if version >= 150000 {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
+    } else {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
+    };
+    // A backup is named by its start segment, so two backups with no WAL segment between them
+    // would share a name: the second would overwrite the first's parts. Such a name is
+    // refused before anything is uploaded; a primary switches to a new segment and starts
+    // again (once).
+    let mut attempt = 0;
+    let (started_at, start, in_recovery, tli, name, parent) = loop {
+        attempt += 1;
+        let started_at = Utc::now();
+        let row = db.query_one(start_sql, &[&label]).await.context("start the backup (pg_backup_start)")?;
+        let start_text: String = row.get(0);
+        let in_recovery: bool = row.get(1);
+        let start = Lsn::parse(&start_text).with_context(|| format!("start LSN {start_text:?}"))?;
+        let started_tli = tli_of(db.query_one(timeline_sql, &[]).await.context("read the timeline")?);
+        let parent = parent.clone().filter(|p| {
+            let future = p.sentinel.finish_lsn.is_some_and(|f| f > start.0);
+            if future || started_tli != tli {
+                tracing::info!(parent = %p.name, "the parent ends after this backup starts, or the timeline moved; taking a full backup");
+            }
+            !future && started_tli == tli
+        });
+        // On a standby WAL-G names the backup by the segment of lsn-1 (they differ only on a
+        // segment boundary); on a primary by the segment holding the LSN.
+        let seg_lsn = if in_recovery { start.0.saturating_sub(1) } else { start.0 };
+        let seg = Segment::containing(started_tli, seg_lsn, DEFAULT_SEGMENT_SIZE).name(DEFAULT_SEGMENT_SIZE);
+        let name = match &parent {
+            Some(p) => p.delta_name(&format!("base_{seg}")),
+            None => format!("base_{seg}"),
+        };
+        if store.get(&sentinel_key(&name)).await?.is_none() {
+            break (started_at, start, in_recovery, started_tli, name, parent);
         }
-        !future && started_tli == tli
-    });
-    let tli = started_tli;
-    // On a standby WAL-G names the backup by the segment of lsn-1 (they differ only on a
-    // segment boundary); on a primary by the segment holding the LSN.
-    let seg_lsn = if in_recovery { start.0.saturating_sub(1) } else { start.0 };
-    let name = format!("base_{}", Segment::containing(tli, seg_lsn, DEFAULT_SEGMENT_SIZE).name(DEFAULT_SEGMENT_SIZE));
-    let name = match &parent {
-        Some(p) => p.delta_name(&name),
-        None => name,
+        db.query_one(stop_sql, &[]).await.context("stop the backup (pg_backup_stop)")?;
+        if in_recovery || attempt > 1 {
+            bail!(
+                "a backup named {name} already exists (no WAL segment was completed since it started); nothing was uploaded{}",
+                if in_recovery { "; wait for the primary to write WAL" } else { "" }
+            );
+        }
+        tracing::info!(backup = %name, "a backup of this name exists; switching to a new WAL segment and starting again");
+        db.query_one("SELECT pg_switch_wal()::text", &[]).await.context("switch to a new WAL segment")?;
     };
     tracing::info!(backup = %name, start_lsn = %start, standby = in_recovery, delta_from = ?parent.as_ref().map(|p| &p.name), "backup started");
 
     let verify_before = (checksums == "on" && s.verify_page_checksums).then_some(start.0);
     let result = push_files(store, s, pgdata, &name, parent.as_ref(), verify_before).await;
     // Stop the backup whatever happened, so the server is not left in backup mode.
-    let stop_sql = if version >= 150000 {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
-    } else {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
-    };
     let stop = db.query_one(stop_sql, &[]).await.context("stop the backup (pg_backup_stop)");
     let (files, sizes) = result?;
     let stop = stop?;
@@ -614,7 +643,7 @@ pub async fn push(store: &Store, s: &Settings, pgdata: &Path, opts: &PushOptions
         stored_bytes = sizes.1,
         "backup finished"
     );
-    Ok(name)
+    Ok((name, sentinel))
 }
 
 /// A tar of small in-memory files.
