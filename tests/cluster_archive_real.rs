@@ -281,3 +281,127 @@ fn after_a_primary_crash_and_a_switchover_the_archive_has_no_gap_and_a_restore_t
     anyhow::ensure!(after.is_empty(), "the restore went past its target: {after:?}");
     Ok(())
 }
+
+/// wal-shipper's daemon config for member `i`: the shared storage settings, read at 10 MB/s
+/// (so a backup of the test database lasts seconds), etcd, and `[cluster]` lines.
+fn daemon_config(c: &Cluster, shared: &Path, i: usize, cluster: &str) -> PathBuf {
+    let base = std::fs::read_to_string(shared).unwrap();
+    let endpoints = c.etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "{base}disk_rate_limit = 10000000\n[log]\nlevel = \"info\"\n[etcd]\nendpoints = [{endpoints}]\n\
+         [cluster]\nscope = \"{}\"\nname = \"n{i}\"\nlock_ttl = \"5s\"\nloop_wait = \"1s\"\n{cluster}",
+        harness::SCOPE
+    );
+    let path = shared.with_file_name(format!("wal-shipper-daemon-n{i}.toml"));
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    path
+}
+
+/// Starts `wal-shipper daemon` on host `i` as the postgres user.
+fn start_daemon(c: &Cluster, i: usize, cfg: &Path) -> anyhow::Result<outrigger_testkit::Proc> {
+    let (uid, gid) = Postgres::os_user()?;
+    let mut cmd = Command::new(bin::daemon("wal-shipper"));
+    cmd.arg("--config").arg(cfg).arg("daemon").arg(c.data_dir(i)).uid(uid).gid(gid).current_dir("/tmp");
+    cmd.env("PGHOST", c.socket_dir(i)).env("PGPORT", PG_PORT.to_string()).env("PGUSER", "postgres");
+    c.net.host(i).spawn(&format!("wal-shipper-n{i}"), cmd)
+}
+
+/// The backups `backup-list --json` shows, by name.
+fn listed(c: &Cluster, i: usize, cfg: &Path) -> anyhow::Result<Vec<String>> {
+    let (code, out, err) = shipper_out(c, i, cfg, &["backup-list", "--json"]);
+    anyhow::ensure!(code == 0, "backup-list: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v.as_array().into_iter().flatten().filter_map(|b| b["backup_name"].as_str().map(str::to_owned)).collect())
+}
+
+fn last_backup(c: &Cluster) -> Option<serde_json::Value> {
+    c.etcd_get("outrigger/backup/last").filter(|s| !s.is_empty()).and_then(|s| serde_json::from_str(&s).ok())
+}
+
+#[test]
+fn two_members_due_at_once_take_one_backup_a_killed_taker_leaves_none_listed_and_retention_follows()
+-> anyhow::Result<()> {
+    let Rig { mut c, cfg, _s3, _cfg_dir } = rig("cluster_scheduled_backups", false, "")?;
+    let p = c.wait_primary(UP, &[])?;
+    c.start_agent(2)?;
+    c.wait_streaming(p, &[2], UP)?;
+    c.sql(p, "create table big as select g, repeat(md5(g::text), 4) v from generate_series(1, 300000) g")?;
+    let r = if p == 1 { 2 } else { 1 };
+
+    // The members disagree on who takes backups: the primary's config says the primary, the
+    // replica's says a replica. Both are due at once (no backup yet); only the lock decides.
+    let schedule = "full_backup = \"20s\"\nretain_full = 1\n";
+    let cfg_p = daemon_config(&c, &cfg, p, &format!("backup_from = \"primary\"\n{schedule}"));
+    let cfg_r = daemon_config(&c, &cfg, r, &format!("backup_from = \"replica\"\n{schedule}"));
+    let mut daemons = [Some(start_daemon(&c, p, &cfg_p)?), Some(start_daemon(&c, r, &cfg_r)?)];
+    let members = [p, r];
+
+    // Kill the first taker as soon as it holds the lock: mid-backup, since reading the
+    // database at 10 MB/s takes seconds.
+    let holder = outrigger_testkit::wait_until(Duration::from_secs(60), "a member to take the backup lock", || {
+        c.etcd_get("outrigger/backup/lock").filter(|s| !s.is_empty())
+    })?;
+    let holder: serde_json::Value = serde_json::from_str(&holder)?;
+    let killed_name = holder["member"].as_str().unwrap_or_default().to_owned();
+    let killed = members.iter().position(|m| harness::Cluster::name(*m) == killed_name).expect("a member holds it");
+    daemons[killed].as_mut().expect("running").kill()?;
+    anyhow::ensure!(last_backup(&c).is_none(), "the killed taker published nothing");
+    let survivor = members[1 - killed];
+
+    // The lock expires with the killed daemon's lease; the survivor takes the backup.
+    let first =
+        outrigger_testkit::wait_until(Duration::from_secs(90), "the survivor's backup to be published", || {
+            last_backup(&c)
+        })?;
+    let first_name = first["last"]["name"].as_str().unwrap_or_default().to_owned();
+    anyhow::ensure!(
+        first["last"]["member"] == harness::Cluster::name(survivor).as_str(),
+        "the survivor n{survivor} took it: {first}"
+    );
+    anyhow::ensure!(first["last"]["kind"] == "full" && first["last_full"]["name"] == first_name.as_str(), "{first}");
+    let now_listed = listed(&c, p, &cfg)?;
+    anyhow::ensure!(now_listed == [first_name.clone()], "exactly the survivor's backup is listed: {now_listed:?}");
+    let taken: usize =
+        daemons.iter().flatten().map(|d| d.log_text().matches("scheduled backup taken and published").count()).sum();
+    anyhow::ensure!(taken == 1, "one scheduled backup was taken, not {taken}");
+
+    // The backup restores (the killed attempt's parts, if it had the same name, are not in
+    // it) and holds the table.
+    let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
+    let opts = outrigger_testkit::PgOptions {
+        port: 5498,
+        settings: vec![("restore_command".into(), format!("{shipper} wal-fetch %f %p"))],
+    };
+    let restored = Postgres::restored(c.net.host(p), "scheduled", opts, |data| {
+        let (code, err) = shipper_on(&c, p, &cfg, &["backup-fetch", &data.display().to_string(), &first_name]);
+        anyhow::ensure!(code == 0, "backup-fetch: {err}");
+        std::fs::write(data.join("recovery.signal"), b"")?;
+        let (uid, gid) = Postgres::os_user()?;
+        nix::unistd::chown(&data.join("recovery.signal"), Some(uid.into()), Some(gid.into()))?;
+        Ok(())
+    })?;
+    outrigger_testkit::wait_ok(Duration::from_secs(60), "the restored server to answer", || {
+        anyhow::ensure!(restored.sql("select count(*) from big")? == "300000");
+        Ok(())
+    })?;
+    drop(restored);
+
+    // The next scheduled backup (20 s on) replaces the first: retain_full = 1 deletes it.
+    let second = outrigger_testkit::wait_until(Duration::from_secs(90), "a second scheduled backup", || {
+        last_backup(&c).filter(|v| v["last"]["name"] != first_name.as_str())
+    })?;
+    let second_name = second["last"]["name"].as_str().unwrap_or_default().to_owned();
+    outrigger_testkit::wait_ok(Duration::from_secs(60), "retention to delete the first backup", || {
+        let l = listed(&c, p, &cfg)?;
+        anyhow::ensure!(l == [second_name.clone()], "listed: {l:?}");
+        Ok(())
+    })?;
+    let status = c.etcd_get(&format!("outrigger/wal-shipper/{}", harness::Cluster::name(p))).unwrap_or_default();
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    anyhow::ensure!(
+        status["role"] == "primary" && status["last_archived_wal"].is_string(),
+        "the primary's status: {status}"
+    );
+    Ok(())
+}

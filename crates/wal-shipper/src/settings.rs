@@ -65,6 +65,7 @@ const KNOWN: &[Known] = &[
     k("WALG_DELTA_ORIGIN", "delta_origin"),
     k("WALG_VERIFY_PAGE_CHECKSUMS", "verify_page_checksums"),
     k("WALG_TAR_SIZE_THRESHOLD", "tar_size_threshold"),
+    k("WALG_DISK_RATE_LIMIT", "disk_rate_limit"),
     k("WALG_PREFETCH_DIR", "prefetch_dir"),
     k("WALG_SENTINEL_USER_DATA", "sentinel_user_data"),
     k("TOTAL_BG_UPLOADED_LIMIT", "total_bg_uploaded_limit"),
@@ -143,6 +144,9 @@ pub struct Settings {
     /// checks only with `--verify`). `false` turns the check off.
     pub verify_page_checksums: bool,
     pub tar_size_threshold: u64,
+    /// `WALG_DISK_RATE_LIMIT`: backup-push reads data files at most this many bytes per
+    /// second (over all its workers).
+    pub disk_rate_limit: Option<u64>,
     pub prefetch_dir: Option<PathBuf>,
     pub sentinel_user_data: Option<serde_json::Value>,
     pub pgdata: Option<PathBuf>,
@@ -548,6 +552,9 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
     let verify_page_checksums = r.boolean("WALG_VERIFY_PAGE_CHECKSUMS", true);
     let tar_size_threshold =
         r.number("WALG_TAR_SIZE_THRESHOLD", (1u64 << 30) - 1, 1 << 20, "must be a byte count >= 1048576");
+    let disk_rate_limit = r
+        .text("WALG_DISK_RATE_LIMIT")
+        .map(|_| r.number("WALG_DISK_RATE_LIMIT", 0u64, 1, "must be a byte rate >= 1 (bytes per second)"));
     let sentinel_user_data = r
         .text("WALG_SENTINEL_USER_DATA")
         .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap_or(serde_json::Value::String(t)));
@@ -589,6 +596,7 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
         delta_origin,
         verify_page_checksums,
         tar_size_threshold,
+        disk_rate_limit: disk_rate_limit.filter(|r| *r > 0),
         prefetch_dir: r.text("WALG_PREFETCH_DIR").map(PathBuf::from),
         sentinel_user_data,
         pgdata: r.text("PGDATA").map(PathBuf::from),

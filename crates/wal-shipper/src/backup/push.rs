@@ -19,6 +19,7 @@ use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -161,6 +162,8 @@ struct Exactly<'a> {
     /// Bytes read so far, and how far the kernel has been asked to read ahead.
     pos: u64,
     advised: u64,
+    /// `WALG_DISK_RATE_LIMIT`: (when reading began, bytes per second over every worker).
+    limit: Option<(Instant, u64)>,
 }
 
 impl<'a> Exactly<'a> {
@@ -169,8 +172,9 @@ impl<'a> Exactly<'a> {
         size: u64,
         counter: Arc<AtomicU64>,
         verifier: Option<&'a mut Verifier>,
+        limit: Option<(Instant, u64)>,
     ) -> Self {
-        Exactly { inner, left: size, counter, verifier, pos: 0, advised: 0 }
+        Exactly { inner, left: size, counter, verifier, pos: 0, advised: 0, limit }
     }
 
     /// Keeps the kernel reading [`READ_AHEAD`] beyond what we have read, so the disk works
@@ -214,7 +218,15 @@ impl Read for Exactly<'_> {
         };
         self.left -= n as u64;
         self.pos += n as u64;
-        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        let total = self.counter.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if let Some((start, rate)) = self.limit {
+            // Every worker shares the counter, so together they stay at the rate.
+            let due = start + Duration::from_secs_f64(total as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
         Ok(n)
     }
 }
@@ -235,6 +247,8 @@ struct Pass {
     delta_lsn: u64,
     /// Check page checksums (pages older than this LSN, the backup's start).
     verify_before: Option<u64>,
+    /// `WALG_DISK_RATE_LIMIT`.
+    limit: Option<(Instant, u64)>,
 }
 
 /// What the tar thread learnt about one file.
@@ -299,7 +313,7 @@ fn write_tar(
                     }
                     None => None,
                 };
-                let r = Exactly::new(inner, it.size, counter.clone(), v);
+                let r = Exactly::new(inner, it.size, counter.clone(), v, pass.limit);
                 b.append_data(&mut h, &it.rel, r).with_context(|| format!("tar {}", it.rel))?;
             }
         }
@@ -675,7 +689,8 @@ async fn push_files(
         tokio::task::spawn_blocking(move || walk(&p)).await.context("walk")??
     };
     delta::plan(&mut items, parent);
-    let pass = Pass { delta_lsn: parent.and_then(|p| p.sentinel.lsn).unwrap_or(0), verify_before };
+    let limit = s.disk_rate_limit.map(|r| (Instant::now(), r));
+    let pass = Pass { delta_lsn: parent.and_then(|p| p.sentinel.lsn).unwrap_or(0), verify_before, limit };
     let data_bytes: u64 = items.iter().map(|i| i.size).sum();
     let mut files = FilesMetadata { databases_by_names: serde_json::json!({}), ..Default::default() };
     for it in items.iter().filter(|i| !i.dir) {
@@ -738,7 +753,7 @@ async fn push_files(
     let object = s.codec.method.object_name("pg_control.tar");
     files.tar_file_sets.insert("pg_control.tar".into(), vec![ctl.rel.clone()]);
     let key = format!("{}/{object}", super::parts_dir(name));
-    let no_checks = Pass { delta_lsn: 0, verify_before: None };
+    let no_checks = Pass { delta_lsn: 0, verify_before: None, limit: None };
     let ((t, c), _) = upload_tar(store, &s.codec, pgdata, vec![ctl], no_checks, &key, progress.counter()).await?;
     record(&mut files, reports, skipped);
     Ok((files, (total.0 + t, total.1 + c, data_bytes)))

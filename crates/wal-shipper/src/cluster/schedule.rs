@@ -19,8 +19,8 @@ impl Schedule {
     pub fn parse(text: &str) -> Result<Schedule, String> {
         let t = text.trim();
         if let Ok(d) = humantime::parse_duration(t) {
-            if d < Duration::from_secs(60) {
-                return Err("an interval must be at least 1m".into());
+            if d < Duration::from_secs(10) {
+                return Err("an interval must be at least 10s".into());
             }
             return Ok(Schedule::Every(d));
         }
@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn schedules_that_cannot_mean_anything_are_refused_with_the_rule() {
-        assert!(Schedule::parse("10s").unwrap_err().contains("at least 1m"));
+        assert!(Schedule::parse("5s").unwrap_err().contains("at least 10s"));
         assert!(Schedule::parse("61 3 * * *").unwrap_err().contains("cron"));
         assert!(Schedule::parse("soon").unwrap_err().contains("interval"));
     }
