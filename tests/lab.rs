@@ -46,7 +46,7 @@ fn namespaces(prefix: &str) -> Vec<String> {
 #[test]
 fn lab_comes_up_with_one_primary_behind_the_vip_and_goes_down_without_leftovers() {
     // The daemons, built in the tests' own profile (already built once in a test run).
-    let bin_dir = ["ha-agent", "proxy-checker", "vip-manager"]
+    let bin_dir = ["ha-agent", "proxy-checker", "vip-manager", "wal-shipper"]
         .map(outrigger_testkit::bin::daemon)
         .first()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -81,6 +81,48 @@ fn lab_comes_up_with_one_primary_behind_the_vip_and_goes_down_without_leftovers(
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&write.stdout).trim(), "f", "{write:?}");
+
+    // The cluster archives and was backed up once it came up; `status` says so.
+    let st = String::from_utf8_lossy(&lab.run("status").stdout).into_owned();
+    assert!(st.contains("last backup: base_"), "a first backup is shown:\n{st}");
+    let backups = lab.run("backups");
+    assert!(String::from_utf8_lossy(&backups.stdout).contains("base_"), "{backups:?}");
+
+    // The README's point-in-time restore: a row written before the target is there, one
+    // written after it is not.
+    let psql = |sql: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("{ns}-client"), "psql", "-h", "10.251.0.50", "-p", "15432", "-U", "postgres"])
+            .args(["-qAtc", sql])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sql}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    psql("insert into lab_probe values (2)");
+    let target = psql("select now()");
+    psql("select pg_sleep(0.1); insert into lab_probe values (3)");
+    let last = psql("select pg_walfile_name(pg_switch_wal())");
+    outrigger_testkit::wait_until(std::time::Duration::from_secs(60), "the segment to be archived", || {
+        (psql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last).then_some(())
+    })
+    .unwrap();
+    let pitr = Command::new(root().join("deploy/lab/lab"))
+        .args(["pitr", &target])
+        .env("OUTRIGGER_LAB_NS", &lab.ns)
+        .env("OUTRIGGER_LAB_DIR", lab.dir.path().join("lab"))
+        .env("OUTRIGGER_LAB_BIN", &lab.bin_dir)
+        .output()
+        .unwrap();
+    assert!(pitr.status.success(), "lab pitr: {pitr:?}");
+    let rows = Command::new("ip")
+        .args(["netns", "exec", &format!("{ns}-client"), "psql", "-h", "10.251.0.100", "-p", "5440", "-U", "postgres"])
+        .args(["-qAtc", "select string_agg(i::text, ',' order by i) from lab_probe"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&rows.stdout).trim(), "1,2", "{rows:?}");
+    lab.run("pitr-stop");
 
     let down = lab.run("down");
     assert!(down.status.success(), "{down:?}");
