@@ -405,3 +405,78 @@ fn two_members_due_at_once_take_one_backup_a_killed_taker_leaves_none_listed_and
     );
     Ok(())
 }
+
+#[test]
+fn a_new_cluster_bootstrapped_from_the_archive_to_a_point_in_time_holds_exactly_that_state_under_its_own_scope()
+-> anyhow::Result<()> {
+    let Rig { c, cfg, _s3, _cfg_dir } = rig("cluster_bootstrap_pitr", false, "")?;
+    let p = c.wait_primary(UP, &[])?;
+    c.sql(p, "create table t (id int primary key)")?;
+    let (code, err) = shipper_on(&c, p, &cfg, &["backup-push", &c.data_dir(p).display().to_string()]);
+    anyhow::ensure!(code == 0, "backup-push: {err}");
+    c.sql(p, "insert into t values (1)")?;
+    let target = c.sql(p, "select to_char(now() at time zone 'utc', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")?;
+    c.sql(p, "select pg_sleep(0.2)")?;
+    c.sql(p, "insert into t values (2)")?;
+    let last = c.sql(p, "select pg_walfile_name(pg_switch_wal())")?;
+    outrigger_testkit::wait_ok(Duration::from_secs(60), "the segment with both inserts to be archived", || {
+        let done = c.sql(p, "select coalesce(last_archived_wal, '') from pg_stat_archiver")?;
+        anyhow::ensure!(done.as_str() >= last.as_str(), "archived up to {done:?}, want {last}");
+        Ok(())
+    })?;
+    let sysid = c.sql(p, "select system_identifier from pg_control_system()")?;
+
+    // Host 3 (no member of the first cluster) bootstraps a cluster of its own scope with
+    // Patroni's bootstrap.method: a command that restores the newest backup before the
+    // target, then recovery to the target and promotion. It archives nowhere (a restored
+    // cluster must not write into the first cluster's archive).
+    let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
+    let scope = "otk-restored";
+    let text = c
+        .config_text(3)
+        .replace(&format!("scope = \"{}\"", harness::SCOPE), &format!("scope = \"{scope}\""))
+        .replace("archive_mode = \"on\"", "archive_mode = \"off\"")
+        .replace("[bootstrap]\n", "[bootstrap]\nmethod = \"wal_shipper\"\n")
+        + &format!(
+            "\n[bootstrap.wal_shipper]\ncommand = \"{shipper} create-replica --target-time '{target}'\"\n\
+             [bootstrap.wal_shipper.recovery_conf]\nrestore_command = \"{shipper} wal-fetch %f %p\"\n\
+             recovery_target_time = \"{target}\"\nrecovery_target_action = \"promote\"\n"
+        );
+    let path = c.net.dir().path().join("ha-agent-restored.toml");
+    std::fs::write(&path, text)?;
+    let mut cmd = Command::new(harness::agent_bin());
+    cmd.arg("--config").arg(&path).arg("--log-json");
+    let _agent = c.net.host(3).spawn("ha-restored", cmd)?;
+
+    let key = |k: &str| {
+        c.etcd
+            .etcdctl(&c.net, 0, &["get", "--print-value-only", &format!("/service/{scope}/{k}")])
+            .map(|s| s.trim().to_owned())
+    };
+    outrigger_testkit::wait_until(Duration::from_secs(120), "the restored cluster's leader", || {
+        (key("leader").ok()? == "n3").then_some(())
+    })?;
+    outrigger_testkit::wait_ok(Duration::from_secs(30), "the restored primary to take writes", || {
+        anyhow::ensure!(c.sql(3, "select pg_is_in_recovery()")? == "f");
+        Ok(())
+    })?;
+    let rows = c.sql(3, "select string_agg(id::text, ',' order by id) from t")?;
+    anyhow::ensure!(rows == "1", "the state at {target}: row 1 and not row 2, found {rows:?}");
+    outrigger_testkit::wait_until(
+        Duration::from_secs(30),
+        "the new scope's initialize to hold the restored system identifier",
+        || (key("initialize").ok()? == sysid).then_some(()),
+    )?;
+    let member: serde_json::Value = serde_json::from_str(&key("members/n3")?)?;
+    anyhow::ensure!(member["role"] == "primary", "n3 publishes itself as the primary: {member}");
+    // The target would stop any later start (as a replica) at the same point: it is gone
+    // from the configuration files (it takes effect only at a start, so no restart is due).
+    let target_left = c.sql(
+        3,
+        "select coalesce(string_agg(name || ' in ' || sourcefile, ', '), 'none') from pg_file_settings \
+         where name like 'recovery_target%' and name <> 'recovery_target_timeline'",
+    )?;
+    anyhow::ensure!(target_left == "none", "recovery targets left in the configuration files: {target_left}");
+    c.sql(3, "insert into t values (3)")?;
+    Ok(())
+}

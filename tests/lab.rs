@@ -92,7 +92,18 @@ fn lab_comes_up_with_one_primary_behind_the_vip_and_goes_down_without_leftovers(
     // written after it is not.
     let psql = |sql: &str| {
         let out = Command::new("ip")
-            .args(["netns", "exec", &format!("{ns}-client"), "psql", "-h", "10.251.0.50", "-p", "15432", "-U", "postgres"])
+            .args([
+                "netns",
+                "exec",
+                &format!("{ns}-client"),
+                "psql",
+                "-h",
+                "10.251.0.50",
+                "-p",
+                "15432",
+                "-U",
+                "postgres",
+            ])
             .args(["-qAtc", sql])
             .env("PGCONNECT_TIMEOUT", "5")
             .output()

@@ -168,11 +168,17 @@ pub struct RawPostgresql {
 
 #[derive(Debug, Deserialize, Default)]
 pub struct RawBootstrap {
+    /// Patroni's `bootstrap.method`: `initdb` (default) or the name of a table below with a
+    /// `command`.
+    pub method: Option<String>,
     /// initdb options, `"name"` or `"name=value"` (`--name[=value]`).
     pub initdb: Option<Vec<String>>,
     /// Written to the cluster's `config` key by the member that bootstraps the cluster.
     #[serde(default)]
     pub dcs: toml::Table,
+    /// `[bootstrap.<method>]` tables (Patroni's custom bootstrap methods).
+    #[serde(flatten)]
+    pub methods: toml::Table,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -260,6 +266,24 @@ pub enum ReplicaMethod {
     Command { name: String, argv: Vec<String>, params: Vec<(String, String)>, no_params: bool, keep_data: bool },
 }
 
+/// How a new cluster is made (Patroni's `bootstrap.method`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapMethod {
+    Initdb,
+    /// A command run as the PostgreSQL user, as Patroni runs one: `command` split like a
+    /// shell, then `--scope=S --datadir=D` (unless `no_params`). Exit 0 means the data
+    /// directory holds a cluster; with `recovery_conf` ha-agent then starts it in archive
+    /// recovery with those settings and waits for it to promote (`recovery_target_action =
+    /// promote`) before it publishes the cluster.
+    Command {
+        name: String,
+        argv: Vec<String>,
+        no_params: bool,
+        keep_existing_recovery_conf: bool,
+        recovery_conf: Vec<(String, String)>,
+    },
+}
+
 /// The validated `[restapi]` settings beyond the addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestApi {
@@ -283,6 +307,7 @@ pub struct Config {
     pub timings: Timings,
     pub postgresql: PgConfig,
     pub initdb: Vec<String>,
+    pub bootstrap_method: BootstrapMethod,
     /// `bootstrap.dcs` as JSON, for the `config` key.
     pub bootstrap_dcs: serde_json::Value,
     pub tags: Tags,
@@ -449,6 +474,84 @@ impl RawConfig {
             start_timeout,
             create_replica_methods,
         }
+    }
+}
+
+/// Validates `bootstrap.method` and the table it names.
+fn bootstrap_method(b: &RawBootstrap, p: &mut Problems) -> BootstrapMethod {
+    let name = b.method.clone().unwrap_or_else(|| "initdb".into());
+    for k in b.methods.keys().filter(|k| **k != name) {
+        p.push_key(
+            format!("bootstrap.{k}"),
+            "unknown key (a bootstrap method's table must be named in bootstrap.method)",
+        );
+    }
+    if name == "initdb" {
+        return BootstrapMethod::Initdb;
+    }
+    let key = format!("bootstrap.{name}");
+    let Some(toml::Value::Table(t)) = b.methods.get(&name) else {
+        p.push_key(&key, format!("is named in bootstrap.method but has no [{key}] table with a command"));
+        return BootstrapMethod::Initdb;
+    };
+    let argv = match t.get("command") {
+        Some(toml::Value::String(c)) => match shlex::split(c) {
+            Some(a) if !a.is_empty() => a,
+            _ => {
+                p.push(format!("{key}.command"), c, "must be a command line (quotes balanced)");
+                vec![]
+            }
+        },
+        _ => {
+            p.push_key(
+                format!("{key}.command"),
+                "must be set: the command that makes the new cluster's data directory",
+            );
+            vec![]
+        }
+    };
+    let flag = |k: &str| matches!(t.get(k), Some(toml::Value::Boolean(true)) | Some(toml::Value::Integer(1)));
+    let mut recovery_conf = Vec::new();
+    match t.get("recovery_conf") {
+        None => {}
+        Some(toml::Value::Table(rc)) => {
+            for (k, v) in rc {
+                let rkey = format!("{key}.recovery_conf.{k}");
+                if let Some(why) = crate::core::refused_parameter(k) {
+                    p.push_key(rkey, format!("is refused: {why}"));
+                    continue;
+                }
+                match setting(v) {
+                    Some(s) => recovery_conf.push((k.clone(), s)),
+                    None => p.push(rkey, v, "must be a string, number or boolean"),
+                }
+            }
+            let action = rc.get("recovery_target_action").and_then(setting);
+            let targeted = rc.keys().any(|k| k.starts_with("recovery_target") && k != "recovery_target_timeline");
+            if targeted && action.as_deref() != Some("promote") {
+                p.push(
+                    format!("{key}.recovery_conf.recovery_target_action"),
+                    action.as_deref().unwrap_or("(unset: pause)"),
+                    "must be \"promote\" with a recovery target: the new cluster has to leave recovery to become a primary",
+                );
+            }
+        }
+        Some(v) => p.push(format!("{key}.recovery_conf"), v, "must be a table of recovery settings"),
+    }
+    for k in t.keys() {
+        if !["command", "no_params", "keep_existing_recovery_conf", "recovery_conf"].contains(&k.as_str()) {
+            p.push_key(
+                format!("{key}.{k}"),
+                "unknown key (command, no_params, keep_existing_recovery_conf, recovery_conf)",
+            );
+        }
+    }
+    BootstrapMethod::Command {
+        name,
+        argv,
+        no_params: flag("no_params"),
+        keep_existing_recovery_conf: flag("keep_existing_recovery_conf"),
+        recovery_conf,
     }
 }
 
@@ -799,6 +902,7 @@ impl Validate for RawConfig {
             noloadbalance: self.tags.noloadbalance,
             nosync: self.tags.nosync,
         };
+        let bootstrap_method = bootstrap_method(&self.bootstrap, &mut p);
         let bootstrap_dcs = toml_to_json(&toml::Value::Table(self.bootstrap.dcs.clone()));
         let watchdog = self.watchdog.validate(&mut p, &t, etcd.request_timeout);
         let local_etcd = self.local_etcd(&mut p, &etcd.endpoints, &postgresql.connect_address, &restapi_connect);
@@ -816,6 +920,7 @@ impl Validate for RawConfig {
                 timings: t,
                 postgresql,
                 initdb,
+                bootstrap_method,
                 bootstrap_dcs,
                 tags,
                 watchdog,
@@ -893,6 +998,7 @@ impl Config {
         runtime!("postgresql.parameters", postgresql.parameters);
         runtime!("postgresql.start_timeout", postgresql.start_timeout);
         runtime!("bootstrap.initdb", initdb);
+        runtime!("bootstrap.method", bootstrap_method);
         runtime!("bootstrap.dcs", bootstrap_dcs);
         runtime!("tags", tags);
         runtime!("watchdog", watchdog);
@@ -945,6 +1051,32 @@ listen = "10.0.0.1:5432"
     fn load(text: &str) -> Result<Config, Vec<String>> {
         let raw: RawConfig = parse_toml("t.toml", text).map_err(|e| vec![e.to_string()])?;
         raw.validate().map_err(|ps| ps.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_bootstrap_method_reads_as_patroni_names_it_and_a_target_without_promote_is_refused() {
+        let c = load(&format!(
+            "{BASE}[bootstrap]\nmethod = \"wal_shipper\"\n[bootstrap.wal_shipper]\ncommand = \"wal-shipper create-replica --target-time '2026-12-03 10:00:00+00'\"\n\
+             [bootstrap.wal_shipper.recovery_conf]\nrestore_command = \"wal-shipper wal-fetch %f %p\"\n\
+             recovery_target_time = \"2026-12-03 10:00:00+00\"\nrecovery_target_action = \"promote\"\n"
+        ))
+        .expect("valid");
+        let BootstrapMethod::Command { name, argv, recovery_conf, no_params, .. } = c.bootstrap_method else {
+            panic!("a command method")
+        };
+        assert_eq!(name, "wal_shipper");
+        assert_eq!(argv.last().map(String::as_str), Some("2026-12-03 10:00:00+00"));
+        assert!(!no_params);
+        assert!(recovery_conf.contains(&("recovery_target_action".into(), "promote".into())));
+        assert_eq!(load(BASE).expect("valid").bootstrap_method, BootstrapMethod::Initdb);
+        let e = load(&format!(
+            "{BASE}[bootstrap]\nmethod = \"x\"\n[bootstrap.x]\ncommand = \"c\"\ncolour = 1\n[bootstrap.x.recovery_conf]\nrecovery_target_time = \"t\"\n[bootstrap.y]\ncommand = \"d\"\n"
+        ))
+        .expect_err("problems");
+        let all = e.join("\n");
+        for want in ["bootstrap.x.recovery_conf.recovery_target_action", "bootstrap.x.colour", "bootstrap.y"] {
+            assert!(all.contains(want), "{want} missing from {all}");
+        }
     }
 
     #[test]

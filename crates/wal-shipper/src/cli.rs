@@ -56,16 +56,21 @@ pub enum Command {
     },
     /// Restore a base backup into an empty folder: `backup-fetch DEST NAME|LATEST`.
     BackupFetch { dest: PathBuf, name: String },
-    /// A replica method for ha-agent's or Patroni's `create_replica_methods`: restores a
-    /// backup (LATEST by default) into `--datadir`; the caller then configures and starts the
-    /// replica, which replays the archive and streams. Patroni's other arguments (`--scope`,
-    /// `--role`, `--connstring`, the method's own `--key=value`) are accepted and ignored.
+    /// A replica method for ha-agent's or Patroni's `create_replica_methods`, and a bootstrap
+    /// method for `bootstrap.method`: restores a backup (LATEST by default, or the newest one
+    /// before `--target-time`) into `--datadir`; the caller then configures and starts the
+    /// server, which replays the archive. Patroni's other arguments (`--scope`, `--role`,
+    /// `--connstring`, the method's own `--key=value`) are accepted and ignored.
     CreateReplica {
         #[arg(long)]
         datadir: PathBuf,
         /// The backup to restore.
         #[arg(long, default_value = "LATEST")]
         backup: String,
+        /// Restore the newest backup that finished at or before this time (RFC 3339, or
+        /// PostgreSQL's `2026-12-03 10:00:00+00`), for a point-in-time bootstrap.
+        #[arg(long)]
+        target_time: Option<String>,
         #[arg(long)]
         scope: Option<String>,
         #[arg(long)]
@@ -201,9 +206,18 @@ async fn run(command: Command, s: Settings) -> ExitCode {
         Command::BackupFetch { dest, name } => {
             done(crate::backup::fetch::fetch(&store, &s, &dest, &name).await.map(drop))
         }
-        Command::CreateReplica { datadir, backup, scope, role, connstring: _, rest } => {
-            tracing::info!(datadir = %datadir.display(), backup = %backup, scope = ?scope, role = ?role, ignored = ?rest, "creating a replica from the archive");
-            done(crate::backup::fetch::fetch(&store, &s, &datadir, &backup).await.map(drop))
+        Command::CreateReplica { datadir, backup, target_time, scope, role, connstring: _, rest } => {
+            tracing::info!(datadir = %datadir.display(), backup = %backup, target_time = ?target_time, scope = ?scope, role = ?role, ignored = ?rest, "restoring a data directory from the archive");
+            done(
+                async {
+                    let name = match target_time {
+                        Some(t) => crate::backup::newest_before(&store, &s, &t).await?,
+                        None => backup,
+                    };
+                    crate::backup::fetch::fetch(&store, &s, &datadir, &name).await.map(drop)
+                }
+                .await,
+            )
         }
         Command::BackupList { json, detail, pretty: _ } => {
             done(crate::report::backup_list(&store, &s, json, detail).await)

@@ -746,6 +746,83 @@ impl Postgres {
         r.map(drop).map_err(Into::into)
     }
 
+    /// A new cluster by a configured bootstrap command, called as Patroni calls one:
+    /// `argv... --scope=S --datadir=D` (unless `no_params`), as the PostgreSQL user. Then,
+    /// unless `keep_existing_recovery_conf`, the signal files the command left are removed;
+    /// with `recovery_conf`, `recovery.signal` is written (the settings go into
+    /// `postgresql.conf` with the rest). A failed attempt leaves no data behind.
+    pub async fn bootstrap_by_command(
+        &self,
+        method: &crate::config::BootstrapMethod,
+        scope: &str,
+    ) -> anyhow::Result<()> {
+        let crate::config::BootstrapMethod::Command {
+            name,
+            argv,
+            no_params,
+            keep_existing_recovery_conf,
+            recovery_conf,
+        } = method
+        else {
+            bail!("not a command method");
+        };
+        self.prepare_empty_data_dir()?;
+        let mut c = self.command(&argv[0]);
+        c.args(&argv[1..]);
+        if !no_params {
+            c.arg(format!("--scope={scope}")).arg(format!("--datadir={}", self.cfg.data_dir.display()));
+        }
+        let r = async {
+            self.run(&format!("bootstrap.method {name}"), c, Duration::from_secs(3600)).await?;
+            let d = &self.cfg.data_dir;
+            anyhow::ensure!(d.join("PG_VERSION").exists(), "the command left no cluster in {}", d.display());
+            if !keep_existing_recovery_conf {
+                for f in ["recovery.signal", "standby.signal"] {
+                    if d.join(f).exists() {
+                        std::fs::remove_file(d.join(f)).with_context(|| format!("remove {f}"))?;
+                    }
+                }
+            }
+            if !recovery_conf.is_empty() {
+                self.write_file(&d.join("recovery.signal"), "")?;
+            }
+            Ok(())
+        }
+        .await;
+        if r.is_err() {
+            let _ = self.remove_data();
+        }
+        r
+    }
+
+    /// Waits until the server has left recovery (a bootstrap's point-in-time recovery that
+    /// ends with `recovery_target_action = promote`), it exits, or `limit` passes.
+    pub async fn wait_recovery_end(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut logged = tokio::time::Instant::now();
+        loop {
+            if postmaster_pid(&self.cfg.data_dir).is_none() {
+                bail!(
+                    "PostgreSQL stopped during recovery (see {}): a recovery target not reached ends it",
+                    self.cfg.log_file.display()
+                );
+            }
+            if let Ok(rows) = self.query("SELECT pg_is_in_recovery()").await
+                && rows.first().and_then(|r| r.try_get::<_, bool>(0).ok()) == Some(false)
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("still in recovery after {limit:?}");
+            }
+            if logged.elapsed() > Duration::from_secs(10) {
+                tracing::info!("waiting for the bootstrap's recovery to reach its target and promote");
+                logged = tokio::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Whether `host:port` accepts a connection as the superuser (within 2 s).
     async fn reachable(&self, host: &str, port: u16) -> bool {
         let su = &self.cfg.superuser;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use outrigger_schema::{ConfigValue, HistoryEntry, StatusValue};
 
 use super::{Agent, PROMOTING, Read, wall_ms};
-use crate::config::ReplicaMethod;
+use crate::config::{BootstrapMethod, ReplicaMethod};
 use crate::core::schedule::format_rfc3339_ms;
 use crate::core::{ClusterState, ClusterView, Decision, LeaderKey, Outcome, PgView, RunningPg};
 use crate::pg::StopMode;
@@ -227,7 +227,11 @@ impl Agent {
                 anyhow::bail!("won the bootstrap race but could not take the leader key");
             }
         };
-        tracing::info!(lease = format!("{lease:x}"), "won the bootstrap race; running initdb");
+        let method = match &self.cfg.bootstrap_method {
+            BootstrapMethod::Initdb => "initdb",
+            BootstrapMethod::Command { name, .. } => name.as_str(),
+        };
+        tracing::info!(lease = format!("{lease:x}"), method, "won the bootstrap race; making the new cluster");
         self.set_busy(Some("initializing new cluster"));
         let steps = async {
             self.arm_for_primary().await?;
@@ -259,18 +263,41 @@ impl Agent {
     }
 
     async fn bootstrap_steps(&mut self) -> anyhow::Result<u64> {
-        self.pg.initdb(&self.cfg.initdb).await?;
-        let params = serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone())
+        let mut params = serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone())
             .map(|c| c.parameters())
             .unwrap_or_default();
+        let recovery = match &self.cfg.bootstrap_method {
+            BootstrapMethod::Initdb => {
+                self.pg.initdb(&self.cfg.initdb).await?;
+                vec![]
+            }
+            m @ BootstrapMethod::Command { recovery_conf, .. } => {
+                self.pg.bootstrap_by_command(m, self.dcs.layout().scope()).await?;
+                recovery_conf.clone()
+            }
+        };
         let hints = self.settings.use_pg_rewind.unwrap_or(false)
             || serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone())
                 .ok()
                 .and_then(|c| c.use_pg_rewind())
                 .unwrap_or(false);
+        if !recovery.is_empty() {
+            // Point-in-time recovery first, with the recovery settings; they are taken out
+            // again once it promotes, so no later start (as a replica) stops at the target.
+            let mut with = params.clone();
+            with.extend(recovery.iter().cloned());
+            self.pg.write_config(&with, false, None, hints)?;
+            self.pg.start().await?;
+            self.pg.wait_recovery_end(Duration::from_secs(3600)).await?;
+            tracing::info!("the bootstrap's recovery reached its target and promoted");
+        }
+        params.retain(|(k, _)| !recovery.iter().any(|(r, _)| r == k));
         self.pg.write_config(&params, false, None, hints)?;
         self.record(Outcome::Promoted);
         self.pg.start().await?;
+        if !recovery.is_empty() {
+            self.pg.reload().await?;
+        }
         self.pg.create_replication_user().await?;
         Ok(self.pg.controldata().await?.sysid)
     }

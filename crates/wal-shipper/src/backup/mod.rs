@@ -134,6 +134,23 @@ pub fn latest(mut backups: Vec<Known>) -> Option<Known> {
     backups.pop()
 }
 
+/// Parses a recovery target time: RFC 3339, or PostgreSQL's `2026-12-03 10:00:00[.ffffff]+00`.
+pub fn parse_target_time(t: &str) -> anyhow::Result<DateTime<Utc>> {
+    let t = t.trim();
+    DateTime::parse_from_rfc3339(t)
+        .or_else(|_| DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|_| anyhow::anyhow!("{t:?} is not a time with a zone (2026-12-03 10:00:00+00 or RFC 3339)"))
+}
+
+/// The newest backup (by [`chronological`] order) that finished at or before `target`.
+pub async fn newest_before(store: &Store, s: &crate::settings::Settings, target: &str) -> anyhow::Result<String> {
+    let at = parse_target_time(target)?;
+    let all = list_known(store, s.download_concurrency).await?;
+    let before: Vec<Known> = all.into_iter().filter(|k| k.sentinel.finish_time.is_some_and(|f| f <= at)).collect();
+    latest(before).map(|k| k.listed.name).with_context(|| format!("no backup finished at or before {at}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +170,15 @@ mod tests {
         s.start_time = start.map(|t| t.parse().expect("time"));
         s.lsn = Some(lsn);
         Known { listed: Listed { name: name.into(), modified: modified.parse().expect("time") }, sentinel: s }
+    }
+
+    #[test]
+    fn target_times_parse_as_postgresql_and_rfc_3339_write_them() {
+        let want: DateTime<Utc> = "2026-12-03T10:00:00.25Z".parse().expect("time");
+        assert_eq!(parse_target_time("2026-12-03 10:00:00.25+00").expect("pg"), want);
+        assert_eq!(parse_target_time("2026-12-03 12:00:00.25+02:00").expect("pg"), want);
+        assert_eq!(parse_target_time("2026-12-03T10:00:00.25Z").expect("rfc"), want);
+        assert!(parse_target_time("yesterday").is_err());
     }
 
     #[test]
