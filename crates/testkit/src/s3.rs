@@ -164,6 +164,20 @@ impl S3Server {
         serde_json::from_str(out.trim()).map_err(|e| anyhow::anyhow!("head_object {key}: {e}: {out}"))
     }
 
+    /// Every object under `prefix`: key → (ETag, size), from boto3's paginated listing.
+    pub fn list_objects(
+        &self,
+        host: &Host,
+        prefix: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, (String, u64)>> {
+        let script = "import json\nout = {}\n\
+                      for page in s3.get_paginator('list_objects_v2').paginate(Bucket=sys.argv[1], Prefix=sys.argv[2]):\n    \
+                      for o in page.get('Contents', []):\n        out[o['Key']] = [o['ETag'], o['Size']]\n\
+                      print(json.dumps(out))";
+        let out = self.boto(host, script, &[&self.bucket, prefix])?;
+        serde_json::from_str(out.trim()).map_err(|e| anyhow::anyhow!("list {prefix}: {e}: {out}"))
+    }
+
     /// Kills the server (SIGKILL): the storage is unreachable until [`S3Server::start`].
     pub fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut p) = self.proc.take() {
