@@ -39,6 +39,7 @@ fn archiving_opts(shipper: &str, sync: bool) -> Opts {
         postgresql: "create_replica_methods = [\"wal_shipper\", \"basebackup\"]\n".into(),
         extra: format!(
             "archive_mode = \"on\"\narchive_command = \"{shipper} wal-push %p\"\nlog_replication_commands = \"on\"\n\
+             archive_timeout = \"5s\"\n\
              [postgresql.wal_shipper]\ncommand = \"{shipper} create-replica\"\nno_leader = 1\n\
              [postgresql.recovery_conf]\nrestore_command = \"{shipper} wal-fetch %f %p\"\n"
         ),
@@ -361,7 +362,7 @@ fn daemon_config(c: &Cluster, shared: &Path, i: usize, cluster: &str) -> PathBuf
     let endpoints = c.etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
     let text = format!(
         "{base}disk_rate_limit = 10000000\n[log]\nlevel = \"info\"\n[etcd]\nendpoints = [{endpoints}]\n\
-         [cluster]\nscope = \"{}\"\nname = \"n{i}\"\nlock_ttl = \"5s\"\nloop_wait = \"1s\"\n{cluster}",
+         [cluster]\nscope = \"{}\"\nname = \"n{i}\"\nlock_ttl = \"5s\"\nloop_wait = \"1s\"\nretry_after = \"3s\"\n{cluster}",
         harness::SCOPE
     );
     let path = shared.with_file_name(format!("wal-shipper-daemon-n{i}.toml"));
@@ -459,7 +460,10 @@ fn two_members_due_at_once_take_one_backup_a_killed_taker_leaves_none_listed_and
     })?;
     drop(restored);
 
-    // The next scheduled backup (20 s on) replaces the first: retain_full = 1 deletes it.
+    // The killed daemon comes back. The next scheduled backup (20 s on) replaces the first:
+    // retain_full = 1 deletes it. (A standby cannot start a new backup before the primary
+    // checkpoints, so a replica taker fails and, after two failures, the leader takes it.)
+    daemons[killed] = Some(start_daemon(&c, members[killed], if members[killed] == p { &cfg_p } else { &cfg_r })?);
     let second = outrigger_testkit::wait_until(Duration::from_secs(90), "a second scheduled backup", || {
         last_backup(&c).filter(|v| v["last"]["name"] != first_name.as_str())
     })?;

@@ -265,6 +265,12 @@ async fn wal_push(store: &Store, s: &Settings, path: &std::path::Path) -> anyhow
         .await
         .map_err(|_| anyhow::anyhow!("upload of {name} did not finish within {:?}", s.push_timeout))??;
     tracing::debug!(file = %name, outcome = ?outcome, "archived");
+    // A new timeline's history is archived right after a promotion, on the new primary.
+    if name.ends_with(".history")
+        && let Some(pg_wal) = path.parent()
+    {
+        walpush::backfill(store, &s.codec, pg_wal, &name).await?;
+    }
     Ok(())
 }
 

@@ -162,6 +162,13 @@ async fn upload_one(store: &Store, s: &Settings, pg_wal: &Path, name: &str, metr
     };
     let len = data.len() as u64;
     let push = walpush::push_bytes(store, &s.codec, s.prevent_wal_overwrite, name, data.into());
+    let push = async {
+        let outcome = push.await?;
+        if name.ends_with(".history") {
+            walpush::backfill(store, &s.codec, pg_wal, name).await?;
+        }
+        anyhow::Ok(outcome)
+    };
     match tokio::time::timeout(s.push_timeout, push).await {
         Ok(Ok(outcome)) => {
             if let Err(e) = walpush::write_marker(pg_wal, name) {

@@ -80,6 +80,7 @@ const KNOWN: &[Known] = &[
     k("WAL_SHIPPER_PUSH_TIMEOUT", "push_timeout"),
     k("WAL_SHIPPER_METRICS_LISTEN", "metrics_listen"),
     k("WAL_SHIPPER_DAEMON_POLL", "daemon_poll"),
+    k("WAL_SHIPPER_STANDBY_WAL_TIMEOUT", "standby_wal_timeout"),
 ];
 
 /// WAL-G settings for encryption wal-shipper does not implement: refusing them is the only
@@ -157,6 +158,9 @@ pub struct Settings {
     pub push_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
     pub daemon_poll: Duration,
+    /// How long a backup taken on a standby waits for the primary to archive the segment it
+    /// ends in before it fails (the backup becomes visible only then).
+    pub standby_wal_timeout: Duration,
     pub log: LogOptions,
     /// `[etcd]` and `[cluster]` of the TOML file: scheduled backups and status in etcd.
     pub cluster: Option<crate::cluster::ClusterSettings>,
@@ -585,6 +589,7 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
             None
         }
     });
+    let standby_wal_timeout = r.duration("WAL_SHIPPER_STANDBY_WAL_TIMEOUT", Duration::from_secs(600));
     let log = log.validate(r.p);
     Some(Settings {
         storage: storage?,
@@ -605,6 +610,7 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
         push_timeout,
         metrics_listen,
         daemon_poll,
+        standby_wal_timeout,
         log,
         cluster: None,
     })

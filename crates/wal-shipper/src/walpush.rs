@@ -143,6 +143,64 @@ fn compare(codec: &Codec, old: &[u8], new: &[u8]) -> Existing {
     }
 }
 
+/// The old-timeline segments to archive when `history` (a new timeline's history file) is:
+/// complete segments of an ancestor timeline that end before its switch point and that this
+/// server received by streaming (`.done` in `done`). After a promotion PostgreSQL archives
+/// only the `.partial` and the `.history`, so a segment the old primary had not archived yet
+/// would be a hole in the archive (the failover hole of wal-archiving-2.md §7). Recycled
+/// files named for later segments are never candidates. Pure.
+pub fn backfill_candidates(
+    files: &[String],
+    done: &std::collections::BTreeSet<String>,
+    history: &[(u32, u64)],
+) -> Vec<String> {
+    use crate::walname::{DEFAULT_SEGMENT_SIZE, Segment};
+    let mut out: Vec<String> = files
+        .iter()
+        .filter(|f| done.contains(*f))
+        .filter(|f| {
+            Segment::parse(f, DEFAULT_SEGMENT_SIZE).is_some_and(|seg| {
+                history.iter().any(|(tli, switch)| *tli == seg.timeline && seg.number < switch / DEFAULT_SEGMENT_SIZE)
+            })
+        })
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
+/// Archives [`backfill_candidates`] for the history file `name` in `pg_wal`, create-only
+/// whatever the overwrite setting: an equal copy is success, a different one an error.
+pub async fn backfill(store: &Store, codec: &Codec, pg_wal: &Path, name: &str) -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string(pg_wal.join(name)).with_context(|| format!("read {name}"))?;
+    let history = crate::walname::parse_history(&text);
+    let files: Vec<String> = std::fs::read_dir(pg_wal)
+        .with_context(|| format!("read {}", pg_wal.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let done: std::collections::BTreeSet<String> = std::fs::read_dir(pg_wal.join("archive_status"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".done").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let todo = backfill_candidates(&files, &done, &history);
+    for f in &todo {
+        let data = match tokio::fs::read(pg_wal.join(f)).await {
+            Ok(d) => d,
+            // Removed meanwhile (a checkpoint after the promotion): it was archived or is
+            // older than anything kept.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("read {f}")),
+        };
+        let outcome = push_bytes(store, codec, true, f, data.into()).await.with_context(|| format!("backfill {f}"))?;
+        tracing::info!(file = %f, outcome = ?outcome, history = name, "old-timeline segment archived after the promotion");
+    }
+    Ok(todo.len())
+}
+
 /// The upload-ahead marker folder for a WAL folder (WAL-G's place for it).
 pub fn marker_dir(pg_wal: &Path) -> PathBuf {
     pg_wal.join("walg_data").join("walg_archive_status")
@@ -165,6 +223,32 @@ pub fn write_marker(pg_wal: &Path, name: &str) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn backfill_takes_streamed_segments_before_the_switch_point_and_never_recycled_ones() {
+        let s = crate::walname::DEFAULT_SEGMENT_SIZE;
+        let files: Vec<String> = [
+            "000000010000000000000005",
+            "000000010000000000000006",
+            "000000010000000000000007",
+            "000000010000000000000009",
+            "000000010000000000000007.partial",
+            "000000020000000000000007",
+            "00000002.history",
+        ]
+        .map(String::from)
+        .to_vec();
+        let done: std::collections::BTreeSet<String> =
+            ["000000010000000000000005", "000000010000000000000006", "000000010000000000000009"]
+                .map(String::from)
+                .into();
+        // Timeline 2 forked from 1 inside segment 7.
+        let history = [(1u32, 7 * s + 0x100)];
+        assert_eq!(
+            super::backfill_candidates(&files, &done, &history),
+            ["000000010000000000000005", "000000010000000000000006"]
+        );
+    }
+
     use super::*;
 
     #[test]

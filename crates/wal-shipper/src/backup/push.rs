@@ -607,6 +607,12 @@ pub async fn push_and_describe(
         if now != tli {
             bail!("the standby moved from timeline {tli} to {now} during the backup; the backup is left unfinished");
         }
+        // A standby's pg_backup_stop does not wait for archiving: the primary archives the
+        // WAL this backup ends in. The sentinel waits for it, so a listed backup can always
+        // be restored.
+        let last =
+            Segment::containing(tli, finish.0.saturating_sub(1), DEFAULT_SEGMENT_SIZE).name(DEFAULT_SEGMENT_SIZE);
+        wait_archived(store, s, &last).await?;
     }
 
     // backup_label.tar: the label and the tablespace map from pg_backup_stop.
@@ -658,6 +664,32 @@ pub async fn push_and_describe(
         "backup finished"
     );
     Ok((name, sentinel))
+}
+
+/// Waits until WAL segment `name` is in the archive, or `standby_wal_timeout` passes.
+async fn wait_archived(store: &Store, s: &Settings, name: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + s.standby_wal_timeout;
+    let mut said = false;
+    loop {
+        for (_, key) in crate::walfetch::candidates(name, s.codec.method) {
+            if store.get(&key).await?.is_some() {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the primary did not archive {name}, which this standby backup ends in, within {:?} \
+                 (WAL_SHIPPER_STANDBY_WAL_TIMEOUT; an archive_timeout on the primary bounds the wait); \
+                 the backup is left without a sentinel (invisible)",
+                s.standby_wal_timeout
+            );
+        }
+        if !said {
+            tracing::info!(segment = name, "waiting for the primary to archive the segment this backup ends in");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// A tar of small in-memory files.

@@ -230,6 +230,8 @@ async fn renew(
             Err(err) => {
                 metrics.etcd_request_failed();
                 tracing::warn!(error = %err, "renew the lease");
+                // A broken keep-alive stream stays broken: the next try opens a new one.
+                l.renewer = e.lease_renewer(l.id);
             }
         },
         Some(_) => {}
