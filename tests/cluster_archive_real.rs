@@ -185,6 +185,31 @@ fn a_replica_behind_the_primarys_recycled_wal_catches_up_from_the_archive_withou
     Ok(())
 }
 
+/// A new PostgreSQL on host `i` restored from backup `name` into archive recovery, with
+/// `restore_command` from the archive and `settings` (a recovery target, say).
+fn restore_from_archive(
+    c: &Cluster,
+    i: usize,
+    cfg: &Path,
+    label: &str,
+    port: u16,
+    name: &str,
+    settings: Vec<(String, String)>,
+) -> anyhow::Result<Postgres> {
+    let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
+    let mut all = vec![("restore_command".to_owned(), format!("{shipper} wal-fetch %f %p"))];
+    all.extend(settings);
+    let opts = outrigger_testkit::PgOptions { port, settings: all };
+    Postgres::restored(c.net.host(i), label, opts, |data| {
+        let (code, err) = shipper_on(c, i, cfg, &["backup-fetch", &data.display().to_string(), name]);
+        anyhow::ensure!(code == 0, "backup-fetch: {err}");
+        std::fs::write(data.join("recovery.signal"), b"")?;
+        let (uid, gid) = Postgres::os_user()?;
+        nix::unistd::chown(&data.join("recovery.signal"), Some(uid.into()), Some(gid.into()))?;
+        Ok(())
+    })
+}
+
 /// Once the writer got a write acknowledged by `new` after `since`, stops it and checks that
 /// `new` holds every write it saw acknowledged (by `old` or `new`); returns the acknowledgements.
 fn hand_over(
@@ -306,23 +331,9 @@ fn archive_through_failover(test: &str, fault: Fault) -> anyhow::Result<()> {
 
     // A point-in-time restore to the moment of the fault holds every write acknowledged
     // before it, and none of the new primary's.
-    let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
-    let opts = outrigger_testkit::PgOptions {
-        port: 5499,
-        settings: vec![
-            ("restore_command".into(), format!("{shipper} wal-fetch %f %p")),
-            ("recovery_target_time".into(), fault_wall.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()),
-            ("recovery_target_action".into(), "promote".into()),
-        ],
-    };
-    let restored = Postgres::restored(c.net.host(q), "pitr", opts, |data| {
-        let (code, err) = shipper_on(&c, q, &cfg, &["backup-fetch", &data.display().to_string(), "LATEST"]);
-        anyhow::ensure!(code == 0, "backup-fetch: {err}");
-        std::fs::write(data.join("recovery.signal"), b"")?;
-        let (uid, gid) = Postgres::os_user()?;
-        nix::unistd::chown(&data.join("recovery.signal"), Some(uid.into()), Some(gid.into()))?;
-        Ok(())
-    })?;
+    let target = ("recovery_target_time".to_owned(), fault_wall.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string());
+    let promote = ("recovery_target_action".to_owned(), "promote".to_owned());
+    let restored = restore_from_archive(&c, q, &cfg, "pitr", 5499, "LATEST", vec![target, promote])?;
     outrigger_testkit::wait_ok(Duration::from_secs(90), "the restored server to reach its target", || {
         anyhow::ensure!(restored.sql("select pg_is_in_recovery()")? == "f");
         Ok(())
@@ -441,19 +452,7 @@ fn two_members_due_at_once_take_one_backup_a_killed_taker_leaves_none_listed_and
 
     // The backup restores (the killed attempt's parts, if it had the same name, are not in
     // it) and holds the table.
-    let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
-    let opts = outrigger_testkit::PgOptions {
-        port: 5498,
-        settings: vec![("restore_command".into(), format!("{shipper} wal-fetch %f %p"))],
-    };
-    let restored = Postgres::restored(c.net.host(p), "scheduled", opts, |data| {
-        let (code, err) = shipper_on(&c, p, &cfg, &["backup-fetch", &data.display().to_string(), &first_name]);
-        anyhow::ensure!(code == 0, "backup-fetch: {err}");
-        std::fs::write(data.join("recovery.signal"), b"")?;
-        let (uid, gid) = Postgres::os_user()?;
-        nix::unistd::chown(&data.join("recovery.signal"), Some(uid.into()), Some(gid.into()))?;
-        Ok(())
-    })?;
+    let restored = restore_from_archive(&c, p, &cfg, "scheduled", 5498, &first_name, vec![])?;
     outrigger_testkit::wait_ok(Duration::from_secs(60), "the restored server to answer", || {
         anyhow::ensure!(restored.sql("select count(*) from big")? == "300000");
         Ok(())
