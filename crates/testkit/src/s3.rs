@@ -122,8 +122,15 @@ impl S3Server {
             return Ok(());
         }
         // SeaweedFS answers before its volumes can store anything: a signed write must succeed.
-        wait_ok(Duration::from_secs(60), "seaweedfs to store an object", || {
+        let stored = wait_ok(Duration::from_secs(60), "seaweedfs to store an object", || {
             self.put_object(host, ".outrigger-probe", b"probe").map(drop)
+        });
+        stored.map_err(|e| {
+            // Its own account of why (e.g. every volume read-only: under 1% of the disk free).
+            let log = self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            e.context(format!("{}; seaweedfs's last log lines:\n{}", free_disk(&self.dir), tail.join("\n")))
         })
     }
 
@@ -223,5 +230,17 @@ impl S3Server {
             m.insert((*k).to_owned(), serde_json::Value::String((*v).to_owned()));
         }
         serde_json::Value::Object(m).to_string()
+    }
+}
+
+/// Free space on the file system holding `dir`, as `df` reports it.
+fn free_disk(dir: &std::path::Path) -> String {
+    match Command::new("df").args(["-h", "--output=avail,pcent"]).arg(dir).output() {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let line = text.lines().last().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("free disk under {}: {line} used", dir.display())
+        }
+        Err(e) => format!("free disk under {}: df failed: {e}", dir.display()),
     }
 }
