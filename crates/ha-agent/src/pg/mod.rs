@@ -846,6 +846,35 @@ impl Postgres {
         }
     }
 
+    /// Makes the leader at `host:port` write one WAL record (a transaction with an id, which
+    /// any user may run), committed locally only (it must not wait for a synchronous standby).
+    ///
+    /// pg_rewind sets the rewound server's minimum recovery point to the source's insert
+    /// position. When the source's last record was a WAL switch (`archive_timeout` on an idle
+    /// primary), that position lies past the next segment's page header, beyond any record:
+    /// the replica streams but never reaches a consistent state until the primary writes
+    /// again, and an idle primary may not for hours.
+    pub async fn nudge_wal(&self, host: &str, port: u16) -> anyhow::Result<()> {
+        let su = &self.cfg.superuser;
+        let mut c = tokio_postgres::Config::new();
+        c.host(host).port(port).user(&su.username).dbname("postgres").connect_timeout(Duration::from_secs(5));
+        if let Some(p) = &su.password {
+            c.password(p);
+        }
+        let work = async {
+            let (client, conn) = c.connect(NoTls).await.context("connect to the leader")?;
+            let task = tokio::spawn(conn);
+            let r = client
+                .batch_execute("SET synchronous_commit TO local; SELECT pg_catalog.txid_current();")
+                .await
+                .context("write a WAL record on the leader");
+            drop(client);
+            task.abort();
+            r
+        };
+        tokio::time::timeout(Duration::from_secs(10), work).await.context("timed out")?
+    }
+
     async fn rewind_once(&self, host: &str, port: u16) -> Result<(), PgError> {
         let su = &self.cfg.superuser;
         let conninfo = format!(

@@ -492,6 +492,10 @@ impl Agent {
             Ok(()) => {
                 self.record(Outcome::Rewound { leader: leader.to_owned() });
                 tracing::info!(source = %leader, "pg_rewind done");
+                if let Err(e) = self.pg.nudge_wal(&src.host, src.port).await {
+                    // Only an idle leader whose last record was a WAL switch needs it.
+                    tracing::warn!(source = %leader, error = format!("{e:#}"), "could not make the leader write a WAL record after pg_rewind; if it stays idle, this replica waits for its next write to become consistent");
+                }
                 self.pg.write_config(&self.dyn_config.parameters, true, Some(&src), self.wal_log_hints())?;
                 self.start().await;
                 Ok(())
