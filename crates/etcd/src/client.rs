@@ -326,6 +326,13 @@ impl Etcd {
         self.cas("put-if-mod-revision", key, [cmp], TxnOp::put(key, value.clone(), None), None, ours).await
     }
 
+    /// Deletes the key only if its `mod_revision` is still `mod_revision` (the leader deleting
+    /// `/sync` when synchronous mode is turned off).
+    pub async fn delete_if_mod_revision(&self, key: &str, mod_revision: i64) -> Result<i64, EtcdError> {
+        let cmp = Compare::mod_revision(key, CompareOp::Equal, mod_revision);
+        self.cas("delete-if-mod-revision", key, [cmp], TxnOp::delete(key, None), None, |kv| kv.is_none()).await
+    }
+
     /// Creates `key` on `lease` only if it does not exist and `guard` still has
     /// `guard_mod_revision` (0: `guard` must not exist): a lock that is taken only while the
     /// state it was decided on is unchanged.

@@ -192,6 +192,8 @@ pub struct RawTags {
     pub noloadbalance: bool,
     #[serde(default)]
     pub nosync: bool,
+    /// Preference as a synchronous standby (Patroni 4.1); `<= 0` means nosync.
+    pub sync_priority: Option<i64>,
 }
 
 /// Patroni's HA timings.
@@ -901,6 +903,7 @@ impl Validate for RawConfig {
             clonefrom: self.tags.clonefrom,
             noloadbalance: self.tags.noloadbalance,
             nosync: self.tags.nosync,
+            sync_priority: self.tags.sync_priority.unwrap_or(1),
         };
         let bootstrap_method = bootstrap_method(&self.bootstrap, &mut p);
         let bootstrap_dcs = toml_to_json(&toml::Value::Table(self.bootstrap.dcs.clone()));

@@ -2,10 +2,10 @@
 //! (`../shared/reference/patroni.md` §1.3): the leader key is created with a create-if-absent
 //! transaction on the member's lease, moved to a new lease with a value-equals transaction,
 //! released with a value-equals delete; `initialize` is raced with create-if-absent; `config`
-//! and `failover` are written with compare-on-mod-revision.
+//! `failover` and `sync` are written with compare-on-mod-revision.
 
 use outrigger_etcd::{EtcdError, Kv, LeaseId};
-use outrigger_schema::{ClusterKey, HistoryEntry, KeyLayout, MemberValue, StatusValue};
+use outrigger_schema::{ClusterKey, HistoryEntry, KeyLayout, MemberValue, StatusValue, SyncValue};
 
 use crate::hedge::PerEndpoint;
 
@@ -119,6 +119,31 @@ impl Dcs {
     pub async fn clear_failover(&self, mod_revision: i64) -> Result<bool, EtcdError> {
         let key = self.key(ClusterKey::Failover);
         cas(self.etcd.first_ok(|c| c.put_if_mod_revision(&key, mod_revision, "{}")).await)
+    }
+
+    /// Writes `sync` naming `leader` with these standbys, only if the key is still at
+    /// `mod_revision` (0: absent), in Patroni 4's form
+    /// (`{"leader":..,"quorum":..,"sync_standby":"a,b"|null}`). Returns the new revision.
+    pub async fn write_sync(
+        &self,
+        leader: &str,
+        standbys: &[String],
+        quorum: u32,
+        mod_revision: i64,
+    ) -> Result<Option<i64>, EtcdError> {
+        let key = self.key(ClusterKey::Sync);
+        let text = SyncValue::patroni(leader, standbys, quorum).encode();
+        match self.etcd.first_ok(|c| c.put_if_mod_revision(&key, mod_revision, text.clone())).await {
+            Ok(rev) => Ok(Some(rev)),
+            Err(EtcdError::CompareFailed { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes `sync` unless it changed since `mod_revision`.
+    pub async fn delete_sync(&self, mod_revision: i64) -> Result<bool, EtcdError> {
+        let key = self.key(ClusterKey::Sync);
+        cas(self.etcd.first_ok(|c| c.delete_if_mod_revision(&key, mod_revision)).await)
     }
 
     pub async fn revoke(&self, lease: LeaseId) -> Result<(), EtcdError> {

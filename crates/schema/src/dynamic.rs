@@ -162,6 +162,26 @@ impl ConfigValue {
         }
     }
 
+    /// `synchronous_mode_strict`.
+    pub fn synchronous_mode_strict(&self) -> Option<bool> {
+        boolean(self.extra.get("synchronous_mode_strict"))
+    }
+
+    /// `synchronous_node_count` (Patroni's default 1).
+    pub fn synchronous_node_count(&self) -> Option<i64> {
+        int(self.extra.get("synchronous_node_count"))
+    }
+
+    /// `maximum_lag_on_syncnode` in bytes; -1 (Patroni's default) means no limit.
+    pub fn maximum_lag_on_syncnode(&self) -> Option<i64> {
+        int(self.extra.get("maximum_lag_on_syncnode"))
+    }
+
+    /// `failsafe_mode`.
+    pub fn failsafe_mode(&self) -> Option<bool> {
+        boolean(self.extra.get("failsafe_mode"))
+    }
+
     /// Whether this is a standby cluster: `standby_cluster` is an object naming a `host`, a
     /// `port` or a `restore_command`, as Patroni's `is_standby_cluster` decides it.
     pub fn is_standby_cluster(&self) -> bool {

@@ -237,9 +237,29 @@ impl SyncValue {
         json("sync", raw)
     }
 
+    /// The value Patroni 4 writes: standbys sorted and comma-joined, `null` when none.
+    pub fn patroni(leader: &str, standbys: &[String], quorum: u32) -> Self {
+        let mut s = standbys.to_vec();
+        s.sort();
+        s.dedup();
+        Self {
+            leader: Some(leader.to_owned()),
+            sync_standby: (!s.is_empty()).then(|| s.join(",")),
+            quorum: Some(quorum),
+        }
+    }
+
+    /// Compact JSON in Patroni's key order: `{"leader":..,"quorum":..,"sync_standby":..}`.
+    pub fn encode(&self) -> String {
+        serde_json::json!({"leader": self.leader, "quorum": self.quorum.unwrap_or(0), "sync_standby": self.sync_standby})
+            .to_string()
+    }
+
     /// The standbys listed, from the comma-joined string.
     pub fn standbys(&self) -> Vec<&str> {
-        self.sync_standby.as_deref().map_or_else(Vec::new, |s| s.split(',').filter(|p| !p.is_empty()).collect())
+        self.sync_standby
+            .as_deref()
+            .map_or_else(Vec::new, |s| s.split(',').map(str::trim).filter(|p| !p.is_empty()).collect())
     }
 }
 

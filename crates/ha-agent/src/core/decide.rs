@@ -25,6 +25,7 @@ use super::decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseR
 use super::divergence::{self, Divergence, LocalEnd};
 use super::observed::{ClusterState, Observed, PeerRef, PeerStatus, PgView, RunningPg};
 use super::schedule::parse_rfc3339_ms;
+use super::sync::{SyncKey, SyncMode};
 use super::view::{ClusterView, FailoverRequest, Initialize, LeaderKey, Member, Role};
 
 /// Decides what to do next from what was observed.
@@ -150,8 +151,26 @@ fn without_data(o: &Observed<'_>, c: &ClusterView, i_lead: bool) -> Decision {
     }
 }
 
+/// The `sync` key in force: synchronous mode is on in `config` and the key names a leader.
+fn sync_key<'a>(o: &Observed<'_>, c: &'a ClusterView) -> Option<&'a SyncKey> {
+    (o.config.sync.mode != SyncMode::Off).then_some(c.sync.as_ref()).flatten().filter(|k| k.active())
+}
+
+/// Rule (synchronous mode): only a member the `sync` key lists, or its leader, may lead. Every
+/// acknowledged transaction is on those members (`sync.rs`); anyone else may lack some.
+fn not_synchronous(o: &Observed<'_>, c: &ClusterView, who: &str) -> Option<WaitReason> {
+    let k = sync_key(o, c)?;
+    if k.led_by(who) || k.lists(who) {
+        return None;
+    }
+    Some(WaitReason::NotSynchronous { listed: k.members.clone() })
+}
+
 /// Why member `who`, with this timeline and WAL position, may not lead, if it may not.
 fn unfit(o: &Observed<'_>, c: &ClusterView, who: &str, timeline: u32, position: u64) -> Option<WaitReason> {
+    if let Some(why) = not_synchronous(o, c, who) {
+        return Some(why);
+    }
     // Rule: never lead from a timeline behind the cluster's. Promoting there would create a
     // timeline id that already exists elsewhere with different contents.
     if let Some(cluster) = c.cluster_timeline_for(who, timeline)
@@ -295,7 +314,12 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
                 && r.wal_position.saturating_sub(st.wal_position) <= limit
         })
     };
-    let fit = |name: &str| name != me && c.member(name).is_some() && (fit_by_key(name) || fit_by_answer(name));
+    let fit = |name: &str| {
+        name != me
+            && c.member(name).is_some()
+            && not_synchronous(o, c, name).is_none()
+            && (fit_by_key(name) || fit_by_answer(name))
+    };
     // Rule: a member key is refreshed once per loop_wait, so right after a role change it can
     // still say "primary" or "stopped". Before refusing a switchover on what the keys say, ask
     // the members themselves (as Patroni does, and as the REST pre-check did); refuse only
@@ -315,6 +339,10 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
     Some(match &f.candidate {
         Some(cand) if cand == me => Decision::ClearFailover { reason: ClearReason::CandidateIsLeader },
         Some(cand) if fit(cand) => Decision::StepDown { candidate: Some(cand.clone()) },
+        // Rule (synchronous mode): a switchover goes only to a listed member.
+        Some(cand) if not_synchronous(o, c, cand).is_some() => {
+            Decision::ClearFailover { reason: ClearReason::CandidateNotSynchronous(cand.clone()) }
+        }
         Some(cand) => ask_else(c.member(cand).into_iter().collect(), ClearReason::CandidateNotEligible(cand.clone())),
         None if c.members.iter().any(|m| fit(&m.name)) => Decision::StepDown { candidate: None },
         None => ask_else(c.members.iter().collect(), ClearReason::NoEligibleCandidate),

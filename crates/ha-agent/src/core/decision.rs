@@ -61,6 +61,8 @@ pub enum ClearReason {
     PausedScheduled,
     /// Maintenance mode allows a switchover only to a named candidate.
     PausedNeedsCandidate,
+    /// Synchronous mode: the candidate is not listed in `sync`.
+    CandidateNotSynchronous(String),
 }
 
 /// Why a member keeps its PostgreSQL stopped.
@@ -123,6 +125,17 @@ pub enum WaitReason {
     LeaseRevokedEarly,
     /// This agent started less than a ttl ago and does not know who led before.
     JustStarted,
+    /// Synchronous mode: the `sync` key does not list us (it lists `listed`), so we may lack
+    /// acknowledged transactions.
+    NotSynchronous {
+        listed: Vec<String>,
+    },
+    /// Quorum commit: too few voters answered with a position no further than ours to prove
+    /// that we have every acknowledged transaction.
+    NoQuorum {
+        votes: u32,
+        needed: u32,
+    },
 }
 
 /// One decision of the HA core.
@@ -310,6 +323,12 @@ impl fmt::Display for ClearReason {
             ClearReason::Stale(s) => write!(f, "scheduled_at {s} is stale (more than 1.5 x loop_wait ago)"),
             ClearReason::PausedScheduled => f.write_str("scheduled switchovers are not possible while paused"),
             ClearReason::PausedNeedsCandidate => f.write_str("while paused a switchover needs a named candidate"),
+            ClearReason::CandidateNotSynchronous(c) => {
+                write!(
+                    f,
+                    "candidate {c} is not a synchronous standby (synchronous mode is on and sync does not list it)"
+                )
+            }
         }
     }
 }
@@ -368,6 +387,18 @@ impl fmt::Display for WaitReason {
                 write!(f, "switchover: waiting to receive the old primary's WAL up to {target} (at {ours})")
             }
             WaitReason::SteppedDown => f.write_str("stepped down for a switchover; waiting for the new leader"),
+            WaitReason::NotSynchronous { listed } if listed.is_empty() => f.write_str(
+                "not eligible to lead: synchronous mode is on and sync lists no standby (only the last primary has every acknowledged transaction)",
+            ),
+            WaitReason::NotSynchronous { listed } => write!(
+                f,
+                "not eligible to lead: synchronous mode is on and sync lists only {} (they have every acknowledged transaction)",
+                listed.join(", ")
+            ),
+            WaitReason::NoQuorum { votes, needed } => write!(
+                f,
+                "not eligible to lead: quorum commit needs {needed} voters at or behind our position to prove we have every acknowledged transaction; {votes} answered so"
+            ),
         }
     }
 }

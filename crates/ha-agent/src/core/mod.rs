@@ -10,7 +10,9 @@ pub mod divergence;
 pub mod keeper;
 mod memory;
 mod observed;
+mod quorum;
 pub mod schedule;
+pub mod sync;
 mod view;
 pub mod watchdog;
 

@@ -1019,3 +1019,56 @@ fn a_replica_that_streamed_from_the_leader_moments_ago_is_not_judged_on_a_mid_sw
     fx.recent.streamed_at = Some(Moment::from_millis(6_000));
     assert_eq!(fx.decide(), Decision::Rewind { leader: "n2".into() });
 }
+
+// ---- synchronous mode ----
+
+fn synchronous(mut fx: Fx, leader: &str, listed: &[&str]) -> Fx {
+    fx.config.sync.mode = sync::SyncMode::On;
+    fx.c().sync = Some(sync::SyncKey {
+        leader: Some(leader.into()),
+        members: listed.iter().map(|s| s.to_string()).collect(),
+        quorum: 0,
+        mod_revision: 11,
+    });
+    fx
+}
+
+#[test]
+fn in_synchronous_mode_a_replica_the_sync_key_does_not_list_never_races() {
+    let fx = synchronous(Fx::new(), "n3", &["n2"]);
+    assert_eq!(wait(&fx.decide()), &WaitReason::NotSynchronous { listed: vec!["n2".into()] });
+    // The same replica races once it is listed, or when it was the leader synchronous mode
+    // names; with synchronous mode off the key means nothing.
+    assert!(matches!(synchronous(Fx::new(), "n3", &["n1"]).decide(), Decision::ProbePeers { .. }));
+    assert!(matches!(synchronous(Fx::new(), "n1", &[]).decide(), Decision::ProbePeers { .. }));
+    let mut off = synchronous(Fx::new(), "n3", &["n2"]);
+    off.config.sync.mode = sync::SyncMode::Off;
+    assert!(matches!(off.decide(), Decision::ProbePeers { .. }));
+}
+
+#[test]
+fn in_synchronous_mode_an_unlisted_peer_further_ahead_does_not_hold_the_listed_one_back() {
+    // n2 is ahead but may lack acknowledged commits (not listed): only listed members compete.
+    let fx = synchronous(Fx::new(), "n3", &["n1"]).peers(vec![answer("n2", false, 5000), silent("n3")]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    let fx = synchronous(Fx::new(), "n3", &["n1", "n2"]).peers(vec![answer("n2", false, 5000), silent("n3")]);
+    assert!(matches!(wait(&fx.decide()), WaitReason::PeerAhead { .. }));
+}
+
+#[test]
+fn in_synchronous_mode_a_key_holder_that_is_not_listed_gives_the_key_up_instead_of_promoting() {
+    let fx = synchronous(Fx::new().leader(ME), "n3", &["n2"]);
+    assert_eq!(fx.decide(), Decision::ReleaseLeader { reason: ReleaseReason::NotFitToPromote });
+}
+
+#[test]
+fn in_synchronous_mode_a_switchover_goes_only_to_a_listed_standby() {
+    let base = || Fx::new().leader(ME).pg(primary(1000, 1));
+    let fx = synchronous(base(), ME, &["n3"]).failover(Some(ME), Some("n2"));
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::CandidateNotSynchronous("n2".into()) });
+    let fx = synchronous(base(), ME, &["n3"]).failover(Some(ME), Some("n3"));
+    assert_eq!(fx.decide(), Decision::StepDown { candidate: Some("n3".into()) });
+    // Without a candidate: only a listed member counts as someone to hand over to.
+    let fx = synchronous(base(), ME, &[]).failover(Some(ME), None).peers(vec![]);
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::NoEligibleCandidate });
+}

@@ -10,8 +10,10 @@ use std::time::Duration;
 use outrigger_etcd::Kv;
 use outrigger_schema::{
     ClusterKey, ConfigValue, FailoverValue, HistoryEntry, KeyKind, KeyLayout, MemberRole, MemberValue, StatusValue,
-    decode_initialize, decode_leader,
+    SyncValue, SynchronousMode, decode_initialize, decode_leader,
 };
+
+use super::sync::{SyncKey, SyncMode, SyncSettings};
 use serde_json::{Map, Value};
 
 /// The `initialize` key.
@@ -41,11 +43,20 @@ pub struct Tags {
     pub clonefrom: bool,
     pub noloadbalance: bool,
     pub nosync: bool,
+    /// Higher is preferred as a synchronous standby; `<= 0` means nosync (Patroni 3.3+).
+    pub sync_priority: i64,
 }
 
 impl Default for Tags {
     fn default() -> Self {
-        Self { nofailover: false, failover_priority: 1, clonefrom: false, noloadbalance: false, nosync: false }
+        Self {
+            nofailover: false,
+            failover_priority: 1,
+            clonefrom: false,
+            noloadbalance: false,
+            nosync: false,
+            sync_priority: 1,
+        }
     }
 }
 
@@ -64,26 +75,32 @@ impl Tags {
         !self.nofailover && self.failover_priority > 0
     }
 
+    /// Whether this member may be a synchronous standby.
+    pub fn allows_sync(&self) -> bool {
+        !self.nosync && self.sync_priority > 0
+    }
+
     /// Reads tags as Patroni writes them into member keys and status JSON. Unknown tags are
     /// ignored here (they still round-trip in the wire types).
     pub fn from_json(tags: &Map<String, Value>) -> Self {
         let d = Tags::default();
-        let priority = match tags.get("failover_priority") {
-            Some(Value::Number(n)) => n.as_i64().unwrap_or(d.failover_priority),
-            Some(Value::String(s)) => s.trim().parse().unwrap_or(d.failover_priority),
-            _ => d.failover_priority,
+        let int = |k: &str, default: i64| match tags.get(k) {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(default),
+            Some(Value::String(s)) => s.trim().parse().unwrap_or(default),
+            _ => default,
         };
         Self {
             nofailover: truthy(tags.get("nofailover")),
-            failover_priority: priority,
+            failover_priority: int("failover_priority", d.failover_priority),
             clonefrom: truthy(tags.get("clonefrom")),
             noloadbalance: truthy(tags.get("noloadbalance")),
             nosync: truthy(tags.get("nosync")),
+            sync_priority: int("sync_priority", d.sync_priority),
         }
     }
 
     /// Tags as Patroni publishes them: only truthy built-in tags, except that `nofailover`
-    /// is kept when `failover_priority` is set (§1.2).
+    /// is kept when `failover_priority` is set, and `nosync` when `sync_priority` is (§1.2).
     pub fn to_json(&self) -> Map<String, Value> {
         let d = Tags::default();
         let mut m = Map::new();
@@ -94,10 +111,17 @@ impl Tags {
         if priority_set {
             m.insert("failover_priority".into(), Value::from(self.failover_priority));
         }
-        for (k, v) in [("clonefrom", self.clonefrom), ("noloadbalance", self.noloadbalance), ("nosync", self.nosync)] {
+        for (k, v) in [("clonefrom", self.clonefrom), ("noloadbalance", self.noloadbalance)] {
             if v {
                 m.insert(k.into(), Value::Bool(true));
             }
+        }
+        let sync_priority_set = self.sync_priority != d.sync_priority;
+        if self.nosync || sync_priority_set {
+            m.insert("nosync".into(), Value::Bool(self.nosync));
+        }
+        if sync_priority_set {
+            m.insert("sync_priority".into(), Value::from(self.sync_priority));
         }
         m
     }
@@ -163,6 +187,8 @@ pub struct DynConfig {
     pub pause: bool,
     /// Parameters from `postgresql.parameters` that are not applied, with why.
     pub refused: Vec<(String, &'static str)>,
+    /// `synchronous_mode` and its companions.
+    pub sync: SyncSettings,
 }
 
 /// Why a PostgreSQL parameter from a config (the cluster's `config` key, or the agent's file)
@@ -210,6 +236,7 @@ impl Default for DynConfig {
             parameters: Vec::new(),
             pause: false,
             refused: Vec::new(),
+            sync: SyncSettings::default(),
         }
     }
 }
@@ -244,6 +271,20 @@ impl DynConfig {
             parameters,
             pause: v.pause().unwrap_or(false),
             refused,
+            sync: SyncSettings {
+                mode: match v.synchronous_mode() {
+                    SynchronousMode::Off => SyncMode::Off,
+                    SynchronousMode::On => SyncMode::On,
+                    SynchronousMode::Quorum => SyncMode::Quorum,
+                },
+                strict: v.synchronous_mode_strict().unwrap_or(false),
+                node_count: v
+                    .synchronous_node_count()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n >= 1)
+                    .unwrap_or(1),
+                max_lag: v.maximum_lag_on_syncnode().and_then(|l| u64::try_from(l).ok()).filter(|l| *l > 0),
+            },
         }
     }
 }
@@ -279,6 +320,8 @@ pub struct ClusterView {
     pub failover: Option<FailoverRequest>,
     /// Sorted by timeline.
     pub history: Vec<TimelineSwitch>,
+    /// The `sync` key (synchronous replication).
+    pub sync: Option<SyncKey>,
 }
 
 impl ClusterView {
@@ -293,6 +336,7 @@ impl ClusterView {
             status_optime: None,
             failover: None,
             history: Vec::new(),
+            sync: None,
         }
     }
 
@@ -409,7 +453,22 @@ impl ClusterView {
                     }),
                     Err(e) => problem(kv, &e),
                 },
-                // sync, failsafe, legacy optime and foreign keys: not used by the core yet.
+                Some(KeyKind::Fixed(ClusterKey::Sync)) => match SyncValue::decode(&kv.value) {
+                    Ok(v) => {
+                        view.sync = Some(SyncKey {
+                            leader: v.leader.clone().filter(|l| !l.is_empty()),
+                            members: {
+                                let mut m: Vec<String> = v.standbys().into_iter().map(str::to_owned).collect();
+                                m.sort();
+                                m
+                            },
+                            quorum: v.quorum.unwrap_or(0),
+                            mod_revision: kv.mod_revision,
+                        })
+                    }
+                    Err(e) => problem(kv, &e),
+                },
+                // failsafe, legacy optime and foreign keys: not used by the core yet.
                 Some(_) | None => {}
             }
         }

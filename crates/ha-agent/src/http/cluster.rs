@@ -83,7 +83,8 @@ impl ClusterRead {
 
     /// `name` is listed in `sync` (and sync mode is on).
     pub fn is_sync_standby(&self, name: &str) -> bool {
-        self.synchronous_mode() && self.sync.as_ref().is_some_and(|s| s.standbys().contains(&name))
+        self.synchronous_mode()
+            && self.sync.as_ref().is_some_and(|s| s.standbys().iter().any(|n| n.eq_ignore_ascii_case(name)))
     }
 
     /// A pending switchover with a time (what `scheduled_switchover` shows).

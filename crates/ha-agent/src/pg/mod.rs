@@ -940,4 +940,51 @@ impl Postgres {
     pub async fn drop_slot(&mut self, name: &str) -> anyhow::Result<()> {
         self.execute(&format!("SELECT pg_drop_replication_slot('{}')", name.replace('\'', "''"))).await
     }
+
+    // ---- synchronous replication (on the primary) ----
+
+    /// `pg_stat_replication`: who streams from us, whether PostgreSQL counts it synchronous,
+    /// and how far it has flushed.
+    pub async fn walsenders(&mut self) -> anyhow::Result<Vec<crate::core::sync::Walsender>> {
+        let rows = self
+            .query(
+                "SELECT application_name::text, state::text, sync_state::text, \
+                 (flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_stat_replication WHERE flush_lsn IS NOT NULL",
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let state: Option<String> = r.try_get(1)?;
+                let sync: Option<String> = r.try_get(2)?;
+                let flush: i64 = r.try_get(3)?;
+                Ok(crate::core::sync::Walsender {
+                    name: r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
+                    streaming: state.as_deref() == Some("streaming"),
+                    sync_state: crate::core::sync::WalSync::parse(sync.as_deref().unwrap_or("")),
+                    flush: u64::try_from(flush).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// `synchronous_standby_names` in force.
+    pub async fn synchronous_standby_names(&mut self) -> anyhow::Result<crate::core::sync::Ssn> {
+        let rows = self.query("SELECT current_setting('synchronous_standby_names')").await?;
+        let text: String = rows.first().context("no row")?.try_get(0)?;
+        Ok(crate::core::sync::Ssn::parse(&text))
+    }
+
+    /// The primary's WAL flush position now.
+    pub async fn flush_lsn(&mut self) -> anyhow::Result<u64> {
+        let rows = self.query("SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint").await?;
+        let v: i64 = rows.first().context("no row")?.try_get(0)?;
+        Ok(u64::try_from(v).unwrap_or(0))
+    }
+
+    /// One WAL record (a transaction id), committed without waiting for standbys: moves the
+    /// flush position past the mark a newly named synchronous standby must reach.
+    pub async fn write_wal_record(&mut self) -> anyhow::Result<()> {
+        self.execute("DO $$BEGIN SET LOCAL synchronous_commit = 'local'; PERFORM pg_catalog.txid_current(); END$$")
+            .await
+    }
 }

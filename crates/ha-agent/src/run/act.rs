@@ -105,7 +105,7 @@ impl Agent {
                 self.create_replica(&src.host, src.port).await?;
                 let leader = read.and_then(|r| r.view.leader.as_ref()).map(|l| l.name.clone());
                 let up = leader.as_deref().and_then(|l| self.upstream_of(read, l));
-                self.pg.write_config(&self.dyn_config.parameters, true, up.as_ref(), self.wal_log_hints())?;
+                self.pg.write_config(&self.cluster_params(false), true, up.as_ref(), self.wal_log_hints())?;
                 self.record(Outcome::Cloned { upstream: leader });
                 self.start().await;
             }
@@ -147,7 +147,8 @@ impl Agent {
                 if !self.lease_trusted_now() {
                     anyhow::bail!("the lease is no longer trusted; not starting as a primary");
                 }
-                self.pg.write_config(&self.dyn_config.parameters, false, None, self.wal_log_hints())?;
+                self.sync_before_primary(read, false).await?;
+                self.pg.write_config(&self.cluster_params(true), false, None, self.wal_log_hints())?;
                 self.record(Outcome::ConfiguredUpstream(None));
                 self.announce(read, pg, "starting").await;
                 self.start().await;
@@ -179,7 +180,7 @@ impl Agent {
                     anyhow::bail!("no conn_url for the leader");
                 }
                 let changed =
-                    self.pg.write_config(&self.dyn_config.parameters, true, up.as_ref(), self.wal_log_hints())?;
+                    self.pg.write_config(&self.cluster_params(false), true, up.as_ref(), self.wal_log_hints())?;
                 self.record(Outcome::ConfiguredUpstream(leader.clone()));
                 match pg {
                     PgView::Stopped(_) => {
@@ -194,7 +195,7 @@ impl Agent {
             }
             Decision::Replicate { leader } => {
                 let up = self.upstream_of(read, leader);
-                if self.pg.write_config(&self.dyn_config.parameters, true, up.as_ref(), self.wal_log_hints())? {
+                if self.pg.write_config(&self.cluster_params(false), true, up.as_ref(), self.wal_log_hints())? {
                     self.pending_restart = !self.pg.reload().await?.is_empty();
                 }
             }
@@ -319,6 +320,15 @@ impl Agent {
         // meanwhile, our decision is stale and the next cycle decides again.
         let rev = read.map_or(0, |x| x.history_rev);
         let rev = self.dcs.write_history(&rows, rev).await.context("announce the promotion in history")?;
+        // Synchronous mode: the sync key names us (with compare-and-swap) and
+        // synchronous_standby_names is in place before the first write is acknowledged.
+        if self.dyn_config.sync.mode != crate::core::sync::SyncMode::Off {
+            self.sync_before_primary(read, true).await?;
+            let up = self.memory.upstream().and_then(|u| self.upstream_of(read, u));
+            if self.pg.write_config(&self.cluster_params(true), true, up.as_ref(), self.wal_log_hints())? {
+                self.pg.reload().await.context("reload before promoting")?;
+            }
+        }
         self.arm_for_primary().await?;
         // The history write and the watchdog took time: the lease must still be trusted now,
         // or the key may expire under the new primary.
@@ -382,7 +392,14 @@ impl Agent {
 
     /// The leader's housekeeping: settings, history, slots, status.
     async fn lead(&mut self, read: Option<&Read>, r: &RunningPg) {
-        match self.pg.write_config(&self.dyn_config.parameters, false, None, self.wal_log_hints()) {
+        if self.dyn_config.sync.mode != crate::core::sync::SyncMode::Off && self.sync_ssn.is_none() {
+            // A restarted agent on a running primary: keep the setting in force until the
+            // synchronous replication step has looked at it.
+            if let Ok(ssn) = self.pg.synchronous_standby_names().await {
+                self.sync_ssn = Some(ssn);
+            }
+        }
+        match self.pg.write_config(&self.cluster_params(true), false, None, self.wal_log_hints()) {
             Ok(true) => match self.pg.reload().await {
                 Ok(pending) => {
                     if !pending.is_empty() {
@@ -406,6 +423,7 @@ impl Agent {
             }
         }
         self.manage_slots(&read.view).await;
+        self.sync_replication(read, r).await;
         let status = StatusValue {
             optime: r.wal_position,
             slots: serde_json::Map::new(),
@@ -496,7 +514,7 @@ impl Agent {
                     // Only an idle leader whose last record was a WAL switch needs it.
                     tracing::warn!(source = %leader, error = format!("{e:#}"), "could not make the leader write a WAL record after pg_rewind; if it stays idle, this replica waits for its next write to become consistent");
                 }
-                self.pg.write_config(&self.dyn_config.parameters, true, Some(&src), self.wal_log_hints())?;
+                self.pg.write_config(&self.cluster_params(false), true, Some(&src), self.wal_log_hints())?;
                 self.start().await;
                 Ok(())
             }

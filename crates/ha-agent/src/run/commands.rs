@@ -228,7 +228,7 @@ impl Agent {
         let replica = matches!(pg, PgView::Running(r) if !r.primary);
         let up = if replica { self.current_upstream(read) } else { None };
         let r = async {
-            self.pg.write_config(&self.dyn_config.parameters, replica, up.as_ref(), self.wal_log_hints())?;
+            self.pg.write_config(&self.cluster_params(!replica), replica, up.as_ref(), self.wal_log_hints())?;
             self.pg.reload().await
         }
         .await;

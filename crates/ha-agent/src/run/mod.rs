@@ -11,7 +11,7 @@
 //! The loop's sections, one file each: [`cycle`] (read, observe, decide), [`act`] (carry a
 //! decision out), [`publish`] (member key, status, REST snapshot), [`commands`] (REST
 //! actions), [`reload`] (SIGHUP), [`exit`] (shutdown and the exit fence), [`start`] (start-up
-//! checks and wiring).
+//! checks and wiring), [`sync`] (synchronous replication).
 
 mod act;
 mod commands;
@@ -21,6 +21,7 @@ mod publish;
 mod raft;
 mod reload;
 mod start;
+mod sync;
 mod watch;
 
 use std::collections::HashSet;
@@ -152,6 +153,13 @@ pub struct Agent {
     paused: Arc<std::sync::atomic::AtomicBool>,
     /// Keeping etcd's raft leader off our host while we lead (`raft.rs`).
     raft: raft::Affinity,
+    /// `synchronous_standby_names` this agent manages on its primary (`None`: synchronous
+    /// mode is off, or not yet known after a restart).
+    sync_ssn: Option<crate::core::sync::Ssn>,
+    /// When each synchronous standby started to confirm every commit (`core::sync`).
+    sync_memory: crate::core::sync::SyncMemory,
+    /// Said once: quorum commit is not supported yet.
+    quorum_warned: bool,
 }
 
 impl Agent {

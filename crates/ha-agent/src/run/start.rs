@@ -171,6 +171,9 @@ pub(super) async fn run(
         held_key: false,
         paused: fence.pause_flag(),
         raft: super::raft::Affinity::default(),
+        sync_ssn: None,
+        sync_memory: crate::core::sync::SyncMemory::default(),
+        quorum_warned: false,
         cfg,
     };
     // Give the keeper its first grant before deciding anything: an agent restarted under a
