@@ -1,0 +1,286 @@
+//! ha-agent's synchronous mode with real etcd, PostgreSQL and HAProxy: 3 hosts and a client
+//! host (network namespaces). The client runs HAProxy (read-write port routed by ha-agent's
+//! own `GET /primary`, as Patroni's users configure it) and a money-transfer workload through
+//! it: ten accounts, transfers between them in transactions, every transfer whose COMMIT was
+//! acknowledged recorded by the client.
+//!
+//! Checked at the end on the primary: every acknowledged transfer is there, the total of the
+//! balances is unchanged, and every balance is what the transfers present make it. These are
+//! safety tests: never retried (`.config/nextest.toml`).
+
+#[path = "ha_agent_harness.rs"]
+mod harness;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::{Cluster, Opts};
+use outrigger_testkit::{NsRuntime, Proc, hold_for, wait_ok};
+
+const UP: Duration = Duration::from_secs(90);
+const FAILOVER: Duration = Duration::from_secs(60);
+const ACCOUNTS: i64 = 10;
+const START_BALANCE: i64 = 1000;
+const RW_PORT: u16 = 5000;
+
+/// HAProxy and the workload on the client host.
+struct Client {
+    _haproxy: Proc,
+    rt: NsRuntime,
+}
+
+fn start_client(c: &mut Cluster) -> anyhow::Result<Client> {
+    let servers: String =
+        (1..=3).map(|i| format!("    server n{i} {}:5432 check port 8008\n", c.net.host(i).ip())).collect();
+    let cfg = format!(
+        "global\n    maxconn 100\n\
+         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    timeout check 500ms\n\
+         frontend rw\n    bind 127.0.0.1:{RW_PORT}\n    default_backend primary\n\
+         backend primary\n    option httpchk\n    http-check send meth GET uri /primary\n    http-check expect status 200\n\
+         \x20   default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions\n{servers}"
+    );
+    let client = c.net.add_host("client")?;
+    let path = client.dir().path().join("haproxy.cfg");
+    std::fs::write(&path, cfg)?;
+    let mut cmd = std::process::Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(&path);
+    let haproxy = client.spawn("haproxy", cmd)?;
+    let rt = client.runtime()?;
+    Ok(Client { _haproxy: haproxy, rt })
+}
+
+/// The workload: transfers through HAProxy, one at a time, each bounded in time; an id whose
+/// COMMIT was not acknowledged is never retried (its outcome is unknown).
+struct Bank {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<i64>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Bank {
+    fn start(client: &Client) -> Bank {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let task = client.rt.spawn(transfers(stop.clone(), acked.clone()));
+        Bank { stop, acked, task: Some(task) }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().map_or(0, |a| a.len())
+    }
+
+    /// Waits until `more` transfers beyond `from` were acknowledged.
+    fn wait_more(&self, from: usize, more: usize, what: &str) -> anyhow::Result<usize> {
+        wait_ok(FAILOVER, what, || {
+            let n = self.acked();
+            anyhow::ensure!(n >= from + more, "{} acknowledged so far", n - from);
+            Ok(n)
+        })
+    }
+
+    fn stop(mut self, client: &Client) -> Vec<i64> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.task.take() {
+            let _ = client.rt.block_on(async move { tokio::time::timeout(Duration::from_secs(10), t).await });
+        }
+        self.acked.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+}
+
+async fn transfers(stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<i64>>>) {
+    let mut id: i64 = 0;
+    let mut conn: Option<tokio_postgres::Client> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let Some(c) = conn.take() else {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host("127.0.0.1").port(RW_PORT).user("postgres").dbname("postgres");
+            cfg.connect_timeout(Duration::from_secs(1));
+            match tokio::time::timeout(Duration::from_secs(2), cfg.connect(tokio_postgres::NoTls)).await {
+                Ok(Ok((c, task))) => {
+                    tokio::spawn(task);
+                    conn = Some(c);
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+            continue;
+        };
+        id += 1;
+        let (from, to, amount) = (id % ACCOUNTS + 1, (id * 7 + 3) % ACCOUNTS + 1, id % 50 + 1);
+        let to = if to == from { to % ACCOUNTS + 1 } else { to };
+        let sql = format!(
+            "BEGIN; UPDATE accounts SET balance = balance - {amount} WHERE id = {from}; \
+             UPDATE accounts SET balance = balance + {amount} WHERE id = {to}; \
+             INSERT INTO transfers VALUES ({id}, {from}, {to}, {amount}); COMMIT;"
+        );
+        match tokio::time::timeout(Duration::from_secs(2), c.batch_execute(&sql)).await {
+            Ok(Ok(())) => {
+                if let Ok(mut a) = acked.lock() {
+                    a.push(id);
+                }
+                conn = Some(c);
+            }
+            // An error or no answer: the outcome is unknown; a new connection for the next.
+            _ => {}
+        }
+    }
+}
+
+const SCHEMA: &str = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL); \
+    INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 10) g; \
+    CREATE TABLE transfers (id bigint PRIMARY KEY, src int NOT NULL, dst int NOT NULL, amount bigint NOT NULL)";
+
+/// The bank's books on member `p`: no acknowledged transfer missing, the total unchanged,
+/// every balance equal to what the transfers present make it.
+fn audit(c: &Cluster, p: usize, acked: &[i64]) -> anyhow::Result<()> {
+    let have: std::collections::HashSet<i64> =
+        c.sql(p, "SELECT id FROM transfers")?.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let missing: Vec<i64> = acked.iter().copied().filter(|id| !have.contains(id)).collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{} acknowledged transfers missing on n{p}: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    let total: i64 = c.sql(p, "SELECT sum(balance) FROM accounts")?.trim().parse()?;
+    anyhow::ensure!(total == ACCOUNTS * START_BALANCE, "the total is {total}, not {}", ACCOUNTS * START_BALANCE);
+    let wrong = c.sql(
+        p,
+        "SELECT count(*) FROM accounts a WHERE balance <> 1000 \
+         + coalesce((SELECT sum(amount) FROM transfers WHERE dst = a.id), 0) \
+         - coalesce((SELECT sum(amount) FROM transfers WHERE src = a.id), 0)",
+    )?;
+    anyhow::ensure!(wrong.trim() == "0", "{wrong} balances disagree with the transfers present");
+    println!("audit on n{p}: {} acknowledged transfers present of {} in the table", acked.len(), have.len());
+    Ok(())
+}
+
+/// The `sync` key: (leader, listed members).
+fn sync_key(c: &Cluster) -> Option<(String, Vec<String>)> {
+    let v: serde_json::Value = serde_json::from_str(&c.etcd_get("sync")?).ok()?;
+    let leader = v["leader"].as_str()?.to_owned();
+    let listed = v["sync_standby"].as_str().map_or_else(Vec::new, |s| s.split(',').map(str::to_owned).collect());
+    Some((leader, listed))
+}
+
+/// Waits until `p` leads, the `sync` key names it and lists at least one standby; returns
+/// the listed ones.
+fn wait_listed(c: &Cluster, p: usize) -> anyhow::Result<Vec<String>> {
+    wait_ok(UP, &format!("n{p} to list a synchronous standby in the sync key"), || {
+        let (leader, listed) = sync_key(c).ok_or_else(|| anyhow::anyhow!("no sync key"))?;
+        anyhow::ensure!(leader == format!("n{p}") && !listed.is_empty(), "sync key: {leader} {listed:?}");
+        Ok(listed)
+    })
+}
+
+/// `GET /sync` on member `i` from the client host.
+fn sync_endpoint(c: &Cluster, i: usize) -> anyhow::Result<String> {
+    let url = format!("http://{}:8008/sync", c.net.host(i).ip());
+    let client = c.net.by_name("client").ok_or_else(|| anyhow::anyhow!("no client host"))?;
+    client.exec(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2", &url])
+}
+
+fn sync_cluster(test: &str, dcs: &'static str) -> anyhow::Result<(Cluster, usize, Client)> {
+    let mut c = Cluster::start(test, Opts { sync: false, dcs, ..Opts::default() })?;
+    let p = c.wait_primary(UP, &[])?;
+    c.wait_streaming(p, &(1..=3).filter(|i| *i != p).collect::<Vec<_>>(), UP)?;
+    c.sql(p, SCHEMA)?;
+    let client = start_client(&mut c)?;
+    Ok((c, p, client))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Freeze,
+    CutOff,
+    KillPostgres,
+    Switchover,
+}
+
+#[test]
+fn synchronous_mode_loses_no_acknowledged_transfer_through_freeze_cut_off_kill_and_switchover() -> anyhow::Result<()> {
+    let (c, mut p, client) = sync_cluster("ha_sync_bank", "synchronous_mode = true")?;
+    let bank = Bank::start(&client);
+    let mut n = bank.wait_more(0, 100, "100 transfers through HAProxy")?;
+    for fault in [Fault::Freeze, Fault::CutOff, Fault::KillPostgres, Fault::Switchover] {
+        let listed = wait_listed(&c, p)?;
+        // The REST API answers from the sync key: 200 on a listed replica, 503 elsewhere.
+        for i in 1..=3 {
+            let want = if listed.contains(&Cluster::name(i)) { "200" } else { "503" };
+            wait_ok(Duration::from_secs(10), &format!("GET /sync on n{i} to answer {want}"), || {
+                let got = sync_endpoint(&c, i)?;
+                anyhow::ensure!(got == want, "answered {got}");
+                Ok(())
+            })?;
+        }
+        n = bank.wait_more(n, 50, "transfers before the fault")?;
+        println!("{fault:?} on n{p}; sync lists {listed:?}; {n} transfers acknowledged so far");
+        let t0 = Instant::now();
+        match fault {
+            Fault::Freeze => c.net.host(p).freeze_all()?,
+            Fault::CutOff => c.net.host(p).cut_off()?,
+            Fault::KillPostgres => c.kill_postgres(p),
+            Fault::Switchover => {
+                let cand = &listed[0];
+                c.etcd_put("failover", &format!("{{\"leader\":\"n{p}\",\"member\":\"{cand}\"}}"))?;
+            }
+        }
+        let q = match fault {
+            // A killed PostgreSQL is restarted in place or replaced, whichever comes first.
+            Fault::KillPostgres => c.wait_primary(FAILOVER, &[])?,
+            _ => c.wait_primary(FAILOVER, &[p])?,
+        };
+        if q != p {
+            anyhow::ensure!(
+                listed.contains(&Cluster::name(q)),
+                "n{q} took over but the sync key listed only {listed:?}"
+            );
+        }
+        n = bank.wait_more(n, 20, &format!("transfers acknowledged by n{q} after the {fault:?}"))?;
+        println!("  n{q} leads; writes resumed {:.1} s after the fault", t0.elapsed().as_secs_f64());
+        match fault {
+            Fault::Freeze => c.net.host(p).thaw_all()?,
+            Fault::CutOff => c.net.host(p).heal()?,
+            Fault::KillPostgres | Fault::Switchover => {}
+        }
+        p = c.wait_primary(UP, &[])?;
+        c.wait_streaming(p, &(1..=3).filter(|i| *i != p).collect::<Vec<_>>(), Duration::from_secs(120))?;
+    }
+    let acked = bank.stop(&client);
+    let p = c.wait_primary(UP, &[])?;
+    audit(&c, p, &acked)?;
+    let errors = c.unexpected_errors(&[]);
+    anyhow::ensure!(errors.is_empty(), "unexpected ERROR lines: {errors:?}");
+    Ok(())
+}
+
+#[test]
+fn strict_synchronous_mode_blocks_writes_without_a_standby_and_loses_nothing() -> anyhow::Result<()> {
+    let (mut c, p, client) = sync_cluster("ha_sync_strict", "synchronous_mode = true\nsynchronous_mode_strict = true")?;
+    let bank = Bank::start(&client);
+    wait_listed(&c, p)?;
+    let n = bank.wait_more(0, 100, "100 transfers through HAProxy")?;
+    let replicas: Vec<usize> = (1..=3).filter(|i| *i != p).collect();
+    for &r in &replicas {
+        c.kill_agent(r)?;
+        c.kill_postgres(r);
+    }
+    // A transfer in flight when they went may still complete; after that, nothing.
+    std::thread::sleep(Duration::from_secs(1));
+    let blocked = bank.acked();
+    hold_for(Duration::from_secs(8), "no transfer is acknowledged without a synchronous standby", || {
+        let now = bank.acked();
+        anyhow::ensure!(now == blocked, "{} transfers acknowledged with both standbys down", now - blocked);
+        Ok(())
+    })?;
+    anyhow::ensure!(c.writable(p), "n{p} is still the primary (blocked, not demoted)");
+    for &r in &replicas {
+        c.start_agent(r)?;
+    }
+    bank.wait_more(blocked, 50, "transfers once the standbys are back")?;
+    let acked = bank.stop(&client);
+    println!("{n} transfers before the standbys went, {blocked} at the block, {} in all", acked.len());
+    let p = c.wait_primary(UP, &[])?;
+    audit(&c, p, &acked)?;
+    Ok(())
+}
