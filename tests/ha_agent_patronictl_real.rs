@@ -223,3 +223,49 @@ fn patronictl_restart_reload_reinit_and_pause_act_on_ha_agent_members() {
     let table = ctl.run(&["list", SCOPE]).expect("list");
     assert!(!table.contains("Maintenance mode"), "{table}");
 }
+
+/// The roles `patronictl list -f json` shows, by member.
+fn roles(ctl: &Ctl) -> std::collections::BTreeMap<String, String> {
+    ctl.list().iter().map(|m| (field(m, "Member").to_owned(), field(m, "Role").to_owned())).collect()
+}
+
+#[test]
+fn patronictl_edit_config_switches_synchronous_mode_on_and_off_and_list_shows_the_sync_standby() {
+    let ctl = Ctl::start("patronictl_sync_roles", Opts { sync: false, ..Opts::default() });
+    let p = ctl.primary;
+    let replicas =
+        || roles(&ctl).into_iter().filter(|(n, _)| *n != Cluster::name(p)).map(|(_, r)| r).collect::<Vec<_>>();
+    assert!(replicas().iter().all(|r| r == "Replica"), "{:?}", roles(&ctl));
+
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "synchronous_mode=true"]).expect("edit-config on");
+    // One replica becomes the synchronous standby: PostgreSQL waits for it, the sync key
+    // lists it, and patronictl shows it.
+    let sync = wait_until(UP, "patronictl to show one Sync Standby", || {
+        let r = roles(&ctl);
+        let sync: Vec<String> = r.iter().filter(|(_, role)| *role == "Sync Standby").map(|(n, _)| n.clone()).collect();
+        (sync.len() == 1 && r.get(&Cluster::name(p)).map(String::as_str) == Some("Leader")).then(|| sync[0].clone())
+    })
+    .expect("a sync standby");
+    let ssn = ctl.c.sql(p, "show synchronous_standby_names").expect("show");
+    assert_eq!(ssn, sync, "synchronous_standby_names names the listed standby");
+    let state = ctl.c.sql(p, &format!("select sync_state from pg_stat_replication where application_name = '{sync}'"));
+    assert_eq!(state.expect("pg_stat_replication"), "sync");
+
+    // Two synchronous standbys.
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "synchronous_node_count=2"]).expect("edit-config count");
+    wait_until(UP, "patronictl to show two Sync Standbys", || {
+        replicas().iter().all(|r| r == "Sync Standby").then_some(())
+    })
+    .expect("two sync standbys");
+
+    // Off again: the key goes, the setting goes, both show as replicas.
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "synchronous_mode=false"]).expect("edit-config off");
+    wait_until(UP, "the sync key to be deleted and both to show as Replica", || {
+        (ctl.c.etcd_get("sync").is_none_or(|v| v.is_empty()) && replicas().iter().all(|r| r == "Replica")).then_some(())
+    })
+    .expect("asynchronous again");
+    wait_until(Duration::from_secs(20), "synchronous_standby_names to be empty", || {
+        ctl.c.sql(p, "show synchronous_standby_names").ok()?.is_empty().then_some(())
+    })
+    .expect("setting cleared");
+}
