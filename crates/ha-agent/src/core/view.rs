@@ -189,6 +189,8 @@ pub struct DynConfig {
     pub refused: Vec<(String, &'static str)>,
     /// `synchronous_mode` and its companions.
     pub sync: SyncSettings,
+    /// `failsafe_mode` (not built yet: the shell says so).
+    pub failsafe_mode: bool,
 }
 
 /// Why a PostgreSQL parameter from a config (the cluster's `config` key, or the agent's file)
@@ -237,6 +239,7 @@ impl Default for DynConfig {
             pause: false,
             refused: Vec::new(),
             sync: SyncSettings::default(),
+            failsafe_mode: false,
         }
     }
 }
@@ -285,6 +288,7 @@ impl DynConfig {
                     .unwrap_or(1),
                 max_lag: v.maximum_lag_on_syncnode().and_then(|l| u64::try_from(l).ok()).filter(|l| *l > 0),
             },
+            failsafe_mode: v.failsafe_mode().unwrap_or(false),
         }
     }
 }

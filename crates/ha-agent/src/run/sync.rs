@@ -55,10 +55,16 @@ impl Agent {
     /// a compare-and-swap fails, or `loop_wait` is used up.
     pub(super) async fn sync_replication(&mut self, read: &Read, r: &RunningPg) {
         let settings = self.dyn_config.sync.clone();
-        if settings.mode == SyncMode::Quorum && !self.quorum_warned {
-            self.quorum_warned = true;
+        if settings.mode == SyncMode::Quorum && !self.unsupported_said.0 {
+            self.unsupported_said.0 = true;
             tracing::error!(
                 "synchronous_mode is quorum, which ha-agent does not support yet: running without synchronous replication"
+            );
+        }
+        if self.dyn_config.failsafe_mode && !self.unsupported_said.1 {
+            self.unsupported_said.1 = true;
+            tracing::error!(
+                "failsafe_mode is on, which ha-agent does not support yet: a primary that cannot reach etcd is fenced as without it"
             );
         }
         let mut key: Option<SyncKey> = read.view.sync.clone();
