@@ -113,15 +113,12 @@ async fn transfers(stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<i64>>>) {
              UPDATE accounts SET balance = balance + {amount} WHERE id = {to}; \
              INSERT INTO transfers VALUES ({id}, {from}, {to}, {amount}); COMMIT;"
         );
-        match tokio::time::timeout(Duration::from_secs(2), c.batch_execute(&sql)).await {
-            Ok(Ok(())) => {
-                if let Ok(mut a) = acked.lock() {
-                    a.push(id);
-                }
-                conn = Some(c);
+        // An error or no answer: the outcome is unknown; a new connection for the next.
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), c.batch_execute(&sql)).await {
+            if let Ok(mut a) = acked.lock() {
+                a.push(id);
             }
-            // An error or no answer: the outcome is unknown; a new connection for the next.
-            _ => {}
+            conn = Some(c);
         }
     }
 }
