@@ -725,3 +725,92 @@ pub fn kill_postgres_in(data_dir: &Path) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A client host with HAProxy in front of the members, and Patroni itself on the same hosts.
+
+/// The read-write port HAProxy listens on, on the client host's loopback.
+pub const RW_PORT: u16 = 5000;
+
+/// Adds host `client` and starts HAProxy there: `127.0.0.1:RW_PORT` goes to the member whose
+/// REST API (ha-agent's or Patroni's, on :8008) answers `GET /primary` with 200, checked every
+/// 200 ms, sessions cut when it goes down. Returns HAProxy and a runtime inside the client's
+/// namespace for workloads.
+pub fn start_haproxy(net: &mut Net) -> anyhow::Result<(Proc, outrigger_testkit::NsRuntime)> {
+    let servers: String =
+        (1..=3).map(|i| format!("    server n{i} {}:{PG_PORT} check port 8008\n", net.host(i).ip())).collect();
+    let cfg = format!(
+        "global\n    maxconn 200\n\
+         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    timeout check 500ms\n\
+         frontend rw\n    bind 127.0.0.1:{RW_PORT}\n    default_backend primary\n\
+         backend primary\n    option httpchk\n    http-check send meth GET uri /primary\n    http-check expect status 200\n\
+         \x20   default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions\n{servers}"
+    );
+    let client = net.add_host("client")?;
+    let path = client.dir().path().join("haproxy.cfg");
+    std::fs::write(&path, cfg)?;
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(&path);
+    let haproxy = client.spawn("haproxy", cmd)?;
+    let rt = client.runtime()?;
+    Ok((haproxy, rt))
+}
+
+/// `postgres`'s uid and gid.
+pub fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, "postgres"]).output().expect("id postgres");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id")
+    };
+    (id("-u"), id("-g"))
+}
+
+impl Cluster {
+    /// Starts real Patroni (the test kit's 4.x from PyPI) on host `i` instead of ha-agent
+    /// (start the cluster with `agents: 0`): same scope, etcd, ports and socket folder, so
+    /// `sql`, `wait_primary` and HAProxy work the same. `dcs` is extra YAML under
+    /// `bootstrap.dcs` (indented four spaces).
+    pub fn start_patroni(&mut self, i: usize, dcs: &str) -> anyhow::Result<()> {
+        let (uid, gid) = postgres_ids();
+        let home = self.tmps[i - 1].path().join("patroni");
+        for d in [&home, &self.socket_dir(i), &self.data_dir(i)] {
+            std::fs::create_dir_all(d)?;
+            std::os::unix::fs::chown(d, Some(uid), Some(gid))?;
+        }
+        std::fs::set_permissions(self.data_dir(i), std::fs::Permissions::from_mode(0o700))?;
+        let ip = self.net.host(i).ip();
+        let etcd_hosts: Vec<String> =
+            self.etcd.endpoints().iter().map(|e| e.trim_start_matches("http://").to_owned()).collect();
+        let yaml = format!(
+            "scope: {SCOPE}\nnamespace: /service/\nname: n{i}\n\
+             restapi:\n  listen: {ip}:8008\n  connect_address: {ip}:8008\n\
+             etcd3:\n  hosts: {hosts}\n\
+             bootstrap:\n  dcs:\n    ttl: 20\n    loop_wait: 1\n    retry_timeout: 5\n    maximum_lag_on_failover: 16777216\n{dcs}\
+             \x20   postgresql:\n      use_pg_rewind: false\n      parameters:\n        wal_receiver_status_interval: 1s\n\
+             \x20 initdb:\n  - encoding: UTF8\n  - locale: C.UTF-8\n\
+             \x20 pg_hba:\n  - local all all trust\n  - local replication all trust\n  - host all all 10.250.0.0/24 trust\n  - host replication all 10.250.0.0/24 trust\n\
+             postgresql:\n  listen: {ip}:{PG_PORT}\n  connect_address: {ip}:{PG_PORT}\n  data_dir: {data}\n  bin_dir: {bin}\n  pgpass: {home}/pgpass\n\
+             \x20 authentication:\n    superuser:\n      username: postgres\n    replication:\n      username: postgres\n\
+             \x20 parameters:\n    unix_socket_directories: {sock}\n    fsync: 'off'\n\
+             tags: {{}}\n",
+            hosts = etcd_hosts.join(","),
+            data = self.data_dir(i).display(),
+            bin = pg_bin().display(),
+            home = home.display(),
+            sock = self.socket_dir(i).display(),
+        );
+        let path = home.join("patroni.yml");
+        std::fs::write(&path, yaml)?;
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+        let bin = outrigger_testkit::python::patroni_bin()?;
+        // setpriv execs Patroni as `postgres` in place, so the pid the kit holds is Patroni's.
+        let mut cmd = Command::new("setpriv");
+        cmd.args([format!("--reuid={uid}"), format!("--regid={gid}"), "--clear-groups".into()])
+            .arg(bin.join("patroni"))
+            .arg(&path)
+            .env("HOME", &home);
+        let p = self.net.host(i).spawn(&format!("patroni-n{i}"), cmd)?;
+        self.agents[i - 1] = Some(p);
+        Ok(())
+    }
+}

@@ -15,14 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{Cluster, Opts};
+use harness::{Cluster, Opts, RW_PORT};
 use outrigger_testkit::{NsRuntime, Proc, hold_for, wait_ok};
 
 const UP: Duration = Duration::from_secs(90);
 const FAILOVER: Duration = Duration::from_secs(60);
 const ACCOUNTS: i64 = 10;
 const START_BALANCE: i64 = 1000;
-const RW_PORT: u16 = 5000;
 
 /// HAProxy and the workload on the client host.
 struct Client {
@@ -31,22 +30,7 @@ struct Client {
 }
 
 fn start_client(c: &mut Cluster) -> anyhow::Result<Client> {
-    let servers: String =
-        (1..=3).map(|i| format!("    server n{i} {}:5432 check port 8008\n", c.net.host(i).ip())).collect();
-    let cfg = format!(
-        "global\n    maxconn 100\n\
-         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    timeout check 500ms\n\
-         frontend rw\n    bind 127.0.0.1:{RW_PORT}\n    default_backend primary\n\
-         backend primary\n    option httpchk\n    http-check send meth GET uri /primary\n    http-check expect status 200\n\
-         \x20   default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions\n{servers}"
-    );
-    let client = c.net.add_host("client")?;
-    let path = client.dir().path().join("haproxy.cfg");
-    std::fs::write(&path, cfg)?;
-    let mut cmd = std::process::Command::new("haproxy");
-    cmd.arg("-db").arg("-f").arg(&path);
-    let haproxy = client.spawn("haproxy", cmd)?;
-    let rt = client.runtime()?;
+    let (haproxy, rt) = harness::start_haproxy(&mut c.net)?;
     Ok(Client { _haproxy: haproxy, rt })
 }
 

@@ -77,7 +77,27 @@ fn profile(name: &str) -> Opts {
     } else {
         String::new()
     };
-    Opts { etcd_lease_checkpoint: checkpoint, extra, ..base_profile(name) }
+    // Synchronous mode: only the listed standby may take over (runs wait for one, below).
+    let dcs = if sync_mode() { "synchronous_mode = true" } else { "" };
+    Opts { etcd_lease_checkpoint: checkpoint, extra, dcs, ..base_profile(name) }
+}
+
+/// `HA_BENCH_SYNC=1`: the cluster runs in synchronous mode.
+fn sync_mode() -> bool {
+    std::env::var("HA_BENCH_SYNC").is_ok_and(|v| v == "1")
+}
+
+/// In synchronous mode, a fault is injected only once the leader `p` lists a standby in the
+/// `sync` key (right after a failover nobody is listed, and only the old leader may lead).
+fn wait_sync_listed(c: &Cluster, p: usize) -> anyhow::Result<()> {
+    if !sync_mode() {
+        return Ok(());
+    }
+    wait_until(Duration::from_secs(60), "a synchronous standby listed", || {
+        let v: serde_json::Value = serde_json::from_str(&c.etcd_get("sync")?).ok()?;
+        (v["leader"] == format!("n{p}") && v["sync_standby"].is_string()).then_some(())
+    })?;
+    Ok(())
 }
 
 fn base_profile(name: &str) -> Opts {
@@ -234,6 +254,7 @@ fn failovers(prof: &str, f: Fault, runs: usize) -> anyhow::Result<Stats> {
         if let Err(e) = place_raft_leader(&c, (run % 2 == 1).then_some(p), p) {
             println!("    (could not place the raft leader: {e:#})");
         }
+        wait_sync_listed(&c, p)?;
         let settled = Instant::now();
         wait_until(Duration::from_secs(30), "writes on the primary", || {
             w.acks().iter().any(|a| a.at > settled && a.member == p).then_some(())
