@@ -26,7 +26,7 @@
 //! 4. once faults stop, the cluster converges to exactly one primary holding the leader key,
 //!    every other member streaming from it;
 //! 5. with synchronous replication, no commit acknowledged to a client is missing from a
-//!    server that becomes the primary (a promotion, or a start as primary).
+//!    server that is promoted or that acknowledges commits as a primary.
 //!
 //! For invariant 5 the client and PostgreSQL's commit rule are modelled: every write on a
 //! primary is a commit, acknowledged once the standbys its `synchronous_standby_names` waits
@@ -1423,9 +1423,6 @@ impl World {
             self.hosts[h].pg.starting = None;
             if self.t >= self.hosts[h].cannot_start_until {
                 self.hosts[h].pg.run = if primary { Run::Primary } else { Run::Replica };
-                if primary {
-                    self.check_acked(h, "started as primary");
-                }
             }
         }
     }
@@ -1699,6 +1696,11 @@ impl World {
                 }
             };
             let Some(limit) = limit else { continue };
+            // A primary that acknowledges a commit serves clients: it must hold every commit
+            // acknowledged before (a start as primary that a fence ends at once never does).
+            if self.hosts[p].pg.unacked.iter().any(|(_, lsn)| *lsn <= limit) {
+                self.check_acked(p, "acknowledged commits");
+            }
             let unacked = std::mem::take(&mut self.hosts[p].pg.unacked);
             let (done, waiting): (Vec<_>, Vec<_>) = unacked.into_iter().partition(|(_, lsn)| *lsn <= limit);
             self.hosts[p].pg.unacked = waiting;
@@ -1710,8 +1712,9 @@ impl World {
         }
     }
 
-    /// Invariant 5 (synchronous replication): a server that becomes a primary holds every
-    /// commit acknowledged to a client so far.
+    /// Invariant 5 (synchronous replication): a server that is promoted, or that acknowledges
+    /// a commit as primary, holds every commit acknowledged to a client so far. (A start as
+    /// primary that its fence ends in the same instant, after a suspend, serves nobody.)
     fn check_acked(&mut self, h: usize, how: &str) {
         if self.variant.replication == Replication::Async {
             return;
