@@ -230,7 +230,7 @@ fn roles(ctl: &Ctl) -> std::collections::BTreeMap<String, String> {
 }
 
 #[test]
-fn patronictl_edit_config_switches_synchronous_mode_on_and_off_and_list_shows_the_sync_standby() {
+fn patronictl_edit_config_switches_synchronous_mode_and_quorum_commit_and_list_shows_their_standbys() {
     let ctl = Ctl::start("patronictl_sync_roles", Opts { sync: false, ..Opts::default() });
     let p = ctl.primary;
     let replicas =
@@ -257,6 +257,16 @@ fn patronictl_edit_config_switches_synchronous_mode_on_and_off_and_list_shows_th
         replicas().iter().all(|r| r == "Sync Standby").then_some(())
     })
     .expect("two sync standbys");
+
+    // Quorum commit: both are voters, shown as Quorum Standby; the setting is ANY n.
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "synchronous_mode=quorum", "-s", "synchronous_node_count=1"])
+        .expect("edit-config quorum");
+    wait_until(UP, "patronictl to show two Quorum Standbys", || {
+        replicas().iter().all(|r| r == "Quorum Standby").then_some(())
+    })
+    .expect("two quorum standbys");
+    let ssn = ctl.c.sql(p, "show synchronous_standby_names").expect("show");
+    assert!(ssn.starts_with("ANY 1 ("), "{ssn}");
 
     // Off again: the key goes, the setting goes, both show as replicas.
     ctl.run(&["edit-config", SCOPE, "--force", "-s", "synchronous_mode=false"]).expect("edit-config off");

@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub paused: bool,
     /// This member's name is in `/sync` (synchronous mode).
     pub sync_standby: bool,
+    /// This member's name is in `/sync` (quorum commit).
+    pub quorum_standby: bool,
     /// The leader's last known WAL position (`/status` `optime`), for `?lag=`.
     pub leader_optime: Option<u64>,
     /// `maximum_lag_on_failover` from `/config`, the default lag of `/readiness`.

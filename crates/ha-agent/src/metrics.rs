@@ -269,7 +269,12 @@ impl Metrics {
             "Value is 1 if this node is a sync standby, 0 otherwise.",
             &b(snap.sync_standby),
         );
-        m("patroni_quorum_standby", "gauge", "Value is 1 if this node is a quorum standby, 0 otherwise.", "0");
+        m(
+            "patroni_quorum_standby",
+            "gauge",
+            "Value is 1 if this node is a quorum standby, 0 otherwise.",
+            &b(snap.quorum_standby),
+        );
         m(
             "patroni_xlog_received_location",
             "counter",

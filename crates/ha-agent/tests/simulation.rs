@@ -148,6 +148,8 @@ enum Replication {
     /// `synchronous_mode: true` (strict in every other seed, one or two synchronous standbys):
     /// the agents manage `synchronous_standby_names` and the `sync` key (`core::sync`).
     Sync,
+    /// `synchronous_mode: quorum`, likewise (`ANY n`, voters and quorum in the key).
+    Quorum,
     /// The negative control: `synchronous_standby_names = 'ANY 1 (*)'` set by hand on every
     /// server, synchronous mode off (the agents know nothing of it).
     HandSet,
@@ -167,6 +169,7 @@ const ALL_FAULTS: &[u64] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 1
 const SAFE: Variant =
     Variant { wd: Wd::Device, clock: ClockSource::Boottime, faults: ALL_FAULTS, replication: Replication::Async };
 const SYNC: Variant = Variant { replication: Replication::Sync, ..SAFE };
+const QUORUM: Variant = Variant { replication: Replication::Quorum, ..SAFE };
 /// The negative control for acknowledged commits: host crashes and network cuts, which leave
 /// the standby that confirmed a commit out of reach while another one is close enough behind.
 const HAND_SET: Variant = Variant { replication: Replication::HandSet, faults: &[0, 5, 6], ..SAFE };
@@ -540,9 +543,9 @@ impl World {
         let mut hosts: Vec<Host> = hosts;
         match variant.replication {
             Replication::Async => {}
-            Replication::Sync => {
+            Replication::Sync | Replication::Quorum => {
                 etcd.sync_settings = SyncSettings {
-                    mode: SyncMode::On,
+                    mode: if variant.replication == Replication::Sync { SyncMode::On } else { SyncMode::Quorum },
                     strict: seed % 2 == 1,
                     node_count: 1 + ((seed / 2) % 2) as u32,
                     max_lag: None,
@@ -1734,9 +1737,14 @@ impl World {
         }
     }
 
+    /// The agents manage synchronous replication (synchronous mode or quorum commit).
+    fn managed_sync(&self) -> bool {
+        matches!(self.variant.replication, Replication::Sync | Replication::Quorum)
+    }
+
     /// `run/sync.rs`'s `sync_replication`: the leader's steps until done or a compare fails.
     fn sync_replication(&mut self, h: usize) {
-        if self.variant.replication != Replication::Sync {
+        if !self.managed_sync() {
             return;
         }
         let name = self.hosts[h].name.clone();
@@ -1798,7 +1806,7 @@ impl World {
 
     /// `run/sync.rs`'s `sync_before_primary`: false postpones the promotion or start.
     fn sync_before_primary(&mut self, h: usize, promotion: bool) -> bool {
-        if self.variant.replication != Replication::Sync {
+        if !self.managed_sync() {
             return true;
         }
         let name = self.hosts[h].name.clone();
@@ -2176,16 +2184,13 @@ fn a_lease_kept_on_the_monotonic_clock_is_overtrusted_after_a_vm_suspend() {
     assert!(failed.is_empty(), "on BOOTTIME: {}", failed[0]);
 }
 
-/// Invariant 5 under synchronous mode: with the agents managing `synchronous_standby_names`
-/// and the `sync` key (strict in half the seeds, one or two synchronous standbys), no commit
-/// acknowledged to a client is ever missing from a server that becomes the primary, under
-/// every fault, while the synchronous set changes with them.
-#[test]
-fn synchronous_mode_never_loses_an_acknowledged_commit_under_random_faults() {
-    let first = first_seed() + 500_000;
+/// Runs `variant` over this run's seeds (from `first_seed() + offset`) and checks invariant 5
+/// held in every one, with failovers and acknowledged commits enough to have checked something.
+fn no_acknowledged_commit_lost(variant: Variant, offset: u64, label: &str, trace: &str) {
+    let first = first_seed() + offset;
     let n = seeds();
-    println!("synchronous mode: seeds {first}..{} (replay one: HA_SIM_TRACE=<seed> HA_SIM_VARIANT=sync)", first + n);
-    let results = run_many(first, n, SYNC);
+    println!("{label}: seeds {first}..{} (replay one: HA_SIM_TRACE=<seed> HA_SIM_VARIANT={trace})", first + n);
+    let results = run_many(first, n, variant);
     let failures: Vec<&String> = results.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
     let ok: Vec<Stats> = results.iter().filter_map(|(_, r)| r.as_ref().ok().copied()).collect();
     let promotions: u32 = ok.iter().map(|s| s.promotions).sum();
@@ -2195,6 +2200,22 @@ fn synchronous_mode_never_loses_an_acknowledged_commit_under_random_faults() {
     // Failovers must happen and commits must be acknowledged, or nothing was checked.
     assert!(promotions as u64 > n, "only {promotions} promotions in {n} seeds");
     assert!(acks > 100 * n, "only {acks} acknowledged commits in {n} seeds");
+}
+
+/// Invariant 5 under synchronous mode: with the agents managing `synchronous_standby_names`
+/// and the `sync` key (strict in half the seeds, one or two synchronous standbys), no commit
+/// acknowledged to a client is ever missing from a server that is promoted or acknowledges
+/// commits, under every fault, while the synchronous set changes with them.
+#[test]
+fn synchronous_mode_never_loses_an_acknowledged_commit_under_random_faults() {
+    no_acknowledged_commit_lost(SYNC, 500_000, "synchronous mode", "sync");
+}
+
+/// Invariant 5 under quorum commit (`synchronous_mode: quorum`): `ANY n` of every streaming
+/// standby, voters and quorum in the `sync` key, and a race won only with enough votes.
+#[test]
+fn quorum_commit_never_loses_an_acknowledged_commit_under_random_faults() {
+    no_acknowledged_commit_lost(QUORUM, 600_000, "quorum commit", "quorum");
 }
 
 /// The negative control for invariant 5: `synchronous_standby_names` set by hand (`ANY 1`
@@ -2214,10 +2235,12 @@ fn a_hand_set_synchronous_standby_names_loses_acknowledged_commits_where_synchro
         lost.len()
     );
     assert!(!lost.is_empty(), "no seed from {first} showed the loss synchronous mode prevents");
-    // The same faults with synchronous mode: none.
-    let with = run_many(first, 600, Variant { replication: Replication::Sync, ..HAND_SET });
-    let failed: Vec<&String> = with.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
-    assert!(failed.is_empty(), "with synchronous mode: {}", failed[0]);
+    // The same faults with synchronous mode, and with quorum commit: none.
+    for replication in [Replication::Sync, Replication::Quorum] {
+        let with = run_many(first, 600, Variant { replication, ..HAND_SET });
+        let failed: Vec<&String> = with.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+        assert!(failed.is_empty(), "with {replication:?}: {}", failed[0]);
+    }
 }
 
 /// `HA_SIM_TRACE=<seed> cargo test -p ha-agent --test simulation trace -- --nocapture` prints
@@ -2229,6 +2252,7 @@ fn trace_one_seed_on_request() {
         Ok("nowatchdog") => Variant { wd: Wd::None, ..SAFE },
         Ok("monotonic") => Variant { wd: Wd::None, clock: ClockSource::Monotonic, faults: &[17], ..SAFE },
         Ok("sync") => SYNC,
+        Ok("quorum") => QUORUM,
         Ok("handset") => HAND_SET,
         Ok("suspend") => Variant { wd: Wd::None, clock: ClockSource::Boottime, faults: &[17], ..SAFE },
         _ => SAFE,

@@ -160,6 +160,10 @@ fn sync_key<'a>(o: &Observed<'_>, c: &'a ClusterView) -> Option<&'a SyncKey> {
 /// acknowledged transaction is on those members (`sync.rs`); anyone else may lack some.
 fn not_synchronous(o: &Observed<'_>, c: &ClusterView, who: &str) -> Option<WaitReason> {
     let k = sync_key(o, c)?;
+    // Quorum commit: anyone may race; the votes decide (`quorum_votes`).
+    if o.config.sync.mode == SyncMode::Quorum {
+        return None;
+    }
     if k.led_by(who) || k.lists(who) {
         return None;
     }
@@ -561,6 +565,31 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     if answered().any(|(_, st)| st.lease_revoked_recently) {
         return Decision::Wait { reason: WaitReason::LeaseRevokedEarly };
     }
+    // Rule (quorum commit): a member races only with `quorum` votes from the sync key's
+    // leader and voters (`quorum + 1` when it is not one of them): replicas at or behind our
+    // position. Together with us they overlap every set of standbys that confirmed a commit,
+    // so we have every acknowledged commit. The key's own leader needs none (nobody may be
+    // ahead of it: checked below).
+    let quorum = sync_key(o, c).filter(|_| o.config.sync.mode == SyncMode::Quorum);
+    let voter = |name: &str| quorum.is_some_and(|k| k.led_by(name) || k.lists(name));
+    if let Some(k) = quorum
+        && !k.led_by(me)
+    {
+        let votes = answered()
+            .filter(|(n, st)| {
+                voter(n)
+                    && !st.primary
+                    && st.tags.can_failover()
+                    && !st.watchdog_failed
+                    && st.wal_position > 0
+                    && st.wal_position <= r.wal_position
+            })
+            .count() as u32;
+        let needed = if voter(me) { k.quorum } else { k.quorum + 1 };
+        if votes < needed {
+            return Decision::Wait { reason: WaitReason::NoQuorum { votes, needed } };
+        }
+    }
     // Rule: a switchover names its candidate; others stand back while it is healthy. The
     // former leader of a switchover stands back for any healthy member.
     if named == Some(me) {
@@ -586,7 +615,9 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     }
     // Rule: the member furthest ahead wins; at equal positions, the higher failover_priority.
     // The former leader of a switchover is not a competitor: it stands back (above).
-    for (name, st) in answered().filter(|(n, st)| Some(*n) != former && fit(n, st)) {
+    // Quorum commit: only the voters are compared (as Patroni does): a faster standby that is
+    // not a voter must not hold back one that can prove it has every acknowledged commit.
+    for (name, st) in answered().filter(|(n, st)| Some(*n) != former && fit(n, st) && (quorum.is_none() || voter(n))) {
         if st.wal_position > r.wal_position {
             return Decision::Wait {
                 reason: WaitReason::PeerAhead { name: name.to_owned(), lsn: st.wal_position, ours: r.wal_position },

@@ -25,7 +25,7 @@
 //! standby must confirm every commit); an ssn of any other shape in force (set by hand)
 //! protects nobody as far as this module is concerned, so nobody is listed under it.
 //!
-//! Quorum commit (`synchronous_mode: quorum`, `ANY k (...)`) lives in `quorum.rs`.
+//! Quorum commit (`synchronous_mode: quorum`, `ANY n (...)`) lives in `quorum.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -301,9 +301,10 @@ pub struct Walsender {
     pub flush: u64,
 }
 
-/// The leader's memory of when each standby named in ssn started to confirm every commit: the
-/// primary's WAL position at least [`SETTLE`] after ssn first named it. A standby that has
-/// flushed past its mark has every commit acknowledged before ssn named it.
+/// The leader's memory of each standby's mark: the primary's WAL position at least [`SETTLE`]
+/// after the last change of ssn. A standby that has flushed past its mark has every commit
+/// acknowledged before that change. Every change forgets all marks: under `ANY n` a standby
+/// named before and after a change was not waited for by every earlier commit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncMemory {
     marks: BTreeMap<String, u64>,
@@ -314,13 +315,14 @@ impl SyncMemory {
     /// ssn was changed (reload requested) at `now`.
     pub fn changed(&mut self, now: Moment) {
         self.changed_at = Some(now);
+        self.marks.clear();
     }
 
     /// What a leader cycle saw: the ssn in force and the primary's WAL flush position. Names
     /// no longer in force are forgotten; a name in force without a mark gets `flush` as its
     /// mark, once [`SETTLE`] has passed since the last change.
     pub fn observe(&mut self, in_force: &Ssn, flush: u64, now: Moment) {
-        let waits = in_force.every_commit_waits_for();
+        let waits = in_force.names();
         self.marks.retain(|n, _| waits.iter().any(|w| w.eq_ignore_ascii_case(n)));
         if self.changed_at.is_some_and(|at| now.since(at) < SETTLE) {
             return;
@@ -400,11 +402,11 @@ pub struct SyncInputs<'a> {
     pub flush: u64,
 }
 
-fn contains(list: &[String], name: &str) -> bool {
+pub(super) fn contains(list: &[String], name: &str) -> bool {
     list.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-fn sorted(mut v: Vec<String>) -> Vec<String> {
+pub(super) fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v.dedup();
     v
@@ -416,6 +418,12 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 /// `sync_priority`, then those PostgreSQL already reports synchronous (no churn when two
 /// standbys take turns being ahead), then further ahead; members tagged `nofailover` last.
 pub fn pick(i: &SyncInputs<'_>) -> Vec<String> {
+    let ranked = ranked(i);
+    ranked.into_iter().take(i.settings.node_count.max(1) as usize).collect()
+}
+
+/// Every candidate for synchronous standby, best first (see [`pick`]).
+pub(super) fn ranked(i: &SyncInputs<'_>) -> Vec<String> {
     let mut candidates: Vec<(&Member, &Walsender)> = i
         .walsenders
         .iter()
@@ -440,7 +448,7 @@ pub fn pick(i: &SyncInputs<'_>) -> Vec<String> {
             .then(ma.name.cmp(&mb.name))
     });
     candidates.dedup_by(|a, b| a.0.name == b.0.name);
-    candidates.into_iter().take(i.settings.node_count.max(1) as usize).map(|(m, _)| m.name.clone()).collect()
+    candidates.into_iter().map(|(m, _)| m.name.clone()).collect()
 }
 
 /// The ssn when no standby can be picked: in strict mode commits keep waiting, for `listed`
@@ -524,6 +532,9 @@ pub fn before_primary(me: &str, settings: &SyncSettings, key: Option<&SyncKey>, 
     if settings.mode == SyncMode::Off {
         return BeforePrimary { key: None, ssn: None };
     }
+    if settings.mode == SyncMode::Quorum {
+        return super::quorum::before_primary(me, settings, key, promotion);
+    }
     let listed: Vec<String> = key.filter(|k| k.led_by(me)).map(|k| k.members.clone()).unwrap_or_default();
     if promotion || key.is_none_or(|k| !k.led_by(me)) {
         if !settings.strict {
@@ -557,13 +568,14 @@ pub struct BeforePrimary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::core::view::{Role, Tags};
 
     const ME: &str = "n1";
 
-    fn member(name: &str) -> Member {
+    /// A running replica's member key with default tags.
+    pub(in crate::core) fn member(name: &str) -> Member {
         Member {
             name: name.into(),
             conn_url: String::new(),
@@ -581,7 +593,7 @@ mod tests {
         Walsender { name: name.into(), streaming: true, sync_state, flush }
     }
 
-    fn key(listed: &[&str]) -> SyncKey {
+    pub(in crate::core) fn key(listed: &[&str]) -> SyncKey {
         SyncKey {
             leader: Some(ME.into()),
             members: listed.iter().map(|s| s.to_string()).collect(),
@@ -590,20 +602,21 @@ mod tests {
         }
     }
 
-    struct Fx {
-        settings: SyncSettings,
-        key: Option<SyncKey>,
-        members: Vec<Member>,
-        walsenders: Vec<Walsender>,
-        in_force: Ssn,
-        memory: SyncMemory,
-        flush: u64,
+    /// A leader's inputs to [`plan`] (shared with the quorum tests).
+    pub(in crate::core) struct Fx {
+        pub settings: SyncSettings,
+        pub key: Option<SyncKey>,
+        pub members: Vec<Member>,
+        pub walsenders: Vec<Walsender>,
+        pub in_force: Ssn,
+        pub memory: SyncMemory,
+        pub flush: u64,
     }
 
     impl Fx {
         /// Leader n1, synchronous mode on; n2 and n3 stream, n2 further ahead; nobody is
         /// listed and synchronous_standby_names is empty.
-        fn new() -> Self {
+        pub fn new() -> Self {
             Fx {
                 settings: SyncSettings { mode: SyncMode::On, ..SyncSettings::default() },
                 key: Some(key(&[])),
@@ -615,7 +628,7 @@ mod tests {
             }
         }
 
-        fn plan(&self) -> SyncStep {
+        pub fn plan(&self) -> SyncStep {
             plan(&SyncInputs {
                 me: ME,
                 settings: &self.settings,
@@ -641,7 +654,7 @@ mod tests {
         }
     }
 
-    fn names(v: &[&str]) -> Vec<String> {
+    pub(in crate::core) fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
 

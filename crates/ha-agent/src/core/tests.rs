@@ -1072,3 +1072,43 @@ fn in_synchronous_mode_a_switchover_goes_only_to_a_listed_standby() {
     let fx = synchronous(base(), ME, &[]).failover(Some(ME), None).peers(vec![]);
     assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::NoEligibleCandidate });
 }
+
+// ---- quorum commit ----
+
+fn quorum(mut fx: Fx, leader: &str, voters: &[&str], q: u32) -> Fx {
+    fx = synchronous(fx, leader, voters);
+    fx.config.sync.mode = sync::SyncMode::Quorum;
+    if let Some(k) = fx.c().sync.as_mut() {
+        k.quorum = q;
+    }
+    fx
+}
+
+#[test]
+fn in_quorum_mode_a_voter_races_only_with_quorum_votes_from_replicas_at_or_behind_it() {
+    let fx = quorum(Fx::new(), "n3", &["n1", "n2"], 1).peers(vec![answer("n2", false, 900), silent("n3")]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    let fx = quorum(Fx::new(), "n3", &["n1", "n2"], 1).peers(vec![silent("n2"), silent("n3")]);
+    assert_eq!(wait(&fx.decide()), &WaitReason::NoQuorum { votes: 0, needed: 1 });
+    // A voter ahead of us is no vote (and it would win instead).
+    let fx = quorum(Fx::new(), "n3", &["n1", "n2"], 1).peers(vec![answer("n2", false, 1100), silent("n3")]);
+    assert_eq!(wait(&fx.decide()), &WaitReason::NoQuorum { votes: 0, needed: 1 });
+}
+
+#[test]
+fn in_quorum_mode_a_member_that_is_not_a_voter_needs_one_vote_more() {
+    let fx = quorum(Fx::new(), "n3", &["n2"], 0).peers(vec![answer("n2", false, 900), silent("n3")]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader, "q 0 + 1 vote: n2's");
+    let fx = quorum(Fx::new(), "n3", &["n2"], 1).peers(vec![answer("n2", false, 900), silent("n3")]);
+    assert_eq!(wait(&fx.decide()), &WaitReason::NoQuorum { votes: 1, needed: 2 });
+}
+
+#[test]
+fn in_quorum_mode_only_voters_are_compared_and_the_keys_leader_needs_no_votes() {
+    // n2 is ahead but not a voter: it does not hold back the voter n1 with its quorum.
+    let fx = quorum(Fx::new(), "n3", &["n1", "n3"], 1).peers(vec![answer("n2", false, 5000), answer("n3", false, 900)]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    // The key's leader (restarted as a replica) races without votes when nobody is ahead.
+    let fx = quorum(Fx::new(), ME, &["n2", "n3"], 1).peers(vec![silent("n2"), silent("n3")]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}

@@ -194,12 +194,14 @@ fn status_code(path: &str, q: &[(String, String)], snap: &Snapshot, now: Now) ->
     } else if path.contains("health") {
         if running { 200 } else { 503 }
     } else if dcs_ok {
-        let sync = snap.sync_standby;
+        let (sync, quorum) = (snap.sync_standby, snap.quorum_standby);
         match path {
             "/sync" | "/synchronous" if sync => replica,
-            "/async" | "/asynchronous" if !sync => replica,
+            "/quorum" if quorum => replica,
+            "/async" | "/asynchronous" if !sync && !quorum => replica,
             p if p.starts_with("/read-only") && (primary == 200 || standby_leader == 200) => 200,
-            "/read-only-sync" | "/read-only/sync" if sync => replica,
+            "/read-only-sync" | "/read-only/sync" | "/read-only-synchronous" if sync => replica,
+            "/read-only-quorum" if quorum => replica,
             _ => 503,
         }
     } else {
@@ -419,6 +421,21 @@ mod tests {
         assert_eq!(get_q("/async", &[("lag", "10")], &replica(now), now), 503);
         assert_eq!(get("/read-only-sync", &sync, now), 200);
         assert_eq!(get("/read-only-sync", &leader(now), now), 200);
+    }
+
+    #[test]
+    fn quorum_and_read_only_quorum_follow_membership_in_quorum_mode() {
+        let now = t0();
+        let mut quorum = replica(now);
+        quorum.quorum_standby = true;
+        assert_eq!(get("/quorum", &quorum, now), 200);
+        assert_eq!(get("/quorum", &replica(now), now), 503);
+        assert_eq!(get("/sync", &quorum, now), 503);
+        assert_eq!(get("/async", &quorum, now), 503);
+        assert_eq!(get("/read-only-quorum", &quorum, now), 200);
+        assert_eq!(get("/read-only-quorum", &replica(now), now), 503);
+        assert_eq!(get("/read-only-quorum", &leader(now), now), 200);
+        assert_eq!(get("/quorum", &leader(now), now), 503);
     }
 
     #[test]

@@ -118,6 +118,9 @@ fn encode_status(s: &Snapshot) -> Bytes {
         if s.sync_standby {
             m.insert("sync_standby".into(), Value::Bool(true));
         }
+        if s.quorum_standby {
+            m.insert("quorum_standby".into(), Value::Bool(true));
+        }
     }
     Bytes::from(v.to_string())
 }

@@ -158,8 +158,8 @@ pub struct Agent {
     sync_ssn: Option<crate::core::sync::Ssn>,
     /// When each synchronous standby started to confirm every commit (`core::sync`).
     sync_memory: crate::core::sync::SyncMemory,
-    /// Said once each: quorum commit and failsafe_mode are not supported yet.
-    unsupported_said: (bool, bool),
+    /// Said once: failsafe_mode is not supported yet.
+    failsafe_said: bool,
 }
 
 impl Agent {

@@ -130,7 +130,8 @@ impl Agent {
                 .filter(|l| l.id.is_some())
                 .map(|l| self.clock.instant(l.fence_at(&self.settings.timings)).into()),
                 paused: self.dyn_config.pause,
-                sync_standby: self.listed_sync(read, pg),
+                sync_standby: self.listed_sync(read, pg).0,
+                quorum_standby: self.listed_sync(read, pg).1,
                 leader_optime: view.and_then(|v| v.status_optime),
                 maximum_lag_on_failover: self.dyn_config.maximum_lag_on_failover,
                 cycle_started_ms: self.cycle_started_ms,

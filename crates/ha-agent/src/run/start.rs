@@ -173,7 +173,7 @@ pub(super) async fn run(
         raft: super::raft::Affinity::default(),
         sync_ssn: None,
         sync_memory: crate::core::sync::SyncMemory::default(),
-        unsupported_said: (false, false),
+        failsafe_said: false,
         cfg,
     };
     // Give the keeper its first grant before deciding anything: an agent restarted under a

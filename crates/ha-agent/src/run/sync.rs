@@ -55,14 +55,8 @@ impl Agent {
     /// a compare-and-swap fails, or `loop_wait` is used up.
     pub(super) async fn sync_replication(&mut self, read: &Read, r: &RunningPg) {
         let settings = self.dyn_config.sync.clone();
-        if settings.mode == SyncMode::Quorum && !self.unsupported_said.0 {
-            self.unsupported_said.0 = true;
-            tracing::error!(
-                "synchronous_mode is quorum, which ha-agent does not support yet: running without synchronous replication"
-            );
-        }
-        if self.dyn_config.failsafe_mode && !self.unsupported_said.1 {
-            self.unsupported_said.1 = true;
+        if self.dyn_config.failsafe_mode && !self.failsafe_said {
+            self.failsafe_said = true;
             tracing::error!(
                 "failsafe_mode is on, which ha-agent does not support yet: a primary that cannot reach etcd is fenced as without it"
             );
@@ -179,12 +173,15 @@ impl Agent {
         Ok(())
     }
 
-    /// Whether this member is listed in the `sync` key with synchronous mode on (for
-    /// `patroni_sync_standby` and the REST status).
-    pub(super) fn listed_sync(&self, read: Option<&Read>, pg: &PgView) -> bool {
+    /// Whether this replica is listed in the `sync` key with synchronous mode on: as a sync
+    /// standby, or as a quorum standby in quorum mode (for `patroni_sync_standby`,
+    /// `patroni_quorum_standby` and the REST status).
+    pub(super) fn listed_sync(&self, read: Option<&Read>, pg: &PgView) -> (bool, bool) {
         let replica = matches!(pg, PgView::Running(r) if !r.primary);
-        replica
+        let listed = replica
             && self.dyn_config.sync.mode != SyncMode::Off
-            && read.and_then(|r| r.view.sync.as_ref()).is_some_and(|k| k.active() && k.lists(&self.cfg.name))
+            && read.and_then(|r| r.view.sync.as_ref()).is_some_and(|k| k.active() && k.lists(&self.cfg.name));
+        let quorum = self.dyn_config.sync.mode == SyncMode::Quorum;
+        (listed && !quorum, listed && quorum)
     }
 }
