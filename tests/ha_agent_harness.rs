@@ -768,7 +768,8 @@ pub fn postgres_ids() -> (u32, u32) {
 impl Cluster {
     /// Starts real Patroni (the test kit's 4.x from PyPI) on host `i` instead of ha-agent
     /// (start the cluster with `agents: 0`): same scope, etcd, ports and socket folder, so
-    /// `sql`, `wait_primary` and HAProxy work the same. `dcs` is extra YAML under
+    /// `sql`, `wait_primary` and HAProxy work the same; PostgreSQL set up as the ha-agent
+    /// clusters here are (`fsync = off`, pg_rewind allowed with `wal_log_hints = on`). `dcs` is extra YAML under
     /// `bootstrap.dcs` (indented four spaces).
     pub fn start_patroni(&mut self, i: usize, dcs: &str) -> anyhow::Result<()> {
         let (uid, gid) = postgres_ids();
@@ -786,7 +787,7 @@ impl Cluster {
              restapi:\n  listen: {ip}:8008\n  connect_address: {ip}:8008\n\
              etcd3:\n  hosts: {hosts}\n\
              bootstrap:\n  dcs:\n    ttl: 20\n    loop_wait: 1\n    retry_timeout: 5\n    maximum_lag_on_failover: 16777216\n{dcs}\
-             \x20   postgresql:\n      use_pg_rewind: false\n      parameters:\n        wal_receiver_status_interval: 1s\n\
+             \x20   postgresql:\n      use_pg_rewind: true\n      parameters:\n        wal_receiver_status_interval: 1s\n        wal_log_hints: 'on'\n\
              \x20 initdb:\n  - encoding: UTF8\n  - locale: C.UTF-8\n\
              \x20 pg_hba:\n  - local all all trust\n  - local replication all trust\n  - host all all 10.250.0.0/24 trust\n  - host replication all 10.250.0.0/24 trust\n\
              postgresql:\n  listen: {ip}:{PG_PORT}\n  connect_address: {ip}:{PG_PORT}\n  data_dir: {data}\n  bin_dir: {bin}\n  pgpass: {home}/pgpass\n\
