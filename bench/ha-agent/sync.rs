@@ -96,6 +96,14 @@ fn measure(name: &str, patroni: bool, secs: u64) -> anyhow::Result<Vec<(String, 
     }
     let p = c.wait_primary(Duration::from_secs(90), &[])?;
     c.wait_streaming(p, &(1..=3).filter(|i| *i != p).collect::<Vec<_>>(), Duration::from_secs(120))?;
+    // The primary's settings that differ from PostgreSQL's defaults, for comparing the two
+    // implementations' servers (`target/test-logs/ha_sync_bench_*/settings.txt`).
+    let settings = c.sql(
+        p,
+        "select name || ' = ' || setting || ' (' || source || ')' from pg_settings \
+         where source not in ('default', 'override') order by 1",
+    )?;
+    std::fs::write(c.net.dir().path().join("settings.txt"), settings)?;
     let (_haproxy, _rt) = harness::start_haproxy(&mut c.net)?;
     wait_ok(Duration::from_secs(30), "pgbench -i through HAProxy", || pgbench(&c, &["-i", "-s", "10", "-q"]))?;
     let mut out = Vec::new();
