@@ -4,7 +4,7 @@
 //! For each implementation: a 3-host cluster in network namespaces (etcd member, the HA
 //! daemon and PostgreSQL per host, `fsync = off` on every member alike), HAProxy on a client
 //! host routing by `GET /primary`, `pgbench -i -s 10` through it, then for each mode
-//! (`synchronous_mode` off, then on, switched with `PATCH /config` as a user would)
+//! (`synchronous_mode` off, on, then `quorum`, switched with `PATCH /config` as a user would)
 //! `pgbench -c 8 -j 2 -T <secs>` (TPC-B-like) through HAProxy. Printed per run: transactions
 //! per second and the latency median and p99 from pgbench's per-transaction log.
 //! `HA_SYNC_BENCH_SECS` (default 20) sets the length of each run.
@@ -36,15 +36,19 @@ fn patch_config(c: &Cluster, leader: usize, json: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the leader runs with (or without) a synchronous standby.
-fn wait_mode(c: &Cluster, leader: usize, sync: bool) -> anyhow::Result<()> {
-    wait_ok(Duration::from_secs(90), &format!("synchronous replication {}", if sync { "on" } else { "off" }), || {
+/// The modes measured: `synchronous_mode` as `PATCH /config` sets it, and its label.
+const MODES: [(&str, &str); 3] = [("false", "asynchronous"), ("true", "synchronous"), ("\"quorum\"", "quorum")];
+
+/// Waits until the leader runs in `mode`: no synchronous standby, one (`sync`), or `ANY n`
+/// of the standbys (`quorum`).
+fn wait_mode(c: &Cluster, leader: usize, mode: &str) -> anyhow::Result<()> {
+    wait_ok(Duration::from_secs(90), &format!("{mode} replication"), || {
         let ssn = c.sql(leader, "show synchronous_standby_names")?;
         let state = c.sql(leader, "select string_agg(sync_state, ',') from pg_stat_replication")?;
-        if sync {
-            anyhow::ensure!(!ssn.is_empty() && state.contains("sync"), "ssn {ssn:?}, states {state:?}");
-        } else {
-            anyhow::ensure!(ssn.is_empty(), "ssn {ssn:?}");
+        match mode {
+            "synchronous" => anyhow::ensure!(!ssn.is_empty() && state.contains("sync"), "ssn {ssn:?}, {state:?}"),
+            "quorum" => anyhow::ensure!(ssn.starts_with("ANY") && state.contains("quorum"), "ssn {ssn:?}, {state:?}"),
+            _ => anyhow::ensure!(ssn.is_empty(), "ssn {ssn:?}"),
         }
         Ok(())
     })
@@ -107,10 +111,9 @@ fn measure(name: &str, patroni: bool, secs: u64) -> anyhow::Result<Vec<(String, 
     let (_haproxy, _rt) = harness::start_haproxy(&mut c.net)?;
     wait_ok(Duration::from_secs(30), "pgbench -i through HAProxy", || pgbench(&c, &["-i", "-s", "10", "-q"]))?;
     let mut out = Vec::new();
-    for sync in [false, true] {
-        patch_config(&c, p, &format!("{{\"synchronous_mode\": {sync}}}"))?;
-        wait_mode(&c, p, sync)?;
-        let mode = if sync { "synchronous" } else { "asynchronous" };
+    for (value, mode) in MODES {
+        patch_config(&c, p, &format!("{{\"synchronous_mode\": {value}}}"))?;
+        wait_mode(&c, p, mode)?;
         let f = run(&c, &format!("{name}-{mode}"), secs)?;
         println!(
             "  {name:<8} {mode:<12}: {:>7.0} tps, latency median {:.2} ms, p99 {:.2} ms",

@@ -602,13 +602,19 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
             && !st.watchdog_failed
             && unfit(o, c, name, st.timeline.unwrap_or(r.timeline), st.wal_position).is_none()
     };
+    // The stand-back lasts one ttl from when the cluster lost its leader: a candidate that
+    // looks fit may still be unable to take over (with quorum commit, too far behind for the
+    // votes it needs), and the cluster must not stay without a primary for it.
+    let standing_back = o.recent.unlocked_since.is_none_or(|t| o.now.since(t) < o.settings.timings.ttl);
     if let Some(cand) = named
+        && standing_back
         && answered().any(|(n, st)| n == cand && fit(n, st))
     {
         return Decision::Wait { reason: WaitReason::CandidateWillTakeOver(cand.to_owned()) };
     }
     let former = failover.and_then(|f| f.leader.as_deref());
     if former == Some(me)
+        && standing_back
         && let Some((n, _)) = answered().find(|(n, st)| fit(n, st))
     {
         return Decision::Wait { reason: WaitReason::CandidateWillTakeOver(n.to_owned()) };

@@ -1112,3 +1112,13 @@ fn in_quorum_mode_only_voters_are_compared_and_the_keys_leader_needs_no_votes() 
     let fx = quorum(Fx::new(), ME, &["n2", "n3"], 1).peers(vec![silent("n2"), silent("n3")]);
     assert_eq!(fx.decide(), Decision::AcquireLeader);
 }
+
+#[test]
+fn others_stand_back_for_a_switchover_candidate_for_one_ttl_then_race() {
+    let mut fx = Fx::new().failover(Some("n3"), Some("n2")).peers(vec![answer("n2", false, 900), silent("n3")]);
+    fx.recent.unlocked_since = Some(Moment::from_millis(9_000));
+    assert_eq!(wait(&fx.decide()), &WaitReason::CandidateWillTakeOver("n2".into()));
+    // A ttl (3 s) later the candidate still has not taken over: race as without it.
+    fx.recent.unlocked_since = Some(Moment::from_millis(7_000));
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
