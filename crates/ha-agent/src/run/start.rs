@@ -134,8 +134,10 @@ pub(super) async fn run(
     let mut keeper =
         tokio::spawn(crate::lease::run_keeper(lease.clone(), hedged.clone(), tasks.clone()).in_current_span());
     let wake = Arc::new(tokio::sync::Notify::new());
-    let mut watcher =
-        tokio::spawn(super::watch::watch(hedged, cfg.layout.clone(), wake.clone(), tasks.clone()).in_current_span());
+    let mut watcher = tokio::spawn(
+        super::watch::watch(hedged, cfg.layout.clone(), cfg.name.clone(), wake.clone(), tasks.clone())
+            .in_current_span(),
+    );
 
     let progress = Arc::new(Progress::default());
     let upstream = pg.configured_upstream();
