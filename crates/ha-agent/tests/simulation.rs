@@ -2130,13 +2130,19 @@ fn seeds() -> u64 {
     std::env::var("HA_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000)
 }
 
+/// A run's failure reports and the statistics of the seeds that passed.
+fn split(results: &[(u64, Result<Stats, String>)]) -> (Vec<&String>, Vec<Stats>) {
+    let failures = results.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    let ok = results.iter().filter_map(|(_, r)| r.as_ref().ok().copied()).collect();
+    (failures, ok)
+}
+
 #[test]
 fn simulated_clusters_never_split_brain_and_converge_under_random_faults() {
     let (first, n) = (first_seed(), seeds());
     println!("simulation: seeds {first}..{} (replay one: HA_SIM_TRACE=<seed>)", first + n);
     let results = run_many(first, n, SAFE);
-    let failures: Vec<&String> = results.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
-    let ok: Vec<Stats> = results.iter().filter_map(|(_, r)| r.as_ref().ok().copied()).collect();
+    let (failures, ok) = split(&results);
     let promotions: u32 = ok.iter().map(|s| s.promotions).sum();
     let resets: u32 = ok.iter().map(|s| s.resets).sum();
     println!("{promotions} promotions, {resets} watchdog resets in {n} seeds");
@@ -2191,8 +2197,7 @@ fn no_acknowledged_commit_lost(variant: Variant, offset: u64, label: &str, trace
     let n = seeds();
     println!("{label}: seeds {first}..{} (replay one: HA_SIM_TRACE=<seed> HA_SIM_VARIANT={trace})", first + n);
     let results = run_many(first, n, variant);
-    let failures: Vec<&String> = results.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
-    let ok: Vec<Stats> = results.iter().filter_map(|(_, r)| r.as_ref().ok().copied()).collect();
+    let (failures, ok) = split(&results);
     let promotions: u32 = ok.iter().map(|s| s.promotions).sum();
     let acks: u64 = ok.iter().map(|s| s.acks).sum();
     println!("{promotions} promotions, {acks} acknowledged commits in {n} seeds");

@@ -41,9 +41,14 @@ fn desired(i: &SyncInputs<'_>, listed: &[String]) -> Ssn {
     }
     match (i.settings.strict, listed.is_empty()) {
         (true, false) => i.in_force.clone(),
-        (true, true) => Ssn::Any { num: 1, names: vec![STRICT_PLACEHOLDER.to_owned()] },
+        (true, true) => placeholder(),
         (false, _) => Ssn::Off,
     }
+}
+
+/// Strict mode with nobody to wait for: `ANY 1 (placeholder)`, commits wait.
+fn placeholder() -> Ssn {
+    Ssn::Any { num: 1, names: vec![STRICT_PLACEHOLDER.to_owned()] }
 }
 
 /// `ANY n (S)` in force, as (n, S); anything else lists nobody.
@@ -104,11 +109,7 @@ pub(super) fn before_primary(
             old.extend(key.and_then(|k| k.leader.clone()));
             old.retain(|m| !m.eq_ignore_ascii_case(me));
             let old = sorted(old);
-            if old.is_empty() {
-                Ssn::Any { num: 1, names: vec![STRICT_PLACEHOLDER.to_owned()] }
-            } else {
-                Ssn::Any { num: 1, names: old }
-            }
+            if old.is_empty() { placeholder() } else { Ssn::Any { num: 1, names: old } }
         } else {
             Ssn::Off
         };
@@ -117,7 +118,7 @@ pub(super) fn before_primary(
     let k = key.filter(|k| k.led_by(me));
     let voters = k.map(|k| k.members.clone()).unwrap_or_default();
     let ssn = if voters.is_empty() {
-        if settings.strict { Ssn::Any { num: 1, names: vec![STRICT_PLACEHOLDER.to_owned()] } } else { Ssn::Off }
+        if settings.strict { placeholder() } else { Ssn::Off }
     } else {
         let q = k.map_or(0, |k| k.quorum as usize);
         let n = voters.len().saturating_sub(q).max(1) as u32;

@@ -22,6 +22,10 @@ use crate::config::PgConfig;
 use crate::core::{Control, PgErrorKind, PgView, RunningPg};
 use text::{ConfInput, Upstream};
 
+/// One WAL record: a transaction that takes an id (any user may), committed without waiting
+/// for synchronous standbys.
+const WAL_RECORD: &str = "DO $$BEGIN SET LOCAL synchronous_commit = 'local'; PERFORM pg_catalog.txid_current(); END$$";
+
 /// A PostgreSQL tool that failed, with the kind of failure the HA core cares about.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -824,13 +828,19 @@ impl Postgres {
     }
 
     /// Whether `host:port` accepts a connection as the superuser (within 2 s).
-    async fn reachable(&self, host: &str, port: u16) -> bool {
+    /// A connection to another member's PostgreSQL as the superuser.
+    fn remote(&self, host: &str, port: u16, connect_timeout: Duration) -> tokio_postgres::Config {
         let su = &self.cfg.superuser;
         let mut c = tokio_postgres::Config::new();
-        c.host(host).port(port).user(&su.username).dbname("postgres").connect_timeout(Duration::from_secs(2));
+        c.host(host).port(port).user(&su.username).dbname("postgres").connect_timeout(connect_timeout);
         if let Some(p) = &su.password {
             c.password(p);
         }
+        c
+    }
+
+    async fn reachable(&self, host: &str, port: u16) -> bool {
+        let c = self.remote(host, port, Duration::from_secs(2));
         matches!(tokio::time::timeout(Duration::from_secs(3), c.connect(NoTls)).await, Ok(Ok(_)))
     }
 
@@ -855,19 +865,11 @@ impl Postgres {
     /// the replica streams but never reaches a consistent state until the primary writes
     /// again, and an idle primary may not for hours.
     pub async fn nudge_wal(&self, host: &str, port: u16) -> anyhow::Result<()> {
-        let su = &self.cfg.superuser;
-        let mut c = tokio_postgres::Config::new();
-        c.host(host).port(port).user(&su.username).dbname("postgres").connect_timeout(Duration::from_secs(5));
-        if let Some(p) = &su.password {
-            c.password(p);
-        }
+        let c = self.remote(host, port, Duration::from_secs(5));
         let work = async {
             let (client, conn) = c.connect(NoTls).await.context("connect to the leader")?;
             let task = tokio::spawn(conn);
-            let r = client
-                .batch_execute("SET synchronous_commit TO local; SELECT pg_catalog.txid_current();")
-                .await
-                .context("write a WAL record on the leader");
+            let r = client.batch_execute(WAL_RECORD).await.context("write a WAL record on the leader");
             drop(client);
             task.abort();
             r
@@ -984,7 +986,6 @@ impl Postgres {
     /// One WAL record (a transaction id), committed without waiting for standbys: moves the
     /// flush position past the mark a newly named synchronous standby must reach.
     pub async fn write_wal_record(&mut self) -> anyhow::Result<()> {
-        self.execute("DO $$BEGIN SET LOCAL synchronous_commit = 'local'; PERFORM pg_catalog.txid_current(); END$$")
-            .await
+        self.execute(WAL_RECORD).await
     }
 }

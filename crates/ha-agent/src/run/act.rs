@@ -392,6 +392,12 @@ impl Agent {
 
     /// The leader's housekeeping: settings, history, slots, status.
     async fn lead(&mut self, read: Option<&Read>, r: &RunningPg) {
+        if self.dyn_config.failsafe_mode && !self.failsafe_said {
+            self.failsafe_said = true;
+            tracing::error!(
+                "failsafe_mode is on, which ha-agent does not support yet: a primary that cannot reach etcd is fenced as without it"
+            );
+        }
         if self.dyn_config.sync.mode != crate::core::sync::SyncMode::Off && self.sync_ssn.is_none() {
             // A restarted agent on a running primary: keep the setting in force until the
             // synchronous replication step has looked at it.

@@ -121,6 +121,7 @@ impl Agent {
             },
         };
         let view = read.map(|r| &r.view);
+        let (sync_standby, quorum_standby) = self.listed_sync(read, pg);
         self.api.publish(
             Snapshot {
                 status: Some(status),
@@ -130,8 +131,8 @@ impl Agent {
                 .filter(|l| l.id.is_some())
                 .map(|l| self.clock.instant(l.fence_at(&self.settings.timings)).into()),
                 paused: self.dyn_config.pause,
-                sync_standby: self.listed_sync(read, pg).0,
-                quorum_standby: self.listed_sync(read, pg).1,
+                sync_standby,
+                quorum_standby,
                 leader_optime: view.and_then(|v| v.status_optime),
                 maximum_lag_on_failover: self.dyn_config.maximum_lag_on_failover,
                 cycle_started_ms: self.cycle_started_ms,

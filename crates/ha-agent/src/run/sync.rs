@@ -55,12 +55,6 @@ impl Agent {
     /// a compare-and-swap fails, or `loop_wait` is used up.
     pub(super) async fn sync_replication(&mut self, read: &Read, r: &RunningPg) {
         let settings = self.dyn_config.sync.clone();
-        if self.dyn_config.failsafe_mode && !self.failsafe_said {
-            self.failsafe_said = true;
-            tracing::error!(
-                "failsafe_mode is on, which ha-agent does not support yet: a primary that cannot reach etcd is fenced as without it"
-            );
-        }
         let mut key: Option<SyncKey> = read.view.sync.clone();
         let started = Instant::now();
         for _ in 0..MAX_STEPS {
@@ -77,10 +71,6 @@ impl Agent {
                     return;
                 }
             };
-            // An agent that restarted on a running primary adopts the setting in force.
-            if settings.mode != SyncMode::Off && self.sync_ssn.is_none() {
-                self.sync_ssn = Some(in_force.clone());
-            }
             self.sync_memory.observe(&in_force, flush, self.clock.now());
             let step = sync::plan(&SyncInputs {
                 me: &self.cfg.name,
