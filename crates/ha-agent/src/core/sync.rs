@@ -365,6 +365,8 @@ pub enum KeyWhy {
     Unlist,
     /// Standbys confirmed as synchronous.
     Confirmed,
+    /// Quorum raised before `synchronous_standby_names` waits for fewer standbys.
+    RaiseQuorum,
 }
 
 impl fmt::Display for SyncStep {
@@ -377,6 +379,9 @@ impl fmt::Display for SyncStep {
                     KeyWhy::NewLeader => "this member now leads",
                     KeyWhy::Unlist => "unlisting standbys before synchronous_standby_names stops naming them",
                     KeyWhy::Confirmed => "standbys confirmed synchronous",
+                    KeyWhy::RaiseQuorum => {
+                        "raising the quorum before synchronous_standby_names waits for fewer standbys"
+                    }
                 };
                 write!(f, "sync key: listing {list} (quorum {quorum}): {why}")
             }

@@ -80,14 +80,24 @@ pub fn signal_postmaster(data_dir: &Path, sig: Signal) -> Option<i32> {
 
 /// The pid in `postmaster.pid`, if that process is alive and is a postgres.
 pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     // A stale file after a crash may name a pid reused by something else; a killed postmaster
     // not yet reaped (a zombie) is gone too.
+    match postmaster_proc(data_dir)? {
+        (pid, false) => Some(pid),
+        (_, true) => None,
+    }
+}
+
+/// The postgres process `postmaster.pid` names, and whether it is a zombie (killed, not yet
+/// reaped by its parent). PostgreSQL refuses to start while the pid in its lock file exists,
+/// zombie or not.
+fn postmaster_proc(data_dir: &Path) -> Option<(i32, bool)> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-    let alive = !rest.starts_with('Z') && !rest.starts_with('X');
-    (alive && (comm.starts_with("postgres") || comm.starts_with("postmaster"))).then_some(pid)
+    let zombie = rest.starts_with('Z') || rest.starts_with('X');
+    (comm.starts_with("postgres") || comm.starts_with("postmaster")).then_some((pid, zombie))
 }
 
 /// SIGKILL to the postmaster of `data_dir` (and its process group) and to every process still
@@ -484,6 +494,13 @@ impl Postgres {
     /// Waits for the leftovers of a dead postmaster to exit, and kills them after 5 s.
     async fn reap_leftovers(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        // A killed postmaster whose parent (an agent killed with it) is gone is reaped by
+        // init; until then PostgreSQL would refuse to start on its lock file.
+        while postmaster_proc(&self.cfg.data_dir).is_some_and(|(_, zombie)| zombie)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         loop {
             let left = self.leftovers();
             if left.is_empty() {
@@ -854,6 +871,38 @@ impl Postgres {
             }
             r => r,
         }
+    }
+
+    /// Whether the leader at `host:port` can be a pg_rewind source: a primary (not in
+    /// recovery) whose last checkpoint is on the timeline it writes. pg_rewind reads the
+    /// source's timeline from its control file; right after a promotion that still names the
+    /// old timeline, pg_rewind then finds both servers "on the same timeline", reports "no
+    /// rewind required" and leaves a diverged server that can never follow (Patroni waits for
+    /// its leader's `checkpoint_after_promote` for the same reason). `Err` when it cannot be
+    /// asked.
+    pub async fn rewind_source_ready(&self, host: &str, port: u16) -> anyhow::Result<bool> {
+        let c = self.remote(host, port, Duration::from_secs(5));
+        let work = async {
+            let (client, conn) = c.connect(NoTls).await.context("connect to the leader")?;
+            let task = tokio::spawn(conn);
+            let r = client
+                .query_one(
+                    "SELECT pg_is_in_recovery(), (SELECT timeline_id FROM pg_control_checkpoint()), \
+                     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END",
+                    &[],
+                )
+                .await
+                .context("read the leader's recovery state and checkpoint timeline");
+            drop(client);
+            task.abort();
+            let row = r?;
+            let in_recovery: bool = row.get(0);
+            let checkpoint_tli: i32 = row.get(1);
+            let walfile: Option<String> = row.get(2);
+            let current = walfile.as_deref().and_then(|f| f.get(..8)).and_then(|t| u32::from_str_radix(t, 16).ok());
+            anyhow::Ok(!in_recovery && current.is_some_and(|t| i64::from(t) == i64::from(checkpoint_tli)))
+        };
+        tokio::time::timeout(Duration::from_secs(10), work).await.context("timed out")?
     }
 
     /// Makes the leader at `host:port` write one WAL record (a transaction with an id, which

@@ -498,8 +498,19 @@ impl Agent {
     }
 
     async fn rewind(&mut self, read: Option<&Read>, pg: &PgView, leader: &str) -> anyhow::Result<()> {
-        self.record(Outcome::RewindStarted);
         let src = self.upstream_of(read, leader).with_context(|| format!("no conn_url for {leader}"))?;
+        match self.pg.rewind_source_ready(&src.host, src.port).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(source = %leader, "waiting for the leader to finish promoting (its checkpoint on the new timeline) before pg_rewind");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(source = %leader, error = format!("{e:#}"), "cannot ask the leader whether it can be a pg_rewind source; will try again");
+                return Ok(());
+            }
+        }
+        self.record(Outcome::RewindStarted);
         self.announce(read, pg, "rewinding").await;
         if matches!(pg, PgView::Running(_)) {
             self.pg.stop(StopMode::Fast).await?;
