@@ -791,7 +791,7 @@ impl Cluster {
              \x20 initdb:\n  - encoding: UTF8\n  - locale: C.UTF-8\n\
              \x20 pg_hba:\n  - local all all trust\n  - local replication all trust\n  - host all all 10.250.0.0/24 trust\n  - host replication all 10.250.0.0/24 trust\n\
              postgresql:\n  listen: {ip}:{PG_PORT}\n  connect_address: {ip}:{PG_PORT}\n  data_dir: {data}\n  bin_dir: {bin}\n  pgpass: {home}/pgpass\n\
-             \x20 authentication:\n    superuser:\n      username: postgres\n    replication:\n      username: postgres\n\
+             \x20 authentication:\n    superuser:\n      username: postgres\n    replication:\n      username: replicator\n\
              \x20 parameters:\n    unix_socket_directories: {sock}\n    fsync: 'off'\n\
              tags: {{}}\n",
             hosts = etcd_hosts.join(","),

@@ -69,8 +69,13 @@ fn patronictl_lists_shows_and_edits_an_ha_agent_cluster() {
     let ctl = Ctl::start("patronictl_lists_shows_and_edits", Opts { sync: false, ..Opts::default() });
     let p = ctl.primary;
 
-    // list: three members, one Leader, two streaming replicas, all on timeline 1.
-    let members = ctl.list();
+    // list: three members, one Leader, two streaming replicas, all on timeline 1. A member key
+    // says "streaming" from its agent's first cycle after the walreceiver connected.
+    let members = wait_until(Duration::from_secs(20), "patronictl list to show both replicas streaming", || {
+        let m = ctl.list();
+        (m.iter().filter(|m| field(m, "State") == "streaming").count() == 2).then_some(m)
+    })
+    .expect("both replicas streaming");
     assert_eq!(members.len(), 3, "{members:?}");
     let leader: Vec<&serde_json::Value> = members.iter().filter(|m| field(m, "Role") == "Leader").collect();
     assert_eq!(leader.len(), 1, "{members:?}");

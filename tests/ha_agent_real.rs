@@ -592,3 +592,132 @@ fn agents_start_and_fail_over_with_etcd_auth_and_tls_while_one_etcd_member_is_do
     assert_fenced("etcd with auth and TLS, one member down", pollers)?;
     no_unexpected_errors(&c, &["action failed"])
 }
+
+/// `GET <path>` on member `to`'s REST API, from host `from`: the body.
+fn rest_get(c: &Cluster, from: usize, to: usize, path: &str) -> anyhow::Result<String> {
+    let url = format!("http://{}:8008{path}", c.net.host(to).ip());
+    c.net.host(from).exec(&["curl", "-s", "-m", "2", &url])
+}
+
+/// failsafe_mode (Patroni 3+): with every etcd member frozen for longer than the ttl, a
+/// primary that every member confirms (`POST /failsafe`) stays writable; once it cannot reach
+/// one of them it stops taking writes before that member may take over (the pollers see no
+/// two writable servers at any moment), and the cluster fails over to it when etcd is back.
+#[test]
+fn failsafe_mode_keeps_the_primary_through_an_etcd_outage_and_demotes_it_when_a_member_is_out_of_reach()
+-> anyhow::Result<()> {
+    let (c, p) = healthy("ha_failsafe", Opts { dcs: "failsafe_mode = true", ..Opts::default() })?;
+    let names: Vec<String> = (1..=3).map(Cluster::name).collect();
+    outrigger_testkit::wait_ok(UP, "the leader to list every member in /failsafe", || {
+        let v: serde_json::Value = serde_json::from_str(&c.etcd_get("failsafe").unwrap_or_default())?;
+        anyhow::ensure!(names.iter().all(|n| v.get(n).is_some_and(|u| u.is_string())), "failsafe is {v}");
+        Ok(())
+    })?;
+    let r = others(p)[0];
+    // GET /failsafe answers with the key, as Patroni's does.
+    let v: serde_json::Value = serde_json::from_str(&rest_get(&c, r, p, "/failsafe")?)?;
+    anyhow::ensure!(names.iter().all(|n| v.get(n).is_some()), "GET /failsafe answered {v}");
+    let pollers = Pollers::start(&c)?;
+    for m in 0..c.etcd.len() {
+        c.etcd.freeze(m)?;
+    }
+    let frozen = Instant::now();
+    // Three ttls (3 s each) without etcd.
+    hold_for(Duration::from_secs(9), "the primary stays writable while every member confirms it", || {
+        anyhow::ensure!(c.writable(p), "n{p} stopped taking writes");
+        Ok(())
+    })?;
+    let status = rest_get(&c, r, p, "/patroni")?;
+    anyhow::ensure!(status.contains("\"failsafe_mode_is_active\":true"), "GET /patroni on n{p}: {status}");
+    c.sql(p, "insert into acked values (1)")?;
+    // Now the primary loses one member (and etcd, which comes back for the others).
+    let rip = c.net.host(r).ip().to_string();
+    c.net.host(p).block(
+        "failsafe",
+        &[&format!("ip saddr {rip}"), "tcp sport 2379"],
+        &[&format!("ip daddr {rip}"), "tcp dport 2379"],
+    )?;
+    let cut = Instant::now();
+    for m in 0..c.etcd.len() {
+        c.etcd.thaw(m)?;
+    }
+    outrigger_testkit::wait_until(FAILOVER, "the primary to stop taking writes", || (!c.writable(p)).then_some(()))?;
+    println!(
+        "primary kept {:.1} s without etcd; stopped taking writes {:.2} s after losing a member",
+        cut.duration_since(frozen).as_secs_f64(),
+        cut.elapsed().as_secs_f64()
+    );
+    let q = c.wait_primary(FAILOVER, &[p])?;
+    println!("n{q} took over {:.1} s after the primary lost a member", cut.elapsed().as_secs_f64());
+    c.net.host(p).unblock("failsafe")?;
+    c.wait_streaming(q, &others(q), REJOIN)?;
+    anyhow::ensure!(c.sql(q, "select count(*) from acked where id = 1")? == "1", "the write made in failsafe is lost");
+    assert_fenced("failsafe_mode", pollers)?;
+    no_unexpected_errors(&c, &["action failed"])
+}
+
+/// failsafe_mode across implementations (Patroni's protocol on both ends): a Patroni 4.x
+/// primary whose replicas are ha-agents stays primary through an etcd outage longer than the
+/// ttl because they accept its `POST /failsafe`; after a switchover to an ha-agent, a Patroni
+/// replica accepts the ha-agent primary's POSTs the same way. Patroni's shortest ttl is 20 s,
+/// so every member runs with ttl 20 s here.
+#[test]
+fn failsafe_mode_works_between_patroni_and_ha_agent_in_both_directions() -> anyhow::Result<()> {
+    let opts = Opts { sync: false, agents: 0, ttl: "20s", loop_wait: "1s", retry_timeout: "5s", ..Opts::default() };
+    let mut c = Cluster::start("ha_failsafe_patroni", opts)?;
+    c.start_patroni(1, "    failsafe_mode: true\n")?;
+    let p = c.wait_primary(UP, &[])?;
+    anyhow::ensure!(p == 1, "Patroni on n1 should have bootstrapped the cluster, n{p} leads");
+    c.sql(1, "create table acked(id bigint primary key)")?;
+    c.sql(1, FENCE_PROBE_TABLE)?;
+    c.start_agent(2)?;
+    c.start_agent(3)?;
+    c.wait_streaming(1, &[2, 3], UP)?;
+    let names: Vec<String> = (1..=3).map(Cluster::name).collect();
+    outrigger_testkit::wait_ok(UP, "Patroni to list every member in /failsafe", || {
+        let v: serde_json::Value = serde_json::from_str(&c.etcd_get("failsafe").unwrap_or_default())?;
+        anyhow::ensure!(names.iter().all(|n| v.get(n).is_some()), "failsafe is {v}");
+        Ok(())
+    })?;
+    let outage = |c: &Cluster, primary: usize, what: &str| -> anyhow::Result<()> {
+        for m in 0..c.etcd.len() {
+            c.etcd.freeze(m)?;
+        }
+        // Longer than the ttl (20 s) and than Patroni's retry_timeout on top.
+        let r = hold_for(Duration::from_secs(28), what, || {
+            anyhow::ensure!(c.writable(primary), "n{primary} stopped taking writes");
+            Ok(())
+        });
+        for m in 0..c.etcd.len() {
+            c.etcd.thaw(m)?;
+        }
+        r?;
+        let p = c.wait_primary(FAILOVER, &[])?;
+        anyhow::ensure!(p == primary, "n{p} leads after the outage, not n{primary}");
+        Ok(())
+    };
+    let pollers = Pollers::start(&c)?;
+    outage(&c, 1, "the Patroni primary stays writable: both ha-agent replicas confirm it")?;
+    c.sql(1, "insert into acked values (1)")?;
+    // The outage outlived every member key: Patroni picks switchover candidates among them.
+    outrigger_testkit::wait_ok(UP, "every member key back", || {
+        for n in &names {
+            anyhow::ensure!(!c.etcd_get(&format!("members/{n}")).unwrap_or_default().is_empty(), "{n} has no key");
+        }
+        Ok(())
+    })?;
+    // Switchover to the ha-agent on n2; Patroni on n1 follows it.
+    c.etcd_put("failover", "{\"leader\":\"n1\",\"member\":\"n2\"}")?;
+    let p = c.wait_primary(FAILOVER, &[1])?;
+    anyhow::ensure!(p == 2, "the switchover went to n{p}, not n2");
+    c.wait_streaming(2, &[1, 3], REJOIN)?;
+    outrigger_testkit::wait_ok(UP, "the ha-agent leader to keep every member in /failsafe", || {
+        let v: serde_json::Value = serde_json::from_str(&c.etcd_get("failsafe").unwrap_or_default())?;
+        anyhow::ensure!(names.iter().all(|n| v.get(n).is_some()), "failsafe is {v}");
+        Ok(())
+    })?;
+    outage(&c, 2, "the ha-agent primary stays writable: the Patroni and ha-agent replicas confirm it")?;
+    anyhow::ensure!(c.sql(2, "select count(*) from acked where id = 1")? == "1", "the write made in failsafe is lost");
+    assert_fenced("failsafe_mode between Patroni and ha-agent", pollers)?;
+    no_unexpected_errors(&c, &["action failed"])
+}

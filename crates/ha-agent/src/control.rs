@@ -32,6 +32,12 @@ pub struct Snapshot {
     pub maximum_lag_on_failover: u64,
     /// Unix time (ms) when the cycle that produced this snapshot started.
     pub cycle_started_ms: u64,
+    /// `failsafe_mode` in `/config`.
+    pub failsafe_mode: bool,
+    /// This primary runs on failsafe_mode's proof (etcd unreachable, every member confirmed).
+    pub failsafe_active: bool,
+    /// This member is listed in `/failsafe`.
+    pub failsafe_member: bool,
 }
 
 impl Snapshot {

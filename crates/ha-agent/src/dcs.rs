@@ -102,6 +102,11 @@ impl Dcs {
         cas(self.etcd.first_ok(|c| c.put_if_mod_revision(&key, 0, json.to_owned())).await)
     }
 
+    /// `failsafe` (a plain put, as Patroni writes it).
+    pub async fn write_failsafe(&self, v: &outrigger_schema::FailsafeValue) -> Result<(), EtcdError> {
+        self.put(&self.key(ClusterKey::Failsafe), &v.encode(), None).await
+    }
+
     pub async fn write_status(&self, status: &StatusValue) -> Result<(), EtcdError> {
         self.put(&self.key(ClusterKey::Status), &serde_json::to_string(status).unwrap_or_default(), None).await
     }

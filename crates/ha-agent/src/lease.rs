@@ -114,6 +114,29 @@ impl LeaseHandle {
         self.execute(&mut st, e);
     }
 
+    /// Armed: PostgreSQL is, or is about to become, a primary.
+    pub fn armed(&self) -> bool {
+        self.lock().core.armed()
+    }
+
+    /// Whether the renewals are late (`Keeper::renewals_late`).
+    pub fn renewals_late(&self) -> bool {
+        let now = self.0.clock.now();
+        self.lock().core.renewals_late(now)
+    }
+
+    /// failsafe_mode: every listed member accepted the round sent at `sent`.
+    pub fn failsafe_confirmed(&self, sent: Moment) {
+        self.lock().core.failsafe_confirmed(sent);
+        self.0.keeper_wake.notify_one();
+    }
+
+    /// failsafe_mode: a round was refused or unanswered by some member.
+    pub fn failsafe_lost(&self) {
+        self.lock().core.failsafe_lost();
+        self.0.keeper_wake.notify_one();
+    }
+
     /// Check the lease now (the loop saw our leader or member key vanish).
     pub fn renew_soon(&self) {
         let now = self.0.clock.now();

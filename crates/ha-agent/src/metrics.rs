@@ -32,6 +32,8 @@ pub struct Metrics {
     pub etcd_errors: IntCounterVec,
     /// Values in etcd that could not be decoded, by key kind (member, config, ...).
     pub decode_errors: IntCounterVec,
+    /// failsafe_mode rounds of `POST /failsafe` (etcd unreachable), by result.
+    pub failsafe_rounds: IntCounterVec,
     /// Duration of one HA cycle (read, decide, act).
     pub cycle_seconds: Histogram,
     /// Unix time of the last completed HA cycle.
@@ -145,6 +147,13 @@ impl Metrics {
             "key",
             &["member", "config", "other"],
         );
+        let failsafe_rounds = counter(
+            &r,
+            "ha_agent_failsafe_rounds_total",
+            "failsafe_mode rounds of POST /failsafe sent while etcd was unreachable, by result.",
+            "result",
+            &["confirmed", "refused"],
+        );
         let cycle_seconds = register(
             &r,
             Histogram::with_opts(
@@ -181,6 +190,7 @@ impl Metrics {
             exits_as_primary,
             etcd_errors,
             decode_errors,
+            failsafe_rounds,
             cycle_seconds,
             last_cycle,
             rest_health: rest.with_label_values(&["health"]),
@@ -323,7 +333,24 @@ impl Metrics {
             "Value is 1 if the cluster is unlocked, 0 if locked.",
             &b(s.and_then(|s| s.cluster_unlocked).unwrap_or(false)),
         );
-        m("patroni_failsafe_mode_is_active", "gauge", "Value is 1 if failsafe mode is active, 0 if inactive.", "0");
+        m(
+            "patroni_failsafe_mode_is_active",
+            "gauge",
+            "Value is 1 if failsafe mode is active, 0 if inactive.",
+            &b(snap.failsafe_active),
+        );
+        m(
+            "patroni_failsafe_mode_enabled",
+            "gauge",
+            "Value is 1 if failsafe mode is enabled, 0 if disabled.",
+            &b(snap.failsafe_mode),
+        );
+        m(
+            "patroni_failsafe_member",
+            "gauge",
+            "Value is 1 if this node is listed in the failsafe key, 0 otherwise.",
+            &b(snap.failsafe_member),
+        );
         m(
             "patroni_postgres_timeline",
             "gauge",

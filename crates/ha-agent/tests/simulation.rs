@@ -36,6 +36,12 @@
 //! `sync` key before taking writes) as `run/sync.rs` does. The negative control sets
 //! `ANY 1` of the other members by hand, with synchronous mode off, and sees commits lost.
 //!
+//! In the failsafe_mode variant the leader keeps the `failsafe` key, a primary that cannot
+//! read etcd POSTs `/failsafe` to every listed member (accepted when the member's agent runs,
+//! the link works both ways and it neither leads nor races: the REST desk), and the keeper
+//! trusts it past its lease only while all accept (`Keeper::failsafe_confirmed`); invariants
+//! 1-4 must hold as before.
+//!
 //! Each CI run takes a different range of seeds (printed; `HA_SIM_FIRST_SEED` and
 //! `HA_SIM_SEEDS` pick them, `HA_SIM_TRACE=<seed>` prints one seed's event log). Two negative
 //! controls show that the checks can fail: without a watchdog, agent stalls and absences
@@ -162,14 +168,23 @@ struct Variant {
     /// Fault kinds drawn (indexes into `World::inject_faults`).
     faults: &'static [u64],
     replication: Replication,
+    /// `failsafe_mode: true` in `config`: a primary cut off from etcd POSTs `/failsafe` to
+    /// every member and stays primary while all of them accept.
+    failsafe: bool,
 }
 
 const ALL_FAULTS: &[u64] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19];
 
-const SAFE: Variant =
-    Variant { wd: Wd::Device, clock: ClockSource::Boottime, faults: ALL_FAULTS, replication: Replication::Async };
+const SAFE: Variant = Variant {
+    wd: Wd::Device,
+    clock: ClockSource::Boottime,
+    faults: ALL_FAULTS,
+    replication: Replication::Async,
+    failsafe: false,
+};
 const SYNC: Variant = Variant { replication: Replication::Sync, ..SAFE };
 const QUORUM: Variant = Variant { replication: Replication::Quorum, ..SAFE };
+const FAILSAFE: Variant = Variant { failsafe: true, ..SAFE };
 /// The negative control for acknowledged commits: host crashes and network cuts, which leave
 /// the standby that confirmed a commit out of reach while another one is close enough behind.
 const HAND_SET: Variant = Variant { replication: Replication::HandSet, faults: &[0, 5, 6], ..SAFE };
@@ -202,6 +217,9 @@ struct Etcd {
     sync: Option<SyncKey>,
     /// `synchronous_mode` and companions in `config`.
     sync_settings: SyncSettings,
+    /// `failsafe_mode` in `config`, and the `failsafe` key.
+    failsafe_mode: bool,
+    failsafe: Option<Vec<(String, String)>>,
 }
 
 impl Etcd {
@@ -244,8 +262,13 @@ impl Etcd {
         v.history = self.history.clone();
         v.failover = self.failover.clone();
         v.sync = self.sync.clone();
-        v.config =
-            ConfigState::Valid(DynConfig { pause: self.paused, sync: self.sync_settings.clone(), ..dyn_config() });
+        v.failsafe = self.failsafe.clone();
+        v.config = ConfigState::Valid(DynConfig {
+            pause: self.paused,
+            sync: self.sync_settings.clone(),
+            failsafe_mode: self.failsafe_mode,
+            ..dyn_config()
+        });
         v
     }
 }
@@ -426,6 +449,14 @@ struct Agent {
     sync_memory: SyncMemory,
     /// The `sync` key as last read (compare-and-swap writes are against it).
     seen_sync: Option<SyncKey>,
+    /// failsafe_mode, the REST API's desk (`http::failsafe::Desk`): the last `POST /failsafe`
+    /// accepted (leader, local time), and whether this member leads or races (it then refuses).
+    fs_last: Option<(String, Moment)>,
+    fs_leading: bool,
+    /// The failsafe task's next round, at the earliest.
+    fs_next_round: Moment,
+    /// The accepted POST the memory last took in (`failsafe_judged`).
+    fs_judged: Option<Moment>,
 }
 
 struct Host {
@@ -484,6 +515,8 @@ struct World {
     violations: Vec<String>,
     promotions: u32,
     resets: u32,
+    /// failsafe_mode rounds every member confirmed.
+    failsafe_kept: u32,
     /// Commits acknowledged to the client: token → the highest acknowledged LSN written by
     /// that timeline incarnation.
     acked: BTreeMap<u64, u64>,
@@ -539,7 +572,7 @@ impl World {
                 }
             })
             .collect();
-        let mut etcd = Etcd { up: true, next_lease: 1000, ..Etcd::default() };
+        let mut etcd = Etcd { up: true, next_lease: 1000, failsafe_mode: variant.failsafe, ..Etcd::default() };
         let mut hosts: Vec<Host> = hosts;
         match variant.replication {
             Replication::Async => {}
@@ -573,6 +606,7 @@ impl World {
             log: Vec::new(),
             violations: Vec::new(),
             promotions: 0,
+            failsafe_kept: 0,
             resets: 0,
             acked: BTreeMap::new(),
             acks: 0,
@@ -860,6 +894,9 @@ impl World {
         for &h in &order {
             if self.hosts[h].agent_runs(self.t) {
                 self.keeper(h);
+                if self.variant.failsafe {
+                    self.failsafe_task(h);
+                }
             }
         }
         for &h in &order {
@@ -904,6 +941,10 @@ impl World {
                 booted: false,
                 sync_memory: SyncMemory::default(),
                 seen_sync: None,
+                fs_last: None,
+                fs_leading: false,
+                fs_next_round: Moment::from_millis(0),
+                fs_judged: None,
             });
             let name = host.name.clone();
             self.note(format!("{name} agent started"));
@@ -1132,6 +1173,10 @@ impl World {
         let paused = view.map(|v| matches!(&v.config, ConfigState::Valid(c) if c.pause));
         let agent = self.agent(h);
         agent.memory.observe(&name, view, pg, now);
+        if let Some((leader, at)) = agent.fs_last.clone() {
+            agent.memory.failsafe_posted(&leader, at);
+            agent.fs_judged = Some(at);
+        }
         if let Some(p) = paused {
             agent.paused = p;
         }
@@ -1168,7 +1213,12 @@ impl World {
         }
         let sync_settings = self.etcd.sync_settings.clone();
         let agent = self.hosts[h].agent.as_ref().expect("agent runs");
-        let cfg = DynConfig { pause: agent.paused, sync: sync_settings, ..dyn_config() };
+        let cfg = DynConfig {
+            pause: agent.paused,
+            sync: sync_settings,
+            failsafe_mode: self.variant.failsafe,
+            ..dyn_config()
+        };
         let decision = decide(&Observed {
             now,
             wall_ms: 1_800_000_000_000 + self.t,
@@ -1191,6 +1241,13 @@ impl World {
         if self.etcd_ok(h) {
             self.touch_member(h);
         }
+        // `publish`: a member that leads (or may take writes) refuses POST /failsafe; a
+        // promotion or start as primary still in progress counts as leading.
+        let writable = self.pg_view(h).may_accept_writes();
+        if let Some(a) = self.hosts[h].agent.as_mut() {
+            let becoming = matches!(a.pending, Some((_, Pending::Promote { .. } | Pending::StartPrimary { .. })));
+            a.fs_leading = a.held_key || writable || becoming;
+        }
     }
 
     /// The agent ends on an error: `ExitFence` stops a PostgreSQL that may accept writes and
@@ -1205,6 +1262,104 @@ impl World {
         self.hosts[h].device = None;
         self.hosts[h].agent = None;
         self.hosts[h].agent_back_at = self.t + 1000;
+    }
+
+    /// `Agent::failsafe_claim` in `run/act.rs`: before taking the key or making a primary,
+    /// refuse POSTs from now on; with failsafe_mode, skip the step when a POST from another
+    /// member was accepted less than a ttl ago.
+    fn failsafe_claim(&mut self, h: usize) -> bool {
+        let now = self.now(h);
+        let failsafe = self.variant.failsafe;
+        let name = self.hosts[h].name.clone();
+        let agent = self.agent(h);
+        let ttl = agent.settings.timings.ttl;
+        if failsafe
+            && let Some((leader, at)) = &agent.fs_last
+            && *leader != name
+            && Some(*at) != agent.fs_judged
+            && now.since(*at) < ttl
+        {
+            return false;
+        }
+        agent.fs_leading = true;
+        true
+    }
+
+    /// `Agent::write_failsafe`: every member's API address, when it changed.
+    fn write_failsafe(&mut self, h: usize) {
+        if !self.etcd.failsafe_mode {
+            return;
+        }
+        let mut want: BTreeMap<String, String> =
+            self.etcd.members.keys().map(|n| (n.clone(), format!("http://{n}:8008/patroni"))).collect();
+        let me = self.hosts[h].name.clone();
+        want.insert(me.clone(), format!("http://{me}:8008/patroni"));
+        let want: Vec<(String, String)> = want.into_iter().collect();
+        if self.etcd.failsafe.as_ref() != Some(&want) {
+            self.etcd.failsafe = Some(want);
+            self.etcd.bump(false);
+        }
+    }
+
+    /// `Agent::failsafe_round`: `POST /failsafe` to each member; a member accepts when its
+    /// agent runs, both directions of the link work, and it neither leads nor runs a primary
+    /// (its desk as of its last cycle). All accepted: the keeper trusts the primary until the
+    /// send time + ttl - retry_timeout; anything else ends that trust.
+    /// `run/failsafe.rs`: while `failsafe_round_due` (armed, renewals late, members known),
+    /// one round every `failsafe_interval`, beside the HA loop (the loop may be in an etcd
+    /// read). The round's answers take no time here.
+    fn failsafe_task(&mut self, h: usize) {
+        let now = self.now(h);
+        let failsafe_mode = self.variant.failsafe;
+        let agent = self.agent(h);
+        if now < agent.fs_next_round {
+            return;
+        }
+        let cfg = DynConfig { failsafe_mode, ..dyn_config() };
+        let due = ha_agent::core::failsafe_round_due(
+            &cfg,
+            agent.keeper.armed(),
+            agent.keeper.renewals_late(now),
+            agent.memory.recent().failsafe_members.as_deref(),
+        )
+        .map(<[_]>::to_vec);
+        if let Some(members) = due {
+            let interval = ha_agent::core::keeper::failsafe_interval(&agent.settings.timings);
+            agent.fs_next_round = now.plus(interval);
+            self.failsafe_round(h, &members);
+        }
+    }
+
+    fn failsafe_round(&mut self, h: usize, members: &[ha_agent::core::PeerRef]) {
+        let sent = self.now(h);
+        let me = self.hosts[h].name.clone();
+        let mut all = true;
+        for m in members {
+            let accepted = self.idx(&m.name).is_some_and(|i| {
+                let p = &self.hosts[i];
+                p.agent_runs(self.t)
+                    && self.link_ok(h, i)
+                    && self.link_ok(i, h)
+                    && p.agent.as_ref().is_some_and(|a| !a.fs_leading)
+                    && !self.pg_view(i).may_accept_writes()
+            });
+            if accepted {
+                let i = self.idx(&m.name).expect("checked");
+                let at = self.now(i);
+                self.agent(i).fs_last = Some((me.clone(), at));
+            } else {
+                all = false;
+            }
+        }
+        if !all {
+            self.note(format!("{me} POST /failsafe: not every member accepted"));
+        }
+        if all {
+            self.failsafe_kept += 1;
+            self.agent(h).keeper.failsafe_confirmed(sent);
+        } else {
+            self.agent(h).keeper.failsafe_lost();
+        }
     }
 
     fn set_upstream(&mut self, h: usize, up: Option<String>) {
@@ -1293,7 +1448,9 @@ impl World {
                 self.busy(h, wait, Pending::Probed { answers });
             }
             Decision::AcquireLeader => {
+                let primary = self.pg_view(h).writable();
                 if ok
+                    && (primary || self.failsafe_claim(h))
                     && self.trusted(h)
                     && let Some(l) = lease
                     && self.etcd.leader.is_none()
@@ -1325,9 +1482,13 @@ impl World {
                     self.etcd.leader = Some(LeaderKey { name, lease: l, mod_revision: rev });
                 }
             }
-            Decision::Promote => self.promote(h),
+            Decision::Promote => {
+                if self.failsafe_claim(h) {
+                    self.promote(h);
+                }
+            }
             Decision::StartPrimary => {
-                if !self.sync_before_primary(h, false) {
+                if !self.failsafe_claim(h) || !self.sync_before_primary(h, false) {
                     return;
                 }
                 let now = self.now(h);
@@ -1370,8 +1531,11 @@ impl World {
                     self.etcd.status_optime = Some(end);
                     self.write_history(h);
                     self.sync_replication(h);
+                    self.write_failsafe(h);
                 }
             }
+            // The rounds run on the failsafe task (`failsafe_task` below).
+            Decision::Failsafe { .. } => {}
             Decision::Follow { leader } => match self.hosts[h].pg.run {
                 Run::Stopped => {
                     self.set_upstream(h, leader.clone());
@@ -2055,6 +2219,8 @@ struct Stats {
     promotions: u32,
     resets: u32,
     acks: u64,
+    /// failsafe_mode rounds every member confirmed.
+    failsafe_kept: u32,
 }
 
 /// Runs one seed to the end (or its first violation); returns the world.
@@ -2093,7 +2259,7 @@ fn run_seed(seed: u64, variant: Variant) -> Result<Stats, String> {
         w.violations.push(format!("no convergence by t={}: {e}", w.t));
     }
     if w.violations.is_empty() {
-        return Ok(Stats { promotions: w.promotions, resets: w.resets, acks: w.acks });
+        return Ok(Stats { promotions: w.promotions, resets: w.resets, acks: w.acks, failsafe_kept: w.failsafe_kept });
     }
     let tail = w.log.len().saturating_sub(150);
     Err(format!("seed {seed}: {}\n{}", w.violations.join("; "), w.log[tail..].join("\n")))
@@ -2223,6 +2389,39 @@ fn quorum_commit_never_loses_an_acknowledged_commit_under_random_faults() {
     no_acknowledged_commit_lost(QUORUM, 600_000, "quorum commit", "quorum");
 }
 
+/// failsafe_mode: a primary that cannot read etcd POSTs `/failsafe` to every member the
+/// leader listed, and the keeper trusts it past its lease only while all of them accept;
+/// each acceptance keeps that member out of races for a ttl. Invariants 1-4 hold under every
+/// fault (whole-etcd outages, cuts between agents and etcd or between agents, stalls,
+/// freezes, crashes), and primaries do survive outages on the members' word.
+#[test]
+fn failsafe_mode_never_splits_brain_and_keeps_primaries_through_etcd_outages() {
+    let first = first_seed() + 800_000;
+    let n = seeds();
+    println!("failsafe_mode: seeds {first}..{} (replay one: HA_SIM_TRACE=<seed> HA_SIM_VARIANT=failsafe)", first + n);
+    let results = run_many(first, n, FAILSAFE);
+    let (failures, ok) = split(&results);
+    let promotions: u32 = ok.iter().map(|s| s.promotions).sum();
+    let kept: u32 = ok.iter().map(|s| s.failsafe_kept).sum();
+    println!("{promotions} promotions, {kept} failsafe rounds confirmed by every member in {n} seeds");
+    assert!(failures.is_empty(), "{} of {n} seeds failed; first:\n{}", failures.len(), failures[0]);
+    assert!(promotions as u64 > n, "only {promotions} promotions in {n} seeds");
+    assert!(kept as u64 > n / 10, "only {kept} confirmed failsafe rounds in {n} seeds: outages never reached them");
+    // Whole-etcd outages alone (up to 5 s, longer than the ttl): without failsafe_mode each
+    // long one costs a failover; with it, the primary is kept.
+    let outages = Variant { faults: &[7], ..FAILSAFE };
+    let count = |v: Variant| -> u32 {
+        let r = run_many(first, 200, v);
+        let (failures, ok) = split(&r);
+        assert!(failures.is_empty(), "{}", failures[0]);
+        ok.iter().map(|s| s.promotions).sum()
+    };
+    let (with, without) = (count(outages), count(Variant { failsafe: false, ..outages }));
+    println!("etcd outages only, 200 seeds: {without} failovers without failsafe_mode, {with} with it");
+    assert!(without > 0, "the outages never cost a failover without failsafe_mode: they prove nothing");
+    assert!(with == 0, "{with} failovers with failsafe_mode in outages where every member was reachable");
+}
+
 /// The negative control for invariant 5: `synchronous_standby_names` set by hand (`ANY 1`
 /// of the other members) with synchronous mode off, as the issue describes it. The agents
 /// promote whoever is furthest ahead, and acknowledged commits are lost: the check sees it.
@@ -2257,6 +2456,8 @@ fn trace_one_seed_on_request() {
         Ok("nowatchdog") => Variant { wd: Wd::None, ..SAFE },
         Ok("monotonic") => Variant { wd: Wd::None, clock: ClockSource::Monotonic, faults: &[17], ..SAFE },
         Ok("sync") => SYNC,
+        Ok("failsafe") => FAILSAFE,
+        Ok("failsafe_outages") => Variant { faults: &[7], ..FAILSAFE },
         Ok("quorum") => QUORUM,
         Ok("handset") => HAND_SET,
         Ok("suspend") => Variant { wd: Wd::None, clock: ClockSource::Boottime, faults: &[17], ..SAFE },

@@ -19,8 +19,8 @@ pub use keys::{ClusterKey, KeyKind, KeyLayout, LayoutError};
 pub use outrigger::{BackupLockValue, BackupRecord, LastBackupValue, WalShipperStatus};
 pub use rest::{PatroniInfo, StatusJson, XlogStatus};
 pub use values::{
-    DecodeError, FailoverValue, HistoryEntry, MemberRole, MemberValue, StatusValue, SyncValue, decode_initialize,
-    decode_leader,
+    DecodeError, FailoverValue, FailsafeValue, HistoryEntry, MemberRole, MemberValue, StatusValue, SyncValue,
+    decode_initialize, decode_leader,
 };
 
 /// The Patroni version Outrigger daemons publish in `members/<name>.version` and in

@@ -263,6 +263,23 @@ impl SyncValue {
     }
 }
 
+/// `failsafe`: `{"<member>":"<api_url>",...}`, written by the leader while `failsafe_mode` is
+/// on: the members a primary cut off from etcd must all reach to stay primary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FailsafeValue(pub std::collections::BTreeMap<String, String>);
+
+impl FailsafeValue {
+    pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
+        json("failsafe", raw)
+    }
+
+    /// Compact JSON, members sorted.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(&self.0).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +360,15 @@ mod tests {
         assert_eq!(sync.standbys(), vec!["n2", "n3"]);
         let none = SyncValue::decode(br#"{"leader":"n1","sync_standby":null}"#).unwrap();
         assert!(none.standbys().is_empty());
+    }
+
+    #[test]
+    fn failsafe_is_a_map_of_member_to_api_url_and_garbage_is_refused() {
+        let v = FailsafeValue::decode(br#"{"n1":"http://10.0.0.1:8008/patroni","n2":"http://10.0.0.2:8008/patroni"}"#)
+            .unwrap();
+        assert_eq!(v.0.len(), 2);
+        assert_eq!(FailsafeValue::decode(v.encode().as_bytes()).unwrap(), v);
+        assert!(FailsafeValue::decode(b"[1,2]").is_err());
+        assert!(FailsafeValue::decode(br#"{"n1":3}"#).is_err());
     }
 }

@@ -26,7 +26,7 @@ use super::divergence::{self, Divergence, LocalEnd};
 use super::observed::{ClusterState, Observed, PeerRef, PeerStatus, PgView, RunningPg};
 use super::schedule::parse_rfc3339_ms;
 use super::sync::{SyncKey, SyncMode};
-use super::view::{ClusterView, FailoverRequest, Initialize, LeaderKey, Member, Role};
+use super::view::{ClusterView, DynConfig, FailoverRequest, Initialize, LeaderKey, Member, Role};
 
 /// Decides what to do next from what was observed.
 pub fn decide(o: &Observed<'_>) -> Decision {
@@ -39,7 +39,10 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         let reason = if o.cluster.is_none() { FenceReason::EtcdUnreachable } else { FenceReason::LeaseNotRenewed };
         return Decision::Fence { reason };
     }
-    licensed(o, lease_ok, decide_on(o, lease_ok))
+    // Taking, keeping or acting on the leader key needs the lease itself (the key lives on
+    // it); failsafe_mode's proof only keeps a primary that cannot reach etcd from the fence.
+    let held = o.lease.held(o.now, &o.settings.timings);
+    licensed(o, held, decide_on(o, held))
 }
 
 /// Rule: nothing that makes or keeps a primary runs without its licence. Taking the leader
@@ -109,10 +112,37 @@ fn decide_on(o: &Observed<'_>, lease_ok: bool) -> Decision {
     }
 }
 
+/// failsafe_mode: whom a primary asks (`POST /failsafe`) now, if anyone: while its lease
+/// renewals are late (`Keeper::renewals_late`: etcd may be gone), every member of the last
+/// `failsafe` key read. The rounds run on their own task, beside the HA loop, every
+/// [`super::keeper::failsafe_interval`]: the loop may sit in an etcd read for `retry_timeout`,
+/// and with `ttl = loop_wait + 2 x retry_timeout` a round sent only after a failed read can
+/// come after the fence. A round while etcd is in fact fine does no harm: it only keeps the
+/// members out of races they would not run.
+pub fn failsafe_round_due<'a>(
+    config: &DynConfig,
+    armed: bool,
+    renewals_late: bool,
+    members: Option<&'a [PeerRef]>,
+) -> Option<&'a [PeerRef]> {
+    (config.failsafe_mode && armed && renewals_late).then_some(members).flatten()
+}
+
 /// etcd cannot be read. The lease keeper fences a primary when its lease runs out (rule 1
 /// above, and independently in the shell); replicas keep replicating; a stopped member starts
 /// read-only so that it still serves reads.
 fn without_etcd(o: &Observed<'_>) -> Decision {
+    // Rule (failsafe_mode): a primary cut off from etcd asks every member of the last
+    // `/failsafe` key to confirm it (`POST /failsafe`, sent by the failsafe task while the
+    // lease renewals are late: `failsafe_round_due`); only while all of them do does the
+    // keeper trust it past its lease (`LeaseView::failsafe_until`), and each of them stays out
+    // of any race meanwhile. Without a `/failsafe` key read, there is nothing to prove.
+    if o.config.failsafe_mode
+        && o.pg.writable()
+        && let Some(members) = &o.recent.failsafe_members
+    {
+        return Decision::Failsafe { members: members.clone() };
+    }
     match o.pg {
         PgView::Stopped(_) if !o.config.pause && !start_failed(o) && !o.recent.diverged => {
             Decision::Follow { leader: None }
@@ -511,6 +541,24 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     if let Some(why) = unfit(o, c, &o.settings.name, r.timeline, r.wal_position) {
         return Decision::Wait { reason: why };
     }
+    if o.config.failsafe_mode {
+        // Rule (failsafe_mode): a leader that confirmed itself to us by `POST /failsafe` less
+        // than a ttl ago still runs as primary (cut off from etcd, it relies on us not racing).
+        if let Some((leader, at)) = &o.recent.failsafe_post
+            && leader != me
+            && o.now.since(*at) < o.settings.timings.ttl
+        {
+            return Decision::Wait { reason: WaitReason::FailsafeLeaderAlive(leader.clone()) };
+        }
+        // Rule (failsafe_mode): a member `/failsafe` does not list is not asked by a primary
+        // cut off from etcd, so it must not race (Patroni's rule).
+        if let Some(list) = &c.failsafe
+            && !list.is_empty()
+            && !list.iter().any(|(n, _)| n == me)
+        {
+            return Decision::Wait { reason: WaitReason::NotInFailsafe };
+        }
+    }
     // Rule: after etcd revoked our lease early (a mass revocation by a stalled former raft
     // leader, etcd #15247), the old primary's lease went too, but it fences only when it
     // notices: at the latest retry_timeout before its lease would have expired, which is no
@@ -543,8 +591,11 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
         .map(|m| PeerRef::new(&m.name, &m.api_url))
         .collect();
     // Rule: the former leader is asked too, although its keys are gone: its lease may have
-    // gone early (revoked) while its PostgreSQL still takes writes.
-    for p in o.recent.known_peers.iter().chain(o.recent.former_leader.as_ref()) {
+    // gone early (revoked) while its PostgreSQL still takes writes. So are the members of
+    // `/failsafe` (after an etcd outage longer than the ttl their member keys are gone).
+    let failsafe: Vec<PeerRef> =
+        c.failsafe.iter().flatten().filter(|(_, u)| !u.is_empty()).map(|(n, u)| PeerRef::new(n, u)).collect();
+    for p in o.recent.known_peers.iter().chain(o.recent.former_leader.as_ref()).chain(&failsafe) {
         if p.name != me && !others.iter().any(|q| q.name == p.name) {
             others.push(p.clone());
         }
@@ -597,9 +648,15 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     }
     // A peer that could lead: failover-capable and not disqualified by lag or timeline
     // (judged on what it answered, as it would judge itself).
+    // A peer the failsafe key leaves out cannot race (rule above), so it holds nobody back.
+    let barred = |name: &str| {
+        o.config.failsafe_mode
+            && c.failsafe.as_ref().is_some_and(|l| !l.is_empty() && !l.iter().any(|(n, _)| n == name))
+    };
     let fit = |name: &str, st: &PeerStatus| {
         st.tags.can_failover()
             && !st.watchdog_failed
+            && !barred(name)
             && unfit(o, c, name, st.timeline.unwrap_or(r.timeline), st.wal_position).is_none()
     };
     // The stand-back lasts one ttl from when the cluster lost its leader: a candidate that

@@ -136,6 +136,12 @@ pub enum WaitReason {
         votes: u32,
         needed: u32,
     },
+    /// failsafe_mode: this leader told us less than a ttl ago, by `POST /failsafe`, that it
+    /// still runs as primary (it cannot reach etcd, we may not see its key).
+    FailsafeLeaderAlive(String),
+    /// failsafe_mode: `/failsafe` does not list us, so a primary cut off from etcd does not
+    /// ask us before it goes on taking writes.
+    NotInFailsafe,
 }
 
 /// One decision of the HA core.
@@ -210,6 +216,11 @@ pub enum Decision {
     Wait {
         reason: WaitReason,
     },
+    /// failsafe_mode, a primary that cannot read etcd: `POST /failsafe` to every member of the
+    /// last `/failsafe` key; only if all accept does it stay primary past its lease.
+    Failsafe {
+        members: Vec<PeerRef>,
+    },
 }
 
 impl Decision {
@@ -236,11 +247,12 @@ impl Decision {
             Decision::Reinit { .. } => "reinit",
             Decision::StayStopped { .. } => "stay_stopped",
             Decision::Wait { .. } => "wait",
+            Decision::Failsafe { .. } => "failsafe",
         }
     }
 
     /// Every label `kind()` can return (to pre-create metric series).
-    pub const KINDS: [&'static str; 20] = [
+    pub const KINDS: [&'static str; 21] = [
         "fence",
         "demote",
         "race_initialize",
@@ -261,11 +273,12 @@ impl Decision {
         "reinit",
         "stay_stopped",
         "wait",
+        "failsafe",
     ];
 
     /// Decisions that repeat every cycle in a steady state; logged at debug after the first.
     pub fn is_steady(&self) -> bool {
-        matches!(self, Decision::Lead | Decision::Replicate { .. } | Decision::Wait { .. })
+        matches!(self, Decision::Lead | Decision::Replicate { .. } | Decision::Wait { .. } | Decision::Failsafe { .. })
     }
 }
 
@@ -399,6 +412,13 @@ impl fmt::Display for WaitReason {
                 f,
                 "not eligible to lead: quorum commit needs {needed} voters at or behind our position to prove we have every acknowledged transaction; {votes} answered so"
             ),
+            WaitReason::FailsafeLeaderAlive(l) => write!(
+                f,
+                "failsafe_mode: {l} said less than a ttl ago that it still runs as primary (POST /failsafe)"
+            ),
+            WaitReason::NotInFailsafe => {
+                f.write_str("not eligible to lead: failsafe_mode is on and /failsafe does not list this member")
+            }
         }
     }
 }
@@ -431,6 +451,13 @@ impl fmt::Display for Decision {
             Decision::Reinit { leader } => write!(f, "diverged from {leader}: reinitialising from a new base backup"),
             Decision::StayStopped { reason } => write!(f, "keeping PostgreSQL stopped: {reason}"),
             Decision::Wait { reason } => write!(f, "waiting: {reason}"),
+            Decision::Failsafe { members } if members.is_empty() => {
+                f.write_str("etcd is unreachable: failsafe_mode keeps the primary (no other member listed)")
+            }
+            Decision::Failsafe { members } => {
+                let names: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
+                write!(f, "etcd is unreachable: failsafe_mode asks {} to confirm this primary", names.join(", "))
+            }
         }
     }
 }

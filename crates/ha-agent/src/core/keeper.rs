@@ -19,6 +19,12 @@
 //! feed keeps the reset before the lease's earliest expiry ([`super::watchdog`]); with etcd
 //! unreachable the last feed lands at `expires_at - timeout - RESET_MARGIN`, so the lease
 //! fence (`expires_at - retry_timeout`) stops PostgreSQL before the reset would.
+//!
+//! failsafe_mode. A round of `POST /failsafe` sent at `s` and accepted by every listed member
+//! keeps each of them out of any leader race until `s + ttl` on its clock; the keeper then
+//! trusts the primary until `s + ttl - retry_timeout` ([`Keeper::failsafe_confirmed`]), lease
+//! or not, and feeds the watchdog as if a lease expired at `s + ttl`. A round that is not
+//! accepted by all ends it at once ([`Keeper::failsafe_lost`]).
 
 use std::time::Duration;
 
@@ -31,6 +37,15 @@ pub const RETRY: Duration = Duration::from_millis(200);
 /// How long before the last allowed moment the keeper wakes for a last-chance watchdog feed
 /// (timers fire a little late; a feed after the last allowed moment is refused).
 const FEED_LEAD: Duration = Duration::from_millis(100);
+/// A renewal in flight this long counts as late (`Keeper::renewals_late`): etcd answers in
+/// milliseconds when it is there.
+pub const FAILSAFE_LEAD: Duration = Duration::from_millis(300);
+/// failsafe_mode: how often the failsafe task sends a round while renewals are late: every
+/// `loop_wait`, and at least four times per `ttl - retry_timeout` (what one round buys).
+pub fn failsafe_interval(t: &Timings) -> Duration {
+    t.loop_wait.min(t.ttl.saturating_sub(t.retry_timeout) / 4).max(Duration::from_millis(100))
+}
+
 /// While armed without a trusted lease, the fence is repeated this often (a postmaster
 /// started meanwhile is killed too) until the loop disarms.
 pub const REFENCE: Duration = Duration::from_millis(100);
@@ -127,6 +142,8 @@ pub struct Keeper {
     failing: bool,
     attempts: usize,
     wd: WatchdogState,
+    /// failsafe_mode: trusted until then without the lease (see the module doc).
+    failsafe_until: Option<Moment>,
 }
 
 impl Keeper {
@@ -145,15 +162,48 @@ impl Keeper {
             failing: false,
             attempts: 0,
             wd: WatchdogState::Closed,
+            failsafe_until: None,
         }
     }
 
     /// The lease as the HA loop sees it.
     pub fn view(&self) -> LeaseView {
+        let failsafe_until = self.failsafe_until;
         match self.lease {
-            Some(h) => LeaseView { id: Some(h.id), expires_at: h.expires_at, revoked_at: self.revoked_at },
-            None => LeaseView { revoked_at: self.revoked_at, ..LeaseView::NONE },
+            Some(h) => {
+                LeaseView { id: Some(h.id), expires_at: h.expires_at, revoked_at: self.revoked_at, failsafe_until }
+            }
+            None => LeaseView { revoked_at: self.revoked_at, failsafe_until, ..LeaseView::NONE },
         }
+    }
+
+    /// The earliest moment anyone else may take over, as far as this keeper can vouch: the
+    /// lease's earliest expiry at etcd, or the end of the last failsafe round's proof.
+    fn expiry(&self) -> Option<Moment> {
+        let lease = self.lease.map(|h| h.expires_at);
+        let failsafe = self.failsafe_until.map(|u| u.plus(self.timings.retry_timeout));
+        lease.max(failsafe)
+    }
+
+    /// failsafe_mode: every member listed in `/failsafe` accepted the `POST /failsafe` sent
+    /// at `sent`: trusted until `sent + ttl - retry_timeout` (never earlier than before).
+    pub fn failsafe_confirmed(&mut self, sent: Moment) {
+        let until = sent.plus(self.timings.ttl).minus(self.timings.retry_timeout);
+        self.failsafe_until = Some(self.failsafe_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Whether an armed primary's renewals are late at `now`: the last one failed, or one has
+    /// been in flight for [`FAILSAFE_LEAD`] (etcd may be gone; an etcd read would then take
+    /// `retry_timeout` to fail).
+    pub fn renewals_late(&self, now: Moment) -> bool {
+        self.armed
+            && (self.failing
+                || matches!(self.in_flight, Some((Ask::Renew { .. }, sent)) if now.since(sent) >= FAILSAFE_LEAD))
+    }
+
+    /// failsafe_mode: a round was not accepted by every listed member: no more trust from it.
+    pub fn failsafe_lost(&mut self) {
+        self.failsafe_until = None;
     }
 
     pub fn trusted(&self, now: Moment) -> bool {
@@ -195,7 +245,7 @@ impl Keeper {
             return;
         }
         self.wd = WatchdogState::Wanted;
-        if self.lease.is_none_or(|h| !watchdog::may_feed(now, h.expires_at, self.wd_timeout)) {
+        if self.expiry().is_none_or(|e| !watchdog::may_feed(now, e, self.wd_timeout)) {
             self.renew_soon(now);
         }
     }
@@ -205,6 +255,7 @@ impl Keeper {
     pub fn disarm(&mut self, pg_down: bool) -> Vec<Effect> {
         self.armed = false;
         self.refence_at = None;
+        self.failsafe_until = None;
         if pg_down { self.close_watchdog() } else { Vec::new() }
     }
 
@@ -291,14 +342,14 @@ impl Keeper {
             self.in_flight = Some((ask, now));
             out.push(Effect::Send(ask));
         }
-        if let Some(h) = self.lease {
+        if let Some(expires) = self.expiry() {
             match self.wd {
-                WatchdogState::Wanted if self.armed && watchdog::may_feed(now, h.expires_at, self.wd_timeout) => {
+                WatchdogState::Wanted if self.armed && watchdog::may_feed(now, expires, self.wd_timeout) => {
                     out.push(Effect::OpenWatchdog { timeout: self.wd_timeout });
                 }
                 WatchdogState::Open { timeout, last_feed }
-                    if next_feed(h.expires_at, timeout, last_feed).is_some_and(|at| now >= at)
-                        && watchdog::may_feed(now, h.expires_at, timeout) =>
+                    if next_feed(expires, timeout, last_feed).is_some_and(|at| now >= at)
+                        && watchdog::may_feed(now, expires, timeout) =>
                 {
                     self.wd = WatchdogState::Open { timeout, last_feed: now };
                     out.push(Effect::FeedWatchdog);
@@ -319,7 +370,7 @@ impl Keeper {
         match actual {
             // A device that keeps a longer timeout than asked can still be used if it can be
             // fed safely; one that cannot is as good as none.
-            Some(t) if self.lease.is_some_and(|h| watchdog::may_feed(now, h.expires_at, t)) => {
+            Some(t) if self.expiry().is_some_and(|e| watchdog::may_feed(now, e, t)) => {
                 self.wd = WatchdogState::Open { timeout: t, last_feed: now };
                 Vec::new()
             }
@@ -365,8 +416,8 @@ impl Keeper {
                     h.ttl = ttl;
                 }
                 self.next_at = sent.plus(self.timings.renew_interval());
-                if let (Some(h), WatchdogState::Open { timeout, .. }) = (self.lease, self.wd)
-                    && watchdog::may_feed(now, h.expires_at, timeout)
+                if let (Some(e), WatchdogState::Open { timeout, .. }) = (self.expiry(), self.wd)
+                    && watchdog::may_feed(now, e, timeout)
                 {
                     self.wd = WatchdogState::Open { timeout, last_feed: now };
                     out.push(Effect::FeedWatchdog);
@@ -428,12 +479,12 @@ impl Keeper {
         if let Some(at) = self.refence_at.filter(|_| self.armed) {
             consider(at);
         }
-        if let Some(h) = self.lease {
+        if let Some(e) = self.expiry() {
             if self.armed && self.refence_at.is_none() {
-                consider(h.expires_at.minus(self.timings.retry_timeout));
+                consider(e.minus(self.timings.retry_timeout));
             }
             if let WatchdogState::Open { timeout, last_feed } = self.wd
-                && let Some(at) = next_feed(h.expires_at, timeout, last_feed)
+                && let Some(at) = next_feed(e, timeout, last_feed)
             {
                 consider(at);
             }
@@ -486,6 +537,34 @@ mod tests {
         assert_eq!(k.step(t(1600)), vec![Effect::Fence], "a postmaster started meanwhile is fenced too");
         k.disarm(true);
         assert_eq!(k.step(t(1720)), vec![]);
+    }
+
+    #[test]
+    fn failsafe_rounds_confirmed_by_every_member_keep_an_armed_primary_past_its_lease_and_a_refusal_ends_that() {
+        let mut k = granted(Mode::Automatic);
+        k.arm(t(10));
+        k.answered(t(20), Answer::Renewed { ttl: Duration::from_secs(2) });
+        // The renewal at 500 never comes back (etcd unreachable); rounds are confirmed at
+        // 900 and 1700: trusted until 1700 + ttl 2 s - retry 0.5 s = 3200.
+        k.step(t(500));
+        k.failsafe_confirmed(t(900));
+        k.failsafe_confirmed(t(1700));
+        assert_eq!(k.view().failsafe_until, Some(t(3200)));
+        assert!(!k.view().held(t(1500), &lab()), "the lease itself is past its fence point");
+        assert!(k.trusted(t(3199)));
+        assert!(!k.step(t(2000)).contains(&Effect::Fence));
+        assert!(k.renewals_late(t(2000)), "a renewal in flight since 500");
+        assert!(!k.renewals_late(t(700)), "in flight for less than FAILSAFE_LEAD");
+        // An older confirmation cannot shorten it.
+        k.failsafe_confirmed(t(1000));
+        assert_eq!(k.view().failsafe_until, Some(t(3200)));
+        // A round not confirmed by everyone: fenced at once.
+        k.failsafe_lost();
+        assert!(k.step(t(2100)).contains(&Effect::Fence));
+        // Disarming forgets the proof.
+        k.failsafe_confirmed(t(2100));
+        k.disarm(true);
+        assert_eq!(k.view().failsafe_until, None);
     }
 
     #[test]

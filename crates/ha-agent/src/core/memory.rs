@@ -72,6 +72,11 @@ pub struct Memory {
     rewind_failures: u32,
     /// The member PostgreSQL is configured to stream from.
     upstream: Option<String>,
+    /// failsafe_mode: when the last accepted `POST /failsafe` was (kept after it is
+    /// superseded, so that the REST API's record of it is not taken again), and the revision
+    /// of the first etcd read after it (`None`: not read since).
+    failsafe_last_at: Option<Moment>,
+    failsafe_read_rev: Option<i64>,
 }
 
 impl Memory {
@@ -95,6 +100,23 @@ impl Memory {
     pub fn observe(&mut self, me: &str, view: Option<&ClusterView>, pg: &PgView, now: Moment) {
         if let Some(v) = view {
             self.recent.started_at.get_or_insert(now);
+            // failsafe_mode: a POST is superseded by a leader key written after it (the
+            // sender runs on a lease again, or someone took over while it could not stop
+            // them): any key whose revision is past the first read after the POST. Keys
+            // written between the POST and that read count as older: never too early.
+            if self.recent.failsafe_post.is_some() {
+                match self.failsafe_read_rev {
+                    None => self.failsafe_read_rev = Some(v.revision),
+                    Some(r) if v.leader.as_ref().is_some_and(|l| l.mod_revision > r) => {
+                        self.recent.failsafe_post = None;
+                    }
+                    Some(_) => {}
+                }
+            }
+            self.recent.failsafe_members = v
+                .failsafe
+                .as_ref()
+                .map(|f| f.iter().filter(|(n, u)| n != me && !u.is_empty()).map(|(n, u)| PeerRef::new(n, u)).collect());
             let leader = v.leader.as_ref().map(|l| l.name.as_str());
             for m in &v.members {
                 if m.name == me {
@@ -176,7 +198,21 @@ impl Memory {
                 self.upstream = None;
                 self.recent.stepped_down_at = Some(now);
             }
-            Outcome::Promoted => self.upstream = None,
+            Outcome::Promoted => {
+                self.upstream = None;
+                // Whoever confirmed itself to us before is not the leader any more (Patroni
+                // resets its failsafe state on promotion too).
+                self.recent.failsafe_post = None;
+            }
+        }
+    }
+
+    /// failsafe_mode: we accepted `leader`'s `POST /failsafe` at `at` (the later one counts).
+    pub fn failsafe_posted(&mut self, leader: &str, at: Moment) {
+        if self.failsafe_last_at.is_none_or(|t| t < at) {
+            self.recent.failsafe_post = Some((leader.to_owned(), at));
+            self.failsafe_last_at = Some(at);
+            self.failsafe_read_rev = None;
         }
     }
 
@@ -191,6 +227,8 @@ impl Memory {
             known_peers: std::mem::take(&mut self.recent.known_peers),
             former_leader: self.recent.former_leader.take(),
             started_at: self.recent.started_at,
+            failsafe_members: self.recent.failsafe_members.take(),
+            failsafe_post: self.recent.failsafe_post.take(),
             ..Recent::default()
         };
         self.rewind_failures = 0;
@@ -297,5 +335,31 @@ mod tests {
         assert_eq!(m.recent().known_peers.len(), 1, "still asked in a race");
         m.observe("n1", Some(&empty), &PgView::NoData, at(1 + 600_000));
         assert!(m.recent().known_peers.is_empty(), "forgotten after KNOWN_PEER_TTL");
+    }
+
+    #[test]
+    fn a_failsafe_post_holds_until_a_leader_key_written_after_the_first_read_that_followed_it() {
+        let mut m = Memory::default();
+        let pg = PgView::NoData;
+        let view = |rev: i64, leader_rev: Option<i64>| {
+            let mut v = ClusterView::empty();
+            v.revision = rev;
+            v.leader = leader_rev.map(|r| crate::core::LeaderKey { name: "n1".into(), lease: 7, mod_revision: r });
+            v
+        };
+        m.failsafe_posted("n1", at(100));
+        assert!(m.recent().failsafe_post.is_some());
+        // The first read after it: revision 10; a key written at 9 (or 10) is older.
+        m.observe("n2", Some(&view(10, Some(9))), &pg, at(200));
+        m.observe("n2", Some(&view(12, Some(10))), &pg, at(300));
+        assert!(m.recent().failsafe_post.is_some());
+        // A key written after that read supersedes it, and the same POST is not taken again.
+        m.observe("n2", Some(&view(13, Some(11))), &pg, at(400));
+        assert_eq!(m.recent().failsafe_post, None);
+        m.failsafe_posted("n1", at(100));
+        assert_eq!(m.recent().failsafe_post, None);
+        // A newer POST counts again.
+        m.failsafe_posted("n1", at(500));
+        assert_eq!(m.recent().failsafe_post, Some(("n1".to_owned(), at(500))));
     }
 }

@@ -19,7 +19,7 @@ pub mod watchdog;
 #[cfg(test)]
 mod tests;
 
-pub use decide::decide;
+pub use decide::{decide, failsafe_round_due};
 pub use decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
 pub use memory::{KNOWN_PEER_TTL, Memory, Outcome, PgErrorKind};
 pub use observed::{

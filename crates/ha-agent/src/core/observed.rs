@@ -50,10 +50,15 @@ pub struct LeaseView {
     /// etcd #15247). The leader's lease went at the same moment, and its primary may not have
     /// noticed yet.
     pub revoked_at: Option<Moment>,
+    /// failsafe_mode: until when a primary that cannot reach etcd may go on taking writes,
+    /// because every member listed in `/failsafe` accepted its `POST /failsafe` (sent at `s`:
+    /// `s + ttl - retry_timeout`; each of them then stays out of any leader race until at
+    /// least `s + ttl`).
+    pub failsafe_until: Option<Moment>,
 }
 
 impl LeaseView {
-    pub const NONE: LeaseView = LeaseView { id: None, expires_at: Moment(0), revoked_at: None };
+    pub const NONE: LeaseView = LeaseView { id: None, expires_at: Moment(0), revoked_at: None, failsafe_until: None };
 
     /// Whether a lease of ours was revoked early less than `within` ago.
     pub fn revoked_within(&self, now: Moment, within: Duration) -> bool {
@@ -67,9 +72,22 @@ impl LeaseView {
         self.expires_at.minus(t.retry_timeout)
     }
 
-    /// Whether a primary may keep (or start) accepting writes under this lease at `now`.
+    /// Whether a primary may keep accepting writes at `now`: under this lease, or on
+    /// failsafe_mode's proof.
     pub fn trusted(&self, now: Moment, t: &Timings) -> bool {
+        self.held(now, t) || self.failsafe(now)
+    }
+
+    /// Whether the lease itself is trusted at `now` (what taking or keeping the leader key
+    /// needs: the key lives on it).
+    pub fn held(&self, now: Moment, t: &Timings) -> bool {
         self.id.is_some() && now < self.fence_at(t)
+    }
+
+    /// Whether the primary runs on failsafe_mode's proof alone: the lease is not trusted,
+    /// every listed member accepted a `POST /failsafe` recently enough.
+    pub fn failsafe(&self, now: Moment) -> bool {
+        self.failsafe_until.is_some_and(|until| now < until)
     }
 }
 
@@ -257,6 +275,12 @@ pub struct Recent {
     /// PostgreSQL runs again. Bringing the old primary back as a replica of the new leader is
     /// part of the switchover, so it happens even while paused.
     pub stepped_down_at: Option<Moment>,
+    /// failsafe_mode: the members the last `/failsafe` key we read lists (`None`: none read),
+    /// whom a primary that cannot reach etcd must all reach to stay primary.
+    pub failsafe_members: Option<Vec<PeerRef>>,
+    /// failsafe_mode: the last `POST /failsafe` this member accepted, from which leader and
+    /// when. For a `ttl` after it, this member does not race for the leader key.
+    pub failsafe_post: Option<(String, Moment)>,
 }
 
 /// Local settings the core decides with (from the agent's config file).

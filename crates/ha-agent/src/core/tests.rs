@@ -110,7 +110,12 @@ impl Fx {
             },
             cluster: Some(c),
             config: DynConfig::default(),
-            lease: LeaseView { id: Some(MY_LEASE), expires_at: Moment::from_millis(12_900), revoked_at: None },
+            lease: LeaseView {
+                id: Some(MY_LEASE),
+                expires_at: Moment::from_millis(12_900),
+                revoked_at: None,
+                failsafe_until: None,
+            },
             pg: replica(1000, 1, None),
             peers: None,
             recent: Recent { started_at: Some(Moment::from_millis(0)), ..Recent::default() },
@@ -233,6 +238,98 @@ fn fenced_primary_restarts_read_only_while_etcd_is_unreachable() {
     let mut fx = Fx::new().pg(stopped(ClusterState::InProduction, 1, 500));
     fx.cluster = None;
     assert_eq!(fx.decide(), Decision::Follow { leader: None });
+}
+
+// ---- failsafe_mode ----
+
+fn failsafe(mut fx: Fx) -> Fx {
+    fx.config.failsafe_mode = true;
+    fx
+}
+
+#[test]
+fn with_failsafe_mode_a_primary_cut_off_from_etcd_asks_every_listed_member() {
+    let mut fx = failsafe(Fx::new().pg(primary(1000, 1)));
+    fx.cluster = None;
+    fx.recent.failsafe_members =
+        Some(vec![PeerRef::new("n2", "http://n2:8008/patroni"), PeerRef::new("n3", "http://n3:8008/patroni")]);
+    match fx.decide() {
+        Decision::Failsafe { members } => assert_eq!(members.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    // Without a failsafe key ever read there is nothing to prove: as without failsafe_mode.
+    fx.recent.failsafe_members = None;
+    assert_eq!(wait(&fx.decide()), &WaitReason::EtcdUnreachable);
+    // failsafe_mode off: the same.
+    fx.recent.failsafe_members = Some(vec![]);
+    fx.config.failsafe_mode = false;
+    assert_eq!(wait(&fx.decide()), &WaitReason::EtcdUnreachable);
+}
+
+#[test]
+fn with_failsafe_mode_a_primary_confirmed_by_every_member_is_not_fenced_past_its_lease() {
+    let mut fx = failsafe(Fx::new().pg(primary(1000, 1)));
+    fx.cluster = None;
+    fx.recent.failsafe_members = Some(vec![]);
+    // The lease ran out (fence point 9_500 < now 10_000) ...
+    fx.lease.expires_at = Moment::from_millis(10_500);
+    assert_eq!(fx.decide(), Decision::Fence { reason: FenceReason::EtcdUnreachable });
+    // ... but the members confirmed it until 11_000.
+    fx.lease.failsafe_until = Some(Moment::from_millis(11_000));
+    assert!(matches!(fx.decide(), Decision::Failsafe { .. }));
+    // Once that runs out too, it is fenced.
+    fx.now = Moment::from_millis(11_000);
+    assert_eq!(fx.decide(), Decision::Fence { reason: FenceReason::EtcdUnreachable });
+}
+
+#[test]
+fn failsafe_proof_never_licenses_taking_the_leader_key() {
+    // etcd readable again, our lease gone, the members' proof still valid: the primary keeps
+    // running (no fence) but takes the key back only on a lease of its own.
+    let mut fx = failsafe(Fx::new().pg(primary(1000, 1)));
+    fx.lease = LeaseView { failsafe_until: Some(Moment::from_millis(11_000)), ..LeaseView::NONE };
+    assert_eq!(wait(&fx.decide()), &WaitReason::LeaseNotTrusted);
+}
+
+#[test]
+fn with_failsafe_mode_a_member_that_accepted_a_post_within_a_ttl_does_not_race() {
+    let mut fx = failsafe(Fx::new().peers(vec![answer("n2", false, 900), answer("n3", false, 900)]));
+    fx.recent.failsafe_post = Some(("n2".into(), Moment::from_millis(7_500)));
+    assert_eq!(wait(&fx.decide()), &WaitReason::FailsafeLeaderAlive("n2".into()));
+    // A ttl (3 s) later it races again.
+    fx.recent.failsafe_post = Some(("n2".into(), Moment::from_millis(7_000)));
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn with_failsafe_mode_a_member_missing_from_the_failsafe_key_does_not_race() {
+    let mut fx = failsafe(Fx::new().peers(vec![answer("n2", false, 900), answer("n3", false, 900)]));
+    fx.c().failsafe =
+        Some(vec![("n2".into(), "http://n2:8008/patroni".into()), ("n3".into(), "http://n3:8008/patroni".into())]);
+    assert_eq!(wait(&fx.decide()), &WaitReason::NotInFailsafe);
+    fx.c().failsafe.as_mut().unwrap().push((ME.into(), "http://n1:8008/patroni".into()));
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    // A peer further ahead that the key leaves out cannot race, so it holds nobody back.
+    fx.c().failsafe.as_mut().unwrap().retain(|(n, _)| n != "n3");
+    fx.peers = Some(vec![answer("n2", false, 900), answer("n3", false, 5000)]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    // failsafe_mode off: the key is not looked at.
+    fx.peers = Some(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    fx.c().failsafe = Some(vec![]);
+    fx.config.failsafe_mode = false;
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn with_failsafe_mode_the_failsafe_members_are_asked_in_a_race_though_their_keys_expired() {
+    let mut fx = failsafe(Fx::new());
+    fx.c().members.retain(|m| m.name == ME);
+    fx.c().failsafe =
+        Some(vec![(ME.into(), "http://n1:8008/patroni".into()), ("n2".into(), "http://n2:8008/patroni".into())]);
+    match fx.decide() {
+        Decision::ProbePeers { peers } => assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["n2"]),
+        other => panic!("{other:?}"),
+    }
 }
 
 // ---- leading ----

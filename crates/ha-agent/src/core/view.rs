@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use outrigger_etcd::Kv;
 use outrigger_schema::{
-    ClusterKey, ConfigValue, FailoverValue, HistoryEntry, KeyKind, KeyLayout, MemberRole, MemberValue, StatusValue,
-    SyncValue, SynchronousMode, decode_initialize, decode_leader,
+    ClusterKey, ConfigValue, FailoverValue, FailsafeValue, HistoryEntry, KeyKind, KeyLayout, MemberRole, MemberValue,
+    StatusValue, SyncValue, SynchronousMode, decode_initialize, decode_leader,
 };
 
 use super::sync::{SyncKey, SyncMode, SyncSettings};
@@ -189,7 +189,8 @@ pub struct DynConfig {
     pub refused: Vec<(String, &'static str)>,
     /// `synchronous_mode` and its companions.
     pub sync: SyncSettings,
-    /// `failsafe_mode` (not built yet: the shell says so).
+    /// `failsafe_mode`: a primary that cannot reach etcd stays primary while every member in
+    /// `/failsafe` accepts its `POST /failsafe`.
     pub failsafe_mode: bool,
 }
 
@@ -326,6 +327,8 @@ pub struct ClusterView {
     pub history: Vec<TimelineSwitch>,
     /// The `sync` key (synchronous replication).
     pub sync: Option<SyncKey>,
+    /// The `failsafe` key: member name to REST API URL (`None`: absent or garbage).
+    pub failsafe: Option<Vec<(String, String)>>,
 }
 
 impl ClusterView {
@@ -341,6 +344,7 @@ impl ClusterView {
             failover: None,
             history: Vec::new(),
             sync: None,
+            failsafe: None,
         }
     }
 
@@ -472,7 +476,11 @@ impl ClusterView {
                     }
                     Err(e) => problem(kv, &e),
                 },
-                // failsafe, legacy optime and foreign keys: not used by the core yet.
+                Some(KeyKind::Fixed(ClusterKey::Failsafe)) => match FailsafeValue::decode(&kv.value) {
+                    Ok(v) => view.failsafe = Some(v.0.into_iter().collect()),
+                    Err(e) => problem(kv, &e),
+                },
+                // Legacy optime and foreign keys: not used by the core.
                 Some(_) | None => {}
             }
         }

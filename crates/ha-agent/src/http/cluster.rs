@@ -22,6 +22,8 @@ pub struct ClusterRead {
     pub sync: Option<SyncValue>,
     pub status_optime: Option<u64>,
     pub history: Option<Value>,
+    /// `failsafe` as raw JSON (a JSON object; anything else is ignored).
+    pub failsafe: Option<Value>,
 }
 
 impl ClusterRead {
@@ -52,6 +54,9 @@ impl ClusterRead {
                     c.status_optime = StatusValue::decode(&kv.value).ok().map(|s| s.optime);
                 }
                 Some(KeyKind::Fixed(ClusterKey::History)) => c.history = serde_json::from_slice(&kv.value).ok(),
+                Some(KeyKind::Fixed(ClusterKey::Failsafe)) => {
+                    c.failsafe = serde_json::from_slice::<Value>(&kv.value).ok().filter(Value::is_object);
+                }
                 _ => {}
             }
         }

@@ -13,6 +13,7 @@
 pub mod access;
 pub mod actions;
 pub mod cluster;
+pub mod failsafe;
 pub mod health;
 pub mod probe;
 pub mod server;
@@ -20,7 +21,7 @@ pub mod store;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -96,6 +97,8 @@ pub struct ApiState {
     /// The cluster's keys; `None` answers 503 on the endpoints that need them.
     store: Option<Arc<dyn Store>>,
     layout: KeyLayout,
+    /// failsafe_mode: accepted `POST /failsafe` and whether this member leads.
+    failsafe: Mutex<failsafe::Desk>,
 }
 
 /// The connection a request came on.
@@ -120,6 +123,9 @@ fn encode_status(s: &Snapshot) -> Bytes {
         }
         if s.quorum_standby {
             m.insert("quorum_standby".into(), Value::Bool(true));
+        }
+        if s.failsafe_active {
+            m.insert("failsafe_mode_is_active".into(), Value::Bool(true));
         }
     }
     Bytes::from(v.to_string())
@@ -158,7 +164,13 @@ impl ApiState {
             commands,
             store,
             layout,
+            failsafe: Mutex::new(failsafe::Desk::default()),
         }
+    }
+
+    /// failsafe_mode's desk (see [`failsafe::Desk`]).
+    pub fn failsafe(&self) -> MutexGuard<'_, failsafe::Desk> {
+        self.failsafe.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes the loop's snapshot of the cycle that just ended.
@@ -295,7 +307,7 @@ pub async fn handle(state: Arc<ApiState>, req: Request<hyper::body::Incoming>, c
             let v = health::verdict(ask, &path, &q, &p.snap, state.settings().ttl, now);
             if v.body { json(code(v.code), p.body.clone()) } else { json(code(v.code), Bytes::new()) }
         }
-        (&Method::POST, "switchover" | "failover" | "restart" | "reload" | "reinitialize")
+        (&Method::POST, "switchover" | "failover" | "restart" | "reload" | "reinitialize" | "failsafe")
         | (&Method::PATCH | &Method::PUT, "config")
         | (&Method::DELETE, "switchover" | "restart") => {
             state.metrics.rest_action.inc();
@@ -311,8 +323,8 @@ pub async fn handle(state: Arc<ApiState>, req: Request<hyper::body::Incoming>, c
 }
 
 async fn get_from_dcs(state: &ApiState, what: &str) -> Response<Body> {
-    if what == "failsafe" {
-        // failsafe_mode is not implemented by ha-agent: Patroni answers 502 when it is off.
+    if what == "failsafe" && !state.current().snap.failsafe_mode {
+        // Patroni answers 502 when failsafe_mode is off.
         return text(StatusCode::BAD_GATEWAY, "Failsafe mode is not enabled");
     }
     let c = match state.read_cluster().await {
@@ -320,6 +332,10 @@ async fn get_from_dcs(state: &ApiState, what: &str) -> Response<Body> {
         Err(r) => return reply(r),
     };
     match what {
+        "failsafe" => match &c.failsafe {
+            Some(v) => json_value(200, v),
+            None => text(StatusCode::BAD_GATEWAY, "no failsafe key in the DCS"),
+        },
         "cluster" => json_value(200, &cluster::cluster_json(&c, &state.settings().scope)),
         "history" => json_value(200, c.history.as_ref().unwrap_or(&Value::Array(vec![]))),
         _ => match &c.config {
@@ -390,6 +406,13 @@ async fn unsafe_request(
     let body = body(req).await?;
     let body = body.as_deref();
     let r = match (method, seg) {
+        (&Method::POST, "failsafe") => {
+            let p = state.current();
+            let status = p.snap.status.as_ref();
+            let primary = status.is_some_and(|s| s.role == outrigger_schema::MemberRole::Primary);
+            let lsn = status.and_then(outrigger_schema::StatusJson::wal_position);
+            return Ok(failsafe::post(&mut state.failsafe(), p.snap.failsafe_mode, primary, lsn, body));
+        }
         (&Method::PATCH, _) => return patch_config(state, body).await,
         (&Method::PUT, _) => return put_config(state, body).await,
         (&Method::POST, "switchover") => switchover(state, Action::Switchover, body).await,

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use outrigger_schema::StatusJson;
@@ -51,25 +51,51 @@ pub fn split_url(url: &str) -> Option<Target> {
     Some(Target { https, authority, host, path: path.to_owned() })
 }
 
+/// A `POST` with a JSON body and, when set, an `Authorization` header value.
+pub type Post<'a> = (Bytes, Option<&'a str>);
+
+/// A peer's answer: status code, headers and body (at most 256 KiB).
+pub struct Answer {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
 async fn send(
     io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     t: &Target,
-) -> anyhow::Result<Bytes> {
+    post: Option<&Post<'_>>,
+) -> anyhow::Result<Answer> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::get(t.path.as_str())
+    let builder = Request::builder()
+        .uri(t.path.as_str())
         .header(hyper::header::HOST, t.authority.as_str())
-        .header(hyper::header::USER_AGENT, "ha-agent")
-        .body(Empty::<Bytes>::new())?;
+        .header(hyper::header::USER_AGENT, "ha-agent");
+    let req = match post {
+        None => builder.method(hyper::Method::GET).body(Full::new(Bytes::new()))?,
+        Some((body, auth)) => {
+            let mut b = builder
+                .method(hyper::Method::POST)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .header(hyper::header::CONTENT_LENGTH, body.len());
+            if let Some(a) = auth {
+                b = b.header(hyper::header::AUTHORIZATION, *a);
+            }
+            b.body(Full::new(body.clone()))?
+        }
+    };
     let resp = sender.send_request(req).await?;
-    // Patroni answers 200 or 503 with the status JSON; both carry it.
-    Ok(Limited::new(resp.into_body(), 256 * 1024)
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = Limited::new(resp.into_body(), 256 * 1024)
         .collect()
         .await
         .map_err(|e| anyhow::anyhow!("read body: {e}"))?
-        .to_bytes())
+        .to_bytes();
+    Ok(Answer { status, headers, body })
 }
 
 /// Whether anything answers HTTP at `url` within `timeout`, whatever the status (Patroni's
@@ -83,18 +109,28 @@ async fn fetch(url: &str) -> anyhow::Result<StatusJson> {
 }
 
 async fn get(url: &str) -> anyhow::Result<Bytes> {
-    let t = split_url(url).ok_or_else(|| anyhow::anyhow!("unsupported api_url {url:?}"))?;
+    // Patroni answers 200 or 503 with the status JSON; both carry it.
+    Ok(call(url, None, None).await?.body)
+}
+
+/// A request to the peer at `url` (its `api_url`): `GET`, or `POST` when `post` is given;
+/// `path` replaces the URL's path when given (Patroni's `PatroniRequest` does the same:
+/// `/failsafe` on the host of `.../patroni`).
+pub async fn call(url: &str, path: Option<&str>, post: Option<&Post<'_>>) -> anyhow::Result<Answer> {
+    let mut t = split_url(url).ok_or_else(|| anyhow::anyhow!("unsupported api_url {url:?}"))?;
+    if let Some(p) = path {
+        t.path = p.to_owned();
+    }
     let stream = tokio::net::TcpStream::connect(&t.authority).await?;
     let _ = stream.set_nodelay(true);
-    let body = if t.https {
+    if t.https {
         let cfg = client_tls().ok_or_else(|| anyhow::anyhow!("https peer but no TLS client settings"))?;
         let name = rustls::pki_types::ServerName::try_from(t.host.clone())?;
         let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, stream).await?;
-        send(tls, &t).await?
+        send(tls, &t, post).await
     } else {
-        send(stream, &t).await?
-    };
-    Ok(body)
+        send(stream, &t, post).await
+    }
 }
 
 /// A peer's status in core terms; `None` when the answer has no WAL position (Patroni treats

@@ -76,9 +76,30 @@ impl Agent {
         anyhow::bail!("every replica method failed: {}", failures.join("; "))
     }
 
-    /// The lease is trusted now (checked right before a step that makes a primary).
+    /// The lease itself is trusted now (checked right before a step that makes a primary;
+    /// failsafe_mode's proof does not count: the leader key lives on the lease).
     fn lease_trusted_now(&self) -> bool {
-        self.lease.view().trusted(self.clock.now(), &self.settings.timings)
+        self.lease.view().held(self.clock.now(), &self.settings.timings)
+    }
+
+    /// Before a step that takes the leader key or makes a primary: from now on this member
+    /// refuses `POST /failsafe`; with failsafe_mode on, the step is skipped (`false`) when a
+    /// leader confirmed itself to us by such a POST less than a ttl ago (it may still run as a
+    /// primary that cannot reach etcd). Checked on the REST API's own record, so that a POST
+    /// accepted while this cycle ran counts (one the decision weighed is the memory's to judge).
+    fn failsafe_claim(&self) -> bool {
+        let mut desk = self.api.failsafe();
+        if !self.dyn_config.failsafe_mode {
+            desk.set_leading(true);
+            return true;
+        }
+        match desk.claim(&self.cfg.name, self.settings.timings.ttl, std::time::Instant::now(), self.failsafe_judged) {
+            Ok(()) => true,
+            Err(leader) => {
+                tracing::info!(%leader, "failsafe_mode: this leader confirmed itself less than a ttl ago; not taking over");
+                false
+            }
+        }
     }
 
     /// Arms the fence and, when the watchdog is used, waits for it to be active: a primary
@@ -116,6 +137,9 @@ impl Agent {
                 if !self.lease_trusted_now() {
                     anyhow::bail!("the lease is no longer trusted; not taking the leader key");
                 }
+                if !pg.writable() && !self.failsafe_claim() {
+                    return Ok(());
+                }
                 if !self.dcs.acquire(lease).await? {
                     tracing::info!("lost the leader race");
                     return Ok(());
@@ -137,11 +161,16 @@ impl Agent {
                 }
             }
             Decision::Promote => {
-                if let PgView::Running(r) = pg {
+                if let PgView::Running(r) = pg
+                    && self.failsafe_claim()
+                {
                     self.promote(read, r).await?;
                 }
             }
             Decision::StartPrimary => {
+                if !self.failsafe_claim() {
+                    return Ok(());
+                }
                 // Armed first: from the moment it starts, this primary is fenced with the lease.
                 self.arm_for_primary().await?;
                 if !self.lease_trusted_now() {
@@ -211,8 +240,34 @@ impl Agent {
                 self.record(Outcome::StayedStopped);
             }
             Decision::Wait { .. } => {}
+            // The rounds run on the failsafe task (`run/failsafe.rs`).
+            Decision::Failsafe { .. } => {}
         }
         Ok(())
+    }
+
+    /// The leader keeps `/failsafe` = every member's REST API address (itself included) while
+    /// failsafe_mode is on, written only when it changed (Patroni's rule).
+    async fn write_failsafe(&mut self, view: &crate::core::ClusterView) {
+        if !self.dyn_config.failsafe_mode {
+            return;
+        }
+        let mut want: std::collections::BTreeMap<String, String> = view
+            .members
+            .iter()
+            .filter(|m| !m.api_url.is_empty())
+            .map(|m| (m.name.clone(), m.api_url.clone()))
+            .collect();
+        want.insert(self.cfg.name.clone(), self.cfg.api_url());
+        let have: Option<std::collections::BTreeMap<String, String>> =
+            view.failsafe.as_ref().map(|f| f.iter().cloned().collect());
+        if have.as_ref() == Some(&want) {
+            return;
+        }
+        if let Err(e) = self.dcs.write_failsafe(&outrigger_schema::FailsafeValue(want)).await {
+            self.metrics.etcd_errors.with_label_values(&["write"]).inc();
+            tracing::warn!(error = %e, "write the failsafe key");
+        }
     }
 
     /// Bootstrap through the `initialize` race: initdb, start as primary, publish.
@@ -392,12 +447,6 @@ impl Agent {
 
     /// The leader's housekeeping: settings, history, slots, status.
     async fn lead(&mut self, read: Option<&Read>, r: &RunningPg) {
-        if self.dyn_config.failsafe_mode && !self.failsafe_said {
-            self.failsafe_said = true;
-            tracing::error!(
-                "failsafe_mode is on, which ha-agent does not support yet: a primary that cannot reach etcd is fenced as without it"
-            );
-        }
         if self.dyn_config.sync.mode != crate::core::sync::SyncMode::Off && self.sync_ssn.is_none() {
             // A restarted agent on a running primary: keep the setting in force until the
             // synchronous replication step has looked at it.
@@ -430,6 +479,7 @@ impl Agent {
         }
         self.manage_slots(&read.view).await;
         self.sync_replication(read, r).await;
+        self.write_failsafe(&read.view).await;
         let status = StatusValue {
             optime: r.wal_position,
             slots: serde_json::Map::new(),

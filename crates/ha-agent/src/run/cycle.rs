@@ -126,6 +126,21 @@ impl Agent {
     fn observe(&mut self, read: Option<&Read>, pg: &PgView) {
         let now = self.clock.now();
         self.memory.observe(&self.cfg.name, read.map(|r| &r.view), pg, now);
+        // failsafe_mode: the last POST /failsafe the REST API accepted, on the loop's clock.
+        let last_post = self.api.failsafe().last();
+        if let Some((leader, at)) = last_post {
+            self.memory.failsafe_posted(&leader, now.minus(at.elapsed()));
+            self.failsafe_judged = Some(at);
+        }
+        self.failsafe_inputs.send_if_modified(|i| {
+            let new = super::failsafe::Inputs {
+                failsafe_mode: self.dyn_config.failsafe_mode,
+                members: self.memory.recent().failsafe_members.clone(),
+            };
+            let changed = *i != new;
+            *i = new;
+            changed
+        });
         if pg.may_accept_writes() {
             self.lease.arm();
         } else {

@@ -17,6 +17,7 @@ mod act;
 mod commands;
 mod cycle;
 mod exit;
+mod failsafe;
 mod publish;
 mod raft;
 mod reload;
@@ -158,8 +159,12 @@ pub struct Agent {
     sync_ssn: Option<crate::core::sync::Ssn>,
     /// When each synchronous standby started to confirm every commit (`core::sync`).
     sync_memory: crate::core::sync::SyncMemory,
-    /// Said once: failsafe_mode is not supported yet.
-    failsafe_said: bool,
+    /// failsafe_mode: what the failsafe task (`failsafe.rs`) needs from each cycle.
+    failsafe_inputs: tokio::sync::watch::Sender<failsafe::Inputs>,
+    /// failsafe_mode: `/failsafe` listed this member at the last read.
+    failsafe_member: bool,
+    /// failsafe_mode: the accepted `POST /failsafe` (its time) the memory last took in.
+    failsafe_judged: Option<std::time::Instant>,
 }
 
 impl Agent {

@@ -122,20 +122,38 @@ impl Agent {
         };
         let view = read.map(|r| &r.view);
         let (sync_standby, quorum_standby) = self.listed_sync(read, pg);
+        let now = self.clock.now();
+        let lease = self.lease.view();
+        let i_lead = view.and_then(|v| v.leader.as_ref()).is_some_and(|l| l.name == self.cfg.name);
+        // failsafe_mode: etcd unreadable, this primary confirmed by every member.
+        let failsafe_active = read.is_none() && pg.writable() && lease.failsafe(now);
+        if let Some(v) = view {
+            self.failsafe_member = v.failsafe.as_ref().is_some_and(|f| f.iter().any(|(n, _)| *n == self.cfg.name));
+        }
+        // A member that leads (or may take writes) refuses POST /failsafe.
+        self.api.failsafe().set_leading(i_lead || pg.may_accept_writes());
         self.api.publish(
             Snapshot {
                 status: Some(status),
-                leader_until: (pg.writable()
-                    && view.and_then(|v| v.leader.as_ref()).is_some_and(|l| l.name == self.cfg.name))
-                .then(|| self.lease.view())
-                .filter(|l| l.id.is_some())
-                .map(|l| self.clock.instant(l.fence_at(&self.settings.timings)).into()),
+                // Patroni's `is_leader()`: the key is ours while the lease is trusted, or, in
+                // failsafe_mode with etcd unreachable, while the members' confirmation holds.
+                leader_until: if failsafe_active {
+                    lease.failsafe_until.map(|u| self.clock.instant(u).into())
+                } else {
+                    (pg.writable() && i_lead)
+                        .then_some(lease)
+                        .filter(|l| l.id.is_some())
+                        .map(|l| self.clock.instant(l.fence_at(&self.settings.timings)).into())
+                },
                 paused: self.dyn_config.pause,
                 sync_standby,
                 quorum_standby,
                 leader_optime: view.and_then(|v| v.status_optime),
                 maximum_lag_on_failover: self.dyn_config.maximum_lag_on_failover,
                 cycle_started_ms: self.cycle_started_ms,
+                failsafe_mode: self.dyn_config.failsafe_mode,
+                failsafe_active,
+                failsafe_member: self.failsafe_member,
             },
             wall_ms() / 1000,
         );

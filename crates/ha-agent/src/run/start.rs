@@ -139,6 +139,26 @@ pub(super) async fn run(
             .in_current_span(),
     );
 
+    let (failsafe_inputs, failsafe_rx) = tokio::sync::watch::channel(super::failsafe::Inputs::default());
+    let mut failsafe_task = tokio::spawn(
+        super::failsafe::run(
+            super::failsafe::Me {
+                name: cfg.name.clone(),
+                conn_url: cfg.conn_url(),
+                api_url: cfg.api_url(),
+                peer_timeout: cfg.peer_timeout,
+                timings: cfg.timings,
+            },
+            lease.clone(),
+            api.clone(),
+            metrics.clone(),
+            clock,
+            failsafe_rx,
+            tasks.clone(),
+        )
+        .in_current_span(),
+    );
+
     let progress = Arc::new(Progress::default());
     let upstream = pg.configured_upstream();
     let mut agent = Agent {
@@ -173,7 +193,9 @@ pub(super) async fn run(
         raft: super::raft::Affinity::default(),
         sync_ssn: None,
         sync_memory: crate::core::sync::SyncMemory::default(),
-        failsafe_said: false,
+        failsafe_inputs,
+        failsafe_member: false,
+        failsafe_judged: None,
         cfg,
     };
     // Give the keeper its first grant before deciding anything: an agent restarted under a
@@ -223,6 +245,7 @@ pub(super) async fn run(
             true = reloads.next() => agent.reload().await,
             r = &mut keeper => break Err(anyhow::anyhow!("the lease keeper task ended: {r:?}")),
             r = &mut watcher => break Err(anyhow::anyhow!("the etcd watch task ended: {r:?}")),
+            r = &mut failsafe_task => break Err(anyhow::anyhow!("the failsafe task ended: {r:?}")),
             () = died.cancelled() => break Err(anyhow::anyhow!("the REST API thread ended")),
         }
     };
