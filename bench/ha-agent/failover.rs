@@ -100,6 +100,13 @@ fn wait_sync_listed(c: &Cluster, p: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first standby the `sync` key lists, if any.
+fn sync_listed(c: &Cluster) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_str(&c.etcd_get("sync")?).ok()?;
+    let first = v["sync_standby"].as_str()?.split(',').next()?.trim().to_owned();
+    first.strip_prefix('n')?.parse().ok()
+}
+
 fn base_profile(name: &str) -> Opts {
     match name {
         "ttl4" => Opts {
@@ -317,7 +324,9 @@ fn switchovers(prof: &str, runs: usize) -> anyhow::Result<(Vec<f64>, usize, Vec<
             w.acks().iter().any(|a| a.at > settled && a.member == p).then_some(())
         })?;
         std::thread::sleep(Duration::from_millis(200 + jitter_ms(500)));
-        let cand = others(p)[run % 2];
+        // In synchronous mode only a listed standby may take a switchover (as with Patroni).
+        wait_sync_listed(&c, p)?;
+        let cand = if sync_mode() { sync_listed(&c).unwrap_or(others(p)[run % 2]) } else { others(p)[run % 2] };
         let t0 = Instant::now();
         c.etcd_put("failover", &format!("{{\"leader\":\"n{p}\",\"member\":\"n{cand}\"}}"))?;
         let first = wait_until(Duration::from_secs(60), "a write on the new primary", || w.first_ack_elsewhere(t0, p))?;
@@ -454,7 +463,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if runs > 0 {
-        println!("ha-agent switchover (failover key, asynchronous replication): write-unavailability");
+        let mode = if sync_mode() { "synchronous" } else { "asynchronous" };
+        println!("ha-agent switchover (failover key, {mode} replication): write-unavailability");
         for prof in profiles.split(',').filter(|s| !s.is_empty()) {
             let (v, lost, gaps) = switchovers(prof, runs)?;
             summary.push(format!(
