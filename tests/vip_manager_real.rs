@@ -760,3 +760,38 @@ fn vrrp_priority_follows_the_etcd_leader_key_and_notify_reports_each_state() {
     assert_eq!(states.last(), Some(&"BACKUP 100"), "notify lines of n2: {states:?}");
     g.finish();
 }
+
+/// `vip_manager_rejected_packets_total{reason}` on host `h`.
+fn rejected(g: &Group, h: usize, reason: &str) -> u64 {
+    let m = g.metrics(h);
+    let prefix = format!("vip_manager_rejected_packets_total{{reason=\"{reason}\"}}");
+    m.lines().find(|l| l.starts_with(&prefix)).and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or(0)
+}
+
+/// Hostile input: an IPv6 VRRP datagram longer than any VRRP message (5000 bytes, sent in
+/// fragments and reassembled by the kernel) comes back from `recvmsg` with its real length
+/// although only the buffer's worth was copied. vip-manager once sliced past its buffer on it,
+/// panicked and dropped the VIP. It is refused and counted, and the master keeps the VIP.
+#[test]
+fn an_oversized_ipv6_vrrp_datagram_is_counted_and_the_master_keeps_the_vip() {
+    let mut g =
+        Group::new_v6("an_oversized_ipv6_vrrp_datagram_is_counted_and_the_master_keeps_the_vip", 2, Proto::v3(100));
+    g.start(1, Vm, prio(200));
+    g.start(2, Vm, prio(100));
+    g.wait_sole_holder(1, FAST, "IPv6: vip-manager 200 over vip-manager 100");
+    let before = rejected(&g, 1, "length");
+    // From host 2: raw IPv6, protocol 112, to the VRRP group on eth0, hop limit 255, with the
+    // checksum the kernel computes (the receiving socket drops a wrong one before anything).
+    let send = "import socket\n\
+                s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 112)\n\
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)\n\
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_CHECKSUM, 6)\n\
+                i = socket.if_nametoindex('eth0')\n\
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, i)\n\
+                for _ in range(3):\n    s.sendto(bytes([0x31, 1, 200, 1]) + bytes(4996), ('ff02::12', 0, 0, i))\n";
+    g.net.host(2).exec(&["python3", "-c", send]).expect("send the oversized datagrams");
+    wait_until(FAST, "host 1 to count the oversized datagrams", || (rejected(&g, 1, "length") > before).then_some(()))
+        .unwrap();
+    g.stays_sole_holder(1, Duration::from_millis(1500), "IPv6: the master keeps the VIP");
+    g.finish();
+}

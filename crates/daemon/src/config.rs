@@ -133,8 +133,13 @@ pub fn parse_toml<Raw: DeserializeOwned>(path: &str, text: &str) -> Result<Raw, 
             // A type error (wrong type, bad duration, missing key): serde names the key only in
             // its message, so we report the message as the rule against the key path toml gives.
             let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
-            let mut problems =
-                vec![Problem::key_only(if key.is_empty() { "(file)".to_owned() } else { key }, one_line(e.message()))];
+            // serde's message quotes the value ("invalid type: integer `1234`"): not for a secret.
+            let message = if secret_key(&key) {
+                "has the wrong type (the value is not shown: it is a secret)".to_owned()
+            } else {
+                one_line(e.message())
+            };
+            let mut problems = vec![Problem::key_only(if key.is_empty() { "(file)".to_owned() } else { key }, message)];
             problems.extend(unknown.into_iter().map(unknown_key));
             Err(ConfigError::Invalid { path: path.to_owned(), problems })
         }
@@ -151,6 +156,14 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
         format!("line {line}, column {column}: ")
     });
     format!("{}{}", at.unwrap_or_default(), one_line(e.message()))
+}
+
+/// Whether a config key holds a secret (its value is never shown in a problem).
+pub fn secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
+    ["password", "secret", "token", "passphrase", "key_data"].iter().any(|s| last.contains(s))
+        || last == "key"
+        || last.ends_with("_key") && !last.ends_with("file_key")
 }
 
 fn unknown_key(key: String) -> Problem {
@@ -404,6 +417,15 @@ mod tests {
         let shown = e.to_string();
         assert!(shown.contains("line 3"), "{shown}");
         assert!(!shown.contains("s3cret"), "the password must not be echoed: {shown}");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_named_but_not_shown() {
+        let p =
+            problems("name = \"a\"\n[etcd]\nendpoints = [\"http://h:1\"]\nusername = \"u\"\npassword = 987654321\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("etcd.password: has the wrong type"), "{p:?}");
+        assert!(!p[0].contains("987654321"), "the password must not be shown: {p:?}");
     }
 
     #[test]

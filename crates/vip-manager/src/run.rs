@@ -31,6 +31,9 @@ use crate::sys::{self, Arrived, FrameSocket, Link, VrrpSocket};
 /// How often the VIP's presence is checked against what we want (someone may remove it by
 /// hand, or a crashed predecessor may have left it).
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// The receive buffer: the largest VRRP message (VRRPv3 over IPv6 with 255 addresses is 4088
+/// bytes; over IPv4 the 60-byte IP header comes with it) fits.
+const RECV_BUFFER: usize = 4200;
 /// Repeated log lines (rejects, lower-priority masters) are logged at most this often per kind.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Consecutive receive errors after which the socket is considered dead (a fatal error).
@@ -404,7 +407,7 @@ impl VrrpDaemon {
         shutdown: &CancellationToken,
         progress: &Progress,
     ) -> anyhow::Result<()> {
-        let mut buf = vec![0u8; 2048];
+        let mut buf = vec![0u8; RECV_BUFFER];
         let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut recv_errors = 0u32;
@@ -444,6 +447,15 @@ impl VrrpDaemon {
 
     async fn packet(&mut self, buf: &[u8], arrived: Arrived) {
         let now = std_now();
+        // An IPv6 datagram's real length comes back even when it did not fit (MSG_TRUNC): a
+        // message longer than any VRRP message is refused, never sliced past the buffer.
+        let (len, src) = match arrived {
+            Arrived::V4 { len } => (len, None),
+            Arrived::V6 { len, src, .. } => (len, Some(IpAddr::from(src))),
+        };
+        if len > buf.len() {
+            return self.reject(Reject::Length, src, now);
+        }
         let rx = match arrived {
             Arrived::V4 { len } => match packet::parse_ipv4(&buf[..len]) {
                 Ok(rx) => rx,

@@ -70,7 +70,11 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
                 _ => return None,
             };
             let (oh, om) = rest[1..].split_once(':')?;
-            sign * (num(oh)? * 60 + num(om)?)
+            let (oh, om) = (num(oh)?, num(om)?);
+            if !(0..=23).contains(&oh) || !(0..=59).contains(&om) {
+                return None;
+            }
+            sign * (oh * 60 + om)
         }
     };
     let secs = days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se - offset_min * 60;
@@ -101,7 +105,16 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_timestamp() {
-        for bad in ["", "tomorrow", "2026-13-01T00:00:00Z", "2026-11-24T10:00:00", "2026-11-24T10:00:00+0200"] {
+        for bad in [
+            "",
+            "tomorrow",
+            "2026-13-01T00:00:00Z",
+            "2026-11-24T10:00:00",
+            "2026-11-24T10:00:00+0200",
+            // An offset that would overflow the arithmetic: refused, never a panic.
+            "2026-11-24T10:00:00+999999999999999:00",
+            "2026-11-24T10:00:00-24:00",
+        ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
     }

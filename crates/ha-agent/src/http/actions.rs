@@ -277,12 +277,14 @@ pub fn postgres_version(v: &str) -> Option<u32> {
 /// A duration in seconds as Patroni's `parse_int(value, 's')` reads it: a number of seconds,
 /// or a string with a unit (`30s`, `2min`, `500ms`, `1h`).
 fn seconds(v: &Value) -> Option<Duration> {
+    // A number too large for a Duration (or infinite, or NaN) is refused, never a panic.
+    let from_f64 = |f: f64| (f > 0.0).then(|| Duration::try_from_secs_f64(f).ok()).flatten();
     match v {
-        Value::Number(n) => n.as_f64().filter(|f| *f > 0.0).map(Duration::from_secs_f64),
+        Value::Number(n) => n.as_f64().and_then(from_f64),
         Value::String(s) => {
             let s = s.trim();
             if let Ok(n) = s.parse::<f64>() {
-                return (n > 0.0).then(|| Duration::from_secs_f64(n));
+                return from_f64(n);
             }
             humantime::parse_duration(s).ok().filter(|d| !d.is_zero())
         }
@@ -515,6 +517,21 @@ mod tests {
         assert_eq!(code(json!({"role":"master"}), false), 400);
         assert_eq!(code(json!({"postgres_version":"9"}), false), 400);
         assert_eq!(code(json!({"timeout":0}), false), 400);
+        // Too large for a duration, infinite or not a number: refused, never a panic.
+        for huge in [
+            json!({"timeout":1e300}),
+            json!({"timeout":"1e400"}),
+            json!({"timeout":"NaN"}),
+            json!({"timeout":"99999999999999999999999y"}),
+        ] {
+            assert_eq!(code(huge.clone(), false), 400, "{huge}");
+        }
+        // Large but representable: accepted (and added to the command timeout without overflow).
+        let big = parse_restart(&obj(json!({"timeout":1e18})), false, NOW).unwrap();
+        assert!(
+            big.timeout.unwrap().saturating_add(Duration::from_secs(60))
+                >= Duration::from_secs(1_000_000_000_000_000_000)
+        );
         assert_eq!(code(json!({"bogus":1}), false), 400);
         assert_eq!(code(json!({"schedule":"2020-01-01T00:00:00+00:00"}), false), 422);
         assert_eq!(code(json!({"schedule":"2030-01-01T00:00:00+00:00"}), true), 500);

@@ -478,7 +478,7 @@ async fn restart(state: &ApiState, body: Option<&[u8]>) -> Reply {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let timeout = r.timeout.unwrap_or_default() + state.settings().command_timeout;
+    let timeout = r.timeout.unwrap_or_default().saturating_add(state.settings().command_timeout);
     command(state, "restart", timeout, |reply| Command::Restart { req: r, reply }).await
 }
 
