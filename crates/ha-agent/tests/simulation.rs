@@ -1250,13 +1250,13 @@ impl World {
         }
     }
 
-    /// The agent ends on an error: `ExitFence` stops a PostgreSQL that may accept writes and
+    /// The agent ends on an error: `ExitFence` stops a PostgreSQL that may accept writes (in
+    /// maintenance mode too: only the orderly shutdown leaves a paused primary running) and
     /// then disables the watchdog; systemd restarts the agent a second later.
     fn agent_exits(&mut self, h: usize, why: &str) {
         let name = self.hosts[h].name.clone();
         self.note(format!("{name} agent exits: {why}"));
-        let paused = self.agent(h).paused;
-        if self.pg_view(h).may_accept_writes() && !paused {
+        if self.pg_view(h).may_accept_writes() {
             self.stop_pg(h, false);
         }
         self.hosts[h].device = None;
@@ -1296,8 +1296,9 @@ impl World {
         want.insert(me.clone(), format!("http://{me}:8008/patroni"));
         let want: Vec<(String, String)> = want.into_iter().collect();
         if self.etcd.failsafe.as_ref() != Some(&want) {
-            self.etcd.failsafe = Some(want);
+            self.etcd.failsafe = Some(want.clone());
             self.etcd.bump(false);
+            self.agent(h).memory.failsafe_written(&me, &want);
         }
     }
 

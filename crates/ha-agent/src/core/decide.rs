@@ -601,6 +601,15 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
         }
     }
     if others.is_empty() {
+        // Rule (quorum commit): with nobody to ask, a member that needs votes has none (the
+        // simulation found a restarted non-voter alone in etcd after a mass lease revocation
+        // taking over without the commits only the voters had).
+        if let Some(k) = sync_key(o, c).filter(|k| o.config.sync.mode == SyncMode::Quorum && !k.led_by(me)) {
+            let needed = if k.lists(me) { k.quorum } else { k.quorum + 1 };
+            if needed > 0 {
+                return Decision::Wait { reason: WaitReason::NoQuorum { votes: 0, needed } };
+            }
+        }
         return Decision::AcquireLeader;
     }
     let Some(probes) = o.peers else { return Decision::ProbePeers { peers: others } };

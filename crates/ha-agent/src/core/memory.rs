@@ -12,6 +12,11 @@ use std::time::Duration;
 use super::observed::{Moment, PeerRef, PgView, Recent};
 use super::view::ClusterView;
 
+/// The members of a `failsafe` value other than `me`, with an address.
+fn failsafe_peers(me: &str, f: &[(String, String)]) -> Vec<PeerRef> {
+    f.iter().filter(|(n, u)| n != me && !u.is_empty()).map(|(n, u)| PeerRef::new(n, u)).collect()
+}
+
 /// How long a member seen in etcd is still asked in a leader race after its key vanished.
 pub const KNOWN_PEER_TTL: Duration = Duration::from_secs(600);
 /// pg_rewind failures (other than its source going away) before the rewind counts as failed.
@@ -113,10 +118,7 @@ impl Memory {
                     Some(_) => {}
                 }
             }
-            self.recent.failsafe_members = v
-                .failsafe
-                .as_ref()
-                .map(|f| f.iter().filter(|(n, u)| n != me && !u.is_empty()).map(|(n, u)| PeerRef::new(n, u)).collect());
+            self.recent.failsafe_members = v.failsafe.as_deref().map(|f| failsafe_peers(me, f));
             let leader = v.leader.as_ref().map(|l| l.name.as_str());
             for m in &v.members {
                 if m.name == me {
@@ -205,6 +207,14 @@ impl Memory {
                 self.recent.failsafe_post = None;
             }
         }
+    }
+
+    /// failsafe_mode: this leader wrote the `failsafe` key. What it asks when it loses etcd is
+    /// what the others read from now on, not the value its own last read returned (the
+    /// simulation found a leader that wrote every member into the key after a read that
+    /// listed only itself, lost etcd, and asked nobody while the others could race).
+    pub fn failsafe_written(&mut self, me: &str, written: &[(String, String)]) {
+        self.recent.failsafe_members = Some(failsafe_peers(me, written));
     }
 
     /// failsafe_mode: we accepted `leader`'s `POST /failsafe` at `at` (the later one counts).

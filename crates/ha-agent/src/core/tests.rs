@@ -1201,6 +1201,18 @@ fn in_quorum_mode_a_member_that_is_not_a_voter_needs_one_vote_more() {
 }
 
 #[test]
+fn in_quorum_mode_a_member_alone_in_etcd_has_no_votes_and_does_not_take_over() {
+    // Every other member key is gone (a mass lease revocation) and nobody else is known.
+    let mut fx = quorum(Fx::new(), "n2", &["n3"], 0);
+    fx.c().members.retain(|m| m.name == ME);
+    assert_eq!(wait(&fx.decide()), &WaitReason::NoQuorum { votes: 0, needed: 1 });
+    // A voter with quorum 0 needs no votes: it has every acknowledged commit.
+    let mut fx = quorum(Fx::new(), "n2", &[ME], 0);
+    fx.c().members.retain(|m| m.name == ME);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
 fn in_quorum_mode_only_voters_are_compared_and_the_keys_leader_needs_no_votes() {
     // n2 is ahead but not a voter: it does not hold back the voter n1 with its quorum.
     let fx = quorum(Fx::new(), "n3", &["n1", "n3"], 1).peers(vec![answer("n2", false, 5000), answer("n3", false, 900)]);

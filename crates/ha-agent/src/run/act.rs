@@ -264,9 +264,13 @@ impl Agent {
         if have.as_ref() == Some(&want) {
             return;
         }
-        if let Err(e) = self.dcs.write_failsafe(&outrigger_schema::FailsafeValue(want)).await {
-            self.metrics.etcd_errors.with_label_values(&["write"]).inc();
-            tracing::warn!(error = %e, "write the failsafe key");
+        let written: Vec<(String, String)> = want.iter().map(|(n, u)| (n.clone(), u.clone())).collect();
+        match self.dcs.write_failsafe(&outrigger_schema::FailsafeValue(want)).await {
+            Ok(()) => self.memory.failsafe_written(&self.cfg.name, &written),
+            Err(e) => {
+                self.metrics.etcd_errors.with_label_values(&["write"]).inc();
+                tracing::warn!(error = %e, "write the failsafe key");
+            }
         }
     }
 

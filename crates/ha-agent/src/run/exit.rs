@@ -88,18 +88,16 @@ impl ExitFence {
                 tracing::info!(pid, "exiting; PostgreSQL runs as a standby and is left running");
                 true
             }
-            Some(pid) if paused => {
+            // Also in maintenance mode: only the orderly shutdown leaves a paused primary running
+            // (the operator's choice, as in Patroni). An agent that ends on an error leaves a
+            // primary nobody fences; once the pause ends a replica takes over, and the simulation
+            // found the old one still taking writes when its host had been frozen meanwhile.
+            Some(pid) => {
                 tracing::warn!(
                     pid,
-                    "exiting in maintenance mode: PostgreSQL is left running, as Patroni does; nothing fences it until an agent runs again"
+                    paused,
+                    "exiting on an error while PostgreSQL may accept writes: stopping it (immediate)"
                 );
-                if let Some(m) = &metrics {
-                    m.exits_as_primary.with_label_values(&["paused"]).inc();
-                }
-                true
-            }
-            Some(pid) => {
-                tracing::warn!(pid, "exiting while PostgreSQL may accept writes: stopping it (immediate)");
                 if let Some(m) = &metrics {
                     m.exits_as_primary.with_label_values(&["stopped"]).inc();
                 }
@@ -139,6 +137,11 @@ impl Agent {
     pub(super) async fn shutdown(&mut self, fence: &ExitFence) {
         if self.dyn_config.pause {
             tracing::warn!("paused: leaving PostgreSQL running and the leader key in place, as Patroni does");
+            if crate::pg::postmaster_pid(&self.cfg.postgresql.data_dir).is_some()
+                && !crate::pg::is_standby_dir(&self.cfg.postgresql.data_dir)
+            {
+                self.metrics.exits_as_primary.with_label_values(&["paused"]).inc();
+            }
             self.lease.disarm(false);
             self.lease.release_watchdog();
             fence.done();
