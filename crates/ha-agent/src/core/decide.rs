@@ -23,10 +23,11 @@
 
 use super::decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
 use super::divergence::{self, Divergence, LocalEnd};
+use super::memory::failsafe_peers;
 use super::observed::{ClusterState, Observed, PeerRef, PeerStatus, PgView, RunningPg};
 use super::schedule::parse_rfc3339_ms;
 use super::sync::{SyncKey, SyncMode};
-use super::view::{ClusterView, DynConfig, FailoverRequest, Initialize, LeaderKey, Member, Role};
+use super::view::{ClusterView, FailoverRequest, Initialize, LeaderKey, Member, Role};
 
 /// Decides what to do next from what was observed.
 pub fn decide(o: &Observed<'_>) -> Decision {
@@ -119,13 +120,18 @@ fn decide_on(o: &Observed<'_>, lease_ok: bool) -> Decision {
 /// and with `ttl = loop_wait + 2 x retry_timeout` a round sent only after a failed read can
 /// come after the fence. A round while etcd is in fact fine does no harm: it only keeps the
 /// members out of races they would not run.
-pub fn failsafe_round_due<'a>(
-    config: &DynConfig,
+pub fn failsafe_round_due(
+    failsafe_mode: bool,
     armed: bool,
     renewals_late: bool,
-    members: Option<&'a [PeerRef]>,
-) -> Option<&'a [PeerRef]> {
-    (config.failsafe_mode && armed && renewals_late).then_some(members).flatten()
+    members: Option<&[PeerRef]>,
+) -> Option<&[PeerRef]> {
+    (failsafe_mode && armed && renewals_late).then_some(members).flatten()
+}
+
+/// failsafe_mode is on and a non-empty `failsafe` key leaves `name` out: it may not race.
+fn not_in_failsafe(o: &Observed<'_>, c: &ClusterView, name: &str) -> bool {
+    o.config.failsafe_mode && c.failsafe.as_ref().is_some_and(|l| !l.is_empty() && !l.iter().any(|(n, _)| n == name))
 }
 
 /// etcd cannot be read. The lease keeper fences a primary when its lease runs out (rule 1
@@ -552,10 +558,7 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
         }
         // Rule (failsafe_mode): a member `/failsafe` does not list is not asked by a primary
         // cut off from etcd, so it must not race (Patroni's rule).
-        if let Some(list) = &c.failsafe
-            && !list.is_empty()
-            && !list.iter().any(|(n, _)| n == me)
-        {
+        if not_in_failsafe(o, c, me) {
             return Decision::Wait { reason: WaitReason::NotInFailsafe };
         }
     }
@@ -593,8 +596,7 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     // Rule: the former leader is asked too, although its keys are gone: its lease may have
     // gone early (revoked) while its PostgreSQL still takes writes. So are the members of
     // `/failsafe` (after an etcd outage longer than the ttl their member keys are gone).
-    let failsafe: Vec<PeerRef> =
-        c.failsafe.iter().flatten().filter(|(_, u)| !u.is_empty()).map(|(n, u)| PeerRef::new(n, u)).collect();
+    let failsafe = c.failsafe.as_deref().map(|f| failsafe_peers(me, f)).unwrap_or_default();
     for p in o.recent.known_peers.iter().chain(o.recent.former_leader.as_ref()).chain(&failsafe) {
         if p.name != me && !others.iter().any(|q| q.name == p.name) {
             others.push(p.clone());
@@ -658,14 +660,10 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     // A peer that could lead: failover-capable and not disqualified by lag or timeline
     // (judged on what it answered, as it would judge itself).
     // A peer the failsafe key leaves out cannot race (rule above), so it holds nobody back.
-    let barred = |name: &str| {
-        o.config.failsafe_mode
-            && c.failsafe.as_ref().is_some_and(|l| !l.is_empty() && !l.iter().any(|(n, _)| n == name))
-    };
     let fit = |name: &str, st: &PeerStatus| {
         st.tags.can_failover()
             && !st.watchdog_failed
-            && !barred(name)
+            && !not_in_failsafe(o, c, name)
             && unfit(o, c, name, st.timeline.unwrap_or(r.timeline), st.wal_position).is_none()
     };
     // The stand-back lasts one ttl from when the cluster lost its leader: a candidate that

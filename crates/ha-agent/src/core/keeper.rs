@@ -39,7 +39,7 @@ pub const RETRY: Duration = Duration::from_millis(200);
 const FEED_LEAD: Duration = Duration::from_millis(100);
 /// A renewal in flight this long counts as late (`Keeper::renewals_late`): etcd answers in
 /// milliseconds when it is there.
-pub const FAILSAFE_LEAD: Duration = Duration::from_millis(300);
+pub const RENEWAL_LATE_AFTER: Duration = Duration::from_millis(300);
 /// failsafe_mode: how often the failsafe task sends a round while renewals are late: every
 /// `loop_wait`, and at least four times per `ttl - retry_timeout` (what one round buys).
 pub fn failsafe_interval(t: &Timings) -> Duration {
@@ -193,12 +193,12 @@ impl Keeper {
     }
 
     /// Whether an armed primary's renewals are late at `now`: the last one failed, or one has
-    /// been in flight for [`FAILSAFE_LEAD`] (etcd may be gone; an etcd read would then take
+    /// been in flight for [`RENEWAL_LATE_AFTER`] (etcd may be gone; an etcd read would then take
     /// `retry_timeout` to fail).
     pub fn renewals_late(&self, now: Moment) -> bool {
         self.armed
             && (self.failing
-                || matches!(self.in_flight, Some((Ask::Renew { .. }, sent)) if now.since(sent) >= FAILSAFE_LEAD))
+                || matches!(self.in_flight, Some((Ask::Renew { .. }, sent)) if now.since(sent) >= RENEWAL_LATE_AFTER))
     }
 
     /// failsafe_mode: a round was not accepted by every listed member: no more trust from it.
@@ -554,7 +554,7 @@ mod tests {
         assert!(k.trusted(t(3199)));
         assert!(!k.step(t(2000)).contains(&Effect::Fence));
         assert!(k.renewals_late(t(2000)), "a renewal in flight since 500");
-        assert!(!k.renewals_late(t(700)), "in flight for less than FAILSAFE_LEAD");
+        assert!(!k.renewals_late(t(700)), "in flight for less than RENEWAL_LATE_AFTER");
         // An older confirmation cannot shorten it.
         k.failsafe_confirmed(t(1000));
         assert_eq!(k.view().failsafe_until, Some(t(3200)));

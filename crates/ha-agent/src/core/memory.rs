@@ -13,7 +13,7 @@ use super::observed::{Moment, PeerRef, PgView, Recent};
 use super::view::ClusterView;
 
 /// The members of a `failsafe` value other than `me`, with an address.
-fn failsafe_peers(me: &str, f: &[(String, String)]) -> Vec<PeerRef> {
+pub(super) fn failsafe_peers(me: &str, f: &[(String, String)]) -> Vec<PeerRef> {
     f.iter().filter(|(n, u)| n != me && !u.is_empty()).map(|(n, u)| PeerRef::new(n, u)).collect()
 }
 

@@ -54,10 +54,9 @@ pub fn split_url(url: &str) -> Option<Target> {
 /// A `POST` with a JSON body and, when set, an `Authorization` header value.
 pub type Post<'a> = (Bytes, Option<&'a str>);
 
-/// A peer's answer: status code, headers and body (at most 256 KiB).
+/// A peer's answer: status code and body (at most 256 KiB).
 pub struct Answer {
     pub status: u16,
-    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -89,13 +88,12 @@ async fn send(
     };
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
     let body = Limited::new(resp.into_body(), 256 * 1024)
         .collect()
         .await
         .map_err(|e| anyhow::anyhow!("read body: {e}"))?
         .to_bytes();
-    Ok(Answer { status, headers, body })
+    Ok(Answer { status, body })
 }
 
 /// Whether anything answers HTTP at `url` within `timeout`, whatever the status (Patroni's

@@ -259,12 +259,11 @@ impl Agent {
             .map(|m| (m.name.clone(), m.api_url.clone()))
             .collect();
         want.insert(self.cfg.name.clone(), self.cfg.api_url());
-        let have: Option<std::collections::BTreeMap<String, String>> =
-            view.failsafe.as_ref().map(|f| f.iter().cloned().collect());
-        if have.as_ref() == Some(&want) {
+        // The view's copy is sorted by name, as the map is.
+        let written: Vec<(String, String)> = want.clone().into_iter().collect();
+        if view.failsafe.as_ref() == Some(&written) {
             return;
         }
-        let written: Vec<(String, String)> = want.iter().map(|(n, u)| (n.clone(), u.clone())).collect();
         match self.dcs.write_failsafe(&outrigger_schema::FailsafeValue(want)).await {
             Ok(()) => self.memory.failsafe_written(&self.cfg.name, &written),
             Err(e) => {

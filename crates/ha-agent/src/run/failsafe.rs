@@ -56,8 +56,7 @@ pub async fn run(
         }
         let due = {
             let i = inputs.borrow();
-            let cfg = crate::core::DynConfig { failsafe_mode: i.failsafe_mode, ..crate::core::DynConfig::default() };
-            crate::core::failsafe_round_due(&cfg, lease.armed(), lease.renewals_late(), i.members.as_deref())
+            crate::core::failsafe_round_due(i.failsafe_mode, lease.armed(), lease.renewals_late(), i.members.as_deref())
                 .map(<[PeerRef]>::to_vec)
         };
         let Some(members) = due else {
