@@ -284,3 +284,90 @@ fn patronictl_edit_config_switches_synchronous_mode_and_quorum_commit_and_list_s
     })
     .expect("setting cleared");
 }
+
+/// `ha_agent_timings_seconds{timing="<name>"}` on member `i`'s `/metrics`, read from its host.
+fn timing(ctl: &Ctl, i: usize, name: &str) -> Option<f64> {
+    metric(ctl, i, &format!("ha_agent_timings_seconds{{timing=\"{name}\"}}"))
+}
+
+/// One sample of member `i`'s `/metrics`, by its name and labels as rendered.
+fn metric(ctl: &Ctl, i: usize, series: &str) -> Option<f64> {
+    let url = format!("http://{}:8008/metrics", ctl.c.net.host(i).ip());
+    let body = ctl.c.net.host(i).exec(&["curl", "-s", "-m", "2", &url]).ok()?;
+    body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// The TTL etcd granted the lease that `key` (under the cluster's prefix) is on, in seconds.
+fn lease_ttl_of(ctl: &Ctl, key: &str) -> Option<u64> {
+    let key = format!("/service/{SCOPE}/{key}");
+    let out = ctl.c.etcd.etcdctl_quick(&ctl.c.net, 0, "2s", &["get", &key, "-w", "json"]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let lease = v["kvs"][0]["lease"].as_i64().filter(|l| *l != 0)?;
+    let out = ctl
+        .c
+        .etcd
+        .etcdctl_quick(&ctl.c.net, 0, "2s", &["lease", "timetolive", &format!("{lease:x}"), "-w", "json"])
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v["granted-ttl"].as_u64()
+}
+
+#[test]
+fn patronictl_edit_config_changes_the_timings_every_member_runs_with() {
+    // The agents' files say ttl 3s, loop_wait 1s, retry_timeout 1s (request_timeout 1s); as
+    // in Patroni, the cluster's config key wins.
+    let ctl = Ctl::start("patronictl_edit_config_timings", Opts { sync: false, ..Opts::default() });
+    let p = ctl.primary;
+    let replicas: Vec<usize> = (1..=3).filter(|&i| i != p).collect();
+    let all_run = |what: &str, ttl: f64, loop_wait: f64| {
+        wait_until(UP, what, || {
+            (1..=3)
+                .all(|i| timing(&ctl, i, "ttl") == Some(ttl) && timing(&ctl, i, "loop_wait") == Some(loop_wait))
+                .then_some(())
+        })
+    };
+    all_run("every member to run with the bootstrap's ttl 3s, loop_wait 1s", 3.0, 1.0).expect("bootstrap timings");
+
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "ttl=6", "-s", "loop_wait=2"]).expect("edit-config ttl=6");
+    all_run("every member to run with ttl 6s, loop_wait 2s", 6.0, 2.0).expect("new timings in force");
+    // The replicas move their keys onto leases granted for the new ttl; the primary keeps the
+    // lease it leads on until it stops leading.
+    wait_until(UP, "the replicas' member keys on 6 s leases", || {
+        replicas.iter().all(|&i| lease_ttl_of(&ctl, &format!("members/{}", Cluster::name(i))) == Some(6)).then_some(())
+    })
+    .expect("replica leases follow the ttl");
+    assert_eq!(lease_ttl_of(&ctl, "leader"), Some(3), "the primary keeps its lease while it leads");
+
+    // A switchover: the new leader leads on a lease of the new ttl, and the old one follows.
+    let to = replicas[0];
+    let out = ctl
+        .run(&["switchover", SCOPE, "--leader", &Cluster::name(p), "--candidate", &Cluster::name(to), "--force"])
+        .expect("patronictl switchover");
+    assert!(out.contains("Successfully switched over to"), "{out}");
+    assert_eq!(ctl.c.wait_primary(UP, &[p]).expect("new primary"), to);
+    assert_eq!(lease_ttl_of(&ctl, "leader"), Some(6), "the new leader's lease has the ttl in force");
+    ctl.c.wait_streaming(to, &[p], UP).expect("the old leader follows");
+
+    // Breaking loop_wait + 2 * retry_timeout <= ttl: adjusted as Patroni adjusts it
+    // (loop_wait lowered to ttl - 2 * retry_timeout = 4s).
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "loop_wait=5"]).expect("edit-config loop_wait=5");
+    all_run("every member to run with loop_wait lowered to 4s", 6.0, 4.0).expect("adjusted timings");
+    for i in 1..=3 {
+        assert!(metric(&ctl, i, "ha_agent_cluster_timings_total{result=\"adjusted\"}") >= Some(1.0), "n{i} counts it");
+    }
+
+    // A ttl etcd cannot grant (under 2s): refused everywhere, the running timings stay.
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "ttl=1"]).expect("edit-config ttl=1");
+    wait_until(UP, "every member to refuse ttl 1s", || {
+        (1..=3)
+            .all(|i| metric(&ctl, i, "ha_agent_cluster_timings_total{result=\"refused\"}") >= Some(1.0))
+            .then_some(())
+    })
+    .expect("refused");
+    for i in 1..=3 {
+        assert_eq!(timing(&ctl, i, "ttl"), Some(6.0), "n{i} keeps its running ttl");
+    }
+    assert!(ctl.c.writable(to), "the leader still leads");
+    let errors = ctl.c.unexpected_errors(&["the cluster's timings cannot be used here"]);
+    assert!(errors.is_empty(), "unexpected ERROR lines: {errors:#?}");
+}

@@ -383,6 +383,16 @@ impl Etcd {
 
     /// Remaining time to live of a lease, or `LeaseLost`.
     pub async fn lease_ttl(&self, lease: LeaseId) -> Result<Duration, EtcdError> {
+        self.time_to_live(lease).await.map(|(left, _)| left)
+    }
+
+    /// The TTL a lease was granted with, or `LeaseLost`.
+    pub async fn lease_granted_ttl(&self, lease: LeaseId) -> Result<Duration, EtcdError> {
+        self.time_to_live(lease).await.map(|(_, granted)| granted)
+    }
+
+    /// A live lease's remaining and granted TTL, or `LeaseLost`.
+    async fn time_to_live(&self, lease: LeaseId) -> Result<(Duration, Duration), EtcdError> {
         let (resp, _) = self
             .call("lease-ttl", "", || {
                 let mut c = self.client.lease_client();
@@ -393,7 +403,7 @@ impl Etcd {
         if resp.ttl() <= 0 {
             return Err(EtcdError::LeaseLost { lease, detail: "time to live is over".into() });
         }
-        Ok(Duration::from_secs(resp.ttl() as u64))
+        Ok((Duration::from_secs(resp.ttl() as u64), Duration::from_secs(resp.granted_ttl().max(0) as u64)))
     }
 
     pub async fn revoke_lease(&self, lease: LeaseId) -> Result<(), EtcdError> {

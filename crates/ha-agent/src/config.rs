@@ -2,9 +2,9 @@
 //!
 //! Timing names follow Patroni (`ttl`, `loop_wait`, `retry_timeout`) and keep its invariant
 //! `loop_wait + 2 * retry_timeout <= ttl`, but take humantime strings so that sub-second
-//! values are allowed ("500ms"). The local file is authoritative for timings: the `ttl`,
-//! `loop_wait` and `retry_timeout` in the cluster's `config` key are written at bootstrap (for
-//! Patroni tools that show them) but not read back.
+//! values are allowed ("500ms"). As in Patroni, the timings in force are the cluster's (the
+//! `config` key's, see `core::timing`); `[timings]` are written into that key at bootstrap
+//! and used until it has them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -194,6 +194,9 @@ pub struct RawTags {
     pub nosync: bool,
     /// Preference as a synchronous standby (Patroni 4.1); `<= 0` means nosync.
     pub sync_priority: Option<i64>,
+    /// Any other tag: the user's own, published in the member key as Patroni publishes them.
+    #[serde(flatten)]
+    pub custom: toml::Table,
 }
 
 /// Patroni's HA timings.
@@ -683,7 +686,7 @@ impl RawWatchdog {
                 }
             }
         }
-        Settings { mode, device, driver, timeout: timeout.unwrap_or(Duration::from_secs(1)) }
+        Settings { mode, device, driver, timeout: timeout.unwrap_or(Duration::from_secs(1)), safety_margin: margin }
     }
 }
 
@@ -904,7 +907,22 @@ impl Validate for RawConfig {
             noloadbalance: self.tags.noloadbalance,
             nosync: self.tags.nosync,
             sync_priority: self.tags.sync_priority.unwrap_or(1),
+            custom: match toml_to_json(&toml::Value::Table(self.tags.custom.clone())) {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            },
         };
+        for (name, why) in [
+            (
+                "replicatefrom",
+                "cascading replication is not supported by ha-agent yet; every replica streams from the leader",
+            ),
+            ("nostream", "replicas that only restore from the archive are not supported by ha-agent yet"),
+        ] {
+            if let Some(v) = self.tags.custom.get(name) {
+                p.push(format!("tags.{name}"), v.as_str().map_or_else(|| v.to_string(), str::to_owned), why);
+            }
+        }
         let bootstrap_method = bootstrap_method(&self.bootstrap, &mut p);
         let bootstrap_dcs = toml_to_json(&toml::Value::Table(self.bootstrap.dcs.clone()));
         let watchdog = self.watchdog.validate(&mut p, &t, etcd.request_timeout);
@@ -1054,6 +1072,23 @@ listen = "10.0.0.1:5432"
     fn load(text: &str) -> Result<Config, Vec<String>> {
         let raw: RawConfig = parse_toml("t.toml", text).map_err(|e| vec![e.to_string()])?;
         raw.validate().map_err(|ps| ps.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn custom_tags_are_kept_and_published_and_unsupported_patroni_tags_are_refused_by_name() {
+        let c = load(&format!("{BASE}[tags]\nnofailover = true\ndatacenter = \"fra1\"\nrack = 7\nbackup = false\n"))
+            .expect("valid");
+        let published = c.tags.to_json();
+        assert_eq!(published["datacenter"], serde_json::json!("fra1"));
+        assert_eq!(published["rack"], serde_json::json!(7));
+        assert_eq!(published["backup"], serde_json::json!(false), "custom tags are published whatever their value");
+        assert_eq!(published["nofailover"], serde_json::json!(true));
+        let e = load(&format!("{BASE}[tags]\nreplicatefrom = \"n2\"\nnostream = true\n")).unwrap_err();
+        assert!(
+            e.iter().any(|p| p.starts_with("tags.replicatefrom (n2): cascading replication is not supported")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|p| p.starts_with("tags.nostream (true): ")), "{e:?}");
     }
 
     #[test]

@@ -48,6 +48,11 @@ impl Dcs {
         Ok((s.revision, s.kvs))
     }
 
+    /// The TTL etcd granted `lease` with (another member's leader lease).
+    pub async fn granted_ttl(&self, lease: LeaseId) -> Result<std::time::Duration, EtcdError> {
+        self.etcd.first_ok(|c| c.lease_granted_ttl(lease)).await
+    }
+
     async fn put(&self, key: &str, value: &str, lease: Option<LeaseId>) -> Result<(), EtcdError> {
         self.etcd.first_ok(|c| c.put(key, value.to_owned(), lease)).await.map(drop)
     }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use outrigger_schema::MemberRole;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::control::Snapshot;
 use crate::core::Decision;
@@ -34,6 +34,11 @@ pub struct Metrics {
     pub decode_errors: IntCounterVec,
     /// failsafe_mode rounds of `POST /failsafe` (etcd unreachable), by result.
     pub failsafe_rounds: IntCounterVec,
+    /// The HA timings in force, by name (ttl, loop_wait, retry_timeout).
+    pub timings: GaugeVec,
+    /// Changes of the cluster's timings (`config` key) seen, by result: applied, adjusted
+    /// (applied with loop_wait or retry_timeout lowered), refused (the running ones kept).
+    pub cluster_timings: IntCounterVec,
     /// Duration of one HA cycle (read, decide, act).
     pub cycle_seconds: Histogram,
     /// Unix time of the last completed HA cycle.
@@ -154,6 +159,18 @@ impl Metrics {
             "result",
             &["confirmed", "refused"],
         );
+        let timings = register(
+            &r,
+            GaugeVec::new(Opts::new("ha_agent_timings_seconds", "The HA timings in force, by name."), &["timing"])
+                .expect("valid metric definition"),
+        );
+        let cluster_timings = counter(
+            &r,
+            "ha_agent_cluster_timings_total",
+            "Changes of the timings in the cluster's config key, by what this member did with them.",
+            "result",
+            &["applied", "adjusted", "refused"],
+        );
         let cycle_seconds = register(
             &r,
             Histogram::with_opts(
@@ -191,6 +208,8 @@ impl Metrics {
             etcd_errors,
             decode_errors,
             failsafe_rounds,
+            timings,
+            cluster_timings,
             cycle_seconds,
             last_cycle,
             rest_health: rest.with_label_values(&["health"]),

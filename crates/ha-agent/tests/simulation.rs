@@ -67,6 +67,7 @@ use ha_agent::core::keeper::{Answer, Ask, Effect, Keeper};
 use ha_agent::core::sync::{
     self, Ssn, SyncInputs, SyncKey, SyncMemory, SyncMode, SyncSettings, SyncStep, WalSync, Walsender,
 };
+use ha_agent::core::timing::{self, Asked};
 use ha_agent::core::watchdog::{self, Mode};
 use ha_agent::core::{
     ClusterState, ClusterView, ConfigState, Control, Decision, DynConfig, FailoverRequest, Initialize, LeaderKey,
@@ -173,7 +174,7 @@ struct Variant {
     failsafe: bool,
 }
 
-const ALL_FAULTS: &[u64] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19];
+const ALL_FAULTS: &[u64] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20];
 
 const SAFE: Variant = Variant {
     wd: Wd::Device,
@@ -220,6 +221,8 @@ struct Etcd {
     /// `failsafe_mode` in `config`, and the `failsafe` key.
     failsafe_mode: bool,
     failsafe: Option<Vec<(String, String)>>,
+    /// `ttl` in `config` (ms; `None`: absent, every member uses its own).
+    ttl: Option<u64>,
 }
 
 impl Etcd {
@@ -267,6 +270,7 @@ impl Etcd {
             pause: self.paused,
             sync: self.sync_settings.clone(),
             failsafe_mode: self.failsafe_mode,
+            timings: Asked { ttl: self.ttl.map(Duration::from_millis), ..Asked::default() },
             ..dyn_config()
         });
         v
@@ -1171,6 +1175,29 @@ impl World {
         let now = self.now(h);
         let name = self.hosts[h].name.clone();
         let paused = view.map(|v| matches!(&v.config, ConfigState::Valid(c) if c.pause));
+        // `Agent::read` in `run/cycle.rs`: the leader lease's granted TTL is learned (etcd
+        // answers most of the time), and the timings in force follow the config key
+        // (`Agent::apply_timings` in `run/reload.rs`).
+        let learn = view.and_then(|v| self.agent(h).memory.leader_lease_unknown(&name, v));
+        if let Some(lease) = learn
+            && self.rng.chance(800)
+            && let Some(ttl) = self.lease_ttl.get(&lease).copied()
+        {
+            self.agent(h).memory.leader_lease_learned(lease, Duration::from_millis(ttl));
+        }
+        if let Some(ConfigState::Valid(c)) = view.map(|v| &v.config) {
+            let local = self.hosts[h].settings.timings;
+            let agent = self.agent(h);
+            if let Ok((t, _)) = timing::in_force(local, &c.timings, Duration::from_millis(REQUEST_TIMEOUT))
+                && t != agent.settings.timings
+            {
+                agent.settings.timings = t;
+                let ttl = t.ttl.as_millis() as u64;
+                let e = agent.keeper.set_timings(t, Mode::Automatic, wd_timeout(ttl), now);
+                self.note(format!("{name}: ttl in force now {ttl} ms"));
+                self.effects(h, e);
+            }
+        }
         let agent = self.agent(h);
         agent.memory.observe(&name, view, pg, now);
         if let Some((leader, at)) = agent.fs_last.clone() {
@@ -2146,6 +2173,14 @@ impl World {
                     let e = agent.keeper.set_timings(timings(ttl), Mode::Automatic, wd_timeout(ttl), now);
                     self.effects(h, e);
                 }
+            }
+            20 => {
+                // `patronictl edit-config -s ttl=...`: every member reads it at its next read;
+                // 2000 ms cannot work with a 1 s request timeout and is refused.
+                let ttl = [None, Some(2000), Some(4000), Some(5000)][self.rng.below(4) as usize];
+                self.note(format!("FAULT edit-config: ttl {ttl:?} ms in the config key"));
+                self.etcd.ttl = ttl;
+                self.etcd.bump(false);
             }
             19 => {
                 // A second agent started elsewhere with this member's name writes its key (on

@@ -6,6 +6,8 @@
 //! odd value does not throw away the whole config. Non-JSON (or non-object) values are a
 //! [`DecodeError`], which readers log and ignore.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -86,6 +88,34 @@ fn boolean(v: Option<&Value>) -> Option<bool> {
     }
 }
 
+/// Seconds in Patroni's duration spelling: a number, then optionally `ms`, `s`, `min`, `h` or
+/// `d` (`"30min"`, `"500ms"`, `"20"`).
+fn seconds(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let at = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let n: f64 = s[..at].parse().ok()?;
+    let per = match s[at..].trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return None,
+    };
+    Some(n * per)
+}
+
+/// A duration: a number of seconds (fractions allowed) or a [`seconds`] string. Negative,
+/// infinite or absurd values (over a day) read as unset.
+fn duration(v: Option<&Value>) -> Option<Duration> {
+    let secs = match v? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => seconds(s)?,
+        _ => return None,
+    };
+    (secs.is_finite() && (0.0..=86_400.0).contains(&secs)).then(|| Duration::from_secs_f64(secs))
+}
+
 impl ConfigValue {
     pub fn decode(raw: &[u8]) -> Result<Self, DecodeError> {
         serde_json::from_slice(raw).map_err(|source| DecodeError::Json { key: "config", source })
@@ -96,17 +126,19 @@ impl ConfigValue {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
     }
 
-    /// Seconds.
-    pub fn ttl(&self) -> Option<i64> {
-        int(self.ttl.as_ref())
+    /// `ttl`: a number of seconds (fractions allowed: ha-agent runs below Patroni's
+    /// 20 s minimum), or a number with a unit (`"500ms"`, `"30s"`). `None`: absent,
+    /// unreadable, negative or not finite.
+    pub fn ttl(&self) -> Option<Duration> {
+        duration(self.ttl.as_ref())
     }
-    /// Seconds.
-    pub fn loop_wait(&self) -> Option<i64> {
-        int(self.loop_wait.as_ref())
+    /// `loop_wait`, read as [`Self::ttl`].
+    pub fn loop_wait(&self) -> Option<Duration> {
+        duration(self.loop_wait.as_ref())
     }
-    /// Seconds.
-    pub fn retry_timeout(&self) -> Option<i64> {
-        int(self.retry_timeout.as_ref())
+    /// `retry_timeout`, read as [`Self::ttl`].
+    pub fn retry_timeout(&self) -> Option<Duration> {
+        duration(self.retry_timeout.as_ref())
     }
     /// Bytes.
     pub fn maximum_lag_on_failover(&self) -> Option<i64> {
@@ -123,20 +155,7 @@ impl ConfigValue {
     /// `min`, `h`, `d`), e.g. `30min`.
     pub fn member_slots_ttl(&self) -> Option<i64> {
         match self.member_slots_ttl.as_ref()? {
-            Value::String(s) => {
-                let s = s.trim();
-                let at = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-                let n: f64 = s[..at].parse().ok()?;
-                let per = match s[at..].trim() {
-                    "" | "s" => 1.0,
-                    "ms" => 0.001,
-                    "min" => 60.0,
-                    "h" => 3600.0,
-                    "d" => 86400.0,
-                    _ => return None,
-                };
-                Some((n * per) as i64)
-            }
+            Value::String(s) => Some(seconds(s)? as i64),
             v => int(Some(v)),
         }
     }
@@ -232,11 +251,21 @@ mod tests {
     }
 
     #[test]
+    fn timings_read_whole_and_fractional_seconds_and_units() {
+        let c = ConfigValue::decode(br#"{"ttl":2.5,"loop_wait":"500ms","retry_timeout":"1"}"#).unwrap();
+        assert_eq!(c.ttl(), Some(Duration::from_millis(2500)));
+        assert_eq!(c.loop_wait(), Some(Duration::from_millis(500)));
+        assert_eq!(c.retry_timeout(), Some(Duration::from_secs(1)));
+        let odd = ConfigValue::decode(br#"{"ttl":-3,"loop_wait":1e300,"retry_timeout":"1 fortnight"}"#).unwrap();
+        assert_eq!((odd.ttl(), odd.loop_wait(), odd.retry_timeout()), (None, None, None));
+    }
+
+    #[test]
     fn patroni_written_config_decodes_with_lenient_types() {
         let raw = br#"{"ttl":30,"loop_wait":"10","retry_timeout":10,"maximum_lag_on_failover":1048576,"check_timeline":"on","postgresql":{"use_pg_rewind":true,"parameters":{"max_connections":100,"hot_standby":true,"wal_level":"replica","bad":{"x":1}}},"failsafe_mode":false}"#;
         let c = ConfigValue::decode(raw).unwrap();
-        assert_eq!(c.ttl(), Some(30));
-        assert_eq!(c.loop_wait(), Some(10));
+        assert_eq!(c.ttl(), Some(Duration::from_secs(30)));
+        assert_eq!(c.loop_wait(), Some(Duration::from_secs(10)));
         assert_eq!(c.maximum_lag_on_failover(), Some(1048576));
         assert_eq!(c.check_timeline(), Some(true));
         assert_eq!(c.use_pg_rewind(), Some(true));

@@ -541,6 +541,8 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     let me = s.name.as_str();
     let failover = c.failover.as_ref();
     let named = failover.and_then(|f| f.candidate.as_deref());
+    // How long a lease we cannot see any more may still cover a primary.
+    let cover = super::timing::cover(s.timings.ttl, o.recent.leader_lease_ttl);
     if !s.tags.can_failover() {
         return Decision::Wait { reason: WaitReason::NotEligible("tagged nofailover or failover_priority <= 0") };
     }
@@ -550,9 +552,11 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     if o.config.failsafe_mode {
         // Rule (failsafe_mode): a leader that confirmed itself to us by `POST /failsafe` less
         // than a ttl ago still runs as primary (cut off from etcd, it relies on us not racing).
+        // The ttl is the longest we know of (`timing::cover`): the leader may count with one
+        // we have not read yet.
         if let Some((leader, at)) = &o.recent.failsafe_post
             && leader != me
-            && o.now.since(*at) < o.settings.timings.ttl
+            && o.now.since(*at) < cover
         {
             return Decision::Wait { reason: WaitReason::FailsafeLeaderAlive(leader.clone()) };
         }
@@ -566,14 +570,15 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     // leader, etcd #15247), the old primary's lease went too, but it fences only when it
     // notices: at the latest retry_timeout before its lease would have expired, which is no
     // later than one ttl after the revocation. Until then nobody races (the failover then
-    // takes as long as after an ordinary expiry).
-    if o.lease.revoked_within(o.now, o.settings.timings.ttl) {
+    // takes as long as after an ordinary expiry). The old primary's lease may have been granted
+    // for another ttl than ours (`timing::cover`).
+    if o.lease.revoked_within(o.now, cover) {
         return Decision::Wait { reason: WaitReason::LeaseRevokedEarly };
     }
     // Rule: an agent that started less than a ttl ago does not know who led before it (the
     // former leader is asked in a race even when its keys are gone, but only if we saw it):
     // it races only once any lease that could still cover a running primary has run out.
-    if o.recent.started_at.is_none_or(|at| o.now.since(at) < o.settings.timings.ttl) {
+    if o.recent.started_at.is_none_or(|at| o.now.since(at) < cover) {
         return Decision::Wait { reason: WaitReason::JustStarted };
     }
     // Rule: during a switchover, nobody takes over before it has the old primary's WAL up to

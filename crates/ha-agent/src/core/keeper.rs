@@ -123,12 +123,18 @@ struct Held {
     id: i64,
     ttl: Duration,
     expires_at: Moment,
+    /// The timings the lease was granted under: its renewals and fence follow them until it
+    /// is replaced (a primary keeps its lease, and these, through a `ttl` change).
+    timings: Timings,
 }
 
 /// The lease keeper's state.
 #[derive(Debug, Clone)]
 pub struct Keeper {
+    /// The timings in force (the next lease is granted with them).
     timings: Timings,
+    /// The timings of the grant in flight.
+    granting: Timings,
     mode: Mode,
     wd_timeout: Duration,
     lease: Option<Held>,
@@ -150,6 +156,7 @@ impl Keeper {
     pub fn new(timings: Timings, mode: Mode, wd_timeout: Duration) -> Self {
         Self {
             timings,
+            granting: timings,
             mode,
             wd_timeout,
             lease: None,
@@ -170,25 +177,38 @@ impl Keeper {
     pub fn view(&self) -> LeaseView {
         let failsafe_until = self.failsafe_until;
         match self.lease {
-            Some(h) => {
-                LeaseView { id: Some(h.id), expires_at: h.expires_at, revoked_at: self.revoked_at, failsafe_until }
-            }
+            Some(h) => LeaseView {
+                id: Some(h.id),
+                expires_at: h.expires_at,
+                revoked_at: self.revoked_at,
+                failsafe_until,
+                margin: h.timings.retry_timeout,
+            },
             None => LeaseView { revoked_at: self.revoked_at, failsafe_until, ..LeaseView::NONE },
         }
+    }
+
+    /// The timings the lease's arithmetic follows: those it was granted under.
+    fn lease_timings(&self) -> Timings {
+        self.lease.map_or(self.timings, |h| h.timings)
     }
 
     /// The earliest moment anyone else may take over, as far as this keeper can vouch: the
     /// lease's earliest expiry at etcd, or the end of the last failsafe round's proof.
     fn expiry(&self) -> Option<Moment> {
         let lease = self.lease.map(|h| h.expires_at);
-        let failsafe = self.failsafe_until.map(|u| u.plus(self.timings.retry_timeout));
+        let failsafe = self.failsafe_until.map(|u| u.plus(self.lease_timings().retry_timeout));
         lease.max(failsafe)
     }
 
     /// failsafe_mode: every member listed in `/failsafe` accepted the `POST /failsafe` sent
-    /// at `sent`: trusted until `sent + ttl - retry_timeout` (never earlier than before).
+    /// at `sent`: trusted until `sent + ttl - retry_timeout` (never earlier than before). Each
+    /// member stays out for the longer of its `ttl` and our lease's TTL
+    /// (`timing::cover`); we count with the shorter of ours, in case a `ttl` change has
+    /// reached us and not them.
     pub fn failsafe_confirmed(&mut self, sent: Moment) {
-        let until = sent.plus(self.timings.ttl).minus(self.timings.retry_timeout);
+        let ttl = self.lease.map_or(self.timings.ttl, |h| h.ttl.min(self.timings.ttl));
+        let until = sent.plus(ttl).minus(self.lease_timings().retry_timeout);
         self.failsafe_until = Some(self.failsafe_until.map_or(until, |u| u.max(until)));
     }
 
@@ -207,7 +227,7 @@ impl Keeper {
     }
 
     pub fn trusted(&self, now: Moment) -> bool {
-        self.view().trusted(now, &self.timings)
+        self.view().trusted(now, &self.lease_timings())
     }
 
     pub fn armed(&self) -> bool {
@@ -289,12 +309,17 @@ impl Keeper {
         self.next_at = self.next_at.min(now);
     }
 
-    /// New timings (a config reload). A changed `ttl` takes effect with the next lease: at
-    /// once when this member is not a primary (a new lease is granted and the loop moves its
-    /// keys onto it), else when it stops being one.
+    /// New timings (a config reload, or the cluster's config key). A changed `ttl` takes
+    /// effect with the next lease: at once when this member is not a primary (a new lease is
+    /// granted and the loop moves its keys onto it), else when it stops being one; until then
+    /// the lease keeps the timings it was granted under. With the same `ttl` the lease takes
+    /// the new `loop_wait` and `retry_timeout` at once (they keep the rule with that ttl).
     pub fn set_timings(&mut self, t: Timings, mode: Mode, wd_timeout: Duration, now: Moment) -> Vec<Effect> {
         let ttl_changed = t.ttl != self.timings.ttl;
         self.timings = t;
+        if let Some(h) = self.lease.as_mut().filter(|h| h.timings.ttl == t.ttl) {
+            h.timings = t;
+        }
         self.mode = mode;
         self.wd_timeout = wd_timeout;
         let mut out = Vec::new();
@@ -334,7 +359,17 @@ impl Keeper {
             }
             out.push(Effect::Fence);
         }
+        if !self.armed && self.in_flight.is_none() && self.lease.is_some_and(|h| h.timings.ttl != self.timings.ttl) {
+            // No longer a primary: the lease of an earlier ttl makes way for one of the ttl in
+            // force (the loop moves our keys onto it).
+            self.lease = None;
+            self.next_at = now;
+            out.push(Effect::LeaseChanged);
+        }
         if self.in_flight.is_none() && now >= self.next_at {
+            if self.lease.is_none() {
+                self.granting = self.timings;
+            }
             let ask = match self.lease {
                 None => Ask::Grant { ttl: self.timings.ttl, attempt: self.attempts },
                 Some(h) => Ask::Renew { lease: h.id },
@@ -404,8 +439,9 @@ impl Keeper {
         match (ask, answer) {
             (Ask::Grant { .. }, Answer::Granted { lease, ttl }) => {
                 self.failing = false;
-                self.lease = Some(Held { id: lease, ttl, expires_at: sent.plus(ttl) });
-                self.next_at = sent.plus(self.timings.renew_interval());
+                let timings = self.granting;
+                self.lease = Some(Held { id: lease, ttl, expires_at: sent.plus(ttl), timings });
+                self.next_at = sent.plus(timings.renew_interval());
                 out.push(Effect::LeaseChanged);
             }
             (Ask::Renew { lease }, Answer::Renewed { ttl }) => {
@@ -415,7 +451,7 @@ impl Keeper {
                     h.expires_at = h.expires_at.max(sent.plus(ttl));
                     h.ttl = ttl;
                 }
-                self.next_at = sent.plus(self.timings.renew_interval());
+                self.next_at = sent.plus(self.lease_timings().renew_interval());
                 if let (Some(e), WatchdogState::Open { timeout, .. }) = (self.expiry(), self.wd)
                     && watchdog::may_feed(now, e, timeout)
                 {
@@ -481,7 +517,7 @@ impl Keeper {
         }
         if let Some(e) = self.expiry() {
             if self.armed && self.refence_at.is_none() {
-                consider(e.minus(self.timings.retry_timeout));
+                consider(e.minus(self.lease_timings().retry_timeout));
             }
             if let WatchdogState::Open { timeout, last_feed } = self.wd
                 && let Some(at) = next_feed(e, timeout, last_feed)
@@ -518,6 +554,50 @@ mod tests {
             vec![Effect::LeaseChanged]
         );
         k
+    }
+
+    #[test]
+    fn a_primary_keeps_its_lease_and_its_timings_through_a_ttl_change_and_takes_the_new_ttl_once_it_stops_leading() {
+        let mut k = granted(Mode::Off);
+        k.arm(t(10));
+        // The cluster's ttl becomes 8 s (loop_wait 2 s, retry_timeout 2 s): the 2 s lease
+        // keeps renewing every 500 ms and is fenced 500 ms before it can expire.
+        let slow = Timings {
+            ttl: Duration::from_secs(8),
+            loop_wait: Duration::from_secs(2),
+            retry_timeout: Duration::from_secs(2),
+        };
+        assert_eq!(k.set_timings(slow, Mode::Off, Duration::from_secs(4), t(20)), vec![]);
+        assert_eq!(k.view().id, Some(7), "the primary keeps its lease");
+        assert_eq!(k.view().margin, Duration::from_millis(500));
+        assert_eq!(k.wake_at(), Some(t(500)), "renewed on the lease's own schedule");
+        assert_eq!(k.step(t(500)), vec![Effect::Send(Ask::Renew { lease: 7 })]);
+        k.answered(t(510), Answer::Renewed { ttl: Duration::from_secs(2) });
+        assert_eq!(k.wake_at(), Some(t(1000)), "every 500 ms, not the new 2 s");
+        assert!(k.trusted(t(1999)), "fenced at 500 + 2 s - 500 ms, not 2 s before");
+        // Demoted: the lease makes way for one of 8 s.
+        k.disarm(true);
+        assert_eq!(
+            k.step(t(600)),
+            vec![Effect::LeaseChanged, Effect::Send(Ask::Grant { ttl: Duration::from_secs(8), attempt: 0 })]
+        );
+        k.answered(t(610), Answer::Granted { lease: 8, ttl: Duration::from_secs(8) });
+        assert_eq!(k.view().margin, Duration::from_secs(2));
+        assert_eq!(k.wake_at(), Some(t(2600)), "renewed every min(loop_wait, ttl / 4) of the new timings");
+    }
+
+    #[test]
+    fn a_replica_takes_a_lease_of_the_new_ttl_at_once_and_keeps_its_lease_when_only_loop_wait_changes() {
+        let mut k = granted(Mode::Off);
+        let faster = Timings { loop_wait: Duration::from_millis(250), ..lab() };
+        assert_eq!(k.set_timings(faster, Mode::Off, Duration::from_secs(1), t(20)), vec![]);
+        assert_eq!(k.view().id, Some(7));
+        assert_eq!(k.step(t(500)), vec![Effect::Send(Ask::Renew { lease: 7 })]);
+        k.answered(t(510), Answer::Renewed { ttl: Duration::from_secs(2) });
+        assert_eq!(k.wake_at(), Some(t(750)), "the new loop_wait at once");
+        let longer = Timings { ttl: Duration::from_secs(4), ..lab() };
+        assert_eq!(k.set_timings(longer, Mode::Off, Duration::from_secs(2), t(600)), vec![Effect::LeaseChanged]);
+        assert_eq!(k.step(t(600)), vec![Effect::Send(Ask::Grant { ttl: Duration::from_secs(4), attempt: 0 })]);
     }
 
     #[test]

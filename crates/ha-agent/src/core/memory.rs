@@ -82,6 +82,8 @@ pub struct Memory {
     /// of the first etcd read after it (`None`: not read since).
     failsafe_last_at: Option<Moment>,
     failsafe_read_rev: Option<i64>,
+    /// The leader lease whose granted TTL is in `recent.leader_lease_ttl`.
+    leader_lease: Option<i64>,
 }
 
 impl Memory {
@@ -93,6 +95,20 @@ impl Memory {
     /// What the core decides from.
     pub fn recent(&self) -> &Recent {
         &self.recent
+    }
+
+    /// Another member's leader lease whose granted TTL is not known yet: the shell asks etcd
+    /// and reports with [`Memory::leader_lease_learned`].
+    pub fn leader_lease_unknown(&self, me: &str, view: &ClusterView) -> Option<i64> {
+        let l = view.leader.as_ref().filter(|l| l.name != me && l.lease != 0)?;
+        (self.leader_lease != Some(l.lease)).then_some(l.lease)
+    }
+
+    /// etcd granted the leader lease `lease` for `ttl`. Until a lease's TTL is learned, the
+    /// last one learned stays (a longer one errs on the safe side: members wait longer).
+    pub fn leader_lease_learned(&mut self, lease: i64, ttl: Duration) {
+        self.leader_lease = Some(lease);
+        self.recent.leader_lease_ttl = Some(ttl);
     }
 
     /// The member PostgreSQL is configured to stream from.

@@ -13,6 +13,7 @@ mod observed;
 mod quorum;
 pub mod schedule;
 pub mod sync;
+pub mod timing;
 mod view;
 pub mod watchdog;
 

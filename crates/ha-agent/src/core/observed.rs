@@ -55,10 +55,14 @@ pub struct LeaseView {
     /// `s + ttl - retry_timeout`; each of them then stays out of any leader race until at
     /// least `s + ttl`).
     pub failsafe_until: Option<Moment>,
+    /// The `retry_timeout` the keeper fences this lease with (the one it was granted under; a
+    /// primary keeps its lease through a change of the timings).
+    pub margin: Duration,
 }
 
 impl LeaseView {
-    pub const NONE: LeaseView = LeaseView { id: None, expires_at: Moment(0), revoked_at: None, failsafe_until: None };
+    pub const NONE: LeaseView =
+        LeaseView { id: None, expires_at: Moment(0), revoked_at: None, failsafe_until: None, margin: Duration::ZERO };
 
     /// Whether a lease of ours was revoked early less than `within` ago.
     pub fn revoked_within(&self, now: Moment, within: Duration) -> bool {
@@ -67,9 +71,10 @@ impl LeaseView {
 
     /// When a primary holding this lease must have stopped accepting writes: `retry_timeout`
     /// before the earliest possible expiry, leaving that long for the fence itself (an
-    /// immediate stop takes well under a second) and for clock-rate differences.
+    /// immediate stop takes well under a second) and for clock-rate differences. The longer
+    /// of the lease's own margin and `t`'s, so the loop never trusts a lease the keeper fences.
     pub fn fence_at(&self, t: &Timings) -> Moment {
-        self.expires_at.minus(t.retry_timeout)
+        self.expires_at.minus(t.retry_timeout.max(self.margin))
     }
 
     /// Whether a primary may keep accepting writes at `now`: under this lease, or on
@@ -281,6 +286,9 @@ pub struct Recent {
     /// failsafe_mode: the last `POST /failsafe` this member accepted, from which leader and
     /// when. For a `ttl` after it, this member does not race for the leader key.
     pub failsafe_post: Option<(String, Moment)>,
+    /// The granted TTL of the last leader lease whose TTL the shell learned (another member's:
+    /// it may differ from our `ttl`). See [`super::timing::cover`].
+    pub leader_lease_ttl: Option<Duration>,
 }
 
 /// Local settings the core decides with (from the agent's config file).

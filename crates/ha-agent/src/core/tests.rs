@@ -115,6 +115,7 @@ impl Fx {
                 expires_at: Moment::from_millis(12_900),
                 revoked_at: None,
                 failsafe_until: None,
+                margin: Duration::ZERO,
             },
             pg: replica(1000, 1, None),
             peers: None,
@@ -1078,6 +1079,23 @@ fn after_an_early_revocation_replicas_wait_a_ttl_before_racing() {
         st.lease_revoked_recently = true;
     }
     assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::LeaseRevokedEarly });
+}
+
+#[test]
+fn waits_that_cover_a_vanished_primary_last_as_long_as_the_leader_lease_granted_with_a_longer_ttl() {
+    // The leader took its lease with a longer ttl than ours (a Patroni member, a ttl change
+    // we read first, or one it read before us): one of our ttls after an early revocation
+    // (or after our start) does not cover it.
+    let mut fx = Fx::new().peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    fx.recent.leader_lease_ttl = Some(Duration::from_secs(20));
+    fx.lease.revoked_at = Some(Moment::from_millis(7_000));
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::LeaseRevokedEarly });
+    fx.lease.revoked_at = None;
+    fx.recent.started_at = Some(Moment::from_millis(1_000));
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::JustStarted });
+    // A shorter leader lease never shortens our own ttl.
+    fx.recent.leader_lease_ttl = Some(Duration::from_secs(2));
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
 }
 
 #[test]

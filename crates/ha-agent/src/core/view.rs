@@ -45,6 +45,8 @@ pub struct Tags {
     pub nosync: bool,
     /// Higher is preferred as a synchronous standby; `<= 0` means nosync (Patroni 3.3+).
     pub sync_priority: i64,
+    /// Tags of the user's own (any name Patroni does not use), published as they are.
+    pub custom: Map<String, Value>,
 }
 
 impl Default for Tags {
@@ -56,6 +58,7 @@ impl Default for Tags {
             noloadbalance: false,
             nosync: false,
             sync_priority: 1,
+            custom: Map::new(),
         }
     }
 }
@@ -96,6 +99,7 @@ impl Tags {
             noloadbalance: truthy(tags.get("noloadbalance")),
             nosync: truthy(tags.get("nosync")),
             sync_priority: int("sync_priority", d.sync_priority),
+            custom: Map::new(),
         }
     }
 
@@ -122,6 +126,9 @@ impl Tags {
         }
         if sync_priority_set {
             m.insert("sync_priority".into(), Value::from(self.sync_priority));
+        }
+        for (k, v) in &self.custom {
+            m.entry(k.clone()).or_insert_with(|| v.clone());
         }
         m
     }
@@ -192,6 +199,8 @@ pub struct DynConfig {
     /// `failsafe_mode`: a primary that cannot reach etcd stays primary while every member in
     /// `/failsafe` accepts its `POST /failsafe`.
     pub failsafe_mode: bool,
+    /// `ttl`, `loop_wait` and `retry_timeout` as the key has them (see [`super::timing`]).
+    pub timings: super::timing::Asked,
 }
 
 /// Why a PostgreSQL parameter from a config (the cluster's `config` key, or the agent's file)
@@ -241,6 +250,7 @@ impl Default for DynConfig {
             refused: Vec::new(),
             sync: SyncSettings::default(),
             failsafe_mode: false,
+            timings: super::timing::Asked::default(),
         }
     }
 }
@@ -290,6 +300,7 @@ impl DynConfig {
                 max_lag: v.maximum_lag_on_syncnode().and_then(|l| u64::try_from(l).ok()).filter(|l| *l > 0),
             },
             failsafe_mode: v.failsafe_mode().unwrap_or(false),
+            timings: super::timing::Asked { ttl: v.ttl(), loop_wait: v.loop_wait(), retry_timeout: v.retry_timeout() },
         }
     }
 }

@@ -64,6 +64,28 @@ pub struct Settings {
     pub driver: Driver,
     /// The timeout to set on the device, whole seconds (what the device API takes).
     pub timeout: Duration,
+    /// `watchdog.safety_margin` (seconds; -1: half the ttl), for the timeout of another ttl.
+    pub safety_margin: i64,
+}
+
+impl Settings {
+    /// These settings for timings `t`: the timeout follows the ttl. `Err` says why the timings
+    /// cannot work with the watchdog in use.
+    pub fn for_timings(&self, t: &crate::config::Timings, request_timeout: Duration) -> Result<Settings, String> {
+        if self.mode == Mode::Off {
+            return Ok(self.clone());
+        }
+        let Some(timeout) = timeout_for(t.ttl, self.safety_margin) else {
+            return Err(format!(
+                "leaves no watchdog timeout of at least 1s with watchdog.safety_margin {}",
+                self.safety_margin
+            ));
+        };
+        match unusable_timings(timeout, t.ttl, t.renew_interval(), request_timeout) {
+            Some(why) => Err(why),
+            None => Ok(Settings { timeout, ..self.clone() }),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -73,6 +95,7 @@ impl Default for Settings {
             device: "/dev/watchdog".into(),
             driver: Driver::Linux,
             timeout: Duration::from_secs(25),
+            safety_margin: 5,
         }
     }
 }

@@ -93,7 +93,8 @@ impl Agent {
             desk.set_leading(true);
             return true;
         }
-        match desk.claim(&self.cfg.name, self.settings.timings.ttl, std::time::Instant::now(), self.failsafe_judged) {
+        let cover = crate::core::timing::cover(self.settings.timings.ttl, self.memory.recent().leader_lease_ttl);
+        match desk.claim(&self.cfg.name, cover, std::time::Instant::now(), self.failsafe_judged) {
             Ok(()) => true,
             Err(leader) => {
                 tracing::info!(%leader, "failsafe_mode: this leader confirmed itself less than a ttl ago; not taking over");
@@ -301,7 +302,15 @@ impl Agent {
                 self.dcs.set_initialize(sysid).await?;
                 let mut dcs = self.cfg.bootstrap_dcs.clone();
                 if let Some(obj) = dcs.as_object_mut() {
-                    let secs = |d: Duration| serde_json::Value::from(d.as_millis().div_ceil(1000) as u64);
+                    // Exact: every member reads them back (a fraction only below a second's
+                    // precision, which Patroni's own minimums never need).
+                    let secs = |d: Duration| {
+                        if d.subsec_millis() == 0 {
+                            serde_json::Value::from(d.as_secs())
+                        } else {
+                            serde_json::Value::from(d.as_millis() as f64 / 1000.0)
+                        }
+                    };
                     obj.entry("ttl").or_insert_with(|| secs(self.cfg.timings.ttl));
                     obj.entry("loop_wait").or_insert_with(|| secs(self.cfg.timings.loop_wait));
                     obj.entry("retry_timeout").or_insert_with(|| secs(self.cfg.timings.retry_timeout));

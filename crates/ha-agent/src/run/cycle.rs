@@ -36,6 +36,25 @@ impl Agent {
             ConfigState::Garbage => {}
             ConfigState::Absent => self.dyn_config = DynConfig::default(),
         }
+        self.apply_timings(false);
+        if let Some(lease) = self.memory.leader_lease_unknown(&self.cfg.name, &view) {
+            match self.dcs.granted_ttl(lease).await {
+                Ok(ttl) => {
+                    if ttl > self.settings.timings.ttl {
+                        tracing::info!(
+                            lease = format!("{lease:x}"),
+                            granted = %humantime::format_duration(ttl),
+                            "the leader's lease is longer than our ttl; waits that cover it use its TTL"
+                        );
+                    }
+                    self.memory.leader_lease_learned(lease, ttl);
+                }
+                // Asked again next cycle; until then the last TTL learned stands.
+                Err(e) => {
+                    tracing::debug!(lease = format!("{lease:x}"), error = %e, "cannot read the leader lease's TTL")
+                }
+            }
+        }
         let (history, history_rev) = history_rows(self.dcs.layout(), &kvs);
         Some(Read { view, history, history_rev })
     }
@@ -136,6 +155,7 @@ impl Agent {
             let new = super::failsafe::Inputs {
                 failsafe_mode: self.dyn_config.failsafe_mode,
                 members: self.memory.recent().failsafe_members.clone(),
+                timings: self.settings.timings,
             };
             let changed = *i != new;
             *i = new;

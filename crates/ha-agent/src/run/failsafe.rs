@@ -24,6 +24,8 @@ pub struct Inputs {
     pub failsafe_mode: bool,
     /// The members of the last `failsafe` key read (`None`: none read).
     pub members: Option<Vec<PeerRef>>,
+    /// The timings in force.
+    pub timings: Timings,
 }
 
 /// Who the task speaks as.
@@ -32,7 +34,6 @@ pub struct Me {
     pub conn_url: String,
     pub api_url: String,
     pub peer_timeout: Duration,
-    pub timings: Timings,
 }
 
 pub async fn run(
@@ -44,20 +45,25 @@ pub async fn run(
     mut inputs: watch::Receiver<Inputs>,
     stop: CancellationToken,
 ) {
-    let interval = crate::core::keeper::failsafe_interval(&me.timings);
     let body = crate::http::failsafe::body(&me.name, &me.conn_url, &me.api_url);
     let timeout = me.peer_timeout.min(crate::http::failsafe::POST_TIMEOUT);
     let mut confirmed = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval.min(Duration::from_millis(100))) => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
             r = inputs.changed() => if r.is_err() { return },
         }
-        let due = {
+        let (due, interval) = {
             let i = inputs.borrow();
-            crate::core::failsafe_round_due(i.failsafe_mode, lease.armed(), lease.renewals_late(), i.members.as_deref())
-                .map(<[PeerRef]>::to_vec)
+            let due = crate::core::failsafe_round_due(
+                i.failsafe_mode,
+                lease.armed(),
+                lease.renewals_late(),
+                i.members.as_deref(),
+            )
+            .map(<[PeerRef]>::to_vec);
+            (due, crate::core::keeper::failsafe_interval(&i.timings))
         };
         let Some(members) = due else {
             confirmed = false;

@@ -165,6 +165,8 @@ pub struct Agent {
     failsafe_member: bool,
     /// failsafe_mode: the accepted `POST /failsafe` (its time) the memory last took in.
     failsafe_judged: Option<std::time::Instant>,
+    /// Why the cluster's timings were last refused (logged once per reason).
+    timings_refused: Option<String>,
 }
 
 impl Agent {

@@ -101,7 +101,10 @@ impl Agent {
             lease_revoked_recently: self
                 .lease
                 .view()
-                .revoked_within(self.clock.now(), self.settings.timings.ttl)
+                .revoked_within(
+                    self.clock.now(),
+                    crate::core::timing::cover(self.settings.timings.ttl, self.memory.recent().leader_lease_ttl),
+                )
                 .then_some(true),
             patroni: Some(PatroniInfo {
                 version: PATRONI_COMPAT_VERSION.to_owned(),

@@ -7,6 +7,7 @@
 use super::Agent;
 use super::start::{api_settings_of, settings_of};
 use crate::config::RawConfig;
+use crate::config::Timings;
 
 impl Agent {
     pub(super) async fn reload(&mut self) {
@@ -66,11 +67,86 @@ impl Agent {
             outrigger_daemon::logging::set_level(next.log.level.as_deref());
         }
         self.cfg = next;
+        let running = self.settings.timings;
         self.settings = settings_of(&self.cfg);
-        self.lease.reconfigure(self.cfg.timings, self.cfg.watchdog.clone());
-        self.api.set_settings(api_settings_of(&self.cfg));
+        self.settings.timings = running;
+        // The local [timings] apply only where the cluster's config key has none.
+        self.apply_timings(true);
         self.pg.set_config(self.cfg.postgresql.clone());
         self.metrics.config_reloads.with_label_values(&["applied"]).inc();
         tracing::info!(applied = plan.applied.join(", "), "config reloaded");
     }
+}
+
+impl Agent {
+    /// After each read of the `config` key: the timings in force follow the cluster's (as
+    /// `core::timing` reads them; the local `[timings]` fill what the key leaves out), and a
+    /// change reaches the HA loop, the lease keeper (and its watchdog timeout), the REST API
+    /// and the failsafe task. Timings that cannot work are refused once per value and the
+    /// running ones kept. `force`: push the settings even if the timings are unchanged (a
+    /// reload changed the rest).
+    pub(super) fn apply_timings(&mut self, force: bool) {
+        let rt = self.cfg.etcd.request_timeout;
+        let chosen = crate::core::timing::in_force(self.cfg.timings, &self.dyn_config.timings, rt)
+            .map_err(|r| r.to_string())
+            .and_then(|(t, adjusted)| {
+                let wd = self.cfg.watchdog.for_timings(&t, rt).map_err(|why| {
+                    format!("ttl {} with watchdog.mode {:?}: {why}", show(t.ttl), self.cfg.watchdog.mode)
+                })?;
+                Ok((t, adjusted, wd))
+            });
+        let running = self.settings.timings;
+        let (t, wd) = match chosen {
+            Ok((t, adjusted, wd)) => {
+                self.timings_refused = None;
+                if t == running && !force {
+                    return;
+                }
+                if t != running {
+                    let result = if adjusted.is_empty() { "applied" } else { "adjusted" };
+                    self.metrics.cluster_timings.with_label_values(&[result]).inc();
+                    for a in &adjusted {
+                        tracing::warn!(adjusted = %a, "the cluster's timings break the rule; adjusted as Patroni adjusts them");
+                    }
+                    tracing::info!(
+                        ttl = show(t.ttl),
+                        loop_wait = show(t.loop_wait),
+                        retry_timeout = show(t.retry_timeout),
+                        was_ttl = show(running.ttl),
+                        "timings in force changed (the cluster's config key, else [timings])"
+                    );
+                }
+                (t, wd)
+            }
+            Err(why) => {
+                if self.timings_refused.as_deref() != Some(why.as_str()) {
+                    self.metrics.cluster_timings.with_label_values(&["refused"]).inc();
+                    tracing::error!(problem = %why, ttl = show(running.ttl), "the cluster's timings cannot be used here; the running ones are kept");
+                    self.timings_refused = Some(why);
+                }
+                if !force {
+                    return;
+                }
+                let wd = self.cfg.watchdog.for_timings(&running, rt).unwrap_or_else(|_| self.cfg.watchdog.clone());
+                (running, wd)
+            }
+        };
+        self.set_timings(t, wd);
+    }
+
+    fn set_timings(&mut self, t: Timings, wd: crate::core::watchdog::Settings) {
+        self.settings.timings = t;
+        let mut api = api_settings_of(&self.cfg);
+        api.ttl = t.ttl;
+        api.loop_wait = t.loop_wait;
+        self.api.set_settings(api);
+        self.lease.reconfigure(t, wd);
+        for (name, d) in [("ttl", t.ttl), ("loop_wait", t.loop_wait), ("retry_timeout", t.retry_timeout)] {
+            self.metrics.timings.with_label_values(&[name]).set(d.as_secs_f64());
+        }
+    }
+}
+
+fn show(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
 }

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::{Agent, ExitFence, Progress};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Timings};
 use crate::core::{DynConfig, Memory, Settings};
 use crate::dcs::Dcs;
 use crate::http::{self, ApiState};
@@ -42,6 +42,24 @@ pub(super) fn api_settings_of(cfg: &Config) -> http::ApiSettings {
         peer_timeout: cfg.peer_timeout,
         access: cfg.restapi.access.clone(),
         command_timeout: cfg.restapi.action_timeout,
+    }
+}
+
+/// The timings to start with: the cluster's config key's when etcd answers now and they can
+/// be used (see `core::timing`), else the local `[timings]`. The HA loop re-reads them every
+/// cycle (`Agent::apply_timings`).
+async fn initial_timings(dcs: &Dcs, cfg: &Config) -> (Timings, crate::core::watchdog::Settings) {
+    let local = (cfg.timings, cfg.watchdog.clone());
+    let Ok((revision, kvs)) = dcs.snapshot().await else { return local };
+    let (view, _) = crate::core::ClusterView::decode(dcs.layout(), revision, &kvs);
+    let crate::core::ConfigState::Valid(c) = view.config else { return local };
+    let rt = cfg.etcd.request_timeout;
+    match crate::core::timing::in_force(cfg.timings, &c.timings, rt) {
+        Ok((t, _)) => match cfg.watchdog.for_timings(&t, rt) {
+            Ok(wd) => (t, wd),
+            Err(_) => local,
+        },
+        Err(_) => local,
     }
 }
 
@@ -97,8 +115,10 @@ pub(super) async fn run(
     fence.arm(metrics.clone());
 
     let clock = Clock::new();
-    let lease =
-        LeaseHandle::new(cfg.timings, cfg.watchdog.clone(), clock, cfg.postgresql.data_dir.clone(), metrics.clone());
+    // The first lease is granted with the cluster's ttl when the config key can be read now
+    // (a primary keeps the lease it has while it is one).
+    let (timings, watchdog) = initial_timings(&dcs, &cfg).await;
+    let lease = LeaseHandle::new(timings, watchdog, clock, cfg.postgresql.data_dir.clone(), metrics.clone());
     fence.set_lease(lease.clone());
     let (exit_tx, pg_exits) = mpsc::unbounded_channel();
     let pg = Postgres::new(cfg.postgresql.clone(), &cfg.name, exit_tx)?;
@@ -147,7 +167,6 @@ pub(super) async fn run(
                 conn_url: cfg.conn_url(),
                 api_url: cfg.api_url(),
                 peer_timeout: cfg.peer_timeout,
-                timings: cfg.timings,
             },
             lease.clone(),
             api.clone(),
@@ -163,7 +182,7 @@ pub(super) async fn run(
     let upstream = pg.configured_upstream();
     let mut agent = Agent {
         config_path,
-        settings: settings_of(&cfg),
+        settings: Settings { timings, ..settings_of(&cfg) },
         dcs,
         pg,
         pg_exits,
@@ -196,8 +215,18 @@ pub(super) async fn run(
         failsafe_inputs,
         failsafe_member: false,
         failsafe_judged: None,
+        timings_refused: None,
         cfg,
     };
+    agent.api.set_settings(http::ApiSettings {
+        ttl: timings.ttl,
+        loop_wait: timings.loop_wait,
+        ..api_settings_of(&agent.cfg)
+    });
+    for (name, d) in [("ttl", timings.ttl), ("loop_wait", timings.loop_wait), ("retry_timeout", timings.retry_timeout)]
+    {
+        metrics.timings.with_label_values(&[name]).set(d.as_secs_f64());
+    }
     // Give the keeper its first grant before deciding anything: an agent restarted under a
     // running primary must not fence it merely because its new lease is a few ms away. If no
     // lease comes within retry_timeout, a primary found here is fenced (armed below), as it
@@ -208,7 +237,7 @@ pub(super) async fn run(
             loop_wake.notified().await;
         }
     };
-    let _ = tokio::time::timeout(agent.cfg.timings.retry_timeout, first_lease).await;
+    let _ = tokio::time::timeout(agent.settings.timings.retry_timeout, first_lease).await;
     if agent.pg.observe(None).await.0.may_accept_writes() {
         lease.arm();
     }
@@ -216,9 +245,10 @@ pub(super) async fn run(
     // systemd's watchdog: the keeper must be running (it renews, fences and feeds the device
     // watchdog), and the loop must be finishing cycles or be inside a long action that has
     // its own time limit (pg_basebackup, pg_rewind, crash recovery).
-    let within = agent.cfg.timings.ttl.max(Duration::from_secs(2)) * 2;
-    let (alive_lease, alive_progress) = (lease.clone(), progress.clone());
+    // Twice the ttl in force, which the cluster's config key may change.
+    let (alive_lease, alive_progress, alive_api) = (lease.clone(), progress.clone(), api.clone());
     outrigger_daemon::systemd::spawn_watchdog(tasks.clone(), move || {
+        let within = alive_api.settings().ttl.max(Duration::from_secs(2)) * 2;
         alive_lease.keeper_alive(within) && alive_progress.alive(clock.now(), within)
     });
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "ha-agent started");
@@ -228,9 +258,9 @@ pub(super) async fn run(
         if let Err(e) = agent.cycle().await {
             break Err(e);
         }
-        let next = agent
-            .scheduled_wake()
-            .map_or(started + agent.cfg.timings.loop_wait, |at| at.min(started + agent.cfg.timings.loop_wait));
+        let next = agent.scheduled_wake().map_or(started + agent.settings.timings.loop_wait, |at| {
+            at.min(started + agent.settings.timings.loop_wait)
+        });
         tokio::select! {
             () = ctl.stop.cancelled() => break Ok(()),
             () = tokio::time::sleep_until(next) => {}
