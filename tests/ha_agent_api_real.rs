@@ -207,3 +207,107 @@ fn basic_auth_and_tls_guard_the_live_port() -> anyhow::Result<()> {
     anyhow::ensure!(errors.is_empty(), "unexpected errors: {errors:?}");
     Ok(())
 }
+
+/// The lines member `i`'s callbacks and scripts wrote (`<action> <role> <scope>` each).
+fn callback_lines(c: &Cluster, i: usize) -> Vec<String> {
+    let log = c.data_dir(i).parent().expect("a host directory").join("callbacks.log");
+    std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+/// Patroni's `postgresql.callbacks`, `pre_promote` and `before_stop`, each with Patroni's
+/// arguments, through a bootstrap, a replica's restart and reload, a switchover, and a
+/// promotion that `pre_promote` refuses.
+#[test]
+fn callbacks_and_scripts_run_with_patronis_arguments_and_a_refusing_pre_promote_cancels_the_promotion() {
+    // One script for every hook; run as the PostgreSQL user with HOME at the host's directory.
+    let scripts = tempfile::Builder::new().prefix("otk-callbacks-").tempdir_in("/tmp").expect("tempdir");
+    std::fs::set_permissions(scripts.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let cb = scripts.path().join("cb.sh");
+    std::fs::write(
+        &cb,
+        "#!/bin/sh\necho \"$*\" >> \"$HOME/callbacks.log\"\n\
+         if [ \"$1\" = pre_promote ] && [ -e \"$HOME/refuse-promote\" ]; then exit 3; fi\n",
+    )
+    .expect("write cb.sh");
+    std::fs::set_permissions(&cb, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let cb = cb.display();
+    let opts = Opts {
+        sync: false,
+        agents: 0,
+        postgresql: format!(
+            "callbacks = {{ on_start = \"{cb}\", on_stop = \"{cb}\", on_restart = \"{cb}\", on_reload = \"{cb}\", on_role_change = \"{cb}\" }}\n\
+             pre_promote = \"{cb} pre_promote\"\nbefore_stop = \"{cb} before_stop\"\n"
+        ),
+        ..Opts::default()
+    };
+    let mut c = Cluster::start("callbacks_and_scripts", opts).expect("cluster");
+    for i in 1..=3 {
+        let log = c.data_dir(i).parent().expect("host dir").join("callbacks.log");
+        std::fs::write(&log, "").expect("create callbacks.log");
+        std::fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o666)).expect("chmod");
+    }
+    c.start_agent(1).expect("start n1");
+    let p = c.wait_primary(UP, &[]).expect("n1 bootstraps");
+    assert_eq!(p, 1);
+    for i in 2..=3 {
+        c.start_agent(i).expect("start replica");
+    }
+    c.wait_streaming(1, &[2, 3], UP).expect("replicas streaming");
+    let has = |i: usize, line: &str| callback_lines(&c, i).iter().any(|l| l == line);
+    let wait_line = |i: usize, line: &str| {
+        wait_until(SETTLE, &format!("n{i}'s callbacks to log {line:?}"), || has(i, line).then_some(()))
+            .unwrap_or_else(|e| panic!("{e}: n{i} logged {:?}", callback_lines(&c, i)))
+    };
+    // The bootstrap runs no callback until the cluster is made, then on_start.
+    wait_line(1, &format!("on_start primary {SCOPE}"));
+    assert_eq!(callback_lines(&c, 1)[0], format!("on_start primary {SCOPE}"), "nothing before the bootstrap ends");
+    wait_line(2, &format!("on_start replica {SCOPE}"));
+
+    // A replica restarted through the REST API: before_stop, then on_restart (no on_stop or
+    // on_start); a reload: on_reload.
+    let before = callback_lines(&c, 2).len();
+    let out =
+        curl(&c, 2, &["-X", "POST", "-d", "{}", "-w", " %{http_code}", &api(&c, 2, "/restart")]).expect("restart");
+    assert!(out.ends_with(" 200"), "{out}");
+    wait_line(2, &format!("on_restart replica {SCOPE}"));
+    assert_eq!(
+        callback_lines(&c, 2)[before..].to_vec(),
+        vec!["before_stop".to_owned(), format!("on_restart replica {SCOPE}")],
+        "a restart is before_stop then on_restart"
+    );
+    let out = curl(&c, 2, &["-X", "POST", "-w", " %{http_code}", &api(&c, 2, "/reload")]).expect("reload");
+    assert!(out.ends_with(" 202") || out.ends_with(" 200"), "{out}");
+    wait_line(2, &format!("on_reload replica {SCOPE}"));
+
+    // A switchover to n2: the old primary runs before_stop, on_stop primary, then
+    // on_role_change replica when it follows; n2 runs pre_promote, then on_role_change primary.
+    let body = format!("{{\"leader\":\"{}\",\"candidate\":\"{}\"}}", Cluster::name(1), Cluster::name(2));
+    let out = curl(&c, 1, &["-X", "POST", "-d", &body, "-w", " %{http_code}", &api(&c, 1, "/switchover")])
+        .expect("switchover");
+    assert!(out.ends_with(" 200"), "{out}");
+    assert_eq!(c.wait_primary(UP, &[1]).expect("n2 leads"), 2);
+    wait_line(2, &format!("on_role_change primary {SCOPE}"));
+    let n2 = callback_lines(&c, 2);
+    let pre = n2.iter().rposition(|l| l == "pre_promote").expect("pre_promote ran");
+    let promoted = n2.iter().rposition(|l| *l == format!("on_role_change primary {SCOPE}")).expect("promoted");
+    assert!(pre < promoted, "pre_promote before the promotion: {n2:?}");
+    wait_line(1, &format!("on_role_change replica {SCOPE}"));
+    let n1 = callback_lines(&c, 1);
+    let stop = n1.iter().position(|l| *l == format!("on_stop primary {SCOPE}")).expect("on_stop primary");
+    assert_eq!(n1[stop - 1], "before_stop", "{n1:?}");
+    assert!(!n1.iter().any(|l| *l == format!("on_start replica {SCOPE}")), "a role change, not a start: {n1:?}");
+
+    // n3 refuses to promote: a switchover to it ends with another primary, never n3.
+    c.wait_streaming(2, &[1, 3], UP).expect("both follow n2");
+    let refuse = c.data_dir(3).parent().expect("host dir").join("refuse-promote");
+    std::fs::write(&refuse, "").expect("refuse-promote");
+    let body = format!("{{\"leader\":\"{}\",\"candidate\":\"{}\"}}", Cluster::name(2), Cluster::name(3));
+    let _ = curl(&c, 2, &["-X", "POST", "-d", &body, &api(&c, 2, "/switchover")]);
+    wait_line(3, "pre_promote");
+    let next = c.wait_primary(UP, &[3]).expect("another member takes over");
+    assert_ne!(next, 3);
+    assert!(!has(3, &format!("on_role_change primary {SCOPE}")), "n3 never promoted: {:?}", callback_lines(&c, 3));
+    assert!(!c.writable(3), "n3 is not a primary");
+    let errors = c.unexpected_errors(&["pre_promote failed"]);
+    assert!(errors.is_empty(), "unexpected ERROR lines: {errors:#?}");
+}

@@ -161,9 +161,28 @@ pub struct RawPostgresql {
     /// Patroni's `recovery_conf` (PostgreSQL 12+: parameters, e.g. `restore_command`).
     #[serde(default)]
     pub recovery_conf: toml::Table,
+    /// Patroni's `postgresql.callbacks`: commands run as `<command> <action> <role> <scope>`.
+    #[serde(default)]
+    pub callbacks: RawCallbacks,
+    /// Run after taking the leader key and before promoting; a non-zero exit cancels the
+    /// promotion (Patroni's fencing hook).
+    pub pre_promote: Option<String>,
+    /// Run before each stop of PostgreSQL the agent makes; its exit status is only logged.
+    pub before_stop: Option<String>,
     /// The tables of the replica methods (`[postgresql.wal_shipper]`, ...), by name.
     #[serde(flatten)]
     pub methods: toml::Table,
+}
+
+/// Patroni's `postgresql.callbacks`, each a command line (split like a shell).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCallbacks {
+    pub on_start: Option<String>,
+    pub on_stop: Option<String>,
+    pub on_restart: Option<String>,
+    pub on_reload: Option<String>,
+    pub on_role_change: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -257,6 +276,20 @@ pub struct PgConfig {
     pub start_timeout: Duration,
     /// How a replica is made, in order of preference.
     pub create_replica_methods: Vec<ReplicaMethod>,
+    /// `callbacks`, `pre_promote` and `before_stop`.
+    pub callbacks: Callbacks,
+}
+
+/// Patroni's user commands around PostgreSQL's life, each split into its words.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Callbacks {
+    pub on_start: Option<Vec<String>>,
+    pub on_stop: Option<Vec<String>>,
+    pub on_restart: Option<Vec<String>>,
+    pub on_reload: Option<Vec<String>>,
+    pub on_role_change: Option<Vec<String>>,
+    pub pre_promote: Option<Vec<String>>,
+    pub before_stop: Option<Vec<String>>,
 }
 
 /// One way to make a replica (Patroni's `create_replica_methods`).
@@ -453,6 +486,26 @@ impl RawConfig {
             }
         }
         let create_replica_methods = replica_methods(pg, p);
+        let mut command = |key: &str, c: &Option<String>| -> Option<Vec<String>> {
+            let c = c.as_deref()?;
+            match shlex::split(c) {
+                Some(argv) if !argv.is_empty() => Some(argv),
+                _ => {
+                    p.push(format!("postgresql.{key}"), c, "must be a command line (quotes balanced, not empty)");
+                    None
+                }
+            }
+        };
+        let cb = &pg.callbacks;
+        let callbacks = Callbacks {
+            on_start: command("callbacks.on_start", &cb.on_start),
+            on_stop: command("callbacks.on_stop", &cb.on_stop),
+            on_restart: command("callbacks.on_restart", &cb.on_restart),
+            on_reload: command("callbacks.on_reload", &cb.on_reload),
+            on_role_change: command("callbacks.on_role_change", &cb.on_role_change),
+            pre_promote: command("pre_promote", &pg.pre_promote),
+            before_stop: command("before_stop", &pg.before_stop),
+        };
         let start_timeout = pg.start_timeout.unwrap_or(Duration::from_secs(60));
         p.check(
             start_timeout >= timings.loop_wait,
@@ -478,6 +531,7 @@ impl RawConfig {
             parameters,
             start_timeout,
             create_replica_methods,
+            callbacks,
         }
     }
 }
@@ -1016,6 +1070,7 @@ impl Config {
             postgresql.remove_data_directory_on_diverged_timelines
         );
         runtime!("postgresql.pg_hba", postgresql.pg_hba);
+        runtime!("postgresql.callbacks/pre_promote/before_stop", postgresql.callbacks);
         runtime!("postgresql.parameters", postgresql.parameters);
         runtime!("postgresql.start_timeout", postgresql.start_timeout);
         runtime!("bootstrap.initdb", initdb);

@@ -546,6 +546,11 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
     if !s.tags.can_failover() {
         return Decision::Wait { reason: WaitReason::NotEligible("tagged nofailover or failover_priority <= 0") };
     }
+    // Rule: a member whose `pre_promote` script refused a promotion stays out of races for a
+    // ttl (Patroni's), so that another member can take over.
+    if o.recent.pre_promote_failed_at.is_some_and(|at| o.now.since(at) < s.timings.ttl) {
+        return Decision::Wait { reason: WaitReason::PrePromoteFailed };
+    }
     if let Some(why) = unfit(o, c, &o.settings.name, r.timeline, r.wal_position) {
         return Decision::Wait { reason: why };
     }

@@ -125,6 +125,8 @@ pub enum WaitReason {
     LeaseRevokedEarly,
     /// This agent started less than a ttl ago and does not know who led before.
     JustStarted,
+    /// `pre_promote` failed less than a ttl ago.
+    PrePromoteFailed,
     /// Synchronous mode: the `sync` key does not list us (it lists `listed`), so we may lack
     /// acknowledged transactions.
     NotSynchronous {
@@ -369,6 +371,9 @@ impl fmt::Display for WaitReason {
             WaitReason::NoLeaderToCloneFrom => f.write_str("no leader to clone from"),
             WaitReason::NotInitialized => f.write_str("the cluster has no initialize key; start its primary first"),
             WaitReason::PgStarting => f.write_str("PostgreSQL is starting"),
+            WaitReason::PrePromoteFailed => {
+                f.write_str("pre_promote failed less than a ttl ago: not racing for the leader key")
+            }
             WaitReason::JustStarted => f.write_str(
                 "started less than a ttl ago: not racing before any former leader's lease has run out",
             ),

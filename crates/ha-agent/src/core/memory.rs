@@ -63,6 +63,8 @@ pub enum Outcome {
     SteppedDown,
     /// Promoted to primary (or bootstrapped one).
     Promoted,
+    /// `pre_promote` failed: the promotion was cancelled and the leader key given back.
+    PrePromoteFailed,
 }
 
 /// The agent's memory between cycles.
@@ -216,7 +218,9 @@ impl Memory {
                 self.upstream = None;
                 self.recent.stepped_down_at = Some(now);
             }
+            Outcome::PrePromoteFailed => self.recent.pre_promote_failed_at = Some(now),
             Outcome::Promoted => {
+                self.recent.pre_promote_failed_at = None;
                 self.upstream = None;
                 // Whoever confirmed itself to us before is not the leader any more (Patroni
                 // resets its failsafe state on promotion too).

@@ -289,6 +289,9 @@ pub struct Recent {
     /// The granted TTL of the last leader lease whose TTL the shell learned (another member's:
     /// it may differ from our `ttl`). See [`super::timing::cover`].
     pub leader_lease_ttl: Option<Duration>,
+    /// When `pre_promote` last failed (the promotion cancelled, the key given back): for a
+    /// ttl after it this member does not race (Patroni's rule).
+    pub pre_promote_failed_at: Option<Moment>,
 }
 
 /// Local settings the core decides with (from the agent's config file).

@@ -1099,6 +1099,15 @@ fn waits_that_cover_a_vanished_primary_last_as_long_as_the_leader_lease_granted_
 }
 
 #[test]
+fn a_member_whose_pre_promote_refused_stays_out_of_races_for_a_ttl() {
+    let mut fx = Fx::new().peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    fx.recent.pre_promote_failed_at = Some(Moment::from_millis(8_000));
+    assert_eq!(fx.decide(), Decision::Wait { reason: WaitReason::PrePromoteFailed });
+    fx.recent.pre_promote_failed_at = Some(Moment::from_millis(7_000));
+    assert_eq!(fx.decide(), Decision::AcquireLeader, "a ttl later it races again");
+}
+
+#[test]
 fn the_former_leader_is_asked_in_a_race_even_after_its_keys_vanished() {
     let mut fx = Fx::new();
     fx.recent.former_leader = Some(PeerRef { former_leader: true, ..PeerRef::new("n9", "http://n9:8008/patroni") });

@@ -5,6 +5,7 @@
 //! root. A postmaster that outlives an agent restart is found again through `postmaster.pid`.
 //! Every external step is bounded in time.
 
+pub mod callbacks;
 pub mod text;
 
 use std::path::{Path, PathBuf};
@@ -148,6 +149,9 @@ struct Ids {
 pub struct Postgres {
     cfg: PgConfig,
     name: String,
+    /// The cluster's name, the third argument of every callback.
+    scope: String,
+    cb: callbacks::State,
     ids: Option<Ids>,
     client: Option<tokio_postgres::Client>,
     /// Told when a postmaster we started exits.
@@ -160,7 +164,7 @@ fn lsn(v: Option<i64>) -> Option<u64> {
 
 impl Postgres {
     /// `exits` receives a line whenever a postmaster started by this agent exits.
-    pub fn new(cfg: PgConfig, name: &str, exits: mpsc::UnboundedSender<String>) -> anyhow::Result<Self> {
+    pub fn new(cfg: PgConfig, name: &str, scope: &str, exits: mpsc::UnboundedSender<String>) -> anyhow::Result<Self> {
         let ids = if nix::unistd::geteuid().is_root() {
             let u = nix::unistd::User::from_name(&cfg.run_as)
                 .with_context(|| format!("look up user {}", cfg.run_as))?
@@ -169,7 +173,15 @@ impl Postgres {
         } else {
             None
         };
-        Ok(Self { cfg, name: name.to_owned(), ids, client: None, exits })
+        Ok(Self {
+            cfg,
+            name: name.to_owned(),
+            scope: scope.to_owned(),
+            cb: callbacks::State::default(),
+            ids,
+            client: None,
+            exits,
+        })
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -398,7 +410,13 @@ impl Postgres {
         }
         if postmaster_pid(&self.cfg.data_dir).is_some() {
             return match self.running(upstream).await {
-                Ok((r, extra)) => (PgView::Running(r), Some(extra)),
+                Ok((r, extra)) => {
+                    // A server found running (the agent restarted): callbacks are told its role.
+                    if self.cb.role == callbacks::Role::Uninitialized {
+                        self.cb.role = if r.primary { callbacks::Role::Primary } else { callbacks::Role::Replica };
+                    }
+                    (PgView::Running(r), Some(extra))
+                }
                 Err(e) => {
                     tracing::debug!(error = %format!("{e:#}"), "postmaster runs but does not answer yet");
                     let sysid = self.controldata().await.ok().map(|c| c.sysid);
@@ -475,6 +493,7 @@ impl Postgres {
     /// `SELECT pg_reload_conf()`, then the names of settings that need a restart.
     pub async fn reload(&mut self) -> anyhow::Result<Vec<String>> {
         self.execute("SELECT pg_reload_conf()").await?;
+        self.call_nowait(callbacks::Action::OnReload);
         // The reload is asynchronous: give the postmaster a moment before asking.
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.pending_restart().await
@@ -557,16 +576,21 @@ impl Postgres {
                 bail!("start PostgreSQL: {line} (see {})", self.cfg.log_file.display());
             }
             match self.query("SELECT 1").await {
-                Ok(_) => return Ok(()),
-                Err(e) if replaying(&e) => return Ok(()),
+                Ok(_) => break,
+                Err(e) if replaying(&e) => break,
                 Err(_) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                let _ = self.stop(StopMode::Immediate).await;
+                let _ = self.stop_quietly(StopMode::Immediate).await;
                 bail!("start PostgreSQL: not accepting connections after {:?}", self.cfg.start_timeout);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let now = if is_standby_dir(&self.cfg.data_dir) { callbacks::Role::Replica } else { callbacks::Role::Primary };
+        let action = callbacks::after_start(self.cb.called, self.cb.role, now, self.cb.pending.take());
+        self.cb.role = now;
+        self.call_nowait(action);
+        Ok(())
     }
 
     /// Stops the postmaster and waits for it to be gone (escalating to immediate, then
@@ -574,7 +598,44 @@ impl Postgres {
     /// directory: a backend of a postmaster that had to be killed still serves its session, so
     /// the server counts as stopped only once none is left (they are killed after a second).
     /// A fast stop waits 30 s for the shutdown checkpoint, within systemd's stop timeout.
+    ///
+    /// `before_stop` runs first and `on_stop` after, when a server was running; a primary
+    /// stopped here counts as demoted for the callbacks.
     pub async fn stop(&mut self, mode: StopMode) -> anyhow::Result<()> {
+        let ran = self.stop_with_script(mode).await?;
+        if ran {
+            self.call_nowait(callbacks::Action::OnStop);
+            if self.cb.role == callbacks::Role::Primary {
+                self.cb.role = callbacks::Role::Demoted;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stop of a restart: `before_stop` runs, and the start that follows calls
+    /// `on_restart` instead of `on_stop` and `on_start`.
+    pub async fn stop_for_restart(&mut self, mode: StopMode) -> anyhow::Result<()> {
+        self.cb.pending = Some(callbacks::Action::OnRestart);
+        self.stop_with_script(mode).await.map(drop)
+    }
+
+    /// `before_stop` (when a server runs), then the stop; whether a server was running.
+    async fn stop_with_script(&mut self, mode: StopMode) -> anyhow::Result<bool> {
+        if postmaster_pid(&self.cfg.data_dir).is_none() {
+            self.stop_quietly(mode).await?;
+            return Ok(false);
+        }
+        let limit = match mode {
+            StopMode::Fast => callbacks::BEFORE_STOP_LIMIT,
+            StopMode::Immediate => callbacks::BEFORE_IMMEDIATE_STOP_LIMIT,
+        };
+        self.before_stop(limit).await;
+        self.stop_quietly(mode).await?;
+        Ok(true)
+    }
+
+    /// The stop itself, without scripts or callbacks.
+    async fn stop_quietly(&mut self, mode: StopMode) -> anyhow::Result<()> {
         self.client = None;
         if let Some(pid) = postmaster_pid(&self.cfg.data_dir) {
             self.stop_postmaster(pid, mode).await?;
@@ -645,6 +706,8 @@ impl Postgres {
             let rows = self.query("SELECT pg_is_in_recovery()").await?;
             let in_recovery: bool = rows.first().context("pg_is_in_recovery returned nothing")?.try_get(0)?;
             if !in_recovery {
+                self.cb.role = callbacks::Role::Primary;
+                self.call_nowait(callbacks::Action::OnRoleChange);
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {

@@ -234,6 +234,7 @@ impl Agent {
                 self.pg.stop(StopMode::Immediate).await?;
                 self.lease.disarm(true);
                 self.pg.remove_data()?;
+                self.pg.forget_role();
                 self.record(Outcome::DataRemoved);
             }
             Decision::StayStopped { .. } => {
@@ -293,12 +294,16 @@ impl Agent {
         };
         tracing::info!(lease = format!("{lease:x}"), method, "won the bootstrap race; making the new cluster");
         self.set_busy(Some("initializing new cluster"));
+        // No callbacks while the cluster is made; `on_start` once it is (as Patroni).
+        self.pg.set_bootstrapping(true);
         let steps = async {
             self.arm_for_primary().await?;
             self.bootstrap_steps().await
         };
         match steps.await {
             Ok(sysid) => {
+                self.pg.set_bootstrapping(false);
+                self.pg.call_nowait(crate::pg::callbacks::Action::OnStart);
                 self.dcs.set_initialize(sysid).await?;
                 let mut dcs = self.cfg.bootstrap_dcs.clone();
                 if let Some(obj) = dcs.as_object_mut() {
@@ -323,8 +328,10 @@ impl Agent {
                 let _ = self.pg.stop(StopMode::Immediate).await;
                 self.lease.disarm(true);
                 let _ = self.pg.remove_data();
+                self.pg.forget_role();
                 let _ = self.dcs.release().await;
                 let _ = self.dcs.cancel_initialize().await;
+                self.pg.set_bootstrapping(false);
                 Err(e.context("bootstrap"))
             }
         }
@@ -374,6 +381,15 @@ impl Agent {
     /// check the lease once more, promote, then publish the exact switch point and checkpoint
     /// (pg_rewind on others reads our pg_control's timeline).
     async fn promote(&mut self, read: Option<&Read>, r: &RunningPg) -> anyhow::Result<()> {
+        // Patroni's fencing hook: a script that refuses cancels the promotion; the key goes
+        // back and this member stays out of races for a ttl, so another one can take over.
+        if !self.pg.pre_promote().await {
+            self.record(Outcome::PrePromoteFailed);
+            if self.dcs.release().await? {
+                tracing::warn!("pre_promote refused: gave the leader key back");
+            }
+            return Ok(());
+        }
         let mut rows: Vec<HistoryEntry> = read.map(|x| x.history.clone()).unwrap_or_default();
         rows.retain(|h| h.timeline < r.timeline);
         rows.push(HistoryEntry {

@@ -191,7 +191,7 @@ impl Agent {
         let limit = req.timeout.unwrap_or(self.dyn_config.primary_start_timeout);
         let Self { pg: postgres, commands, .. } = self;
         let done = while_busy(commands, "restart", async {
-            postgres.stop(StopMode::Fast).await?;
+            postgres.stop_for_restart(StopMode::Fast).await?;
             match tokio::time::timeout(limit, postgres.start()).await {
                 Ok(r) => r.map(|()| true),
                 Err(_) => Ok(false),
@@ -279,6 +279,7 @@ impl Agent {
         let r = while_busy(commands, "reinitialize", async {
             postgres.stop(StopMode::Immediate).await?;
             postgres.remove_data()?;
+            postgres.forget_role();
             postgres.basebackup(&src.host, src.port).await?;
             postgres.write_config(&params, true, Some(&up), hints)?;
             postgres.start().await

@@ -121,7 +121,7 @@ pub(super) async fn run(
     let lease = LeaseHandle::new(timings, watchdog, clock, cfg.postgresql.data_dir.clone(), metrics.clone());
     fence.set_lease(lease.clone());
     let (exit_tx, pg_exits) = mpsc::unbounded_channel();
-    let pg = Postgres::new(cfg.postgresql.clone(), &cfg.name, exit_tx)?;
+    let pg = Postgres::new(cfg.postgresql.clone(), &cfg.name, cfg.layout.scope(), exit_tx)?;
 
     let listener = tokio::net::TcpListener::bind(cfg.restapi_listen)
         .await
