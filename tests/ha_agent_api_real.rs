@@ -311,3 +311,28 @@ fn callbacks_and_scripts_run_with_patronis_arguments_and_a_refusing_pre_promote_
     let errors = c.unexpected_errors(&["pre_promote failed"]);
     assert!(errors.is_empty(), "unexpected ERROR lines: {errors:#?}");
 }
+
+/// The reference deployment's `patroni.yml` shape (TLS and credentials to etcd, REST
+/// authentication, Patroni's log, pgpass and socket settings) run as is by three agents: they
+/// bootstrap and replicate, the REST API wants the credentials on unsafe endpoints, and a
+/// switchover with them moves the leader.
+#[test]
+fn three_agents_run_from_patroni_yml_files_of_the_reference_deployments_shape() {
+    let opts = Opts { sync: false, etcd_secure: true, patroni_yaml: true, ..Opts::default() };
+    let c = Cluster::start("patroni_yml", opts).expect("cluster");
+    let p = c.wait_primary(UP, &[]).expect("a primary");
+    c.wait_streaming(p, &others(p), UP).expect("replicas streaming");
+    assert!(c.agent_log(p).contains("log.dir is not used"), "the unused Patroni settings are named");
+    // The unsafe endpoints want the credentials.
+    let to = others(p)[0];
+    let body = format!("{{\"leader\":\"{}\",\"candidate\":\"{}\"}}", Cluster::name(p), Cluster::name(to));
+    let url = api(&c, p, "/switchover");
+    assert_eq!(code(&c, p, "POST", &url, &["-d", &body]).expect("curl"), 401);
+    let creds = format!("{}:{}", harness::REST_USER, harness::REST_PASSWORD);
+    let out = curl(&c, p, &["-u", &creds, "-X", "POST", "-d", &body, "-w", " %{http_code}", &url]).expect("switchover");
+    assert!(out.ends_with(" 200"), "{out}");
+    assert_eq!(c.wait_primary(UP, &[p]).expect("new primary"), to);
+    c.wait_streaming(to, &[p], UP).expect("the old primary follows");
+    let errors = c.unexpected_errors(&[]);
+    assert!(errors.is_empty(), "unexpected ERROR lines: {errors:#?}");
+}

@@ -93,6 +93,9 @@ pub struct Opts {
     pub extra: String,
     /// Extra lines of the `[postgresql]` section.
     pub postgresql: String,
+    /// Each agent reads a Patroni YAML file (the reference deployment's shape: TLS and
+    /// credentials to etcd when `etcd_secure`, REST authentication) instead of ha-agent's TOML.
+    pub patroni_yaml: bool,
 }
 
 impl Default for Opts {
@@ -114,6 +117,7 @@ impl Default for Opts {
             etcd_lease_checkpoint: false,
             extra: String::new(),
             postgresql: String::new(),
+            patroni_yaml: false,
         }
     }
 }
@@ -132,6 +136,9 @@ pub struct Cluster {
 
 /// The etcd root password of `Opts::etcd_secure` clusters.
 pub const ETCD_PASSWORD: &str = "s3cret-etcd";
+/// REST API credentials of the Patroni YAML configs (`Opts::patroni_yaml`).
+pub const REST_USER: &str = "test_user";
+pub const REST_PASSWORD: &str = "test_pass";
 
 impl Cluster {
     pub fn start(test: &str, opts: Opts) -> anyhow::Result<Self> {
@@ -204,7 +211,55 @@ impl Cluster {
     }
 
     fn config_path(&self, i: usize) -> PathBuf {
-        self.tmps[i - 1].path().join("ha-agent.toml")
+        self.tmps[i - 1].path().join(if self.opts.patroni_yaml { "patroni.yml" } else { "ha-agent.toml" })
+    }
+
+    /// Member `i`'s config as Patroni's YAML, in the reference deployment's shape.
+    fn patroni_yaml(&self, i: usize) -> String {
+        let o = &self.opts;
+        let ip = self.net.host(i).ip();
+        let hosts: Vec<String> = self
+            .etcd
+            .endpoints()
+            .iter()
+            .map(|e| e.trim_start_matches("https://").trim_start_matches("http://").to_owned())
+            .collect();
+        let etcd_tls = self.etcd_tls.as_ref().map_or(String::new(), |t| {
+            format!(
+                "  protocol: https\n  cacert: {}\n  cert: {}\n  key: {}\n  username: root\n  password: {ETCD_PASSWORD}\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display()
+            )
+        });
+        let secs = |d: &str| match d.strip_suffix("ms") {
+            Some(ms) => ms.parse::<f64>().unwrap_or(1000.0) / 1000.0,
+            None => d.trim_end_matches('s').parse::<f64>().unwrap_or(1.0),
+        };
+        format!(
+            "scope: {SCOPE}\nnamespace: /service/\nname: n{i}\n\
+             log:\n  level: INFO\n  dir: /var/log/patroni\n  file_num: 4\n\
+             restapi:\n  listen: {ip}:8008\n  connect_address: {ip}:8008\n  authentication:\n    username: {REST_USER}\n    password: {REST_PASSWORD}\n\
+             etcd3:\n  hosts: {hosts}\n{etcd_tls}\
+             bootstrap:\n  dcs:\n    ttl: {ttl}\n    loop_wait: {lw}\n    retry_timeout: {rt}\n    maximum_lag_on_failover: 16777216\n    master_start_timeout: 300\n\
+             \x20   postgresql:\n      use_pg_rewind: true\n      use_slots: true\n\
+             \x20 initdb:\n    - encoding: UTF8\n    - locale: C.UTF-8\n    - no-sync\n\
+             postgresql:\n  use_unix_socket: true\n  listen: {ip}:{PG_PORT}\n  connect_address: {ip}:{PG_PORT}\n  data_dir: {data}/\n  bin_dir: {bin}\n\
+             \x20 pgpass: /tmp/pgpass-n{i}\n  pg_ctl_timeout: 20\n  use_pg_rewind: true\n\
+             \x20 authentication:\n    superuser:\n      username: postgres\n    replication:\n      username: replicator\n\
+             \x20 create_replica_methods:\n    - basebackup\n\
+             \x20 pg_hba:\n    - local all all trust\n    - local replication all trust\n    - host all all 10.250.0.0/24 trust\n    - host replication all 10.250.0.0/24 trust\n\
+             \x20 parameters:\n    unix_socket_directories: {sock}\n    fsync: off\n    wal_receiver_status_interval: 1s\n\
+             watchdog:\n  mode: automatic\n  safety_margin: -1\n\
+             tags:\n  nofailover: false\n  noloadbalance: false\n  clonefrom: false\n  nosync: false\n",
+            hosts = hosts.join(","),
+            ttl = secs(o.ttl),
+            lw = secs(o.loop_wait),
+            rt = secs(o.retry_timeout),
+            data = self.data_dir(i).display(),
+            bin = pg_bin().display(),
+            sock = self.socket_dir(i).display(),
+        )
     }
 
     pub fn watchdog_path(&self, i: usize) -> PathBuf {
@@ -212,6 +267,9 @@ impl Cluster {
     }
 
     fn config(&self, i: usize) -> String {
+        if self.opts.patroni_yaml {
+            return self.patroni_yaml(i);
+        }
         let o = &self.opts;
         let ip = self.net.host(i).ip();
         let endpoints = self.etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");

@@ -49,8 +49,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: String, message: String },
+    #[error("config file {path} is not valid {format}: {message}")]
+    Syntax { path: String, format: &'static str, message: String },
     #[error("config file {path} has {} problem(s):\n{}", problems.len(), render(problems))]
     Invalid { path: String, problems: Vec<Problem> },
 }
@@ -115,13 +115,24 @@ impl Problems {
 pub trait Validate {
     type Valid;
     fn validate(&self) -> Result<Self::Valid, Vec<Problem>>;
+    /// Reads a config file's text (`path` as shown): TOML, unless a daemon reads another
+    /// format too (ha-agent reads Patroni's YAML).
+    fn parse(path: &str, text: &str) -> Result<Self, ConfigError>
+    where
+        Self: Sized + DeserializeOwned,
+    {
+        parse_toml(path, text)
+    }
 }
 
 /// Parses TOML text into `Raw`, turning unknown keys and type errors into problems.
 pub fn parse_toml<Raw: DeserializeOwned>(path: &str, text: &str) -> Result<Raw, ConfigError> {
     let mut unknown = Vec::new();
-    let de = toml::Deserializer::parse(text)
-        .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: syntax_message(text, &e) })?;
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
+        path: path.to_owned(),
+        format: "TOML",
+        message: syntax_message(text, &e),
+    })?;
     let raw: Result<Raw, _> = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
     match raw {
         Ok(raw) if unknown.is_empty() => Ok(raw),
@@ -196,7 +207,7 @@ pub fn load<Raw: DeserializeOwned + Validate>(path: &Path) -> Result<Raw::Valid,
     let shown = path.display().to_string();
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable { path: shown.clone(), source })?;
-    let raw: Raw = parse_toml(&shown, &text)?;
+    let raw = Raw::parse(&shown, &text)?;
     raw.validate().map_err(|problems| ConfigError::Invalid { path: shown, problems })
 }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use outrigger_daemon::config::{EtcdSection, LogSection, Problem, Problems, Validate, listen_addr};
+use outrigger_daemon::config::{ConfigError, EtcdSection, LogSection, Problem, Problems, Validate, listen_addr};
 use outrigger_daemon::logging::LogOptions;
 use serde::Deserialize;
 
@@ -576,7 +576,9 @@ fn bootstrap_method(b: &RawBootstrap, p: &mut Problems) -> BootstrapMethod {
         Some(toml::Value::Table(rc)) => {
             for (k, v) in rc {
                 let rkey = format!("{key}.recovery_conf.{k}");
-                if let Some(why) = crate::core::refused_parameter(k) {
+                // Restoring a new cluster, the timeline to follow is the user's to choose
+                // (ha-agent sets it only for replicas).
+                if let Some(why) = crate::core::refused_parameter(k).filter(|_| k != "recovery_target_timeline") {
                     p.push_key(rkey, format!("is refused: {why}"));
                     continue;
                 }
@@ -837,8 +839,54 @@ impl RawRestApi {
     }
 }
 
+/// Whether a config file is Patroni's YAML (by its name).
+pub fn is_patroni_yaml(path: &str) -> bool {
+    path.ends_with(".yml") || path.ends_with(".yaml")
+}
+
+/// A Patroni YAML file's text with the `PATRONI_*` environment, translated
+/// ([`crate::patroni_yaml`]); its problems (settings ha-agent cannot run with) as
+/// config problems.
+pub fn translate_patroni(path: &str, text: &str) -> Result<crate::patroni_yaml::Translation, ConfigError> {
+    let doc: serde_json::Value = yaml_serde::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: path.to_owned(),
+        format: "YAML",
+        message: e.location().map_or_else(
+            || "cannot be read".to_owned(),
+            |l| format!("line {}, column {}: cannot be read", l.line(), l.column()),
+        ),
+    })?;
+    let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("PATRONI_")).collect();
+    let t = crate::patroni_yaml::translate(&doc, &env);
+    if !t.problems.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: t.problems.iter().map(|(k, v, r)| Problem::new(k.clone(), v, r.clone())).collect(),
+        });
+    }
+    Ok(t)
+}
+
 impl Validate for RawConfig {
     type Valid = Config;
+
+    /// TOML, or Patroni's YAML (a `.yml`/`.yaml` file) translated into it: each Patroni
+    /// setting ha-agent does not use is named on stderr with the reason.
+    fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
+        if !is_patroni_yaml(path) {
+            return outrigger_daemon::config::parse_toml(path, text);
+        }
+        let t = translate_patroni(path, text)?;
+        for (key, why) in &t.ignored {
+            eprintln!("ha-agent: {path}: {key} is not used: {why}");
+        }
+        let toml_text = toml::to_string(&t.toml).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            format: "YAML",
+            message: format!("cannot be translated: {e}"),
+        })?;
+        outrigger_daemon::config::parse_toml(path, &toml_text)
+    }
 
     fn validate(&self) -> Result<Config, Vec<Problem>> {
         let mut p = Problems::new();

@@ -19,6 +19,7 @@ pub mod hedge;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod patroni_yaml;
 pub mod pg;
 pub mod run;
 pub mod sys;

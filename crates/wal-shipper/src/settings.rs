@@ -233,6 +233,7 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
         let table: Vec<(String, Option<String>)> = if is_json {
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
                 path: shown.clone(),
+                format: "JSON",
                 message: format!("line {}, column {}: not valid JSON ({:?})", e.line(), e.column(), e.classify()),
             })?;
             match v {
