@@ -842,7 +842,7 @@ impl Cluster {
             self.etcd.endpoints().iter().map(|e| e.trim_start_matches("http://").to_owned()).collect();
         let yaml = format!(
             "scope: {SCOPE}\nnamespace: /service/\nname: n{i}\n\
-             restapi:\n  listen: {ip}:8008\n  connect_address: {ip}:8008\n\
+             restapi:\n  listen: {ip}:8008\n  connect_address: {ip}:8008\n  allowlist: ['127.0.0.1/32', '10.250.0.0/24']\n\
              etcd3:\n  hosts: {hosts}\n\
              bootstrap:\n  dcs:\n    ttl: 20\n    loop_wait: 1\n    retry_timeout: 5\n    maximum_lag_on_failover: 16777216\n{dcs}\
              \x20   postgresql:\n      use_pg_rewind: true\n      parameters:\n        wal_receiver_status_interval: 1s\n        wal_log_hints: 'on'\n\
@@ -870,6 +870,24 @@ impl Cluster {
             .env("HOME", &home);
         let p = self.net.host(i).spawn(&format!("patroni-n{i}"), cmd)?;
         self.agents[i - 1] = Some(p);
+        Ok(())
+    }
+
+    /// The `patroni.yml` [`Cluster::start_patroni`] wrote for host `i`.
+    pub fn patroni_yml(&self, i: usize) -> PathBuf {
+        self.tmps[i - 1].path().join("patroni").join("patroni.yml")
+    }
+
+    /// Replaces Patroni on host `i` with ha-agent reading the same `patroni.yml`, as a user
+    /// migrating would: Patroni is stopped (SIGTERM: it stops its PostgreSQL, as on any
+    /// shutdown), then ha-agent starts with `--config patroni.yml`.
+    pub fn migrate_to_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut p) = self.agents[i - 1].take() {
+            p.stop(Duration::from_secs(60))?;
+        }
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("--config").arg(self.patroni_yml(i)).arg("--log-json");
+        self.agents[i - 1] = Some(self.net.host(i).spawn(&format!("ha-n{i}"), cmd)?);
         Ok(())
     }
 }

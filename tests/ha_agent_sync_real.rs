@@ -278,3 +278,105 @@ fn strict_synchronous_mode_blocks_writes_without_a_standby_and_loses_nothing() -
     audit(&c, p, &acked)?;
     Ok(())
 }
+
+/// Runs an unmodified `patronictl` (PyPI) on host n1 against the cluster's etcd; its output.
+fn patronictl(c: &Cluster, args: &[&str]) -> anyhow::Result<String> {
+    let hosts: Vec<String> =
+        (0..c.etcd.len()).map(|m| c.etcd.endpoint(m).trim_start_matches("http://").to_owned()).collect();
+    let cfg = c.net.dir().path().join("patronictl.yml");
+    std::fs::write(&cfg, format!("scope: {}\nnamespace: /service/\netcd3:\n  hosts: {}\n", harness::SCOPE, hosts.join(",")))?;
+    let bin = outrigger_testkit::python::patroni_bin()?.join("patronictl").display().to_string();
+    let cfg = cfg.display().to_string();
+    let mut all = vec!["timeout", "90", bin.as_str(), "-c", cfg.as_str()];
+    all.extend_from_slice(args);
+    c.net.host(1).exec(&all)
+}
+
+/// `patronictl list -f json`.
+fn patronictl_list(c: &Cluster) -> anyhow::Result<Vec<serde_json::Value>> {
+    Ok(serde_json::from_str(&patronictl(c, &["list", harness::SCOPE, "-f", "json"])?)?)
+}
+
+/// Waits until `patronictl list` shows three members, `p` as the one Leader and the others
+/// streaming from it.
+fn wait_listed_by_patronictl(c: &Cluster, p: usize) -> anyhow::Result<()> {
+    wait_ok(UP, &format!("patronictl list to show n{p} leading two streaming replicas"), || {
+        let members = patronictl_list(c)?;
+        let role = |m: &serde_json::Value| m["Role"].as_str().unwrap_or_default().to_owned();
+        let leaders: Vec<String> =
+            members.iter().filter(|m| role(m) == "Leader").map(|m| m["Member"].as_str().unwrap_or_default().to_owned()).collect();
+        anyhow::ensure!(members.len() == 3 && leaders == [Cluster::name(p)], "{members:?}");
+        let streaming = members.iter().filter(|m| m["State"].as_str() == Some("streaming")).count();
+        anyhow::ensure!(streaming == 2, "{members:?}");
+        Ok(())
+    })
+}
+
+/// A running Patroni 4.x cluster (synchronous mode on) under transfers through HAProxy is
+/// moved to ha-agent one member at a time, each ha-agent reading the member's own unchanged
+/// `patroni.yml`: the replicas first; while the cluster is mixed the leader's host is frozen
+/// and the cluster fails over to whichever member may take over; the last Patroni leader
+/// hands over with `patronictl switchover` before it is replaced. `patronictl list` is right
+/// at every step, and no acknowledged transfer is lost.
+#[test]
+fn a_live_patroni_cluster_moves_to_ha_agent_member_by_member_with_the_same_patroni_yml() -> anyhow::Result<()> {
+    let mut c = Cluster::start("patroni_migration", Opts { agents: 0, sync: false, ..Opts::default() })?;
+    for i in 1..=3 {
+        c.start_patroni(i, "    synchronous_mode: true\n")?;
+    }
+    let mut p = c.wait_primary(UP, &[])?;
+    c.wait_streaming(p, &(1..=3).filter(|i| *i != p).collect::<Vec<_>>(), UP)?;
+    c.sql(p, SCHEMA)?;
+    let client = start_client(&mut c)?;
+    let bank = Bank::start(&client);
+    let mut n = bank.wait_more(0, 50, "transfers through HAProxy to Patroni's primary")?;
+    wait_listed_by_patronictl(&c, p)?;
+    let mut patroni: Vec<usize> = (1..=3).collect();
+
+    // One replica first.
+    let first = (1..=3).find(|i| *i != p).expect("a replica");
+    c.migrate_to_agent(first)?;
+    patroni.retain(|i| *i != first);
+    c.wait_streaming(p, &[first], UP)?;
+    wait_listed_by_patronictl(&c, p)?;
+    n = bank.wait_more(n, 30, "transfers with one member on ha-agent")?;
+    println!("n{first} runs ha-agent; Patroni's n{p} leads; {n} transfers so far");
+
+    // Mixed: the leader's host freezes; the member the sync key lists takes over, whichever
+    // implementation it runs.
+    let listed = wait_listed(&c, p)?;
+    let t0 = Instant::now();
+    c.net.host(p).freeze_all()?;
+    let q = c.wait_primary(Duration::from_secs(120), &[p])?;
+    anyhow::ensure!(listed.contains(&Cluster::name(q)), "n{q} took over but the sync key listed {listed:?}");
+    n = bank.wait_more(n, 20, &format!("transfers acknowledged by n{q} after the freeze"))?;
+    println!("froze n{p}: n{q} ({}) leads, writes back {:.1} s after the freeze", if patroni.contains(&q) { "Patroni" } else { "ha-agent" }, t0.elapsed().as_secs_f64());
+    c.net.host(p).thaw_all()?;
+    p = q;
+    c.wait_streaming(p, &(1..=3).filter(|i| *i != p).collect::<Vec<_>>(), Duration::from_secs(180))?;
+    wait_listed_by_patronictl(&c, p)?;
+
+    // The rest: Patroni replicas in place; a Patroni leader hands over first.
+    for i in patroni.clone() {
+        if i == p {
+            let cand = wait_listed(&c, p)?.into_iter().next().expect("a listed standby");
+            let leader = Cluster::name(p);
+            let out = patronictl(&c, &["switchover", harness::SCOPE, "--leader", &leader, "--candidate", &cand, "--force"])?;
+            anyhow::ensure!(out.contains("Successfully switched over"), "patronictl switchover: {out}");
+            p = c.wait_primary(UP, &[i])?;
+            c.wait_streaming(p, &[i], UP)?;
+        }
+        c.migrate_to_agent(i)?;
+        c.wait_streaming(p, &[i], UP)?;
+        wait_listed_by_patronictl(&c, p)?;
+        n = bank.wait_more(n, 20, &format!("transfers after n{i} moved to ha-agent"))?;
+        println!("n{i} runs ha-agent; n{p} leads; {n} transfers so far");
+    }
+
+    let acked = bank.stop(&client);
+    let p = c.wait_primary(UP, &[])?;
+    audit(&c, p, &acked)?;
+    let errors = c.unexpected_errors(&[]);
+    anyhow::ensure!(errors.is_empty(), "unexpected ERROR lines: {errors:?}");
+    Ok(())
+}

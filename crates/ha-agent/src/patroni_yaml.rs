@@ -182,7 +182,10 @@ pub fn translate(doc: &Value, env: &[(String, String)]) -> Translation {
             "consul" | "zookeeper" | "exhibitor" | "kubernetes" | "raft" => {
                 out.problem(k.clone(), "(section)", "ha-agent keeps its state in etcd only (the etcd3 section)")
             }
-            "bootstrap" => bootstrap(v, &mut out),
+            "bootstrap" => {
+                let has_pg_hba = top.get("postgresql").is_some_and(|p| p.get("pg_hba").is_some());
+                bootstrap(v, has_pg_hba, &mut out)
+            }
             "postgresql" => postgresql(v, &mut out),
             "watchdog" => match v {
                 Value::Bool(on) => {
@@ -322,7 +325,7 @@ fn etcd3(v: &Value, out: &mut Out) {
     }
 }
 
-fn bootstrap(v: &Value, out: &mut Out) {
+fn bootstrap(v: &Value, has_pg_hba: bool, out: &mut Out) {
     let Value::Object(b) = v else { return };
     let method = b.get("method").and_then(text);
     for (k, v) in b {
@@ -364,7 +367,18 @@ fn bootstrap(v: &Value, out: &mut Out) {
                 }
             }
             "users" => out.ignore("bootstrap.users", "removed in Patroni 4; create roles in post_bootstrap or later"),
-            "pg_hba" => out.ignore("bootstrap.pg_hba", "removed in Patroni 4; ha-agent writes postgresql.pg_hba"),
+            "pg_hba" => {
+                // Patroni wrote it into pg_hba.conf at bootstrap and leaves that file alone
+                // without postgresql.pg_hba; ha-agent always writes the file, so it keeps these.
+                if !has_pg_hba {
+                    if let Some(t) = to_toml(v) {
+                        out.set(&["postgresql"], "pg_hba", t);
+                    }
+                    out.ignore("bootstrap.pg_hba", "used as postgresql.pg_hba (which the file does not set)");
+                } else {
+                    out.ignore("bootstrap.pg_hba", "postgresql.pg_hba is set and wins");
+                }
+            }
             "post_bootstrap" | "post_init" => out.problem(
                 format!("bootstrap.{k}"),
                 text(v).unwrap_or_default(),
@@ -585,5 +599,17 @@ mod tests {
         assert_eq!(t.toml["postgresql"]["socket_dir"].as_str(), Some("/run/pg"));
         assert_eq!(t.toml["postgresql"]["data_dir"].as_str(), Some("/d"));
         assert!(t.ignored.iter().any(|(k, _)| k == "postgresql.parameters.port"));
+    }
+
+    #[test]
+    fn bootstrap_pg_hba_is_kept_as_the_members_pg_hba_unless_postgresql_sets_one() {
+        let only_bootstrap = doc("name: a\nscope: s\nbootstrap:\n  pg_hba:\n  - local all all trust\npostgresql:\n  data_dir: /d\n");
+        let t = translate(&only_bootstrap, &[]);
+        assert_eq!(t.toml["postgresql"]["pg_hba"], toml::Value::Array(vec!["local all all trust".into()]));
+        let both = doc(
+            "name: a\nscope: s\nbootstrap:\n  pg_hba:\n  - local all all trust\npostgresql:\n  data_dir: /d\n  pg_hba:\n  - local all all peer\n",
+        );
+        let t = translate(&both, &[]);
+        assert_eq!(t.toml["postgresql"]["pg_hba"], toml::Value::Array(vec!["local all all peer".into()]));
     }
 }
