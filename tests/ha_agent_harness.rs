@@ -369,6 +369,15 @@ maximum_lag_on_failover = 16777216
         std::fs::read_to_string(self.net.dir().log(&format!("ha-n{i}"))).unwrap_or_default()
     }
 
+    /// Stops the agent (Patroni or ha-agent) on host `i` as systemd would: SIGTERM, then
+    /// waits for it to exit (it stops its PostgreSQL on the way).
+    pub fn stop_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut p) = self.agents[i - 1].take() {
+            p.stop(Duration::from_secs(60))?;
+        }
+        Ok(())
+    }
+
     pub fn kill_agent(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(mut p) = self.agents[i - 1].take() {
             p.kill()?;
@@ -882,9 +891,7 @@ impl Cluster {
     /// migrating would: Patroni is stopped (SIGTERM: it stops its PostgreSQL, as on any
     /// shutdown), then ha-agent starts with `--config patroni.yml`.
     pub fn migrate_to_agent(&mut self, i: usize) -> anyhow::Result<()> {
-        if let Some(mut p) = self.agents[i - 1].take() {
-            p.stop(Duration::from_secs(60))?;
-        }
+        self.stop_agent(i)?;
         let mut cmd = Command::new(agent_bin());
         cmd.arg("--config").arg(self.patroni_yml(i)).arg("--log-json");
         self.agents[i - 1] = Some(self.net.host(i).spawn(&format!("ha-n{i}"), cmd)?);

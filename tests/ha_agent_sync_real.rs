@@ -284,7 +284,10 @@ fn patronictl(c: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     let hosts: Vec<String> =
         (0..c.etcd.len()).map(|m| c.etcd.endpoint(m).trim_start_matches("http://").to_owned()).collect();
     let cfg = c.net.dir().path().join("patronictl.yml");
-    std::fs::write(&cfg, format!("scope: {}\nnamespace: /service/\netcd3:\n  hosts: {}\n", harness::SCOPE, hosts.join(",")))?;
+    std::fs::write(
+        &cfg,
+        format!("scope: {}\nnamespace: /service/\netcd3:\n  hosts: {}\n", harness::SCOPE, hosts.join(",")),
+    )?;
     let bin = outrigger_testkit::python::patroni_bin()?.join("patronictl").display().to_string();
     let cfg = cfg.display().to_string();
     let mut all = vec!["timeout", "90", bin.as_str(), "-c", cfg.as_str()];
@@ -303,8 +306,11 @@ fn wait_listed_by_patronictl(c: &Cluster, p: usize) -> anyhow::Result<()> {
     wait_ok(UP, &format!("patronictl list to show n{p} leading two streaming replicas"), || {
         let members = patronictl_list(c)?;
         let role = |m: &serde_json::Value| m["Role"].as_str().unwrap_or_default().to_owned();
-        let leaders: Vec<String> =
-            members.iter().filter(|m| role(m) == "Leader").map(|m| m["Member"].as_str().unwrap_or_default().to_owned()).collect();
+        let leaders: Vec<String> = members
+            .iter()
+            .filter(|m| role(m) == "Leader")
+            .map(|m| m["Member"].as_str().unwrap_or_default().to_owned())
+            .collect();
         anyhow::ensure!(members.len() == 3 && leaders == [Cluster::name(p)], "{members:?}");
         let streaming = members.iter().filter(|m| m["State"].as_str() == Some("streaming")).count();
         anyhow::ensure!(streaming == 2, "{members:?}");
@@ -312,71 +318,164 @@ fn wait_listed_by_patronictl(c: &Cluster, p: usize) -> anyhow::Result<()> {
     })
 }
 
-/// A running Patroni 4.x cluster (synchronous mode on) under transfers through HAProxy is
-/// moved to ha-agent one member at a time, each ha-agent reading the member's own unchanged
-/// `patroni.yml`: the replicas first; while the cluster is mixed the leader's host is frozen
-/// and the cluster fails over to whichever member may take over; the last Patroni leader
-/// hands over with `patronictl switchover` before it is replaced. `patronictl list` is right
-/// at every step, and no acknowledged transfer is lost.
+/// Which implementation runs on each host during a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runs {
+    Patroni,
+    HaAgent,
+}
+
+/// The migration's bookkeeping: the cluster, who runs where, the leader, the transfers.
+struct Migration {
+    c: Cluster,
+    runs: [Runs; 3],
+    p: usize,
+    n: usize,
+}
+
+impl Migration {
+    fn runs(&self, i: usize) -> Runs {
+        self.runs[i - 1]
+    }
+
+    fn others(&self) -> Vec<usize> {
+        (1..=3).filter(|i| *i != self.p).collect()
+    }
+
+    /// Every member streams from the leader and `patronictl list` says so; `more` transfers
+    /// go through meanwhile.
+    fn settle(&mut self, bank: &Bank, more: usize, what: &str) -> anyhow::Result<()> {
+        self.c.wait_streaming(self.p, &self.others(), Duration::from_secs(180))?;
+        wait_listed_by_patronictl(&self.c, self.p)?;
+        self.n = bank.wait_more(self.n, more, what)?;
+        println!(
+            "{what}: n{} ({:?}) leads; hosts run {:?}; {} transfers so far",
+            self.p,
+            self.runs(self.p),
+            self.runs,
+            self.n
+        );
+        Ok(())
+    }
+
+    /// Replaces whatever runs on replica `i` with `to`, reading the same `patroni.yml`.
+    fn replace(&mut self, i: usize, to: Runs, dcs: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(i != self.p, "n{i} leads: hand over first");
+        match to {
+            Runs::HaAgent => self.c.migrate_to_agent(i)?,
+            Runs::Patroni => {
+                self.c.stop_agent(i)?;
+                self.c.start_patroni(i, dcs)?;
+            }
+        }
+        self.runs[i - 1] = to;
+        Ok(())
+    }
+
+    /// `patronictl switchover` from the leader to `to` (a listed synchronous standby).
+    fn switchover(&mut self, to: usize) -> anyhow::Result<()> {
+        let (c, p) = (&self.c, self.p);
+        wait_ok(UP, &format!("the sync key to list n{to}"), || {
+            let listed = wait_listed(c, p)?;
+            anyhow::ensure!(listed.contains(&Cluster::name(to)), "it lists {listed:?}");
+            Ok(())
+        })?;
+        let (leader, cand) = (Cluster::name(self.p), Cluster::name(to));
+        let out =
+            patronictl(&self.c, &["switchover", harness::SCOPE, "--leader", &leader, "--candidate", &cand, "--force"])?;
+        anyhow::ensure!(out.contains("Successfully switched over"), "patronictl switchover: {out}");
+        let old = self.p;
+        self.p = self.c.wait_primary(UP, &[old])?;
+        anyhow::ensure!(self.p == to, "n{} leads after a switchover to n{to}", self.p);
+        Ok(())
+    }
+
+    /// The leader's host freezes: the member the sync key lists takes over, whichever
+    /// implementation it runs; then the old leader thaws and rejoins.
+    fn freeze_leader(&mut self) -> anyhow::Result<()> {
+        let listed = wait_listed(&self.c, self.p)?;
+        let old = self.p;
+        let t0 = Instant::now();
+        self.c.net.host(old).freeze_all()?;
+        let q = self.c.wait_primary(Duration::from_secs(120), &[old])?;
+        anyhow::ensure!(listed.contains(&Cluster::name(q)), "n{q} took over but the sync key listed {listed:?}");
+        println!(
+            "froze n{old} ({:?}): n{q} ({:?}) leads after {:.1} s",
+            self.runs(old),
+            self.runs(q),
+            t0.elapsed().as_secs_f64()
+        );
+        self.c.net.host(old).thaw_all()?;
+        self.p = q;
+        Ok(())
+    }
+}
+
+/// A running Patroni 4.x cluster (synchronous mode on, two synchronous standbys) under
+/// transfers through HAProxy moves to ha-agent one member at a time, each ha-agent reading the
+/// member's own unchanged `patroni.yml` (replicas in place, a leader after a `patronictl
+/// switchover`), then back to Patroni the same way. While the cluster is mixed, the leader's
+/// host is frozen with Patroni leading and again with ha-agent leading. `patronictl list` is
+/// right at every step and no acknowledged transfer is lost.
 #[test]
-fn a_live_patroni_cluster_moves_to_ha_agent_member_by_member_with_the_same_patroni_yml() -> anyhow::Result<()> {
+fn a_live_patroni_cluster_moves_to_ha_agent_and_back_member_by_member_with_the_same_patroni_yml() -> anyhow::Result<()>
+{
+    const DCS: &str = "    synchronous_mode: true\n    synchronous_node_count: 2\n";
     let mut c = Cluster::start("patroni_migration", Opts { agents: 0, sync: false, ..Opts::default() })?;
     for i in 1..=3 {
-        c.start_patroni(i, "    synchronous_mode: true\n")?;
+        c.start_patroni(i, DCS)?;
     }
-    let mut p = c.wait_primary(UP, &[])?;
+    let p = c.wait_primary(UP, &[])?;
     c.wait_streaming(p, &(1..=3).filter(|i| *i != p).collect::<Vec<_>>(), UP)?;
     c.sql(p, SCHEMA)?;
     let client = start_client(&mut c)?;
     let bank = Bank::start(&client);
-    let mut n = bank.wait_more(0, 50, "transfers through HAProxy to Patroni's primary")?;
-    wait_listed_by_patronictl(&c, p)?;
-    let mut patroni: Vec<usize> = (1..=3).collect();
+    let mut m = Migration { c, runs: [Runs::Patroni; 3], p, n: 0 };
+    m.settle(&bank, 50, "Patroni")?;
 
-    // One replica first.
-    let first = (1..=3).find(|i| *i != p).expect("a replica");
-    c.migrate_to_agent(first)?;
-    patroni.retain(|i| *i != first);
-    c.wait_streaming(p, &[first], UP)?;
-    wait_listed_by_patronictl(&c, p)?;
-    n = bank.wait_more(n, 30, "transfers with one member on ha-agent")?;
-    println!("n{first} runs ha-agent; Patroni's n{p} leads; {n} transfers so far");
-
-    // Mixed: the leader's host freezes; the member the sync key lists takes over, whichever
-    // implementation it runs.
-    let listed = wait_listed(&c, p)?;
-    let t0 = Instant::now();
-    c.net.host(p).freeze_all()?;
-    let q = c.wait_primary(Duration::from_secs(120), &[p])?;
-    anyhow::ensure!(listed.contains(&Cluster::name(q)), "n{q} took over but the sync key listed {listed:?}");
-    n = bank.wait_more(n, 20, &format!("transfers acknowledged by n{q} after the freeze"))?;
-    println!("froze n{p}: n{q} ({}) leads, writes back {:.1} s after the freeze", if patroni.contains(&q) { "Patroni" } else { "ha-agent" }, t0.elapsed().as_secs_f64());
-    c.net.host(p).thaw_all()?;
-    p = q;
-    c.wait_streaming(p, &(1..=3).filter(|i| *i != p).collect::<Vec<_>>(), Duration::from_secs(180))?;
-    wait_listed_by_patronictl(&c, p)?;
-
-    // The rest: Patroni replicas in place; a Patroni leader hands over first.
-    for i in patroni.clone() {
-        if i == p {
-            let cand = wait_listed(&c, p)?.into_iter().next().expect("a listed standby");
-            let leader = Cluster::name(p);
-            let out = patronictl(&c, &["switchover", harness::SCOPE, "--leader", &leader, "--candidate", &cand, "--force"])?;
-            anyhow::ensure!(out.contains("Successfully switched over"), "patronictl switchover: {out}");
-            p = c.wait_primary(UP, &[i])?;
-            c.wait_streaming(p, &[i], UP)?;
-        }
-        c.migrate_to_agent(i)?;
-        c.wait_streaming(p, &[i], UP)?;
-        wait_listed_by_patronictl(&c, p)?;
-        n = bank.wait_more(n, 20, &format!("transfers after n{i} moved to ha-agent"))?;
-        println!("n{i} runs ha-agent; n{p} leads; {n} transfers so far");
+    // To ha-agent, one replica first.
+    let a = m.others()[0];
+    m.replace(a, Runs::HaAgent, DCS)?;
+    m.settle(&bank, 30, "one replica on ha-agent")?;
+    // Mixed, Patroni leading: its host freezes; a listed standby takes over.
+    m.freeze_leader()?;
+    m.settle(&bank, 30, "failover from a frozen Patroni leader")?;
+    // Mixed, ha-agent leading (after a patronictl switchover to it if needed): its host
+    // freezes; a Patroni standby takes over.
+    if m.p != a {
+        m.switchover(a)?;
+        m.settle(&bank, 30, "patronictl switchover to the ha-agent member")?;
     }
+    m.freeze_leader()?;
+    anyhow::ensure!(m.runs(m.p) == Runs::Patroni, "n{} took over from ha-agent", m.p);
+    m.settle(&bank, 30, "failover from a frozen ha-agent leader")?;
+    // The rest: Patroni replicas in place, then the Patroni leader hands over and goes too.
+    for i in m.others() {
+        if m.runs(i) == Runs::Patroni {
+            m.replace(i, Runs::HaAgent, DCS)?;
+            m.settle(&bank, 20, &format!("n{i} moved to ha-agent"))?;
+        }
+    }
+    let last = m.p;
+    m.switchover(m.others()[0])?;
+    m.replace(last, Runs::HaAgent, DCS)?;
+    m.settle(&bank, 20, "the last Patroni member moved to ha-agent")?;
+    anyhow::ensure!(m.runs == [Runs::HaAgent; 3]);
+
+    // And back to Patroni, the same way.
+    for i in m.others() {
+        m.replace(i, Runs::Patroni, DCS)?;
+        m.settle(&bank, 20, &format!("n{i} back on Patroni"))?;
+    }
+    let last = m.p;
+    m.switchover(m.others()[0])?;
+    m.replace(last, Runs::Patroni, DCS)?;
+    m.settle(&bank, 20, "every member back on Patroni")?;
 
     let acked = bank.stop(&client);
-    let p = c.wait_primary(UP, &[])?;
-    audit(&c, p, &acked)?;
-    let errors = c.unexpected_errors(&[]);
+    let p = m.c.wait_primary(UP, &[])?;
+    audit(&m.c, p, &acked)?;
+    let errors = m.c.unexpected_errors(&[]);
     anyhow::ensure!(errors.is_empty(), "unexpected ERROR lines: {errors:?}");
     Ok(())
 }

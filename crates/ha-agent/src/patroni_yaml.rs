@@ -603,7 +603,8 @@ mod tests {
 
     #[test]
     fn bootstrap_pg_hba_is_kept_as_the_members_pg_hba_unless_postgresql_sets_one() {
-        let only_bootstrap = doc("name: a\nscope: s\nbootstrap:\n  pg_hba:\n  - local all all trust\npostgresql:\n  data_dir: /d\n");
+        let only_bootstrap =
+            doc("name: a\nscope: s\nbootstrap:\n  pg_hba:\n  - local all all trust\npostgresql:\n  data_dir: /d\n");
         let t = translate(&only_bootstrap, &[]);
         assert_eq!(t.toml["postgresql"]["pg_hba"], toml::Value::Array(vec!["local all all trust".into()]));
         let both = doc(
