@@ -150,6 +150,11 @@ pub struct Keeper {
     wd: WatchdogState,
     /// failsafe_mode: trusted until then without the lease (see the module doc).
     failsafe_until: Option<Moment>,
+    /// Send time of the last grant or renewal of the current lease that etcd answered.
+    renewed_sent: Option<Moment>,
+    /// A lease of an earlier ttl is to make way for one of the ttl in force once a renewal
+    /// sent after this moment confirms it was alive (so a revocation is not missed).
+    relet_since: Option<Moment>,
 }
 
 impl Keeper {
@@ -170,6 +175,8 @@ impl Keeper {
             attempts: 0,
             wd: WatchdogState::Closed,
             failsafe_until: None,
+            renewed_sent: None,
+            relet_since: None,
         }
     }
 
@@ -329,10 +336,9 @@ impl Keeper {
                 self.wd = WatchdogState::Closed;
             }
         }
-        if ttl_changed && !self.armed && self.lease.is_some() && self.in_flight.is_none() {
-            self.lease = None;
-            self.next_at = now;
-            out.push(Effect::LeaseChanged);
+        if ttl_changed && !self.armed && self.lease.is_some() {
+            // The lease is replaced by `step` once a renewal confirms it: ask now.
+            self.renew_soon(now);
         }
         out
     }
@@ -359,12 +365,24 @@ impl Keeper {
             }
             out.push(Effect::Fence);
         }
-        if !self.armed && self.in_flight.is_none() && self.lease.is_some_and(|h| h.timings.ttl != self.timings.ttl) {
-            // No longer a primary: the lease of an earlier ttl makes way for one of the ttl in
-            // force (the loop moves our keys onto it).
-            self.lease = None;
-            self.next_at = now;
-            out.push(Effect::LeaseChanged);
+        if !self.armed && self.lease.is_some_and(|h| h.timings.ttl != self.timings.ttl) {
+            // Not a primary: the lease of an earlier ttl makes way for one of the ttl in force
+            // (the loop moves our keys onto it), but only after a renewal sent from now on
+            // found it alive. Dropped unasked, a lease revoked early (etcd #15247) would never
+            // answer Lost, and this member would race without waiting for the old primary.
+            let since = *self.relet_since.get_or_insert(now);
+            if self.in_flight.is_none() {
+                if self.renewed_sent.is_some_and(|s| s >= since) {
+                    self.lease = None;
+                    self.relet_since = None;
+                    self.next_at = now;
+                    out.push(Effect::LeaseChanged);
+                } else {
+                    self.next_at = self.next_at.min(now);
+                }
+            }
+        } else {
+            self.relet_since = None;
         }
         if self.in_flight.is_none() && now >= self.next_at {
             if self.lease.is_none() {
@@ -441,6 +459,7 @@ impl Keeper {
                 self.failing = false;
                 let timings = self.granting;
                 self.lease = Some(Held { id: lease, ttl, expires_at: sent.plus(ttl), timings });
+                self.renewed_sent = Some(sent);
                 self.next_at = sent.plus(timings.renew_interval());
                 out.push(Effect::LeaseChanged);
             }
@@ -450,6 +469,7 @@ impl Keeper {
                     // Only ever later: an answer to an older keep-alive cannot shorten it.
                     h.expires_at = h.expires_at.max(sent.plus(ttl));
                     h.ttl = ttl;
+                    self.renewed_sent = Some(self.renewed_sent.map_or(sent, |s| s.max(sent)));
                 }
                 self.next_at = sent.plus(self.lease_timings().renew_interval());
                 if let (Some(e), WatchdogState::Open { timeout, .. }) = (self.expiry(), self.wd)
@@ -575,15 +595,17 @@ mod tests {
         k.answered(t(510), Answer::Renewed { ttl: Duration::from_secs(2) });
         assert_eq!(k.wake_at(), Some(t(1000)), "every 500 ms, not the new 2 s");
         assert!(k.trusted(t(1999)), "fenced at 500 + 2 s - 500 ms, not 2 s before");
-        // Demoted: the lease makes way for one of 8 s.
+        // Demoted: the lease makes way for one of 8 s, once a renewal found it alive.
         k.disarm(true);
+        assert_eq!(k.step(t(600)), vec![Effect::Send(Ask::Renew { lease: 7 })], "its fate first");
+        k.answered(t(605), Answer::Renewed { ttl: Duration::from_secs(2) });
         assert_eq!(
-            k.step(t(600)),
+            k.step(t(610)),
             vec![Effect::LeaseChanged, Effect::Send(Ask::Grant { ttl: Duration::from_secs(8), attempt: 0 })]
         );
-        k.answered(t(610), Answer::Granted { lease: 8, ttl: Duration::from_secs(8) });
+        k.answered(t(620), Answer::Granted { lease: 8, ttl: Duration::from_secs(8) });
         assert_eq!(k.view().margin, Duration::from_secs(2));
-        assert_eq!(k.wake_at(), Some(t(2600)), "renewed every min(loop_wait, ttl / 4) of the new timings");
+        assert_eq!(k.wake_at(), Some(t(2610)), "renewed every min(loop_wait, ttl / 4) of the new timings");
     }
 
     #[test]
@@ -596,8 +618,26 @@ mod tests {
         k.answered(t(510), Answer::Renewed { ttl: Duration::from_secs(2) });
         assert_eq!(k.wake_at(), Some(t(750)), "the new loop_wait at once");
         let longer = Timings { ttl: Duration::from_secs(4), ..lab() };
-        assert_eq!(k.set_timings(longer, Mode::Off, Duration::from_secs(2), t(600)), vec![Effect::LeaseChanged]);
-        assert_eq!(k.step(t(600)), vec![Effect::Send(Ask::Grant { ttl: Duration::from_secs(4), attempt: 0 })]);
+        assert_eq!(k.set_timings(longer, Mode::Off, Duration::from_secs(2), t(600)), vec![]);
+        assert_eq!(k.step(t(600)), vec![Effect::Send(Ask::Renew { lease: 7 })], "a renewal first: is it alive?");
+        k.answered(t(610), Answer::Renewed { ttl: Duration::from_secs(2) });
+        assert_eq!(
+            k.step(t(610)),
+            vec![Effect::LeaseChanged, Effect::Send(Ask::Grant { ttl: Duration::from_secs(4), attempt: 0 })]
+        );
+    }
+
+    #[test]
+    fn a_lease_revoked_early_is_noticed_even_when_a_ttl_change_replaces_it() {
+        // etcd revoked every lease (#15247) just before the ttl changed: the lease is not
+        // dropped unasked; the renewal that checks it answers Lost, and that counts.
+        let mut k = granted(Mode::Off);
+        let longer = Timings { ttl: Duration::from_secs(4), ..lab() };
+        k.set_timings(longer, Mode::Off, Duration::from_secs(2), t(300));
+        assert_eq!(k.step(t(300)), vec![Effect::Send(Ask::Renew { lease: 7 })]);
+        assert_eq!(k.answered(t(310), Answer::Lost), vec![Effect::LeaseChanged]);
+        assert!(k.view().revoked_within(t(310), Duration::from_secs(4)), "revoked before it could expire");
+        assert_eq!(k.step(t(310)), vec![Effect::Send(Ask::Grant { ttl: Duration::from_secs(4), attempt: 0 })]);
     }
 
     #[test]
@@ -762,7 +802,12 @@ mod tests {
         assert_eq!(k.set_timings(new, Mode::Off, Duration::from_secs(1), t(20)), vec![]);
         assert_eq!(k.view().id, Some(7));
         let mut r = granted(Mode::Off);
-        assert_eq!(r.set_timings(new, Mode::Off, Duration::from_secs(1), t(20)), vec![Effect::LeaseChanged]);
-        assert_eq!(r.step(t(20)), vec![Effect::Send(Ask::Grant { ttl: Duration::from_secs(3), attempt: 0 })]);
+        assert_eq!(r.set_timings(new, Mode::Off, Duration::from_secs(1), t(20)), vec![]);
+        assert_eq!(r.step(t(20)), vec![Effect::Send(Ask::Renew { lease: 7 })], "found alive first");
+        r.answered(t(30), Answer::Renewed { ttl: Duration::from_secs(2) });
+        assert_eq!(
+            r.step(t(30)),
+            vec![Effect::LeaseChanged, Effect::Send(Ask::Grant { ttl: Duration::from_secs(3), attempt: 0 })]
+        );
     }
 }
