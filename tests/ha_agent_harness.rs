@@ -96,6 +96,9 @@ pub struct Opts {
     /// Each agent reads a Patroni YAML file (the reference deployment's shape: TLS and
     /// credentials to etcd when `etcd_secure`, REST authentication) instead of ha-agent's TOML.
     pub patroni_yaml: bool,
+    /// `pg_hba` in the cluster's config key (`bootstrap.dcs.postgresql.pg_hba`) instead of in
+    /// each member's file.
+    pub cluster_pg_hba: bool,
 }
 
 impl Default for Opts {
@@ -118,6 +121,7 @@ impl Default for Opts {
             extra: String::new(),
             postgresql: String::new(),
             patroni_yaml: false,
+            cluster_pg_hba: false,
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct Cluster {
 
 /// The etcd root password of `Opts::etcd_secure` clusters.
 pub const ETCD_PASSWORD: &str = "s3cret-etcd";
+/// The test clusters' `pg_hba`: trust on the socket and from the hosts' subnet.
+const HBA: &str = r#"pg_hba = ["local all all trust", "local replication all trust", "host all all 10.250.0.0/24 trust", "host replication all 10.250.0.0/24 trust"]"#;
 /// REST API credentials of the Patroni YAML configs (`Opts::patroni_yaml`).
 pub const REST_USER: &str = "test_user";
 pub const REST_PASSWORD: &str = "test_pass";
@@ -321,7 +327,7 @@ use_pg_rewind = true
 remove_data_directory_on_rewind_failure = {reinit}
 start_timeout = "20s"
 {postgresql}
-pg_hba = ["local all all trust", "local replication all trust", "host all all 10.250.0.0/24 trust", "host replication all 10.250.0.0/24 trust"]
+{local_hba}
 [postgresql.parameters]
 fsync = "off"
 wal_receiver_status_interval = "1s"
@@ -330,10 +336,13 @@ initdb = ["encoding=UTF8", "locale=C.UTF-8", "no-sync"]
 [bootstrap.dcs]
 maximum_lag_on_failover = 16777216
 {dcs}
+{cluster_hba}
 [bootstrap.dcs.postgresql.parameters]
 {sync}
 {extra}"#,
             peer = o.peer_timeout,
+            local_hba = if o.cluster_pg_hba { "" } else { HBA },
+            cluster_hba = if o.cluster_pg_hba { format!("[bootstrap.dcs.postgresql]\n{HBA}") } else { String::new() },
             ttl = o.ttl,
             lw = o.loop_wait,
             rt = o.retry_timeout,

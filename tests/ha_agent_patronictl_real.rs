@@ -371,3 +371,22 @@ fn patronictl_edit_config_changes_the_timings_every_member_runs_with() {
     let errors = ctl.c.unexpected_errors(&["the cluster's timings cannot be used here"]);
     assert!(errors.is_empty(), "unexpected ERROR lines: {errors:#?}");
 }
+
+#[test]
+fn the_clusters_pg_hba_applies_to_members_without_their_own_and_edit_config_changes_it_everywhere() {
+    // No member's file sets pg_hba: the one in bootstrap.dcs is every member's (without it the
+    // default asks replication for a password the replicas do not have, and nobody streams).
+    let ctl = Ctl::start("patronictl_cluster_pg_hba", Opts { sync: false, cluster_pg_hba: true, ..Opts::default() });
+    let hba = |i: usize| std::fs::read_to_string(ctl.c.data_dir(i).join("pg_hba.conf")).unwrap_or_default();
+    for i in 1..=3 {
+        assert!(hba(i).contains("host replication all 10.250.0.0/24 trust"), "n{i}: {}", hba(i));
+    }
+    let lines = "postgresql.pg_hba=['local all all trust', 'local replication all trust', \
+                 'host all all 10.250.0.0/24 trust', 'host replication all 10.250.0.0/24 trust', \
+                 'host all all 192.0.2.0/24 reject']";
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", lines]).expect("edit-config pg_hba");
+    wait_until(UP, "every member's pg_hba.conf to have the new line", || {
+        (1..=3).all(|i| hba(i).contains("192.0.2.0/24 reject")).then_some(())
+    })
+    .expect("the cluster's pg_hba applied everywhere");
+}

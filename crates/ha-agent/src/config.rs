@@ -270,7 +270,10 @@ pub struct PgConfig {
     pub use_pg_rewind: Option<bool>,
     pub remove_data_directory_on_rewind_failure: bool,
     pub remove_data_directory_on_diverged_timelines: bool,
+    /// `pg_hba.conf`: this file's `postgresql.pg_hba`, else the default (see `pg_hba_local`).
     pub pg_hba: Vec<String>,
+    /// This file sets `postgresql.pg_hba`: it wins over the cluster's (Patroni's precedence).
+    pub pg_hba_local: bool,
     /// Local `postgresql.parameters`; they win over the cluster's.
     pub parameters: Vec<(String, String)>,
     pub start_timeout: Duration,
@@ -528,6 +531,7 @@ impl RawConfig {
             remove_data_directory_on_rewind_failure: pg.remove_data_directory_on_rewind_failure,
             remove_data_directory_on_diverged_timelines: pg.remove_data_directory_on_diverged_timelines,
             pg_hba: pg.pg_hba.clone().unwrap_or_else(|| DEFAULT_PG_HBA.iter().map(|s| (*s).to_owned()).collect()),
+            pg_hba_local: pg.pg_hba.is_some(),
             parameters,
             start_timeout,
             create_replica_methods,

@@ -183,7 +183,9 @@ pub fn translate(doc: &Value, env: &[(String, String)]) -> Translation {
                 out.problem(k.clone(), "(section)", "ha-agent keeps its state in etcd only (the etcd3 section)")
             }
             "bootstrap" => {
-                let has_pg_hba = top.get("postgresql").is_some_and(|p| p.get("pg_hba").is_some());
+                // bootstrap.pg_hba stands in only where nothing else sets pg_hba.
+                let has_pg_hba = top.get("postgresql").is_some_and(|p| p.get("pg_hba").is_some())
+                    || v.get("dcs").and_then(|d| d.get("postgresql")).is_some_and(|p| p.get("pg_hba").is_some());
                 bootstrap(v, has_pg_hba, &mut out)
             }
             "postgresql" => postgresql(v, &mut out),
@@ -376,7 +378,7 @@ fn bootstrap(v: &Value, has_pg_hba: bool, out: &mut Out) {
                     }
                     out.ignore("bootstrap.pg_hba", "used as postgresql.pg_hba (which the file does not set)");
                 } else {
-                    out.ignore("bootstrap.pg_hba", "postgresql.pg_hba is set and wins");
+                    out.ignore("bootstrap.pg_hba", "postgresql.pg_hba (the member's or the cluster's) is set and wins");
                 }
             }
             "post_bootstrap" | "post_init" => out.problem(

@@ -169,6 +169,15 @@ impl ConfigValue {
         boolean(self.postgresql.as_ref()?.use_slots.as_ref())
     }
 
+    /// `postgresql.pg_hba`: the cluster's `pg_hba.conf` lines (`None`: absent or not a list
+    /// of strings).
+    pub fn pg_hba(&self) -> Option<Vec<String>> {
+        match self.postgresql.as_ref()?.extra.get("pg_hba")? {
+            Value::Array(lines) => lines.iter().map(|l| l.as_str().map(str::to_owned)).collect(),
+            _ => None,
+        }
+    }
+
     /// `synchronous_mode`: `true`/`on`, `false`/`off` (also when absent or unreadable), or
     /// `"quorum"` (Patroni 4.0+).
     pub fn synchronous_mode(&self) -> SynchronousMode {
@@ -304,6 +313,18 @@ mod tests {
         assert!(!standby(r#"{"standby_cluster":{"host":""}}"#));
         assert!(standby(r#"{"standby_cluster":{"host":"10.0.0.9","port":5432}}"#));
         assert!(standby(r#"{"standby_cluster":{"restore_command":"cp /a %p"}}"#));
+    }
+
+    #[test]
+    fn the_clusters_pg_hba_is_a_list_of_lines_or_unset() {
+        let hba = |raw: &str| ConfigValue::decode(raw.as_bytes()).unwrap().pg_hba();
+        assert_eq!(
+            hba(r#"{"postgresql":{"pg_hba":["local all all trust"]}}"#),
+            Some(vec!["local all all trust".to_owned()])
+        );
+        assert_eq!(hba(r#"{"postgresql":{"pg_hba":"local all all trust"}}"#), None);
+        assert_eq!(hba(r#"{"postgresql":{"pg_hba":["a", 1]}}"#), None);
+        assert_eq!(hba(r#"{}"#), None);
     }
 
     #[test]

@@ -201,6 +201,8 @@ pub struct DynConfig {
     pub failsafe_mode: bool,
     /// `ttl`, `loop_wait` and `retry_timeout` as the key has them (see [`super::timing`]).
     pub timings: super::timing::Asked,
+    /// `postgresql.pg_hba`: every member's `pg_hba.conf` unless its own file sets one.
+    pub pg_hba: Option<Vec<String>>,
 }
 
 /// Why a PostgreSQL parameter from a config (the cluster's `config` key, or the agent's file)
@@ -251,6 +253,7 @@ impl Default for DynConfig {
             sync: SyncSettings::default(),
             failsafe_mode: false,
             timings: super::timing::Asked::default(),
+            pg_hba: None,
         }
     }
 }
@@ -301,6 +304,7 @@ impl DynConfig {
             },
             failsafe_mode: v.failsafe_mode().unwrap_or(false),
             timings: super::timing::Asked { ttl: v.ttl(), loop_wait: v.loop_wait(), retry_timeout: v.retry_timeout() },
+            pg_hba: v.pg_hba(),
         }
     }
 }

@@ -152,6 +152,8 @@ pub struct Postgres {
     /// The cluster's name, the third argument of every callback.
     scope: String,
     cb: callbacks::State,
+    /// The cluster's `postgresql.pg_hba` (config key), used unless the local file sets one.
+    cluster_hba: Option<Vec<String>>,
     ids: Option<Ids>,
     client: Option<tokio_postgres::Client>,
     /// Told when a postmaster we started exits.
@@ -178,6 +180,7 @@ impl Postgres {
             name: name.to_owned(),
             scope: scope.to_owned(),
             cb: callbacks::State::default(),
+            cluster_hba: None,
             ids,
             client: None,
             exits,
@@ -433,8 +436,19 @@ impl Postgres {
 
     // ---- configuration files ----
 
+    /// The cluster's `postgresql.pg_hba` as last read (`None`: the key has none).
+    pub fn set_cluster_hba(&mut self, lines: Option<Vec<String>>) {
+        self.cluster_hba = lines;
+    }
+
+    /// The `pg_hba.conf` lines in force: the local file's, else the cluster's, else the default.
+    fn hba_lines(&self) -> &[String] {
+        text::hba_in_force(&self.cfg.pg_hba, self.cfg.pg_hba_local, self.cluster_hba.as_deref())
+    }
+
     /// Writes `postgresql.conf` (keeping the original as `postgresql.base.conf`), `pg_hba.conf`,
-    /// and `standby.signal` for a replica. Returns whether `postgresql.conf` changed.
+    /// and `standby.signal` for a replica. Returns whether `postgresql.conf` or `pg_hba.conf`
+    /// changed (either needs a reload).
     pub fn write_config(
         &self,
         cluster_parameters: &[(String, String)],
@@ -468,13 +482,14 @@ impl Postgres {
             replication_password: self.cfg.replication.password.as_deref(),
             application_name: &self.name,
         });
-        let changed = std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str());
+        let mut changed = std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str());
         if changed {
             self.write_file(&conf, &text)?;
         }
-        let hba = text::render_pg_hba(&self.cfg.pg_hba);
+        let hba = text::render_pg_hba(self.hba_lines());
         if std::fs::read_to_string(d.join("pg_hba.conf")).ok().as_deref() != Some(hba.as_str()) {
             self.write_file(&d.join("pg_hba.conf"), &hba)?;
+            changed = true;
         }
         let signal = d.join("standby.signal");
         if replica && !signal.exists() {

@@ -185,6 +185,15 @@ pub fn upstream_marker(conf: &str) -> Option<String> {
     conf.lines().find_map(|l| l.strip_prefix(UPSTREAM_MARKER)).map(|s| s.trim().to_owned())
 }
 
+/// Which `pg_hba.conf` lines apply, with Patroni's precedence: the local file's
+/// `postgresql.pg_hba` when it sets one, else the cluster's (config key), else the default.
+pub fn hba_in_force<'a>(local: &'a [String], local_set: bool, cluster: Option<&'a [String]>) -> &'a [String] {
+    match cluster {
+        Some(lines) if !local_set => lines,
+        _ => local,
+    }
+}
+
 pub fn render_pg_hba(lines: &[String]) -> String {
     let mut out = String::from("# Written by ha-agent from postgresql.pg_hba; changes here are lost.\n");
     for l in lines {
@@ -197,6 +206,15 @@ pub fn render_pg_hba(lines: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_pg_hba_wins_then_the_clusters_then_the_default() {
+        let (local, cluster) =
+            (vec!["local all all peer".to_owned()], vec!["host all all 10.0.0.0/8 trust".to_owned()]);
+        assert_eq!(hba_in_force(&local, true, Some(&cluster)), local.as_slice());
+        assert_eq!(hba_in_force(&local, false, Some(&cluster)), cluster.as_slice(), "the default gives way");
+        assert_eq!(hba_in_force(&local, false, None), local.as_slice());
+    }
 
     const CONTROLDATA: &str = "pg_control version number:            1300
 Catalog version number:               202209061

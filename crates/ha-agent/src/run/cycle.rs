@@ -37,6 +37,7 @@ impl Agent {
             ConfigState::Absent => self.dyn_config = DynConfig::default(),
         }
         self.apply_timings(false);
+        self.pg.set_cluster_hba(self.dyn_config.pg_hba.clone());
         if let Some(lease) = self.memory.leader_lease_unknown(&self.cfg.name, &view) {
             match self.dcs.granted_ttl(lease).await {
                 Ok(ttl) => {
