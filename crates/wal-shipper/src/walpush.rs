@@ -145,19 +145,22 @@ fn compare(codec: &Codec, old: &[u8], new: &[u8]) -> Existing {
 
 /// The old-timeline segments to archive when `history` (a new timeline's history file) is:
 /// complete segments of an ancestor timeline that end before its switch point and that this
-/// server received by streaming (`.done` in `done`). After a promotion PostgreSQL archives
-/// only the `.partial` and the `.history`, so a segment the old primary had not archived yet
-/// would be a hole in the archive (the failover hole of wal-archiving-2.md §7). Recycled
+/// server received by streaming: marked `.done`, or not marked at all (not `.ready`, which
+/// PostgreSQL archives itself). After a promotion PostgreSQL archives only the `.partial` and
+/// the `.history`, so a segment the old primary had not archived yet would be a hole in the
+/// archive (the failover hole of wal-archiving-2.md §7). The walreceiver marks a segment
+/// `.done` only when WAL of the next one arrives: the last segment before a fork at a segment
+/// boundary (the old primary switched segments, then went away) has no mark at all. Recycled
 /// files named for later segments are never candidates. Pure.
 pub fn backfill_candidates(
     files: &[String],
-    done: &std::collections::BTreeSet<String>,
+    ready: &std::collections::BTreeSet<String>,
     history: &[(u32, u64)],
 ) -> Vec<String> {
     use crate::walname::{DEFAULT_SEGMENT_SIZE, Segment};
     let mut out: Vec<String> = files
         .iter()
-        .filter(|f| done.contains(*f))
+        .filter(|f| !ready.contains(*f))
         .filter(|f| {
             Segment::parse(f, DEFAULT_SEGMENT_SIZE).is_some_and(|seg| {
                 history.iter().any(|(tli, switch)| *tli == seg.timeline && seg.number < switch / DEFAULT_SEGMENT_SIZE)
@@ -179,14 +182,14 @@ pub async fn backfill(store: &Store, codec: &Codec, pg_wal: &Path, name: &str) -
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    let done: std::collections::BTreeSet<String> = std::fs::read_dir(pg_wal.join("archive_status"))
+    let ready: std::collections::BTreeSet<String> = std::fs::read_dir(pg_wal.join("archive_status"))
         .map(|rd| {
             rd.flatten()
-                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".done").map(str::to_owned))
+                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".ready").map(str::to_owned))
                 .collect()
         })
         .unwrap_or_default();
-    let todo = backfill_candidates(&files, &done, &history);
+    let todo = backfill_candidates(&files, &ready, &history);
     for f in &todo {
         let data = match tokio::fs::read(pg_wal.join(f)).await {
             Ok(d) => d,
@@ -237,15 +240,17 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let done: std::collections::BTreeSet<String> =
-            ["000000010000000000000005", "000000010000000000000006", "000000010000000000000009"]
-                .map(String::from)
-                .into();
-        // Timeline 2 forked from 1 inside segment 7.
+        // 6 still waits for PostgreSQL's own archiver.
+        let ready: std::collections::BTreeSet<String> = ["000000010000000000000006"].map(String::from).into();
+        // Timeline 2 forked from 1 inside segment 7: 7 is the partial one, 9 a recycled file.
         let history = [(1u32, 7 * s + 0x100)];
+        assert_eq!(super::backfill_candidates(&files, &ready, &history), ["000000010000000000000005"]);
+        // Forked at the boundary of 8 (the old primary switched segments, then went away):
+        // 7 is complete, and the walreceiver never marked it (no WAL of 8 came).
+        let history = [(1u32, 8 * s)];
         assert_eq!(
-            super::backfill_candidates(&files, &done, &history),
-            ["000000010000000000000005", "000000010000000000000006"]
+            super::backfill_candidates(&files, &ready, &history),
+            ["000000010000000000000005", "000000010000000000000007"]
         );
     }
 
