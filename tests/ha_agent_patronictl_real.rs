@@ -373,7 +373,7 @@ fn patronictl_edit_config_changes_the_timings_every_member_runs_with() {
 }
 
 #[test]
-fn the_clusters_pg_hba_applies_to_members_without_their_own_and_edit_config_changes_it_everywhere() {
+fn the_clusters_pg_hba_and_use_slots_apply_to_every_member_and_edit_config_changes_them() {
     // No member's file sets pg_hba: the one in bootstrap.dcs is every member's (without it the
     // default asks replication for a password the replicas do not have, and nobody streams).
     let ctl = Ctl::start("patronictl_cluster_pg_hba", Opts { sync: false, cluster_pg_hba: true, ..Opts::default() });
@@ -389,4 +389,30 @@ fn the_clusters_pg_hba_applies_to_members_without_their_own_and_edit_config_chan
         (1..=3).all(|i| hba(i).contains("192.0.2.0/24 reject")).then_some(())
     })
     .expect("the cluster's pg_hba applied everywhere");
+
+    // use_slots off: replicas stream without a slot and the leader drops theirs; back on, the
+    // slots are made again and used.
+    let p = ctl.primary;
+    let slots = |active: &str| {
+        ctl.c.sql(
+            p,
+            &format!("select count(*) from pg_replication_slots where slot_type = 'physical' and active = {active}"),
+        )
+    };
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "postgresql.use_slots=false"]).expect("use_slots off");
+    wait_until(UP, "no slot on the leader and the replicas streaming without one", || {
+        let conf = |i: usize| std::fs::read_to_string(ctl.c.data_dir(i).join("postgresql.conf")).unwrap_or_default();
+        let replicas: Vec<usize> = (1..=3).filter(|i| *i != p).collect();
+        (replicas.iter().all(|&i| !conf(i).contains("primary_slot_name"))
+            && slots("true").ok().as_deref() == Some("0")
+            && slots("false").ok().as_deref() == Some("0"))
+        .then_some(())
+    })
+    .expect("slots gone");
+    ctl.c.wait_streaming(p, &(1..=3).filter(|i| *i != p).collect::<Vec<_>>(), UP).expect("streaming without slots");
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "postgresql.use_slots=true"]).expect("use_slots on");
+    wait_until(UP, "both replicas streaming through their slots again", || {
+        (slots("true").ok().as_deref() == Some("2")).then_some(())
+    })
+    .expect("slots back and active");
 }

@@ -203,6 +203,9 @@ pub struct DynConfig {
     pub timings: super::timing::Asked,
     /// `postgresql.pg_hba`: every member's `pg_hba.conf` unless its own file sets one.
     pub pg_hba: Option<Vec<String>>,
+    /// `postgresql.use_slots` (default true): the leader keeps a physical slot per member and
+    /// replicas stream through theirs.
+    pub use_slots: bool,
 }
 
 /// Why a PostgreSQL parameter from a config (the cluster's `config` key, or the agent's file)
@@ -254,6 +257,7 @@ impl Default for DynConfig {
             failsafe_mode: false,
             timings: super::timing::Asked::default(),
             pg_hba: None,
+            use_slots: true,
         }
     }
 }
@@ -305,6 +309,7 @@ impl DynConfig {
             failsafe_mode: v.failsafe_mode().unwrap_or(false),
             timings: super::timing::Asked { ttl: v.ttl(), loop_wait: v.loop_wait(), retry_timeout: v.retry_timeout() },
             pg_hba: v.pg_hba(),
+            use_slots: v.use_slots().unwrap_or(true),
         }
     }
 }

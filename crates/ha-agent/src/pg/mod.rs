@@ -154,6 +154,8 @@ pub struct Postgres {
     cb: callbacks::State,
     /// The cluster's `postgresql.pg_hba` (config key), used unless the local file sets one.
     cluster_hba: Option<Vec<String>>,
+    /// The cluster's `postgresql.use_slots` (default true).
+    use_slots: bool,
     ids: Option<Ids>,
     client: Option<tokio_postgres::Client>,
     /// Told when a postmaster we started exits.
@@ -181,6 +183,7 @@ impl Postgres {
             scope: scope.to_owned(),
             cb: callbacks::State::default(),
             cluster_hba: None,
+            use_slots: true,
             ids,
             client: None,
             exits,
@@ -441,6 +444,11 @@ impl Postgres {
         self.cluster_hba = lines;
     }
 
+    /// The cluster's `postgresql.use_slots` as last read.
+    pub fn set_use_slots(&mut self, on: bool) {
+        self.use_slots = on;
+    }
+
     /// The `pg_hba.conf` lines in force: the local file's, else the cluster's, else the default.
     fn hba_lines(&self) -> &[String] {
         text::hba_in_force(&self.cfg.pg_hba, self.cfg.pg_hba_local, self.cluster_hba.as_deref())
@@ -481,6 +489,7 @@ impl Postgres {
             replication_user: &self.cfg.replication.username,
             replication_password: self.cfg.replication.password.as_deref(),
             application_name: &self.name,
+            use_slots: self.use_slots,
         });
         let mut changed = std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str());
         if changed {

@@ -124,6 +124,8 @@ pub struct ConfInput<'a> {
     pub replication_user: &'a str,
     pub replication_password: Option<&'a str>,
     pub application_name: &'a str,
+    /// `use_slots`: a replica streams through the slot named after it (Patroni's default).
+    pub use_slots: bool,
 }
 
 /// The marker line that records which member the file points at, read back after a restart
@@ -171,7 +173,9 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
             let _ = write!(ci, " password={}", conninfo_quote(p));
         }
         settings.push(("primary_conninfo".into(), ci));
-        settings.push(("primary_slot_name".into(), slot_name(i.application_name)));
+        if i.use_slots {
+            settings.push(("primary_slot_name".into(), slot_name(i.application_name)));
+        }
     }
     settings.push(("recovery_target_timeline".into(), "latest".into()));
     for (k, v) in settings {
@@ -281,6 +285,26 @@ Data page checksum version:           1
     }
 
     #[test]
+    fn without_use_slots_a_replica_names_no_slot() {
+        let up = Upstream { member: "n2".into(), host: "10.0.0.2".into(), port: 5432 };
+        let text = render_postgresql_conf(&ConfInput {
+            listen_addresses: "*",
+            port: 5432,
+            socket_dir: "/run/pg",
+            cluster_parameters: &[],
+            local_parameters: &[],
+            wal_log_hints: true,
+            upstream: Some(&up),
+            replication_user: "replicator",
+            replication_password: None,
+            application_name: "n1",
+            use_slots: false,
+        });
+        assert!(text.contains("primary_conninfo"), "{text}");
+        assert!(!text.contains("primary_slot_name"), "{text}");
+    }
+
+    #[test]
     fn slot_names_follow_patroni() {
         assert_eq!(slot_name("PG-1.example"), "pg_1_example");
     }
@@ -301,6 +325,7 @@ Data page checksum version:           1
             replication_user: "replicator",
             replication_password: Some("it's"),
             application_name: "n1",
+            use_slots: true,
         });
         assert_eq!(upstream_marker(&text).as_deref(), Some("n2"));
         assert!(text.contains("max_connections = '200'\n") && !text.contains("'100'"), "{text}");
@@ -327,6 +352,7 @@ Data page checksum version:           1
             replication_user: "r",
             replication_password: None,
             application_name: "n1",
+            use_slots: true,
         });
         assert_eq!(upstream_marker(&text), None);
         assert!(!text.contains("primary_conninfo") && !text.contains("wal_log_hints"));

@@ -541,6 +541,24 @@ impl Agent {
                 return;
             }
         };
+        if !self.dyn_config.use_slots {
+            // use_slots off: no member slots; ones left from before would hold WAL forever.
+            for (name, active) in &slots {
+                let member_slot = view
+                    .members
+                    .iter()
+                    .map(|m| slot_name(&m.name))
+                    .chain(self.memory.slot_members().map(slot_name))
+                    .any(|s| s == *name);
+                if member_slot && !active {
+                    match self.pg.drop_slot(name).await {
+                        Ok(()) => tracing::info!(slot = %name, "dropped a member's slot: use_slots is off"),
+                        Err(e) => tracing::warn!(slot = %name, error = format!("{e:#}"), "drop replication slot"),
+                    }
+                }
+            }
+            return;
+        }
         // Members seen recently, former leaders included: a member rejoining after its key
         // expired needs its slot before it can stream and publish its key again.
         let wanted: Vec<String> = view

@@ -38,6 +38,7 @@ impl Agent {
         }
         self.apply_timings(false);
         self.pg.set_cluster_hba(self.dyn_config.pg_hba.clone());
+        self.pg.set_use_slots(self.dyn_config.use_slots);
         if let Some(lease) = self.memory.leader_lease_unknown(&self.cfg.name, &view) {
             match self.dcs.granted_ttl(lease).await {
                 Ok(ttl) => {
