@@ -373,7 +373,7 @@ fn patronictl_edit_config_changes_the_timings_every_member_runs_with() {
 }
 
 #[test]
-fn the_clusters_pg_hba_and_use_slots_apply_to_every_member_and_edit_config_changes_them() {
+fn the_clusters_pg_hba_pg_ident_and_use_slots_apply_to_every_member_and_edit_config_changes_them() {
     // No member's file sets pg_hba: the one in bootstrap.dcs is every member's (without it the
     // default asks replication for a password the replicas do not have, and nobody streams).
     let ctl = Ctl::start("patronictl_cluster_pg_hba", Opts { sync: false, cluster_pg_hba: true, ..Opts::default() });
@@ -384,9 +384,11 @@ fn the_clusters_pg_hba_and_use_slots_apply_to_every_member_and_edit_config_chang
     let lines = "postgresql.pg_hba=['local all all trust', 'local replication all trust', \
                  'host all all 10.250.0.0/24 trust', 'host replication all 10.250.0.0/24 trust', \
                  'host all all 192.0.2.0/24 reject']";
-    ctl.run(&["edit-config", SCOPE, "--force", "-s", lines]).expect("edit-config pg_hba");
-    wait_until(UP, "every member's pg_hba.conf to have the new line", || {
-        (1..=3).all(|i| hba(i).contains("192.0.2.0/24 reject")).then_some(())
+    let ident = |i: usize| std::fs::read_to_string(ctl.c.data_dir(i).join("pg_ident.conf")).unwrap_or_default();
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", lines, "-s", "postgresql.pg_ident=['ops alice postgres']"])
+        .expect("edit-config pg_hba and pg_ident");
+    wait_until(UP, "every member's pg_hba.conf and pg_ident.conf to have the new lines", || {
+        (1..=3).all(|i| hba(i).contains("192.0.2.0/24 reject") && ident(i).contains("ops alice postgres")).then_some(())
     })
     .expect("the cluster's pg_hba applied everywhere");
 

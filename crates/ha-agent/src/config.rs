@@ -150,6 +150,9 @@ pub struct RawPostgresql {
     #[serde(default)]
     pub remove_data_directory_on_diverged_timelines: bool,
     pub pg_hba: Option<Vec<String>>,
+    /// `pg_ident.conf`, line by line (Patroni's `postgresql.pg_ident`); unset, the file is left
+    /// as it is unless the cluster's config key sets one.
+    pub pg_ident: Option<Vec<String>>,
     #[serde(default)]
     pub parameters: toml::Table,
     /// How long a start may take before it counts as failed.
@@ -274,6 +277,8 @@ pub struct PgConfig {
     pub pg_hba: Vec<String>,
     /// This file sets `postgresql.pg_hba`: it wins over the cluster's (Patroni's precedence).
     pub pg_hba_local: bool,
+    /// This file's `postgresql.pg_ident` (it wins over the cluster's).
+    pub pg_ident: Option<Vec<String>>,
     /// Local `postgresql.parameters`; they win over the cluster's.
     pub parameters: Vec<(String, String)>,
     pub start_timeout: Duration,
@@ -532,6 +537,7 @@ impl RawConfig {
             remove_data_directory_on_diverged_timelines: pg.remove_data_directory_on_diverged_timelines,
             pg_hba: pg.pg_hba.clone().unwrap_or_else(|| DEFAULT_PG_HBA.iter().map(|s| (*s).to_owned()).collect()),
             pg_hba_local: pg.pg_hba.is_some(),
+            pg_ident: pg.pg_ident.clone(),
             parameters,
             start_timeout,
             create_replica_methods,
@@ -1122,6 +1128,7 @@ impl Config {
             postgresql.remove_data_directory_on_diverged_timelines
         );
         runtime!("postgresql.pg_hba", postgresql.pg_hba);
+        runtime!("postgresql.pg_ident", postgresql.pg_ident);
         runtime!("postgresql.callbacks/pre_promote/before_stop", postgresql.callbacks);
         runtime!("postgresql.parameters", postgresql.parameters);
         runtime!("postgresql.start_timeout", postgresql.start_timeout);

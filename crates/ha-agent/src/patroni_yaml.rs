@@ -481,9 +481,9 @@ fn postgresql(v: &Value, out: &mut Out) {
                     }
                 }
             }
-            "pg_hba" => {
+            "pg_hba" | "pg_ident" => {
                 if let Some(t) = to_toml(v) {
-                    out.set(pg, "pg_hba", t);
+                    out.set(pg, k, t);
                 }
             }
             "callbacks" => {

@@ -265,7 +265,7 @@ impl Etcd {
         let mut v = ClusterView::empty();
         v.revision = self.revision;
         v.initialize = self.initialize.unwrap_or(Initialize::Absent);
-        v.config = ConfigState::Valid(DynConfig { pause: self.paused, ..dyn_config() });
+        v.config = ConfigState::Valid(Box::new(DynConfig { pause: self.paused, ..dyn_config() }));
         v.leader = self.leader.clone();
         v.members = self.members.values().cloned().collect();
         v.status_optime = self.status_optime;
@@ -273,13 +273,13 @@ impl Etcd {
         v.failover = self.failover.clone();
         v.sync = self.sync.clone();
         v.failsafe = self.failsafe.clone();
-        v.config = ConfigState::Valid(DynConfig {
+        v.config = ConfigState::Valid(Box::new(DynConfig {
             pause: self.paused,
             sync: self.sync_settings.clone(),
             failsafe_mode: self.failsafe_mode,
             timings: Asked { ttl: self.ttl.map(Duration::from_millis), ..Asked::default() },
             ..dyn_config()
-        });
+        }));
         v
     }
 }

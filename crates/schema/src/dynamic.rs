@@ -172,7 +172,16 @@ impl ConfigValue {
     /// `postgresql.pg_hba`: the cluster's `pg_hba.conf` lines (`None`: absent or not a list
     /// of strings).
     pub fn pg_hba(&self) -> Option<Vec<String>> {
-        match self.postgresql.as_ref()?.extra.get("pg_hba")? {
+        self.lines("pg_hba")
+    }
+
+    /// `postgresql.pg_ident`, read as [`Self::pg_hba`].
+    pub fn pg_ident(&self) -> Option<Vec<String>> {
+        self.lines("pg_ident")
+    }
+
+    fn lines(&self, key: &str) -> Option<Vec<String>> {
+        match self.postgresql.as_ref()?.extra.get(key)? {
             Value::Array(lines) => lines.iter().map(|l| l.as_str().map(str::to_owned)).collect(),
             _ => None,
         }
@@ -325,6 +334,8 @@ mod tests {
         assert_eq!(hba(r#"{"postgresql":{"pg_hba":"local all all trust"}}"#), None);
         assert_eq!(hba(r#"{"postgresql":{"pg_hba":["a", 1]}}"#), None);
         assert_eq!(hba(r#"{}"#), None);
+        let c = ConfigValue::decode(br#"{"postgresql":{"pg_ident":["ops alice postgres"]}}"#).unwrap();
+        assert_eq!(c.pg_ident(), Some(vec!["ops alice postgres".to_owned()]));
     }
 
     #[test]

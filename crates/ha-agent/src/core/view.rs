@@ -203,6 +203,8 @@ pub struct DynConfig {
     pub timings: super::timing::Asked,
     /// `postgresql.pg_hba`: every member's `pg_hba.conf` unless its own file sets one.
     pub pg_hba: Option<Vec<String>>,
+    /// `postgresql.pg_ident`, likewise.
+    pub pg_ident: Option<Vec<String>>,
     /// `postgresql.use_slots` (default true): the leader keeps a physical slot per member and
     /// replicas stream through theirs.
     pub use_slots: bool,
@@ -257,6 +259,7 @@ impl Default for DynConfig {
             failsafe_mode: false,
             timings: super::timing::Asked::default(),
             pg_hba: None,
+            pg_ident: None,
             use_slots: true,
         }
     }
@@ -309,6 +312,7 @@ impl DynConfig {
             failsafe_mode: v.failsafe_mode().unwrap_or(false),
             timings: super::timing::Asked { ttl: v.ttl(), loop_wait: v.loop_wait(), retry_timeout: v.retry_timeout() },
             pg_hba: v.pg_hba(),
+            pg_ident: v.pg_ident(),
             use_slots: v.use_slots().unwrap_or(true),
         }
     }
@@ -318,7 +322,8 @@ impl DynConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConfigState {
     Absent,
-    Valid(DynConfig),
+    /// Boxed: the config is large and most views are compared and cloned whole.
+    Valid(Box<DynConfig>),
     /// Not decodable: use the last good config (or the defaults).
     Garbage,
 }
@@ -430,7 +435,7 @@ impl ClusterView {
                         for (name, why) in &c.refused {
                             problem(kv, &format!("postgresql.parameters.{name} is not applied: {why}"));
                         }
-                        view.config = ConfigState::Valid(c);
+                        view.config = ConfigState::Valid(Box::new(c));
                     }
                     Err(e) => {
                         view.config = ConfigState::Garbage;

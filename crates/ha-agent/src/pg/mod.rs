@@ -156,6 +156,8 @@ pub struct Postgres {
     cluster_hba: Option<Vec<String>>,
     /// The cluster's `postgresql.use_slots` (default true).
     use_slots: bool,
+    /// The cluster's `postgresql.pg_ident` (config key), used unless the local file sets one.
+    cluster_ident: Option<Vec<String>>,
     ids: Option<Ids>,
     client: Option<tokio_postgres::Client>,
     /// Told when a postmaster we started exits.
@@ -184,6 +186,7 @@ impl Postgres {
             cb: callbacks::State::default(),
             cluster_hba: None,
             use_slots: true,
+            cluster_ident: None,
             ids,
             client: None,
             exits,
@@ -449,6 +452,11 @@ impl Postgres {
         self.use_slots = on;
     }
 
+    /// The cluster's `postgresql.pg_ident` as last read (`None`: the key has none).
+    pub fn set_cluster_ident(&mut self, lines: Option<Vec<String>>) {
+        self.cluster_ident = lines;
+    }
+
     /// The `pg_hba.conf` lines in force: the local file's, else the cluster's, else the default.
     fn hba_lines(&self) -> &[String] {
         text::hba_in_force(&self.cfg.pg_hba, self.cfg.pg_hba_local, self.cluster_hba.as_deref())
@@ -499,6 +507,15 @@ impl Postgres {
         if std::fs::read_to_string(d.join("pg_hba.conf")).ok().as_deref() != Some(hba.as_str()) {
             self.write_file(&d.join("pg_hba.conf"), &hba)?;
             changed = true;
+        }
+        // pg_ident.conf only when the member's file or the cluster's key sets it (Patroni
+        // leaves the file alone otherwise).
+        if let Some(lines) = self.cfg.pg_ident.as_ref().or(self.cluster_ident.as_ref()) {
+            let ident = text::render_pg_ident(lines);
+            if std::fs::read_to_string(d.join("pg_ident.conf")).ok().as_deref() != Some(ident.as_str()) {
+                self.write_file(&d.join("pg_ident.conf"), &ident)?;
+                changed = true;
+            }
         }
         let signal = d.join("standby.signal");
         if replica && !signal.exists() {

@@ -199,7 +199,16 @@ pub fn hba_in_force<'a>(local: &'a [String], local_set: bool, cluster: Option<&'
 }
 
 pub fn render_pg_hba(lines: &[String]) -> String {
-    let mut out = String::from("# Written by ha-agent from postgresql.pg_hba; changes here are lost.\n");
+    render_lines("pg_hba", lines)
+}
+
+/// `pg_ident.conf` from `postgresql.pg_ident` lines.
+pub fn render_pg_ident(lines: &[String]) -> String {
+    render_lines("pg_ident", lines)
+}
+
+fn render_lines(key: &str, lines: &[String]) -> String {
+    let mut out = format!("# Written by ha-agent from postgresql.{key}; changes here are lost.\n");
     for l in lines {
         out.push_str(l);
         out.push('\n');

@@ -31,7 +31,7 @@ impl Agent {
             }
         }
         match &view.config {
-            ConfigState::Valid(c) => self.dyn_config = c.clone(),
+            ConfigState::Valid(c) => self.dyn_config = (**c).clone(),
             // Garbage: keep the last good config. Absent: Patroni's defaults.
             ConfigState::Garbage => {}
             ConfigState::Absent => self.dyn_config = DynConfig::default(),
@@ -39,6 +39,7 @@ impl Agent {
         self.apply_timings(false);
         self.pg.set_cluster_hba(self.dyn_config.pg_hba.clone());
         self.pg.set_use_slots(self.dyn_config.use_slots);
+        self.pg.set_cluster_ident(self.dyn_config.pg_ident.clone());
         if let Some(lease) = self.memory.leader_lease_unknown(&self.cfg.name, &view) {
             match self.dcs.granted_ttl(lease).await {
                 Ok(ttl) => {
