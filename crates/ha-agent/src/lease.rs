@@ -98,6 +98,12 @@ impl LeaseHandle {
         self.0.keeper_wake.notify_one();
     }
 
+    /// The leader key is on lease `id` under our name (`Keeper::key_on`).
+    pub fn key_on(&self, id: i64) {
+        self.lock().core.key_on(id);
+        self.0.keeper_wake.notify_one();
+    }
+
     /// Disarms the fence; `pg_down`: PostgreSQL is known not to accept writes, so the
     /// watchdog may be closed too.
     pub fn disarm(&self, pg_down: bool) {
@@ -119,10 +125,10 @@ impl LeaseHandle {
         self.lock().core.armed()
     }
 
-    /// Whether the renewals are late (`Keeper::renewals_late`).
-    pub fn renewals_late(&self) -> bool {
+    /// Whether an armed primary needs failsafe_mode's proof (`Keeper::lease_unproven`).
+    pub fn lease_unproven(&self) -> bool {
         let now = self.0.clock.now();
-        self.lock().core.renewals_late(now)
+        self.lock().core.lease_unproven(now)
     }
 
     /// failsafe_mode: every listed member accepted the round sent at `sent`.

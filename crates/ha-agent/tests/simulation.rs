@@ -71,8 +71,8 @@ use ha_agent::core::timing::{self, Asked};
 use ha_agent::core::watchdog::{self, Mode};
 use ha_agent::core::{
     ClusterState, ClusterView, ConfigState, Control, Decision, DynConfig, FailoverRequest, Initialize, LeaderKey,
-    Member, Memory, Moment, Observed, Outcome, PeerProbe, PeerStatus, PgErrorKind, PgView, Role, RunningPg, Settings,
-    Tags, TimelineSwitch, decide,
+    Member, Memory, Moment, Observed, Outcome, PeerProbe, PeerStatus, PgErrorKind, PgView, ProbeBasis, Role, RunningPg,
+    Settings, Tags, TimelineSwitch, decide,
 };
 
 const TICK: u64 = 10;
@@ -419,6 +419,8 @@ enum Pending {
     /// Peers asked; decide again with their answers when done.
     Probed {
         answers: Vec<PeerProbe>,
+        /// The keys as read by the decision that asked.
+        basis: Option<ProbeBasis>,
     },
     /// `arm_for_primary` and the lease re-check, then `pg_promote`; gives up at `deadline`
     /// (local ms) if a required watchdog did not open.
@@ -460,6 +462,8 @@ struct Agent {
     sync_memory: SyncMemory,
     /// The `sync` key as last read (compare-and-swap writes are against it).
     seen_sync: Option<SyncKey>,
+    /// The keys the last decision was made on (a probe it asks for is read against them).
+    decided_on: Option<ProbeBasis>,
     /// failsafe_mode, the REST API's desk (`http::failsafe::Desk`): the last `POST /failsafe`
     /// accepted (leader, local time), and whether this member leads or races (it then refuses).
     fs_last: Option<(String, Moment)>,
@@ -952,6 +956,7 @@ impl World {
                 booted: false,
                 sync_memory: SyncMemory::default(),
                 seen_sync: None,
+                decided_on: None,
                 fs_last: None,
                 fs_leading: false,
                 fs_next_round: Moment::from_millis(0),
@@ -1225,12 +1230,15 @@ impl World {
             if agent.held_key && !i_lead {
                 agent.keeper.renew_soon(now);
             }
+            if let Some(l) = v.leader.as_ref().filter(|_| i_lead) {
+                agent.keeper.key_on(l.lease);
+            }
             agent.held_key = i_lead;
         }
         self.effects(h, effects);
     }
 
-    fn cycle(&mut self, h: usize, view: Option<ClusterView>, answers: Option<Vec<PeerProbe>>) {
+    fn cycle(&mut self, h: usize, view: Option<ClusterView>, answers: Option<(Vec<PeerProbe>, Option<ProbeBasis>)>) {
         // `check_impostor` in `run/cycle.rs`: another agent writes our member key.
         let name = self.hosts[h].name.clone();
         let lease = self.agent(h).keeper.view().id;
@@ -1245,6 +1253,7 @@ impl World {
         if let Some(v) = &view {
             self.agent(h).seen_sync = v.sync.clone();
         }
+        self.agent(h).decided_on = view.as_ref().map(ProbeBasis::of);
         let sync_settings = self.etcd.sync_settings.clone();
         let agent = self.hosts[h].agent.as_ref().expect("agent runs");
         let cfg = DynConfig {
@@ -1261,7 +1270,8 @@ impl World {
             config: &cfg,
             lease: agent.keeper.view(),
             pg: &pg,
-            peers: answers.as_deref(),
+            peers: answers.as_ref().map(|(a, _)| a.as_slice()),
+            probed_in: answers.as_ref().and_then(|(_, b)| b.clone()),
             recent: agent.memory.recent(),
             watchdog_failed: agent.keeper.watchdog_failed(),
         });
@@ -1353,7 +1363,7 @@ impl World {
         let due = ha_agent::core::failsafe_round_due(
             failsafe_mode,
             agent.keeper.armed(),
-            agent.keeper.renewals_late(now),
+            agent.keeper.lease_unproven(now),
             agent.memory.recent().failsafe_members.as_deref(),
         )
         .map(<[_]>::to_vec);
@@ -1477,7 +1487,8 @@ impl World {
                     })
                     .max()
                     .unwrap_or(20);
-                self.busy(h, wait, Pending::Probed { answers });
+                let basis = self.agent(h).decided_on.clone();
+                self.busy(h, wait, Pending::Probed { answers, basis });
             }
             Decision::AcquireLeader => {
                 let primary = self.pg_view(h).writable();
@@ -1491,6 +1502,7 @@ impl World {
                     let rev = self.etcd.bump(true);
                     self.etcd.leader = Some(LeaderKey { name: name.clone(), lease: l, mod_revision: rev });
                     self.note(format!("{name} took the leader key"));
+                    self.agent(h).keeper.key_on(l);
                     if self.etcd.failover.take().is_some() {
                         self.etcd.bump(true);
                     }
@@ -1512,6 +1524,7 @@ impl World {
                 {
                     let rev = self.etcd.bump(false);
                     self.etcd.leader = Some(LeaderKey { name, lease: l, mod_revision: rev });
+                    self.agent(h).keeper.key_on(l);
                 }
             }
             Decision::Promote => {
@@ -1673,9 +1686,9 @@ impl World {
                 }
             }
             // The answers took a while: decide on a fresh read, as the shell does.
-            Pending::Probed { answers } => {
+            Pending::Probed { answers, basis } => {
                 let view = self.etcd_ok(h).then(|| self.etcd.view());
-                self.cycle(h, view, Some(answers));
+                self.cycle(h, view, Some((answers, basis)));
             }
             Pending::Promote { deadline } => match self.watchdog_ready(h, deadline) {
                 None => self.busy(h, TICK, Pending::Promote { deadline }),

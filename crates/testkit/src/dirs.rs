@@ -3,6 +3,13 @@ use std::path::{Path, PathBuf};
 /// A test's folder for logs and data: `<workspace>/target/test-logs/<name>/`, emptied when the
 /// test starts and kept afterwards, so the logs of a failed test can be read. Override the root
 /// with `OUTRIGGER_TEST_LOGS`.
+/// Where every test's folder goes: `OUTRIGGER_TEST_LOGS`, else `<workspace>/target/test-logs`.
+pub(crate) fn root() -> PathBuf {
+    std::env::var_os("OUTRIGGER_TEST_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-logs"))
+}
+
 #[derive(Debug, Clone)]
 pub struct TestDir {
     path: PathBuf,
@@ -10,10 +17,7 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new(name: &str) -> anyhow::Result<Self> {
-        let root = std::env::var_os("OUTRIGGER_TEST_LOGS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-logs"));
-        let path = root.join(name);
+        let path = root().join(name);
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
         }

@@ -61,6 +61,7 @@ pub struct Host {
 impl Net {
     /// Creates hosts `n1..=n<count>` with addresses `10.250.0.1..`. `test` names the log folder.
     pub fn start(test: &str, count: usize) -> anyhow::Result<Self> {
+        crate::sys::enough_disk()?;
         let dir = TestDir::new(test)?;
         let id = format!("{NETNS_PREFIX}{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
         let switch = format!("{id}-sw");

@@ -11,7 +11,7 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Op
             return Ok(v);
         }
         if start.elapsed() >= timeout {
-            anyhow::bail!("timed out after {timeout:?} waiting for: {what}");
+            anyhow::bail!("timed out after {timeout:?} waiting for: {what} [{}]", crate::sys::machine_state());
         }
         std::thread::sleep(POLL);
     }
@@ -25,7 +25,10 @@ pub fn wait_ok<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> anyh
         match probe() {
             Ok(v) => return Ok(v),
             Err(e) if start.elapsed() >= timeout => {
-                anyhow::bail!("timed out after {timeout:?} waiting for: {what} (last error: {e:#})")
+                anyhow::bail!(
+                    "timed out after {timeout:?} waiting for: {what} (last error: {e:#}) [{}]",
+                    crate::sys::machine_state()
+                )
             }
             Err(_) => std::thread::sleep(POLL),
         }

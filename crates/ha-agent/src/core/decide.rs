@@ -113,8 +113,9 @@ fn decide_on(o: &Observed<'_>, lease_ok: bool) -> Decision {
     }
 }
 
-/// failsafe_mode: whom a primary asks (`POST /failsafe`) now, if anyone: while its lease
-/// renewals are late (`Keeper::renewals_late`: etcd may be gone), every member of the last
+/// failsafe_mode: whom a primary asks (`POST /failsafe`) now, if anyone: while its lease does
+/// not prove it (`Keeper::lease_unproven`: renewals late, etcd may be gone; or a new lease
+/// without the leader key yet), every member of the last
 /// `failsafe` key read. The rounds run on their own task, beside the HA loop, every
 /// [`super::keeper::failsafe_interval`]: the loop may sit in an etcd read for `retry_timeout`,
 /// and with `ttl = loop_wait + 2 x retry_timeout` a round sent only after a failed read can
@@ -123,10 +124,10 @@ fn decide_on(o: &Observed<'_>, lease_ok: bool) -> Decision {
 pub fn failsafe_round_due(
     failsafe_mode: bool,
     armed: bool,
-    renewals_late: bool,
+    lease_unproven: bool,
     members: Option<&[PeerRef]>,
 ) -> Option<&[PeerRef]> {
-    (failsafe_mode && armed && renewals_late).then_some(members).flatten()
+    (failsafe_mode && armed && lease_unproven).then_some(members).flatten()
 }
 
 /// failsafe_mode is on and a non-empty `failsafe` key leaves `name` out: it may not race.
@@ -625,6 +626,11 @@ fn race(o: &Observed<'_>, c: &ClusterView, r: &RunningPg) -> Decision {
         return Decision::AcquireLeader;
     }
     let Some(probes) = o.peers else { return Decision::ProbePeers { peers: others } };
+    // Rule: answers are read only against the keys they were asked under (`ProbeBasis`):
+    // when another member led while they came in, they are asked again.
+    if o.probed_in.as_ref() != Some(&super::observed::ProbeBasis::of(c)) {
+        return Decision::ProbePeers { peers: others };
+    }
     let answered = || probes.iter().filter_map(|p| p.status.as_ref().map(|s| (p.name.as_str(), s)));
 
     // Rule: never race while a peer answers that it is still a primary.

@@ -25,6 +25,14 @@
 //! trusts the primary until `s + ttl - retry_timeout` ([`Keeper::failsafe_confirmed`]), lease
 //! or not, and feeds the watchdog as if a lease expired at `s + ttl`. A round that is not
 //! accepted by all ends it at once ([`Keeper::failsafe_lost`]).
+//!
+//! The lease protects a primary only while the leader key is on it. A primary that loses its
+//! lease (revoked early, or expired while etcd was away) is granted a new one, which holds no
+//! leader key: the others race once the old lease's waits are over, whatever we renew. So a
+//! lease granted after an armed keeper lost its own does not count for the fence (only the
+//! failsafe proof does, and rounds go on for it) until the loop has put the leader key on it
+//! ([`Keeper::key_on`]). The simulation found a primary whose PostgreSQL hung through a mass
+//! revocation kept alive on such a lease, unfenced, after another member took over.
 
 use std::time::Duration;
 
@@ -37,7 +45,7 @@ pub const RETRY: Duration = Duration::from_millis(200);
 /// How long before the last allowed moment the keeper wakes for a last-chance watchdog feed
 /// (timers fire a little late; a feed after the last allowed moment is refused).
 const FEED_LEAD: Duration = Duration::from_millis(100);
-/// A renewal in flight this long counts as late (`Keeper::renewals_late`): etcd answers in
+/// A renewal in flight this long counts as late (`Keeper::lease_unproven`): etcd answers in
 /// milliseconds when it is there.
 pub const RENEWAL_LATE_AFTER: Duration = Duration::from_millis(300);
 /// failsafe_mode: how often the failsafe task sends a round while renewals are late: every
@@ -155,6 +163,9 @@ pub struct Keeper {
     /// A lease of an earlier ttl is to make way for one of the ttl in force once a renewal
     /// sent after this moment confirms it was alive (so a revocation is not missed).
     relet_since: Option<Moment>,
+    /// Armed when the lease was lost: the lease in hand holds no leader key until the loop
+    /// says so ([`Keeper::key_on`]), and does not count for the fence meanwhile.
+    unbound: bool,
 }
 
 impl Keeper {
@@ -177,6 +188,7 @@ impl Keeper {
             failsafe_until: None,
             renewed_sent: None,
             relet_since: None,
+            unbound: false,
         }
     }
 
@@ -203,7 +215,7 @@ impl Keeper {
     /// The earliest moment anyone else may take over, as far as this keeper can vouch: the
     /// lease's earliest expiry at etcd, or the end of the last failsafe round's proof.
     fn expiry(&self) -> Option<Moment> {
-        let lease = self.lease.map(|h| h.expires_at);
+        let lease = self.lease.filter(|_| !self.unbound).map(|h| h.expires_at);
         let failsafe = self.failsafe_until.map(|u| u.plus(self.lease_timings().retry_timeout));
         lease.max(failsafe)
     }
@@ -219,13 +231,23 @@ impl Keeper {
         self.failsafe_until = Some(self.failsafe_until.map_or(until, |u| u.max(until)));
     }
 
-    /// Whether an armed primary's renewals are late at `now`: the last one failed, or one has
-    /// been in flight for [`RENEWAL_LATE_AFTER`] (etcd may be gone; an etcd read would then take
-    /// `retry_timeout` to fail).
-    pub fn renewals_late(&self, now: Moment) -> bool {
+    /// Whether an armed primary needs failsafe_mode's proof at `now`: its renewals are late
+    /// (the last one failed, or one has been in flight for [`RENEWAL_LATE_AFTER`]: etcd may be
+    /// gone, and an etcd read would then take `retry_timeout` to fail), or its lease holds no
+    /// leader key yet (it replaced one lost while armed).
+    pub fn lease_unproven(&self, now: Moment) -> bool {
         self.armed
-            && (self.failing
+            && (self.unbound
+                || self.failing
                 || matches!(self.in_flight, Some((Ask::Renew { .. }, sent)) if now.since(sent) >= RENEWAL_LATE_AFTER))
+    }
+
+    /// The loop saw the leader key on lease `id` under our name (read, or just taken): the
+    /// lease in hand counts for the fence again if it is that one.
+    pub fn key_on(&mut self, id: i64) {
+        if self.lease.is_some_and(|h| h.id == id) {
+            self.unbound = false;
+        }
     }
 
     /// failsafe_mode: a round was not accepted by every listed member: no more trust from it.
@@ -233,8 +255,11 @@ impl Keeper {
         self.failsafe_until = None;
     }
 
+    /// Whether an armed primary may keep taking writes: under a lease that holds the leader
+    /// key, or on failsafe_mode's proof.
     pub fn trusted(&self, now: Moment) -> bool {
-        self.view().trusted(now, &self.lease_timings())
+        let view = self.view();
+        if self.unbound { view.failsafe(now) } else { view.trusted(now, &self.lease_timings()) }
     }
 
     pub fn armed(&self) -> bool {
@@ -283,6 +308,8 @@ impl Keeper {
         self.armed = false;
         self.refence_at = None;
         self.failsafe_until = None;
+        // The next arming follows a promotion or start under the key on the lease in hand.
+        self.unbound = false;
         if pg_down { self.close_watchdog() } else { Vec::new() }
     }
 
@@ -488,6 +515,7 @@ impl Keeper {
                     // else may have seen it).
                     self.revoked_at = Some(now);
                     self.lease = None;
+                    self.unbound |= self.armed;
                     out.push(Effect::LeaseChanged);
                 }
                 self.next_at = now;
@@ -505,6 +533,7 @@ impl Keeper {
                     // early while we were cut off is unknown: it counts as revoked.
                     self.revoked_at = Some(now);
                     self.lease = None;
+                    self.unbound |= self.armed;
                     out.push(Effect::LeaseChanged);
                 }
                 self.next_at = now.plus(RETRY);
@@ -673,8 +702,8 @@ mod tests {
         assert!(!k.view().held(t(1500), &lab()), "the lease itself is past its fence point");
         assert!(k.trusted(t(3199)));
         assert!(!k.step(t(2000)).contains(&Effect::Fence));
-        assert!(k.renewals_late(t(2000)), "a renewal in flight since 500");
-        assert!(!k.renewals_late(t(700)), "in flight for less than RENEWAL_LATE_AFTER");
+        assert!(k.lease_unproven(t(2000)), "a renewal in flight since 500");
+        assert!(!k.lease_unproven(t(700)), "in flight for less than RENEWAL_LATE_AFTER");
         // An older confirmation cannot shorten it.
         k.failsafe_confirmed(t(1000));
         assert_eq!(k.view().failsafe_until, Some(t(3200)));
@@ -685,6 +714,34 @@ mod tests {
         k.failsafe_confirmed(t(2100));
         k.disarm(true);
         assert_eq!(k.view().failsafe_until, None);
+    }
+
+    #[test]
+    fn a_lease_granted_after_an_armed_primary_lost_its_own_counts_only_once_the_leader_key_is_on_it() {
+        let mut k = granted(Mode::Off);
+        k.arm(t(10));
+        k.step(t(500));
+        k.answered(t(510), Answer::Renewed { ttl: Duration::from_secs(2) });
+        // A mass revocation: the renewal at 1000 finds the lease gone. A round confirmed at
+        // 1050 keeps the primary until 1050 + 2 s - 0.5 s = 2550.
+        k.step(t(1000));
+        k.answered(t(1010), Answer::Lost);
+        k.failsafe_confirmed(t(1050));
+        assert_eq!(k.step(t(1060)), vec![Effect::Send(Ask::Grant { ttl: Duration::from_secs(2), attempt: 0 })]);
+        k.answered(t(1070), Answer::Granted { lease: 8, ttl: Duration::from_secs(2) });
+        assert!(k.view().held(t(1100), &lab()), "the loop may take the leader key on the new lease");
+        assert!(k.lease_unproven(t(1100)), "rounds go on: the new lease holds no leader key");
+        assert_eq!(k.step(t(1560)), vec![Effect::Send(Ask::Renew { lease: 8 })]);
+        k.answered(t(1570), Answer::Renewed { ttl: Duration::from_secs(2) });
+        assert!(k.trusted(t(2549)));
+        assert!(!k.trusted(t(2550)), "renewing a lease without the leader key proves nothing");
+        assert!(k.step(t(2550)).contains(&Effect::Fence));
+        // Once the loop has put the leader key on it, the new lease counts.
+        k.key_on(7);
+        assert!(!k.trusted(t(2600)), "not for a lease we no longer hold");
+        k.key_on(8);
+        assert!(k.trusted(t(2600)));
+        assert!(!k.lease_unproven(t(2600)));
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub use decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReas
 pub use memory::{KNOWN_PEER_TTL, Memory, Outcome, PgErrorKind};
 pub use observed::{
     ClusterState, Control, FORMER_LEADER_TIMEOUT, LeaseView, Moment, Observed, PeerProbe, PeerRef, PeerStatus, PgView,
-    Recent, RunningPg, Settings,
+    ProbeBasis, Recent, RunningPg, Settings,
 };
 pub use view::{
     ClusterView, ConfigState, DynConfig, FailoverRequest, Initialize, KeyProblem, LeaderKey, Member, Role, Tags,

@@ -219,6 +219,30 @@ pub struct PeerStatus {
     pub lease_revoked_recently: bool,
 }
 
+/// The keys a peer's answer is read against. Answers given while these were different are
+/// void: a member may have led in between (taken the leader key, promoted, written commits
+/// its voters acknowledged, and let go again), so its answer from before says less than it
+/// has. The simulation found a quorum vote counted from such an answer losing a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeBasis {
+    /// The leader key: holder and `mod_revision`.
+    leader: Option<(String, i64)>,
+    /// The `sync` key's `mod_revision` (every promotion in synchronous mode writes it).
+    sync: Option<i64>,
+    /// The last timeline in `history` (every promotion adds one).
+    timeline: Option<u32>,
+}
+
+impl ProbeBasis {
+    pub fn of(c: &super::ClusterView) -> Self {
+        Self {
+            leader: c.leader.as_ref().map(|l| (l.name.clone(), l.mod_revision)),
+            sync: c.sync.as_ref().map(|k| k.mod_revision),
+            timeline: c.history.last().map(|h| h.timeline),
+        }
+    }
+}
+
 /// The outcome of asking one peer; `status: None` means no usable answer in time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerProbe {
@@ -321,6 +345,9 @@ pub struct Observed<'a> {
     pub pg: &'a PgView,
     /// `None` until the shell has asked the peers for this decision.
     pub peers: Option<&'a [PeerProbe]>,
+    /// The keys as read when the peers were asked (`ProbeBasis::of` the view the decision
+    /// to ask was made on).
+    pub probed_in: Option<ProbeBasis>,
     pub recent: &'a Recent,
     /// `watchdog.mode` is `required` and the watchdog is not usable: this member must not
     /// become a primary (Patroni's `watchdog_failed`).

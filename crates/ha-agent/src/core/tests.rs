@@ -17,6 +17,8 @@ struct Fx {
     lease: LeaseView,
     pg: PgView,
     peers: Option<Vec<PeerProbe>>,
+    /// The keys the peers were asked under; `None`: the fixture's own cluster.
+    probed_in: Option<ProbeBasis>,
     recent: Recent,
     now: Moment,
     wall_ms: u64,
@@ -119,6 +121,7 @@ impl Fx {
             },
             pg: replica(1000, 1, None),
             peers: None,
+            probed_in: None,
             recent: Recent { started_at: Some(Moment::from_millis(0)), ..Recent::default() },
             now: Moment::from_millis(10_000),
             wall_ms: 1_795_514_400_000,
@@ -136,6 +139,10 @@ impl Fx {
             lease: self.lease,
             pg: &self.pg,
             peers: self.peers.as_deref(),
+            probed_in: self
+                .peers
+                .as_ref()
+                .and_then(|_| self.probed_in.clone().or_else(|| self.cluster.as_ref().map(ProbeBasis::of))),
             recent: &self.recent,
             watchdog_failed: self.watchdog_failed,
         })
@@ -1246,6 +1253,33 @@ fn in_quorum_mode_only_voters_are_compared_and_the_keys_leader_needs_no_votes() 
     assert_eq!(fx.decide(), Decision::AcquireLeader);
     // The key's leader (restarted as a replica) races without votes when nobody is ahead.
     let fx = quorum(Fx::new(), ME, &["n2", "n3"], 1).peers(vec![silent("n2"), silent("n3")]);
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn answers_asked_before_another_member_led_are_asked_again_before_they_count_as_votes() {
+    // The peers were asked while n3 was a replica at 900. Before the answers were read, n3
+    // took the leader key, promoted (a new sync key, a new timeline), took commits and let
+    // go again: its old answer says less than it has, so it is no vote; ask again.
+    let asked = quorum(Fx::new(), "n2", &["n3"], 0);
+    let basis = ProbeBasis::of(asked.cluster.as_ref().unwrap());
+    let mut fx = quorum(Fx::new(), "n3", &[], 0).peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    fx.c().sync.as_mut().unwrap().mod_revision += 1;
+    fx.probed_in = Some(basis.clone());
+    assert!(matches!(fx.decide(), Decision::ProbePeers { peers } if peers.len() == 2));
+    // Asked under the keys as they are now, the same answer is a vote.
+    fx.probed_in = None;
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    // So does a new timeline in history; a member key refreshed meanwhile does not.
+    let mut fx = quorum(Fx::new(), "n2", &["n3"], 0).peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    fx.probed_in = Some(basis.clone());
+    assert_eq!(fx.decide(), Decision::AcquireLeader);
+    let mut fx = fx.history(&[(1, 0)]).pg(replica(1000, 2, None));
+    fx.probed_in = Some(basis.clone());
+    assert!(matches!(fx.decide(), Decision::ProbePeers { .. }));
+    let mut fx = quorum(Fx::new(), "n2", &["n3"], 0).peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    fx.c().members[0].lsn = Some(950);
+    fx.probed_in = Some(basis);
     assert_eq!(fx.decide(), Decision::AcquireLeader);
 }
 

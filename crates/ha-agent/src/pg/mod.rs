@@ -442,19 +442,11 @@ impl Postgres {
 
     // ---- configuration files ----
 
-    /// The cluster's `postgresql.pg_hba` as last read (`None`: the key has none).
-    pub fn set_cluster_hba(&mut self, lines: Option<Vec<String>>) {
-        self.cluster_hba = lines;
-    }
-
-    /// The cluster's `postgresql.use_slots` as last read.
-    pub fn set_use_slots(&mut self, on: bool) {
-        self.use_slots = on;
-    }
-
-    /// The cluster's `postgresql.pg_ident` as last read (`None`: the key has none).
-    pub fn set_cluster_ident(&mut self, lines: Option<Vec<String>>) {
-        self.cluster_ident = lines;
+    /// The cluster's `postgresql.pg_hba`, `pg_ident` and `use_slots` as last read.
+    pub fn set_cluster(&mut self, c: &crate::core::DynConfig) {
+        self.cluster_hba.clone_from(&c.pg_hba);
+        self.cluster_ident.clone_from(&c.pg_ident);
+        self.use_slots = c.use_slots;
     }
 
     /// The `pg_hba.conf` lines in force: the local file's, else the cluster's, else the default.

@@ -93,8 +93,7 @@ impl Agent {
             desk.set_leading(true);
             return true;
         }
-        let cover = crate::core::timing::cover(self.settings.timings.ttl, self.memory.recent().leader_lease_ttl);
-        match desk.claim(&self.cfg.name, cover, std::time::Instant::now(), self.failsafe_judged) {
+        match desk.claim(&self.cfg.name, self.cover(), std::time::Instant::now(), self.failsafe_judged) {
             Ok(()) => true,
             Err(leader) => {
                 tracing::info!(%leader, "failsafe_mode: this leader confirmed itself less than a ttl ago; not taking over");
@@ -146,6 +145,7 @@ impl Agent {
                     return Ok(());
                 }
                 tracing::info!("took the leader key");
+                self.lease.key_on(lease);
                 if let Some(f) = read.and_then(|r| r.view.failover.as_ref()) {
                     let _ = self.dcs.clear_failover(f.mod_revision).await;
                 }
@@ -157,7 +157,9 @@ impl Agent {
             }
             Decision::RetakeLeader => {
                 let lease = self.lease.view().id.context("no lease")?;
-                if !self.dcs.retake(lease).await? {
+                if self.dcs.retake(lease).await? {
+                    self.lease.key_on(lease);
+                } else {
                     tracing::info!("the leader key changed before it could be retaken");
                 }
             }
@@ -541,24 +543,6 @@ impl Agent {
                 return;
             }
         };
-        if !self.dyn_config.use_slots {
-            // use_slots off: no member slots; ones left from before would hold WAL forever.
-            for (name, active) in &slots {
-                let member_slot = view
-                    .members
-                    .iter()
-                    .map(|m| slot_name(&m.name))
-                    .chain(self.memory.slot_members().map(slot_name))
-                    .any(|s| s == *name);
-                if member_slot && !active {
-                    match self.pg.drop_slot(name).await {
-                        Ok(()) => tracing::info!(slot = %name, "dropped a member's slot: use_slots is off"),
-                        Err(e) => tracing::warn!(slot = %name, error = format!("{e:#}"), "drop replication slot"),
-                    }
-                }
-            }
-            return;
-        }
         // Members seen recently, former leaders included: a member rejoining after its key
         // expired needs its slot before it can stream and publish its key again.
         let wanted: Vec<String> = view
@@ -571,6 +555,19 @@ impl Agent {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        if !self.dyn_config.use_slots {
+            // use_slots off: no member slots; ones left from before would hold WAL forever.
+            let names: Vec<String> = wanted.iter().map(|m| slot_name(m)).collect();
+            for (name, active) in &slots {
+                if names.contains(name) && !active {
+                    match self.pg.drop_slot(name).await {
+                        Ok(()) => tracing::info!(slot = %name, "dropped a member's slot: use_slots is off"),
+                        Err(e) => tracing::warn!(slot = %name, error = format!("{e:#}"), "drop replication slot"),
+                    }
+                }
+            }
+            return;
+        }
         for member in &wanted {
             let name = slot_name(member);
             if !slots.iter().any(|(s, _)| *s == name) {

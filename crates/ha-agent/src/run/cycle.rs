@@ -7,6 +7,10 @@ use outrigger_schema::{ClusterKey, HistoryEntry, KeyKind};
 use super::{Agent, Read, wall_ms};
 use crate::core::{ConfigState, Decision, DynConfig, Observed, PgView, WaitReason};
 
+/// Peer probe rounds in one cycle: a round is repeated when another member led while the
+/// answers came in (`core::ProbeBasis`).
+const PROBE_ROUNDS: usize = 3;
+
 impl Agent {
     pub(super) async fn read(&mut self) -> Option<Read> {
         let (revision, kvs) = match self.dcs.snapshot().await {
@@ -37,9 +41,7 @@ impl Agent {
             ConfigState::Absent => self.dyn_config = DynConfig::default(),
         }
         self.apply_timings(false);
-        self.pg.set_cluster_hba(self.dyn_config.pg_hba.clone());
-        self.pg.set_use_slots(self.dyn_config.use_slots);
-        self.pg.set_cluster_ident(self.dyn_config.pg_ident.clone());
+        self.pg.set_cluster(&self.dyn_config);
         if let Some(lease) = self.memory.leader_lease_unknown(&self.cfg.name, &view) {
             match self.dcs.granted_ttl(lease).await {
                 Ok(ttl) => {
@@ -62,7 +64,12 @@ impl Agent {
         Some(Read { view, history, history_rev })
     }
 
-    fn decide(&self, read: Option<&Read>, pg: &PgView, peers: Option<&[crate::core::PeerProbe]>) -> Decision {
+    fn decide(
+        &self,
+        read: Option<&Read>,
+        pg: &PgView,
+        peers: Option<(&[crate::core::PeerProbe], crate::core::ProbeBasis)>,
+    ) -> Decision {
         crate::core::decide(&Observed {
             now: self.clock.now(),
             wall_ms: wall_ms(),
@@ -71,7 +78,8 @@ impl Agent {
             config: &self.dyn_config,
             lease: self.lease.view(),
             pg,
-            peers,
+            peers: peers.as_ref().map(|(answers, _)| *answers),
+            probed_in: peers.map(|(_, basis)| basis),
             recent: self.memory.recent(),
             watchdog_failed: self.lease.watchdog_failed(),
         })
@@ -86,13 +94,16 @@ impl Agent {
         let (mut pg, mut extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
         self.observe(read.as_ref(), &pg);
         let mut d = self.decide(read.as_ref(), &pg, None);
-        if let Decision::ProbePeers { peers } = &d {
+        // The answers may have taken a while: decide on fresh reads. When the keys changed
+        // meanwhile (someone led), the core asks again; after a few rounds the next cycle does.
+        for _ in 0..PROBE_ROUNDS {
+            let (Decision::ProbePeers { peers }, Some(r)) = (&d, read.as_ref()) else { break };
+            let basis = crate::core::ProbeBasis::of(&r.view);
             let answers = crate::http::probe(peers, self.cfg.peer_timeout).await;
-            // The answers may have taken a while: decide on fresh reads.
             read = self.read().await;
             (pg, extra) = self.pg.observe(self.current_upstream(read.as_ref()).as_ref()).await;
             self.observe(read.as_ref(), &pg);
-            d = self.decide(read.as_ref(), &pg, Some(&answers));
+            d = self.decide(read.as_ref(), &pg, Some((&answers, basis)));
         }
         self.log(&d);
         self.metrics.decisions.with_label_values(&[d.kind()]).inc();
@@ -174,6 +185,9 @@ impl Agent {
             let i_lead = r.view.leader.as_ref().is_some_and(|l| l.name == self.cfg.name);
             if self.held_key && !i_lead {
                 self.lease.renew_soon();
+            }
+            if let Some(l) = r.view.leader.as_ref().filter(|_| i_lead) {
+                self.lease.key_on(l.lease);
             }
             self.held_key = i_lead;
         }

@@ -59,7 +59,7 @@ pub async fn run(
             let due = crate::core::failsafe_round_due(
                 i.failsafe_mode,
                 lease.armed(),
-                lease.renewals_late(),
+                lease.lease_unproven(),
                 i.members.as_deref(),
             )
             .map(<[PeerRef]>::to_vec);

@@ -170,6 +170,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// How long a lease we cannot see any more may still cover a primary (`timing::cover`).
+    fn cover(&self) -> std::time::Duration {
+        crate::core::timing::cover(self.settings.timings.ttl, self.memory.recent().leader_lease_ttl)
+    }
+
     fn wal_log_hints(&self) -> bool {
         self.settings.use_pg_rewind.or(self.dyn_config.use_pg_rewind).unwrap_or(false)
     }

@@ -98,14 +98,7 @@ impl Agent {
             database_system_identifier: pg.sysid().map(|s| s.to_string()),
             pending_restart: self.pending_restart.then_some(true),
             watchdog_failed: self.lease.watchdog_failed().then_some(true),
-            lease_revoked_recently: self
-                .lease
-                .view()
-                .revoked_within(
-                    self.clock.now(),
-                    crate::core::timing::cover(self.settings.timings.ttl, self.memory.recent().leader_lease_ttl),
-                )
-                .then_some(true),
+            lease_revoked_recently: self.lease.view().revoked_within(self.clock.now(), self.cover()).then_some(true),
             patroni: Some(PatroniInfo {
                 version: PATRONI_COMPAT_VERSION.to_owned(),
                 scope: self.dcs.layout().scope().to_owned(),

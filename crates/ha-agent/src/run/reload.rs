@@ -87,14 +87,7 @@ impl Agent {
     /// reload changed the rest).
     pub(super) fn apply_timings(&mut self, force: bool) {
         let rt = self.cfg.etcd.request_timeout;
-        let chosen = crate::core::timing::in_force(self.cfg.timings, &self.dyn_config.timings, rt)
-            .map_err(|r| r.to_string())
-            .and_then(|(t, adjusted)| {
-                let wd = self.cfg.watchdog.for_timings(&t, rt).map_err(|why| {
-                    format!("ttl {} with watchdog.mode {:?}: {why}", show(t.ttl), self.cfg.watchdog.mode)
-                })?;
-                Ok((t, adjusted, wd))
-            });
+        let chosen = timings_asked(&self.cfg, &self.dyn_config.timings);
         let running = self.settings.timings;
         let (t, wd) = match chosen {
             Ok((t, adjusted, wd)) => {
@@ -134,7 +127,8 @@ impl Agent {
         self.set_timings(t, wd);
     }
 
-    fn set_timings(&mut self, t: Timings, wd: crate::core::watchdog::Settings) {
+    /// Puts timings `t` (and the watchdog settings for them) in force everywhere.
+    pub(super) fn set_timings(&mut self, t: Timings, wd: crate::core::watchdog::Settings) {
         self.settings.timings = t;
         let mut api = api_settings_of(&self.cfg);
         api.ttl = t.ttl;
@@ -145,6 +139,22 @@ impl Agent {
             self.metrics.timings.with_label_values(&[name]).set(d.as_secs_f64());
         }
     }
+}
+
+/// The timings in force for what the cluster's config key asks (`core::timing::in_force`),
+/// with the adjustments made and the watchdog settings for them; `Err` says why they cannot
+/// be used.
+pub(super) fn timings_asked(
+    cfg: &crate::config::Config,
+    asked: &crate::core::timing::Asked,
+) -> Result<(Timings, Vec<crate::core::timing::Adjusted>, crate::core::watchdog::Settings), String> {
+    let rt = cfg.etcd.request_timeout;
+    let (t, adjusted) = crate::core::timing::in_force(cfg.timings, asked, rt).map_err(|r| r.to_string())?;
+    let wd = cfg
+        .watchdog
+        .for_timings(&t, rt)
+        .map_err(|why| format!("ttl {} with watchdog.mode {:?}: {why}", show(t.ttl), cfg.watchdog.mode))?;
+    Ok((t, adjusted, wd))
 }
 
 fn show(d: std::time::Duration) -> String {

@@ -53,14 +53,7 @@ async fn initial_timings(dcs: &Dcs, cfg: &Config) -> (Timings, crate::core::watc
     let Ok((revision, kvs)) = dcs.snapshot().await else { return local };
     let (view, _) = crate::core::ClusterView::decode(dcs.layout(), revision, &kvs);
     let crate::core::ConfigState::Valid(c) = view.config else { return local };
-    let rt = cfg.etcd.request_timeout;
-    match crate::core::timing::in_force(cfg.timings, &c.timings, rt) {
-        Ok((t, _)) => match cfg.watchdog.for_timings(&t, rt) {
-            Ok(wd) => (t, wd),
-            Err(_) => local,
-        },
-        Err(_) => local,
-    }
+    super::reload::timings_asked(cfg, &c.timings).map_or(local, |(t, _, wd)| (t, wd))
 }
 
 /// Patroni's `ensure_unique_name`: if etcd has a member key with our name and that member's
@@ -118,7 +111,7 @@ pub(super) async fn run(
     // The first lease is granted with the cluster's ttl when the config key can be read now
     // (a primary keeps the lease it has while it is one).
     let (timings, watchdog) = initial_timings(&dcs, &cfg).await;
-    let lease = LeaseHandle::new(timings, watchdog, clock, cfg.postgresql.data_dir.clone(), metrics.clone());
+    let lease = LeaseHandle::new(timings, watchdog.clone(), clock, cfg.postgresql.data_dir.clone(), metrics.clone());
     fence.set_lease(lease.clone());
     let (exit_tx, pg_exits) = mpsc::unbounded_channel();
     let pg = Postgres::new(cfg.postgresql.clone(), &cfg.name, cfg.layout.scope(), exit_tx)?;
@@ -218,15 +211,8 @@ pub(super) async fn run(
         timings_refused: None,
         cfg,
     };
-    agent.api.set_settings(http::ApiSettings {
-        ttl: timings.ttl,
-        loop_wait: timings.loop_wait,
-        ..api_settings_of(&agent.cfg)
-    });
-    for (name, d) in [("ttl", timings.ttl), ("loop_wait", timings.loop_wait), ("retry_timeout", timings.retry_timeout)]
-    {
-        metrics.timings.with_label_values(&[name]).set(d.as_secs_f64());
-    }
+    // The REST API and metrics with the timings in force (the keeper already has them).
+    agent.set_timings(timings, watchdog);
     // Give the keeper its first grant before deciding anything: an agent restarted under a
     // running primary must not fence it merely because its new lease is a few ms away. If no
     // lease comes within retry_timeout, a primary found here is fenced (armed below), as it
