@@ -126,6 +126,22 @@ impl Default for Opts {
     }
 }
 
+impl Opts {
+    /// The lab's timings (`deploy/lab/lab`: ttl 2 s, loop_wait 500 ms, retry_timeout 500 ms,
+    /// etcd election 500 ms), asynchronous replication, reinit when a rewind fails.
+    pub fn lab() -> Self {
+        Opts {
+            sync: false,
+            ttl: "2s",
+            loop_wait: "500ms",
+            retry_timeout: "500ms",
+            etcd_election_ms: 500,
+            reinit_on_rewind_failure: true,
+            ..Opts::default()
+        }
+    }
+}
+
 pub struct Cluster {
     pub net: Net,
     pub etcd: EtcdCluster,

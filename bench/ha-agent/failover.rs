@@ -118,15 +118,7 @@ fn base_profile(name: &str) -> Opts {
             reinit_on_rewind_failure: true,
             ..Opts::default()
         },
-        _ => Opts {
-            sync: false,
-            ttl: "2s",
-            loop_wait: "500ms",
-            retry_timeout: "500ms",
-            etcd_election_ms: 500,
-            reinit_on_rewind_failure: true,
-            ..Opts::default()
-        },
+        _ => Opts::lab(),
     }
 }
 
