@@ -418,3 +418,63 @@ fn the_clusters_pg_hba_pg_ident_and_use_slots_apply_to_every_member_and_edit_con
     })
     .expect("slots back and active");
 }
+
+#[test]
+fn permanent_slots_from_edit_config_exist_on_every_member_follow_the_leaders_position_and_survive_a_switchover() {
+    let ctl = Ctl::start("patronictl_permanent_slots", Opts { sync: false, ..Opts::default() });
+    let p = ctl.primary;
+    // `keep`'s restart_lsn on member i (-1: reserved nothing yet), if it has the slot.
+    let keep = |i: usize| -> Option<i64> {
+        let out = ctl
+            .c
+            .sql(
+                i,
+                "select coalesce((restart_lsn - '0/0'::pg_lsn)::bigint, -1) from pg_replication_slots \
+                 where slot_name = 'keep' and slot_type = 'physical'",
+            )
+            .ok()?;
+        out.trim().parse().ok()
+    };
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "slots.keep.type=physical", "-s", "slots.n2.type=physical"])
+        .expect("edit-config slots");
+    wait_until(UP, "slot keep on every member", || (1..=3).all(|i| keep(i).is_some()).then_some(()))
+        .expect("permanent slot everywhere");
+    // A member's own slot name is not taken for a permanent slot.
+    let n2_slot =
+        ctl.c.sql(p, "select count(*) from pg_replication_slots where slot_name = 'n2' and active").expect("n2 slot");
+    assert!(p == 2 || n2_slot.trim() == "1", "n2's slot is still the member's: {n2_slot}");
+
+    // A consumer moves the leader's slot on; the replicas' copies follow to that position.
+    ctl.c.sql(p, "create table t(x int); insert into t select generate_series(1, 10000)").expect("write");
+    ctl.c.sql(p, "select pg_switch_wal()").expect("switch wal");
+    let moved: i64 = ctl
+        .c
+        .sql(p, "select (pg_replication_slot_advance('keep', pg_current_wal_lsn())).end_lsn - '0/0'::pg_lsn")
+        .expect("advance keep on the leader")
+        .trim()
+        .parse()
+        .expect("an lsn");
+    let replicas: Vec<usize> = (1..=3).filter(|&i| i != p).collect();
+    wait_until(UP, "the replicas' keep at the leader's position", || {
+        replicas.iter().all(|&i| keep(i).is_some_and(|l| l >= moved)).then_some(())
+    })
+    .expect("replicas follow the leader's slot");
+
+    // After a switchover the new leader has the slot where the consumer left it, and keeps it.
+    let to = replicas[0];
+    let out = ctl
+        .run(&["switchover", SCOPE, "--leader", &Cluster::name(p), "--candidate", &Cluster::name(to), "--force"])
+        .expect("patronictl switchover");
+    assert!(out.contains("Successfully switched over"), "{out}");
+    assert_eq!(ctl.c.wait_primary(UP, &[p]).expect("new primary"), to);
+    let kept = keep(to).expect("the new leader has keep");
+    assert!(kept >= moved, "keep on the new leader at {kept}, before the consumer's {moved}");
+    ctl.c.wait_streaming(to, &(1..=3).filter(|&i| i != to).collect::<Vec<_>>(), UP).expect("streaming");
+    wait_until(UP, "keep on every member after the switchover", || (1..=3).all(|i| keep(i).is_some()).then_some(()))
+        .expect("permanent slot everywhere after the switchover");
+
+    // Taken out of the key, it goes from every member.
+    ctl.run(&["edit-config", SCOPE, "--force", "-s", "slots=null"]).expect("edit-config no slots");
+    wait_until(UP, "slot keep gone from every member", || (1..=3).all(|i| keep(i).is_none()).then_some(()))
+        .expect("permanent slot dropped everywhere");
+}

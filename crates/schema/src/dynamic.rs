@@ -56,6 +56,18 @@ pub struct ConfigPostgresql {
     pub extra: Map<String, Value>,
 }
 
+/// One entry of `config.slots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermanentSlot {
+    Physical,
+    Logical {
+        database: String,
+        plugin: String,
+    },
+    /// Neither: no `type` Patroni knows, or a logical slot without its database or plugin.
+    Unreadable,
+}
+
 /// `config.synchronous_mode`, read leniently (see [`ConfigValue::synchronous_mode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SynchronousMode {
@@ -187,6 +199,28 @@ impl ConfigValue {
         }
     }
 
+    /// `slots`: the permanent replication slots, by name, as Patroni reads them: `type:
+    /// physical`, or `type: logical` (also when `type` is left out but `database` and `plugin`
+    /// are given) with its `database` and `plugin`. An entry of another shape is returned as
+    /// [`PermanentSlot::Unreadable`] so that the reader can say which one it skips.
+    pub fn permanent_slots(&self) -> Vec<(String, PermanentSlot)> {
+        let Some(Value::Object(slots)) = self.extra.get("slots") else { return Vec::new() };
+        slots
+            .iter()
+            .map(|(name, v)| {
+                let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+                let kind = match (field("type").as_deref(), field("database"), field("plugin")) {
+                    (Some("physical"), _, _) => PermanentSlot::Physical,
+                    (Some("logical") | None, Some(database), Some(plugin)) => {
+                        PermanentSlot::Logical { database, plugin }
+                    }
+                    _ => PermanentSlot::Unreadable,
+                };
+                (name.clone(), kind)
+            })
+            .collect()
+    }
+
     /// `synchronous_mode`: `true`/`on`, `false`/`off` (also when absent or unreadable), or
     /// `"quorum"` (Patroni 4.0+).
     pub fn synchronous_mode(&self) -> SynchronousMode {
@@ -254,6 +288,29 @@ impl ConfigValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permanent_slots_read_as_patroni_reads_them() {
+        let c = ConfigValue::decode(
+            br#"{"slots":{"keep":{"type":"physical"},"cdc":{"type":"logical","database":"app","plugin":"pgoutput"},
+                 "bare":{"database":"app","plugin":"test_decoding"},"odd":{"type":"logical"},"junk":3}}"#,
+        )
+        .unwrap();
+        let mut slots = c.permanent_slots();
+        slots.sort_by(|a, b| a.0.cmp(&b.0));
+        let logical = |d: &str, p: &str| PermanentSlot::Logical { database: d.into(), plugin: p.into() };
+        assert_eq!(
+            slots,
+            vec![
+                ("bare".into(), logical("app", "test_decoding")),
+                ("cdc".into(), logical("app", "pgoutput")),
+                ("junk".into(), PermanentSlot::Unreadable),
+                ("keep".into(), PermanentSlot::Physical),
+                ("odd".into(), PermanentSlot::Unreadable),
+            ]
+        );
+        assert!(ConfigValue::decode(b"{}").unwrap().permanent_slots().is_empty());
+    }
 
     #[test]
     fn member_slots_ttl_reads_patroni_durations() {

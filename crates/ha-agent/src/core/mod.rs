@@ -12,6 +12,7 @@ mod memory;
 mod observed;
 mod quorum;
 pub mod schedule;
+pub mod slots;
 pub mod sync;
 pub mod timing;
 mod view;

@@ -205,6 +205,8 @@ pub struct DynConfig {
     pub pg_hba: Option<Vec<String>>,
     /// `postgresql.pg_ident`, likewise.
     pub pg_ident: Option<Vec<String>>,
+    /// `slots`: the permanent replication slots by name (`core::slots`).
+    pub slots: Vec<(String, outrigger_schema::PermanentSlot)>,
     /// `postgresql.use_slots` (default true): the leader keeps a physical slot per member and
     /// replicas stream through theirs.
     pub use_slots: bool,
@@ -260,6 +262,7 @@ impl Default for DynConfig {
             timings: super::timing::Asked::default(),
             pg_hba: None,
             pg_ident: None,
+            slots: Vec::new(),
             use_slots: true,
         }
     }
@@ -313,6 +316,7 @@ impl DynConfig {
             timings: super::timing::Asked { ttl: v.ttl(), loop_wait: v.loop_wait(), retry_timeout: v.retry_timeout() },
             pg_hba: v.pg_hba(),
             pg_ident: v.pg_ident(),
+            slots: v.permanent_slots(),
             use_slots: v.use_slots().unwrap_or(true),
         }
     }
@@ -347,6 +351,8 @@ pub struct ClusterView {
     pub members: Vec<Member>,
     /// The leader's last published WAL position (`status.optime`).
     pub status_optime: Option<u64>,
+    /// The leader's slots' positions as it last published them (`status.slots`).
+    pub status_slots: Vec<(String, u64)>,
     pub failover: Option<FailoverRequest>,
     /// Sorted by timeline.
     pub history: Vec<TimelineSwitch>,
@@ -366,6 +372,7 @@ impl ClusterView {
             leader: None,
             members: Vec::new(),
             status_optime: None,
+            status_slots: Vec::new(),
             failover: None,
             history: Vec::new(),
             sync: None,
@@ -443,7 +450,11 @@ impl ClusterView {
                     }
                 },
                 Some(KeyKind::Fixed(ClusterKey::Status)) => match StatusValue::decode(&kv.value) {
-                    Ok(s) => view.status_optime = Some(s.optime),
+                    Ok(s) => {
+                        view.status_optime = Some(s.optime);
+                        view.status_slots =
+                            s.slots.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect();
+                    }
                     Err(e) => problem(kv, &e),
                 },
                 Some(KeyKind::Fixed(ClusterKey::Failover)) => match FailoverValue::decode(&kv.value) {

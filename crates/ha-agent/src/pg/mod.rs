@@ -1074,10 +1074,31 @@ impl Postgres {
 
     // ---- replication slots (on the primary) ----
 
-    pub async fn physical_slots(&mut self) -> anyhow::Result<Vec<(String, bool)>> {
-        let rows =
-            self.query("SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'").await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    /// The physical slots (on the primary or a replica), with their `restart_lsn`.
+    pub async fn physical_slots(&mut self) -> anyhow::Result<Vec<crate::core::slots::Present>> {
+        let rows = self
+            .query(
+                "SELECT slot_name::text, active, (restart_lsn - '0/0'::pg_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_type = 'physical'",
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let lsn: Option<i64> = r.try_get(2)?;
+                Ok(crate::core::slots::Present {
+                    name: r.try_get(0)?,
+                    active: r.try_get(1)?,
+                    restart_lsn: lsn.and_then(|l| u64::try_from(l).ok()),
+                })
+            })
+            .collect()
+    }
+
+    /// Moves a physical slot forward to `lsn` (PostgreSQL stops it at what it has replayed).
+    pub async fn advance_slot(&mut self, name: &str, lsn: u64) -> anyhow::Result<()> {
+        let lsn = format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff);
+        self.execute(&format!("SELECT pg_replication_slot_advance('{}', '{lsn}'::pg_lsn)", name.replace('\'', "''")))
+            .await
     }
 
     pub async fn create_slot(&mut self, name: &str) -> anyhow::Result<()> {

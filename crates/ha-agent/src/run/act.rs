@@ -230,6 +230,9 @@ impl Agent {
                 if self.pg.write_config(&self.cluster_params(false), true, up.as_ref(), self.wal_log_hints())? {
                     self.pending_restart = !self.pg.reload().await?.is_empty();
                 }
+                if let (Some(r), PgView::Running(pg)) = (read, pg) {
+                    self.keep_permanent_slots(&r.view, false, pg.wal_position).await;
+                }
             }
             Decision::Rewind { leader } => self.rewind(read, pg, leader).await?,
             Decision::Reinit { .. } => {
@@ -508,11 +511,12 @@ impl Agent {
             }
         }
         self.manage_slots(&read.view).await;
+        self.keep_permanent_slots(&read.view, true, r.wal_position).await;
         self.sync_replication(read, r).await;
         self.write_failsafe(&read.view).await;
         let status = StatusValue {
             optime: r.wal_position,
-            slots: serde_json::Map::new(),
+            slots: self.permanent_positions.iter().map(|(n, l)| (n.clone(), serde_json::Value::from(*l))).collect(),
             retain_slots: Some(
                 read.view.members.iter().filter(|m| m.name != self.cfg.name).map(|m| slot_name(&m.name)).collect(),
             ),
@@ -558,7 +562,7 @@ impl Agent {
         if !self.dyn_config.use_slots {
             // use_slots off: no member slots; ones left from before would hold WAL forever.
             let names: Vec<String> = wanted.iter().map(|m| slot_name(m)).collect();
-            for (name, active) in &slots {
+            for crate::core::slots::Present { name, active, .. } in &slots {
                 if names.contains(name) && !active {
                     match self.pg.drop_slot(name).await {
                         Ok(()) => tracing::info!(slot = %name, "dropped a member's slot: use_slots is off"),
@@ -570,7 +574,7 @@ impl Agent {
         }
         for member in &wanted {
             let name = slot_name(member);
-            if !slots.iter().any(|(s, _)| *s == name) {
+            if !slots.iter().any(|s| s.name == name) {
                 match self.pg.create_slot(&name).await {
                     Ok(()) => tracing::info!(slot = %name, "created replication slot"),
                     Err(e) => tracing::warn!(slot = %name, error = format!("{e:#}"), "create replication slot"),
@@ -580,7 +584,7 @@ impl Agent {
         let present: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
         for member in self.memory.departed_slot_members(&present, self.clock.now(), self.dyn_config.member_slots_ttl) {
             let name = slot_name(&member);
-            if slots.iter().any(|(s, active)| *s == name && !active) {
+            if slots.iter().any(|s| s.name == name && !s.active) {
                 match self.pg.drop_slot(&name).await {
                     Ok(()) => tracing::info!(slot = %name, "dropped the slot of a member gone for 30 minutes"),
                     Err(e) => tracing::warn!(slot = %name, error = format!("{e:#}"), "drop replication slot"),

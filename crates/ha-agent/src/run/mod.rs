@@ -21,6 +21,7 @@ mod failsafe;
 mod publish;
 mod raft;
 mod reload;
+mod slots;
 mod start;
 mod sync;
 mod watch;
@@ -167,6 +168,12 @@ pub struct Agent {
     failsafe_judged: Option<std::time::Instant>,
     /// Why the cluster's timings were last refused (logged once per reason).
     timings_refused: Option<String>,
+    /// The permanent slots kept at the last pass (`slots.rs`): one no longer named is dropped.
+    permanent_before: Vec<String>,
+    /// On the leader: the permanent slots' `restart_lsn`, for the `status` key.
+    permanent_positions: Vec<(String, u64)>,
+    /// Permanent slots of the config key not kept, with why (logged when it changes).
+    slots_skipped: Vec<String>,
 }
 
 impl Agent {

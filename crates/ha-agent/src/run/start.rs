@@ -209,6 +209,9 @@ pub(super) async fn run(
         failsafe_member: false,
         failsafe_judged: None,
         timings_refused: None,
+        permanent_before: Vec::new(),
+        permanent_positions: Vec::new(),
+        slots_skipped: Vec::new(),
         cfg,
     };
     // The REST API and metrics with the timings in force (the keeper already has them).
