@@ -27,7 +27,9 @@ use outrigger_etcd::{ConnectOptions, Etcd};
 use outrigger_schema::{
     ClusterKey, ConfigValue, KeyLayout, MemberRole, MemberValue, PATRONI_COMPAT_VERSION, StatusValue,
 };
-use outrigger_testkit::{EtcdCluster, EtcdOptions, Net, NsRuntime, PgOptions, Postgres, Proc, wait_ok, wait_until};
+use outrigger_testkit::{
+    EtcdCluster, EtcdOptions, Net, NsRuntime, PgOptions, Postgres, Proc, hold_for, wait_ok, wait_until,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SCOPE: &str = "batman";
@@ -456,6 +458,31 @@ fn writes_land_on_the_named_primary_and_follow_the_leader_key_never_back_to_the_
     assert_eq!(c.pg(1).sql("select count(*) from t where id >= 100").unwrap(), "0", "a write reached the old primary");
     assert_eq!(c.check(1, "/primary"), Some(503));
     assert_eq!(c.check(2, "/primary"), Some(200));
+    c.no_unexpected_errors();
+}
+
+#[test]
+fn a_frozen_etcd_member_never_turns_the_primarys_check_to_503() {
+    // A frozen member still accepts connections, so a read sent to it waits for the whole
+    // request timeout. Reads that wait there would age the view past etcd_max_age and drop a
+    // healthy primary from HAProxy (bench/ha-agent/client.sh showed it after a host freeze).
+    // Each follower in turn (a frozen raft leader means an election, during which etcd itself
+    // cannot answer and 503 is right).
+    let mut c = hand_driven("a_frozen_etcd_member_never_turns_the_primarys_check_to_503");
+    let leader = c.etcd.leader(&c.net, 0).expect("etcd raft leader");
+    for m in (0..c.etcd.len()).filter(|m| *m != leader) {
+        c.etcd.freeze(m).expect("freeze an etcd member");
+        let held =
+            hold_for(Duration::from_secs(4), &format!("n1's /primary answers 200 with etcd member {m} frozen"), || {
+                match c.check(1, "/primary") {
+                    Some(200) => Ok(()),
+                    other => anyhow::bail!("/primary answered {other:?}"),
+                }
+            });
+        c.etcd.thaw(m).expect("thaw");
+        held.expect("the primary's check stayed 200");
+        c.etcd.wait_healthy(&c.net, m, Duration::from_secs(30)).expect("etcd member healthy again");
+    }
     c.no_unexpected_errors();
 }
 

@@ -14,10 +14,12 @@
 
 mod client;
 mod error;
+mod hedge;
 mod watch;
 
 pub use client::{ConnectOptions, Etcd, Kv, LeaseRenewer, Snapshot, TlsFiles};
 pub use error::EtcdError;
+pub use hedge::PerEndpoint;
 pub use watch::{Change, PrefixWatch, WatchUpdate};
 
 /// An etcd lease id.

@@ -7,7 +7,7 @@
 use outrigger_etcd::{EtcdError, Kv, LeaseId};
 use outrigger_schema::{ClusterKey, HistoryEntry, KeyLayout, MemberValue, StatusValue, SyncValue};
 
-use crate::hedge::PerEndpoint;
+use outrigger_etcd::PerEndpoint;
 
 pub struct Dcs {
     /// Every request goes to all members at once (see `hedge`).

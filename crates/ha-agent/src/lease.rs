@@ -23,9 +23,9 @@ use crate::config::Timings;
 use crate::core::keeper::{Answer, Ask, Effect, Keeper, WatchdogState};
 use crate::core::watchdog::{Mode, Settings as WatchdogSettings};
 use crate::core::{LeaseView, Moment};
-use crate::hedge::PerEndpoint;
 use crate::metrics::Metrics;
 use crate::sys::Device;
+use outrigger_etcd::PerEndpoint;
 
 struct Shared {
     core: Keeper,

@@ -15,7 +15,6 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod dcs;
-pub mod hedge;
 pub mod http;
 pub mod lease;
 pub mod metrics;

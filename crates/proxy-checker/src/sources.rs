@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use outrigger_etcd::{Change, ConnectOptions, Etcd, EtcdError, Snapshot, WatchUpdate};
+use outrigger_etcd::{Change, ConnectOptions, Etcd, EtcdError, PerEndpoint, Snapshot, WatchUpdate};
 use outrigger_schema::{ClusterKey, KeyLayout};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,21 +39,43 @@ pub struct EtcdFollower {
 impl EtcdFollower {
     /// Runs until `stop`. A broken session (read or watch failed) marks the view unsynced at
     /// once and starts over after a short, growing pause.
+    ///
+    /// The reads (the full one and the confirmations) go to every etcd member at once and the
+    /// first answer counts (`PerEndpoint`): a frozen member still accepts connections, and a
+    /// read waiting on it for the request timeout would age the view past `etcd_max_age`,
+    /// turning a healthy primary's check to 503 (bench/ha-agent/client.sh showed HAProxy
+    /// dropping the new primary for 200 ms that way after a host freeze).
     pub async fn run(self, stop: CancellationToken) {
+        let reads = PerEndpoint::new(&self.opts);
         let mut client: Option<Etcd> = None;
         let mut backoff = MIN_BACKOFF;
         let mut healthy = true;
         loop {
             let error = tokio::select! {
                 () = stop.cancelled() => return,
-                e = self.session(&mut client, &mut healthy, &mut backoff) => e,
+                e = self.session(&reads, &mut client, &mut healthy, &mut backoff) => e,
             };
-            self.view.send_modify(EtcdView::watch_broken);
-            if healthy {
-                tracing::warn!(error = %error, "etcd view lost; checks that need etcd fail once it is older than etcd_max_age");
-                healthy = false;
+            // The watch (on one member's connection) or a read failed. Another member may well
+            // answer: re-read the keys from all at once, so that one member going away does not
+            // turn the checks to 503; only when that fails too is the view unsynced.
+            let (prefix, sent) = (self.layout.prefix(), Instant::now());
+            let reread = tokio::select! {
+                () = stop.cancelled() => return,
+                r = reads.get_prefix(&prefix) => r,
+            };
+            if let Ok(snap) = reread {
+                tracing::debug!(error = %error, revision = snap.revision, "etcd watch broke; keys re-read, watching again");
+                self.apply_snapshot(&snap, sent);
+                // Watching again soon: the view ages from this read meanwhile.
+                backoff = MIN_BACKOFF;
             } else {
-                tracing::debug!(error = %error, "etcd still unreachable");
+                self.view.send_modify(EtcdView::watch_broken);
+                if healthy {
+                    tracing::warn!(error = %error, "etcd view lost; checks that need etcd fail once it is older than etcd_max_age");
+                    healthy = false;
+                } else {
+                    tracing::debug!(error = %error, "etcd still unreachable");
+                }
             }
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -68,7 +90,13 @@ impl EtcdFollower {
     }
 
     /// One read-then-watch session; returns only with the error that ended it.
-    async fn session(&self, client: &mut Option<Etcd>, healthy: &mut bool, backoff: &mut Duration) -> EtcdError {
+    async fn session(
+        &self,
+        reads: &PerEndpoint,
+        client: &mut Option<Etcd>,
+        healthy: &mut bool,
+        backoff: &mut Duration,
+    ) -> EtcdError {
         self.touch();
         let etcd = match client {
             Some(c) => c.clone(),
@@ -83,7 +111,7 @@ impl EtcdFollower {
         let prefix = self.layout.prefix();
         let leader_key = self.layout.key(ClusterKey::Leader);
         let sent = Instant::now();
-        let snap = match etcd.get_prefix(&prefix).await {
+        let snap = match reads.get_prefix(&prefix).await {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.etcd_error(EtcdOp::Read);
@@ -121,8 +149,8 @@ impl EtcdFollower {
                 },
                 _ = confirm.tick(), if reading.is_none() => {
                     self.touch();
-                    let (etcd, key, sent) = (etcd.clone(), leader_key.clone(), Instant::now());
-                    reading = Some(Box::pin(async move { (sent, etcd.get_prefix(&key).await) }));
+                    let (reads, key, sent) = (reads.clone(), leader_key.clone(), Instant::now());
+                    reading = Some(Box::pin(async move { (sent, reads.get_prefix(&key).await) }));
                 }
                 (sent, result) = in_flight(&mut reading) => {
                     reading = None;

@@ -207,6 +207,16 @@ fn not_synchronous(o: &Observed<'_>, c: &ClusterView, who: &str) -> Option<WaitR
     Some(WaitReason::NotSynchronous { listed: k.members.clone() })
 }
 
+/// Rule (synchronous mode, quorum commit included): a switchover goes only to a member the
+/// `sync` key lists, as Patroni's `get_failover_candidates` has it. With quorum commit anyone
+/// with the votes may race after a failure, but a leader does not step down for a member that
+/// could not get them: with nobody listed (right after a promotion) it would step down for
+/// nobody, and the cluster would wait without a primary until a racer had its votes.
+fn not_switchover_candidate(o: &Observed<'_>, c: &ClusterView, who: &str) -> Option<WaitReason> {
+    let k = sync_key(o, c)?;
+    (!k.lists(who)).then(|| WaitReason::NotSynchronous { listed: k.members.clone() })
+}
+
 /// Why member `who`, with this timeline and WAL position, may not lead, if it may not.
 fn unfit(o: &Observed<'_>, c: &ClusterView, who: &str, timeline: u32, position: u64) -> Option<WaitReason> {
     if let Some(why) = not_synchronous(o, c, who) {
@@ -358,7 +368,7 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
     let fit = |name: &str| {
         name != me
             && c.member(name).is_some()
-            && not_synchronous(o, c, name).is_none()
+            && not_switchover_candidate(o, c, name).is_none()
             && (fit_by_key(name) || fit_by_answer(name))
     };
     // Rule: a member key is refreshed once per loop_wait, so right after a role change it can
@@ -381,7 +391,7 @@ fn switchover(o: &Observed<'_>, c: &ClusterView, f: &FailoverRequest, r: &Runnin
         Some(cand) if cand == me => Decision::ClearFailover { reason: ClearReason::CandidateIsLeader },
         Some(cand) if fit(cand) => Decision::StepDown { candidate: Some(cand.clone()) },
         // Rule (synchronous mode): a switchover goes only to a listed member.
-        Some(cand) if not_synchronous(o, c, cand).is_some() => {
+        Some(cand) if not_switchover_candidate(o, c, cand).is_some() => {
             Decision::ClearFailover { reason: ClearReason::CandidateNotSynchronous(cand.clone()) }
         }
         Some(cand) => ask_else(c.member(cand).into_iter().collect(), ClearReason::CandidateNotEligible(cand.clone())),

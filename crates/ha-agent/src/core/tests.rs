@@ -1216,6 +1216,20 @@ fn quorum(mut fx: Fx, leader: &str, voters: &[&str], q: u32) -> Fx {
 }
 
 #[test]
+fn in_quorum_mode_a_switchover_goes_only_to_a_voter_and_never_to_nobody() {
+    // Right after a promotion nobody is listed: a leader that stepped down then would leave
+    // the cluster without a primary until a racer had votes (the simulation found it, seed
+    // 389751286). As in Patroni, a switchover goes only to a member the key lists.
+    let base = || Fx::new().leader(ME).pg(primary(1000, 1));
+    let fx = quorum(base(), ME, &[], 0).failover(Some(ME), None).peers(vec![]);
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::NoEligibleCandidate });
+    let fx = quorum(base(), ME, &["n3"], 0).failover(Some(ME), Some("n2"));
+    assert_eq!(fx.decide(), Decision::ClearFailover { reason: ClearReason::CandidateNotSynchronous("n2".into()) });
+    let fx = quorum(base(), ME, &["n3"], 0).failover(Some(ME), None);
+    assert_eq!(fx.decide(), Decision::StepDown { candidate: None });
+}
+
+#[test]
 fn in_quorum_mode_a_voter_races_only_with_quorum_votes_from_replicas_at_or_behind_it() {
     let fx = quorum(Fx::new(), "n3", &["n1", "n2"], 1).peers(vec![answer("n2", false, 900), silent("n3")]);
     assert_eq!(fx.decide(), Decision::AcquireLeader);

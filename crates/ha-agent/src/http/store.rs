@@ -28,7 +28,7 @@ impl Store for Etcd {
 
 /// The agent's own store: every member at once, the first answer wins (see `crate::hedge`);
 /// a compare-and-swap commits at most once however many members got it.
-impl Store for crate::hedge::PerEndpoint {
+impl Store for outrigger_etcd::PerEndpoint {
     fn read(&self, prefix: String) -> BoxFuture<'_, Result<Vec<Kv>, EtcdError>> {
         Box::pin(async move { Ok(self.get_prefix(&prefix).await?.kvs) })
     }

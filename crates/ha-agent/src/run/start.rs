@@ -101,7 +101,7 @@ pub(super) async fn run(
     let metrics = Arc::new(Metrics::new(cfg.layout.scope(), &cfg.name));
     // Every etcd client connects lazily (with user/password a connect authenticates): one
     // member down must not keep the agent from starting, nor leave its PostgreSQL unfenced.
-    let hedged = crate::hedge::PerEndpoint::new(&cfg.etcd);
+    let hedged = outrigger_etcd::PerEndpoint::new(&cfg.etcd);
     let dcs = Dcs::new(hedged.clone(), cfg.layout.clone(), &cfg.name);
     ensure_unique_name(&dcs, &cfg).await?;
     // From here on, this agent manages the local PostgreSQL: no exit leaves it unfenced.

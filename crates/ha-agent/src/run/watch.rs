@@ -9,7 +9,7 @@ use outrigger_schema::ClusterKey;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::hedge::PerEndpoint;
+use outrigger_etcd::PerEndpoint;
 
 /// Wakes the HA loop when a key that matters changes (anything but our own member key and
 /// `status`, which we write ourselves). Watches through one etcd member at a time: when that

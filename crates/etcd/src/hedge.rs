@@ -2,9 +2,10 @@
 //!
 //! A frozen etcd member still accepts TCP connections (the kernel answers), so a balanced
 //! client keeps sending it requests and each one waits for its whole timeout. Every request
-//! whose delay matters (the lease renewal decides when a primary fences; reads and writes of
-//! the HA loop decide how fast a failover completes) goes to every member at once through a
-//! client per endpoint, and the first answer wins.
+//! whose delay matters (ha-agent's lease renewal decides when a primary fences, and the reads
+//! and writes of its HA loop how fast a failover completes; proxy-checker's confirmation reads
+//! decide whether its checks stay fresh) goes to every member at once through a client per
+//! endpoint, and the first answer wins.
 //!
 //! Each endpoint's client connects lazily, on its first use (and again after a failed
 //! connect): with user/password auth a connect authenticates, and one unreachable member must
@@ -13,10 +14,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::{ConnectOptions, Etcd, EtcdError, LeaseId, LeaseRenewer, Snapshot};
 use futures::StreamExt;
 use futures::future::select_ok;
 use futures::stream::FuturesUnordered;
-use outrigger_etcd::{ConnectOptions, Etcd, EtcdError, LeaseId, LeaseRenewer, Snapshot};
 use tokio::sync::OnceCell;
 
 /// One endpoint: its options and, once connected, its client.
