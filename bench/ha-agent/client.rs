@@ -26,7 +26,8 @@
 //! the medians (Patroni / ha-agent). The first run of each setup and fault is drawn, the
 //! writer's latency around the fault, into `target/bench/ha-agent-client-<fault>.svg` (and the
 //! samples into `ha-agent-client-<fault>-<setup>.csv` beside it).
-//! `HA_CLIENT_BENCH_RUNS` (default 5) and `HA_CLIENT_BENCH_FAULTS` (default `cut-off,freeze`).
+//! `HA_CLIENT_BENCH_RUNS` (default 5), `HA_CLIENT_BENCH_FAULTS` (default `cut-off,freeze`) and
+//! `HA_CLIENT_BENCH_SETUPS` (default `ha-agent,patroni`).
 
 #[path = "../../tests/ha_agent_harness.rs"]
 mod harness;
@@ -429,9 +430,15 @@ fn main() -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
-    let mut setups = vec![Setup::HaAgent, Setup::Patroni];
-    if std::env::var("HA_CLIENT_BENCH_OLD").is_ok_and(|v| v == "1") {
-        setups.insert(1, Setup::HaAgentOldHaproxy);
+    let mut setups: Vec<Setup> = std::env::var("HA_CLIENT_BENCH_SETUPS")
+        .unwrap_or_else(|_| "ha-agent,patroni".into())
+        .split(',')
+        .filter_map(|s| {
+            [Setup::HaAgent, Setup::HaAgentOldHaproxy, Setup::Patroni].into_iter().find(|x| x.name() == s.trim())
+        })
+        .collect();
+    if std::env::var("HA_CLIENT_BENCH_OLD").is_ok_and(|v| v == "1") && !setups.contains(&Setup::HaAgentOldHaproxy) {
+        setups.insert(1.min(setups.len()), Setup::HaAgentOldHaproxy);
     }
     println!("failover as a client sees it: an insert every 50 ms through HAProxy (1 s timeouts), {runs} runs each");
     let mut table = Vec::new();

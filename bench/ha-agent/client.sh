@@ -8,6 +8,7 @@
 #   sudo HA_CLIENT_BENCH_OLD=1 bench/ha-agent/client.sh    (adds the HAProxy timings shipped
 #                                                           before the tuning)
 #   sudo HA_CLIENT_BENCH_FAULTS=cut-off bench/ha-agent/client.sh
+#   sudo HA_CLIENT_BENCH_SETUPS=ha-agent,ha-agent-old-haproxy bench/ha-agent/client.sh
 #
 # Prints every run, a table of medians and ranges, the Patroni/ha-agent ratio per fault, and
 # writes target/bench/ha-agent-client-<fault>.svg (the writer's latency around the fault).
