@@ -395,6 +395,13 @@ impl Migration {
     fn freeze_leader(&mut self) -> anyhow::Result<()> {
         let listed = wait_listed(&self.c, self.p)?;
         let old = self.p;
+        // etcd 3.4 before 3.4.31 (Debian 12 has 3.4.23) revokes every lease when a raft leader
+        // that was frozen wakes (etcd #15247): the new leader's key goes with them, and a
+        // Patroni that wakes still sure it leads puts its key back. That fault has its own
+        // tests (the simulation, ARCHITECTURE's failure model); this one is about a failover
+        // across implementations, so the raft leader is placed on another host first (as
+        // ha-agent's `keep_off_primary` does when it leads; Patroni does not).
+        self.c.etcd.move_leader_off_host(&self.c.net, old)?;
         let t0 = Instant::now();
         self.c.net.host(old).freeze_all()?;
         let q = self.c.wait_primary(Duration::from_secs(120), &[old])?;

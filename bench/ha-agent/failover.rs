@@ -163,30 +163,12 @@ struct Stats {
     gaps: Vec<f64>,
 }
 
-/// Moves etcd's raft leadership to the member on host `host` (or away from it).
+/// Moves etcd's raft leadership to the member on host `on`, or away from host `away_from`.
 fn place_raft_leader(c: &Cluster, on: Option<usize>, away_from: usize) -> anyhow::Result<()> {
-    let from = c.etcd.leader(&c.net, 0)?;
-    let here = c.etcd.host_of(from);
-    let target = match on {
-        Some(h) if h == here => return Ok(()),
-        Some(h) => h,
-        None if here != away_from => return Ok(()),
-        None => others(away_from)[0],
-    };
-    let ids = c.etcd.etcdctl(&c.net, 0, &["member", "list", "-w", "json"])?;
-    let v: serde_json::Value = serde_json::from_str(&ids)?;
-    let name = format!("etcd-n{target}");
-    let id = v["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["name"] == name.as_str())
-        .and_then(|m| m["ID"].as_u64())
-        .ok_or_else(|| anyhow::anyhow!("no etcd member {name}"))?;
-    c.etcd.etcdctl_at(&c.net, from, &["move-leader", &format!("{id:x}")])?;
-    wait_until(Duration::from_secs(10), "the raft leader to move", || {
-        c.etcd.leader(&c.net, 0).ok().filter(|m| c.etcd.host_of(*m) == target).map(drop)
-    })
+    match on {
+        Some(h) => c.etcd.move_leader_to_host(&c.net, h),
+        None => c.etcd.move_leader_off_host(&c.net, away_from),
+    }
 }
 
 /// The fence gap of the switch from `old` to `new` after `t0`: from `old`'s last acknowledged

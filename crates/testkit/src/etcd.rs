@@ -1,3 +1,4 @@
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -271,6 +272,39 @@ impl EtcdCluster {
             }
         }
         anyhow::bail!("no leader in etcdctl endpoint status: {out}")
+    }
+
+    /// Moves raft leadership off the member on `host` (1-based), if it has it, and waits until
+    /// another member leads.
+    pub fn move_leader_off_host(&self, net: &Net, host: usize) -> anyhow::Result<()> {
+        let from = (0..self.len()).find(|m| self.host_of(*m) != host).unwrap_or(0);
+        if self.host_of(self.leader(net, from)?) != host {
+            return Ok(());
+        }
+        self.move_leader_to_host(net, self.host_of(from))
+    }
+
+    /// Moves raft leadership to the member on `host` (1-based) and waits until it leads.
+    pub fn move_leader_to_host(&self, net: &Net, host: usize) -> anyhow::Result<()> {
+        let target = (0..self.len()).find(|m| self.host_of(*m) == host).context("no etcd member on that host")?;
+        let leader = self.leader(net, target)?;
+        if leader == target {
+            return Ok(());
+        }
+        let out = self.etcdctl(net, target, &["member", "list", "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let name = &self.members[target].name;
+        let id = v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == name.as_str())
+            .and_then(|m| m["ID"].as_u64())
+            .ok_or_else(|| anyhow::anyhow!("no etcd member {name} in {out}"))?;
+        self.etcdctl_at(net, leader, &["move-leader", &format!("{id:x}")])?;
+        crate::wait_until(std::time::Duration::from_secs(10), "etcd's raft leader to move", || {
+            self.leader(net, target).ok().filter(|m| *m == target).map(drop)
+        })
     }
 }
 

@@ -263,6 +263,17 @@ pub fn can_take_over(s: &outrigger_schema::StatusJson, leader_timeline: Option<u
     s.state == "running" && !nofailover && !s.watchdog_failed.unwrap_or(false) && on_our_timeline
 }
 
+/// A candidate that could take over once it has caught up with the leader's timeline, or once
+/// it has published the state its PostgreSQL reached (a replica that has just started, or
+/// restarted, still says `starting` for up to a loop of its agent): worth waiting for.
+pub fn may_soon_take_over(s: &outrigger_schema::StatusJson) -> bool {
+    let mut started = s.clone();
+    if matches!(s.state.as_str(), "starting" | "restarting") {
+        started.state = "running".into();
+    }
+    can_take_over(&started, None)
+}
+
 /// Patroni's `postgres_version_to_int`: `X.Y` (X >= 10) or `X.Y.Z`.
 pub fn postgres_version(v: &str) -> Option<u32> {
     let parts: Vec<u32> = v.split('.').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;

@@ -544,8 +544,9 @@ async fn switchover(state: &ApiState, action: Action, body: Option<&[u8]>) -> Re
     );
     if plan.scheduled_at.is_none() {
         // A candidate that has only just begun to follow the leader (right after another
-        // switchover) is still on the previous timeline and could not promote yet; it is given
-        // a short while (2 x loop_wait, 2 to 10 s) to catch up before the request is refused.
+        // switchover) is still on the previous timeline and could not promote yet, and one
+        // that has just started may still say `starting`; either is given a short while
+        // (2 x loop_wait, 2 to 10 s) before the request is refused.
         let timeout = state.settings().peer_timeout;
         let catch_up = (state.settings().loop_wait * 2).clamp(Duration::from_secs(2), Duration::from_secs(10));
         let deadline = tokio::time::Instant::now() + catch_up;
@@ -556,7 +557,7 @@ async fn switchover(state: &ApiState, action: Action, body: Option<&[u8]>) -> Re
             if answers.iter().flatten().any(|s| actions::can_take_over(s, plan.leader_timeline)) {
                 break;
             }
-            let only_behind = answers.iter().flatten().any(|s| actions::can_take_over(s, None));
+            let only_behind = answers.iter().flatten().any(actions::may_soon_take_over);
             if !only_behind || tokio::time::Instant::now() >= deadline {
                 return plan.impossible("no good candidates have been found");
             }
@@ -565,7 +566,7 @@ async fn switchover(state: &ApiState, action: Action, body: Option<&[u8]>) -> Re
                 tracing::info!(
                     leader_timeline = plan.leader_timeline,
                     ?catch_up,
-                    "REST API: switchover candidate not on the leader's timeline yet; waiting for it"
+                    "REST API: switchover candidate not running on the leader's timeline yet; waiting for it"
                 );
             }
             tokio::time::sleep(SWITCHOVER_POLL).await;

@@ -316,6 +316,28 @@ async fn switchover_waits_for_a_candidate_still_on_the_previous_timeline() {
 }
 
 #[tokio::test]
+async fn switchover_waits_for_a_candidate_that_still_says_starting() {
+    // Streaming has begun, but the candidate's agent has not yet published that its
+    // PostgreSQL is running (up to one of its loops): wait for it rather than refuse.
+    let s = start(MemberRole::Primary).await;
+    let n2 = start(MemberRole::Replica).await;
+    let mut starting = snapshot(MemberRole::Replica);
+    starting.status.as_mut().expect("status").state = "starting".into();
+    n2.state.publish(starting, 0);
+    s.store.set(&format!("{PREFIX}/members/n2"), &member_json(&n2.addr.to_string()));
+    let n2_state = n2.state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        n2_state.publish(snapshot(MemberRole::Replica), 0);
+    });
+    stand_in_cluster_moves_the_leader_to(&s.store, "n2");
+    let t0 = Instant::now();
+    let (code, _, body) = call(s.addr, "POST", "/switchover", &[], Some(r#"{"leader":"n1","candidate":"n2"}"#)).await;
+    assert_eq!((code, body.as_str()), (200, "Successfully switched over to \"n2\""));
+    assert!(t0.elapsed() >= Duration::from_millis(400), "the failover key was written only once n2 said running");
+}
+
+#[tokio::test]
 async fn switchover_without_a_good_candidate_is_412() {
     let s = start(MemberRole::Primary).await;
     // n2 is listed, but its API never answers.
