@@ -1,7 +1,8 @@
-//! The alerting rules shipped in `deploy/prometheus/`, checked with the real `promtool`
-//! (Debian's `prometheus` package): they load, every alert passes its unit tests (it fires on
-//! the series that describe its fault and stays quiet before), and every metric they use is one
-//! a daemon exports, so the rules cannot drift from the code.
+//! The alerting rules and the example scrape config shipped in `deploy/prometheus/`, checked
+//! with the real `promtool` (Debian's `prometheus` package): they load, every alert passes its
+//! unit tests (it fires on the series that describe its fault and stays quiet before), the
+//! scrape jobs are the ones the rules watch, and every metric the rules use is one a daemon
+//! exports, so the rules cannot drift from the code.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +34,20 @@ fn the_alerting_rules_load_in_promtool_and_every_alert_passes_its_unit_tests() {
     for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
         let fires = tests.split("alertname: ").skip(1).any(|t| t.starts_with(alert) && t.contains("exp_labels"));
         assert!(fires, "no test expects {alert} to fire");
+    }
+}
+
+#[test]
+fn the_example_scrape_config_loads_with_the_rules_and_its_jobs_are_the_ones_the_rules_watch() {
+    let checked = promtool(&["check", "config", "prometheus.yml"]);
+    assert!(checked.contains("SUCCESS: 8 rules found"), "the rules load with the config: {checked}");
+    let config = std::fs::read_to_string(dir().join("prometheus.yml")).expect("config");
+    let rules = std::fs::read_to_string(dir().join("outrigger-alerts.yml")).expect("rules");
+    let watched = rules.lines().find(|l| l.contains("up{job=~")).expect("the daemon-down rule");
+    let jobs: Vec<&str> = config.lines().filter_map(|l| l.trim().strip_prefix("- job_name: ")).collect();
+    assert_eq!(jobs, ["ha-agent", "proxy-checker", "vip-manager", "wal-shipper"]);
+    for job in jobs {
+        assert!(watched.contains(job), "the daemon-down rule does not watch job {job}: {watched}");
     }
 }
 
