@@ -705,3 +705,58 @@ fn failing_reasons_read_as_sentences() {
     w.etcd.leader = Some("n2".into());
     assert_eq!(w.decide("/primary").reason.to_string(), "etcd names n2 leader, not this member");
 }
+
+// ---- hostile input: any request target HAProxy (or anyone) may send ----
+
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PATHS: [&str; 8] = ["/", "/primary", "/master", "/read-write", "/leader", "/replica", "/health", "/x"];
+
+    /// A request target: a known path or any string, then maybe a query of any content.
+    fn target() -> impl Strategy<Value = String> {
+        let path = prop_oneof![proptest::sample::select(PATHS.to_vec()).prop_map(str::to_owned), ".{0,40}"];
+        let query = prop_oneof![
+            Just(String::new()),
+            "[a-z_=&%0-9.A-Z-]{0,60}".prop_map(|q| format!("?{q}")),
+            ".{0,60}".prop_map(|q| format!("?{q}")),
+        ];
+        (path, query).prop_map(|(p, q)| format!("{p}{q}"))
+    }
+
+    fn judge(w: &World, target: &str) -> Option<(Endpoint, Verdict)> {
+        let check = Check::parse_target(target).ok()?;
+        let v = decide(&check, &Observed { etcd: &w.etcd, pg: &w.pg, now: w.now }, &policy());
+        Some((check.endpoint, v))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Whatever the target, it parses or is refused, and a replica never says 200 to a
+        /// check that routes writes.
+        #[test]
+        fn no_request_target_makes_a_replica_answer_200_as_the_primary(t in target()) {
+            if let Some((endpoint, v)) = judge(&World::replica(), &t) {
+                prop_assert!(
+                    !(v.ok && matches!(endpoint, Endpoint::Primary | Endpoint::Leader | Endpoint::StandbyLeader)),
+                    "{t:?} -> {endpoint:?} 200 on a replica"
+                );
+            }
+        }
+
+        /// With neither source usable (etcd not synced, PostgreSQL never polled), no check but
+        /// liveness says 200, whatever the target.
+        #[test]
+        fn without_usable_sources_no_request_target_gets_a_200_but_liveness(t in target()) {
+            let mut w = World::primary();
+            w.etcd.synced = false;
+            w.pg.last = PgPoll::Never;
+            if let Some((endpoint, v)) = judge(&w, &t) {
+                prop_assert!(!v.ok || endpoint == Endpoint::Liveness, "{t:?} -> {endpoint:?} 200 without sources");
+            }
+        }
+    }
+}
