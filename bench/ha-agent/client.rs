@@ -307,7 +307,11 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
             w.first_elsewhere(t0, p)
         })?;
         let secs = (first - t0).as_secs_f64();
-        std::thread::sleep(Duration::from_secs(3));
+        // Three seconds of the writer after the failover, for the graph.
+        let until = first + Duration::from_secs(3);
+        wait_until(Duration::from_secs(10), "3 s of writes after the failover", || {
+            w.samples().last().is_some_and(|s| s.sent >= until).then_some(())
+        })?;
         let rel = |t: Instant| if t >= t0 { (t - t0).as_secs_f64() } else { -(t0 - t).as_secs_f64() };
         let trace = w
             .samples()

@@ -37,8 +37,9 @@ pub struct EtcdFollower {
 }
 
 impl EtcdFollower {
-    /// Runs until `stop`. A broken session (read or watch failed) marks the view unsynced at
-    /// once and starts over after a short, growing pause.
+    /// Runs until `stop`. A broken session (read or watch failed) is followed at once by a read
+    /// from every member; only when that fails too is the view unsynced. A new session starts
+    /// after a short pause (growing while reads fail), from that read when it succeeded.
     ///
     /// The reads (the full one and the confirmations) go to every etcd member at once and the
     /// first answer counts (`PerEndpoint`): a frozen member still accepts connections, and a
@@ -50,10 +51,12 @@ impl EtcdFollower {
         let mut client: Option<Etcd> = None;
         let mut backoff = MIN_BACKOFF;
         let mut healthy = true;
+        // A full read made between sessions, for the next one to start from.
+        let mut fresh: Option<(Snapshot, Instant)> = None;
         loop {
             let error = tokio::select! {
                 () = stop.cancelled() => return,
-                e = self.session(&reads, &mut client, &mut healthy, &mut backoff) => e,
+                e = self.session(&reads, fresh.take(), &mut client, &mut healthy, &mut backoff) => e,
             };
             // The watch (on one member's connection) or a read failed. Another member may well
             // answer: re-read the keys from all at once, so that one member going away does not
@@ -66,6 +69,7 @@ impl EtcdFollower {
             if let Ok(snap) = reread {
                 tracing::debug!(error = %error, revision = snap.revision, "etcd watch broke; keys re-read, watching again");
                 self.apply_snapshot(&snap, sent);
+                fresh = Some((snap, sent));
                 // Watching again soon: the view ages from this read meanwhile.
                 backoff = MIN_BACKOFF;
             } else {
@@ -89,10 +93,12 @@ impl EtcdFollower {
         self.view.send_modify(|v| v.attempted_at = Some(Instant::now()));
     }
 
-    /// One read-then-watch session; returns only with the error that ended it.
+    /// One read-then-watch session (from `fresh` when given, a read made just before);
+    /// returns only with the error that ended it.
     async fn session(
         &self,
         reads: &PerEndpoint,
+        fresh: Option<(Snapshot, Instant)>,
         client: &mut Option<Etcd>,
         healthy: &mut bool,
         backoff: &mut Duration,
@@ -110,12 +116,17 @@ impl EtcdFollower {
         };
         let prefix = self.layout.prefix();
         let leader_key = self.layout.key(ClusterKey::Leader);
-        let sent = Instant::now();
-        let snap = match reads.get_prefix(&prefix).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.metrics.etcd_error(EtcdOp::Read);
-                return e;
+        let (snap, sent) = match fresh {
+            Some(f) => f,
+            None => {
+                let sent = Instant::now();
+                match reads.get_prefix(&prefix).await {
+                    Ok(s) => (s, sent),
+                    Err(e) => {
+                        self.metrics.etcd_error(EtcdOp::Read);
+                        return e;
+                    }
+                }
             }
         };
         self.apply_snapshot(&snap, sent);

@@ -53,25 +53,29 @@ pub(crate) fn enter_netns(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The nearest existing folder on the way to where the tests write (`dirs::root`).
+fn logs_folder() -> std::path::PathBuf {
+    let root = crate::dirs::root();
+    root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/")).to_path_buf()
+}
+
+fn free_bytes(p: &Path) -> nix::Result<u64> {
+    nix::sys::statvfs::statvfs(p).map(|s| s.blocks_available() * s.fragment_size())
+}
+
 /// A line on what this machine has left: free disk where the tests write, free memory, and
 /// how many processes run (PostgreSQL's among them). Printed with a timed-out wait, so that a
 /// failure caused by an exhausted machine can be told from a real one.
 pub fn machine_state() -> String {
-    let free = |p: &Path| {
-        nix::sys::statvfs::statvfs(p).map_or_else(
-            |e| format!("{}: {e}", p.display()),
-            |s| format!("{}: {} MiB free", p.display(), s.blocks_available() * s.fragment_size() / (1 << 20)),
-        )
+    let free = |p: &Path| match free_bytes(p) {
+        Ok(b) => format!("{}: {} MiB free", p.display(), b >> 20),
+        Err(e) => format!("{}: {e}", p.display()),
     };
-    let root = crate::dirs::root();
-    let logs = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
-            m.lines().find(|l| l.starts_with("MemAvailable:")).map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            m.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
-        .flatten()
-        .and_then(|kb| kb.parse::<u64>().ok())
         .map_or_else(|| "memory: unknown".to_owned(), |kb| format!("memory: {} MiB available", kb / 1024));
     let (mut procs, mut postgres) = (0, 0);
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -82,16 +86,17 @@ pub fn machine_state() -> String {
             }
         }
     }
-    format!("machine: {}; {}; {mem}; {procs} processes ({postgres} postgres)", free(logs), free(Path::new("/tmp")))
+    format!(
+        "machine: {}; {}; {mem}; {procs} processes ({postgres} postgres)",
+        free(&logs_folder()),
+        free(Path::new("/tmp"))
+    )
 }
 
 /// Refuses to start a test on a machine with less than 1 GiB free where tests write: its
 /// PostgreSQL, etcd and SeaweedFS would fail in their own, confusing ways.
 pub(crate) fn enough_disk() -> anyhow::Result<()> {
-    let root = crate::dirs::root();
-    let at = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    let s = nix::sys::statvfs::statvfs(at)?;
-    let free = s.blocks_available() * s.fragment_size();
+    let free = free_bytes(&logs_folder())?;
     anyhow::ensure!(free >= 1 << 30, "testkit: less than 1 GiB free; not starting a test [{}]", machine_state());
     Ok(())
 }

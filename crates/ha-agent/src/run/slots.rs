@@ -14,6 +14,11 @@ impl Agent {
     /// position.
     pub(super) async fn keep_permanent_slots(&mut self, view: &ClusterView, leading: bool, replayed: u64) {
         let wanted = self.permanent_slot_names(view);
+        if wanted.is_empty() && self.permanent_before.is_empty() {
+            // Nothing to keep or drop: no query on every cycle of every member.
+            self.permanent_positions.clear();
+            return;
+        }
         let present = match self.pg.physical_slots().await {
             Ok(p) => p,
             Err(e) => {
