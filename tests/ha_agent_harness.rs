@@ -99,6 +99,8 @@ pub struct Opts {
     /// `pg_hba` in the cluster's config key (`bootstrap.dcs.postgresql.pg_hba`) instead of in
     /// each member's file.
     pub cluster_pg_hba: bool,
+    /// Whole sections appended to one member's file only (`[tags]`, say), by member number.
+    pub member: Vec<(usize, String)>,
 }
 
 impl Default for Opts {
@@ -122,6 +124,7 @@ impl Default for Opts {
             postgresql: String::new(),
             patroni_yaml: false,
             cluster_pg_hba: false,
+            member: Vec::new(),
         }
     }
 }
@@ -355,7 +358,8 @@ maximum_lag_on_failover = 16777216
 {cluster_hba}
 [bootstrap.dcs.postgresql.parameters]
 {sync}
-{extra}"#,
+{extra}
+{member}"#,
             peer = o.peer_timeout,
             local_hba = if o.cluster_pg_hba { "" } else { HBA },
             cluster_hba = if o.cluster_pg_hba { format!("[bootstrap.dcs.postgresql]\n{HBA}") } else { String::new() },
@@ -374,7 +378,17 @@ maximum_lag_on_failover = 16777216
             postgresql = o.postgresql,
             subnet = subnet,
             reinit = o.reinit_on_rewind_failure,
+            member = o.member.iter().filter(|(m, _)| *m == i).map(|(_, t)| t.as_str()).collect::<Vec<_>>().join("\n"),
         )
+    }
+
+    /// Replaces member `i`'s own sections (`Opts::member`) and rewrites its file; the agent
+    /// reads it when next started.
+    pub fn set_member_config(&mut self, i: usize, sections: &str) -> anyhow::Result<()> {
+        self.opts.member.retain(|(m, _)| *m != i);
+        self.opts.member.push((i, sections.to_owned()));
+        std::fs::write(self.config_path(i), self.config(i))?;
+        Ok(())
     }
 
     pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {

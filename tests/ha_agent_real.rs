@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use harness::{Ack, Cluster, FENCE_PROBE_TABLE, Opts, Pollers, Writer, assert_fenced, lost};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use outrigger_testkit::hold_for;
+use outrigger_testkit::{hold_for, wait_until};
 
 const UP: Duration = Duration::from_secs(90);
 const FAILOVER: Duration = Duration::from_secs(30);
@@ -720,4 +720,79 @@ fn failsafe_mode_works_between_patroni_and_ha_agent_in_both_directions() -> anyh
     anyhow::ensure!(c.sql(2, "select count(*) from acked where id = 1")? == "1", "the write made in failsafe is lost");
     assert_fenced("failsafe_mode between Patroni and ha-agent", pollers)?;
     no_unexpected_errors(&c, &["action failed"])
+}
+
+/// Cascading replication (tag `replicatefrom`) and archive-only replicas (tag `nostream`), as
+/// in Patroni: n3 streams from the replica n2 names, and only n2 keeps n3's slot; with n2
+/// down it streams from the leader (which then keeps the slot), and goes back once n2
+/// serves again. Restarted with `nostream`, n3 streams from nobody, no member keeps a slot
+/// for it, and it still replays the leader's commits from the WAL archive.
+#[test]
+fn a_replicatefrom_member_cascades_from_the_named_replica_falls_back_to_the_leader_and_nostream_restores_from_the_archive()
+-> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let archive = tempfile::Builder::new().prefix("otk-ha-archive-").tempdir_in("/tmp")?;
+    std::fs::set_permissions(archive.path(), std::fs::Permissions::from_mode(0o777))?;
+    let a = archive.path().display().to_string();
+    let mut c = Cluster::start(
+        "ha_cascade",
+        Opts {
+            sync: false,
+            agents: 1,
+            extra: format!("archive_mode = \"on\"\narchive_command = \"cp %p {a}/%f\"\narchive_timeout = \"1s\"\n"),
+            member: vec![(3, "[tags]\nreplicatefrom = \"n2\"\n".into())],
+            ..Opts::default()
+        },
+    )?;
+    anyhow::ensure!(c.wait_primary(UP, &[])? == 1, "n1 bootstrapped");
+    c.start_agent(2)?;
+    c.wait_streaming(1, &[2], UP)?;
+    c.start_agent(3)?;
+    c.wait_streaming(2, &[3], UP)?;
+    // n3's slot: on whom it streams from, active; not on the leader.
+    // Whether n3's slot on member i is active ("t"/"f"), or "" without one.
+    fn slot(c: &Cluster, i: usize) -> String {
+        c.sql(i, "select active from pg_replication_slots where slot_name = 'n3'").unwrap_or_default()
+    }
+    fn has(c: &Cluster, i: usize, x: i32) -> bool {
+        c.sql(i, &format!("select count(*) from t where x = {x}")).is_ok_and(|s| s == "1")
+    }
+    wait_until(UP, "n3's slot active on n2", || (slot(&c, 2) == "t").then_some(()))?;
+    anyhow::ensure!(slot(&c, 1).is_empty(), "the leader keeps a slot for n3, which streams from n2: {:?}", slot(&c, 1));
+    c.sql(1, "create table t(x int); insert into t values (1)")?;
+    wait_until(UP, "n3 replays n1's commit through n2", || has(&c, 3, 1).then_some(()))?;
+    let key = c.etcd_get("members/n3").unwrap_or_default();
+    anyhow::ensure!(key.contains(r#""replicatefrom":"n2""#), "n3's member key publishes its tag: {key}");
+
+    // n2 down: n3 streams from the leader, which now keeps its slot.
+    c.stop_agent(2)?;
+    c.wait_streaming(1, &[3], FAILOVER)?;
+    wait_until(FAILOVER, "n3's slot active on n1", || (slot(&c, 1) == "t").then_some(()))?;
+    c.sql(1, "insert into t values (2)")?;
+    wait_until(UP, "n3 replays from the leader", || has(&c, 3, 2).then_some(()))?;
+    // n2 back: n3 cascades again, and the leader drops the slot it no longer needs.
+    c.start_agent(2)?;
+    c.wait_streaming(1, &[2], UP)?;
+    c.wait_streaming(2, &[3], UP)?;
+    wait_until(UP, "n3's slot gone from n1", || slot(&c, 1).is_empty().then_some(()))?;
+
+    // nostream: no walreceiver, no slot anywhere, and the leader's commits arrive from the archive.
+    c.stop_agent(3)?;
+    c.set_member_config(
+        3,
+        &format!("[tags]\nnostream = true\n[postgresql.recovery_conf]\nrestore_command = \"cp {a}/%f %p\"\n"),
+    )?;
+    c.start_agent(3)?;
+    c.sql(1, "insert into t values (3); select pg_switch_wal()")?;
+    wait_until(UP, "n3 replays from the archive", || has(&c, 3, 3).then_some(()))?;
+    anyhow::ensure!(c.sql(3, "select pg_is_in_recovery()")? == "t", "n3 stays a replica");
+    anyhow::ensure!(
+        c.sql(3, "select count(*) from pg_stat_wal_receiver")? == "0",
+        "a nostream member streams from nobody"
+    );
+    wait_until(UP, "n3's slot gone from n2", || slot(&c, 2).is_empty().then_some(()))?;
+    anyhow::ensure!(slot(&c, 1).is_empty(), "the leader keeps a slot for a nostream member: {:?}", slot(&c, 1));
+    let key = c.etcd_get("members/n3").unwrap_or_default();
+    anyhow::ensure!(key.contains(r#""nostream":true"#), "n3's member key publishes nostream: {key}");
+    no_unexpected_errors(&c, &[])
 }

@@ -216,6 +216,11 @@ pub struct RawTags {
     pub nosync: bool,
     /// Preference as a synchronous standby (Patroni 4.1); `<= 0` means nosync.
     pub sync_priority: Option<i64>,
+    /// Stream from this member instead of the leader (cascading replication).
+    pub replicatefrom: Option<String>,
+    /// Never stream from another member; WAL comes from `restore_command` only (Patroni 4).
+    #[serde(default)]
+    pub nostream: bool,
     /// Any other tag: the user's own, published in the member key as Patroni publishes them.
     #[serde(flatten)]
     pub custom: toml::Table,
@@ -1019,21 +1024,16 @@ impl Validate for RawConfig {
             noloadbalance: self.tags.noloadbalance,
             nosync: self.tags.nosync,
             sync_priority: self.tags.sync_priority.unwrap_or(1),
+            replicatefrom: self.tags.replicatefrom.clone().filter(|r| !r.is_empty()),
+            nostream: self.tags.nostream,
             custom: match toml_to_json(&toml::Value::Table(self.tags.custom.clone())) {
                 serde_json::Value::Object(m) => m,
                 _ => serde_json::Map::new(),
             },
         };
-        for (name, why) in [
-            (
-                "replicatefrom",
-                "cascading replication is not supported by ha-agent yet; every replica streams from the leader",
-            ),
-            ("nostream", "replicas that only restore from the archive are not supported by ha-agent yet"),
-        ] {
-            if let Some(v) = self.tags.custom.get(name) {
-                p.push(format!("tags.{name}"), v.as_str().map_or_else(|| v.to_string(), str::to_owned), why);
-            }
+        if let Some(r) = &self.tags.replicatefrom {
+            p.check(!r.is_empty(), "tags.replicatefrom", r, "must name a member (or be left out)");
+            p.check(r != &self.name, "tags.replicatefrom", r, "must name another member, not this one");
         }
         let bootstrap_method = bootstrap_method(&self.bootstrap, &mut p);
         let bootstrap_dcs = toml_to_json(&toml::Value::Table(self.bootstrap.dcs.clone()));
@@ -1189,7 +1189,7 @@ listen = "10.0.0.1:5432"
     }
 
     #[test]
-    fn custom_tags_are_kept_and_published_and_unsupported_patroni_tags_are_refused_by_name() {
+    fn custom_tags_are_kept_and_published_and_cascading_tags_are_checked() {
         let c = load(&format!("{BASE}[tags]\nnofailover = true\ndatacenter = \"fra1\"\nrack = 7\nbackup = false\n"))
             .expect("valid");
         let published = c.tags.to_json();
@@ -1197,12 +1197,14 @@ listen = "10.0.0.1:5432"
         assert_eq!(published["rack"], serde_json::json!(7));
         assert_eq!(published["backup"], serde_json::json!(false), "custom tags are published whatever their value");
         assert_eq!(published["nofailover"], serde_json::json!(true));
-        let e = load(&format!("{BASE}[tags]\nreplicatefrom = \"n2\"\nnostream = true\n")).unwrap_err();
-        assert!(
-            e.iter().any(|p| p.starts_with("tags.replicatefrom (n2): cascading replication is not supported")),
-            "{e:?}"
-        );
-        assert!(e.iter().any(|p| p.starts_with("tags.nostream (true): ")), "{e:?}");
+        let c = load(&format!("{BASE}[tags]\nreplicatefrom = \"n2\"\nnostream = true\n")).expect("valid");
+        assert_eq!(c.tags.replicatefrom.as_deref(), Some("n2"));
+        let published = c.tags.to_json();
+        assert_eq!(published["replicatefrom"], serde_json::json!("n2"));
+        assert_eq!(published["nostream"], serde_json::json!(true));
+        assert!(published.get("datacenter").is_none());
+        let e = load(&format!("{BASE}[tags]\nreplicatefrom = \"\"\n")).unwrap_err();
+        assert!(e.iter().any(|p| p.starts_with("tags.replicatefrom (\"\"): must name a member")), "{e:?}");
     }
 
     #[test]

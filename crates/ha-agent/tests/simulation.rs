@@ -1581,16 +1581,16 @@ impl World {
             }
             // The rounds run on the failsafe task (`failsafe_task` below).
             Decision::Failsafe { .. } => {}
-            Decision::Follow { leader } => match self.hosts[h].pg.run {
+            Decision::Follow { upstream } => match self.hosts[h].pg.run {
                 Run::Stopped => {
-                    self.set_upstream(h, leader.clone());
+                    self.set_upstream(h, upstream.clone());
                     if self.t < self.hosts[h].cannot_start_until {
                         self.record(h, Outcome::StartFailed);
                     } else {
-                        self.begin_start(h, false, leader);
+                        self.begin_start(h, false, upstream);
                     }
                 }
-                _ => self.set_upstream(h, leader),
+                _ => self.set_upstream(h, upstream),
             },
             Decision::Replicate { .. } | Decision::Wait { .. } => {}
             Decision::Rewind { leader } => {

@@ -21,6 +21,7 @@
 //! The one thing maintenance mode gives up is demoting a primary that the operator made by
 //! hand next to the leader: it is reported, not stopped (the operator owns PostgreSQL).
 
+use super::cascade;
 use super::decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
 use super::divergence::{self, Divergence, LocalEnd};
 use super::memory::failsafe_peers;
@@ -152,7 +153,7 @@ fn without_etcd(o: &Observed<'_>) -> Decision {
     }
     match o.pg {
         PgView::Stopped(_) if !o.config.pause && !start_failed(o) && !o.recent.diverged => {
-            Decision::Follow { leader: None }
+            Decision::Follow { upstream: None }
         }
         _ => Decision::Wait { reason: WaitReason::EtcdUnreachable },
     }
@@ -280,7 +281,7 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
                 Decision::StartPrimary
             } else {
                 // A stopped replica holding the key: start it, promote on the next cycle.
-                Decision::Follow { leader: None }
+                Decision::Follow { upstream: None }
             }
         }
         PgView::NoData | PgView::Unusable { .. } => Decision::ReleaseLeader { reason: ReleaseReason::NoDataDirectory },
@@ -416,36 +417,43 @@ fn as_follower(o: &Observed<'_>, c: &ClusterView, leader: &str) -> Decision {
     }
     let Some(lm) = c.member(leader) else {
         return match o.pg {
-            PgView::Stopped(_) if !start_failed(o) && !o.recent.diverged => Decision::Follow { leader: None },
+            PgView::Stopped(_) if !start_failed(o) && !o.recent.diverged => Decision::Follow { upstream: None },
             _ => Decision::Wait { reason: WaitReason::LeaderMemberUnknown(leader.to_owned()) },
         };
     };
+    // Rule: a replica streams from the leader, or from the member its `replicatefrom` names
+    // while that member can serve; a `nostream` replica from nobody (`core::cascade`).
+    let source = cascade::source(&c.members, leader, &o.settings.name, &o.settings.tags);
+    let follow = || Decision::Follow { upstream: source.map(str::to_owned) };
     match o.pg {
         PgView::Starting { .. } => Decision::Wait { reason: WaitReason::PgStarting },
         PgView::Running(r) => {
-            let following = r.upstream.as_deref() == Some(leader);
-            // Rule: a replica streaming from the leader is on its history (PostgreSQL refuses
-            // to stream across a fork), whatever its timeline looks like mid-switch.
-            if following && r.streaming {
-                return Decision::Replicate { leader: leader.to_owned() };
+            let following = source.is_some() && r.upstream.as_deref() == source;
+            // Rule: a replica streaming from its source is on the leader's history
+            // (PostgreSQL refuses to stream across a fork, and a source other than the leader
+            // is a running replica on the leader's timeline), whatever its timeline looks like
+            // mid-switch.
+            if let (true, true, Some(up)) = (following, r.streaming, source) {
+                return Decision::Replicate { upstream: up.to_owned() };
             }
-            // Rule: a replica that streamed from the leader less than a ttl ago and has paused
-            // (its walreceiver restarts on the leader's new timeline after a promotion) reports
-            // a timeline and position that can be mid-switch: it is not judged diverged on
-            // them. pg_rewind run on such a pair fails ("could not find previous WAL record").
-            if following && o.recent.streamed_at.is_some_and(|t| o.now.since(t) < o.settings.timings.ttl) {
-                return Decision::Replicate { leader: leader.to_owned() };
+            // Rule: a replica that streamed from its source less than a ttl ago and has
+            // paused (its walreceiver restarts on the leader's new timeline after a
+            // promotion) reports a timeline and position that can be mid-switch: it is not
+            // judged diverged on them. pg_rewind run on such a pair fails ("could not find
+            // previous WAL record").
+            if let (true, true, Some(up)) =
+                (following, o.recent.streamed_at.is_some_and(|t| o.now.since(t) < o.settings.timings.ttl), source)
+            {
+                return Decision::Replicate { upstream: up.to_owned() };
             }
             // Rule: a running replica with WAL past the leader's switch point must be rewound
             // (PostgreSQL itself refuses to stream across that fork, so nothing is corrupted
             // meanwhile).
             let div = divergence::check(r.timeline, LocalEnd::Before(r.wal_position), lm.timeline, &c.history);
-            if matches!(div, Divergence::Diverged { .. }) {
-                rejoin(o, leader)
-            } else if following {
-                Decision::Replicate { leader: leader.to_owned() }
-            } else {
-                Decision::Follow { leader: Some(leader.to_owned()) }
+            match (matches!(div, Divergence::Diverged { .. }), following, source) {
+                (true, _, _) => rejoin(o, leader),
+                (false, true, Some(up)) => Decision::Replicate { upstream: up.to_owned() },
+                _ => follow(),
             }
         }
         PgView::Stopped(ctl) => {
@@ -461,7 +469,7 @@ fn as_follower(o: &Observed<'_>, c: &ClusterView, leader: &str) -> Decision {
             };
             match divergence::check(ctl.timeline, end, lm.timeline, &c.history) {
                 Divergence::Diverged { .. } => rejoin(o, leader),
-                _ => Decision::Follow { leader: Some(leader.to_owned()) },
+                _ => follow(),
             }
         }
         PgView::NoData | PgView::Unusable { .. } => Decision::Wait { reason: WaitReason::PgStarting },
@@ -536,7 +544,7 @@ fn unlocked(o: &Observed<'_>, c: &ClusterView) -> Decision {
             Decision::Wait { reason: WaitReason::NotEligible("PostgreSQL does not start") }
         }
         // Only a running replica can be compared with its peers: start it first.
-        PgView::Stopped(_) => Decision::Follow { leader: None },
+        PgView::Stopped(_) => Decision::Follow { upstream: None },
         PgView::NoData | PgView::Unusable { .. } => Decision::Wait { reason: WaitReason::PgStarting },
     }
 }

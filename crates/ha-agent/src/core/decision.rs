@@ -194,14 +194,15 @@ pub enum Decision {
     /// We lead and PostgreSQL is primary: renew nothing here (the lease keeper does), just
     /// housekeeping (status, slots, parameters).
     Lead,
-    /// Run PostgreSQL as a replica of `leader` (start it, or point it there); `None` starts
-    /// it read-only with no upstream.
+    /// Run PostgreSQL as a replica of `upstream`, the leader or the member its
+    /// `replicatefrom` names (start it, or point it there); `None` starts it read-only with
+    /// no upstream (also a `nostream` replica, fed by `restore_command` only).
     Follow {
-        leader: Option<String>,
+        upstream: Option<String>,
     },
-    /// Already a replica streaming from `leader`: housekeeping only.
+    /// Already a replica streaming from `upstream`: housekeeping only.
     Replicate {
-        leader: String,
+        upstream: String,
     },
     /// Stop and pg_rewind from `leader`, then follow it.
     Rewind {
@@ -280,7 +281,14 @@ impl Decision {
 
     /// Decisions that repeat every cycle in a steady state; logged at debug after the first.
     pub fn is_steady(&self) -> bool {
-        matches!(self, Decision::Lead | Decision::Replicate { .. } | Decision::Wait { .. } | Decision::Failsafe { .. })
+        matches!(
+            self,
+            Decision::Lead
+                | Decision::Replicate { .. }
+                | Decision::Follow { upstream: None }
+                | Decision::Wait { .. }
+                | Decision::Failsafe { .. }
+        )
     }
 }
 
@@ -449,9 +457,9 @@ impl fmt::Display for Decision {
             Decision::StepDown { candidate: None } => f.write_str("switchover: stepping down for the best replica"),
             Decision::ClearFailover { reason } => write!(f, "clearing the failover key: {reason}"),
             Decision::Lead => f.write_str("leading as primary"),
-            Decision::Follow { leader: Some(l) } => write!(f, "following {l}"),
-            Decision::Follow { leader: None } => f.write_str("running read-only without an upstream"),
-            Decision::Replicate { leader } => write!(f, "replicating from {leader}"),
+            Decision::Follow { upstream: Some(l) } => write!(f, "following {l}"),
+            Decision::Follow { upstream: None } => f.write_str("running read-only without an upstream"),
+            Decision::Replicate { upstream } => write!(f, "replicating from {upstream}"),
             Decision::Rewind { leader } => write!(f, "diverged from {leader}: running pg_rewind"),
             Decision::Reinit { leader } => write!(f, "diverged from {leader}: reinitialising from a new base backup"),
             Decision::StayStopped { reason } => write!(f, "keeping PostgreSQL stopped: {reason}"),

@@ -4,6 +4,7 @@
 //! calls [`decide`], carries out the [`Decision`] and loops. The same function drives the
 //! deterministic simulation in `tests/simulation.rs`.
 
+pub mod cascade;
 mod decide;
 mod decision;
 pub mod divergence;

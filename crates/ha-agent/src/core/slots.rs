@@ -96,6 +96,25 @@ pub fn replica(
     out
 }
 
+/// Member slots (one per member that streams from this server, `core::cascade`): those of
+/// `wanted` are made; those of `unwanted` (members in the cluster that stream from elsewhere,
+/// or from nobody) are dropped once inactive, since an unused slot holds WAL forever. Slot
+/// names, both.
+pub fn members(wanted: &[String], unwanted: &[String], present: &[Present]) -> Vec<SlotAction> {
+    let mut out: Vec<SlotAction> = wanted
+        .iter()
+        .filter(|w| !present.iter().any(|p| p.name == **w))
+        .map(|w| SlotAction::Create(w.clone()))
+        .collect();
+    out.extend(
+        unwanted
+            .iter()
+            .filter(|u| !wanted.contains(u) && present.iter().any(|p| p.name == **u && !p.active))
+            .map(|u| SlotAction::Drop(u.clone())),
+    );
+    out
+}
+
 fn dropped(wanted: &[String], before: &[String], present: &[Present]) -> Vec<SlotAction> {
     before
         .iter()
@@ -144,6 +163,17 @@ mod tests {
         // is its consumer's.
         let present = [slot("keep", false, Some(400)), slot("other", false, Some(10)), slot("behind", true, Some(1))];
         assert_eq!(replica(&names(&["keep", "other", "behind"]), &[], &present, &leader_at, 500), vec![]);
+    }
+
+    #[test]
+    fn member_slots_are_made_for_members_streaming_here_and_dropped_once_inactive_for_the_others() {
+        let present = [slot("n2", true, Some(10)), slot("n3", false, Some(5)), slot("n4", true, Some(5))];
+        assert_eq!(
+            members(&names(&["n2", "n5"]), &names(&["n3", "n4"]), &present),
+            vec![SlotAction::Create("n5".into()), SlotAction::Drop("n3".into())],
+            "a slot still streamed from (n4: it has just moved to another upstream) is dropped only once inactive"
+        );
+        assert!(members(&names(&["n2"]), &names(&["n2"]), &present).is_empty(), "wanted wins");
     }
 
     #[test]

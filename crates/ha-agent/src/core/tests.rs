@@ -25,7 +25,7 @@ struct Fx {
     watchdog_failed: bool,
 }
 
-fn member(name: &str, role: Role, lsn: u64, timeline: u32) -> Member {
+pub(super) fn member(name: &str, role: Role, lsn: u64, timeline: u32) -> Member {
     Member {
         name: name.into(),
         conn_url: format!("postgres://{name}:5432/postgres"),
@@ -245,7 +245,7 @@ fn replica_keeps_replicating_while_etcd_is_unreachable() {
 fn fenced_primary_restarts_read_only_while_etcd_is_unreachable() {
     let mut fx = Fx::new().pg(stopped(ClusterState::InProduction, 1, 500));
     fx.cluster = None;
-    assert_eq!(fx.decide(), Decision::Follow { leader: None });
+    assert_eq!(fx.decide(), Decision::Follow { upstream: None });
 }
 
 // ---- failsafe_mode ----
@@ -413,19 +413,43 @@ fn primary_demotes_at_once_when_another_member_holds_the_key() {
 #[test]
 fn replica_points_itself_at_a_new_leader() {
     let fx = Fx::new().leader("n2").pg(replica(900, 1, Some("n3")));
-    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+    assert_eq!(fx.decide(), Decision::Follow { upstream: Some("n2".into()) });
+}
+
+#[test]
+fn a_replicatefrom_replica_streams_from_the_member_it_names_and_from_the_leader_when_that_one_cannot_serve() {
+    let mut fx = Fx::new().leader("n2").pg(replica(900, 1, Some("n2")));
+    fx.settings.tags.replicatefrom = Some("n3".into());
+    assert_eq!(fx.decide(), Decision::Follow { upstream: Some("n3".into()) });
+    fx.pg = replica(900, 1, Some("n3"));
+    assert_eq!(fx.decide(), Decision::Replicate { upstream: "n3".into() });
+    fx.c().members[2].running = false;
+    assert_eq!(fx.decide(), Decision::Follow { upstream: Some("n2".into()) }, "n3 is stopped");
+    fx.pg = replica(900, 1, Some("n2"));
+    assert_eq!(fx.decide(), Decision::Replicate { upstream: "n2".into() });
+}
+
+#[test]
+fn a_nostream_replica_runs_without_an_upstream_and_is_still_rewound_when_diverged() {
+    let mut fx = Fx::new().leader("n2").pg(replica(900, 1, Some("n2")));
+    fx.settings.tags.nostream = true;
+    assert_eq!(fx.decide(), Decision::Follow { upstream: None });
+    fx.pg = replica(900, 1, None);
+    assert_eq!(fx.decide(), Decision::Follow { upstream: None });
+    let fx = fx.history(&[(1, 500)]).member_timeline("n2", 2);
+    assert!(matches!(fx.decide(), Decision::Rewind { .. }), "{:?}", fx.decide());
 }
 
 #[test]
 fn replica_streaming_from_the_leader_just_replicates() {
     let fx = Fx::new().leader("n2").pg(replica(900, 1, Some("n2")));
-    assert_eq!(fx.decide(), Decision::Replicate { leader: "n2".into() });
+    assert_eq!(fx.decide(), Decision::Replicate { upstream: "n2".into() });
 }
 
 #[test]
 fn stopped_replica_is_started_following_the_leader() {
     let fx = Fx::new().leader("n2").pg(stopped(ClusterState::ShutDownInRecovery, 1, 800));
-    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+    assert_eq!(fx.decide(), Decision::Follow { upstream: Some("n2".into()) });
 }
 
 #[test]
@@ -445,7 +469,7 @@ fn clean_former_primary_behind_the_switch_point_follows_without_rewind() {
         1,
         990,
     ));
-    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+    assert_eq!(fx.decide(), Decision::Follow { upstream: Some("n2".into()) });
 }
 
 #[test]
@@ -465,7 +489,7 @@ fn crashed_former_primary_starts_as_a_replica_to_find_where_its_wal_ends() {
         1,
         500,
     ));
-    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+    assert_eq!(fx.decide(), Decision::Follow { upstream: Some("n2".into()) });
 }
 
 #[test]
@@ -482,7 +506,7 @@ fn replica_streaming_from_the_leader_is_never_judged_diverged() {
         r.streaming = true;
     }
     let fx = Fx::new().leader("n2").member_timeline("n2", 2).history(&[(1, 1000)]).pg(pg);
-    assert_eq!(fx.decide(), Decision::Replicate { leader: "n2".into() });
+    assert_eq!(fx.decide(), Decision::Replicate { upstream: "n2".into() });
 }
 
 #[test]
@@ -626,7 +650,7 @@ fn recently_seen_peers_are_asked_even_when_their_member_keys_expired() {
 #[test]
 fn stopped_member_starts_as_replica_before_it_can_race() {
     let fx = Fx::new().pg(stopped(ClusterState::ShutDownInRecovery, 1, 900));
-    assert_eq!(fx.decide(), Decision::Follow { leader: None });
+    assert_eq!(fx.decide(), Decision::Follow { upstream: None });
 }
 
 #[test]
@@ -906,7 +930,7 @@ fn paused_member_does_not_rewind_or_clone() {
 #[test]
 fn paused_replica_still_follows_a_new_leader() {
     let fx = Fx::new().paused().leader("n2").pg(replica(1000, 1, Some("n3")));
-    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+    assert_eq!(fx.decide(), Decision::Follow { upstream: Some("n2".into()) });
 }
 
 #[test]
@@ -934,7 +958,7 @@ fn paused_switchover_without_a_candidate_or_with_a_schedule_is_cleared() {
 fn old_primary_of_a_switchover_rejoins_its_new_leader_even_while_paused() {
     let mut fx = Fx::new().paused().leader("n2").pg(stopped(ClusterState::ShutDown, 1, 900));
     fx.recent.stepped_down_at = Some(fx.now);
-    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+    assert_eq!(fx.decide(), Decision::Follow { upstream: Some("n2".into()) });
 }
 
 #[test]
@@ -977,14 +1001,14 @@ fn old_primary_waits_for_the_candidate_then_follows_it_without_rewind() {
     // The candidate promoted at the end of our shutdown checkpoint record.
     let mut fx = fx.leader("n2").member_timeline("n2", 2).history(&[(1, 1100)]);
     fx.now = fx.now.plus(Duration::from_millis(300));
-    assert_eq!(fx.decide(), Decision::Follow { leader: Some("n2".into()) });
+    assert_eq!(fx.decide(), Decision::Follow { upstream: Some("n2".into()) });
 }
 
 #[test]
 fn old_primary_starts_read_only_if_nobody_takes_over_in_time() {
     let mut fx = Fx::new().pg(stopped(ClusterState::ShutDown, 1, 1000));
     fx.recent.stepped_down_at = Some(fx.now.minus(Duration::from_secs(3)));
-    assert_eq!(fx.decide(), Decision::Follow { leader: None });
+    assert_eq!(fx.decide(), Decision::Follow { upstream: None });
 }
 
 #[test]
@@ -1145,7 +1169,7 @@ fn a_replica_that_streamed_from_the_leader_moments_ago_is_not_judged_on_a_mid_sw
     }
     fx.pg = replica(1100, 1, Some("n2"));
     fx.recent.streamed_at = Some(Moment::from_millis(9_500));
-    assert_eq!(fx.decide(), Decision::Replicate { leader: "n2".into() });
+    assert_eq!(fx.decide(), Decision::Replicate { upstream: "n2".into() });
     // Still not streaming a ttl later: judged on what it reports.
     fx.recent.streamed_at = Some(Moment::from_millis(6_000));
     assert_eq!(fx.decide(), Decision::Rewind { leader: "n2".into() });

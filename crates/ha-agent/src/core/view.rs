@@ -45,6 +45,11 @@ pub struct Tags {
     pub nosync: bool,
     /// Higher is preferred as a synchronous standby; `<= 0` means nosync (Patroni 3.3+).
     pub sync_priority: i64,
+    /// Stream from this member instead of the leader (cascading replication), when it can
+    /// serve (`core::cascade`).
+    pub replicatefrom: Option<String>,
+    /// Never stream: WAL comes only from `restore_command` (Patroni 4's `nostream`).
+    pub nostream: bool,
     /// Tags of the user's own (any name Patroni does not use), published as they are.
     pub custom: Map<String, Value>,
 }
@@ -58,6 +63,8 @@ impl Default for Tags {
             noloadbalance: false,
             nosync: false,
             sync_priority: 1,
+            replicatefrom: None,
+            nostream: false,
             custom: Map::new(),
         }
     }
@@ -99,6 +106,11 @@ impl Tags {
             noloadbalance: truthy(tags.get("noloadbalance")),
             nosync: truthy(tags.get("nosync")),
             sync_priority: int("sync_priority", d.sync_priority),
+            replicatefrom: match tags.get("replicatefrom") {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            },
+            nostream: truthy(tags.get("nostream")),
             custom: Map::new(),
         }
     }
@@ -126,6 +138,12 @@ impl Tags {
         }
         if sync_priority_set {
             m.insert("sync_priority".into(), Value::from(self.sync_priority));
+        }
+        if let Some(r) = &self.replicatefrom {
+            m.insert("replicatefrom".into(), Value::String(r.clone()));
+        }
+        if self.nostream {
+            m.insert("nostream".into(), Value::Bool(true));
         }
         for (k, v) in &self.custom {
             m.entry(k.clone()).or_insert_with(|| v.clone());

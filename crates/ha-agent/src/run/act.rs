@@ -10,6 +10,7 @@ use outrigger_schema::{ConfigValue, HistoryEntry, StatusValue};
 use super::{Agent, PROMOTING, Read, wall_ms};
 use crate::config::{BootstrapMethod, ReplicaMethod};
 use crate::core::schedule::format_rfc3339_ms;
+use crate::core::slots::SlotAction;
 use crate::core::{ClusterState, ClusterView, Decision, LeaderKey, Outcome, PgView, RunningPg};
 use crate::pg::StopMode;
 use crate::pg::text::{Upstream, host_port_from_conn_url, parse_history_file, slot_name};
@@ -206,14 +207,14 @@ impl Agent {
                     self.lead(read, r).await;
                 }
             }
-            Decision::Follow { leader } => {
-                let up = leader.as_deref().and_then(|l| self.upstream_of(read, l));
-                if leader.is_some() && up.is_none() {
-                    anyhow::bail!("no conn_url for the leader");
+            Decision::Follow { upstream } => {
+                let up = upstream.as_deref().and_then(|l| self.upstream_of(read, l));
+                if let (Some(u), None) = (upstream, &up) {
+                    anyhow::bail!("no conn_url for {u}, the member to stream from");
                 }
                 let changed =
                     self.pg.write_config(&self.cluster_params(false), true, up.as_ref(), self.wal_log_hints())?;
-                self.record(Outcome::ConfiguredUpstream(leader.clone()));
+                self.record(Outcome::ConfiguredUpstream(upstream.clone()));
                 match pg {
                     PgView::Stopped(_) => {
                         self.announce(read, pg, "starting").await;
@@ -225,13 +226,14 @@ impl Agent {
                     _ => {}
                 }
             }
-            Decision::Replicate { leader } => {
-                let up = self.upstream_of(read, leader);
+            Decision::Replicate { upstream } => {
+                let up = self.upstream_of(read, upstream);
                 if self.pg.write_config(&self.cluster_params(false), true, up.as_ref(), self.wal_log_hints())? {
                     self.pending_restart = !self.pg.reload().await?.is_empty();
                 }
                 if let (Some(r), PgView::Running(pg)) = (read, pg) {
                     self.keep_permanent_slots(&r.view, false, pg.wal_position).await;
+                    self.keep_cascade_slots(&r.view).await;
                 }
             }
             Decision::Rewind { leader } => self.rewind(read, pg, leader).await?,
@@ -537,50 +539,23 @@ impl Agent {
         }
     }
 
-    /// One physical slot per other member; slots of members gone for `member_slots_ttl` are
-    /// dropped. Slots we never saw a member for are left alone.
+    /// One physical slot per other member that streams from us (`core::cascade`: not those
+    /// that cascade from a replica or take WAL from the archive only); slots of members gone
+    /// for `member_slots_ttl` are dropped. Slots we never saw a member for are left alone.
     async fn manage_slots(&mut self, view: &ClusterView) {
-        let slots = match self.pg.physical_slots().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = format!("{e:#}"), "list slots");
-                return;
-            }
-        };
+        let me = self.cfg.name.clone();
         // Members seen recently, former leaders included: a member rejoining after its key
         // expired needs its slot before it can stream and publish its key again.
-        let wanted: Vec<String> = view
-            .members
-            .iter()
-            .map(|m| m.name.as_str())
-            .chain(self.memory.slot_members())
-            .filter(|n| *n != self.cfg.name)
+        let gone = self.memory.slot_members().filter(|n| view.member(n).is_none()).map(str::to_owned);
+        let wanted: Vec<String> = crate::core::cascade::streaming_from(&view.members, &me, &me)
+            .into_iter()
             .map(str::to_owned)
+            .chain(gone)
+            .filter(|n| *n != me)
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        if !self.dyn_config.use_slots {
-            // use_slots off: no member slots; ones left from before would hold WAL forever.
-            let names: Vec<String> = wanted.iter().map(|m| slot_name(m)).collect();
-            for crate::core::slots::Present { name, active, .. } in &slots {
-                if names.contains(name) && !active {
-                    match self.pg.drop_slot(name).await {
-                        Ok(()) => tracing::info!(slot = %name, "dropped a member's slot: use_slots is off"),
-                        Err(e) => tracing::warn!(slot = %name, error = format!("{e:#}"), "drop replication slot"),
-                    }
-                }
-            }
-            return;
-        }
-        for member in &wanted {
-            let name = slot_name(member);
-            if !slots.iter().any(|s| s.name == name) {
-                match self.pg.create_slot(&name).await {
-                    Ok(()) => tracing::info!(slot = %name, "created replication slot"),
-                    Err(e) => tracing::warn!(slot = %name, error = format!("{e:#}"), "create replication slot"),
-                }
-            }
-        }
+        let Some(slots) = self.keep_member_slots(view, &wanted).await else { return };
         let present: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
         for member in self.memory.departed_slot_members(&present, self.clock.now(), self.dyn_config.member_slots_ttl) {
             let name = slot_name(&member);
@@ -592,6 +567,61 @@ impl Agent {
             }
             self.memory.forget_slot_member(&member);
         }
+    }
+
+    /// A replica's member slots: one per member that cascades from it (`replicatefrom`), none
+    /// for the others (a former primary's are dropped once inactive).
+    async fn keep_cascade_slots(&mut self, view: &ClusterView) {
+        let Some(leader) = view.leader.as_ref().map(|l| l.name.clone()) else { return };
+        let wanted: Vec<String> = crate::core::cascade::streaming_from(&view.members, &leader, &self.cfg.name)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        self.keep_member_slots(view, &wanted).await;
+    }
+
+    /// Makes the slots of `wanted` members and drops the inactive ones of the cluster's other
+    /// members (all of them with use_slots off). Returns the slots listed before.
+    async fn keep_member_slots(
+        &mut self,
+        view: &ClusterView,
+        wanted: &[String],
+    ) -> Option<Vec<crate::core::slots::Present>> {
+        let slots = match self.pg.physical_slots().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = format!("{e:#}"), "list slots");
+                return None;
+            }
+        };
+        let wanted: Vec<String> =
+            if self.dyn_config.use_slots { wanted.iter().map(|m| slot_name(m)).collect() } else { Vec::new() };
+        let others: Vec<String> = view
+            .members
+            .iter()
+            .map(|m| m.name.as_str())
+            .chain(self.memory.slot_members())
+            .filter(|n| *n != self.cfg.name)
+            .map(slot_name)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for a in crate::core::slots::members(&wanted, &others, &slots) {
+            let (what, result) = match &a {
+                SlotAction::Create(name) => ("create", self.pg.create_slot(name).await),
+                SlotAction::Drop(name) => ("drop", self.pg.drop_slot(name).await),
+                SlotAction::Advance { .. } => continue,
+            };
+            let slot = a.slot();
+            match result {
+                Ok(()) if what == "drop" && !self.dyn_config.use_slots => {
+                    tracing::info!(slot, "dropped a member's slot: use_slots is off")
+                }
+                Ok(()) => tracing::info!(action = what, slot, "member replication slot"),
+                Err(e) => tracing::warn!(action = what, slot, error = format!("{e:#}"), "member replication slot"),
+            }
+        }
+        Some(slots)
     }
 
     async fn rewind(&mut self, read: Option<&Read>, pg: &PgView, leader: &str) -> anyhow::Result<()> {
