@@ -21,8 +21,18 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A problem with the key's value; the value of a secret key ([`secret_key`]) is never
+    /// kept, so no message can show it.
     pub fn new(key: impl Into<String>, value: impl fmt::Display, rule: impl Into<String>) -> Self {
-        Self { key: key.into(), value: Some(value.to_string()), rule: rule.into() }
+        let key = key.into();
+        let value = value.to_string();
+        // An empty value gives nothing away, and saying it is empty is the point.
+        let value = if secret_key(&key) && !value.is_empty() && value != "\"\"" {
+            "(a secret, not shown)".to_owned()
+        } else {
+            value
+        };
+        Self { key, value: Some(value), rule: rule.into() }
     }
 
     pub fn key_only(key: impl Into<String>, rule: impl Into<String>) -> Self {
@@ -172,7 +182,7 @@ fn syntax_message(text: &str, e: &toml::de::Error) -> String {
 /// Whether a config key holds a secret (its value is never shown in a problem).
 pub fn secret_key(key: &str) -> bool {
     let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
-    ["password", "secret", "token", "passphrase", "key_data"].iter().any(|s| last.contains(s))
+    ["password", "passphrase", "auth_pass", "secret", "token", "key_data"].iter().any(|s| last.contains(s))
         || last == "key"
         || last.ends_with("_key") && !last.ends_with("file_key")
 }
@@ -444,5 +454,43 @@ mod tests {
         let r: Raw =
             parse_toml("t", "name=\"a\"\n[etcd]\nendpoints=[\"http://h:1\"]\nrequest_timeout=\"250ms\"\n").unwrap();
         assert_eq!(r.etcd.unwrap().request_timeout, Some(Duration::from_millis(250)));
+    }
+
+    mod hostile {
+        //! A config file with a secret in it, damaged anywhere: whatever the error, it never
+        //! shows the secret (errors go to logs, and a reload on SIGHUP logs them).
+        use super::*;
+        use proptest::prelude::*;
+
+        const TEXT: &str = "name = \"a\"\n[etcd]\nendpoints = [\"http://h:1\"]\nusername = \"u\"\npassword = \"SECRET\"\nrequest_timeout = \"1s\"\n";
+
+        proptest! {
+            #[test]
+            fn a_damaged_config_never_shows_its_secret_in_an_error(
+                secret in "[a-zA-Z0-9]{12,20}",
+                edits in proptest::collection::vec((any::<usize>(), "[\\x00-\\x7f]{0,3}", 0usize..3), 0..4),
+            ) {
+                // Damage anywhere but the secret's own line and the line ends around it (a
+                // value merged into another key's is that key's value, and may be shown).
+                let line = format!("\npassword = \"{secret}\"\n");
+                let (mut before, mut after) = TEXT.split_once("\npassword = \"SECRET\"\n").map(|(b, a)| (b.to_owned(), a.to_owned())).expect("the secret's line");
+                for (n, (at, insert, remove)) in edits.into_iter().enumerate() {
+                    let part = if n % 2 == 0 { &mut before } else { &mut after };
+                    let i = at % (part.len() + 1);
+                    let end = (i + remove).min(part.len());
+                    part.replace_range(i..end, &insert);
+                }
+                let text = format!("{before}{line}{after}");
+                let shown = match parse_toml::<Raw>("t.toml", &text) {
+                    Ok(raw) => match raw.validate() {
+                        Ok(_) => return Ok(()),
+                        Err(ps) => ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                // The secret may have been cut so that what is left is no longer it.
+                prop_assert!(!shown.contains(&secret), "the secret is shown: {shown}");
+            }
+        }
     }
 }

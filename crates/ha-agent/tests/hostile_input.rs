@@ -85,7 +85,8 @@ fn replica_snapshot() -> Snapshot {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // 2000 cases in CI; bench/fuzz/run.sh sets PROPTEST_CASES for deeper runs.
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000)))]
 
     #[test]
     fn cluster_keys_of_any_content_decode_or_are_reported_never_a_panic(kvs in kvs(), rev in any::<i64>()) {
@@ -135,4 +136,34 @@ proptest! {
         let _ = s.to_string();
         let _ = s.every_commit_waits_for();
     }
+
+    #[test]
+    fn a_damaged_patroni_yaml_never_shows_its_replication_password_in_an_error(
+        secret in "[a-zA-Z0-9]{12,20}",
+        edits in proptest::collection::vec((any::<usize>(), "[ -~\n]{0,3}", 0usize..3), 0..4),
+    ) {
+        use outrigger_daemon::config::Validate;
+        // Damage anywhere but the secret's own line and the line ends around it.
+        let line = "\n      password: replicator\n  create_replica_methods:";
+        let (before, after) = PATRONI_YML.split_once(line).expect("the replication password's line");
+        let (mut before, mut after) = (before.to_owned(), after.to_owned());
+        for (n, (at, insert, remove)) in edits.into_iter().enumerate() {
+            let part = if n % 2 == 0 { &mut before } else { &mut after };
+            let i = at % (part.len() + 1);
+            let end = (i + remove).min(part.len());
+            part.replace_range(i..end, &insert);
+        }
+        let text = format!("{before}{}{after}", line.replace("replicator", &secret));
+        let shown = match ha_agent::config::RawConfig::parse("patroni.yml", &text) {
+            Ok(raw) => match raw.validate() {
+                Ok(_) => return Ok(()),
+                Err(ps) => ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+            },
+            Err(e) => e.to_string(),
+        };
+        prop_assert!(!shown.contains(&secret), "the secret is shown: {shown}");
+    }
 }
+
+/// The reference deployment's Patroni file (its passwords are examples).
+const PATRONI_YML: &str = include_str!("../../../deploy/config/patroni-reference.yml");

@@ -826,7 +826,8 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        // 2000 cases in CI; bench/fuzz/run.sh sets PROPTEST_CASES for deeper runs.
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000)))]
 
         #[test]
         fn decoder_never_panics_on_arbitrary_bytes(

@@ -236,4 +236,71 @@ mod tests {
     fn before_an_unknown_backup_is_an_error() {
         assert!(plan(vec![b("b1", 100, 2, 3, false)], &Mode::Before("nope".into())).is_err());
     }
+
+    mod hostile {
+        //! Sentinels are whatever the bucket holds: any order, any parents (missing, looping),
+        //! any permanent flags. A plan is made or refused, never a panic, and what it keeps
+        //! stays restorable.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn backups() -> impl Strategy<Value = Vec<Backup>> {
+            proptest::collection::vec(
+                (any::<i64>(), 0u64..50, 0u64..5, any::<bool>(), proptest::option::of(0usize..10)),
+                0..8,
+            )
+            .prop_map(|v| {
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, (t, start, len, permanent, parent))| Backup {
+                        name: format!("b{i}"),
+                        order: (chrono::DateTime::from_timestamp(t % 4_000_000_000, 0), start),
+                        start_segno: start,
+                        finish_segno: start + len,
+                        permanent,
+                        parent: parent.map(|p| format!("b{p}")),
+                    })
+                    .collect()
+            })
+        }
+
+        fn mode() -> impl Strategy<Value = Mode> {
+            prop_oneof![
+                (0usize..10).prop_map(Mode::Retain),
+                (0usize..10).prop_map(Mode::RetainFull),
+                (0usize..10).prop_map(Mode::RetainFindFull),
+                (0usize..10).prop_map(|i| Mode::Before(format!("b{i}"))),
+                any::<bool>().prop_map(|force| Mode::Everything { force }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn a_plan_over_any_sentinels_never_deletes_a_permanent_backup_or_what_a_kept_one_needs(
+                all in backups(),
+                mode in mode(),
+            ) {
+                let Ok(p) = plan(all.clone(), &mode) else { return Ok(()) };
+                if matches!(mode, Mode::Everything { .. }) {
+                    return Ok(());
+                }
+                let doomed = |n: &str| p.backups.iter().any(|d| d == n);
+                for b in all.iter().filter(|b| !doomed(&b.name)) {
+                    // Every backup it builds on stays.
+                    let mut at = b.parent.as_deref();
+                    for _ in 0..all.len() {
+                        let Some(parent) = at else { break };
+                        prop_assert!(!doomed(parent), "{} is kept but {parent}, which it builds on, goes", b.name);
+                        at = all.iter().find(|x| x.name == parent).and_then(|x| x.parent.as_deref());
+                    }
+                    // Its WAL stays: from its start (permanent: its whole range).
+                    let last = if b.permanent { b.finish_segno } else { b.start_segno };
+                    for seg in b.start_segno..=last {
+                        prop_assert!(!p.deletes_wal(&key(1, seg)), "WAL segment {seg} of kept {} goes", b.name);
+                    }
+                }
+                prop_assert!(all.iter().filter(|b| b.permanent).all(|b| !doomed(&b.name)), "a permanent backup goes");
+            }
+        }
+    }
 }

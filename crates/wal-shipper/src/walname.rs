@@ -201,4 +201,45 @@ mod tests {
         let h = "1\t0/3000000\tno recovery target specified\n\n# c\n2\t0/5000098\tbefore 2000-01-01\n";
         assert_eq!(parse_history(h), vec![(1, 0x300_0000), (2, 0x500_0098)]);
     }
+
+    mod hostile {
+        //! Object keys and history files are whatever the bucket or pg_wal holds.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[0-9A-F]{24}",
+                "[0-9A-Fa-f]{24}(\\.partial|\\.[0-9A-F]{8}\\.backup|\\.lz4|)",
+                "[0-9A-F]{8}\\.history",
+                "[0-9A-Fa-fg/._ -]{0,40}",
+                "\\PC{0,30}",
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn wal_file_names_of_any_content_parse_or_are_refused_and_segments_round_trip(
+                n in name(),
+                history in "[0-9A-Fa-f/ \t\n#x-]{0,200}",
+            ) {
+                if let Some(seg) = Segment::parse(&n, S) {
+                    prop_assert_eq!(seg.name(S), n.to_ascii_uppercase());
+                    prop_assert_eq!(Segment::containing(seg.timeline, seg.start_lsn(S), S), seg);
+                }
+                let _ = WalFile::parse(&n, S).map(|f| f.segment());
+                if let Some(l) = Lsn::parse(&n) {
+                    prop_assert_eq!(Lsn::parse(&l.to_string()), Some(l));
+                }
+                let _ = first_segment_in(&n, S);
+                let _ = parse_history(&history);
+            }
+
+            #[test]
+            fn every_segment_name_reads_back_as_the_same_segment(timeline in any::<u32>(), number in 0u64..(1 << 40)) {
+                let seg = Segment { timeline, number };
+                prop_assert_eq!(Segment::parse(&seg.name(S), S), Some(seg));
+            }
+        }
+    }
 }

@@ -733,7 +733,8 @@ mod hostile {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        // 2000 cases in CI; bench/fuzz/run.sh sets PROPTEST_CASES for deeper runs.
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000)))]
 
         /// Whatever the target, it parses or is refused, and a replica never says 200 to a
         /// check that routes writes.

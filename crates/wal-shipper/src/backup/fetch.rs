@@ -229,20 +229,32 @@ const BIG_FILE: u64 = 1024 * 1024;
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
 /// The path of `rel` under `dest`, refusing anything that leaves it (`..`, absolute paths,
-/// or a parent folder that is a link out of `dest`); parent folders are created.
+/// or a parent folder that is a link out of `dest`); missing parent folders are created, one
+/// at a time, each only once the folders above it are known to lie inside `dest`.
 fn inside(dest: &Path, rel: &str) -> anyhow::Result<std::path::PathBuf> {
     let p = Path::new(rel);
     if rel.is_empty() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
         bail!("{rel} leaves the data directory");
     }
-    let path = dest.join(p);
-    let parent = path.parent().unwrap_or(dest);
-    std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-    let (real_dest, real_parent) = (dest.canonicalize()?, parent.canonicalize()?);
-    if !real_parent.starts_with(&real_dest) {
-        bail!("{rel} leads out of the data directory through a link");
+    let real_dest = dest.canonicalize()?;
+    let parents: Vec<_> = p.components().collect();
+    let mut at = dest.to_path_buf();
+    for c in &parents[..parents.len().saturating_sub(1)] {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if !at.canonicalize().is_ok_and(|real| real.starts_with(&real_dest)) {
+                    bail!("{rel} leads out of the data directory through a link");
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir(&at).with_context(|| format!("create {}", at.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("look at {}", at.display())),
+        }
     }
-    Ok(path)
+    Ok(dest.join(p))
 }
 
 /// Writes one big file of a tar, starting the disk writes as it goes (an 8 MiB range at a
@@ -252,7 +264,18 @@ fn write_big_file(r: &mut impl Read, dest: &Path, rel: &str, size: u64, mode: u3
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = inside(dest, rel)?;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    // A link of that name (an earlier entry of a hostile part) is replaced, never written
+    // through: it may lead out of the data directory.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&path)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&path)?;
     let mut buf = vec![0u8; 1024 * 1024];
     let (mut written, mut started) = (0u64, 0u64);
     while written < size {
@@ -278,9 +301,12 @@ fn write_big_file(r: &mut impl Read, dest: &Path, rel: &str, size: u64, mode: u3
 
 /// Applies a WAL-G increment to the copy of `rel` its parents restored.
 fn apply(entry: &mut impl Read, dest: &Path, rel: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a link: the parent's copy is a plain file, and a link may lead out.
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(inside(dest, rel)?)
         .with_context(|| format!("{rel} is an increment, but no parent backup holds the file"))?;
     pages::apply_increment(entry, &mut f)?;
@@ -340,46 +366,160 @@ async fn extract(
     let (k, dest, keyname, filter) = (s.codec.key.clone(), dest.to_owned(), key.to_owned(), filter.clone());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let r = codec::reader(method, k.as_ref(), bridge).map_err(|e| anyhow::anyhow!("{keyname}: {e}"))?;
-        let mut ar = tar::Archive::new(r);
-        ar.set_preserve_permissions(true);
-        ar.set_overwrite(true);
-        for entry in ar.entries().with_context(|| format!("read {keyname}"))? {
-            let mut entry = entry.with_context(|| format!("{keyname} is corrupted or cut short"))?;
-            let path = entry.path().with_context(|| format!("{keyname}: an entry's name"))?.into_owned();
-            let rel = delta::normalize(&path.to_string_lossy()).to_owned();
-            let is_dir = entry.header().entry_type().is_dir();
-            if !is_dir && filter.wanted.as_ref().is_some_and(|w| !w.contains(&rel)) {
-                continue; // dropped before the restored backup was taken
-            }
-            if filter.increments.contains(&rel) {
-                apply(&mut entry, &dest, &rel).with_context(|| format!("{keyname}: apply the increment of {rel}"))?;
-                continue;
-            }
-            let size = entry.header().size().unwrap_or(0);
-            if entry.header().entry_type() == tar::EntryType::Regular && size >= BIG_FILE {
-                let mode = entry.header().mode().unwrap_or(0o600) & 0o777;
-                let mtime = entry.header().mtime().unwrap_or(0);
-                write_big_file(&mut entry, &dest, &rel, size, mode, mtime)
-                    .with_context(|| format!("{keyname}: write {rel}"))?;
-                continue;
-            }
-            // unpack_in refuses paths that leave dest (.., absolute paths, links out).
-            let inside = entry.unpack_in(&dest).with_context(|| format!("{keyname}: write {:?}", entry.path().ok()))?;
-            if !inside {
-                bail!("{keyname} holds an entry outside the data directory: {:?}", entry.path().ok());
-            }
-        }
-        let mut rest = ar.into_inner();
-        let mut buf = [0u8; 64 * 1024];
-        loop {
-            match rest.read(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => bail!("{keyname} is corrupted or cut short: {e}"),
-            }
-        }
-        Ok(())
+        unpack_part(r, &dest, &keyname, &filter)
     })
     .await
     .context("restore thread")?
+}
+
+/// Writes the entries of one tar part into `dest` (whole files, big ones with early
+/// writeback, increments applied in place), then reads the part to its end. An entry that
+/// would leave `dest` (`..`, an absolute path, a link out) fails the part; nothing is written
+/// outside `dest`.
+fn unpack_part(r: impl Read, dest: &Path, keyname: &str, filter: &Filter) -> anyhow::Result<()> {
+    let mut ar = tar::Archive::new(r);
+    ar.set_preserve_permissions(true);
+    ar.set_overwrite(true);
+    for entry in ar.entries().with_context(|| format!("read {keyname}"))? {
+        let mut entry = entry.with_context(|| format!("{keyname} is corrupted or cut short"))?;
+        let path = entry.path().with_context(|| format!("{keyname}: an entry's name"))?.into_owned();
+        let rel = delta::normalize(&path.to_string_lossy()).to_owned();
+        let is_dir = entry.header().entry_type().is_dir();
+        if !is_dir && filter.wanted.as_ref().is_some_and(|w| !w.contains(&rel)) {
+            continue; // dropped before the restored backup was taken
+        }
+        if filter.increments.contains(&rel) {
+            apply(&mut entry, dest, &rel).with_context(|| format!("{keyname}: apply the increment of {rel}"))?;
+            continue;
+        }
+        let size = entry.header().size().unwrap_or(0);
+        if entry.header().entry_type() == tar::EntryType::Regular && size >= BIG_FILE {
+            let mode = entry.header().mode().unwrap_or(0o600) & 0o777;
+            let mtime = entry.header().mtime().unwrap_or(0);
+            write_big_file(&mut entry, dest, &rel, size, mode, mtime)
+                .with_context(|| format!("{keyname}: write {rel}"))?;
+            continue;
+        }
+        // unpack_in refuses paths that leave dest (.., absolute paths, links out).
+        let inside = entry.unpack_in(dest).with_context(|| format!("{keyname}: write {:?}", entry.path().ok()))?;
+        if !inside {
+            bail!("{keyname} holds an entry outside the data directory: {:?}", entry.path().ok());
+        }
+    }
+    let mut rest = ar.into_inner();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match rest.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => bail!("{keyname} is corrupted or cut short: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Hostile parts (issue 16, item 4): tar headers and contents a writer of the bucket may have
+/// made up. Whatever the part holds, unpacking returns (done, or an error), never panics, and
+/// writes nothing outside the data directory.
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One tar entry: (name components, leading, kind, link target, data).
+    type Spec = (Vec<usize>, usize, usize, usize, Vec<u8>);
+
+    const PARTS: [&str; 9] = ["..", ".", "", "a", "b", "x", "pg_wal", "base", "victim"];
+    const LEADS: [&str; 3] = ["", "/", "./"];
+    /// Link targets; `OUT` stands for the folder beside the data directory.
+    const TARGETS: [&str; 6] = ["OUT", "OUT/victim", "../OUT/victim", "..", "a", "/"];
+
+    fn entry() -> impl Strategy<Value = Spec> {
+        (
+            proptest::collection::vec(0..PARTS.len(), 1..4),
+            0..LEADS.len(),
+            0..5usize,
+            0..TARGETS.len(),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                // A WAL-G increment's header with arbitrary sizes and block numbers.
+                proptest::collection::vec(any::<u8>(), 12..40).prop_map(|mut v| {
+                    let mut out = pages::MAGIC.to_vec();
+                    out.append(&mut v);
+                    out
+                }),
+            ],
+        )
+    }
+
+    /// Writes the raw header fields (no checks on the name: `..` and absolute paths too).
+    fn archive(specs: &[Spec], out: &Path, big: bool) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for (parts, lead, kind, target, data) in specs {
+            let name = format!("{}{}", LEADS[*lead], parts.iter().map(|&p| PARTS[p]).collect::<Vec<_>>().join("/"));
+            let mut h = tar::Header::new_gnu();
+            let raw = name.as_bytes();
+            h.as_gnu_mut().expect("gnu").name[..raw.len()].copy_from_slice(raw);
+            let target = TARGETS[*target].replace("OUT", &out.display().to_string());
+            let body: Vec<u8> = match kind {
+                0 => data.clone(),
+                1 => Vec::new(),
+                2 | 3 => {
+                    let t = target.as_bytes();
+                    h.as_gnu_mut().expect("gnu").linkname[..t.len().min(100)].copy_from_slice(&t[..t.len().min(100)]);
+                    Vec::new()
+                }
+                // A big regular file (written by write_big_file).
+                _ if big => vec![7u8; BIG_FILE as usize],
+                _ => data.clone(),
+            };
+            h.set_entry_type(match kind {
+                1 => tar::EntryType::Directory,
+                2 => tar::EntryType::Symlink,
+                3 => tar::EntryType::Link,
+                _ => tar::EntryType::Regular,
+            });
+            h.set_mode(0o644);
+            h.set_size(body.len() as u64);
+            h.set_cksum();
+            buf.extend_from_slice(h.as_bytes());
+            buf.extend_from_slice(&body);
+            buf.resize(buf.len().div_ceil(512) * 512, 0);
+        }
+        buf.extend_from_slice(&[0u8; 1024]);
+        buf
+    }
+
+    proptest! {
+        #[test]
+        fn a_part_of_any_content_is_unpacked_or_refused_and_never_writes_outside_the_data_directory(
+            specs in proptest::collection::vec(entry(), 1..8),
+            increments in proptest::collection::vec(0..PARTS.len(), 0..3),
+            wanted in proptest::option::of(proptest::collection::vec(0..PARTS.len(), 0..4)),
+            cut in proptest::option::of(any::<usize>()),
+            garbage in proptest::collection::vec(any::<u8>(), 0..16),
+            big in any::<bool>(),
+        ) {
+            let top = tempfile::tempdir().expect("tempdir");
+            let (dest, out) = (top.path().join("data"), top.path().join("OUT"));
+            std::fs::create_dir_all(&dest).expect("data dir");
+            std::fs::create_dir_all(&out).expect("outside dir");
+            std::fs::write(out.join("victim"), b"keep").expect("victim");
+            let mut bytes = archive(&specs, &out, big);
+            if let Some(at) = cut {
+                bytes.truncate(at % (bytes.len() + 1));
+            }
+            bytes.extend_from_slice(&garbage);
+            let names = |v: &[usize]| v.iter().map(|&p| PARTS[p].to_owned()).collect::<HashSet<String>>();
+            let filter = Filter {
+                wanted: wanted.as_deref().map(|w| Arc::new(names(w))),
+                increments: Arc::new(names(&increments)),
+            };
+            let _ = unpack_part(bytes.as_slice(), &dest, "part_1.tar", &filter);
+            let left: Vec<_> = std::fs::read_dir(&out).expect("outside dir").map(|e| e.expect("entry").file_name()).collect();
+            prop_assert_eq!(left, vec![std::ffi::OsString::from("victim")], "something was written beside the data directory");
+            let victim = std::fs::read(out.join("victim")).expect("victim");
+            prop_assert!(victim == b"keep", "a file outside the data directory was changed ({} bytes now)", victim.len());
+        }
+    }
 }

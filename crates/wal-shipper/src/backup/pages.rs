@@ -240,7 +240,7 @@ pub fn apply_increment<F: Write + Seek + SetLen>(r: &mut impl Read, file: &mut F
     }
     let size = u64::from_le_bytes(head[4..12].try_into().unwrap_or_default());
     let n = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()) as usize;
-    if n as u64 * PAGE as u64 > size.max(PAGE as u64) * 2 {
+    if n as u64 * PAGE as u64 > size.max(PAGE as u64).saturating_mul(2) {
         return Err(bad(format!("increment lists {n} pages for a file of {size} bytes")));
     }
     let mut list = vec![0u8; 4 * n];

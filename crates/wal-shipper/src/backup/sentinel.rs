@@ -223,4 +223,53 @@ mod tests {
         let t: DateTime<Utc> = "2026-01-02T03:04:05.123456Z".parse().expect("t");
         assert_eq!(go_time::format(&t), "2026-01-02T03:04:05.123456Z");
     }
+
+    mod hostile {
+        //! Sentinels are whatever the bucket holds (another writer, a newer WAL-G, damage).
+        use super::*;
+        use proptest::prelude::*;
+
+        const WALG: &str = r#"{"LSN":33554472,"DeltaFrom":"base_000000010000000000000002","PgVersion":150020,"FinishLSN":33554688,"SystemIdentifier":7310000000000000000,"UncompressedSize":123,"CompressedSize":45,"UserData":{"a":[1,2]},"ChkpNum":null,"Version":2,"StartTime":"2026-12-03T10:00:00.123456789Z","FinishTime":"2026-12-03T10:00:01Z","DateFmt":"%Y-%m-%dT%H:%M:%S.%fZ","Hostname":"h","DataDir":"/d","IsPermanent":true}"#;
+
+        /// A WAL-G sentinel with bytes changed, cut, or spliced; or arbitrary text.
+        fn text() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4).prop_map(|edits| {
+                    let mut v = WALG.as_bytes().to_vec();
+                    for (at, b) in edits {
+                        let i = at % v.len();
+                        v[i] = b;
+                    }
+                    v
+                }),
+                (any::<usize>(), "[-0-9a-zA-Z.:\"{}\\[\\],eE+]{0,24}").prop_map(|(at, s)| {
+                    let mut t = WALG.to_owned();
+                    let mut i = at % t.len();
+                    while !t.is_char_boundary(i) {
+                        i -= 1;
+                    }
+                    t.insert_str(i, &s);
+                    t.into_bytes()
+                }),
+                any::<usize>().prop_map(|at| WALG.as_bytes()[..at % WALG.len()].to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..100),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn a_sentinel_of_any_content_is_read_or_refused_and_what_is_read_writes_back_stably(t in text()) {
+                let Ok(s) = serde_json::from_slice::<Sentinel>(&t) else { return Ok(()) };
+                let once = serde_json::to_string(&s).expect("a read sentinel serializes");
+                let back: Sentinel = serde_json::from_str(&once).expect("our own sentinel reads back");
+                prop_assert_eq!(serde_json::to_string(&back).expect("again"), once);
+                let _ = serde_json::to_string(&Metadata::from_sentinel(&s)).expect("metadata serializes");
+                let known = |n: &str, s: Sentinel| crate::backup::Known {
+                    listed: crate::backup::Listed { name: n.into(), modified: DateTime::<Utc>::MIN_UTC },
+                    sentinel: s,
+                };
+                let _ = crate::backup::latest(vec![known("a", s), known("b", back), known("c", Sentinel::default())]);
+            }
+        }
+    }
 }
