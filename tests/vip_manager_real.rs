@@ -795,3 +795,33 @@ fn an_oversized_ipv6_vrrp_datagram_is_counted_and_the_master_keeps_the_vip() {
     g.stays_sole_holder(1, Duration::from_millis(1500), "IPv6: the master keeps the VIP");
     g.finish();
 }
+
+/// One etcd member frozen (each in turn, raft leadership moved off it first) breaks the leader
+/// key's watch of whichever vip-manager uses it; the others still answer, so the leader's
+/// bonus must hold: keepalived at 120 would take the VIP from the leader's 100 + 50 the moment
+/// it dropped. (The client bench saw the leader's priority flap every 2 s during a cut-off.)
+#[test]
+fn a_frozen_etcd_member_never_drops_the_leaders_bonus() {
+    let mut g = Group::new("a_frozen_etcd_member_never_drops_the_leaders_bonus", 3, Proto::v3(100));
+    let etcd = EtcdCluster::start(&g.net, &[1, 2, 3], EtcdOptions::default()).expect("etcd");
+    let key = "/service/pg/leader";
+    let extra = |h: usize| {
+        format!(
+            "[leader]\nscope = \"pg\"\nmember = \"n{h}\"\nweight = 50\n[etcd]\nendpoints = {:?}\n",
+            etcd.endpoints()
+        )
+    };
+    g.start(1, Vm, Opts { extra: extra(1), ..prio(100) });
+    g.start(2, Vm, Opts { extra: extra(2), ..prio(100) });
+    g.start(3, Ka, prio(120));
+    etcd.etcdctl(&g.net, 0, &["put", key, "n1"]).expect("put");
+    g.wait_sole_holder(1, FAST, "n1 leads: 100 + 50 over keepalived's 120");
+    for m in 0..etcd.len() {
+        etcd.move_leader_off_host(&g.net, etcd.host_of(m)).expect("move etcd's raft leader");
+        etcd.freeze(m).expect("freeze an etcd member");
+        g.stays_sole_holder(1, Duration::from_secs(6), &format!("etcd member {m} frozen: n1 keeps its bonus"));
+        etcd.thaw(m).expect("thaw");
+        etcd.wait_healthy(&g.net, m, Duration::from_secs(30)).expect("etcd member back");
+    }
+    g.finish();
+}

@@ -17,7 +17,11 @@
 //! - `ha-agent`: ha-agent at the lab's timings (ttl 2 s, loop_wait 500 ms, retry_timeout
 //!   500 ms), proxy-checker on every host, HAProxy with the shipped `deploy/haproxy/haproxy.cfg`
 //!   (its `defaults` and `backend primary`, server addresses replaced);
-//! - `ha-agent-old-haproxy`: the same with the check timings the config shipped with before
+//! - `ha-agent-vip`: the reference deployment's client path: HAProxy (the same shipped config)
+//!   on every database host, and vip-manager on every host holding a VIP that follows the
+//!   leader (the lab's settings: VRRPv3, adverts every 250 ms, +50 for the leader, -80 without
+//!   its local HAProxy); the writer connects to the VIP. Measured as the issue's figure was;
+//! - `ha-agent-old-haproxy`: the same as `ha-agent` with the check timings the config shipped with before
 //!   they were tuned (`inter 1s fastinter 500ms downinter 1s fall 2 rise 2`, `timeout check
 //!   1s`, `timeout connect 4s`), so that each step's gain is measured. Only with
 //!   `HA_CLIENT_BENCH_OLD=1`.
@@ -27,7 +31,7 @@
 //! writer's latency around the fault, into `target/bench/ha-agent-client-<fault>.svg` (and the
 //! samples into `ha-agent-client-<fault>-<setup>.csv` beside it).
 //! `HA_CLIENT_BENCH_RUNS` (default 5), `HA_CLIENT_BENCH_FAULTS` (default `cut-off,freeze`) and
-//! `HA_CLIENT_BENCH_SETUPS` (default `ha-agent,patroni`).
+//! `HA_CLIENT_BENCH_SETUPS` (default `ha-agent,ha-agent-vip,patroni`).
 
 #[path = "../../tests/ha_agent_harness.rs"]
 mod harness;
@@ -52,6 +56,7 @@ const OLD_SERVER_OPTS: &str = "inter 1s fastinter 500ms downinter 1s fall 2 rise
 enum Setup {
     Patroni,
     HaAgent,
+    HaAgentVip,
     HaAgentOldHaproxy,
 }
 
@@ -60,6 +65,7 @@ impl Setup {
         match self {
             Setup::Patroni => "patroni",
             Setup::HaAgent => "ha-agent",
+            Setup::HaAgentVip => "ha-agent-vip",
             Setup::HaAgentOldHaproxy => "ha-agent-old-haproxy",
         }
     }
@@ -109,10 +115,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(rt: &NsRuntime, ips: Vec<Ipv4Addr>) -> Self {
+    fn start(rt: &NsRuntime, target: Ipv4Addr, ips: Vec<Ipv4Addr>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let _task = rt.spawn(write_loop(ips, stop.clone(), samples.clone()));
+        let _task = rt.spawn(write_loop(target, ips, stop.clone(), samples.clone()));
         Self { stop, samples }
     }
 
@@ -135,7 +141,7 @@ impl Drop for Writer {
     }
 }
 
-async fn write_loop(ips: Vec<Ipv4Addr>, stop: Arc<AtomicBool>, samples: Arc<Mutex<Vec<Sample>>>) {
+async fn write_loop(target: Ipv4Addr, ips: Vec<Ipv4Addr>, stop: Arc<AtomicBool>, samples: Arc<Mutex<Vec<Sample>>>) {
     const EVERY: Duration = Duration::from_millis(50);
     const TIMEOUT: Duration = Duration::from_secs(1);
     let mut conn: Option<tokio_postgres::Client> = None;
@@ -146,7 +152,7 @@ async fn write_loop(ips: Vec<Ipv4Addr>, stop: Arc<AtomicBool>, samples: Arc<Mute
         let sent = Instant::now();
         if conn.is_none() {
             let mut cfg = tokio_postgres::Config::new();
-            cfg.host("127.0.0.1").port(RW_PORT).user("postgres").dbname("postgres").connect_timeout(TIMEOUT);
+            cfg.host(target.to_string()).port(RW_PORT).user("postgres").dbname("postgres").connect_timeout(TIMEOUT);
             if let Ok(Ok((c, task))) = tokio::time::timeout(TIMEOUT, cfg.connect(tokio_postgres::NoTls)).await {
                 tokio::spawn(task);
                 conn = Some(c);
@@ -172,7 +178,7 @@ async fn write_loop(ips: Vec<Ipv4Addr>, stop: Arc<AtomicBool>, samples: Arc<Mute
 /// HAProxy's config for `setup`: the shipped file's `global` (without the admin socket and
 /// state file, which need system folders), `defaults` and read-write frontend and backend, with
 /// our servers. For Patroni the checks go to its REST API with Patroni's usual options.
-fn haproxy_config(setup: Setup, servers: &[Ipv4Addr]) -> anyhow::Result<String> {
+fn haproxy_config(setup: Setup, servers: &[Ipv4Addr], bind: &str) -> anyhow::Result<String> {
     let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/haproxy/haproxy.cfg"))?;
     let mut out = String::new();
     let mut section = String::new();
@@ -193,8 +199,8 @@ fn haproxy_config(setup: Setup, servers: &[Ipv4Addr]) -> anyhow::Result<String> 
             continue;
         }
         let line = if t.starts_with("bind ") {
-            format!("    bind 127.0.0.1:{RW_PORT}")
-        } else if t.starts_with("default-server") && setup != Setup::HaAgent {
+            format!("    bind {bind}:{RW_PORT}")
+        } else if t.starts_with("default-server") && !matches!(setup, Setup::HaAgent | Setup::HaAgentVip) {
             let opts = if setup == Setup::Patroni {
                 "inter 1s fall 2 rise 1 on-marked-down shutdown-sessions"
             } else {
@@ -221,26 +227,68 @@ fn haproxy_config(setup: Setup, servers: &[Ipv4Addr]) -> anyhow::Result<String> 
     Ok(out)
 }
 
-/// proxy-checker on every host, reaching its PostgreSQL over the Unix socket.
-fn start_checkers(c: &Cluster) -> anyhow::Result<Vec<Proc>> {
-    let bin = outrigger_testkit::bin::daemon("proxy-checker");
+/// `daemon` on every database host, each with the config `config(i, ip, endpoints)` (the
+/// etcd endpoints as a TOML list's contents).
+fn start_on_every_host(
+    c: &Cluster,
+    daemon: &str,
+    config: impl Fn(usize, Ipv4Addr, &str) -> String,
+) -> anyhow::Result<Vec<Proc>> {
+    let bin = outrigger_testkit::bin::daemon(daemon);
     let endpoints = c.etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
     let mut procs = Vec::new();
     for i in 1..=3 {
-        let ip = c.net.host(i).ip();
-        let config = format!(
+        let path = c.net.dir().path().join(format!("{daemon}-n{i}.toml"));
+        std::fs::write(&path, config(i, c.net.host(i).ip(), &endpoints))?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--config").arg(&path);
+        procs.push(c.net.host(i).spawn(&format!("{daemon}-n{i}"), cmd)?);
+    }
+    Ok(procs)
+}
+
+/// proxy-checker on every host, reaching its PostgreSQL over the Unix socket.
+fn start_checkers(c: &Cluster) -> anyhow::Result<Vec<Proc>> {
+    start_on_every_host(c, "proxy-checker", |i, ip, endpoints| {
+        format!(
             "name = \"n{i}\"\nscope = \"{SCOPE}\"\nlisten = \"{ip}:{CHECK_PORT}\"\n\
              [postgresql]\nconninfo = \"host={} port=5432 user=postgres dbname=postgres\"\n\
              [etcd]\nendpoints = [{endpoints}]\n",
             c.socket_dir(i).display()
-        );
-        let path = c.net.dir().path().join(format!("proxy-checker-n{i}.toml"));
-        std::fs::write(&path, config)?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--config").arg(&path);
-        procs.push(c.net.host(i).spawn(&format!("proxy-checker-n{i}"), cmd)?);
-    }
-    Ok(procs)
+        )
+    })
+}
+
+/// The VIP of `ha-agent-vip`: an unused address of the test subnet.
+fn vip_address() -> Ipv4Addr {
+    format!("{}.50", outrigger_testkit::SUBNET_PREFIX).parse().expect("an IPv4 address")
+}
+
+/// HAProxy on `host` with `config` (written as `haproxy-<name>.cfg` and checked first).
+fn spawn_haproxy(host: &outrigger_testkit::Host, dir: &Path, name: &str, config: &str) -> anyhow::Result<Proc> {
+    let path = dir.join(format!("haproxy-{name}.cfg"));
+    std::fs::write(&path, config)?;
+    let check = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output()?;
+    anyhow::ensure!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(&path);
+    host.spawn(&format!("haproxy-{name}"), cmd)
+}
+
+/// vip-manager on every host with the lab's settings (`deploy/lab/lab`): VRRPv3 every 250 ms,
+/// +50 for the leader key's holder, -80 while the local HAProxy does not accept connections.
+fn start_vip_managers(c: &Cluster) -> anyhow::Result<Vec<Proc>> {
+    start_on_every_host(c, "vip-manager", |i, ip, endpoints| {
+        format!(
+            "interface = \"eth0\"\nvip = \"{vip}/32\"\nmode = \"vrrp\"\n\
+             [vrrp]\nversion = 3\nvrid = 51\npriority = 100\nadvert_interval = \"250ms\"\n\
+             [leader]\nscope = \"{SCOPE}\"\nmember = \"n{i}\"\nweight = 50\n\
+             [etcd]\nendpoints = [{endpoints}]\n\
+             [[track]]\nname = \"haproxy\"\ncheck = \"tcp\"\naddress = \"{ip}:{RW_PORT}\"\ninterval = \"1s\"\n\
+             timeout = \"500ms\"\nweight = -80\n",
+            vip = vip_address()
+        )
+    })
 }
 
 fn others(p: usize) -> Vec<usize> {
@@ -276,17 +324,25 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
     c.sql(p, "create table client_writes(id bigserial primary key, at timestamptz default now())")?;
     let _checkers = if patroni { Vec::new() } else { start_checkers(&c)? };
     let ips: Vec<Ipv4Addr> = (1..=3).map(|i| c.net.host(i).ip()).collect();
-    let config = haproxy_config(setup, &ips)?;
+    let vip = setup == Setup::HaAgentVip;
+    // HAProxy on the client host, or (with the VIP) on every database host.
+    let mut proxies = Vec::new();
+    let mut vips = Vec::new();
+    if vip {
+        let config = haproxy_config(setup, &ips, "0.0.0.0")?;
+        for i in 1..=3 {
+            proxies.push(spawn_haproxy(c.net.host(i), c.net.dir().path(), &format!("n{i}"), &config)?);
+        }
+        vips = start_vip_managers(&c)?;
+    }
     let client = c.net.add_host("client")?;
-    let path = client.dir().path().join(format!("haproxy-{}.cfg", setup.name()));
-    std::fs::write(&path, &config)?;
-    let check = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output()?;
-    anyhow::ensure!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
-    let mut cmd = Command::new("haproxy");
-    cmd.arg("-db").arg("-f").arg(&path);
-    let _haproxy = client.spawn("haproxy", cmd)?;
+    if !vip {
+        let config = haproxy_config(setup, &ips, "127.0.0.1")?;
+        proxies.push(spawn_haproxy(client, client.dir().path(), setup.name(), &config)?);
+    }
     let rt = client.runtime()?;
-    let w = Writer::start(&rt, ips);
+    let target = if vip { vip_address() } else { Ipv4Addr::LOCALHOST };
+    let w = Writer::start(&rt, target, ips);
     let mut out = Vec::new();
     for run in 1..=runs {
         for m in 0..c.etcd.len() {
@@ -329,6 +385,8 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
         p = last;
     }
     drop(w);
+    drop(vips);
+    drop(proxies);
     Ok(out)
 }
 
@@ -435,10 +493,12 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let mut setups: Vec<Setup> = std::env::var("HA_CLIENT_BENCH_SETUPS")
-        .unwrap_or_else(|_| "ha-agent,patroni".into())
+        .unwrap_or_else(|_| "ha-agent,ha-agent-vip,patroni".into())
         .split(',')
         .filter_map(|s| {
-            [Setup::HaAgent, Setup::HaAgentOldHaproxy, Setup::Patroni].into_iter().find(|x| x.name() == s.trim())
+            [Setup::HaAgent, Setup::HaAgentVip, Setup::HaAgentOldHaproxy, Setup::Patroni]
+                .into_iter()
+                .find(|x| x.name() == s.trim())
         })
         .collect();
     if std::env::var("HA_CLIENT_BENCH_OLD").is_ok_and(|v| v == "1") && !setups.contains(&Setup::HaAgentOldHaproxy) {
@@ -479,6 +539,16 @@ fn main() -> anyhow::Result<()> {
         let m = |s: Setup| table.iter().find(|r| r.0 == fault && r.1 == s).map(|r| r.2);
         if let (Some(theirs), Some(ours)) = (m(Setup::Patroni), m(Setup::HaAgent)) {
             println!("{}: Patroni / ha-agent = {:.1}x", fault.name(), theirs / ours);
+        }
+        if let (Some(theirs), Some(ours)) = (m(Setup::Patroni), m(Setup::HaAgentVip)) {
+            println!("{}: Patroni / ha-agent through the VIP = {:.1}x", fault.name(), theirs / ours);
+        }
+        if let (Some(vip), Some(direct)) = (m(Setup::HaAgentVip), m(Setup::HaAgent)) {
+            println!(
+                "{}: the VIP step adds {:+.2} s (median through the VIP minus through HAProxy alone)",
+                fault.name(),
+                vip - direct
+            );
         }
     }
     Ok(())

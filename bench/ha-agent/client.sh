@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Failover as a client sees it, through HAProxy: ha-agent (lab timings, the shipped HAProxy
-# config checking proxy-checker) and Patroni 4.x (ttl 20, loop_wait 1, retry_timeout 3,
+# config checking proxy-checker), ha-agent through the VIP (vip-manager and HAProxy on every
+# host, as in the reference deployment and the lab) and Patroni 4.x (ttl 20, loop_wait 1, retry_timeout 3,
 # HAProxy `inter 1s fall 2 rise 1`) on the same three hosts, in one run (see
 # bench/ha-agent/client.rs).
 #
@@ -9,6 +10,7 @@
 #                                                           before the tuning)
 #   sudo HA_CLIENT_BENCH_FAULTS=cut-off bench/ha-agent/client.sh
 #   sudo HA_CLIENT_BENCH_SETUPS=ha-agent,ha-agent-old-haproxy bench/ha-agent/client.sh
+#   sudo HA_CLIENT_BENCH_SETUPS=ha-agent-vip bench/ha-agent/client.sh
 #
 # Prints every run, a table of medians and ranges, the Patroni/ha-agent ratio per fault, and
 # writes target/bench/ha-agent-client-<fault>.svg (the writer's latency around the fault).

@@ -8,7 +8,11 @@
 //! keepalived (its §2.4 behaviours in the reference):
 //! - a master that hears a lower-priority advert answers with its own advert at once (so the
 //!   other side yields without waiting for our next one) and re-sends gratuitous ARP (so
-//!   clients that followed the other side come back);
+//!   clients that followed the other side come back). We send that ARP burst once more one
+//!   advert interval later: two backups that time out at the same instant (equal priorities)
+//!   both become master, and the one that yields may send its gratuitous ARPs after it sent
+//!   the advert we answered, so that clients end up on the host that just dropped the VIP
+//!   until keepalived's second burst 5 s later (the client bench measured that wait);
 //! - `preempt_delay` starts when the first lower-priority advert is heard, and is restarted by
 //!   every higher-priority one;
 //! - a fault (a failing check without weight) makes a master resign with priority 0 and then
@@ -187,6 +191,9 @@ pub struct Instance {
     garp_delay_at: Option<Instant>,
     garp_refresh_at: Option<Instant>,
     lower_prio_garp_at: Option<Instant>,
+    /// One advert interval after answering a lower-priority master: the ARP burst again, after
+    /// any the other side sent on its way out.
+    contested_garp_at: Option<Instant>,
     /// While `now` is before this, lower-priority adverts are accepted (keepalived's
     /// `preempt_time`); `None` until the first one is heard.
     preempt_until: Option<Instant>,
@@ -239,6 +246,7 @@ impl Instance {
             garp_delay_at: None,
             garp_refresh_at: None,
             lower_prio_garp_at: None,
+            contested_garp_at: None,
             preempt_until: None,
             fault: false,
         }
@@ -258,10 +266,17 @@ impl Instance {
 
     /// When [`Event::Timer`] is next due, if any timer runs.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.master_down_at, self.adver_at, self.garp_delay_at, self.garp_refresh_at, self.lower_prio_garp_at]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.master_down_at,
+            self.adver_at,
+            self.garp_delay_at,
+            self.garp_refresh_at,
+            self.lower_prio_garp_at,
+            self.contested_garp_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn down_interval(&self) -> Duration {
@@ -340,6 +355,7 @@ impl Instance {
         self.garp_delay_at = None;
         self.garp_refresh_at = None;
         self.lower_prio_garp_at = None;
+        self.contested_garp_at = None;
     }
 
     fn go(&mut self, to: State, why: Why, fx: &mut Vec<Effect>) {
@@ -390,6 +406,10 @@ impl Instance {
                 if due(self.lower_prio_garp_at) {
                     fx.push(Effect::Garp { count: g.lower_prio_repeat });
                     self.lower_prio_garp_at = None;
+                }
+                if due(self.contested_garp_at) {
+                    fx.push(Effect::Garp { count: g.lower_prio_repeat });
+                    self.contested_garp_at = None;
                 }
                 if due(self.garp_refresh_at) {
                     fx.push(Effect::Garp { count: g.refresh_repeat });
@@ -464,6 +484,7 @@ impl Instance {
                 let g = self.params.garp;
                 if g.lower_prio_repeat > 0 {
                     fx.push(Effect::Garp { count: g.lower_prio_repeat });
+                    self.contested_garp_at = Some(now + centis(self.params.interval_cs));
                     if !g.lower_prio_delay.is_zero() {
                         self.lower_prio_garp_at = Some(now + g.lower_prio_delay);
                     }
@@ -786,7 +807,9 @@ mod tests {
                         ],
                         Master,
                     ),
+                    // The advert due at 1 s, and the burst again one interval after the answer.
                     (1000, Ev::Tick, vec![SendAdvert { priority: 255 }], Master),
+                    (1500, Ev::Tick, vec![Garp { count: 5 }], Master),
                     // The advert due at 2 s and the second GARP burst of the takeover.
                     (5000, Ev::Tick, vec![SendAdvert { priority: 255 }, Garp { count: 5 }], Master),
                     // The second burst after the lower-priority advert.

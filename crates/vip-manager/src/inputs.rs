@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use outrigger_etcd::{Change, Etcd, WatchUpdate};
+use outrigger_etcd::{Change, Etcd, PerEndpoint, WatchUpdate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -120,8 +120,12 @@ impl Reporter {
     }
 }
 
-/// Follows one etcd key: a read, then a watch from the read's revision; on any failure it
-/// reports `EtcdUnreachable` and starts over after a short pause. Reports only changes.
+/// Follows one etcd key: a read, then a watch from the read's revision. A broken watch is
+/// followed at once by a read through every etcd member (`PerEndpoint`): one frozen or cut-off
+/// member breaks the watches that happen to use it, which says nothing about the others, and
+/// reporting `EtcdUnreachable` then would drop the leader's bonus (the client bench saw the
+/// leader's priority flap every 2 s while one member was cut off). Only when that read fails
+/// too, it reports `EtcdUnreachable` and starts over after a short pause. Reports only changes.
 pub fn spawn_leader_watch(
     opts: outrigger_etcd::ConnectOptions,
     key: String,
@@ -130,11 +134,12 @@ pub fn spawn_leader_watch(
 ) {
     tokio::spawn(async move {
         let mut reporter = Reporter { tx, last: None };
+        let reads = PerEndpoint::new(&opts);
         let mut etcd: Option<Etcd> = None;
         loop {
             let result = tokio::select! {
                 () = stop.cancelled() => return,
-                r = follow_key(&opts, &mut etcd, &key, &mut reporter) => r,
+                r = follow_key(&opts, &reads, &mut etcd, &key, &mut reporter) => r,
             };
             let Err(e) = result;
             tracing::warn!(key = %key, error = %e, "leader key: etcd unreachable");
@@ -147,9 +152,10 @@ pub fn spawn_leader_watch(
     });
 }
 
-/// One round of read-then-watch; returns only with the error that ended it.
+/// Read-then-watch rounds; returns only with the error of a read that failed on every member.
 async fn follow_key(
     opts: &outrigger_etcd::ConnectOptions,
+    reads: &PerEndpoint,
     etcd: &mut Option<Etcd>,
     key: &str,
     reporter: &mut Reporter,
@@ -158,26 +164,32 @@ async fn follow_key(
         Some(c) => c.clone(),
         None => etcd.insert(Etcd::connect(opts).await?).clone(),
     };
-    // A prefix read gives the revision to watch from; the prefix may also match longer keys
-    // (`leader` and `leader2`), so only the exact key counts.
-    let snap = client.get_prefix(key).await?;
-    reporter.report(Update::Leader(snap.get(key).map(|kv| kv.value.clone()))).await;
-    let mut watch = client.watch_prefix(key, snap.revision);
     loop {
-        match watch.next().await? {
-            WatchUpdate::Changes { changes, .. } => {
-                for c in changes.iter().filter(|c| c.key() == key) {
-                    let v = match c {
-                        Change::Put(kv) => Some(kv.value.clone()),
-                        Change::Delete { .. } => None,
-                    };
-                    reporter.report(Update::Leader(v)).await;
+        // A prefix read gives the revision to watch from; the prefix may also match longer
+        // keys (`leader` and `leader2`), so only the exact key counts.
+        let snap = reads.get_prefix(key).await?;
+        reporter.report(Update::Leader(snap.get(key).map(|kv| kv.value.clone()))).await;
+        let mut watch = client.watch_prefix(key, snap.revision);
+        let broken = loop {
+            match watch.next().await {
+                Ok(WatchUpdate::Changes { changes, .. }) => {
+                    for c in changes.iter().filter(|c| c.key() == key) {
+                        let v = match c {
+                            Change::Put(kv) => Some(kv.value.clone()),
+                            Change::Delete { .. } => None,
+                        };
+                        reporter.report(Update::Leader(v)).await;
+                    }
                 }
+                Ok(WatchUpdate::Resync(snap)) => {
+                    reporter.report(Update::Leader(snap.get(key).map(|kv| kv.value.clone()))).await;
+                }
+                Err(e) => break e,
             }
-            WatchUpdate::Resync(snap) => {
-                reporter.report(Update::Leader(snap.get(key).map(|kv| kv.value.clone()))).await;
-            }
-        }
+        };
+        tracing::debug!(key = %key, error = %broken, "leader key: watch broken; reading through every etcd member");
+        // Not a busy loop if the watch breaks at once each time.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
