@@ -340,6 +340,16 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
         let config = haproxy_config(setup, &ips, "127.0.0.1")?;
         proxies.push(spawn_haproxy(client, client.dir().path(), setup.name(), &config)?);
     }
+    // HA_CLIENT_BENCH_PCAP=1: the client's packets, for a look at what the writer waited for.
+    let _pcap = if std::env::var("HA_CLIENT_BENCH_PCAP").is_ok_and(|v| v == "1") {
+        let mut cmd = Command::new("tcpdump");
+        let file = out_dir().join(format!("ha-agent-client-{}-{}.pcap", fault.name(), setup.name()));
+        std::fs::create_dir_all(out_dir())?;
+        cmd.args(["-i", "eth0", "-n", "-U", "-w"]).arg(file).args(["arp", "or", "tcp port 15432"]);
+        Some(client.spawn("tcpdump", cmd)?)
+    } else {
+        None
+    };
     let rt = client.runtime()?;
     let target = if vip { vip_address() } else { Ipv4Addr::LOCALHOST };
     let w = Writer::start(&rt, target, ips);
@@ -376,6 +386,28 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
             .map(|s| (rel(s.sent), s.member.map(|_| (s.done - s.sent).as_secs_f64() * 1000.0)))
             .collect();
         println!("  {:<21} {:<8} run {run:>2}: {secs:6.2} s (n{p} -> n{new})", setup.name(), fault.name());
+        if std::env::var("HA_CLIENT_BENCH_PCAP").is_ok_and(|v| v == "1") {
+            // Each insert of the run, against the fault's wall-clock time (to read the capture).
+            let wall = std::time::SystemTime::now() - t0.elapsed();
+            let unix = wall.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            let csv: String =
+                std::iter::once(format!("fault_at_unix,{unix:.3}\nseconds_since_fault,latency_ms,member\n"))
+                    .chain(w.samples().iter().filter(|s| s.sent + Duration::from_secs(2) >= t0 && s.sent <= first).map(
+                        |s| {
+                            format!(
+                                "{:.3},{:.1},{}\n",
+                                rel(s.sent),
+                                (s.done - s.sent).as_secs_f64() * 1000.0,
+                                s.member.map_or("error".into(), |m| format!("n{m}"))
+                            )
+                        },
+                    ))
+                    .collect();
+            std::fs::write(
+                out_dir().join(format!("ha-agent-client-{}-{}-run{run}.csv", fault.name(), setup.name())),
+                csv,
+            )?;
+        }
         out.push(Run { secs, trace });
         fault.repair(&c, p)?;
         let last = c.wait_primary(UP, &[])?;

@@ -269,13 +269,22 @@ impl Host {
         self.exec(&["nft", "delete", "table", "inet", &format!("otk_{name}")]).map(drop)
     }
 
-    /// Cuts the host off the network (its loopback keeps working).
+    /// Cuts the host off the network (its loopback keeps working), as a pulled cable would:
+    /// at the device too, not only in the IP hooks. The `inet` rules never see ARP or frames
+    /// from packet sockets, so a cut-off VRRP master still answered ARP for its VIP and sent
+    /// its gratuitous ARPs, and clients went back to it (the client bench through the VIP
+    /// measured seconds of that).
     pub fn cut_off(&self) -> anyhow::Result<()> {
-        self.block("cut", &["iifname \"eth0\""], &["oifname \"eth0\""])
+        self.block("cut", &["iifname \"eth0\""], &["oifname \"eth0\""])?;
+        self.nft(
+            "table netdev otk_cut {\n  chain in { type filter hook ingress device \"eth0\" priority 0; policy drop; }\n  \
+             chain out { type filter hook egress device \"eth0\" priority 0; policy drop; }\n}\n",
+        )
     }
 
     pub fn heal(&self) -> anyhow::Result<()> {
-        self.unblock("cut")
+        self.unblock("cut")?;
+        self.exec(&["nft", "delete", "table", "netdev", "otk_cut"]).map(drop)
     }
 
     /// Pids of every process in this namespace.
