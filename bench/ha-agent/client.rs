@@ -340,8 +340,10 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
         let config = haproxy_config(setup, &ips, "127.0.0.1")?;
         proxies.push(spawn_haproxy(client, client.dir().path(), setup.name(), &config)?);
     }
-    // HA_CLIENT_BENCH_PCAP=1: the client's packets, for a look at what the writer waited for.
-    let _pcap = if std::env::var("HA_CLIENT_BENCH_PCAP").is_ok_and(|v| v == "1") {
+    // HA_CLIENT_BENCH_PCAP=1: the client's packets, for a look at what the writer waited for,
+    // and every run's inserts.
+    let pcap = std::env::var("HA_CLIENT_BENCH_PCAP").is_ok_and(|v| v == "1");
+    let _capture = if pcap {
         let mut cmd = Command::new("tcpdump");
         let file = out_dir().join(format!("ha-agent-client-{}-{}.pcap", fault.name(), setup.name()));
         std::fs::create_dir_all(out_dir())?;
@@ -386,7 +388,7 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
             .map(|s| (rel(s.sent), s.member.map(|_| (s.done - s.sent).as_secs_f64() * 1000.0)))
             .collect();
         println!("  {:<21} {:<8} run {run:>2}: {secs:6.2} s (n{p} -> n{new})", setup.name(), fault.name());
-        if std::env::var("HA_CLIENT_BENCH_PCAP").is_ok_and(|v| v == "1") {
+        if pcap {
             // Each insert of the run, against the fault's wall-clock time (to read the capture).
             let wall = std::time::SystemTime::now() - t0.elapsed();
             let unix = wall.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());

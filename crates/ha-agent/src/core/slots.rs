@@ -56,15 +56,17 @@ pub fn refused(name: &str, member_slots: &[String]) -> Option<&'static str> {
     None
 }
 
-/// The leader's actions: every permanent slot exists; slots permanent before and not now are
-/// dropped once inactive.
-pub fn leader(wanted: &[String], before: &[String], present: &[Present]) -> Vec<SlotAction> {
+/// Every slot of `wanted` exists; those of `others` not wanted are dropped once inactive, since
+/// an unused slot holds WAL forever. The leader's permanent slots (`others`: those permanent
+/// before), and any server's member slots (`wanted`: the members that stream from it,
+/// `core::cascade`; `others`: every other member's).
+pub fn kept(wanted: &[String], others: &[String], present: &[Present]) -> Vec<SlotAction> {
     let mut out: Vec<SlotAction> = wanted
         .iter()
         .filter(|w| !present.iter().any(|p| p.name == **w))
         .map(|w| SlotAction::Create(w.clone()))
         .collect();
-    out.extend(dropped(wanted, before, present));
+    out.extend(dropped(wanted, others, present));
     out
 }
 
@@ -96,25 +98,6 @@ pub fn replica(
     out
 }
 
-/// Member slots (one per member that streams from this server, `core::cascade`): those of
-/// `wanted` are made; those of `unwanted` (members in the cluster that stream from elsewhere,
-/// or from nobody) are dropped once inactive, since an unused slot holds WAL forever. Slot
-/// names, both.
-pub fn members(wanted: &[String], unwanted: &[String], present: &[Present]) -> Vec<SlotAction> {
-    let mut out: Vec<SlotAction> = wanted
-        .iter()
-        .filter(|w| !present.iter().any(|p| p.name == **w))
-        .map(|w| SlotAction::Create(w.clone()))
-        .collect();
-    out.extend(
-        unwanted
-            .iter()
-            .filter(|u| !wanted.contains(u) && present.iter().any(|p| p.name == **u && !p.active))
-            .map(|u| SlotAction::Drop(u.clone())),
-    );
-    out
-}
-
 fn dropped(wanted: &[String], before: &[String], present: &[Present]) -> Vec<SlotAction> {
     before
         .iter()
@@ -140,11 +123,11 @@ mod tests {
     fn the_leader_creates_missing_permanent_slots_and_drops_removed_ones_once_inactive() {
         let present = [slot("keep", true, Some(10)), slot("old", false, Some(5)), slot("busy", true, Some(5))];
         assert_eq!(
-            leader(&names(&["keep", "new"]), &names(&["keep", "old", "busy"]), &present),
+            kept(&names(&["keep", "new"]), &names(&["keep", "old", "busy"]), &present),
             vec![SlotAction::Create("new".into()), SlotAction::Drop("old".into())],
             "a removed slot still streamed from is kept until it is not"
         );
-        assert_eq!(leader(&names(&["keep"]), &names(&["keep"]), &present), vec![]);
+        assert_eq!(kept(&names(&["keep"]), &names(&["keep"]), &present), vec![]);
     }
 
     #[test]
@@ -169,11 +152,11 @@ mod tests {
     fn member_slots_are_made_for_members_streaming_here_and_dropped_once_inactive_for_the_others() {
         let present = [slot("n2", true, Some(10)), slot("n3", false, Some(5)), slot("n4", true, Some(5))];
         assert_eq!(
-            members(&names(&["n2", "n5"]), &names(&["n3", "n4"]), &present),
+            kept(&names(&["n2", "n5"]), &names(&["n3", "n4"]), &present),
             vec![SlotAction::Create("n5".into()), SlotAction::Drop("n3".into())],
             "a slot still streamed from (n4: it has just moved to another upstream) is dropped only once inactive"
         );
-        assert!(members(&names(&["n2"]), &names(&["n2"]), &present).is_empty(), "wanted wins");
+        assert!(kept(&names(&["n2"]), &names(&["n2"]), &present).is_empty(), "wanted wins");
     }
 
     #[test]

@@ -552,10 +552,10 @@ impl Agent {
             .map(str::to_owned)
             .chain(gone)
             .filter(|n| *n != me)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
             .collect();
-        let Some(slots) = self.keep_member_slots(view, &wanted).await else { return };
+        self.member_slots_clean = None;
+        let (wanted, others) = self.member_slot_names(view, &wanted);
+        let Some((slots, _)) = self.keep_member_slots(&wanted, &others).await else { return };
         let present: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
         for member in self.memory.departed_slot_members(&present, self.clock.now(), self.dyn_config.member_slots_ttl) {
             let name = slot_name(&member);
@@ -570,33 +570,28 @@ impl Agent {
     }
 
     /// A replica's member slots: one per member that cascades from it (`replicatefrom`), none
-    /// for the others (a former primary's are dropped once inactive).
+    /// for the others (a former primary's are dropped once inactive). Slots are listed only
+    /// when the names differ from the last pass that found nothing to do.
     async fn keep_cascade_slots(&mut self, view: &ClusterView) {
         let Some(leader) = view.leader.as_ref().map(|l| l.name.clone()) else { return };
         let wanted: Vec<String> = crate::core::cascade::streaming_from(&view.members, &leader, &self.cfg.name)
             .into_iter()
             .map(str::to_owned)
             .collect();
-        self.keep_member_slots(view, &wanted).await;
+        let names = self.member_slot_names(view, &wanted);
+        if self.member_slots_clean.as_ref() == Some(&names) {
+            return;
+        }
+        if let Some((_, acted)) = self.keep_member_slots(&names.0, &names.1).await {
+            self.member_slots_clean = (!acted).then_some(names);
+        }
     }
 
-    /// Makes the slots of `wanted` members and drops the inactive ones of the cluster's other
-    /// members (all of them with use_slots off). Returns the slots listed before.
-    async fn keep_member_slots(
-        &mut self,
-        view: &ClusterView,
-        wanted: &[String],
-    ) -> Option<Vec<crate::core::slots::Present>> {
-        let slots = match self.pg.physical_slots().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = format!("{e:#}"), "list slots");
-                return None;
-            }
-        };
-        let wanted: Vec<String> =
-            if self.dyn_config.use_slots { wanted.iter().map(|m| slot_name(m)).collect() } else { Vec::new() };
-        let others: Vec<String> = view
+    /// Slot names: those kept for the `wanted` members (none with use_slots off), and those of
+    /// every other member this server knows of.
+    fn member_slot_names(&self, view: &ClusterView, wanted: &[String]) -> (Vec<String>, Vec<String>) {
+        let wanted = if self.dyn_config.use_slots { wanted.iter().map(|m| slot_name(m)).collect() } else { Vec::new() };
+        let others = view
             .members
             .iter()
             .map(|m| m.name.as_str())
@@ -606,7 +601,26 @@ impl Agent {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        for a in crate::core::slots::members(&wanted, &others, &slots) {
+        (wanted, others)
+    }
+
+    /// Makes the `wanted` slots and drops the inactive ones of `others` (`core::slots::kept`).
+    /// Returns the slots listed before, and whether anything was done.
+    async fn keep_member_slots(
+        &mut self,
+        wanted: &[String],
+        others: &[String],
+    ) -> Option<(Vec<crate::core::slots::Present>, bool)> {
+        let slots = match self.pg.physical_slots().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = format!("{e:#}"), "list slots");
+                return None;
+            }
+        };
+        let actions = crate::core::slots::kept(wanted, others, &slots);
+        let acted = !actions.is_empty();
+        for a in actions {
             let (what, result) = match &a {
                 SlotAction::Create(name) => ("create", self.pg.create_slot(name).await),
                 SlotAction::Drop(name) => ("drop", self.pg.drop_slot(name).await),
@@ -621,7 +635,7 @@ impl Agent {
                 Err(e) => tracing::warn!(action = what, slot, error = format!("{e:#}"), "member replication slot"),
             }
         }
-        Some(slots)
+        Some((slots, acted))
     }
 
     async fn rewind(&mut self, read: Option<&Read>, pg: &PgView, leader: &str) -> anyhow::Result<()> {

@@ -174,6 +174,10 @@ pub struct Agent {
     permanent_positions: Vec<(String, u64)>,
     /// Permanent slots of the config key not kept, with why (logged when it changes).
     slots_skipped: Vec<String>,
+    /// On a replica: the member slot names it keeps and the other members', as of its last
+    /// pass that found nothing to do. Slots are listed again only when they change, not on
+    /// every cycle (`act.rs`, `keep_cascade_slots`).
+    member_slots_clean: Option<(Vec<String>, Vec<String>)>,
 }
 
 impl Agent {

@@ -27,7 +27,7 @@ impl Agent {
             }
         };
         let actions = if leading {
-            slots::leader(&wanted, &self.permanent_before, &present)
+            slots::kept(&wanted, &self.permanent_before, &present)
         } else {
             slots::replica(&wanted, &self.permanent_before, &present, &view.status_slots, replayed)
         };

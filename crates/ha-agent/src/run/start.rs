@@ -210,6 +210,7 @@ pub(super) async fn run(
         failsafe_judged: None,
         timings_refused: None,
         permanent_before: Vec::new(),
+        member_slots_clean: None,
         permanent_positions: Vec::new(),
         slots_skipped: Vec::new(),
         cfg,
