@@ -11,7 +11,7 @@ fn units_dir() -> PathBuf {
 
 /// `systemd-analyze verify` exits 0 on unknown keys and unparsable values and only prints a
 /// warning, so any output at all counts as a failure. It also insists that `ExecStart=` exists;
-/// the units point at /usr/local/bin, which the check redirects to stand-in executables.
+/// the units point at /usr/bin (where the packages install them), which the check redirects to stand-in executables.
 fn verify(unit_text: &str, name: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
@@ -22,7 +22,7 @@ fn verify(unit_text: &str, name: &str) -> String {
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
     let unit = dir.path().join(name);
-    std::fs::write(&unit, unit_text.replace("/usr/local/bin/", &format!("{}/", bin.display()))).unwrap();
+    std::fs::write(&unit, unit_text.replace("/usr/bin/", &format!("{}/", bin.display()))).unwrap();
     let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&unit).output().unwrap();
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_owned()
         + if out.status.success() { "" } else { "\n(non-zero exit)" }

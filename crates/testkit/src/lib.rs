@@ -26,6 +26,7 @@ pub mod cli;
 mod dirs;
 mod etcd;
 pub mod leaks;
+mod machine;
 mod net;
 mod pg;
 mod proc;
@@ -37,6 +38,7 @@ pub mod watchdog;
 
 pub use dirs::TestDir;
 pub use etcd::{EtcdCluster, EtcdOptions, EtcdTls, make_tls, make_tls_for};
+pub use machine::Machine;
 pub use net::{Host, Net, NsRuntime, SUBNET_PREFIX};
 pub use pg::{PgOptions, Postgres};
 pub use proc::Proc;
