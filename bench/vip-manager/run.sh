@@ -186,13 +186,14 @@ clean_stop() {
   stats < "$out"
 }
 
-cpu_ticks() { # pids → utime + stime in clock ticks
-  local sum=0 p
+cpu_ns() { # pids → CPU time of all their threads in nanoseconds (schedstat: exact, where
+  # utime/stime count 10 ms ticks, which at a few ticks per 30 s is mostly rounding)
+  local sum=0 p f
   for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    # Fields after the command name (which may contain spaces): utime is the 12th, stime the 13th.
-    set -- $(sed 's/.*) //' "/proc/$p/stat")
-    sum=$((sum + ${12} + ${13}))
+    for f in /proc/"$p"/task/*/schedstat; do
+      [ -r "$f" ] || continue
+      sum=$((sum + $(cut -d' ' -f1 "$f")))
+    done
   done
   echo $sum
 }
@@ -209,13 +210,13 @@ resources() {
   pids=$(cat "$WORK/n1.pid")
   if [ "$impl" = keepalived ]; then pids="$pids $(cat "$(cat "$WORK/n1.vrrp-pidfile")")"; fi
   # shellcheck disable=SC2086
-  local t0; t0=$(cpu_ticks $pids)
+  local t0; t0=$(cpu_ns $pids)
   sleep $secs
   # shellcheck disable=SC2086
-  local t1 rss; t1=$(cpu_ticks $pids); rss=$(rss_kb $pids)
+  local t1 rss; t1=$(cpu_ns $pids); rss=$(rss_kb $pids)
   stop n1; stop n2
-  awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s=$secs -v r="$rss" \
-    'BEGIN { printf "RSS %.1f MB, CPU %.2f %% of a core", r / 1024, 100 * t / hz / s }'
+  awk -v t=$((t1 - t0)) -v s=$secs -v r="$rss" \
+    'BEGIN { printf "RSS %.1f MB, CPU %.3f %% of a core", r / 1024, 100 * t / 1e9 / s }'
 }
 
 net_up

@@ -1,0 +1,112 @@
+//! The VIP itself: adding and removing the address (rtnetlink), gratuitous ARP or unsolicited
+//! neighbour advertisements (AF_PACKET), the reconcile both modes run, and the release on
+//! every way out (the panic path included).
+
+use std::net::IpAddr;
+
+use crate::garp;
+use crate::metrics::{Failure, Metrics};
+use crate::netlink::Addresses;
+use crate::sys::{FrameSocket, Link};
+
+/// Holds (or not) the VIP: addresses via netlink, gratuitous ARP via AF_PACKET.
+pub(super) struct VipHolder {
+    pub(super) addrs: Addresses,
+    pub(super) frames: FrameSocket,
+    pub(super) link: Link,
+    pub(super) vip: IpAddr,
+    pub(super) prefix_len: u8,
+    pub(super) metrics: Metrics,
+}
+
+impl VipHolder {
+    pub(super) async fn add(&self) -> bool {
+        match self.addrs.add(self.vip, self.prefix_len).await {
+            Ok(()) => {
+                self.metrics.vip_held.set(1);
+                tracing::info!(vip = %self.vip, prefix_len = self.prefix_len, "VIP added");
+                true
+            }
+            Err(e) => {
+                self.metrics.failure(Failure::VipAdd);
+                tracing::error!(error = %e, "could not add the VIP");
+                false
+            }
+        }
+    }
+
+    pub(super) async fn remove(&self) -> bool {
+        match self.addrs.remove_all(self.vip).await {
+            Ok(_) => {
+                self.metrics.vip_held.set(0);
+                tracing::info!(vip = %self.vip, "VIP removed");
+                true
+            }
+            Err(e) => {
+                self.metrics.failure(Failure::VipRemove);
+                tracing::error!(error = %e, "could not remove the VIP");
+                false
+            }
+        }
+    }
+
+    /// Removes the VIP from outside the async world: for the panic path, where the runtime
+    /// that owns our netlink connection may be unwinding. A fresh thread gets its own runtime
+    /// and connection (same network namespace: it is the process's).
+    pub(super) fn remove_blocking(&self) {
+        let (ifindex, vip) = (self.link.index, self.vip);
+        let removed = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async { Addresses::connect(ifindex).ok()?.remove_all(vip).await.ok() })
+        })
+        .join();
+        tracing::warn!(vip = %vip, removed = ?removed.ok().flatten(), "released the VIP on the panic path");
+    }
+
+    pub(super) async fn present(&self) -> Option<bool> {
+        self.addrs.prefixes_of(self.vip).await.map(|p| !p.is_empty()).ok()
+    }
+
+    pub(super) fn garp(&self, count: u32) {
+        let (frame, proto, dst) = match self.vip {
+            IpAddr::V4(v) => (garp::arp_request(self.link.mac, v), garp::ETH_P_ARP, garp::BROADCAST),
+            IpAddr::V6(v) => (garp::unsolicited_na(self.link.mac, v), garp::ETH_P_IPV6, garp::ALL_NODES_MAC),
+        };
+        for _ in 0..count {
+            match self.frames.send(&frame, proto, dst) {
+                Ok(()) => self.metrics.garp_sent.inc(),
+                Err(e) => {
+                    self.metrics.failure(Failure::GarpSend);
+                    tracing::warn!(error = %e, "could not send gratuitous ARP");
+                    return;
+                }
+            }
+        }
+        tracing::debug!(vip = %self.vip, count, "gratuitous ARP sent");
+    }
+
+    /// Puts the address back in line with what the mode wants: re-adds a VIP someone removed
+    /// while we should hold it (with a GARP burst of `garp_repeat`), removes one that appeared
+    /// while we should not. Both modes run this every reconcile tick.
+    pub(super) async fn reconcile(&self, want: bool, garp_repeat: u32) {
+        match self.present().await {
+            Some(false) if want => {
+                tracing::warn!(vip = %self.vip, "VIP missing while we should hold it; adding it back");
+                if self.add().await {
+                    self.garp(garp_repeat.max(1));
+                }
+            }
+            Some(true) if !want => {
+                tracing::warn!(vip = %self.vip, "VIP present while we should not hold it; removing it");
+                self.remove().await;
+            }
+            _ => {}
+        }
+    }
+
+    /// The release on the way out, whatever ended the loop: removes the VIP unless it is known
+    /// to be absent (a failed check counts as present). Returns whether it is gone.
+    pub(super) async fn release(&self) -> bool {
+        self.present().await == Some(false) || self.remove().await
+    }
+}

@@ -1,0 +1,381 @@
+//! VRRP mode: the RFC 5798 / 3768 state machine ([`crate::fsm`]) on a raw socket, its
+//! effective priority from the leader key and the tracks ([`crate::priority`]).
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::holder::VipHolder;
+use super::{MAX_RECV_ERRORS, Progress, RECV_BUFFER, RateLimit, notify, reconcile_timer, sleep_until, std_now};
+use crate::config::{Config, Notify, Vrrp};
+use crate::fsm::{Effect, Event, Ignored, Instance, Params, State};
+use crate::inputs::Update;
+use crate::metrics::{Failure, Metrics};
+use crate::packet::{self, Advert, Expect, GROUP_V4, GROUP_V6, Received, Reject, Version};
+use crate::priority::{self, Status};
+use crate::sys::{self, Arrived, VrrpSocket};
+
+/// The weighted inputs of the effective priority, in a fixed order: the leader key (if
+/// configured in VRRP mode), then the tracks in config order.
+struct Weights {
+    names: Vec<String>,
+    weights: Vec<i32>,
+    statuses: Vec<Status>,
+    /// Index of the leader input, if any.
+    leader: Option<usize>,
+}
+
+impl Weights {
+    fn new(cfg: &Config) -> Self {
+        let mut w = Weights { names: vec![], weights: vec![], statuses: vec![], leader: None };
+        if let Some(l) = &cfg.leader {
+            w.leader = Some(0);
+            w.names.push("leader".to_owned());
+            w.weights.push(l.weight);
+            // Not known to be leader until etcd says so.
+            w.statuses.push(Status::Down);
+        }
+        for t in &cfg.tracks {
+            w.names.push(t.name.clone());
+            w.weights.push(t.weight);
+            w.statuses.push(Status::Down);
+        }
+        w
+    }
+
+    fn verdict(&self, base: u8) -> priority::Verdict {
+        let inputs: Vec<_> = (0..self.names.len())
+            .map(|i| priority::Input { name: &self.names[i], weight: self.weights[i], status: self.statuses[i] })
+            .collect();
+        priority::effective(base, &inputs)
+    }
+}
+
+pub(super) struct VrrpDaemon {
+    v: Vrrp,
+    vip: IpAddr,
+    source: IpAddr,
+    /// Where adverts go: the group, or each unicast peer other than ourselves.
+    destinations: Vec<IpAddr>,
+    socket: VrrpSocket,
+    holder: VipHolder,
+    fsm: Instance,
+    expect: Expect,
+    weights: Weights,
+    member: Option<Vec<u8>>,
+    notify: Option<Notify>,
+    logs: RateLimit,
+    metrics: Metrics,
+}
+
+impl VrrpDaemon {
+    pub(super) async fn new(cfg: &Config, v: &Vrrp, holder: VipHolder) -> anyhow::Result<Self> {
+        let source = match (v.source, cfg.vip) {
+            (Some(s), _) => s,
+            (None, IpAddr::V4(_)) => IpAddr::V4(
+                holder
+                    .addrs
+                    .primary_v4(cfg.vip)
+                    .await?
+                    .with_context(|| format!("{} has no IPv4 address to send adverts from", cfg.interface))?,
+            ),
+            (None, IpAddr::V6(_)) => IpAddr::V6(
+                sys::ipv6_link_local(&cfg.interface)
+                    .with_context(|| format!("{} has no link-local IPv6 address", cfg.interface))?,
+            ),
+        };
+        let multicast = v.unicast_peers.is_empty();
+        let socket = VrrpSocket::open(&holder.link, cfg.vip.is_ipv6(), multicast)
+            .with_context(|| format!("open the VRRP socket on {}", cfg.interface))?;
+        let destinations = if multicast {
+            vec![if cfg.vip.is_ipv4() { IpAddr::V4(GROUP_V4) } else { IpAddr::V6(GROUP_V6) }]
+        } else {
+            // The reference deployment lists every member, ourselves included.
+            v.unicast_peers.iter().copied().filter(|p| *p != source).collect()
+        };
+        let weights = Weights::new(cfg);
+        let params = Params {
+            version: v.version,
+            interval_cs: v.interval_cs,
+            preempt: v.preempt,
+            preempt_delay: v.preempt_delay,
+            down_timer_adverts: v.down_timer_adverts,
+            lower_prio_no_advert: v.lower_prio_no_advert,
+            higher_prio_send_advert: v.higher_prio_send_advert,
+            garp: v.garp,
+            local_addr: source,
+        };
+        let verdict = weights.verdict(v.priority);
+        let mut fsm = Instance::new(params, verdict.priority);
+        if verdict.fault.is_some() {
+            fsm.handle(std_now(), Event::Fault(true));
+        }
+        holder.metrics.priority.set(i64::from(verdict.priority));
+        let expect = Expect {
+            version: v.version,
+            vrid: v.vrid,
+            auth: v.auth.clone(),
+            interval_cs: v.interval_cs,
+            checksum: v.v3_checksum,
+            accept_either_checksum: v.accept_either_checksum,
+            unicast: !multicast,
+        };
+        tracing::info!(
+            interface = %cfg.interface, vip = %cfg.vip, version = %v.version, vrid = v.vrid,
+            priority = verdict.priority, interval_cs = v.interval_cs, %source,
+            destinations = ?destinations, "VRRP instance starting"
+        );
+        Ok(Self {
+            v: v.clone(),
+            vip: cfg.vip,
+            source,
+            destinations,
+            socket,
+            metrics: holder.metrics.clone(),
+            holder,
+            fsm,
+            expect,
+            weights,
+            member: cfg.leader.as_ref().map(|l| l.member.clone().into_bytes()),
+            notify: cfg.notify.clone(),
+            logs: RateLimit::default(),
+        })
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        mut inputs: mpsc::Receiver<Update>,
+        shutdown: &CancellationToken,
+        progress: &Progress,
+    ) -> anyhow::Result<()> {
+        let fx = self.fsm.handle(std_now(), Event::Start);
+        self.apply(fx).await;
+        let result = self.main_loop(&mut inputs, shutdown, progress).await;
+        // Release on the way out, whatever ended the loop: priority 0 so a backup takes over
+        // after Skew_Time, then the address.
+        let fx = self.fsm.handle(std_now(), Event::Shutdown);
+        self.apply(fx).await;
+        self.holder.release().await;
+        result
+    }
+
+    async fn main_loop(
+        &mut self,
+        inputs: &mut mpsc::Receiver<Update>,
+        shutdown: &CancellationToken,
+        progress: &Progress,
+    ) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut reconcile = reconcile_timer();
+        let mut recv_errors = 0u32;
+        let mut inputs_open = true;
+        loop {
+            progress.beat();
+            // Not biased: a flood of packets must not starve the advert timer.
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                r = self.socket.recv(&mut buf) => match r {
+                    Ok(arrived) => {
+                        recv_errors = 0;
+                        self.packet(&buf, arrived).await;
+                    }
+                    Err(e) => {
+                        recv_errors += 1;
+                        self.metrics.failure(Failure::Receive);
+                        tracing::warn!(error = %e, "receive on the VRRP socket");
+                        if recv_errors >= MAX_RECV_ERRORS {
+                            anyhow::bail!("the VRRP socket failed {recv_errors} times in a row: {e}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+                () = sleep_until(self.fsm.next_deadline()) => {
+                    let fx = self.fsm.handle(std_now(), Event::Timer);
+                    self.apply(fx).await;
+                }
+                u = inputs.recv(), if inputs_open => match u {
+                    Some(u) => self.input(u).await,
+                    None => inputs_open = false,
+                },
+                _ = reconcile.tick() => self.reconcile().await,
+            }
+        }
+    }
+
+    async fn packet(&mut self, buf: &[u8], arrived: Arrived) {
+        let now = std_now();
+        // An IPv6 datagram's real length comes back even when it did not fit (MSG_TRUNC): a
+        // message longer than any VRRP message is refused, never sliced past the buffer.
+        let (len, src) = match arrived {
+            Arrived::V4 { len } => (len, None),
+            Arrived::V6 { len, src, .. } => (len, Some(IpAddr::from(src))),
+        };
+        if len > buf.len() {
+            return self.reject(Reject::Length, src, now);
+        }
+        let rx = match arrived {
+            Arrived::V4 { len } => match packet::parse_ipv4(&buf[..len]) {
+                Ok(rx) => rx,
+                Err(r) => return self.reject(r, None, now),
+            },
+            Arrived::V6 { len, src, dst, hop_limit } => {
+                Received { src: src.into(), dst: dst.into(), ttl: hop_limit, payload: &buf[..len] }
+            }
+        };
+        if rx.src == self.source {
+            return self.reject(Reject::Looped, Some(rx.src), now);
+        }
+        let d = match packet::decode(&rx, &self.expect) {
+            Ok(d) => d,
+            Err(r) => return self.reject(r, Some(rx.src), now),
+        };
+        if self.v.check_unicast_src && !self.v.unicast_peers.contains(&rx.src) {
+            return self.reject(Reject::UnknownPeer, Some(rx.src), now);
+        }
+        self.metrics.adverts_received.inc();
+        let a = &d.advert;
+        // keepalived only logs these two; so do we.
+        if a.addrs != [self.vip] && self.logs.allow("vip_list", now).is_some() {
+            tracing::warn!(from = %rx.src, theirs = ?a.addrs, ours = %self.vip, "advert's VIP list differs from ours");
+        }
+        if a.interval_cs != self.v.interval_cs && self.logs.allow("interval", now).is_some() {
+            tracing::warn!(
+                from = %rx.src, theirs_cs = a.interval_cs, ours_cs = self.v.interval_cs,
+                "advert interval differs; following the master's (VRRPv3)"
+            );
+        }
+        let fx = self.fsm.handle(now, Event::Advert { from: rx.src, priority: a.priority, interval_cs: a.interval_cs });
+        self.apply(fx).await;
+    }
+
+    fn reject(&mut self, r: Reject, from: Option<IpAddr>, now: Instant) {
+        self.metrics.reject(r);
+        // Our own looped adverts and other routers' VRIDs are normal on a shared link.
+        if matches!(r, Reject::Looped | Reject::Vrid) {
+            return;
+        }
+        if let Some(suppressed) = self.logs.allow(r.as_str(), now) {
+            tracing::warn!(reason = %r, from = ?from, suppressed, "rejected a VRRP packet");
+        }
+    }
+
+    async fn input(&mut self, u: Update) {
+        match u {
+            Update::Track { index, status } => {
+                let i = index + usize::from(self.weights.leader.is_some());
+                if let Some(s) = self.weights.statuses.get_mut(i) {
+                    *s = status;
+                }
+            }
+            Update::Leader(value) => {
+                self.metrics.etcd_reachable.set(1);
+                let leads = value.is_some() && value == self.member;
+                tracing::info!(leads, "leader key changed");
+                if let Some(i) = self.weights.leader {
+                    self.weights.statuses[i] = if leads { Status::Up } else { Status::Down };
+                }
+            }
+            Update::EtcdUnreachable => {
+                self.metrics.etcd_reachable.set(0);
+                // We cannot know that we lead: the leader weight does not apply.
+                if let Some(i) = self.weights.leader {
+                    self.weights.statuses[i] = Status::Down;
+                }
+            }
+        }
+        let verdict = self.weights.verdict(self.v.priority);
+        let now = std_now();
+        if verdict.priority != self.fsm.priority() {
+            tracing::info!(from = self.fsm.priority(), to = verdict.priority, "effective priority changed");
+            self.metrics.priority.set(i64::from(verdict.priority));
+            let fx = self.fsm.handle(now, Event::Priority(verdict.priority));
+            self.apply(fx).await;
+        }
+        let in_fault = self.fsm.state() == State::Fault;
+        if verdict.fault.is_some() != in_fault {
+            if let Some(name) = &verdict.fault {
+                tracing::warn!(input = %name, "input without weight is down: FAULT");
+            }
+            let fx = self.fsm.handle(now, Event::Fault(verdict.fault.is_some()));
+            self.apply(fx).await;
+        }
+    }
+
+    /// Re-adds a VIP someone removed while master, removes one that appeared otherwise.
+    async fn reconcile(&mut self) {
+        let want = self.fsm.state() == State::Master;
+        self.holder.reconcile(want, self.v.garp.master_repeat).await;
+    }
+
+    async fn apply(&mut self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::SendAdvert { priority } => self.send_advert(priority),
+                Effect::AddVips => {
+                    self.holder.add().await;
+                }
+                Effect::RemoveVips => {
+                    self.holder.remove().await;
+                }
+                Effect::Garp { count } => self.holder.garp(count),
+                Effect::Transition { from, to, why } => {
+                    tracing::info!(%from, %to, %why, priority = self.fsm.priority(), "VRRP state change");
+                    self.metrics.transition(from, to);
+                    notify(self.notify.as_ref(), &self.v.instance, to, self.fsm.priority(), &self.metrics);
+                }
+                Effect::LowerPriorityMaster { from, priority } => {
+                    if let Some(suppressed) = self.logs.allow("lower_prio", std_now()) {
+                        tracing::info!(%from, priority, ours = self.fsm.priority(), suppressed,
+                            "advert from a lower-priority master; answering at once");
+                    }
+                }
+                Effect::Ignored(why) => {
+                    if why == Ignored::SameAddress && self.logs.allow("same_address", std_now()).is_some() {
+                        tracing::warn!("advert with our priority from our own address: check the configs");
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_advert(&mut self, priority: u8) {
+        let advert = Advert {
+            version: self.v.version,
+            vrid: self.v.vrid,
+            priority,
+            interval_cs: self.v.interval_cs,
+            auth: if self.v.version == Version::V2 { self.v.auth.clone() } else { packet::Auth::None },
+            addrs: vec![self.vip],
+        };
+        for &dst in &self.destinations {
+            let sent = advert
+                .encode(self.source, dst, self.v.v3_checksum)
+                .map_err(|e| e.to_string())
+                .and_then(|msg| self.socket.send(self.source, dst, &msg).map_err(|e| e.to_string()));
+            match sent {
+                Ok(()) => self.metrics.adverts_sent.inc(),
+                Err(e) => {
+                    self.metrics.failure(Failure::AdvertSend);
+                    if let Some(suppressed) = self.logs.allow("advert_send", std_now()) {
+                        tracing::warn!(%dst, error = %e, suppressed, "could not send an advert");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The last line of defence: a panic must not leave the VIP on a node that no longer runs the
+/// protocol. Every orderly exit has released already (state Stopped), so this only acts when
+/// the loop unwound while master.
+impl Drop for VrrpDaemon {
+    fn drop(&mut self) {
+        if self.fsm.state() == State::Master {
+            self.send_advert(0);
+            self.holder.remove_blocking();
+        }
+    }
+}
