@@ -1,6 +1,7 @@
 //! Raw sockets: VRRP (IP protocol 112) over IPv4 and IPv6, and Ethernet frames for gratuitous
-//! ARP / unsolicited NA. The only module allowed `unsafe`, for the two things no safe wrapper
-//! offers: the `IPV6_CHECKSUM` socket option and a `sockaddr_ll` for `AF_PACKET`.
+//! ARP / unsolicited NA, and the VRRP timer (a timerfd). The only module allowed `unsafe`, for
+//! what no safe wrapper offers: the `IPV6_CHECKSUM` socket option, a `sockaddr_ll` for
+//! `AF_PACKET`, and registering descriptors with tokio (`AsyncFd::register_with_interest`).
 //!
 //! Socket setup follows keepalived's (reference §2.3 and §4.1–4.3, verified on these machines):
 //! - one raw socket per family for both directions, bound to the interface
@@ -227,4 +228,75 @@ fn link_layer_addr(ifindex: u32, proto: u16, dst: Mac) -> SockAddr {
     // SAFETY: the storage holds a fully initialised `sockaddr_ll` of family AF_PACKET, and
     // `len` is exactly its size.
     unsafe { SockAddr::new(storage, len) }
+}
+
+/// A one-shot timer on the kernel's monotonic clock (the clock `std::time::Instant` reads),
+/// for VRRP mode's advert and Master_Down timers. tokio's timer costs more at these rates: a
+/// 100 ms deadline lands in its wheel's second level and wakes the runtime twice, and arming
+/// one after the last fired writes the runtime's eventfd, which costs another epoll round
+/// trip; at 0.1 s adverts that was a third of the daemon's CPU. keepalived uses a timerfd too.
+pub struct Deadline {
+    fd: AsyncFd<TimerHandle>,
+    armed: Option<std::time::Instant>,
+}
+
+struct TimerHandle(nix::sys::timerfd::TimerFd);
+
+impl AsRawFd for TimerHandle {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsFd::as_fd(&self.0).as_raw_fd()
+    }
+}
+
+impl Deadline {
+    pub fn new() -> io::Result<Self> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        let fd = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        // SAFETY: `TimerHandle` owns the timerfd: it stays open, and `as_raw_fd` returns the same
+        // descriptor, until the handle is dropped, which only happens with the AsyncFd.
+        let fd = unsafe { AsyncFd::register_with_interest(TimerHandle(fd), tokio::io::Interest::READABLE) }
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Self { fd, armed: None })
+    }
+
+    /// Arms the timer for `at` (disarms it for `None`); no system call when that is already so.
+    pub fn set(&mut self, at: Option<std::time::Instant>, now: std::time::Instant) -> io::Result<()> {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        if at == self.armed {
+            return Ok(());
+        }
+        let timer = &self.fd.get_ref().0;
+        match at {
+            None => timer.unset(),
+            Some(at) => {
+                // A deadline already past fires at once (a zero value would disarm instead).
+                let after = at.saturating_duration_since(now).max(std::time::Duration::from_micros(1));
+                timer.set(Expiration::OneShot(TimeSpec::from_duration(after)), TimerSetTimeFlags::empty())
+            }
+        }
+        .map_err(io::Error::from)?;
+        self.armed = at;
+        Ok(())
+    }
+
+    /// Waits until the armed deadline has passed (forever while disarmed). Cancel-safe: the
+    /// expiry is consumed only when this returns; then the timer counts as disarmed.
+    pub async fn expired(&mut self) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| fd.get_ref().0.wait().map_err(io::Error::from)) {
+                Ok(Ok(())) => {
+                    // A one-shot timer has nothing more to read until it is armed again: say
+                    // so now rather than with a failed read on the next wait.
+                    guard.clear_ready();
+                    self.armed = None;
+                    return Ok(());
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
 }

@@ -9,14 +9,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::holder::VipHolder;
-use super::{MAX_RECV_ERRORS, Progress, RECV_BUFFER, RateLimit, notify, reconcile_timer, sleep_until, std_now};
+use super::{MAX_RECV_ERRORS, Progress, RECV_BUFFER, RateLimit, notify, reconcile_timer, std_now};
 use crate::config::{Config, Notify, Vrrp};
 use crate::fsm::{Effect, Event, Ignored, Instance, Params, State};
 use crate::inputs::Update;
 use crate::metrics::{Failure, Metrics};
 use crate::packet::{self, Advert, Expect, GROUP_V4, GROUP_V6, Received, Reject, Version};
 use crate::priority::{self, Status};
-use crate::sys::{self, Arrived, VrrpSocket};
+use crate::sys::{self, Arrived, Deadline, VrrpSocket};
 
 /// The weighted inputs of the effective priority, in a fixed order: the leader key (if
 /// configured in VRRP mode), then the tracks in config order.
@@ -61,6 +61,8 @@ pub(super) struct VrrpDaemon {
     /// Where adverts go: the group, or each unicast peer other than ourselves.
     destinations: Vec<IpAddr>,
     socket: VrrpSocket,
+    /// The state machine's next deadline (advert or Master_Down timer).
+    timer: Deadline,
     holder: VipHolder,
     fsm: Instance,
     expect: Expect,
@@ -134,6 +136,7 @@ impl VrrpDaemon {
             source,
             destinations,
             socket,
+            timer: Deadline::new().context("create the VRRP timer (timerfd)")?,
             metrics: holder.metrics.clone(),
             holder,
             fsm,
@@ -172,11 +175,15 @@ impl VrrpDaemon {
         let mut reconcile = reconcile_timer();
         let mut recv_errors = 0u32;
         let mut inputs_open = true;
+        // One wait on the token for the whole loop, not a new waiter registered every turn.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             progress.beat();
+            self.timer.set(self.fsm.next_deadline(), std_now()).context("arm the VRRP timer")?;
             // Not biased: a flood of packets must not starve the advert timer.
             tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
+                () = &mut cancelled => return Ok(()),
                 r = self.socket.recv(&mut buf) => match r {
                     Ok(arrived) => {
                         recv_errors = 0;
@@ -192,7 +199,8 @@ impl VrrpDaemon {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 },
-                () = sleep_until(self.fsm.next_deadline()) => {
+                r = self.timer.expired() => {
+                    r.context("wait on the VRRP timer")?;
                     let fx = self.fsm.handle(std_now(), Event::Timer);
                     self.apply(fx).await;
                 }
