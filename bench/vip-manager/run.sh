@@ -155,6 +155,11 @@ takeover() {
   for i in $(seq "$RUNS"); do
     wait_who n1 30
     sleep 1.2 # past the client's neighbour locktime, so the next GARP is taken at once
+    # A random moment within the advert interval: how long before the cut the last advert
+    # left decides the takeover time (Master_Down_Interval runs from it), and a fixed delay
+    # after the master took over would measure one phase only, a different one per
+    # implementation.
+    sleep "$(awk -v r=$RANDOM -v ms="$ms" 'BEGIN { printf "%.3f", r / 32768 * ms / 1000 }')"
     t=$(inns client python3 "$BENCH/probe.py" takeover $VIP $PORT n2 30 -- ip netns exec $NS-sw nft -f "$WORK/cut.nft")
     heal_n1
     # The measurement ends at the takeover. Whether the healed master re-sends gratuitous ARP
