@@ -86,6 +86,24 @@ impl Machine {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Copies a file of this machine into the machine (through a pipe: the machine's root is
+    /// only `/` of this one, so a file on another mount, a checkout say, is not in it).
+    pub fn copy_in(&self, from: &std::path::Path, to: &str) -> anyhow::Result<()> {
+        let file = std::fs::File::open(from)?;
+        let out = Command::new("nsenter")
+            .args(["-t", &self.init.to_string(), "-a", "sh", "-c", &format!("cat > '{to}'")])
+            .stdin(file)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "copy {} into machine {}: {}",
+            from.display(),
+            self.host,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
     /// One property of a unit (`systemctl show -P`).
     pub fn unit_property(&self, unit: &str, property: &str) -> anyhow::Result<String> {
         Ok(self.sh(&format!("systemctl show -P {property} {unit}"))?.trim().to_owned())
