@@ -177,12 +177,11 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        let exited = outrigger_testkit::wait_until(std::time::Duration::from_secs(10), "the child to exit", || {
+            self.0.try_wait().ok().flatten()
+        });
+        if exited.is_ok() {
+            return;
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
