@@ -342,11 +342,21 @@ impl Migration {
         (1..=3).filter(|i| *i != self.p).collect()
     }
 
-    /// Every member streams from the leader and `patronictl list` says so; `more` transfers
-    /// go through meanwhile.
+    /// Every member streams from the leader, `patronictl list` says so, and the sync key lists
+    /// both standbys (`synchronous_node_count` 2: the steady state, which no leader changes
+    /// while both stream); `more` transfers go through meanwhile.
     fn settle(&mut self, bank: &Bank, more: usize, what: &str) -> anyhow::Result<()> {
         self.c.wait_streaming(self.p, &self.others(), Duration::from_secs(180))?;
         wait_listed_by_patronictl(&self.c, self.p)?;
+        let (c, p) = (&self.c, self.p);
+        let mut want: Vec<String> = self.others().into_iter().map(Cluster::name).collect();
+        want.sort();
+        wait_ok(UP, &format!("the sync key to list {want:?}"), || {
+            let mut listed = wait_listed(c, p)?;
+            listed.sort();
+            anyhow::ensure!(listed == want, "it lists {listed:?}");
+            Ok(())
+        })?;
         self.n = bank.wait_more(self.n, more, what)?;
         println!(
             "{what}: n{} ({:?}) leads; hosts run {:?}; {} transfers so far",
@@ -393,7 +403,6 @@ impl Migration {
     /// The leader's host freezes: the member the sync key lists takes over, whichever
     /// implementation it runs; then the old leader thaws and rejoins.
     fn freeze_leader(&mut self) -> anyhow::Result<()> {
-        let listed = wait_listed(&self.c, self.p)?;
         let old = self.p;
         // etcd 3.4 before 3.4.31 (Debian 12 has 3.4.23) revokes every lease when a raft leader
         // that was frozen wakes (etcd #15247): the new leader's key goes with them, and a
@@ -402,6 +411,9 @@ impl Migration {
         // across implementations, so the raft leader is placed on another host first (as
         // ha-agent's `keep_off_primary` does when it leads; Patroni does not).
         self.c.etcd.move_leader_off_host(&self.c.net, old)?;
+        // Read last thing before the freeze: a frozen leader cannot change it, and the next
+        // write is the new leader's own.
+        let listed = wait_listed(&self.c, self.p)?;
         let t0 = Instant::now();
         self.c.net.host(old).freeze_all()?;
         let q = self.c.wait_primary(Duration::from_secs(120), &[old])?;
