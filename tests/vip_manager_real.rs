@@ -78,6 +78,8 @@ fn prio(priority: u8) -> Opts {
 struct Member {
     imp: Impl,
     proc: Proc,
+    /// Its config file (a reload test rewrites it).
+    conf: PathBuf,
 }
 
 /// A VRRP group: `hosts` hosts (n1..) plus a client host, each host answering on
@@ -90,6 +92,8 @@ struct Group {
     client: usize,
     starts: usize,
     vip: &'static str,
+    /// ERROR lines a test provokes on purpose (substrings).
+    expected_errors: Vec<&'static str>,
 }
 
 impl Group {
@@ -115,7 +119,16 @@ impl Group {
                 })
                 .expect("start the name responder");
         }
-        Self { net, proto, hosts, members: (0..hosts).map(|_| None).collect(), client, starts: 0, vip: VIP }
+        Self {
+            net,
+            proto,
+            hosts,
+            members: (0..hosts).map(|_| None).collect(),
+            client,
+            starts: 0,
+            vip: VIP,
+            expected_errors: vec![],
+        }
     }
 
     /// The same over IPv6 (VRRPv3 only): link-local sources, ff02::12, unsolicited NAs.
@@ -178,7 +191,20 @@ impl Group {
             }
         };
         let proc = self.net.host(host).spawn(&format!("{}-n{host}-{starts}", label(imp)), cmd).expect("spawn member");
-        self.members[host - 1] = Some(Member { imp, proc });
+        self.members[host - 1] = Some(Member { imp, proc, conf });
+    }
+
+    /// Rewrites the member's config file with `o` (or `text` as given) and sends SIGHUP, as
+    /// `systemctl reload` does, to vip-manager or keepalived's parent.
+    fn reload(&self, host: usize, o: &Opts, text: Option<&str>) {
+        let m = self.members[host - 1].as_ref().expect("a member runs there");
+        let text = match (text, m.imp) {
+            (Some(t), _) => t.to_owned(),
+            (None, Impl::VipManager) => self.vm_config(host, o),
+            (None, Impl::Keepalived) => self.ka_config(host, o),
+        };
+        std::fs::write(&m.conf, text).expect("rewrite config");
+        m.proc.signal(Signal::SIGHUP).expect("SIGHUP");
     }
 
     fn vm_config(&self, host: usize, o: &Opts) -> String {
@@ -391,7 +417,7 @@ impl Group {
 
     fn check_errors(&self, m: &Member) {
         if m.imp == Impl::VipManager {
-            let errors = m.proc.unexpected_errors(&[]);
+            let errors = m.proc.unexpected_errors(&self.expected_errors);
             assert!(errors.is_empty(), "vip-manager logged errors:\n{}", errors.join("\n"));
         }
     }
@@ -763,9 +789,48 @@ fn vrrp_priority_follows_the_etcd_leader_key_and_notify_reports_each_state() {
 
 /// `vip_manager_rejected_packets_total{reason}` on host `h`.
 fn rejected(g: &Group, h: usize, reason: &str) -> u64 {
+    counter(g, h, &format!("vip_manager_rejected_packets_total{{reason=\"{reason}\"}}"))
+}
+
+/// The value of the series `series` in host `h`'s metrics (0 when absent).
+fn counter(g: &Group, h: usize, series: &str) -> u64 {
     let m = g.metrics(h);
-    let prefix = format!("vip_manager_rejected_packets_total{{reason=\"{reason}\"}}");
-    m.lines().find(|l| l.starts_with(&prefix)).and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or(0)
+    m.lines().find(|l| l.starts_with(series)).and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or(0)
+}
+
+/// `systemctl reload` as keepalived users know it, in a group with keepalived: SIGHUP re-reads
+/// the file and a new priority applies to the running instance (a lower one hands the VIP
+/// over, a higher one takes it back), keepalived's own reload does the same to us, and an
+/// invalid file changes nothing (counted, the instance keeps running).
+#[test]
+fn sighup_applies_a_new_priority_in_a_group_with_keepalived_and_an_invalid_file_changes_nothing() {
+    let mut g = Group::new(
+        "sighup_applies_a_new_priority_in_a_group_with_keepalived_and_an_invalid_file_changes_nothing",
+        2,
+        Proto::v3(100),
+    );
+    g.expected_errors = vec!["config reload refused"];
+    let reloads =
+        |g: &Group, result: &str| counter(g, 1, &format!("vip_manager_config_reloads_total{{result=\"{result}\"}}"));
+    g.start(1, Vm, prio(150));
+    g.start(2, Ka, prio(100));
+    g.wait_sole_holder(1, FAST, "vip-manager at 150 over keepalived at 100");
+
+    g.reload(1, &prio(50), None);
+    g.wait_sole_holder(2, FAST, "vip-manager reloaded at 50: keepalived's 100 preempts");
+    assert_eq!(reloads(&g, "applied"), 1);
+
+    g.reload(1, &prio(200), Some("interface = \"eth0\"\nvip = \"nonsense\"\n[vrrp]\npriority = 200\n"));
+    wait_until(FAST, "the invalid file to be counted", || (reloads(&g, "invalid") == 1).then_some(())).unwrap();
+    g.stays_sole_holder(2, Duration::from_secs(1), "an invalid file applies nothing (still 50)");
+
+    g.reload(1, &prio(200), None);
+    g.wait_sole_holder(1, FAST, "vip-manager reloaded at 200 preempts keepalived");
+    g.reload(2, &prio(250), None);
+    g.wait_sole_holder(2, FAST, "keepalived reloaded at 250 preempts vip-manager");
+    assert_eq!((reloads(&g, "applied"), reloads(&g, "invalid")), (2, 1));
+    assert!(g.members[0].as_mut().is_some_and(|m| m.proc.is_running()), "vip-manager kept running through its reloads");
+    g.finish();
 }
 
 /// Hostile input: an IPv6 VRRP datagram longer than any VRRP message (5000 bytes, sent in

@@ -9,11 +9,13 @@
 //!   `/metrics` on it.
 //! - [`systemd`]: `sd_notify` READY/STOPPING/WATCHDOG.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token, with a deadline for the rest.
+//! - [`reload`]: SIGHUP re-reads the config file; what can change at runtime applies.
 
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod shutdown;
 pub mod systemd;

@@ -1065,13 +1065,8 @@ impl Validate for RawConfig {
     }
 }
 
-/// What a reload (SIGHUP) does with a new config: which keys changed and are applied at once,
-/// and which changed but need the agent restarted (they keep their running values).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ReloadPlan {
-    pub applied: Vec<&'static str>,
-    pub need_restart: Vec<&'static str>,
-}
+/// What a reload (SIGHUP) does with a new config (see [`outrigger_daemon::reload`]).
+pub type ReloadPlan = outrigger_daemon::reload::Plan;
 
 impl Config {
     /// The config to run with after a reload to `new`: keys that can change at runtime come

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use outrigger_daemon::config::{EtcdSection, LogSection, Problem, Problems, Validate, listen_addr};
 use outrigger_daemon::logging::LogOptions;
+use outrigger_daemon::reload::Plan;
 use serde::Deserialize;
 
 use crate::fsm::GarpSchedule;
@@ -657,6 +658,69 @@ impl Validate for RawConfig {
     }
 }
 
+impl Config {
+    /// The config to run with after a reload (SIGHUP) to `new`, as keepalived's reload keeps
+    /// an instance's state and takes its new priority: the base priority, preemption, GARP
+    /// schedule, advert tie options, the weights of the leader key and of the
+    /// tracks, the notify script and the log level apply at once; what defines the instance
+    /// or its inputs (interface, VIP, mode, VRID, version, interval, addresses, auth, etcd,
+    /// the leader key, the tracks' checks, the metrics listener) keeps its running value and
+    /// is named as needing a restart.
+    pub fn reloaded(&self, new: &Config) -> (Config, Plan) {
+        let mut p = Plan::default();
+        let mut next = self.clone();
+        p.restart("interface", &self.interface, &new.interface);
+        p.restart("vip", &(self.vip, self.prefix_len), &(new.vip, new.prefix_len));
+        match (&mut next.mode, &new.mode) {
+            (Mode::Vrrp(run), Mode::Vrrp(n)) => {
+                p.runtime("vrrp.priority", &mut run.priority, &n.priority);
+                p.runtime("vrrp.preempt", &mut run.preempt, &n.preempt);
+                p.runtime("vrrp.preempt_delay", &mut run.preempt_delay, &n.preempt_delay);
+                p.runtime("vrrp.lower_prio_no_advert", &mut run.lower_prio_no_advert, &n.lower_prio_no_advert);
+                p.runtime("vrrp.higher_prio_send_advert", &mut run.higher_prio_send_advert, &n.higher_prio_send_advert);
+                p.runtime("garp", &mut run.garp, &n.garp);
+                // Everything else of [vrrp], compared with the runtime keys taken as equal.
+                let rest = |v: &Vrrp| Vrrp {
+                    priority: 0,
+                    preempt: false,
+                    preempt_delay: Duration::ZERO,
+                    lower_prio_no_advert: false,
+                    higher_prio_send_advert: false,
+                    garp: GarpSchedule::default(),
+                    ..v.clone()
+                };
+                p.restart("vrrp (vrid, version, interval, addresses, auth, checksums, instance)", &rest(run), &rest(n));
+            }
+            _ => p.restart("mode", &self.mode, &new.mode),
+        }
+        match (&mut next.leader, &new.leader) {
+            (Some(run), Some(n)) => {
+                p.runtime("leader.weight", &mut run.weight, &n.weight);
+                p.runtime("leader.on_etcd_unreachable", &mut run.on_unreachable, &n.on_unreachable);
+                p.runtime("leader.unreachable_grace", &mut run.unreachable_grace, &n.unreachable_grace);
+                p.restart("leader (key, member)", &(&run.key, &run.member), &(&n.key, &n.member));
+            }
+            (run, n) => p.restart("leader", run, n),
+        }
+        p.restart("etcd", &self.etcd, &new.etcd);
+        let same_checks = self.tracks.len() == new.tracks.len()
+            && self.tracks.iter().zip(&new.tracks).all(|(a, b)| Track { weight: b.weight, ..a.clone() } == *b);
+        if same_checks {
+            let mut weights: Vec<i32> = self.tracks.iter().map(|t| t.weight).collect();
+            p.runtime("track weights", &mut weights, &new.tracks.iter().map(|t| t.weight).collect());
+            for (t, w) in next.tracks.iter_mut().zip(weights) {
+                t.weight = w;
+            }
+        } else {
+            p.restart("track (names, checks, intervals)", &self.tracks, &new.tracks);
+        }
+        p.runtime("notify", &mut next.notify, &new.notify);
+        p.restart("metrics.listen", &self.metrics_listen, &new.metrics_listen);
+        p.log_options(&mut next.log, &new.log);
+        (next, p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,6 +736,63 @@ mod tests {
             Mode::Vrrp(v) => v,
             Mode::Follow => panic!("not vrrp"),
         }
+    }
+
+    const RELOAD_BASE: &str = r#"
+interface = "eth0"
+vip = "10.0.0.100"
+[vrrp]
+vrid = 51
+priority = 100
+[leader]
+scope = "batman"
+member = "pg-1"
+weight = 50
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+[[track]]
+name = "proxy"
+check = "http"
+url = "http://127.0.0.1:8009/primary"
+weight = 20
+"#;
+
+    #[test]
+    fn a_reload_applies_priority_preemption_and_weights_and_keeps_the_instance() {
+        let old = load(RELOAD_BASE).unwrap();
+        let text = RELOAD_BASE
+            .replace("priority = 100", "priority = 90\npreempt = false")
+            .replace("weight = 50", "weight = 60")
+            .replace("weight = 20", "weight = 5");
+        let (next, plan) = old.reloaded(&load(&text).unwrap());
+        assert_eq!(plan.applied, ["vrrp.priority", "vrrp.preempt", "leader.weight", "track weights"]);
+        assert!(plan.need_restart.is_empty(), "{:?}", plan.need_restart);
+        assert_eq!((vrrp(&next).priority, vrrp(&next).preempt), (90, false));
+        assert_eq!(next.leader.as_ref().map(|l| l.weight), Some(60));
+        assert_eq!(next.tracks[0].weight, 5);
+    }
+
+    #[test]
+    fn a_reload_names_what_defines_the_instance_and_keeps_its_running_value() {
+        let old = load(RELOAD_BASE).unwrap();
+        let text = RELOAD_BASE
+            .replace("vrid = 51", "vrid = 52")
+            .replace("10.0.0.100", "10.0.0.101")
+            .replace("member = \"pg-1\"", "member = \"pg-2\"")
+            .replace("8009/primary", "8009/replica");
+        let (next, plan) = old.reloaded(&load(&text).unwrap());
+        assert!(plan.applied.is_empty(), "{:?}", plan.applied);
+        assert_eq!(
+            plan.need_restart,
+            [
+                "vip",
+                "vrrp (vrid, version, interval, addresses, auth, checksums, instance)",
+                "leader (key, member)",
+                "track (names, checks, intervals)"
+            ]
+        );
+        assert_eq!((vrrp(&next).vrid, next.vip), (51, "10.0.0.100".parse::<IpAddr>().unwrap()));
+        assert_eq!(next.leader.as_ref().map(|l| l.member.as_str()), Some("pg-1"));
     }
 
     #[test]

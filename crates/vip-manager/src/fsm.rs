@@ -264,6 +264,19 @@ impl Instance {
         &self.params
     }
 
+    /// A config reload's new settings (preemption, GARP schedule, advert tie options). What
+    /// defines the instance on the wire (version, interval, address) never changes while it
+    /// runs: those keys need a restart, and are kept here whatever `params` says.
+    pub fn reconfigure(&mut self, params: Params) {
+        self.params = Params {
+            version: self.params.version,
+            interval_cs: self.params.interval_cs,
+            down_timer_adverts: self.params.down_timer_adverts,
+            local_addr: self.params.local_addr,
+            ..params
+        };
+    }
+
     /// When [`Event::Timer`] is next due, if any timer runs.
     pub fn next_deadline(&self) -> Option<Instant> {
         [

@@ -6,6 +6,7 @@
 //! 3. on a single-threaded runtime (the daemon is one loop; this keeps it small): install the
 //!    SIGTERM/SIGINT handler, start the systemd watchdog pings, and run the library's loop,
 //!    which removes a stale VIP, opens its sockets, signals READY and runs;
+//!    SIGHUP re-reads the config file and applies what can change while running;
 //! 4. on a signal or a fatal error the loop releases the VIP (VRRP priority 0 first) before it
 //!    returns; exit 0 after a signal, 1 after an error.
 
@@ -33,10 +34,11 @@ fn main() -> ExitCode {
     };
     // The VIP is released by the library on every way out, errors included.
     cli::run_until_stopped("vip-manager", cli::Runtime::CurrentThread, |ctl| async move {
+        let reloads = args.common.config.clone().map(|path| vip_manager::Reloads { path, requests: ctl.reloads() });
         let stop = ctl.stop;
         let progress = vip_manager::Progress::default();
         let alive = progress.clone();
         let _watchdog = systemd::spawn_watchdog(stop.clone(), move || alive.alive(Duration::from_secs(15)));
-        vip_manager::run(cfg, stop, progress, systemd::ready).await
+        vip_manager::run(cfg, stop, reloads, progress, systemd::ready).await
     })
 }

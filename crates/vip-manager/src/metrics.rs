@@ -53,6 +53,7 @@ pub struct Metrics {
     pub garp_sent: IntCounter,
     failures: IntCounterVec,
     pub etcd_reachable: IntGauge,
+    config_reloads: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -108,6 +109,11 @@ impl Metrics {
             garp_sent: counter(r, "vip_manager_garp_frames_sent_total", "Gratuitous ARP / unsolicited NA frames sent."),
             failures: vec_counter("vip_manager_failures_total", "Handled failures, by operation.", &["op"]),
             etcd_reachable: gauge(r, "vip_manager_etcd_reachable", "1 while the leader key can be read from etcd."),
+            config_reloads: vec_counter(
+                "vip_manager_config_reloads_total",
+                "Config reloads (SIGHUP), by result: applied, unchanged, invalid.",
+                &["result"],
+            ),
             registry,
         };
         for s in State::ALL {
@@ -118,6 +124,9 @@ impl Metrics {
         }
         for f in Failure::ALL {
             m.failures.with_label_values(&[f.as_str()]);
+        }
+        for o in outrigger_daemon::reload::Outcome::ALL {
+            m.config_reloads.with_label_values(&[o.as_str()]);
         }
         m
     }
@@ -130,6 +139,10 @@ impl Metrics {
 
     pub fn reject(&self, r: Reject) {
         self.rejects.with_label_values(&[r.as_str()]).inc();
+    }
+
+    pub fn reload(&self, o: outrigger_daemon::reload::Outcome) {
+        self.config_reloads.with_label_values(&[o.as_str()]).inc();
     }
 
     pub fn failure(&self, f: Failure) {
@@ -163,6 +176,7 @@ mod tests {
             "vip_manager_failures_total{op=\"vip_add\"} 0",
             "vip_manager_adverts_sent_total 0",
             "vip_manager_vip_held 0",
+            "vip_manager_config_reloads_total{result=\"invalid\"} 0",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

@@ -15,33 +15,16 @@ impl Agent {
             tracing::warn!("SIGHUP: no config file to reload (started without --config)");
             return;
         };
-        let new = match outrigger_daemon::config::load::<RawConfig>(&path) {
-            Ok(c) => c,
-            Err(e) => {
-                self.metrics.config_reloads.with_label_values(&["invalid"]).inc();
-                let problems = e.problems();
-                if problems.is_empty() {
-                    tracing::error!(error = %e, "config reload refused; the running config is kept");
-                } else {
-                    for p in problems {
-                        tracing::error!(file = %path.display(), problem = %p, "config reload refused; the running config is kept");
-                    }
-                }
-                return;
-            }
+        let Some(new) = outrigger_daemon::reload::read::<RawConfig>(&path) else {
+            self.metrics.config_reloads.with_label_values(&["invalid"]).inc();
+            return;
         };
         let (next, plan) = self.cfg.reloaded(&new);
-        for key in &plan.need_restart {
-            tracing::warn!(
-                key,
-                "changed in the config file, but applies only when ha-agent restarts; the running value is kept"
-            );
-        }
         // Like Patroni's SIGHUP, PostgreSQL's configuration is rewritten and reloaded in any case.
         self.force_reload = true;
+        let outcome = plan.log("ha-agent");
+        self.metrics.config_reloads.with_label_values(&[outcome.as_str()]).inc();
         if plan.applied.is_empty() {
-            self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
-            tracing::info!("config reloaded: no runtime settings changed");
             return;
         }
         if next.restapi.tls != self.cfg.restapi.tls {
@@ -73,8 +56,6 @@ impl Agent {
         // The local [timings] apply only where the cluster's config key has none.
         self.apply_timings(true);
         self.pg.set_config(self.cfg.postgresql.clone());
-        self.metrics.config_reloads.with_label_values(&["applied"]).inc();
-        tracing::info!(applied = plan.applied.join(", "), "config reloaded");
     }
 }
 

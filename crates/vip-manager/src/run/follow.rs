@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::holder::VipHolder;
-use super::{Progress, notify, reconcile_timer, sleep_until, std_now};
+use super::{Progress, Reloads, next_reload, notify, reconcile_timer, sleep_until, std_now};
 use crate::config::{Config, Leader, Notify};
 use crate::follow::{self, View};
 use crate::fsm::{GarpSchedule, State};
@@ -16,6 +16,8 @@ use crate::metrics::Metrics;
 
 /// etcd-follow mode: no VRRP, the VIP follows the leader key.
 pub(super) struct FollowDaemon {
+    /// The config in force (a reload changes its runtime keys).
+    cfg: Config,
     leader: Leader,
     holder: VipHolder,
     garp: GarpSchedule,
@@ -42,6 +44,7 @@ impl FollowDaemon {
         tracing::info!(interface = %cfg.interface, vip = %cfg.vip, key = %leader.key, member = %leader.member,
             on_etcd_unreachable = ?leader.on_unreachable, "following the leader key");
         Self {
+            cfg: cfg.clone(),
             garp: GarpSchedule::default(),
             metrics: holder.metrics.clone(),
             leader,
@@ -58,10 +61,11 @@ impl FollowDaemon {
         &mut self,
         mut inputs: mpsc::Receiver<Update>,
         shutdown: &CancellationToken,
+        reloads: &mut Option<Reloads>,
         progress: &Progress,
     ) -> anyhow::Result<()> {
         self.metrics.transition(State::Initialize, State::Backup);
-        let result = self.main_loop(&mut inputs, shutdown, progress).await;
+        let result = self.main_loop(&mut inputs, shutdown, reloads, progress).await;
         // Release on the way out, whatever ended the loop.
         if self.holder.release().await {
             self.set_held(false);
@@ -74,6 +78,7 @@ impl FollowDaemon {
         &mut self,
         inputs: &mut mpsc::Receiver<Update>,
         shutdown: &CancellationToken,
+        reloads: &mut Option<Reloads>,
         progress: &Progress,
     ) -> anyhow::Result<()> {
         let mut reconcile = reconcile_timer();
@@ -120,8 +125,25 @@ impl FollowDaemon {
                     }
                 }
                 _ = reconcile.tick() => self.reconcile().await,
+                new = next_reload(reloads, &self.metrics) => if let Some(new) = new {
+                    self.reload(new).await;
+                },
             }
         }
+    }
+
+    /// A config reload: the leader key's etcd-outage rule, the notify script and the log
+    /// level apply (see [`Config::reloaded`]); the decision is taken again under them.
+    async fn reload(&mut self, new: Config) {
+        let (next, plan) = self.cfg.reloaded(&new);
+        self.metrics.reload(plan.log("vip-manager"));
+        plan.apply_log_level(&next.log);
+        if let Some(l) = &next.leader {
+            self.leader = l.clone();
+        }
+        self.notify = next.notify.clone();
+        self.cfg = next;
+        self.decide().await;
     }
 
     async fn decide(&mut self) {

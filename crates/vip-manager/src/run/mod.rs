@@ -21,7 +21,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Mode, Notify};
+use crate::config::{Config, Mode, Notify, RawConfig};
 use crate::fsm::State;
 use crate::inputs;
 use crate::metrics::{Failure, Metrics};
@@ -62,11 +62,36 @@ fn epoch_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Where reloads come from: SIGHUP requests, and the file to re-read on each.
+pub struct Reloads {
+    pub path: std::path::PathBuf,
+    pub requests: outrigger_daemon::shutdown::ReloadRequests,
+}
+
+/// Waits for the next reload request and reads the file: the new config, or `None` when the
+/// file is invalid (logged and counted; the running config stays). Without a source (or once
+/// the daemon stops) it never returns.
+async fn next_reload(reloads: &mut Option<Reloads>, metrics: &Metrics) -> Option<Config> {
+    let Some(r) = reloads else { return std::future::pending().await };
+    if !r.requests.next().await {
+        *reloads = None;
+        return None;
+    }
+    let new = outrigger_daemon::reload::read::<RawConfig>(&r.path);
+    if new.is_none() {
+        metrics.reload(outrigger_daemon::reload::Outcome::Invalid);
+    }
+    new
+}
+
 /// Runs the daemon until `shutdown` is cancelled or a fatal error; the VIP is released either
-/// way. `ready` is called once the sockets are open (systemd READY).
+/// way. `ready` is called once the sockets are open (systemd READY). Each request in
+/// `reloads` re-reads the config file and applies what can change while running
+/// ([`Config::reloaded`]).
 pub async fn run(
     cfg: Config,
     shutdown: CancellationToken,
+    mut reloads: Option<Reloads>,
     progress: Progress,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
@@ -100,13 +125,13 @@ pub async fn run(
         Mode::Vrrp(v) => {
             let mut d = VrrpDaemon::new(&cfg, v, holder).await?;
             ready();
-            d.run(rx, &shutdown, &progress).await
+            d.run(rx, &shutdown, &mut reloads, &progress).await
         }
         Mode::Follow => {
             let leader = cfg.leader.clone().context("etcd-follow mode without [leader]")?;
             let mut d = FollowDaemon::new(&cfg, leader, holder);
             ready();
-            d.run(rx, &shutdown, &progress).await
+            d.run(rx, &shutdown, &mut reloads, &progress).await
         }
     };
     inputs_stop.cancel();

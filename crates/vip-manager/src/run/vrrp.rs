@@ -9,8 +9,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::holder::VipHolder;
-use super::{MAX_RECV_ERRORS, Progress, RECV_BUFFER, RateLimit, notify, reconcile_timer, std_now};
-use crate::config::{Config, Notify, Vrrp};
+use super::{
+    MAX_RECV_ERRORS, Progress, RECV_BUFFER, RateLimit, Reloads, next_reload, notify, reconcile_timer, std_now,
+};
+use crate::config::{Config, Mode, Notify, Vrrp};
 use crate::fsm::{Effect, Event, Ignored, Instance, Params, State};
 use crate::inputs::Update;
 use crate::metrics::{Failure, Metrics};
@@ -54,7 +56,23 @@ impl Weights {
     }
 }
 
+fn params(v: &Vrrp, source: IpAddr) -> Params {
+    Params {
+        version: v.version,
+        interval_cs: v.interval_cs,
+        preempt: v.preempt,
+        preempt_delay: v.preempt_delay,
+        down_timer_adverts: v.down_timer_adverts,
+        lower_prio_no_advert: v.lower_prio_no_advert,
+        higher_prio_send_advert: v.higher_prio_send_advert,
+        garp: v.garp,
+        local_addr: source,
+    }
+}
+
 pub(super) struct VrrpDaemon {
+    /// The config in force (a reload changes its runtime keys).
+    cfg: Config,
     v: Vrrp,
     vip: IpAddr,
     source: IpAddr,
@@ -99,17 +117,7 @@ impl VrrpDaemon {
             v.unicast_peers.iter().copied().filter(|p| *p != source).collect()
         };
         let weights = Weights::new(cfg);
-        let params = Params {
-            version: v.version,
-            interval_cs: v.interval_cs,
-            preempt: v.preempt,
-            preempt_delay: v.preempt_delay,
-            down_timer_adverts: v.down_timer_adverts,
-            lower_prio_no_advert: v.lower_prio_no_advert,
-            higher_prio_send_advert: v.higher_prio_send_advert,
-            garp: v.garp,
-            local_addr: source,
-        };
+        let params = params(v, source);
         let verdict = weights.verdict(v.priority);
         let mut fsm = Instance::new(params, verdict.priority);
         if verdict.fault.is_some() {
@@ -131,6 +139,7 @@ impl VrrpDaemon {
             destinations = ?destinations, "VRRP instance starting"
         );
         Ok(Self {
+            cfg: cfg.clone(),
             v: v.clone(),
             vip: cfg.vip,
             source,
@@ -152,11 +161,12 @@ impl VrrpDaemon {
         &mut self,
         mut inputs: mpsc::Receiver<Update>,
         shutdown: &CancellationToken,
+        reloads: &mut Option<Reloads>,
         progress: &Progress,
     ) -> anyhow::Result<()> {
         let fx = self.fsm.handle(std_now(), Event::Start);
         self.apply(fx).await;
-        let result = self.main_loop(&mut inputs, shutdown, progress).await;
+        let result = self.main_loop(&mut inputs, shutdown, reloads, progress).await;
         // Release on the way out, whatever ended the loop: priority 0 so a backup takes over
         // after Skew_Time, then the address.
         let fx = self.fsm.handle(std_now(), Event::Shutdown);
@@ -169,6 +179,7 @@ impl VrrpDaemon {
         &mut self,
         inputs: &mut mpsc::Receiver<Update>,
         shutdown: &CancellationToken,
+        reloads: &mut Option<Reloads>,
         progress: &Progress,
     ) -> anyhow::Result<()> {
         let mut buf = vec![0u8; RECV_BUFFER];
@@ -209,6 +220,9 @@ impl VrrpDaemon {
                     None => inputs_open = false,
                 },
                 _ = reconcile.tick() => self.reconcile().await,
+                new = next_reload(reloads, &self.metrics) => if let Some(new) = new {
+                    self.reload(new).await;
+                },
             }
         }
     }
@@ -294,6 +308,12 @@ impl VrrpDaemon {
                 }
             }
         }
+        self.reprioritise().await;
+    }
+
+    /// Recomputes the effective priority from the base and the weighted inputs, and tells the
+    /// state machine when it or the fault verdict changed.
+    async fn reprioritise(&mut self) {
         let verdict = self.weights.verdict(self.v.priority);
         let now = std_now();
         if verdict.priority != self.fsm.priority() {
@@ -310,6 +330,26 @@ impl VrrpDaemon {
             let fx = self.fsm.handle(now, Event::Fault(verdict.fault.is_some()));
             self.apply(fx).await;
         }
+    }
+
+    /// A config reload: the runtime keys of `new` apply (see [`Config::reloaded`]); the state,
+    /// and the VIP with it, stays unless the new priority changes who should be master.
+    async fn reload(&mut self, new: Config) {
+        let (next, plan) = self.cfg.reloaded(&new);
+        self.metrics.reload(plan.log("vip-manager"));
+        plan.apply_log_level(&next.log);
+        if let Mode::Vrrp(v) = &next.mode {
+            self.v = v.clone();
+            self.fsm.reconfigure(params(v, self.source));
+        }
+        let leader_weight = next.leader.as_ref().map(|l| l.weight);
+        let weights = leader_weight.into_iter().chain(next.tracks.iter().map(|t| t.weight));
+        for (w, new) in self.weights.weights.iter_mut().zip(weights) {
+            *w = new;
+        }
+        self.notify = next.notify.clone();
+        self.cfg = next;
+        self.reprioritise().await;
     }
 
     /// Re-adds a VIP someone removed while master, removes one that appeared otherwise.
