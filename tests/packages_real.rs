@@ -10,7 +10,8 @@
 //!
 //! Checked: the maintainer scripts start and enable nothing; every daemon reaches READY under
 //! its unit's sandbox; `systemctl reload ha-agent` applies a change while the leader stays
-//! leader (same leader key, same postmaster); PostgreSQL starts, logs to /var/log/postgresql
+//! leader (same leader key, same postmaster), and `systemctl reload` of proxy-checker,
+//! vip-manager (keeping the VIP) and wal-shipper applies a change in the same process; PostgreSQL starts, logs to /var/log/postgresql
 //! and runs a JIT-compiled query under the unit; a 1 GB pg_basebackup does not trip the
 //! systemd watchdog; proxy-checker answers HAProxy; vip-manager holds the VIP as its own user
 //! with only CAP_NET_RAW and CAP_NET_ADMIN; tuner-apply writes the cluster's /config;
@@ -107,6 +108,20 @@ fn assert_never_restarted(m: &Machine, unit: &str) {
     assert_eq!(restarts, "0", "{unit} restarted:\n{}", m.journal(unit));
     let journal = m.sh(&format!("journalctl --no-pager -u {unit}")).unwrap();
     assert!(!journal.contains("Watchdog timeout"), "{unit}: the systemd watchdog fired:\n{}", m.journal(unit));
+}
+
+/// `systemctl reload` with `text` as the unit's new config: the journal says the change
+/// `key` applied, and the daemon is the same process (a reload, not a restart).
+fn reload_unit(m: &Machine, unit: &str, path: &str, text: &str, key: &str) {
+    let pid = m.unit_property(unit, "MainPID").unwrap();
+    write_config(m, path, text);
+    m.sh(&format!("systemctl reload {unit}")).unwrap_or_else(|e| panic!("{e:#}\n{}", m.journal(unit)));
+    wait_until(Duration::from_secs(20), &format!("{unit} to log that {key} applied"), || {
+        m.journal(unit).lines().any(|l| l.contains("config reloaded") && l.contains(key)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", m.journal(unit)));
+    assert_eq!(m.unit_property(unit, "MainPID").unwrap(), pid, "{unit} restarted instead of reloading");
+    assert_eq!(m.unit_property(unit, "ActiveState").unwrap(), "active");
 }
 
 fn psql(m: &Machine, sql: &str) -> anyhow::Result<String> {
@@ -283,6 +298,14 @@ fn the_packages_install_and_every_unit_runs_under_a_real_systemd() {
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", m.journal("proxy-checker.service")));
     assert_eq!(http_code(&net, 1, "http://10.250.0.1:8009/replica"), Some(503));
+    reload_unit(
+        &m,
+        "proxy-checker.service",
+        "/etc/outrigger/proxy-checker.toml",
+        &swap(&pc, "etcd_max_age = \"1s\"", "etcd_max_age = \"2s\""),
+        "freshness.etcd_max_age",
+    );
+    assert_eq!(http_code(&net, 1, "http://10.250.0.1:8009/primary"), Some(200), "after the reload");
 
     // vip-manager: the VIP on eth0, as its own user with exactly two capabilities.
     let vm = example("vip-manager");
@@ -308,6 +331,10 @@ fn the_packages_install_and_every_unit_runs_under_a_real_systemd() {
     // CAP_NET_ADMIN is bit 12, CAP_NET_RAW bit 13.
     assert_eq!(field("CapEff:"), "0000000000003000", "vip-manager's effective capabilities");
     assert_eq!(field("CapBnd:"), "0000000000003000", "vip-manager's bounding set");
+    let vm = swap(&vm, "priority = 101", "priority = 120");
+    reload_unit(&m, "vip-manager.service", "/etc/outrigger/vip-manager.toml", &vm, "vrrp.priority");
+    let held = net.host(1).exec(&["ip", "-br", "addr", "show", "dev", "eth0"]).unwrap();
+    assert!(held.contains(VIP), "the VIP left n1 on a reload: {held}");
 
     // A second member (started by the test on n2) clones 1 GB from the unit's PostgreSQL.
     psql(&m, "create table filler as select g, repeat('x', 1000) as pad from generate_series(1, 1000000) g").unwrap();
@@ -377,6 +404,8 @@ fn the_packages_install_and_every_unit_runs_under_a_real_systemd() {
             .then_some(())
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", m.journal("wal-shipper.service")));
+    let ws = swap(&ws, "upload_concurrency = 4", "upload_concurrency = 2");
+    reload_unit(&m, "wal-shipper.service", "/etc/outrigger/wal-shipper.toml", &ws, "WALG_UPLOAD_CONCURRENCY");
     drop(s3);
 
     // tuner-apply: a one-shot that merges settings into the cluster's /config.

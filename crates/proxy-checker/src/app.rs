@@ -13,7 +13,8 @@ use crate::view::{EtcdView, PgView};
 /// Read side of the state. The I/O tasks hold the matching senders; a check borrows both views
 /// for the microseconds a decision takes (no lock is ever held across an await).
 pub struct App {
-    pub policy: Policy,
+    /// The bounds in force (a config reload may change them).
+    pub policy: watch::Receiver<Policy>,
     pub etcd: watch::Receiver<EtcdView>,
     pub pg: watch::Receiver<PgView>,
     pub metrics: Metrics,
@@ -24,7 +25,7 @@ impl App {
     pub fn decide(&self, check: &Check) -> Verdict {
         let etcd = self.etcd.borrow();
         let pg = self.pg.borrow();
-        decide(check, &Observed { etcd: &etcd, pg: &pg, now: Instant::now() }, &self.policy)
+        decide(check, &Observed { etcd: &etcd, pg: &pg, now: Instant::now() }, &self.policy.borrow())
     }
 
     /// Sets the state gauges and renders every metric, for `GET /metrics`.
@@ -33,7 +34,7 @@ impl App {
         let role = self.decide(&Check::new(crate::check::Endpoint::Health)).role;
         let etcd = self.etcd.borrow();
         let pg = self.pg.borrow();
-        self.metrics.observe_state(&etcd, &pg, &self.policy, role, now);
+        self.metrics.observe_state(&etcd, &pg, &self.policy.borrow(), role, now);
         drop((etcd, pg));
         outrigger_daemon::metrics::render(&self.metrics.registry)
     }

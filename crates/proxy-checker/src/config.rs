@@ -10,6 +10,7 @@ use std::time::Duration;
 use outrigger_daemon::config::{EtcdSection, LogSection, Problem, Problems, Validate, listen_addr};
 use outrigger_daemon::http::Limits;
 use outrigger_daemon::logging::LogOptions;
+use outrigger_daemon::reload::Plan;
 use serde::Deserialize;
 
 use crate::check::{Check, parse_bytes};
@@ -82,7 +83,7 @@ pub struct RawAgent {
 }
 
 /// How the local PostgreSQL is polled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PgSettings {
     pub config: tokio_postgres::Config,
     pub poll_interval: Duration,
@@ -265,6 +266,37 @@ impl Validate for RawConfig {
     }
 }
 
+impl Config {
+    /// The config to run with after a reload (SIGHUP) to `new`: the freshness bounds checks
+    /// are judged by and the log level apply at once; what the listeners and the input tasks
+    /// were started with (name, scope, listeners, HTTP limits, etcd, PostgreSQL, the agent
+    /// port) keeps its running value and is named as needing a restart. The bounds apply
+    /// only while the inputs they are checked against stay (a confirmation interval must stay
+    /// below the age limit, and the liveness bound follows the inputs' rounds).
+    pub fn reloaded(&self, new: &Config) -> (Config, Plan) {
+        let mut p = Plan::default();
+        let mut next = self.clone();
+        p.restart("name", &self.name, &new.name);
+        p.restart("scope/namespace", &self.layout, &new.layout);
+        p.restart("listen", &self.listen, &new.listen);
+        p.restart("http", &self.http, &new.http);
+        p.restart("agent", &self.agent, &new.agent);
+        let inputs = |c: &Config| (c.etcd.clone(), c.etcd_confirm_interval, c.postgresql.clone());
+        if inputs(self) == inputs(new) {
+            p.runtime("freshness.etcd_max_age", &mut next.policy.etcd_max_age, &new.policy.etcd_max_age);
+            p.runtime("freshness.postgresql_max_age", &mut next.policy.pg_max_age, &new.policy.pg_max_age);
+        } else {
+            p.restart("etcd", &self.etcd, &new.etcd);
+            p.restart("freshness.etcd_confirm_interval", &self.etcd_confirm_interval, &new.etcd_confirm_interval);
+            p.restart("postgresql", &self.postgresql, &new.postgresql);
+            let ages = |c: &Config| (c.policy.etcd_max_age, c.policy.pg_max_age);
+            p.restart("freshness (with the etcd or postgresql settings it bounds)", &ages(self), &ages(new));
+        }
+        p.log_options(&mut next.log, &new.log);
+        (next, p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +307,41 @@ mod tests {
     fn problems(extra: &str) -> Vec<String> {
         let raw: RawConfig = parse_toml("t.toml", &format!("{BASE}{extra}")).unwrap();
         raw.validate().err().unwrap_or_default().iter().map(ToString::to_string).collect()
+    }
+
+    fn valid(extra: &str) -> Config {
+        let raw: RawConfig = parse_toml("t.toml", &format!("{BASE}{extra}")).unwrap();
+        raw.validate().unwrap()
+    }
+
+    #[test]
+    fn a_reload_applies_the_freshness_bounds_and_log_level_while_the_inputs_stay() {
+        let old = valid("");
+        let new = valid("[freshness]\netcd_max_age = \"2s\"\npostgresql_max_age = \"3s\"\n[log]\nlevel = \"debug\"\n");
+        let (next, plan) = old.reloaded(&new);
+        assert_eq!(plan.applied, ["freshness.etcd_max_age", "freshness.postgresql_max_age", "log.level"]);
+        assert!(plan.need_restart.is_empty(), "{:?}", plan.need_restart);
+        assert_eq!(
+            (next.policy.etcd_max_age, next.policy.pg_max_age),
+            (Duration::from_secs(2), Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_listeners_inputs_and_the_bounds_tied_to_changed_inputs() {
+        let old = valid("");
+        let text = format!(
+            "listen = \"127.0.0.1:9009\"\n{BASE}[freshness]\netcd_max_age = \"2s\"\netcd_confirm_interval = \"1s\"\n"
+        );
+        let new = parse_toml::<RawConfig>("t.toml", &text).unwrap().validate().unwrap();
+        let (next, plan) = old.reloaded(&new);
+        assert!(plan.applied.is_empty(), "{:?}", plan.applied);
+        assert_eq!(
+            plan.need_restart,
+            ["listen", "freshness.etcd_confirm_interval", "freshness (with the etcd or postgresql settings it bounds)"]
+        );
+        assert_eq!(next.listen, old.listen);
+        assert_eq!(next.policy, old.policy, "a 250ms confirmation keeps its 1s bound");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!    one thread keeps memory small): install the SIGTERM/SIGINT handler and run the library,
 //!    which binds the check and agent ports, starts following etcd and polling PostgreSQL,
 //!    signals READY and answers checks;
+//!    SIGHUP re-reads the config file and applies what can change while running;
 //! 4. on a signal, stop (exit 0); if a listener cannot be bound or a task dies, exit 1 so that
 //!    systemd restarts the daemon. Until the first etcd read and PostgreSQL poll succeed, every
 //!    check that needs them answers 503.
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         cli::Startup::Exit(code) => return code,
     };
     cli::run_until_stopped("proxy-checker", cli::Runtime::CurrentThread, |ctl| {
-        proxy_checker::run(cfg, ctl.stop, systemd::ready)
+        let reloads = args.common.config.clone().map(|path| proxy_checker::Reloads { path, requests: ctl.reloads() });
+        proxy_checker::run(cfg, ctl.stop, reloads, systemd::ready)
     })
 }

@@ -78,6 +78,7 @@ pub struct Metrics {
     state_fresh: IntGaugeVec,
     role: IntGaugeVec,
     leader_changes: IntCounter,
+    config_reloads: IntCounterVec,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -106,6 +107,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn reload(&self, o: outrigger_daemon::reload::Outcome) {
+        self.config_reloads.with_label_values(&[o.as_str()]).inc();
+    }
+
     pub fn new() -> Self {
         let registry = outrigger_daemon::metrics::registry("proxy_checker", env!("CARGO_PKG_VERSION"));
         let r = &registry;
@@ -186,8 +191,18 @@ impl Metrics {
                 ))
                 .unwrap_or_else(|e| panic!("metric proxy_checker_leader_changes_total: {e}")),
             ),
+            config_reloads: new_metric!(
+                r,
+                IntCounterVec,
+                "proxy_checker_config_reloads_total",
+                "Config reloads (SIGHUP), by result: applied, unchanged, invalid.",
+                &["result"]
+            ),
             registry,
         };
+        for o in outrigger_daemon::reload::Outcome::ALL {
+            m.config_reloads.with_label_values(&[o.as_str()]);
+        }
         for k in BadKind::ALL {
             m.bad.with_label_values(&[k.as_str()]);
         }

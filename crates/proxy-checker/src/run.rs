@@ -19,10 +19,23 @@ use crate::sources::{EtcdFollower, PgPoller};
 use crate::verdict::Role;
 use crate::view::{EtcdView, PgView};
 
+/// Where reloads come from: SIGHUP requests, and the file to re-read on each.
+pub struct Reloads {
+    pub path: std::path::PathBuf,
+    pub requests: shutdown::ReloadRequests,
+}
+
 /// Runs the daemon until `stop` is cancelled. `ready` is called once both listeners are bound
-/// and the tasks started (systemd READY). Returns an error if a listener cannot be bound or
-/// an essential task ends on its own, so that the process exits non-zero and is restarted.
-pub async fn run(cfg: Config, stop: CancellationToken, ready: impl FnOnce()) -> anyhow::Result<()> {
+/// and the tasks started (systemd READY). Each request in `reloads` re-reads the config file
+/// and applies what can change while running ([`Config::reloaded`]). Returns an error if a
+/// listener cannot be bound or an essential task ends on its own, so that the process exits
+/// non-zero and is restarted.
+pub async fn run(
+    cfg: Config,
+    stop: CancellationToken,
+    reloads: Option<Reloads>,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let (etcd_tx, etcd_rx) = watch::channel(EtcdView::default());
     let (pg_tx, pg_rx) = watch::channel(PgView::default());
@@ -34,7 +47,8 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: impl FnOnce()) -> 
         )),
         None => None,
     };
-    let app = Arc::new(App { policy: cfg.policy.clone(), etcd: etcd_rx, pg: pg_rx, metrics: metrics.clone() });
+    let (policy_tx, policy_rx) = watch::channel(cfg.policy.clone());
+    let app = Arc::new(App { policy: policy_rx, etcd: etcd_rx, pg: pg_rx, metrics: metrics.clone() });
 
     let mut tasks: JoinSet<&'static str> = JoinSet::new();
     let follower = EtcdFollower {
@@ -53,6 +67,9 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: impl FnOnce()) -> 
         tasks.spawn(named("agent server", crate::agent::serve(listener, settings, app.clone(), stop.clone())));
     }
     tasks.spawn(named("role monitor", watch_role(app.clone(), stop.clone())));
+    if let Some(r) = reloads {
+        tasks.spawn(named("config reloader", reload(r, cfg.clone(), policy_tx, metrics.clone(), stop.clone())));
+    }
     let live = app.clone();
     let _watchdog = systemd::spawn_watchdog(stop.clone(), move || live.decide(&Check::new(Endpoint::Liveness)).ok);
 
@@ -78,6 +95,36 @@ pub async fn run(cfg: Config, stop: CancellationToken, ready: impl FnOnce()) -> 
     stop.cancel();
     shutdown::within(Duration::from_secs(2), "stop tasks", async { while tasks.join_next().await.is_some() {} }).await;
     outcome
+}
+
+/// Applies each reload request: the new bounds go to every check at once (the next check is
+/// judged by them); the rest is logged as needing a restart.
+async fn reload(
+    mut r: Reloads,
+    mut running: Config,
+    policy: watch::Sender<crate::verdict::Policy>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            more = r.requests.next() => if !more { return },
+        }
+        let Some(new) = outrigger_daemon::reload::read::<crate::config::RawConfig>(&r.path) else {
+            metrics.reload(outrigger_daemon::reload::Outcome::Invalid);
+            continue;
+        };
+        let (next, plan) = running.reloaded(&new);
+        metrics.reload(plan.log("proxy-checker"));
+        plan.apply_log_level(&next.log);
+        policy.send_if_modified(|p| {
+            let changed = *p != next.policy;
+            *p = next.policy.clone();
+            changed
+        });
+        running = next;
+    }
 }
 
 async fn named(name: &'static str, fut: impl std::future::Future<Output = ()>) -> &'static str {

@@ -58,7 +58,7 @@ async fn start() -> Harness {
         pg_max_age: Duration::from_secs(1),
         liveness_max_age: Duration::from_secs(5),
     };
-    let app = Arc::new(App { policy, etcd: etcd_rx, pg: pg_rx, metrics: Metrics::new() });
+    let app = Arc::new(App { policy: watch::channel(policy).1, etcd: etcd_rx, pg: pg_rx, metrics: Metrics::new() });
     let stop = CancellationToken::new();
     let http_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let agent_l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -156,10 +156,11 @@ pub fn main(args: Args) -> ExitCode {
     }
     outrigger_daemon::logging::init(&log);
     if let Command::Daemon { pgdata } = command {
+        let config = args.common.config.clone();
         return outrigger_daemon::cli::run_until_stopped(
             "wal-shipper",
             outrigger_daemon::cli::Runtime::MultiThread { workers: 2 },
-            move |ctl| daemon(s, pgdata, ctl),
+            move |ctl| daemon(s, config, pgdata, ctl),
         );
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -310,7 +311,39 @@ fn spawn_prefetch(name: &str, dir: &std::path::Path) {
     }
 }
 
-async fn daemon(s: Settings, pgdata: Option<PathBuf>, ctl: outrigger_daemon::shutdown::Control) -> anyhow::Result<()> {
+/// SIGHUP: re-read the settings (the file, and the environment as at start) and hand the new
+/// ones to the upload-ahead loop ([`Settings::reloaded`] says which apply).
+async fn reload_settings(
+    path: Option<PathBuf>,
+    mut requests: outrigger_daemon::shutdown::ReloadRequests,
+    running: Settings,
+    to: tokio::sync::watch::Sender<std::sync::Arc<Settings>>,
+    metrics: crate::metrics::Metrics,
+) {
+    let mut running = running;
+    let shown = path.clone().unwrap_or_else(|| PathBuf::from("(environment)"));
+    while requests.next().await {
+        let env = |k: &str| std::env::var(k).ok();
+        let Some(new) = outrigger_daemon::reload::report(&shown, settings::load(path.as_deref(), &env)) else {
+            metrics.reload(outrigger_daemon::reload::Outcome::Invalid);
+            continue;
+        };
+        let (next, plan) = running.reloaded(&new);
+        metrics.reload(plan.log("wal-shipper"));
+        plan.apply_log_level(&next.log);
+        if !plan.applied.is_empty() {
+            to.send_replace(std::sync::Arc::new(next.clone()));
+        }
+        running = next;
+    }
+}
+
+async fn daemon(
+    s: Settings,
+    config: Option<PathBuf>,
+    pgdata: Option<PathBuf>,
+    ctl: outrigger_daemon::shutdown::Control,
+) -> anyhow::Result<()> {
     let pgdata = crate::backup::push::pgdata_of(pgdata, &s)?;
     let store = Store::open(&s.storage, s.request_timeout)?;
     let metrics = crate::metrics::Metrics::new();
@@ -334,7 +367,10 @@ async fn daemon(s: Settings, pgdata: Option<PathBuf>, ctl: outrigger_daemon::shu
             (store.clone(), std::sync::Arc::new(s.clone()), pgdata.clone(), metrics.clone(), ctl.stop.clone());
         tokio::spawn(crate::cluster::run::run(cs, store, s, pgdata, metrics, stop))
     });
-    let r = crate::daemon::run(store, s, pgdata, metrics, ctl.stop.clone(), beat).await;
+    let (settings_tx, settings_rx) = tokio::sync::watch::channel(std::sync::Arc::new(s.clone()));
+    let reloader = tokio::spawn(reload_settings(config, ctl.reloads(), s, settings_tx, metrics.clone()));
+    let r = crate::daemon::run(store, settings_rx, pgdata, metrics, ctl.stop.clone(), beat).await;
+    reloader.abort();
     ctl.stop.cancel();
     if let Some(h) = cluster {
         match h.await {

@@ -87,10 +87,11 @@ fn prune_markers(pg_wal: &Path, ready: &[Ready], marked: &BTreeSet<String>) {
     }
 }
 
-/// Runs until `stop`. `beat` is set to the loop's last turn (for the systemd watchdog).
+/// Runs until `stop`. `beat` is set to the loop's last turn (for the systemd watchdog). A new
+/// value in `settings` (a config reload) applies to the uploads started after it.
 pub async fn run(
     store: Store,
-    s: Settings,
+    mut settings: tokio::sync::watch::Receiver<Arc<Settings>>,
     pgdata: PathBuf,
     metrics: Metrics,
     stop: CancellationToken,
@@ -101,7 +102,8 @@ pub async fn run(
         .with_context(|| format!("create {}", walpush::marker_dir(&pg_wal).display()))?;
     let mut state = State::default();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
-    let s = Arc::new(s);
+    let mut s = settings.borrow_and_update().clone();
+    let mut reloadable = true;
     tracing::info!(pg_wal = %pg_wal.display(), storage = %store.describe, concurrency = s.upload_concurrency, "upload-ahead started");
     loop {
         *beat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
@@ -131,6 +133,10 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(s.daemon_poll) => {}
+            r = settings.changed(), if reloadable => match r {
+                Ok(()) => s = settings.borrow_and_update().clone(),
+                Err(_) => reloadable = false,
+            },
             Some((name, ok)) = done_rx.recv() => {
                 state.in_flight.remove(&name);
                 if ok {

@@ -99,6 +99,7 @@ pub struct Metrics {
     pub backup_running: IntGauge,
     /// etcd requests that failed, and values there that could not be decoded.
     etcd_errors: IntCounterVec,
+    config_reloads: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -186,8 +187,19 @@ impl Metrics {
         for k in ["request", "garbage"] {
             etcd_errors.with_label_values(&[k]);
         }
+        let config_reloads = must(IntCounterVec::new(
+            Opts::new(
+                "wal_shipper_config_reloads_total",
+                "Config reloads of the daemon (SIGHUP), by result: applied, unchanged, invalid.",
+            ),
+            &["result"],
+        ));
+        for o in outrigger_daemon::reload::Outcome::ALL {
+            config_reloads.with_label_values(&[o.as_str()]);
+        }
         for c in [
-            Box::new(last_archived.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(last_archived.clone()),
             Box::new(archiver_failed.clone()),
             Box::new(last_backup_time.clone()),
             Box::new(last_backup_age.clone()),
@@ -226,7 +238,12 @@ impl Metrics {
             backup_failures,
             backup_running,
             etcd_errors,
+            config_reloads,
         }
+    }
+
+    pub fn reload(&self, o: outrigger_daemon::reload::Outcome) {
+        self.config_reloads.with_label_values(&[o.as_str()]).inc();
     }
 
     pub fn backup_taken(&self, kind: &str, seconds: f64) {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use outrigger_daemon::config::{LogSection, Problem, Problems};
 use outrigger_daemon::logging::LogOptions;
+use outrigger_daemon::reload::Plan;
 
 use crate::codec::{Codec, Method};
 use crate::crypto::{Key, KeyTransform};
@@ -164,6 +165,56 @@ pub struct Settings {
     pub log: LogOptions,
     /// `[etcd]` and `[cluster]` of the TOML file: scheduled backups and status in etcd.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// Every setting as given, by its WAL-G name, and `[etcd]`/`[cluster]` as parsed: what a
+    /// reload compares (secrets included, so never logged).
+    pub given: Given,
+}
+
+/// The settings' text as given (see [`Settings::given`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Given {
+    pub settings: BTreeMap<&'static str, String>,
+    pub cluster: Option<String>,
+}
+
+impl std::fmt::Debug for Given {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Given({} settings)", self.settings.len())
+    }
+}
+
+/// What the upload-ahead loop reads for each upload: a reload applies these while it runs.
+const RELOADABLE: [&str; 4] =
+    ["WALG_UPLOAD_CONCURRENCY", "WALG_PREVENT_WAL_OVERWRITE", "WAL_SHIPPER_PUSH_TIMEOUT", "WAL_SHIPPER_DAEMON_POLL"];
+
+impl Settings {
+    /// The settings for the daemon after a reload (SIGHUP) to `new`: the upload-ahead loop's
+    /// concurrency, overwrite protection, push deadline and poll interval, and the log level,
+    /// apply to the next uploads; every other setting (the storage and its credentials,
+    /// compression, encryption, what scheduled backups use, `[etcd]`/`[cluster]`, the metrics
+    /// listener) keeps its running value and is named, by its WAL-G name, as needing a
+    /// restart: WAL and backups must not go to different places or in different formats.
+    /// (A `wal-push` or `backup-push` started by PostgreSQL or by hand reads the file anew.)
+    pub fn reloaded(&self, new: &Settings) -> (Settings, Plan) {
+        let mut p = Plan::default();
+        let mut next = self.clone();
+        p.runtime("WALG_UPLOAD_CONCURRENCY", &mut next.upload_concurrency, &new.upload_concurrency);
+        p.runtime("WALG_PREVENT_WAL_OVERWRITE", &mut next.prevent_wal_overwrite, &new.prevent_wal_overwrite);
+        p.runtime("WAL_SHIPPER_PUSH_TIMEOUT", &mut next.push_timeout, &new.push_timeout);
+        p.runtime("WAL_SHIPPER_DAEMON_POLL", &mut next.daemon_poll, &new.daemon_poll);
+        for k in RELOADABLE {
+            match new.given.settings.get(k) {
+                Some(v) => next.given.settings.insert(k, v.clone()),
+                None => next.given.settings.remove(k),
+            };
+        }
+        for k in KNOWN.iter().map(|k| k.env).filter(|k| !RELOADABLE.contains(k)) {
+            p.restart(k, &self.given.settings.get(k), &new.given.settings.get(k));
+        }
+        p.restart("[etcd]/[cluster]", &self.given.cluster, &new.given.cluster);
+        p.log_options(&mut next.log, &new.log);
+        (next, p)
+    }
 }
 
 /// S3 server-side encryption (`WALG_S3_SSE`, `WALG_S3_SSE_KMS_ID`, `WALG_S3_SSE_C`).
@@ -222,6 +273,7 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
     let mut problems = Problems::new();
     let mut log = LogSection::default();
     let mut cluster = None;
+    let mut cluster_given = None;
     let mut refused: Vec<String> = Vec::new();
     let mut ignored: Vec<String> = Vec::new();
     let shown = file.map(|p| p.display().to_string()).unwrap_or_else(|| "(environment)".into());
@@ -250,7 +302,9 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             if let Some(l) = table.remove("log") {
                 log = read_log_table(l, &mut problems);
             }
-            cluster = crate::cluster::read(table.remove("etcd"), table.remove("cluster"), &mut problems);
+            let (etcd, cl) = (table.remove("etcd"), table.remove("cluster"));
+            cluster_given = (etcd.is_some() || cl.is_some()).then(|| format!("{etcd:?} {cl:?}"));
+            cluster = crate::cluster::read(etcd, cl, &mut problems);
             table.into_iter().map(|(k, v)| (k, toml_text(v))).collect()
         };
         for (key, value) in table {
@@ -306,6 +360,7 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
             );
         }
         s.cluster = cluster;
+        s.given.cluster = cluster_given;
     }
     match (problems.finish(()), s) {
         (Ok(()), Some(s)) => {
@@ -614,6 +669,7 @@ fn validate(vals: &BTreeMap<&'static str, Val>, log: &LogSection, p: &mut Proble
         standby_wal_timeout,
         log,
         cluster: None,
+        given: Given { settings: vals.iter().map(|(k, v)| (*k, v.text.clone())).collect(), cluster: None },
     })
 }
 
@@ -703,6 +759,30 @@ mod tests {
             ConfigError::Invalid { problems, .. } => problems.iter().map(|p| p.to_string()).collect(),
             other => vec![other.to_string()],
         }
+    }
+
+    #[test]
+    fn a_reload_applies_the_upload_loops_settings_and_names_storage_and_codec_changes() {
+        let old = load(None, &env_of(&[("WALG_S3_PREFIX", "s3://b/p"), ("WALG_UPLOAD_CONCURRENCY", "2")])).unwrap();
+        let new = load(
+            None,
+            &env_of(&[
+                ("WALG_S3_PREFIX", "s3://b/other"),
+                ("WALG_UPLOAD_CONCURRENCY", "8"),
+                ("WALG_COMPRESSION_METHOD", "zstd"),
+                ("WALG_LIBSODIUM_KEY", "0123456789abcdef0123456789abcdef"),
+            ]),
+        )
+        .unwrap();
+        let (next, plan) = old.reloaded(&new);
+        assert_eq!(plan.applied, ["WALG_UPLOAD_CONCURRENCY"]);
+        assert_eq!(plan.need_restart, ["WALG_S3_PREFIX", "WALG_COMPRESSION_METHOD", "WALG_LIBSODIUM_KEY"]);
+        assert_eq!(next.upload_concurrency, 8);
+        assert_eq!(format!("{:?}", next.storage), format!("{:?}", old.storage), "the bucket stays until a restart");
+        assert_eq!(next.codec.method, old.codec.method);
+        // Reloading the same again: the applied key is now the running one.
+        let (_, again) = next.reloaded(&new);
+        assert!(again.applied.is_empty(), "{:?}", again.applied);
     }
 
     #[test]
