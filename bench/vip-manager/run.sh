@@ -168,8 +168,14 @@ takeover() {
       python3 "$BENCH/probe.py" after-advert $NET.1 0.02 -- ip netns exec $NS-sw nft -f "$WORK/cut.nft")
     heal_n1
     # The measurement ends at the takeover. Whether the healed master re-sends gratuitous ARP
-    # depends on who hears whom first (keepalived's default does not always); start the next
-    # run from a clean neighbour cache rather than wait for it to age out.
+    # depends on who hears whom first (keepalived's default does not: its garp_lower_prio_repeat
+    # is off); start the next run from a clean neighbour cache, flushed once n2 has given the
+    # VIP up (flushed earlier, the client could learn n2's address again and keep it for the
+    # neighbour table's reachable time, up to 45 s).
+    for _ in $(seq 100); do
+      ip -n $NS-n2 -o addr show dev eth0 | grep -q " $VIP/" || break
+      sleep 0.05
+    done
     ip -n $NS-client neigh flush dev eth0
     echo "  $impl v$v cut-off run $i: from the cut GARP, client; from the last advert GARP, client: $t s" >&2
     case $t in [0-9]*) echo "$t" >> "$out" ;; esac

@@ -283,20 +283,15 @@ impl Deadline {
 
     /// Waits until the armed deadline has passed (forever while disarmed). Cancel-safe: the
     /// expiry is consumed only when this returns; then the timer counts as disarmed.
+    ///
+    /// The expiry count is not read: arming the timer again resets it (and with it the
+    /// descriptor's readiness), and the next expiry wakes the edge-triggered poll anew. That
+    /// saves a system call per advert. A readiness left from before a re-arm can end one wait
+    /// early; callers check their deadlines against the clock, so that costs one loop turn.
     pub async fn expired(&mut self) -> io::Result<()> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| fd.get_ref().0.wait().map_err(io::Error::from)) {
-                Ok(Ok(())) => {
-                    // A one-shot timer has nothing more to read until it is armed again: say
-                    // so now rather than with a failed read on the next wait.
-                    guard.clear_ready();
-                    self.armed = None;
-                    return Ok(());
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
-            }
-        }
+        let mut guard = self.fd.readable().await?;
+        guard.clear_ready();
+        self.armed = None;
+        Ok(())
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::holder::VipHolder;
 use super::{
-    MAX_RECV_ERRORS, Progress, RECV_BUFFER, RateLimit, Reloads, next_reload, notify, reconcile_timer, std_now,
+    MAX_RECV_ERRORS, Progress, RECONCILE_EVERY, RECV_BUFFER, RateLimit, Reloads, next_reload, notify, std_now,
 };
 use crate::config::{Config, Mode, Notify, Vrrp};
 use crate::fsm::{Effect, Event, Ignored, Instance, Params, State};
@@ -183,7 +183,9 @@ impl VrrpDaemon {
         progress: &Progress,
     ) -> anyhow::Result<()> {
         let mut buf = vec![0u8; RECV_BUFFER];
-        let mut reconcile = reconcile_timer();
+        // The reconcile tick shares the VRRP timer: no tokio timer is armed on this loop, so
+        // the runtime's timer wheel has nothing to do at each advert.
+        let mut reconcile_at = std_now() + RECONCILE_EVERY;
         let mut recv_errors = 0u32;
         let mut inputs_open = true;
         // One wait on the token for the whole loop, not a new waiter registered every turn.
@@ -191,7 +193,8 @@ impl VrrpDaemon {
         tokio::pin!(cancelled);
         loop {
             progress.beat();
-            self.timer.set(self.fsm.next_deadline(), std_now()).context("arm the VRRP timer")?;
+            let next = self.fsm.next_deadline().map_or(reconcile_at, |d| d.min(reconcile_at));
+            self.timer.set(Some(next), std_now()).context("arm the VRRP timer")?;
             // Not biased: a flood of packets must not starve the advert timer.
             tokio::select! {
                 () = &mut cancelled => return Ok(()),
@@ -212,14 +215,21 @@ impl VrrpDaemon {
                 },
                 r = self.timer.expired() => {
                     r.context("wait on the VRRP timer")?;
-                    let fx = self.fsm.handle(std_now(), Event::Timer);
-                    self.apply(fx).await;
+                    let now = std_now();
+                    if self.fsm.next_deadline().is_some_and(|d| d <= now) {
+                        let fx = self.fsm.handle(now, Event::Timer);
+                        self.apply(fx).await;
+                    }
+                    if reconcile_at <= now {
+                        // From now, not from the missed tick: late ticks are not bunched.
+                        reconcile_at = now + RECONCILE_EVERY;
+                        self.reconcile().await;
+                    }
                 }
                 u = inputs.recv(), if inputs_open => match u {
                     Some(u) => self.input(u).await,
                     None => inputs_open = false,
                 },
-                _ = reconcile.tick() => self.reconcile().await,
                 new = next_reload(reloads, &self.metrics) => if let Some(new) = new {
                     self.reload(new).await;
                 },
