@@ -84,16 +84,27 @@ impl Postgres {
     }
 
     /// A streaming replica of `primary`: pg_basebackup over the network from this host, then
-    /// start with the standby signal and `primary_conninfo` that `-R` writes.
+    /// start with the standby signal that `-R` writes and a `primary_conninfo` of its own.
+    ///
+    /// The clone's connections turn `wal_sender_timeout` off: tests give the primary 2 s so
+    /// that a cut-off replica is noticed quickly, and on a loaded machine that ended
+    /// pg_basebackup's WAL stream mid-clone ("server closed the connection unexpectedly"),
+    /// which replies only when asked. The replica's own `primary_conninfo` leaves the option
+    /// out, so streaming afterwards runs under the primary's setting.
     pub fn replica_of(host: &Host, name: &str, primary: &Postgres, opts: PgOptions) -> anyhow::Result<Self> {
         let pg = Self::new(host, name, opts)?;
+        let (ip, port) = (primary.ip.to_string(), primary.opts.port.to_string());
         let mut bb = pg_cmd(&pg.bin, "pg_basebackup")?;
-        bb.args(["-h", &primary.ip.to_string(), "-p", &primary.opts.port.to_string(), "-U", "postgres"])
+        bb.args(["-h", &ip, "-p", &port, "-U", "postgres"])
             .arg("-D")
             .arg(pg.data())
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
-            .args(["-d", &format!("application_name={name}")]);
+            .args(["-d", &format!("application_name={name} options='-c wal_sender_timeout=0'")]);
         host.run(bb)?;
+        // A later line wins over the one `-R` wrote.
+        let conninfo = format!("\nprimary_conninfo = 'host={ip} port={port} user=postgres application_name={name}'\n");
+        let mut f = std::fs::OpenOptions::new().append(true).open(pg.data().join("postgresql.auto.conf"))?;
+        std::io::Write::write_all(&mut f, conninfo.as_bytes())?;
         let mut pg = pg;
         pg.start(host)?;
         Ok(pg)
