@@ -6,7 +6,7 @@
 //! Each daemon says which of its keys are which with a [`Plan`] (pure, unit-tested in the
 //! daemon's config module) and counts the outcome in its `*_config_reloads_total{result}`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
@@ -93,6 +93,23 @@ impl Outcome {
 
     /// Every label, for declaring the counter's series at start.
     pub const ALL: [Outcome; 3] = [Outcome::Applied, Outcome::Unchanged, Outcome::Invalid];
+}
+
+/// Where a daemon's reloads come from: its SIGHUPs, and the file to read again on each.
+pub struct Source {
+    pub path: PathBuf,
+    pub requests: crate::shutdown::ReloadRequests,
+}
+
+impl Source {
+    /// Waits for the next request and reads the file again: `None` once no more can come (the
+    /// daemon stops), `Some(None)` for a file that is unreadable or invalid (see [`read`]).
+    pub async fn next<Raw: DeserializeOwned + Validate>(&mut self) -> Option<Option<Raw::Valid>> {
+        if !self.requests.next().await {
+            return None;
+        }
+        Some(read::<Raw>(&self.path))
+    }
 }
 
 /// Re-reads the config file at `path`; an unreadable or invalid file is logged, one line per

@@ -53,6 +53,11 @@ impl Control {
     pub fn reloads(&self) -> ReloadRequests {
         ReloadRequests(self.reloads.subscribe())
     }
+
+    /// Reload requests with the file they re-read; `None` for a daemon started without one.
+    pub fn reload_source(&self, config: Option<&std::path::Path>) -> Option<crate::reload::Source> {
+        config.map(|path| crate::reload::Source { path: path.to_owned(), requests: self.reloads() })
+    }
 }
 
 /// The signal handlers, installed at once (before the daemon starts its work), so that no

@@ -22,4 +22,4 @@ pub mod sources;
 pub mod verdict;
 pub mod view;
 
-pub use run::{Reloads, run};
+pub use run::run;

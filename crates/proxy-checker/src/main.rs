@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         cli::Startup::Exit(code) => return code,
     };
     cli::run_until_stopped("proxy-checker", cli::Runtime::CurrentThread, |ctl| {
-        let reloads = args.common.config.clone().map(|path| proxy_checker::Reloads { path, requests: ctl.reloads() });
+        let reloads = ctl.reload_source(args.common.config.as_deref());
         proxy_checker::run(cfg, ctl.stop, reloads, systemd::ready)
     })
 }

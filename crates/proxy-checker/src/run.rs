@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use outrigger_daemon::reload::Source;
 use outrigger_daemon::{shutdown, systemd};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,12 +20,6 @@ use crate::sources::{EtcdFollower, PgPoller};
 use crate::verdict::Role;
 use crate::view::{EtcdView, PgView};
 
-/// Where reloads come from: SIGHUP requests, and the file to re-read on each.
-pub struct Reloads {
-    pub path: std::path::PathBuf,
-    pub requests: shutdown::ReloadRequests,
-}
-
 /// Runs the daemon until `stop` is cancelled. `ready` is called once both listeners are bound
 /// and the tasks started (systemd READY). Each request in `reloads` re-reads the config file
 /// and applies what can change while running ([`Config::reloaded`]). Returns an error if a
@@ -33,7 +28,7 @@ pub struct Reloads {
 pub async fn run(
     cfg: Config,
     stop: CancellationToken,
-    reloads: Option<Reloads>,
+    reloads: Option<Source>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
@@ -100,18 +95,19 @@ pub async fn run(
 /// Applies each reload request: the new bounds go to every check at once (the next check is
 /// judged by them); the rest is logged as needing a restart.
 async fn reload(
-    mut r: Reloads,
+    mut r: Source,
     mut running: Config,
     policy: watch::Sender<crate::verdict::Policy>,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
     loop {
-        tokio::select! {
+        let read = tokio::select! {
             () = stop.cancelled() => return,
-            more = r.requests.next() => if !more { return },
-        }
-        let Some(new) = outrigger_daemon::reload::read::<crate::config::RawConfig>(&r.path) else {
+            read = r.next::<crate::config::RawConfig>() => read,
+        };
+        let Some(read) = read else { return };
+        let Some(new) = read else {
             metrics.reload(outrigger_daemon::reload::Outcome::Invalid);
             continue;
         };

@@ -23,4 +23,4 @@ pub mod priority;
 pub mod run;
 pub mod sys;
 
-pub use run::{Progress, Reloads, run};
+pub use run::{Progress, run};

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     };
     // The VIP is released by the library on every way out, errors included.
     cli::run_until_stopped("vip-manager", cli::Runtime::CurrentThread, |ctl| async move {
-        let reloads = args.common.config.clone().map(|path| vip_manager::Reloads { path, requests: ctl.reloads() });
+        let reloads = ctl.reload_source(args.common.config.as_deref());
         let stop = ctl.stop;
         let progress = vip_manager::Progress::default();
         let alive = progress.clone();

@@ -281,8 +281,8 @@ impl Deadline {
         Ok(())
     }
 
-    /// Waits until the armed deadline has passed (forever while disarmed). Cancel-safe: the
-    /// expiry is consumed only when this returns; then the timer counts as disarmed.
+    /// Waits until the armed deadline has passed (forever while disarmed); then the timer
+    /// counts as disarmed. Cancel-safe: nothing is consumed before it returns.
     ///
     /// The expiry count is not read: arming the timer again resets it (and with it the
     /// descriptor's readiness), and the next expiry wakes the edge-triggered poll anew. That

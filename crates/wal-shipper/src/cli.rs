@@ -316,11 +316,10 @@ fn spawn_prefetch(name: &str, dir: &std::path::Path) {
 async fn reload_settings(
     path: Option<PathBuf>,
     mut requests: outrigger_daemon::shutdown::ReloadRequests,
-    running: Settings,
+    mut running: Settings,
     to: tokio::sync::watch::Sender<std::sync::Arc<Settings>>,
     metrics: crate::metrics::Metrics,
 ) {
-    let mut running = running;
     let shown = path.clone().unwrap_or_else(|| PathBuf::from("(environment)"));
     while requests.next().await {
         let env = |k: &str| std::env::var(k).ok();

@@ -6,9 +6,11 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use outrigger_daemon::reload::Source;
+
 use super::holder::VipHolder;
-use super::{Progress, Reloads, next_reload, notify, reconcile_timer, sleep_until, std_now};
-use crate::config::{Config, Leader, Notify};
+use super::{Progress, next_reload, notify, reconcile_timer, sleep_until, std_now};
+use crate::config::{Config, Leader};
 use crate::follow::{self, View};
 use crate::fsm::{GarpSchedule, State};
 use crate::inputs::Update;
@@ -26,7 +28,6 @@ pub(super) struct FollowDaemon {
     /// The second GARP burst after taking the VIP.
     garp_again_at: Option<Instant>,
     recheck_at: Option<Instant>,
-    notify: Option<Notify>,
     metrics: Metrics,
 }
 
@@ -53,7 +54,6 @@ impl FollowDaemon {
             held: false,
             garp_again_at: None,
             recheck_at: None,
-            notify: cfg.notify.clone(),
         }
     }
 
@@ -61,7 +61,7 @@ impl FollowDaemon {
         &mut self,
         mut inputs: mpsc::Receiver<Update>,
         shutdown: &CancellationToken,
-        reloads: &mut Option<Reloads>,
+        reloads: &mut Option<Source>,
         progress: &Progress,
     ) -> anyhow::Result<()> {
         self.metrics.transition(State::Initialize, State::Backup);
@@ -78,7 +78,7 @@ impl FollowDaemon {
         &mut self,
         inputs: &mut mpsc::Receiver<Update>,
         shutdown: &CancellationToken,
-        reloads: &mut Option<Reloads>,
+        reloads: &mut Option<Source>,
         progress: &Progress,
     ) -> anyhow::Result<()> {
         let mut reconcile = reconcile_timer();
@@ -141,7 +141,6 @@ impl FollowDaemon {
         if let Some(l) = &next.leader {
             self.leader = l.clone();
         }
-        self.notify = next.notify.clone();
         self.cfg = next;
         self.decide().await;
     }
@@ -179,7 +178,7 @@ impl FollowDaemon {
         self.held = held;
         let (from, to) = if held { (State::Backup, State::Master) } else { (State::Master, State::Backup) };
         self.metrics.transition(from, to);
-        notify(self.notify.as_ref(), "follow", to, 0, &self.metrics);
+        notify(self.cfg.notify.as_ref(), "follow", to, 0, &self.metrics);
     }
 
     async fn reconcile(&mut self) {

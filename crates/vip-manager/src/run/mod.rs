@@ -21,6 +21,8 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use outrigger_daemon::reload::Source;
+
 use crate::config::{Config, Mode, Notify, RawConfig};
 use crate::fsm::State;
 use crate::inputs;
@@ -62,26 +64,22 @@ fn epoch_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Where reloads come from: SIGHUP requests, and the file to re-read on each.
-pub struct Reloads {
-    pub path: std::path::PathBuf,
-    pub requests: outrigger_daemon::shutdown::ReloadRequests,
-}
-
 /// Waits for the next reload request and reads the file: the new config, or `None` when the
 /// file is invalid (logged and counted; the running config stays). Without a source (or once
 /// the daemon stops) it never returns.
-async fn next_reload(reloads: &mut Option<Reloads>, metrics: &Metrics) -> Option<Config> {
+async fn next_reload(reloads: &mut Option<Source>, metrics: &Metrics) -> Option<Config> {
     let Some(r) = reloads else { return std::future::pending().await };
-    if !r.requests.next().await {
-        *reloads = None;
-        return None;
+    match r.next::<RawConfig>().await {
+        None => {
+            *reloads = None;
+            None
+        }
+        Some(None) => {
+            metrics.reload(outrigger_daemon::reload::Outcome::Invalid);
+            None
+        }
+        Some(new) => new,
     }
-    let new = outrigger_daemon::reload::read::<RawConfig>(&r.path);
-    if new.is_none() {
-        metrics.reload(outrigger_daemon::reload::Outcome::Invalid);
-    }
-    new
 }
 
 /// Runs the daemon until `shutdown` is cancelled or a fatal error; the VIP is released either
@@ -91,7 +89,7 @@ async fn next_reload(reloads: &mut Option<Reloads>, metrics: &Metrics) -> Option
 pub async fn run(
     cfg: Config,
     shutdown: CancellationToken,
-    mut reloads: Option<Reloads>,
+    mut reloads: Option<Source>,
     progress: Progress,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {

@@ -8,11 +8,11 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use outrigger_daemon::reload::Source;
+
 use super::holder::VipHolder;
-use super::{
-    MAX_RECV_ERRORS, Progress, RECONCILE_EVERY, RECV_BUFFER, RateLimit, Reloads, next_reload, notify, std_now,
-};
-use crate::config::{Config, Mode, Notify, Vrrp};
+use super::{MAX_RECV_ERRORS, Progress, RECONCILE_EVERY, RECV_BUFFER, RateLimit, next_reload, notify, std_now};
+use crate::config::{Config, Mode, Vrrp};
 use crate::fsm::{Effect, Event, Ignored, Instance, Params, State};
 use crate::inputs::Update;
 use crate::metrics::{Failure, Metrics};
@@ -86,7 +86,6 @@ pub(super) struct VrrpDaemon {
     expect: Expect,
     weights: Weights,
     member: Option<Vec<u8>>,
-    notify: Option<Notify>,
     logs: RateLimit,
     metrics: Metrics,
 }
@@ -152,7 +151,6 @@ impl VrrpDaemon {
             expect,
             weights,
             member: cfg.leader.as_ref().map(|l| l.member.clone().into_bytes()),
-            notify: cfg.notify.clone(),
             logs: RateLimit::default(),
         })
     }
@@ -161,7 +159,7 @@ impl VrrpDaemon {
         &mut self,
         mut inputs: mpsc::Receiver<Update>,
         shutdown: &CancellationToken,
-        reloads: &mut Option<Reloads>,
+        reloads: &mut Option<Source>,
         progress: &Progress,
     ) -> anyhow::Result<()> {
         let fx = self.fsm.handle(std_now(), Event::Start);
@@ -179,7 +177,7 @@ impl VrrpDaemon {
         &mut self,
         inputs: &mut mpsc::Receiver<Update>,
         shutdown: &CancellationToken,
-        reloads: &mut Option<Reloads>,
+        reloads: &mut Option<Source>,
         progress: &Progress,
     ) -> anyhow::Result<()> {
         let mut buf = vec![0u8; RECV_BUFFER];
@@ -357,7 +355,6 @@ impl VrrpDaemon {
         for (w, new) in self.weights.weights.iter_mut().zip(weights) {
             *w = new;
         }
-        self.notify = next.notify.clone();
         self.cfg = next;
         self.reprioritise().await;
     }
@@ -382,7 +379,7 @@ impl VrrpDaemon {
                 Effect::Transition { from, to, why } => {
                     tracing::info!(%from, %to, %why, priority = self.fsm.priority(), "VRRP state change");
                     self.metrics.transition(from, to);
-                    notify(self.notify.as_ref(), &self.v.instance, to, self.fsm.priority(), &self.metrics);
+                    notify(self.cfg.notify.as_ref(), &self.v.instance, to, self.fsm.priority(), &self.metrics);
                 }
                 Effect::LowerPriorityMaster { from, priority } => {
                     if let Some(suppressed) = self.logs.allow("lower_prio", std_now()) {
