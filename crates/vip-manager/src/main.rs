@@ -3,7 +3,8 @@
 //! Lifecycle:
 //! 1. parse flags; `--check-config FILE` validates and exits;
 //! 2. load the config (exit 78 with one line per problem if it is invalid), start logging;
-//! 3. on a single-threaded runtime (the daemon is one loop; this keeps it small): install the
+//! 3. on a single-threaded runtime (VRRP mode runs the protocol itself on one more thread,
+//!    which blocks on its socket and timer as keepalived does; see `run::vrrp`): install the
 //!    SIGTERM/SIGINT handler, start the systemd watchdog pings, and run the library's loop,
 //!    which removes a stale VIP, opens its sockets, signals READY and runs;
 //!    SIGHUP re-reads the config file and applies what can change while running;

@@ -1,7 +1,7 @@
 //! Raw sockets: VRRP (IP protocol 112) over IPv4 and IPv6, and Ethernet frames for gratuitous
-//! ARP / unsolicited NA, and the VRRP timer (a timerfd). The only module allowed `unsafe`, for
-//! what no safe wrapper offers: the `IPV6_CHECKSUM` socket option, a `sockaddr_ll` for
-//! `AF_PACKET`, and registering descriptors with tokio (`AsyncFd::register_with_interest`).
+//! ARP / unsolicited NA, and the VRRP loop's wait: a timerfd, a wake-up eventfd and one epoll
+//! over them and the socket. The only module allowed `unsafe`, for what no safe wrapper
+//! offers: the `IPV6_CHECKSUM` socket option and a `sockaddr_ll` for `AF_PACKET`.
 //!
 //! Socket setup follows keepalived's (reference §2.3 and §4.1–4.3, verified on these machines):
 //! - one raw socket per family for both directions, bound to the interface
@@ -19,13 +19,14 @@
 
 use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::net::{IpAddr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn6, recvmsg, sendmsg, setsockopt, sockopt,
 };
 use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
-use tokio::io::unix::AsyncFd;
 
 use crate::garp::Mac;
 use crate::packet::{GROUP_V4, GROUP_V6, IPPROTO_VRRP, TOS, TTL, ipv4_header};
@@ -68,7 +69,7 @@ pub enum Arrived {
 
 /// The raw VRRP socket of one instance.
 pub struct VrrpSocket {
-    fd: AsyncFd<Socket>,
+    socket: Socket,
     ifindex: u32,
     ipv6: bool,
 }
@@ -102,20 +103,17 @@ impl VrrpSocket {
                 s.join_multicast_v4_n(&GROUP_V4, &socket2::InterfaceIndexOrAddress::Index(link.index))?;
             }
         }
-        // SAFETY: `Socket` owns its file descriptor: it stays open, and `as_raw_fd` returns the
-        // same descriptor, until the socket is dropped, which only happens with the AsyncFd.
-        let fd = unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(Self { fd, ifindex: link.index, ipv6 })
+        Ok(Self { socket: s, ifindex: link.index, ipv6 })
     }
 
     /// Sends one VRRP message from `src` to `dst` (the group or a unicast peer).
     pub fn send(&self, src: IpAddr, dst: IpAddr, msg: &[u8]) -> io::Result<()> {
-        let s = self.fd.get_ref();
+        let s = &self.socket;
         match (src, dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) if !self.ipv6 => {
-                let datagram = [&ipv4_header(src, dst, msg.len())[..], msg].concat();
-                s.send_to(&datagram, &SockAddr::from(SocketAddrV4::new(dst, 0)))?;
+                let header = ipv4_header(src, dst, msg.len());
+                let datagram = [IoSlice::new(&header), IoSlice::new(msg)];
+                s.send_to_vectored(&datagram, &SockAddr::from(SocketAddrV4::new(dst, 0)))?;
                 Ok(())
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) if self.ipv6 => {
@@ -140,15 +138,13 @@ impl VrrpSocket {
         }
     }
 
-    /// Waits for the next packet. Cancel-safe: nothing is consumed until a packet is returned.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Arrived> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let r = guard.try_io(|s| if self.ipv6 { recv_v6(s.get_ref(), buf) } else { recv_v4(s.get_ref(), buf) });
-            match r {
-                Ok(result) => return result,
-                Err(_would_block) => continue,
-            }
+    /// The next packet, or `None` when none is waiting (the socket does not block).
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<Arrived>> {
+        let r = if self.ipv6 { recv_v6(&self.socket, buf) } else { recv_v4(&self.socket, buf) };
+        match r {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }
@@ -231,21 +227,10 @@ fn link_layer_addr(ifindex: u32, proto: u16, dst: Mac) -> SockAddr {
 }
 
 /// A one-shot timer on the kernel's monotonic clock (the clock `std::time::Instant` reads),
-/// for VRRP mode's advert and Master_Down timers. tokio's timer costs more at these rates: a
-/// 100 ms deadline lands in its wheel's second level and wakes the runtime twice, and arming
-/// one after the last fired writes the runtime's eventfd, which costs another epoll round
-/// trip; at 0.1 s adverts that was a third of the daemon's CPU. keepalived uses a timerfd too.
+/// for VRRP mode's advert and Master_Down timers, as keepalived's. Waited on by [`Poller`].
 pub struct Deadline {
-    fd: AsyncFd<TimerHandle>,
+    fd: nix::sys::timerfd::TimerFd,
     armed: Option<std::time::Instant>,
-}
-
-struct TimerHandle(nix::sys::timerfd::TimerFd);
-
-impl AsRawFd for TimerHandle {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsFd::as_fd(&self.0).as_raw_fd()
-    }
 }
 
 impl Deadline {
@@ -253,27 +238,23 @@ impl Deadline {
         use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
         let fd = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)
             .map_err(io::Error::from)?;
-        // SAFETY: `TimerHandle` owns the timerfd: it stays open, and `as_raw_fd` returns the same
-        // descriptor, until the handle is dropped, which only happens with the AsyncFd.
-        let fd = unsafe { AsyncFd::register_with_interest(TimerHandle(fd), tokio::io::Interest::READABLE) }
-            .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Self { fd, armed: None })
     }
 
     /// Arms the timer for `at` (disarms it for `None`); no system call when that is already so.
+    /// Arming resets the expiry count, and with it the descriptor's readiness.
     pub fn set(&mut self, at: Option<std::time::Instant>, now: std::time::Instant) -> io::Result<()> {
         use nix::sys::time::TimeSpec;
         use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
         if at == self.armed {
             return Ok(());
         }
-        let timer = &self.fd.get_ref().0;
         match at {
-            None => timer.unset(),
+            None => self.fd.unset(),
             Some(at) => {
                 // A deadline already past fires at once (a zero value would disarm instead).
                 let after = at.saturating_duration_since(now).max(std::time::Duration::from_micros(1));
-                timer.set(Expiration::OneShot(TimeSpec::from_duration(after)), TimerSetTimeFlags::empty())
+                self.fd.set(Expiration::OneShot(TimeSpec::from_duration(after)), TimerSetTimeFlags::empty())
             }
         }
         .map_err(io::Error::from)?;
@@ -281,17 +262,85 @@ impl Deadline {
         Ok(())
     }
 
-    /// Waits until the armed deadline has passed (forever while disarmed); then the timer
-    /// counts as disarmed. Cancel-safe: nothing is consumed before it returns.
+    /// The timer fired: the next [`Deadline::set`] arms it again, whatever the deadline.
     ///
-    /// The expiry count is not read: arming the timer again resets it (and with it the
-    /// descriptor's readiness), and the next expiry wakes the edge-triggered poll anew. That
-    /// saves a system call per advert. A readiness left from before a re-arm can end one wait
-    /// early; callers check their deadlines against the clock, so that costs one loop turn.
-    pub async fn expired(&mut self) -> io::Result<()> {
-        let mut guard = self.fd.readable().await?;
-        guard.clear_ready();
+    /// The expiry count is not read: arming again resets it, which saves a system call per
+    /// advert. Until then the descriptor stays readable (the poll is level-triggered).
+    pub fn fired(&mut self) {
         self.armed = None;
-        Ok(())
+    }
+}
+
+/// Wakes the VRRP loop's thread from another thread (an eventfd).
+pub struct Wake(EventFd);
+
+impl Wake {
+    pub fn new() -> io::Result<Self> {
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map(Self)
+            .map_err(io::Error::from)
+    }
+
+    pub fn wake(&self) {
+        // Fails only when the counter is near u64::MAX, when the loop is woken anyway.
+        let _ = self.0.write(1);
+    }
+
+    fn clear(&self) {
+        let _ = self.0.read();
+    }
+}
+
+/// What a [`Poller::wait`] found ready.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Woken {
+    pub packet: bool,
+    pub timer: bool,
+    pub wake: bool,
+}
+
+/// The VRRP loop's one wait, as keepalived's: the socket, the timer and the wake-up on one
+/// level-triggered epoll, so a master's advert costs three system calls (the wait, the send and
+/// arming the timer) and no trip through an async runtime.
+pub struct Poller {
+    epoll: Epoll,
+}
+
+const PACKET: u64 = 0;
+const TIMER: u64 = 1;
+const WAKE: u64 = 2;
+
+impl Poller {
+    pub fn new(socket: &VrrpSocket, timer: &Deadline, wake: &Wake) -> io::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+        let fds: [(std::os::fd::BorrowedFd<'_>, u64); 3] =
+            [(socket.socket.as_fd(), PACKET), (timer.fd.as_fd(), TIMER), (wake.0.as_fd(), WAKE)];
+        for (fd, token) in fds {
+            epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token)).map_err(io::Error::from)?;
+        }
+        Ok(Self { epoll })
+    }
+
+    /// Blocks until something is ready (a signal may end it early with nothing ready). A
+    /// wake-up is consumed here.
+    pub fn wait(&self, wake: &Wake) -> io::Result<Woken> {
+        let mut events = [EpollEvent::empty(); 3];
+        let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let mut w = Woken::default();
+        for e in &events[..n] {
+            match e.data() {
+                PACKET => w.packet = true,
+                TIMER => w.timer = true,
+                _ => w.wake = true,
+            }
+        }
+        if w.wake {
+            wake.clear();
+        }
+        Ok(w)
     }
 }

@@ -121,7 +121,7 @@ pub async fn run(
     drop(tx);
     let result = match &cfg.mode {
         Mode::Vrrp(v) => {
-            let mut d = VrrpDaemon::new(&cfg, v, holder).await?;
+            let d = VrrpDaemon::new(&cfg, v, holder).await?;
             ready();
             d.run(rx, &shutdown, &mut reloads, &progress).await
         }

@@ -2,9 +2,12 @@
 //! effective priority from the leader key and the tracks ([`crate::priority`]).
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +59,45 @@ impl Weights {
     }
 }
 
+/// What the runtime side hands the protocol's thread.
+enum Command {
+    Input(Update),
+    Reload(Box<Config>),
+    Stop,
+}
+
+/// The runtime side's end of the hand-over: each command wakes the thread. Dropped (the run
+/// future dropped, whatever the reason), it wakes the thread once more, which then finds the
+/// channel closed and stops: the protocol never runs on without its owner.
+struct ToThread {
+    tx: Option<std::sync::mpsc::Sender<Command>>,
+    wake: Arc<sys::Wake>,
+}
+
+impl ToThread {
+    fn send(&self, c: Command) {
+        // Fails only once the thread has returned, when nothing needs it any more.
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(c);
+        }
+        self.wake.wake();
+    }
+}
+
+impl Drop for ToThread {
+    fn drop(&mut self) {
+        // Closed first, then woken: the thread must find the channel closed.
+        drop(self.tx.take());
+        self.wake.wake();
+    }
+}
+
+/// One destination's advert message, or why it could not be encoded.
+type Encoded = Result<Vec<u8>, String>;
+
+/// Packets read per wake-up at most, before the timer gets its turn.
+const PACKETS_PER_TURN: usize = 16;
+
 fn params(v: &Vrrp, source: IpAddr) -> Params {
     Params {
         version: v.version,
@@ -81,6 +123,8 @@ pub(super) struct VrrpDaemon {
     socket: VrrpSocket,
     /// The state machine's next deadline (advert or Master_Down timer).
     timer: Deadline,
+    /// The advert messages for one priority, one per destination.
+    encoded: Option<(u8, Vec<Encoded>)>,
     holder: VipHolder,
     fsm: Instance,
     expect: Expect,
@@ -145,6 +189,7 @@ impl VrrpDaemon {
             destinations,
             socket,
             timer: Deadline::new().context("create the VRRP timer (timerfd)")?,
+            encoded: None,
             metrics: holder.metrics.clone(),
             holder,
             fsm,
@@ -155,8 +200,17 @@ impl VrrpDaemon {
         })
     }
 
+    /// Runs the instance until `shutdown` or a fatal error, then releases the VIP (priority 0
+    /// first, so a backup takes over after Skew_Time).
+    ///
+    /// The protocol runs on a thread of its own that blocks on one epoll over the socket, the
+    /// timer and a wake-up ([`sys::Poller`]), as keepalived's VRRP process does: a master's
+    /// advert is a wait, a send and a timer set, with no trip through the async runtime. What
+    /// needs the runtime (netlink, notify scripts, the etcd and track inputs, reloads) runs on
+    /// it: inputs and reloads are handed over here and wake the thread; effects beyond an
+    /// advert run with `Handle::block_on` from the thread, driven by the runtime's thread.
     pub(super) async fn run(
-        &mut self,
+        mut self,
         mut inputs: mpsc::Receiver<Update>,
         shutdown: &CancellationToken,
         reloads: &mut Option<Source>,
@@ -164,78 +218,126 @@ impl VrrpDaemon {
     ) -> anyhow::Result<()> {
         let fx = self.fsm.handle(std_now(), Event::Start);
         self.apply(fx).await;
-        let result = self.main_loop(&mut inputs, shutdown, reloads, progress).await;
-        // Release on the way out, whatever ended the loop: priority 0 so a backup takes over
-        // after Skew_Time, then the address.
-        let fx = self.fsm.handle(std_now(), Event::Shutdown);
-        self.apply(fx).await;
-        self.holder.release().await;
+        let metrics = self.metrics.clone();
+        let wake = Arc::new(sys::Wake::new().context("create the VRRP loop's wake-up (eventfd)")?);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let to_thread = ToThread { tx: Some(tx), wake: wake.clone() };
+        let rt = tokio::runtime::Handle::current();
+        let beat = progress.clone();
+        let mut thread = tokio::task::spawn_blocking(move || {
+            let result = self.protocol_loop(&rt, &rx, &wake, &beat);
+            (self, result)
+        });
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let (mut inputs_open, mut stopping) = (true, false);
+        let joined = loop {
+            tokio::select! {
+                joined = &mut thread => break joined,
+                () = &mut cancelled, if !stopping => {
+                    stopping = true;
+                    to_thread.send(Command::Stop);
+                }
+                u = inputs.recv(), if inputs_open => match u {
+                    Some(u) => to_thread.send(Command::Input(u)),
+                    None => inputs_open = false,
+                },
+                new = next_reload(reloads, &metrics) => if let Some(new) = new {
+                    to_thread.send(Command::Reload(Box::new(new)));
+                },
+            }
+        };
+        // A panic on the thread has released the VIP already (`Drop`).
+        let (mut d, result) = joined.map_err(|e| anyhow::anyhow!("the VRRP loop's thread failed: {e}"))?;
+        let fx = d.fsm.handle(std_now(), Event::Shutdown);
+        d.apply(fx).await;
+        d.holder.release().await;
         result
     }
 
-    async fn main_loop(
+    /// The protocol's loop, on its own thread (see [`VrrpDaemon::run`]); returns on
+    /// [`Command::Stop`] or a fatal error.
+    fn protocol_loop(
         &mut self,
-        inputs: &mut mpsc::Receiver<Update>,
-        shutdown: &CancellationToken,
-        reloads: &mut Option<Source>,
+        rt: &Handle,
+        commands: &std::sync::mpsc::Receiver<Command>,
+        wake: &sys::Wake,
         progress: &Progress,
     ) -> anyhow::Result<()> {
+        let poller = sys::Poller::new(&self.socket, &self.timer, wake).context("set up the VRRP loop's epoll")?;
         let mut buf = vec![0u8; RECV_BUFFER];
-        // The reconcile tick shares the VRRP timer: no tokio timer is armed on this loop, so
-        // the runtime's timer wheel has nothing to do at each advert.
+        // The reconcile tick shares the VRRP timer.
         let mut reconcile_at = std_now() + RECONCILE_EVERY;
         let mut recv_errors = 0u32;
-        let mut inputs_open = true;
-        // One wait on the token for the whole loop, not a new waiter registered every turn.
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
         loop {
             progress.beat();
             let next = self.fsm.next_deadline().map_or(reconcile_at, |d| d.min(reconcile_at));
             self.timer.set(Some(next), std_now()).context("arm the VRRP timer")?;
-            // Not biased: a flood of packets must not starve the advert timer.
-            tokio::select! {
-                () = &mut cancelled => return Ok(()),
-                r = self.socket.recv(&mut buf) => match r {
-                    Ok(arrived) => {
-                        recv_errors = 0;
-                        self.packet(&buf, arrived).await;
-                    }
-                    Err(e) => {
-                        recv_errors += 1;
-                        self.metrics.failure(Failure::Receive);
-                        tracing::warn!(error = %e, "receive on the VRRP socket");
-                        if recv_errors >= MAX_RECV_ERRORS {
-                            anyhow::bail!("the VRRP socket failed {recv_errors} times in a row: {e}");
+            let woken = poller.wait(wake).context("wait on the VRRP socket and timer")?;
+            if woken.packet {
+                // A bounded batch: a flood of packets must not starve the advert timer, which
+                // the same wait reports alongside.
+                for _ in 0..PACKETS_PER_TURN {
+                    match self.socket.try_recv(&mut buf) {
+                        Ok(Some(arrived)) => {
+                            recv_errors = 0;
+                            self.packet(rt, &buf, arrived);
                         }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                },
-                r = self.timer.expired() => {
-                    r.context("wait on the VRRP timer")?;
-                    let now = std_now();
-                    if self.fsm.next_deadline().is_some_and(|d| d <= now) {
-                        let fx = self.fsm.handle(now, Event::Timer);
-                        self.apply(fx).await;
-                    }
-                    if reconcile_at <= now {
-                        // From now, not from the missed tick: late ticks are not bunched.
-                        reconcile_at = now + RECONCILE_EVERY;
-                        self.reconcile().await;
+                        Ok(None) => break,
+                        Err(e) => {
+                            recv_errors += 1;
+                            self.metrics.failure(Failure::Receive);
+                            tracing::warn!(error = %e, "receive on the VRRP socket");
+                            if recv_errors >= MAX_RECV_ERRORS {
+                                anyhow::bail!("the VRRP socket failed {recv_errors} times in a row: {e}");
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                            break;
+                        }
                     }
                 }
-                u = inputs.recv(), if inputs_open => match u {
-                    Some(u) => self.input(u).await,
-                    None => inputs_open = false,
-                },
-                new = next_reload(reloads, &self.metrics) => if let Some(new) = new {
-                    self.reload(new).await;
-                },
+            }
+            if woken.timer {
+                self.timer.fired();
+                let now = std_now();
+                if self.fsm.next_deadline().is_some_and(|d| d <= now) {
+                    let fx = self.fsm.handle(now, Event::Timer);
+                    self.apply_here(rt, fx);
+                }
+                if reconcile_at <= now {
+                    // From now, not from the missed tick: late ticks are not bunched.
+                    reconcile_at = now + RECONCILE_EVERY;
+                    rt.block_on(self.reconcile());
+                }
+            }
+            if woken.wake {
+                loop {
+                    match commands.try_recv() {
+                        Ok(Command::Input(u)) => rt.block_on(self.input(u)),
+                        Ok(Command::Reload(new)) => rt.block_on(self.reload(*new)),
+                        Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return Ok(()),
+                        Err(TryRecvError::Empty) => break,
+                    }
+                }
             }
         }
     }
 
-    async fn packet(&mut self, buf: &[u8], arrived: Arrived) {
+    /// Carries out effects on the protocol's thread: adverts are sent right here (a master's
+    /// steady state); anything else (netlink, notify) runs on the runtime.
+    fn apply_here(&mut self, rt: &Handle, fx: Vec<Effect>) {
+        if fx.iter().all(|e| matches!(e, Effect::SendAdvert { .. })) {
+            for e in fx {
+                if let Effect::SendAdvert { priority } = e {
+                    self.send_advert(priority);
+                }
+            }
+        } else {
+            rt.block_on(self.apply(fx));
+        }
+    }
+
+    fn packet(&mut self, rt: &Handle, buf: &[u8], arrived: Arrived) {
         let now = std_now();
         // An IPv6 datagram's real length comes back even when it did not fit (MSG_TRUNC): a
         // message longer than any VRRP message is refused, never sliced past the buffer.
@@ -278,7 +380,7 @@ impl VrrpDaemon {
             );
         }
         let fx = self.fsm.handle(now, Event::Advert { from: rx.src, priority: a.priority, interval_cs: a.interval_cs });
-        self.apply(fx).await;
+        self.apply_here(rt, fx);
     }
 
     fn reject(&mut self, r: Reject, from: Option<IpAddr>, now: Instant) {
@@ -348,6 +450,7 @@ impl VrrpDaemon {
         plan.apply_log_level(&next.log);
         if let Mode::Vrrp(v) = &next.mode {
             self.v = v.clone();
+            self.encoded = None;
             self.fsm.reconfigure(params(v, self.source));
         }
         let leader_weight = next.leader.as_ref().map(|l| l.weight);
@@ -397,19 +500,30 @@ impl VrrpDaemon {
     }
 
     fn send_advert(&mut self, priority: u8) {
-        let advert = Advert {
-            version: self.v.version,
-            vrid: self.v.vrid,
-            priority,
-            interval_cs: self.v.interval_cs,
-            auth: if self.v.version == Version::V2 { self.v.auth.clone() } else { packet::Auth::None },
-            addrs: vec![self.vip],
-        };
-        for &dst in &self.destinations {
-            let sent = advert
-                .encode(self.source, dst, self.v.v3_checksum)
-                .map_err(|e| e.to_string())
-                .and_then(|msg| self.socket.send(self.source, dst, &msg).map_err(|e| e.to_string()));
+        // Only the priority changes between adverts while running (a reload clears the copy):
+        // the messages are encoded once per priority, not once per advert.
+        if self.encoded.as_ref().is_none_or(|(p, _)| *p != priority) {
+            let advert = Advert {
+                version: self.v.version,
+                vrid: self.v.vrid,
+                priority,
+                interval_cs: self.v.interval_cs,
+                auth: if self.v.version == Version::V2 { self.v.auth.clone() } else { packet::Auth::None },
+                addrs: vec![self.vip],
+            };
+            let msgs = self
+                .destinations
+                .iter()
+                .map(|&dst| advert.encode(self.source, dst, self.v.v3_checksum).map_err(|e| e.to_string()))
+                .collect();
+            self.encoded = Some((priority, msgs));
+        }
+        let Some((_, msgs)) = &self.encoded else { return };
+        for (&dst, msg) in self.destinations.iter().zip(msgs) {
+            let sent = msg
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|msg| self.socket.send(self.source, dst, msg).map_err(|e| e.to_string()));
             match sent {
                 Ok(()) => self.metrics.adverts_sent.inc(),
                 Err(e) => {
