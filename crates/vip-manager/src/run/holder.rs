@@ -36,6 +36,10 @@ impl VipHolder {
     }
 
     pub(super) async fn remove(&self) -> bool {
+        // The address as we add it goes in one request; then any copy under another prefix
+        // (someone else's, or an earlier config's). On a stop the first request is what a
+        // client racing the handover waits on.
+        let _ = self.addrs.remove(self.vip, self.prefix_len).await;
         match self.addrs.remove_all(self.vip).await {
             Ok(_) => {
                 self.metrics.vip_held.set(0);

@@ -226,7 +226,14 @@ impl VrrpDaemon {
         let beat = progress.clone();
         let mut thread = tokio::task::spawn_blocking(move || {
             let result = self.protocol_loop(&rt, &rx, &wake, &beat);
-            (self, result)
+            // Released right here, whatever ended the loop: a stop hands over to a backup
+            // with no further trip between threads.
+            let fx = self.fsm.handle(std_now(), Event::Shutdown);
+            rt.block_on(async {
+                self.apply(fx).await;
+                self.holder.release().await;
+            });
+            result
         });
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
@@ -248,11 +255,7 @@ impl VrrpDaemon {
             }
         };
         // A panic on the thread has released the VIP already (`Drop`).
-        let (mut d, result) = joined.map_err(|e| anyhow::anyhow!("the VRRP loop's thread failed: {e}"))?;
-        let fx = d.fsm.handle(std_now(), Event::Shutdown);
-        d.apply(fx).await;
-        d.holder.release().await;
-        result
+        joined.map_err(|e| anyhow::anyhow!("the VRRP loop's thread failed: {e}"))?
     }
 
     /// The protocol's loop, on its own thread (see [`VrrpDaemon::run`]); returns on
@@ -274,6 +277,17 @@ impl VrrpDaemon {
             let next = self.fsm.next_deadline().map_or(reconcile_at, |d| d.min(reconcile_at));
             self.timer.set(Some(next), std_now()).context("arm the VRRP timer")?;
             let woken = poller.wait(wake).context("wait on the VRRP socket and timer")?;
+            // Commands first: a stop must not wait behind an advert or a batch of packets.
+            if woken.wake {
+                loop {
+                    match commands.try_recv() {
+                        Ok(Command::Input(u)) => rt.block_on(self.input(u)),
+                        Ok(Command::Reload(new)) => rt.block_on(self.reload(*new)),
+                        Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return Ok(()),
+                        Err(TryRecvError::Empty) => break,
+                    }
+                }
+            }
             if woken.packet {
                 // A bounded batch: a flood of packets must not starve the advert timer, which
                 // the same wait reports alongside.
@@ -308,16 +322,6 @@ impl VrrpDaemon {
                     // From now, not from the missed tick: late ticks are not bunched.
                     reconcile_at = now + RECONCILE_EVERY;
                     rt.block_on(self.reconcile());
-                }
-            }
-            if woken.wake {
-                loop {
-                    match commands.try_recv() {
-                        Ok(Command::Input(u)) => rt.block_on(self.input(u)),
-                        Ok(Command::Reload(new)) => rt.block_on(self.reload(*new)),
-                        Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return Ok(()),
-                        Err(TryRecvError::Empty) => break,
-                    }
                 }
             }
         }
