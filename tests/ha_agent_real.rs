@@ -796,3 +796,111 @@ fn a_replicatefrom_member_cascades_from_the_named_replica_falls_back_to_the_lead
     anyhow::ensure!(key.contains(r#""nostream":true"#), "n3's member key publishes nostream: {key}");
     no_unexpected_errors(&c, &[])
 }
+
+/// The ids a `pg_recvlogical` (test_decoding) output file holds for inserts into `cdc`, in
+/// the order received.
+fn decoded_ids(path: &std::path::Path) -> Vec<i64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("table public.cdc: INSERT: id[bigint]:"))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+/// Inserts `ids` on member `i`, each in its own (synchronous) transaction.
+fn insert_each(c: &Cluster, i: usize, ids: std::ops::RangeInclusive<i64>) -> anyhow::Result<()> {
+    c.sql(
+        i,
+        &format!(
+            "do $$ begin for i in {}..{} loop insert into cdc values (i); commit; end loop; end $$",
+            ids.start(),
+            ids.end()
+        ),
+    )
+    .map(drop)
+}
+
+#[test]
+fn a_logical_consumer_carries_on_from_the_new_leader_after_a_failover_without_missing_or_repeating_a_transaction()
+-> anyhow::Result<()> {
+    // A permanent logical slot (Patroni's `slots` key) is created on the leader and copied into
+    // each replica, which keeps its copy advanced to the leader's published position. The
+    // consumer, pg_recvlogical, follows whichever member is writable and resumes from its own
+    // position; after the leader's host is cut off it must receive every transaction once.
+    let opts = Opts { extra: "wal_level = \"logical\"\n".into(), ..Opts::default() };
+    let (c, p) = healthy("ha_logical_slot", opts)?;
+    c.sql(p, "create table cdc(id bigint primary key)")?;
+    patch_config(
+        &c,
+        serde_json::json!({"slots": {"cdc": {"type": "logical", "database": "postgres", "plugin": "test_decoding"}}}),
+    )?;
+    let has_cdc = |i: usize| {
+        c.sql(i, "select count(*) from pg_replication_slots where slot_name = 'cdc' and slot_type = 'logical'")
+            .is_ok_and(|n| n == "1")
+    };
+    wait_until(UP, "slot cdc on the leader", || has_cdc(p).then_some(()))?;
+
+    let hosts: Vec<String> = (1..=3).map(|i| c.net.host(i).ip().to_string()).collect();
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2 \
+         tcp_user_timeout=3000 keepalives_idle=1 keepalives_interval=1 keepalives_count=2",
+        hosts.join(","),
+        harness::PG_PORT
+    );
+    let out = c.net.dir().log("cdc-decoded");
+    let consumer_host = others(p)[0];
+    let mut cmd = std::process::Command::new(harness::pg_bin().join("pg_recvlogical"));
+    cmd.args(["-d", &conninfo, "-S", "cdc", "--start", "-s", "1", "-F", "1", "-f"]).arg(&out).args([
+        "-o",
+        "skip-empty-xacts=1",
+        "-v",
+    ]);
+    let consumer = c.net.host(consumer_host).spawn("pg_recvlogical", cmd)?;
+
+    // Before the fault: 100 transactions, all received and confirmed to the leader (so the
+    // consumer's resume position is past them), and a copy of the slot on both replicas.
+    insert_each(&c, p, 1..=100)?;
+    let end = c.sql(p, "select pg_current_wal_lsn()")?;
+    wait_until(UP, "the consumer received and confirmed 1..100", || {
+        let confirmed = c
+            .sql(p, &format!("select confirmed_flush_lsn >= '{end}' from pg_replication_slots where slot_name = 'cdc'"))
+            .is_ok_and(|v| v == "t");
+        (confirmed && decoded_ids(&out).len() >= 100).then_some(())
+    })?;
+    let replicas = others(p);
+    wait_until(UP, "a copy of cdc on both replicas, safe to use after a failover", || {
+        replicas
+            .iter()
+            .all(|&i| has_cdc(i) && c.agent_log(i).contains("logical slot is safe to use after a failover"))
+            .then_some(())
+    })?;
+    for &i in &replicas {
+        let hsf = c.sql(i, "show hot_standby_feedback")?;
+        anyhow::ensure!(hsf == "on", "n{i} runs with hot_standby_feedback {hsf}: the copies need it");
+    }
+
+    c.net.host(p).cut_off()?;
+    let new = c.wait_primary(FAILOVER, &[p])?;
+    insert_each(&c, new, 101..=200)?;
+    let all = wait_until(Duration::from_secs(60), "the consumer received 101..200 from the new leader", || {
+        let ids = decoded_ids(&out);
+        ids.contains(&200).then_some(ids)
+    });
+    drop(consumer);
+    let ids = all?;
+    let mut seen = std::collections::BTreeMap::<i64, usize>::new();
+    for id in &ids {
+        *seen.entry(*id).or_default() += 1;
+    }
+    let missing: Vec<i64> = (1..=200).filter(|i| !seen.contains_key(i)).collect();
+    let repeated: Vec<(i64, usize)> = seen.iter().filter(|(_, n)| **n > 1).map(|(i, n)| (*i, *n)).collect();
+    anyhow::ensure!(missing.is_empty(), "transactions the consumer never received: {missing:?}");
+    anyhow::ensure!(repeated.is_empty(), "transactions the consumer received more than once: {repeated:?}");
+    println!("pg_recvlogical received 200 transactions once each, across the failover n{p} -> n{new}");
+    c.net.host(p).heal()?;
+    let last = c.wait_primary(UP, &[])?;
+    c.wait_streaming(last, &others(last), REJOIN)?;
+    wait_until(UP, "cdc on every member again", || (1..=3).all(has_cdc).then_some(()))?;
+    no_unexpected_errors(&c, &["action failed"])
+}

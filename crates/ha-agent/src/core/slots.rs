@@ -12,7 +12,18 @@
 //! own slot name; others are skipped, and the shell says why once. A slot that was permanent
 //! and no longer is (taken out of the key) is dropped once nothing streams from it. Slots the
 //! agent never made are never touched, so Patroni's `ignore_slots` asks for nothing more here.
-//! Permanent logical slots are not kept (the shell says so by name).
+//!
+//! Permanent logical slots (Patroni's "logical slot failover" by copying, for PostgreSQL
+//! before 17): the leader creates each in its database and publishes its
+//! `confirmed_flush_lsn` in `status`. A replica cannot create a logical slot while in recovery
+//! (PostgreSQL 15), so it copies the slot's state file from the leader while its own server is
+//! stopped ([`logical_replica`] says which), then keeps the copy advanced to the leader's
+//! published position (never past its own replay). With `hot_standby_feedback` on (forced on
+//! replicas while logical slots are permanent), the replica's physical slot on the leader holds
+//! back the catalog rows the copy still needs; the copy is safe to use after a promotion once
+//! that slot's `catalog_xmin` has overtaken the leader's logical slot's and does not exceed the
+//! copy's own ([`logical_ready`]). After a failover the consumer resumes from its own confirmed
+//! position, which is never behind the new leader's copy, so nothing is missed.
 
 /// A physical slot as PostgreSQL lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +51,120 @@ impl SlotAction {
             SlotAction::Create(n) | SlotAction::Drop(n) | SlotAction::Advance { name: n, .. } => n,
         }
     }
+}
+
+/// A logical slot as PostgreSQL lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalPresent {
+    pub name: String,
+    pub database: String,
+    pub plugin: String,
+    pub active: bool,
+    pub confirmed_flush: Option<u64>,
+    pub catalog_xmin: Option<u64>,
+}
+
+/// A permanent logical slot as the config key names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalWanted {
+    pub name: String,
+    pub database: String,
+    pub plugin: String,
+}
+
+impl LogicalWanted {
+    fn matches(&self, p: &LogicalPresent) -> bool {
+        p.database == self.database && p.plugin == self.plugin
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogicalAction {
+    /// On the leader: `pg_create_logical_replication_slot` in the slot's database.
+    Create(LogicalWanted),
+    /// On a replica: `pg_replication_slot_advance` in the slot's database.
+    Advance { name: String, database: String, to: u64 },
+    /// A slot of that name with another database or plugin, or one no longer permanent: dropped
+    /// once inactive (and, if wanted, made again).
+    Drop(String),
+    /// On a replica: copy the slot's state from the leader (the server stopped meanwhile).
+    Copy(String),
+}
+
+/// The leader's logical actions: every wanted slot exists with its database and plugin; one
+/// with the same name but another database or plugin, or permanent before and not now, is
+/// dropped once inactive.
+pub fn logical_leader(wanted: &[LogicalWanted], before: &[String], present: &[LogicalPresent]) -> Vec<LogicalAction> {
+    let mut out = Vec::new();
+    for w in wanted {
+        match present.iter().find(|p| p.name == w.name) {
+            None => out.push(LogicalAction::Create(w.clone())),
+            Some(p) if !w.matches(p) && !p.active => out.push(LogicalAction::Drop(w.name.clone())),
+            Some(_) => {}
+        }
+    }
+    out.extend(logical_unwanted(wanted, before, present));
+    out
+}
+
+/// A replica's logical actions: a wanted slot the leader publishes a position for is copied
+/// when missing here (or here with another database or plugin: dropped first), and advanced
+/// to that position, not past `replayed`, when behind it. Nothing is copied before the leader
+/// publishes the slot (it may not exist there yet).
+pub fn logical_replica(
+    wanted: &[LogicalWanted],
+    before: &[String],
+    present: &[LogicalPresent],
+    leader_positions: &[(String, u64)],
+    replayed: u64,
+) -> Vec<LogicalAction> {
+    let mut out = Vec::new();
+    for w in wanted {
+        let Some(&(_, at)) = leader_positions.iter().find(|(n, _)| *n == w.name) else { continue };
+        match present.iter().find(|p| p.name == w.name) {
+            None => out.push(LogicalAction::Copy(w.name.clone())),
+            Some(p) if !w.matches(p) => {
+                if !p.active {
+                    out.push(LogicalAction::Drop(w.name.clone()));
+                }
+            }
+            Some(p) if !p.active => {
+                let to = at.min(replayed);
+                if p.confirmed_flush.is_some_and(|c| c < to) {
+                    out.push(LogicalAction::Advance { name: w.name.clone(), database: w.database.clone(), to });
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    out.extend(logical_unwanted(wanted, before, present));
+    out
+}
+
+fn logical_unwanted(wanted: &[LogicalWanted], before: &[String], present: &[LogicalPresent]) -> Vec<LogicalAction> {
+    before
+        .iter()
+        .filter(|b| !wanted.iter().any(|w| w.name == **b))
+        .filter(|b| present.iter().any(|p| p.name == **b && !p.active))
+        .map(|b| LogicalAction::Drop(b.clone()))
+        .collect()
+}
+
+/// Whether a copied logical slot is safe to use after a promotion (Patroni's readiness rule):
+/// this replica's physical slot on the leader has a `catalog_xmin` (hot standby feedback
+/// arrives), which has overtaken the leader's logical slot's `catalog_xmin` as it was when
+/// first seen after the copy, and is not newer than the copy's own `catalog_xmin`: from then
+/// on the leader keeps every catalog row the copy still needs. Transaction ids compare as
+/// 32-bit counters that wrap (PostgreSQL's `TransactionIdPrecedesOrEquals`).
+pub fn logical_ready(leader_logical: u64, leader_physical: Option<u64>, copy: Option<u64>) -> bool {
+    let (Some(physical), Some(copy)) = (leader_physical, copy) else { return false };
+    xid_precedes_or_equals(leader_logical, physical) && xid_precedes_or_equals(physical, copy)
+}
+
+fn xid_precedes_or_equals(a: u64, b: u64) -> bool {
+    // Both are 32-bit xids: the signed difference decides, as in PostgreSQL.
+    let diff = (a as u32).wrapping_sub(b as u32) as i32;
+    diff <= 0
 }
 
 /// Why a permanent slot name is not used, if it is not.
@@ -157,6 +282,73 @@ mod tests {
             "a slot still streamed from (n4: it has just moved to another upstream) is dropped only once inactive"
         );
         assert!(kept(&names(&["n2"]), &names(&["n2"]), &present).is_empty(), "wanted wins");
+    }
+
+    fn logical(name: &str, db: &str, active: bool, flushed: Option<u64>) -> LogicalPresent {
+        LogicalPresent {
+            name: name.into(),
+            database: db.into(),
+            plugin: "test_decoding".into(),
+            active,
+            confirmed_flush: flushed,
+            catalog_xmin: Some(700),
+        }
+    }
+
+    fn wanted(name: &str, db: &str) -> LogicalWanted {
+        LogicalWanted { name: name.into(), database: db.into(), plugin: "test_decoding".into() }
+    }
+
+    #[test]
+    fn the_leader_creates_logical_slots_in_their_database_and_remakes_one_whose_database_changed() {
+        let present = [logical("cdc", "app", true, Some(10)), logical("moved", "old", false, Some(5))];
+        let w = [wanted("cdc", "app"), wanted("moved", "new"), wanted("fresh", "app")];
+        assert_eq!(
+            logical_leader(&w, &names(&["cdc", "moved", "gone"]), &present),
+            vec![LogicalAction::Drop("moved".into()), LogicalAction::Create(wanted("fresh", "app"))]
+        );
+        // Gone from the key: dropped once its consumer has left.
+        let present = [logical("gone", "app", false, Some(1))];
+        assert_eq!(logical_leader(&[], &names(&["gone"]), &present), vec![LogicalAction::Drop("gone".into())]);
+        let present = [logical("gone", "app", true, Some(1))];
+        assert_eq!(logical_leader(&[], &names(&["gone"]), &present), vec![]);
+    }
+
+    #[test]
+    fn a_replica_copies_a_published_logical_slot_it_lacks_and_advances_one_it_has_but_never_past_replay() {
+        let w = [wanted("cdc", "app"), wanted("audit", "app"), wanted("unpublished", "app")];
+        let at = [("cdc".to_string(), 500), ("audit".to_string(), 300)];
+        // cdc is missing: copied; audit is behind: advanced to the leader's position;
+        // unpublished has no position yet: nothing (the leader may not have made it).
+        let present = [logical("audit", "app", false, Some(100))];
+        assert_eq!(
+            logical_replica(&w, &[], &present, &at, 1000),
+            vec![
+                LogicalAction::Copy("cdc".into()),
+                LogicalAction::Advance { name: "audit".into(), database: "app".into(), to: 300 }
+            ]
+        );
+        // Replay bounds the advance; a copy at or past the target is left alone.
+        let present = [logical("cdc", "app", false, Some(100)), logical("audit", "app", false, Some(300))];
+        assert_eq!(
+            logical_replica(&w, &[], &present, &at, 250),
+            vec![LogicalAction::Advance { name: "cdc".into(), database: "app".into(), to: 250 }]
+        );
+        // Another database: dropped (then copied on a later pass); in use here: left alone.
+        let present = [logical("cdc", "other", false, Some(100)), logical("audit", "app", true, Some(1))];
+        assert_eq!(logical_replica(&w, &[], &present, &at, 1000), vec![LogicalAction::Drop("cdc".into())]);
+    }
+
+    #[test]
+    fn a_copied_logical_slot_is_ready_once_the_replicas_feedback_holds_the_catalog_horizon_for_it() {
+        assert!(!logical_ready(700, None, Some(700)), "no hot standby feedback yet");
+        assert!(!logical_ready(700, Some(690), Some(700)), "the physical slot has not overtaken the leader's");
+        assert!(!logical_ready(700, Some(710), Some(705)), "the physical slot is past the copy's horizon");
+        assert!(logical_ready(700, Some(702), Some(705)));
+        assert!(logical_ready(700, Some(700), Some(700)));
+        // Across the 32-bit wrap: 4294967290 precedes 5.
+        assert!(logical_ready(4_294_967_290, Some(3), Some(5)));
+        assert!(!logical_ready(5, Some(4_294_967_290), Some(6)));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Every external step is bounded in time.
 
 pub mod callbacks;
+pub mod logical;
 pub mod text;
 
 use std::path::{Path, PathBuf};

@@ -428,6 +428,11 @@ impl Agent {
         self.pg.promote().await?;
         self.record(Outcome::Promoted);
         tracing::info!("promoted");
+        let unready = self.logical.unready();
+        if !unready.is_empty() {
+            // As Patroni: the copies may lack catalog rows their consumers need.
+            tracing::warn!(slots = unready.join(","), "logical slots that may be unsafe to use after this promotion");
+        }
         // Publish the new role at once (REST health checks, member key): the history and the
         // checkpoint below take a while, and a proxy should not wait for them.
         // The key is ours (taken or held on our lease) even if `read` predates taking it.

@@ -59,7 +59,7 @@ fn busy_reply(cmd: Command, action: &'static str) {
 
 /// Runs `work` (a long action) while answering REST actions that arrive meanwhile, so that
 /// they get Patroni's "already in progress" instead of waiting for it to end.
-async fn while_busy<T>(
+pub(super) async fn while_busy<T>(
     commands: &mut mpsc::Receiver<Command>,
     action: &'static str,
     work: impl std::future::Future<Output = T>,

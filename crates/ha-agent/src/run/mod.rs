@@ -174,6 +174,8 @@ pub struct Agent {
     permanent_positions: Vec<(String, u64)>,
     /// Permanent slots of the config key not kept, with why (logged when it changes).
     slots_skipped: Vec<String>,
+    /// Permanent logical slots: the advance in flight, copies not yet ready (`slots.rs`).
+    logical: slots::LogicalSlots,
     /// On a replica: the member slot names it keeps and the other members', as of its last
     /// pass that found nothing to do. Slots are listed again only when they change, not on
     /// every cycle (`act.rs`, `keep_cascade_slots`).

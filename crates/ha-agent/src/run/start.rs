@@ -213,6 +213,7 @@ pub(super) async fn run(
         member_slots_clean: None,
         permanent_positions: Vec::new(),
         slots_skipped: Vec::new(),
+        logical: super::slots::LogicalSlots::default(),
         cfg,
     };
     // The REST API and metrics with the timings in force (the keeper already has them).

@@ -19,6 +19,12 @@ impl Agent {
     /// matters on a primary, and the agent sets it before promoting.
     pub(super) fn cluster_params(&self, primary: bool) -> Vec<(String, String)> {
         let mut p = self.dyn_config.parameters.clone();
+        if !primary && self.logical_slots_permanent() {
+            // Copies of logical slots need the leader to keep their catalog rows (Patroni
+            // enforces this too).
+            p.retain(|(k, _)| !k.eq_ignore_ascii_case("hot_standby_feedback"));
+            p.push(("hot_standby_feedback".into(), "on".into()));
+        }
         if primary && let Some(ssn) = &self.sync_ssn {
             p.retain(|(k, _)| !k.eq_ignore_ascii_case("synchronous_standby_names"));
             p.push(("synchronous_standby_names".into(), ssn.to_string()));
