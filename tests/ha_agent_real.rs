@@ -869,10 +869,15 @@ fn a_logical_consumer_carries_on_from_the_new_leader_after_a_failover_without_mi
         (confirmed && decoded_ids(&out).len() >= 100).then_some(())
     })?;
     let replicas = others(p);
-    wait_until(UP, "a copy of cdc on both replicas, safe to use after a failover", || {
+    // Each copy is advanced to the leader's published position, here past the 100 inserts.
+    let copy_at_end = |i: usize| {
+        c.sql(i, &format!("select confirmed_flush_lsn >= '{end}' from pg_replication_slots where slot_name = 'cdc'"))
+            .is_ok_and(|v| v == "t")
+    };
+    wait_until(UP, "a copy of cdc on both replicas, advanced and safe to use after a failover", || {
         replicas
             .iter()
-            .all(|&i| has_cdc(i) && c.agent_log(i).contains("logical slot is safe to use after a failover"))
+            .all(|&i| copy_at_end(i) && c.agent_log(i).contains("logical slot is safe to use after a failover"))
             .then_some(())
     })?;
     for &i in &replicas {
