@@ -890,3 +890,23 @@ fn a_frozen_etcd_member_never_drops_the_leaders_bonus() {
     }
     g.finish();
 }
+
+/// The periodic check (every 5 s) puts the VIP back in line with the state: removed by hand
+/// from the master, it comes back; added by hand on the backup, it goes.
+#[test]
+fn a_vip_removed_from_the_master_or_added_on_the_backup_by_hand_is_put_right() {
+    let mut g =
+        Group::new("a_vip_removed_from_the_master_or_added_on_the_backup_by_hand_is_put_right", 2, Proto::v3(100));
+    g.start(1, Vm, prio(200));
+    g.start(2, Vm, prio(100));
+    g.wait_sole_holder(1, FAST, "vip-manager 200 over vip-manager 100");
+    let (held, stray) = (format!("{}/32", g.vip), format!("{}/24", g.vip));
+    g.net.host(1).exec(&["ip", "addr", "del", &held, "dev", "eth0"]).expect("remove the VIP by hand");
+    wait_until(FAST, "the VIP gone from n1", || g.holders().is_empty().then_some(())).unwrap();
+    g.wait_sole_holder(1, Duration::from_secs(15), "the master put the VIP back");
+    // Under another prefix than vip-manager's own: it goes all the same.
+    g.net.host(2).exec(&["ip", "addr", "add", &stray, "dev", "eth0"]).expect("add the VIP on the backup by hand");
+    wait_until(FAST, "the VIP on both", || (g.holders() == [1, 2]).then_some(())).unwrap();
+    g.wait_sole_holder(1, Duration::from_secs(15), "the backup removed the stray VIP");
+    g.finish();
+}

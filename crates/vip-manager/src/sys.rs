@@ -58,6 +58,16 @@ pub fn ipv6_link_local(name: &str) -> Option<Ipv6Addr> {
     })
 }
 
+/// Whether interface `name` has address `ip`.
+pub fn has_address(name: &str, ip: IpAddr) -> io::Result<bool> {
+    Ok(nix::ifaddrs::getifaddrs().map_err(io::Error::from)?.filter(|a| a.interface_name == name).any(|a| {
+        a.address.is_some_and(|s| match ip {
+            IpAddr::V4(v4) => s.as_sockaddr_in().is_some_and(|x| x.ip() == v4),
+            IpAddr::V6(v6) => s.as_sockaddr_in6().is_some_and(|x| x.ip() == v6),
+        })
+    }))
+}
+
 /// A received VRRP message with what the IP layer told us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrived {

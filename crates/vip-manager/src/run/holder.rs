@@ -67,6 +67,13 @@ impl VipHolder {
         tracing::warn!(vip = %vip, removed = ?removed.ok().flatten(), "released the VIP on the panic path");
     }
 
+    /// The VIP's presence, read in the calling thread (`getifaddrs`: one netlink dump, no
+    /// trip through the runtime): VRRP mode's periodic check costs its thread no wake-ups of
+    /// another.
+    pub(super) fn present_here(&self) -> Option<bool> {
+        crate::sys::has_address(&self.link.name, self.vip).ok()
+    }
+
     pub(super) async fn present(&self) -> Option<bool> {
         self.addrs.prefixes_of(self.vip).await.map(|p| !p.is_empty()).ok()
     }
@@ -93,7 +100,13 @@ impl VipHolder {
     /// while we should hold it (with a GARP burst of `garp_repeat`), removes one that appeared
     /// while we should not. Both modes run this every reconcile tick.
     pub(super) async fn reconcile(&self, want: bool, garp_repeat: u32) {
-        match self.present().await {
+        self.reconcile_with(self.present().await, want, garp_repeat).await;
+    }
+
+    /// [`VipHolder::reconcile`] with the VIP's presence already known (`None`: unknown,
+    /// nothing is done).
+    pub(super) async fn reconcile_with(&self, present: Option<bool>, want: bool, garp_repeat: u32) {
+        match present {
             Some(false) if want => {
                 tracing::warn!(vip = %self.vip, "VIP missing while we should hold it; adding it back");
                 if self.add().await {

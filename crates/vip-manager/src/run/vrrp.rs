@@ -321,7 +321,12 @@ impl VrrpDaemon {
                 if reconcile_at <= now {
                     // From now, not from the missed tick: late ticks are not bunched.
                     reconcile_at = now + RECONCILE_EVERY;
-                    rt.block_on(self.reconcile());
+                    // Checked here; the runtime only when something is to be done.
+                    let want = self.fsm.state() == State::Master;
+                    let present = self.holder.present_here();
+                    if present.is_some_and(|p| p != want) {
+                        rt.block_on(self.holder.reconcile_with(present, want, self.v.garp.master_repeat));
+                    }
                 }
             }
         }
@@ -464,12 +469,6 @@ impl VrrpDaemon {
         }
         self.cfg = next;
         self.reprioritise().await;
-    }
-
-    /// Re-adds a VIP someone removed while master, removes one that appeared otherwise.
-    async fn reconcile(&mut self) {
-        let want = self.fsm.state() == State::Master;
-        self.holder.reconcile(want, self.v.garp.master_repeat).await;
     }
 
     async fn apply(&mut self, effects: Vec<Effect>) {
