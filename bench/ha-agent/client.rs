@@ -27,7 +27,10 @@
 //!   `HA_CLIENT_BENCH_OLD=1`.
 //!
 //! Printed: every run, then per fault kind each setup's median and range and the ratio of
-//! the medians (Patroni / ha-agent). The first run of each setup and fault is drawn, the
+//! the medians (Patroni / ha-agent), with the steps of each failover (medians): when the new
+//! primary accepts writes (polled over its Unix socket every 10 ms), when a fresh connection
+//! through the proxy or VIP first reaches it (one every 20 ms), and the rest, which is the
+//! client's own share (the writer's 1 s timeouts, reconnecting, its 50 ms schedule). The first run of each setup and fault is drawn, the
 //! writer's latency around the fault, into `target/bench/ha-agent-client-<fault>.svg` (and the
 //! samples into `ha-agent-client-<fault>-<setup>.csv` beside it).
 //! `HA_CLIENT_BENCH_RUNS` (default 5), `HA_CLIENT_BENCH_FAULTS` (default `cut-off,freeze`) and
@@ -138,6 +141,98 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What the steps of a failover are timed by (`Steps`): each member polled over its Unix socket
+/// for the moment it accepts writes, and a fresh connection through the proxy (or VIP) every
+/// 20 ms for the moment the proxy routes to it. Neither keeps any client state, unlike the
+/// writer, whose own reconnecting (timeouts, its 50 ms schedule) is the last step.
+struct Probes {
+    stop: Arc<AtomicBool>,
+    /// (when, member) each time a member answered that it accepts writes.
+    writable: Arc<Mutex<Vec<(Instant, usize)>>>,
+    /// (when, member) each time a fresh connection through the proxy reached a writable member.
+    routed: Arc<Mutex<Vec<(Instant, usize)>>>,
+}
+
+impl Probes {
+    fn start(rt: &NsRuntime, c: &Cluster, target: Ipv4Addr, ips: Vec<Ipv4Addr>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writable = Arc::new(Mutex::new(Vec::new()));
+        let routed = Arc::new(Mutex::new(Vec::new()));
+        for i in 1..=3 {
+            let _task = rt.spawn(poll_writable(i, c.socket_dir(i), stop.clone(), writable.clone()));
+        }
+        let _task = rt.spawn(poll_routed(target, ips, stop.clone(), routed.clone()));
+        Self { stop, writable, routed }
+    }
+
+    fn first(list: &Mutex<Vec<(Instant, usize)>>, t0: Instant, old: usize) -> Option<Instant> {
+        list.lock().ok()?.iter().find(|(t, m)| *t > t0 && *m != old).map(|(t, _)| *t)
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn poll_writable(i: usize, socket: PathBuf, stop: Arc<AtomicBool>, out: Arc<Mutex<Vec<(Instant, usize)>>>) {
+    const LIMIT: Duration = Duration::from_millis(200);
+    let mut conn: Option<tokio_postgres::Client> = None;
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if conn.is_none() {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host_path(&socket).port(5432).user("postgres").dbname("postgres").connect_timeout(LIMIT);
+            if let Ok(Ok((c, task))) = tokio::time::timeout(LIMIT, cfg.connect(tokio_postgres::NoTls)).await {
+                tokio::spawn(task);
+                conn = Some(c);
+            }
+        }
+        if let Some(c) = conn.take()
+            && let Ok(Ok(row)) = tokio::time::timeout(LIMIT, c.query_one("select not pg_is_in_recovery()", &[])).await
+        {
+            if row.get::<_, bool>(0)
+                && let Ok(mut o) = out.lock()
+            {
+                o.push((Instant::now(), i));
+            }
+            conn = Some(c);
+        }
+    }
+}
+
+async fn poll_routed(
+    target: Ipv4Addr,
+    ips: Vec<Ipv4Addr>,
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Vec<(Instant, usize)>>>,
+) {
+    const LIMIT: Duration = Duration::from_secs(1);
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (ips, out) = (ips.clone(), out.clone());
+        // Each try on its own: one stuck on a dead server must not delay the next.
+        tokio::spawn(async move {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host(target.to_string()).port(RW_PORT).user("postgres").dbname("postgres").connect_timeout(LIMIT);
+            let work = async {
+                let (c, task) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(task);
+                let row = c.query_one("select host(inet_server_addr()), not pg_is_in_recovery()", &[]).await.ok()?;
+                let ip: String = row.get(0);
+                let member = ips.iter().position(|a| a.to_string() == ip)? + 1;
+                row.get::<_, bool>(1).then_some(member)
+            };
+            if let Ok(Some(m)) = tokio::time::timeout(LIMIT, work).await
+                && let Ok(mut o) = out.lock()
+            {
+                o.push((Instant::now(), m));
+            }
+        });
     }
 }
 
@@ -305,6 +400,17 @@ fn jitter_ms(max: u64) -> u64 {
 struct Run {
     secs: f64,
     trace: Vec<(f64, Option<f64>)>,
+    steps: Steps,
+}
+
+/// When, in seconds after the fault, the new primary accepted writes, and when a fresh
+/// connection through the proxy (or the VIP) first reached it. The writer's first
+/// acknowledged insert (`Run::secs`) follows; what lies between the second and that is the
+/// client's own share (its timeouts, reconnecting, its schedule).
+#[derive(Debug, Clone, Copy)]
+struct Steps {
+    writable: f64,
+    routed: f64,
 }
 
 fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> {
@@ -354,6 +460,7 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
     };
     let rt = client.runtime()?;
     let target = if vip { vip_address() } else { Ipv4Addr::LOCALHOST };
+    let probes = Probes::start(&rt, &c, target, ips.clone());
     let w = Writer::start(&rt, target, ips);
     let mut out = Vec::new();
     for run in 1..=runs {
@@ -387,7 +494,18 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
             .filter(|s| rel(s.sent) >= -2.0 && s.sent <= first + Duration::from_secs(3))
             .map(|s| (rel(s.sent), s.member.map(|_| (s.done - s.sent).as_secs_f64() * 1000.0)))
             .collect();
-        println!("  {:<21} {:<8} run {run:>2}: {secs:6.2} s (n{p} -> n{new})", setup.name(), fault.name());
+        let since = |t: Option<Instant>| t.map_or(f64::NAN, |t| (t - t0).as_secs_f64());
+        let steps = Steps {
+            writable: since(Probes::first(&probes.writable, t0, p)),
+            routed: since(Probes::first(&probes.routed, t0, p)),
+        };
+        println!(
+            "  {:<21} {:<8} run {run:>2}: {secs:6.2} s (n{p} -> n{new}); accepts writes {:.2} s, proxy routes a new connection to it {:.2} s",
+            setup.name(),
+            fault.name(),
+            steps.writable,
+            steps.routed
+        );
         if pcap {
             // Each insert of the run, against the fault's wall-clock time (to read the capture).
             let wall = std::time::SystemTime::now() - t0.elapsed();
@@ -410,7 +528,7 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
                 csv,
             )?;
         }
-        out.push(Run { secs, trace });
+        out.push(Run { secs, trace, steps });
         fault.repair(&c, p)?;
         let last = c.wait_primary(UP, &[])?;
         wait_ok(UP, "the old primary streaming again", || {
@@ -419,6 +537,7 @@ fn measure(setup: Setup, fault: Fault, runs: usize) -> anyhow::Result<Vec<Run>> 
         p = last;
     }
     drop(w);
+    drop(probes);
     drop(vips);
     drop(proxies);
     Ok(out)
@@ -562,12 +681,22 @@ fn main() -> anyhow::Result<()> {
         println!("  latency around the fault (first run of each): {}", path.display());
         for (setup, r) in &results {
             let v: Vec<f64> = r.iter().map(|x| x.secs).collect();
-            table.push((fault, *setup, median(&v), range(&v)));
+            let writable = median(&r.iter().map(|x| x.steps.writable).collect::<Vec<_>>());
+            let routed = median(&r.iter().map(|x| x.steps.routed).collect::<Vec<_>>());
+            table.push((fault, *setup, median(&v), range(&v), writable, routed));
         }
     }
-    println!("\n| fault | setup | median | range |\n|---|---|---|---|");
-    for (fault, setup, m, (lo, hi)) in &table {
-        println!("| {} | {} | {m:.2} s | {lo:.2}-{hi:.2} s |", fault.name(), setup.name());
+    println!(
+        "\n| fault | setup | median | range | steps (medians): accepts writes / + proxy routes to it / + the client's own share |\n|---|---|---|---|---|"
+    );
+    for (fault, setup, m, (lo, hi), writable, routed) in &table {
+        println!(
+            "| {} | {} | {m:.2} s | {lo:.2}-{hi:.2} s | {writable:.2} s / +{:.2} s / +{:.2} s |",
+            fault.name(),
+            setup.name(),
+            routed - writable,
+            m - routed
+        );
     }
     for &fault in &faults {
         let m = |s: Setup| table.iter().find(|r| r.0 == fault && r.1 == s).map(|r| r.2);
