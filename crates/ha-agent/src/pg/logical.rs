@@ -62,6 +62,15 @@ pub async fn advance_logical(
     tokio::time::timeout(limit, work).await.with_context(|| format!("advance logical slot {name}: timed out"))?
 }
 
+/// Whether an advance failed because the copy cannot be used any more: its WAL is gone here
+/// (`undefined_file`) or PostgreSQL invalidated it (`object_not_in_prerequisite_state`).
+pub fn needs_copy_again(e: &anyhow::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.chain().filter_map(|c| c.downcast_ref::<tokio_postgres::Error>()).any(|pg| {
+        pg.code().is_some_and(|c| *c == SqlState::UNDEFINED_FILE || *c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+    })
+}
+
 impl Postgres {
     /// A connection config for the local server on `database` (logical slots are created and
     /// advanced from a connection to their own database).

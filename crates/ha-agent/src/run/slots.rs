@@ -20,8 +20,9 @@ const ADVANCE_LIMIT: Duration = Duration::from_secs(300);
 /// Logical slots' state between cycles.
 #[derive(Default)]
 pub(super) struct LogicalSlots {
-    /// The background advance in flight (one at a time: decoding is not free).
-    advancing: Option<tokio::task::JoinHandle<()>>,
+    /// The background advance in flight (one at a time: decoding is not free): the slot and
+    /// the task, whose outcome the next cycle reports.
+    advancing: Option<(String, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     /// On a replica: slots copied from the leader and not yet safe to use after a promotion,
     /// with the leader's logical `catalog_xmin` once the readiness check has seen it.
     pending: BTreeMap<String, Option<u64>>,
@@ -127,6 +128,9 @@ impl Agent {
         };
         if leading {
             self.logical.pending.clear();
+            if let Some((_, h)) = self.logical.advancing.take() {
+                h.abort();
+            }
             for a in slots::logical_leader(wanted, &self.permanent_before, &present) {
                 match a {
                     LogicalAction::Create(w) => {
@@ -146,6 +150,7 @@ impl Agent {
                 .filter_map(|p| Some((p.name.clone(), p.confirmed_flush?)))
                 .collect();
         }
+        self.advanced().await;
         let mut copy = Vec::new();
         for a in slots::logical_replica(wanted, &self.permanent_before, &present, &view.status_slots, replayed) {
             match a {
@@ -172,15 +177,27 @@ impl Agent {
     /// Advances a replica's copy in the background (one at a time; the next cycle asks again
     /// for whatever is still behind).
     fn advance_logical(&mut self, name: String, database: &str, to: u64) {
-        if self.logical.advancing.as_ref().is_some_and(|h| !h.is_finished()) {
+        if self.logical.advancing.is_some() {
             return;
         }
         let local = self.pg.local_config(database);
-        self.logical.advancing = Some(tokio::spawn(async move {
-            if let Err(e) = crate::pg::logical::advance_logical(local, name.clone(), to, ADVANCE_LIMIT).await {
-                tracing::warn!(slot = %name, error = format!("{e:#}"), "advance permanent logical slot");
-            }
-        }));
+        let slot = name.clone();
+        let task = tokio::spawn(crate::pg::logical::advance_logical(local, slot, to, ADVANCE_LIMIT));
+        self.logical.advancing = Some((name, task));
+    }
+
+    /// Reports a finished background advance (an error once per distinct message). A copy
+    /// whose WAL is gone here or that PostgreSQL invalidated cannot be advanced any more: it
+    /// is dropped, and the next cycle copies the slot from the leader again (as Patroni does).
+    async fn advanced(&mut self) {
+        let Some((name, task)) = self.logical.advancing.take_if(|(_, t)| t.is_finished()) else { return };
+        let result = task.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the advance task failed: {e}")));
+        let recopy = result.as_ref().err().is_some_and(crate::pg::logical::needs_copy_again);
+        self.logical.report("advance", &name, result);
+        if recopy {
+            let r = self.pg.drop_slot(&name).await;
+            self.logical.report("drop to copy again", &name, r);
+        }
     }
 
     /// Copies the leader's logical slots named in `names` into this replica: their state files
@@ -201,7 +218,7 @@ impl Agent {
             leader = host,
             "copying logical slots from the leader: restarting PostgreSQL"
         );
-        if let Some(h) = self.logical.advancing.take() {
+        if let Some((_, h)) = self.logical.advancing.take() {
             h.abort();
         }
         self.set_busy(Some("copying logical slots"));
