@@ -142,12 +142,8 @@ pub fn logical_replica(
 }
 
 fn logical_unwanted(wanted: &[LogicalWanted], before: &[String], present: &[LogicalPresent]) -> Vec<LogicalAction> {
-    before
-        .iter()
-        .filter(|b| !wanted.iter().any(|w| w.name == **b))
-        .filter(|b| present.iter().any(|p| p.name == **b && !p.active))
-        .map(|b| LogicalAction::Drop(b.clone()))
-        .collect()
+    let present = present.iter().map(|p| (p.name.as_str(), p.active));
+    unwanted(|b| wanted.iter().any(|w| w.name == b), before, present).map(LogicalAction::Drop).collect()
 }
 
 /// Whether a copied logical slot is safe to use after a promotion (Patroni's readiness rule):
@@ -224,12 +220,22 @@ pub fn replica(
 }
 
 fn dropped(wanted: &[String], before: &[String], present: &[Present]) -> Vec<SlotAction> {
+    let present = present.iter().map(|p| (p.name.as_str(), p.active));
+    unwanted(|b| wanted.iter().any(|w| w == b), before, present).map(SlotAction::Drop).collect()
+}
+
+/// The slots of `before` no longer wanted that exist and are inactive (`present`: name,
+/// active): an unused slot holds WAL forever, one in use is left to its consumer.
+fn unwanted<'a>(
+    wanted: impl Fn(&str) -> bool,
+    before: &'a [String],
+    present: impl Iterator<Item = (&'a str, bool)> + Clone,
+) -> impl Iterator<Item = String> {
     before
         .iter()
-        .filter(|b| !wanted.contains(b))
-        .filter(|b| present.iter().any(|p| p.name == **b && !p.active))
-        .map(|b| SlotAction::Drop(b.clone()))
-        .collect()
+        .filter(move |b| !wanted(b))
+        .filter(move |b| present.clone().any(|(name, active)| name == b.as_str() && !active))
+        .cloned()
 }
 
 #[cfg(test)]

@@ -38,10 +38,6 @@ async fn connect(c: &tokio_postgres::Config, limit: Duration, what: &str) -> any
     Ok(client)
 }
 
-fn lsn_text(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
-
 /// Moves a logical slot forward to `to` in its database (`local`: a connection config for the
 /// local server on that database). Decoding the WAL in between can take long: bounded by
 /// `limit`, and meant to run off the HA loop.
@@ -54,7 +50,10 @@ pub async fn advance_logical(
     let work = async {
         let client = connect(&local, Duration::from_secs(3), "the local server").await?;
         client
-            .execute("SELECT pg_catalog.pg_replication_slot_advance($1, $2::text::pg_lsn)", &[&name, &lsn_text(to)])
+            .execute(
+                "SELECT pg_catalog.pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&name, &super::text::format_lsn(to)],
+            )
             .await
             .with_context(|| format!("advance logical slot {name}"))?;
         anyhow::Ok(())
@@ -136,32 +135,28 @@ impl Postgres {
     /// The state files of the leader's logical slots named in `names` (superuser: the files
     /// are read with `pg_read_binary_file`). Nothing from a server in recovery.
     pub async fn leader_slot_states(&self, host: &str, port: u16, names: &[String]) -> anyhow::Result<Vec<SlotState>> {
-        let mut c = self.remote(host, port, Duration::from_secs(3));
-        c.options("-c statement_timeout=5000");
-        let work = async {
-            let client = connect(&c, Duration::from_secs(4), "the leader").await?;
-            let rows = client
-                .query(
-                    "SELECT slot_name::text, datname::text, plugin::text, \
-                     pg_catalog.pg_read_binary_file('pg_replslot/' || slot_name || '/state') \
-                     FROM pg_catalog.pg_get_replication_slots() JOIN pg_catalog.pg_database ON datoid = oid \
-                     WHERE NOT pg_catalog.pg_is_in_recovery() AND slot_type = 'logical' AND slot_name = ANY($1)",
-                    &[&names],
-                )
-                .await
-                .context("read the logical slots' state on the leader")?;
-            rows.iter()
-                .map(|r| {
-                    Ok(SlotState {
-                        name: r.try_get(0)?,
-                        database: r.try_get(1)?,
-                        plugin: r.try_get(2)?,
-                        state: r.try_get(3)?,
-                    })
+        let rows = self
+            .on_leader(
+                host,
+                port,
+                "SELECT slot_name::text, datname::text, plugin::text, \
+                 pg_catalog.pg_read_binary_file('pg_replslot/' || slot_name || '/state') \
+                 FROM pg_catalog.pg_get_replication_slots() JOIN pg_catalog.pg_database ON datoid = oid \
+                 WHERE NOT pg_catalog.pg_is_in_recovery() AND slot_type = 'logical' AND slot_name = ANY($1)",
+                names,
+            )
+            .await
+            .context("read the logical slots' state on the leader")?;
+        rows.iter()
+            .map(|r| {
+                Ok(SlotState {
+                    name: r.try_get(0)?,
+                    database: r.try_get(1)?,
+                    plugin: r.try_get(2)?,
+                    state: r.try_get(3)?,
                 })
-                .collect()
-        };
-        tokio::time::timeout(Duration::from_secs(10), work).await.context("read slots on the leader: timed out")?
+            })
+            .collect()
     }
 
     /// `catalog_xmin` of each slot in `names` on the leader (`None`: no feedback yet).
@@ -171,26 +166,40 @@ impl Postgres {
         port: u16,
         names: &[String],
     ) -> anyhow::Result<Vec<(String, Option<u64>)>> {
+        let rows = self
+            .on_leader(
+                host,
+                port,
+                "SELECT slot_name::text, catalog_xmin::text::bigint FROM pg_catalog.pg_get_replication_slots() \
+                 WHERE NOT pg_catalog.pg_is_in_recovery() AND slot_name = ANY($1)",
+                names,
+            )
+            .await
+            .context("read catalog_xmin on the leader")?;
+        rows.iter()
+            .map(|r| {
+                let x: Option<i64> = r.try_get(1)?;
+                Ok((r.try_get(0)?, x.and_then(|x| u64::try_from(x).ok())))
+            })
+            .collect()
+    }
+
+    /// One query about the slots named in `names` (its `$1`) on the leader, as superuser,
+    /// bounded: 3 s to connect, 5 s for the statement, 10 s in all.
+    async fn on_leader(
+        &self,
+        host: &str,
+        port: u16,
+        sql: &str,
+        names: &[String],
+    ) -> anyhow::Result<Vec<tokio_postgres::Row>> {
         let mut c = self.remote(host, port, Duration::from_secs(3));
-        c.options("-c statement_timeout=2000");
+        c.options("-c statement_timeout=5000");
         let work = async {
             let client = connect(&c, Duration::from_secs(4), "the leader").await?;
-            let rows = client
-                .query(
-                    "SELECT slot_name::text, catalog_xmin::text::bigint FROM pg_catalog.pg_get_replication_slots() \
-                     WHERE NOT pg_catalog.pg_is_in_recovery() AND slot_name = ANY($1)",
-                    &[&names],
-                )
-                .await
-                .context("read catalog_xmin on the leader")?;
-            rows.iter()
-                .map(|r| {
-                    let x: Option<i64> = r.try_get(1)?;
-                    Ok((r.try_get(0)?, x.and_then(|x| u64::try_from(x).ok())))
-                })
-                .collect()
+            anyhow::Ok(client.query(sql, &[&names]).await?)
         };
-        tokio::time::timeout(Duration::from_secs(6), work).await.context("read the leader's slots: timed out")?
+        tokio::time::timeout(Duration::from_secs(10), work).await.context("timed out")?
     }
 
     /// Installs copied slot states into `pg_replslot` (the server must be stopped): each into

@@ -1097,7 +1097,7 @@ impl Postgres {
 
     /// Moves a physical slot forward to `lsn` (PostgreSQL stops it at what it has replayed).
     pub async fn advance_slot(&mut self, name: &str, lsn: u64) -> anyhow::Result<()> {
-        let lsn = format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff);
+        let lsn = text::format_lsn(lsn);
         self.execute(&format!("SELECT pg_replication_slot_advance('{}', '{lsn}'::pg_lsn)", name.replace('\'', "''")))
             .await
     }

@@ -28,6 +28,8 @@ pub(super) struct LogicalSlots {
     pending: BTreeMap<String, Option<u64>>,
     /// The last error per slot and action (logged when it changes, not every cycle).
     errors: BTreeMap<String, String>,
+    /// The permanent logical slots kept at the last pass: one no longer named is dropped.
+    before: Vec<String>,
 }
 
 impl LogicalSlots {
@@ -62,16 +64,33 @@ impl Agent {
     /// `confirmed_flush_lsn` of a logical one). `replayed`: a replica's replay position.
     pub(super) async fn keep_permanent_slots(&mut self, view: &ClusterView, leading: bool, replayed: u64) {
         let (wanted, logical) = self.permanent_slot_names(view);
-        if wanted.is_empty() && logical.is_empty() && self.permanent_before.is_empty() {
-            // Nothing to keep or drop: no query on every cycle of every member.
-            self.permanent_positions.clear();
-            return;
+        // Each kind is listed only while one is named or was: no query on every cycle of
+        // every member otherwise.
+        let mut positions = Vec::new();
+        if !wanted.is_empty() || !self.permanent_before.is_empty() {
+            let Some(p) = self.keep_physical_slots(view, leading, replayed, wanted).await else { return };
+            positions = p;
         }
+        if !logical.is_empty() || !self.logical.before.is_empty() {
+            positions.extend(self.keep_logical_slots(view, leading, replayed, &logical).await);
+        }
+        self.permanent_positions = if leading { positions } else { Vec::new() };
+    }
+
+    /// The physical half of [`Agent::keep_permanent_slots`]; returns the slots' `restart_lsn`
+    /// (`None` when they cannot be listed).
+    async fn keep_physical_slots(
+        &mut self,
+        view: &ClusterView,
+        leading: bool,
+        replayed: u64,
+        wanted: Vec<String>,
+    ) -> Option<Vec<(String, u64)>> {
         let present = match self.pg.physical_slots().await {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = format!("{e:#}"), "list slots");
-                return;
+                return None;
             }
         };
         let actions = if leading {
@@ -94,17 +113,13 @@ impl Agent {
                 }
             }
         }
-        let mut positions: Vec<(String, u64)> = present
+        let positions = present
             .iter()
             .filter(|p| wanted.contains(&p.name))
             .filter_map(|p| Some((p.name.clone(), p.restart_lsn?)))
             .collect();
-        let logical_positions = self.keep_logical_slots(view, leading, replayed, &logical).await;
-        positions.extend(logical_positions);
-        self.permanent_before = wanted.iter().cloned().chain(logical.iter().map(|l| l.name.clone())).collect();
-        if leading {
-            self.permanent_positions = positions;
-        }
+        self.permanent_before = wanted;
+        Some(positions)
     }
 
     /// The logical half of [`Agent::keep_permanent_slots`]; returns the logical slots'
@@ -116,9 +131,6 @@ impl Agent {
         replayed: u64,
         wanted: &[LogicalWanted],
     ) -> Vec<(String, u64)> {
-        if wanted.is_empty() && self.permanent_before.is_empty() {
-            return Vec::new();
-        }
         let present = match self.pg.logical_slots().await {
             Ok(p) => p,
             Err(e) => {
@@ -126,12 +138,18 @@ impl Agent {
                 return Vec::new();
             }
         };
+        let actions = if leading {
+            slots::logical_leader(wanted, &self.logical.before, &present)
+        } else {
+            slots::logical_replica(wanted, &self.logical.before, &present, &view.status_slots, replayed)
+        };
+        self.logical.before = wanted.iter().map(|w| w.name.clone()).collect();
         if leading {
             self.logical.pending.clear();
             if let Some((_, h)) = self.logical.advancing.take() {
                 h.abort();
             }
-            for a in slots::logical_leader(wanted, &self.permanent_before, &present) {
+            for a in actions {
                 match a {
                     LogicalAction::Create(w) => {
                         let r = self.pg.create_logical_slot(&w).await;
@@ -152,7 +170,7 @@ impl Agent {
         }
         self.advanced().await;
         let mut copy = Vec::new();
-        for a in slots::logical_replica(wanted, &self.permanent_before, &present, &view.status_slots, replayed) {
+        for a in actions {
             match a {
                 LogicalAction::Copy(name) => copy.push(name),
                 LogicalAction::Drop(name) => {

@@ -67,15 +67,11 @@ impl VipHolder {
         tracing::warn!(vip = %vip, removed = ?removed.ok().flatten(), "released the VIP on the panic path");
     }
 
-    /// The VIP's presence, read in the calling thread (`getifaddrs`: one netlink dump, no
-    /// trip through the runtime): VRRP mode's periodic check costs its thread no wake-ups of
-    /// another.
-    pub(super) fn present_here(&self) -> Option<bool> {
+    /// Whether the VIP is on the interface (`None`: it could not be read), read in the calling
+    /// thread (`getifaddrs`: one netlink dump, no trip through the runtime), so VRRP mode's
+    /// periodic check wakes no other thread.
+    pub(super) fn present(&self) -> Option<bool> {
         crate::sys::has_address(&self.link.name, self.vip).ok()
-    }
-
-    pub(super) async fn present(&self) -> Option<bool> {
-        self.addrs.prefixes_of(self.vip).await.map(|p| !p.is_empty()).ok()
     }
 
     pub(super) fn garp(&self, count: u32) {
@@ -100,7 +96,7 @@ impl VipHolder {
     /// while we should hold it (with a GARP burst of `garp_repeat`), removes one that appeared
     /// while we should not. Both modes run this every reconcile tick.
     pub(super) async fn reconcile(&self, want: bool, garp_repeat: u32) {
-        self.reconcile_with(self.present().await, want, garp_repeat).await;
+        self.reconcile_with(self.present(), want, garp_repeat).await;
     }
 
     /// [`VipHolder::reconcile`] with the VIP's presence already known (`None`: unknown,
@@ -124,6 +120,6 @@ impl VipHolder {
     /// The release on the way out, whatever ended the loop: removes the VIP unless it is known
     /// to be absent (a failed check counts as present). Returns whether it is gone.
     pub(super) async fn release(&self) -> bool {
-        self.present().await == Some(false) || self.remove().await
+        self.present() == Some(false) || self.remove().await
     }
 }

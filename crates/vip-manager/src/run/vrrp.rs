@@ -323,7 +323,7 @@ impl VrrpDaemon {
                     reconcile_at = now + RECONCILE_EVERY;
                     // Checked here; the runtime only when something is to be done.
                     let want = self.fsm.state() == State::Master;
-                    let present = self.holder.present_here();
+                    let present = self.holder.present();
                     if present.is_some_and(|p| p != want) {
                         rt.block_on(self.holder.reconcile_with(present, want, self.v.garp.master_repeat));
                     }
