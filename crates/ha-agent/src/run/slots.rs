@@ -185,7 +185,7 @@ impl Agent {
             view.leader.as_ref().and_then(|l| view.member(&l.name)).and_then(|m| host_port_from_conn_url(&m.conn_url));
         if let Some((host, port)) = leader {
             if !copy.is_empty() {
-                self.copy_logical_slots(&host, port, &copy).await;
+                self.copy_logical_slots(&host, port, &copy, wanted).await;
             }
             self.check_logical_readiness(&host, port, &present).await;
         }
@@ -221,15 +221,34 @@ impl Agent {
     /// Copies the leader's logical slots named in `names` into this replica: their state files
     /// are read from the leader, the server stops (fast), the files are installed and the
     /// server starts again. The copies are then pending until [`Agent::check_logical_readiness`].
-    async fn copy_logical_slots(&mut self, host: &str, port: u16, names: &[String]) {
-        let states = match self.pg.leader_slot_states(host, port, names).await {
-            Ok(s) if s.is_empty() => return,
+    ///
+    /// A leader's slot whose database or plugin differs from the config key is not copied (as
+    /// Patroni): the copy would be dropped as soon as it was made, and the server restarted
+    /// for it on every cycle, until the leader makes the slot again.
+    async fn copy_logical_slots(&mut self, host: &str, port: u16, names: &[String], wanted: &[LogicalWanted]) {
+        let mut states = match self.pg.leader_slot_states(host, port, names).await {
             Ok(s) => s,
             Err(e) => {
                 self.logical.report("copy", &names.join(","), Err(e));
                 return;
             }
         };
+        states.retain(|s| {
+            let w = wanted.iter().find(|w| w.name == s.name);
+            let agrees = w.is_some_and(|w| w.database == s.database && w.plugin == s.plugin);
+            if !agrees {
+                let why = anyhow::anyhow!(
+                    "the leader's slot is in database {} with plugin {}, not as the config key says: not copied",
+                    s.database,
+                    s.plugin
+                );
+                self.logical.report("copy", &s.name, Err(why));
+            }
+            agrees
+        });
+        if states.is_empty() {
+            return;
+        }
         let copied: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
         tracing::info!(
             slots = copied.join(","),
