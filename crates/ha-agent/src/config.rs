@@ -552,6 +552,58 @@ impl RawConfig {
 }
 
 /// Validates `bootstrap.method` and the table it names.
+/// `bootstrap.dcs.standby_cluster`, checked as strictly as the rest: Patroni's keys with
+/// Patroni's types, a source to follow, and replica methods this member defines.
+fn check_standby_cluster(dcs: &serde_json::Value, methods: &[ReplicaMethod], p: &mut Problems) {
+    use serde_json::Value;
+    const KEY: &str = "bootstrap.dcs.standby_cluster";
+    let sc = match dcs.get("standby_cluster") {
+        None | Some(Value::Null) => return,
+        Some(Value::Object(sc)) => sc,
+        Some(other) => return p.push(KEY, other, "must be a table (host, port, restore_command, ...)"),
+    };
+    for (k, v) in sc {
+        let key = format!("{KEY}.{k}");
+        match (k.as_str(), v) {
+            ("port", Value::Number(n)) if n.as_u64().is_some_and(|n| (1..=65535).contains(&n)) => {}
+            ("port", Value::String(s)) if s.parse::<u16>().is_ok_and(|n| n > 0) => {}
+            ("port", v) => p.push(key, v, "must be a TCP port (1-65535)"),
+            (
+                "host" | "primary_slot_name" | "restore_command" | "archive_cleanup_command" | "recovery_min_apply_delay",
+                Value::String(_),
+            ) => {}
+            ("recovery_min_apply_delay", Value::Number(_)) => {}
+            ("host" | "primary_slot_name" | "restore_command" | "archive_cleanup_command" | "recovery_min_apply_delay", v) => {
+                p.push(key, v, "must be a string")
+            }
+            ("create_replica_methods", Value::Array(names)) => {
+                for n in names {
+                    let known = n.as_str().is_some_and(|n| {
+                        matches!(n, "basebackup" | "pg_basebackup")
+                            || methods.iter().any(|m| matches!(m, ReplicaMethod::Command { name, .. } if name == n))
+                    });
+                    if !known {
+                        p.push(
+                            &key,
+                            n,
+                            "must name basebackup or a method of postgresql.create_replica_methods",
+                        );
+                    }
+                }
+            }
+            ("create_replica_methods", v) => p.push(key, v, "must be a list of method names"),
+            _ => p.push_key(
+                key,
+                "unknown key (host, port, primary_slot_name, restore_command, archive_cleanup_command, recovery_min_apply_delay, create_replica_methods)",
+            ),
+        }
+    }
+    let has = |k: &str| sc.get(k).is_some_and(|v| !v.is_null() && v.as_str() != Some(""));
+    if !(has("host") || has("port") || has("restore_command")) {
+        p.push_key(KEY, "must name a source: host (and port), or restore_command");
+    }
+}
+
 fn bootstrap_method(b: &RawBootstrap, p: &mut Problems) -> BootstrapMethod {
     let name = b.method.clone().unwrap_or_else(|| "initdb".into());
     for k in b.methods.keys().filter(|k| **k != name) {
@@ -1037,6 +1089,7 @@ impl Validate for RawConfig {
         }
         let bootstrap_method = bootstrap_method(&self.bootstrap, &mut p);
         let bootstrap_dcs = toml_to_json(&toml::Value::Table(self.bootstrap.dcs.clone()));
+        check_standby_cluster(&bootstrap_dcs, &postgresql.create_replica_methods, &mut p);
         let watchdog = self.watchdog.validate(&mut p, &t, etcd.request_timeout);
         let local_etcd = self.local_etcd(&mut p, &etcd.endpoints, &postgresql.connect_address, &restapi_connect);
         p.finish(())?;

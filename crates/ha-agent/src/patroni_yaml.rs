@@ -221,9 +221,11 @@ pub fn translate(doc: &Value, env: &[(String, String)]) -> Translation {
             }
             "ctl" => out.ignore("ctl", "patronictl's own settings; ha-agent does not read them"),
             "citus" => out.problem("citus", "(section)", "Citus clusters are not supported by ha-agent"),
-            "standby_cluster" => {
-                out.problem("standby_cluster", "(section)", "standby clusters are not supported by ha-agent yet")
-            }
+            "standby_cluster" => out.problem(
+                "standby_cluster",
+                "(section)",
+                "Patroni reads standby_cluster from the cluster's config only: put it under bootstrap.dcs",
+            ),
             other => out.ignore(other, "not a Patroni setting ha-agent knows"),
         }
     }

@@ -1612,6 +1612,11 @@ impl World {
                 self.stop_pg(h, true);
                 self.record(h, Outcome::StayedStopped);
             }
+            // The simulated clusters are never standby clusters (no `standby_cluster` in their
+            // config); these rules are covered by the core's unit tests and a real test.
+            Decision::LeadStandby { .. } | Decision::DemoteCluster => {
+                panic!("{name}: standby-cluster decision {d:?} in a cluster without standby_cluster")
+            }
         }
     }
 

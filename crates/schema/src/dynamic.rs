@@ -68,6 +68,25 @@ pub enum PermanentSlot {
     Unreadable,
 }
 
+/// `config.standby_cluster` of a standby cluster (see [`ConfigValue::standby_cluster`]): where
+/// its leader, the standby leader, takes WAL from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StandbyCluster {
+    /// The remote primary (or any server that streams, a standby included).
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// A slot on the remote server for the standby leader to stream through.
+    pub primary_slot_name: Option<String>,
+    /// How every member of the standby cluster fetches WAL from the remote archive.
+    pub restore_command: Option<String>,
+    pub archive_cleanup_command: Option<String>,
+    /// PostgreSQL's `recovery_min_apply_delay`, as written (`"1h"`, or milliseconds).
+    pub recovery_min_apply_delay: Option<String>,
+    /// The `create_replica_methods` (names of `postgresql` methods) that make the standby
+    /// leader's first copy; `basebackup` when not set.
+    pub create_replica_methods: Vec<String>,
+}
+
 /// `config.synchronous_mode`, read leniently (see [`ConfigValue::synchronous_mode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SynchronousMode {
@@ -265,6 +284,33 @@ impl ConfigValue {
         })
     }
 
+    /// `standby_cluster`, when this is a standby cluster ([`Self::is_standby_cluster`]).
+    /// Fields of another type than Patroni's are left out (a port that is not a number
+    /// 1-65535, a command that is not a string).
+    pub fn standby_cluster(&self) -> Option<StandbyCluster> {
+        if !self.is_standby_cluster() {
+            return None;
+        }
+        let sc = self.extra.get("standby_cluster")?;
+        let text = |k: &str| match sc.get(k)? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        Some(StandbyCluster {
+            host: text("host"),
+            port: int(sc.get("port")).and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0),
+            primary_slot_name: text("primary_slot_name"),
+            restore_command: text("restore_command"),
+            archive_cleanup_command: text("archive_cleanup_command"),
+            recovery_min_apply_delay: text("recovery_min_apply_delay"),
+            create_replica_methods: match sc.get("create_replica_methods") {
+                Some(Value::Array(a)) => a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect(),
+                _ => Vec::new(),
+            },
+        })
+    }
+
     /// `postgresql.parameters` as PostgreSQL setting strings (`true` → `on`, numbers as
     /// written). Values that are objects or lists cannot be settings and are skipped.
     pub fn parameters(&self) -> Vec<(String, String)> {
@@ -288,6 +334,28 @@ impl ConfigValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standby_cluster_is_read_only_when_it_names_a_source() {
+        let c = ConfigValue::decode(
+            br#"{"standby_cluster":{"host":"10.0.0.5","port":"5433","primary_slot_name":"dr",
+                 "restore_command":"wal-g wal-fetch %f %p","recovery_min_apply_delay":"1h",
+                 "create_replica_methods":["wal_g","basebackup"]}}"#,
+        )
+        .unwrap();
+        let sc = c.standby_cluster().unwrap();
+        assert_eq!(sc.host.as_deref(), Some("10.0.0.5"));
+        assert_eq!(sc.port, Some(5433));
+        assert_eq!(sc.primary_slot_name.as_deref(), Some("dr"));
+        assert_eq!(sc.restore_command.as_deref(), Some("wal-g wal-fetch %f %p"));
+        assert_eq!(sc.recovery_min_apply_delay.as_deref(), Some("1h"));
+        assert_eq!(sc.create_replica_methods, ["wal_g", "basebackup"]);
+        for not in [r#"{}"#, r#"{"standby_cluster":null}"#, r#"{"standby_cluster":{"primary_slot_name":"x"}}"#] {
+            assert_eq!(ConfigValue::decode(not.as_bytes()).unwrap().standby_cluster(), None, "{not}");
+        }
+        let bad_port = ConfigValue::decode(br#"{"standby_cluster":{"host":"h","port":70000}}"#).unwrap();
+        assert_eq!(bad_port.standby_cluster().unwrap().port, None);
+    }
 
     #[test]
     fn permanent_slots_read_as_patroni_reads_them() {

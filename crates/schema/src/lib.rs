@@ -14,7 +14,7 @@ mod outrigger;
 mod rest;
 mod values;
 
-pub use dynamic::{ConfigPostgresql, ConfigValue, PermanentSlot, SynchronousMode};
+pub use dynamic::{ConfigPostgresql, ConfigValue, PermanentSlot, StandbyCluster, SynchronousMode};
 pub use keys::{ClusterKey, KeyKind, KeyLayout, LayoutError};
 pub use outrigger::{BackupLockValue, BackupRecord, LastBackupValue, WalShipperStatus};
 pub use rest::{PatroniInfo, StatusJson, XlogStatus};

@@ -252,6 +252,9 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
     if !lease_ok {
         return Decision::Wait { reason: WaitReason::LeaseNotTrusted };
     }
+    if let Some(sc) = &o.config.standby_cluster {
+        return standby_leader(o, sc);
+    }
     if o.config.pause {
         return paused_leader(o, c);
     }
@@ -284,6 +287,34 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
                 Decision::Follow { upstream: None }
             }
         }
+        PgView::NoData | PgView::Unusable { .. } => Decision::ReleaseLeader { reason: ReleaseReason::NoDataDirectory },
+    }
+}
+
+/// Rule (standby cluster): the leader key's holder is the standby leader. It replicates from
+/// the remote primary named by `standby_cluster` (or replays its archive) and never promotes;
+/// the other members follow it as they follow any leader. A primary here is the leader of a
+/// cluster that `standby_cluster` was just set on (`patronictl demote-cluster`): it is stopped
+/// cleanly and started again as the standby leader, keeping the key all along, so no other
+/// member can promote meanwhile. Paused, PostgreSQL is neither stopped nor started, and the
+/// key is kept (as Patroni keeps a standby leader's).
+fn standby_leader(o: &Observed<'_>, sc: &outrigger_schema::StandbyCluster) -> Decision {
+    let upstream = (sc.host.is_some() || sc.port.is_some()).then(|| super::decision::REMOTE_PRIMARY.to_owned());
+    match o.pg {
+        PgView::Running(r) if r.primary && o.config.pause => {
+            Decision::Wait { reason: WaitReason::Paused("standby_cluster is set; not demoting the primary") }
+        }
+        PgView::Running(r) if r.primary => Decision::DemoteCluster,
+        PgView::Running(_) => Decision::LeadStandby { upstream },
+        PgView::Starting { .. } if start_timed_out(o) && !o.config.pause => {
+            Decision::ReleaseLeader { reason: ReleaseReason::StartTimedOut }
+        }
+        PgView::Starting { .. } => Decision::Wait { reason: WaitReason::PgStarting },
+        PgView::Stopped(_) if o.config.pause => {
+            Decision::Wait { reason: WaitReason::Paused("PostgreSQL is not running; not starting it") }
+        }
+        PgView::Stopped(_) if start_failed(o) => Decision::ReleaseLeader { reason: ReleaseReason::StartFailed },
+        PgView::Stopped(_) => Decision::LeadStandby { upstream },
         PgView::NoData | PgView::Unusable { .. } => Decision::ReleaseLeader { reason: ReleaseReason::NoDataDirectory },
     }
 }

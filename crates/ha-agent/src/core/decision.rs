@@ -224,7 +224,22 @@ pub enum Decision {
     Failsafe {
         members: Vec<PeerRef>,
     },
+    /// Standby cluster: we hold the key, and PostgreSQL runs (or is started) as the standby
+    /// leader, a replica of the remote primary ([`REMOTE_PRIMARY`]; `None`: from the remote
+    /// archive only). Housekeeping as a leader (status, member slots), never a promotion.
+    LeadStandby {
+        upstream: Option<String>,
+    },
+    /// `standby_cluster` was set while we lead a primary (`patronictl demote-cluster`): stop
+    /// cleanly (the shutdown checkpoint reaches the replicas), keep the key, start again as the
+    /// standby leader.
+    DemoteCluster,
 }
+
+/// The upstream name that stands for `standby_cluster`'s remote primary (its `host` and
+/// `port`). Parentheses keep it apart from member names in logs; a member cannot be reached
+/// by it, since `upstream_of` resolves it from the config key, never from member keys.
+pub const REMOTE_PRIMARY: &str = "(standby_cluster)";
 
 impl Decision {
     /// A closed label for metrics.
@@ -251,11 +266,13 @@ impl Decision {
             Decision::StayStopped { .. } => "stay_stopped",
             Decision::Wait { .. } => "wait",
             Decision::Failsafe { .. } => "failsafe",
+            Decision::LeadStandby { .. } => "lead_standby",
+            Decision::DemoteCluster => "demote_cluster",
         }
     }
 
     /// Every label `kind()` can return (to pre-create metric series).
-    pub const KINDS: [&'static str; 21] = [
+    pub const KINDS: [&'static str; 23] = [
         "fence",
         "demote",
         "race_initialize",
@@ -277,6 +294,8 @@ impl Decision {
         "stay_stopped",
         "wait",
         "failsafe",
+        "lead_standby",
+        "demote_cluster",
     ];
 
     /// Decisions that repeat every cycle in a steady state; logged at debug after the first.
@@ -288,6 +307,7 @@ impl Decision {
                 | Decision::Follow { upstream: None }
                 | Decision::Wait { .. }
                 | Decision::Failsafe { .. }
+                | Decision::LeadStandby { .. }
         )
     }
 }
@@ -470,6 +490,15 @@ impl fmt::Display for Decision {
             Decision::Failsafe { members } => {
                 let names: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
                 write!(f, "etcd is unreachable: failsafe_mode asks {} to confirm this primary", names.join(", "))
+            }
+            Decision::LeadStandby { upstream: Some(_) } => {
+                f.write_str("leading the standby cluster: replicating from the remote primary")
+            }
+            Decision::LeadStandby { upstream: None } => {
+                f.write_str("leading the standby cluster: replaying WAL from the remote archive")
+            }
+            Decision::DemoteCluster => {
+                f.write_str("standby_cluster is set: stopping the primary to restart it as the standby leader")
             }
         }
     }

@@ -23,7 +23,9 @@ pub mod watchdog;
 mod tests;
 
 pub use decide::{decide, failsafe_round_due};
-pub use decision::{ClearReason, Decision, DemoteReason, FenceReason, ReleaseReason, StopReason, WaitReason};
+pub use decision::{
+    ClearReason, Decision, DemoteReason, FenceReason, REMOTE_PRIMARY, ReleaseReason, StopReason, WaitReason,
+};
 pub use memory::{KNOWN_PEER_TTL, Memory, Outcome, PgErrorKind};
 pub use observed::{
     ClusterState, Control, FORMER_LEADER_TIMEOUT, LeaseView, Moment, Observed, PeerProbe, PeerRef, PeerStatus, PgView,

@@ -1330,3 +1330,72 @@ fn others_stand_back_for_a_switchover_candidate_for_one_ttl_then_race() {
     fx.recent.unlocked_since = Some(Moment::from_millis(7_000));
     assert_eq!(fx.decide(), Decision::AcquireLeader);
 }
+
+// ---- standby cluster ----
+
+fn standby(mut fx: Fx, host: Option<&str>) -> Fx {
+    fx.config.standby_cluster = Some(outrigger_schema::StandbyCluster {
+        host: host.map(str::to_owned),
+        port: host.map(|_| 5433),
+        restore_command: Some("cp /archive/%f %p".into()),
+        ..Default::default()
+    });
+    fx
+}
+
+#[test]
+fn in_a_standby_cluster_the_leader_replicates_from_the_remote_primary_and_never_promotes() {
+    let fx = standby(Fx::new().leader(ME).pg(replica(1000, 1, None)), Some("10.0.0.9"));
+    assert_eq!(fx.decide(), Decision::LeadStandby { upstream: Some(REMOTE_PRIMARY.into()) });
+    let archive_only = standby(Fx::new().leader(ME).pg(replica(1000, 1, None)), None);
+    assert_eq!(archive_only.decide(), Decision::LeadStandby { upstream: None });
+}
+
+#[test]
+fn in_a_standby_cluster_a_stopped_leader_starts_as_the_standby_leader_not_as_primary() {
+    let fx = standby(Fx::new().leader(ME).pg(stopped(ClusterState::InProduction, 1, 900)), Some("h"));
+    assert_eq!(fx.decide(), Decision::LeadStandby { upstream: Some(REMOTE_PRIMARY.into()) });
+    let mut failed = standby(Fx::new().leader(ME).pg(stopped(ClusterState::InProduction, 1, 900)), Some("h"));
+    failed.recent.start_failed_at = Some(Moment::from_millis(9_000));
+    assert_eq!(failed.decide(), Decision::ReleaseLeader { reason: ReleaseReason::StartFailed });
+}
+
+#[test]
+fn setting_standby_cluster_on_a_leading_primary_demotes_the_cluster_and_keeps_the_key() {
+    let fx = standby(Fx::new().leader(ME).pg(primary(1000, 1)), Some("h"));
+    assert_eq!(fx.decide(), Decision::DemoteCluster);
+    let mut paused = standby(Fx::new().leader(ME).pg(primary(1000, 1)), Some("h"));
+    paused.config.pause = true;
+    assert!(matches!(wait(&paused.decide()), WaitReason::Paused(_)));
+}
+
+#[test]
+fn a_standby_leader_whose_lease_is_not_trusted_does_nothing() {
+    let mut fx = standby(Fx::new().leader(ME).pg(replica(1000, 1, None)), Some("h"));
+    fx.lease.expires_at = Moment::from_millis(10_200);
+    assert_eq!(wait(&fx.decide()), &WaitReason::LeaseNotTrusted);
+}
+
+#[test]
+fn in_a_standby_cluster_the_other_members_follow_the_standby_leader() {
+    let fx = standby(Fx::new().leader("n2").pg(replica(900, 1, Some("n3"))), Some("h"));
+    assert_eq!(fx.decide(), Decision::Follow { upstream: Some("n2".into()) });
+    let primary_here = standby(Fx::new().leader("n2").pg(primary(900, 1)), Some("h"));
+    assert_eq!(primary_here.decide(), Decision::Demote { reason: DemoteReason::OtherLeader("n2".into()) });
+}
+
+#[test]
+fn without_a_standby_leader_the_healthiest_member_races_for_the_key_as_in_any_cluster() {
+    let fx = standby(Fx::new().pg(replica(1000, 1, Some("n2"))), Some("h"));
+    assert!(matches!(fx.decide(), Decision::ProbePeers { .. }));
+    let answered = standby(Fx::new().pg(replica(1000, 1, Some("n2"))), Some("h"))
+        .peers(vec![answer("n2", false, 900), answer("n3", false, 900)]);
+    assert_eq!(answered.decide(), Decision::AcquireLeader);
+}
+
+#[test]
+fn promote_cluster_clears_standby_cluster_and_the_standby_leader_promotes() {
+    // `standby_cluster: null`: an ordinary cluster again, whose key holder is a replica.
+    let fx = Fx::new().leader(ME).pg(replica(1000, 1, Some(REMOTE_PRIMARY)));
+    assert_eq!(fx.decide(), Decision::Promote);
+}

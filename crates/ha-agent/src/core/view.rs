@@ -228,6 +228,9 @@ pub struct DynConfig {
     /// `postgresql.use_slots` (default true): the leader keeps a physical slot per member and
     /// replicas stream through theirs.
     pub use_slots: bool,
+    /// `standby_cluster`: this cluster follows a remote primary (or its archive); its leader
+    /// is a standby leader and nobody promotes (`decide::standby_leader`).
+    pub standby_cluster: Option<outrigger_schema::StandbyCluster>,
 }
 
 /// Why a PostgreSQL parameter from a config (the cluster's `config` key, or the agent's file)
@@ -282,6 +285,7 @@ impl Default for DynConfig {
             pg_ident: None,
             slots: Vec::new(),
             use_slots: true,
+            standby_cluster: None,
         }
     }
 }
@@ -298,6 +302,7 @@ impl DynConfig {
         }
         parameters.sort();
         refused.sort();
+        let standby_cluster = v.standby_cluster();
         Self {
             maximum_lag_on_failover: v
                 .maximum_lag_on_failover()
@@ -317,7 +322,9 @@ impl DynConfig {
             pause: v.pause().unwrap_or(false),
             refused,
             sync: SyncSettings {
+                // A standby cluster takes no writes: no synchronous replication (as Patroni).
                 mode: match v.synchronous_mode() {
+                    _ if standby_cluster.is_some() => SyncMode::Off,
                     SynchronousMode::Off => SyncMode::Off,
                     SynchronousMode::On => SyncMode::On,
                     SynchronousMode::Quorum => SyncMode::Quorum,
@@ -336,6 +343,7 @@ impl DynConfig {
             pg_ident: v.pg_ident(),
             slots: v.permanent_slots(),
             use_slots: v.use_slots().unwrap_or(true),
+            standby_cluster,
         }
     }
 }

@@ -51,6 +51,8 @@ impl Action {
 pub enum Role {
     Primary,
     Replica,
+    /// A standby cluster's leader (a replica of the remote primary).
+    StandbyLeader,
     /// A primary this agent stopped.
     Demoted,
     Uninitialized,
@@ -61,6 +63,7 @@ impl Role {
         match self {
             Role::Primary => "primary",
             Role::Replica => "replica",
+            Role::StandbyLeader => "standby_leader",
             Role::Demoted => "demoted",
             Role::Uninitialized => "uninitialized",
         }
@@ -76,12 +79,21 @@ pub(super) struct State {
     pub pending: Option<Action>,
     /// A new cluster is being made: no callbacks.
     pub bootstrapping: bool,
+    /// This member leads a standby cluster (`Postgres::set_standby_leader`).
+    pub standby_leader: bool,
     pub running: Option<tokio::process::Child>,
 }
 
 impl Default for State {
     fn default() -> Self {
-        Self { role: Role::Uninitialized, called: false, pending: None, bootstrapping: false, running: None }
+        Self {
+            role: Role::Uninitialized,
+            called: false,
+            pending: None,
+            bootstrapping: false,
+            standby_leader: false,
+            running: None,
+        }
     }
 }
 
@@ -89,7 +101,7 @@ impl Default for State {
 /// primary starts as a replica after a callback has run (Patroni's `follow`), else the
 /// pending one (`on_restart`) or `on_start`.
 pub fn after_start(called: bool, before: Role, now: Role, pending: Option<Action>) -> Action {
-    if called && matches!(before, Role::Primary | Role::Demoted) && now == Role::Replica {
+    if called && matches!(before, Role::Primary | Role::Demoted) && matches!(now, Role::Replica | Role::StandbyLeader) {
         Action::OnRoleChange
     } else {
         pending.unwrap_or(Action::OnStart)
@@ -106,6 +118,18 @@ impl Postgres {
     /// The role callbacks are told.
     pub fn callback_role(&self) -> Role {
         self.cb.role
+    }
+
+    /// Whether this member leads a standby cluster: the role its next start as a standby
+    /// reports, and, for a running standby whose role changes, `on_role_change` with the new
+    /// one now (as Patroni's `follow` does).
+    pub fn set_standby_leader(&mut self, on: bool) {
+        self.cb.standby_leader = on;
+        let now = if on { Role::StandbyLeader } else { Role::Replica };
+        if matches!(self.cb.role, Role::Replica | Role::StandbyLeader) && self.cb.role != now {
+            self.cb.role = now;
+            self.call_nowait(Action::OnRoleChange);
+        }
     }
 
     /// The data directory was removed (a reinit): the next start is a first start.

@@ -620,7 +620,11 @@ impl Postgres {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let now = if is_standby_dir(&self.cfg.data_dir) { callbacks::Role::Replica } else { callbacks::Role::Primary };
+        let now = match (is_standby_dir(&self.cfg.data_dir), self.cb.standby_leader) {
+            (false, _) => callbacks::Role::Primary,
+            (true, false) => callbacks::Role::Replica,
+            (true, true) => callbacks::Role::StandbyLeader,
+        };
         let action = callbacks::after_start(self.cb.called, self.cb.role, now, self.cb.pending.take());
         self.cb.role = now;
         self.call_nowait(action);

@@ -106,6 +106,17 @@ pub struct Upstream {
     pub member: String,
     pub host: String,
     pub port: u16,
+    /// `standby_cluster`'s remote primary: it streams through `standby_cluster`'s
+    /// `primary_slot_name` (`remote_slot`, none when not set), not through a member slot.
+    pub remote: bool,
+    pub remote_slot: Option<String>,
+}
+
+impl Upstream {
+    /// A member of this cluster.
+    pub fn member(member: &str, host: String, port: u16) -> Self {
+        Self { member: member.to_owned(), host, port, remote: false, remote_slot: None }
+    }
 }
 
 /// What goes into the managed `postgresql.conf`.
@@ -173,7 +184,11 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
             let _ = write!(ci, " password={}", conninfo_quote(p));
         }
         settings.push(("primary_conninfo".into(), ci));
-        if i.use_slots {
+        if u.remote {
+            if let Some(slot) = &u.remote_slot {
+                settings.push(("primary_slot_name".into(), slot.clone()));
+            }
+        } else if i.use_slots {
             settings.push(("primary_slot_name".into(), slot_name(i.application_name)));
         }
     }
@@ -293,24 +308,46 @@ Data page checksum version:           1
         assert_eq!(host_port_from_conn_url("http://x"), None);
     }
 
-    #[test]
-    fn without_use_slots_a_replica_names_no_slot() {
-        let up = Upstream { member: "n2".into(), host: "10.0.0.2".into(), port: 5432 };
-        let text = render_postgresql_conf(&ConfInput {
+    /// The conf of replica `n1` streaming from `up`, no parameters.
+    fn replica_conf(up: &Upstream, use_slots: bool) -> String {
+        render_postgresql_conf(&ConfInput {
             listen_addresses: "*",
             port: 5432,
             socket_dir: "/run/pg",
             cluster_parameters: &[],
             local_parameters: &[],
             wal_log_hints: true,
-            upstream: Some(&up),
+            upstream: Some(up),
             replication_user: "replicator",
             replication_password: None,
             application_name: "n1",
-            use_slots: false,
-        });
+            use_slots,
+        })
+    }
+
+    #[test]
+    fn without_use_slots_a_replica_names_no_slot() {
+        let text = replica_conf(&Upstream::member("n2", "10.0.0.2".into(), 5432), false);
         assert!(text.contains("primary_conninfo"), "{text}");
         assert!(!text.contains("primary_slot_name"), "{text}");
+    }
+
+    #[test]
+    fn a_standby_leader_streams_through_the_slot_standby_cluster_names_or_none() {
+        let conf = |slot: Option<&str>| {
+            let up = Upstream {
+                member: "(standby_cluster)".into(),
+                host: "10.9.0.1".into(),
+                port: 5433,
+                remote: true,
+                remote_slot: slot.map(str::to_owned),
+            };
+            replica_conf(&up, true)
+        };
+        let named = conf(Some("dr_site"));
+        assert!(named.contains("host=10.9.0.1 port=5433"), "{named}");
+        assert!(named.contains("primary_slot_name = 'dr_site'"), "{named}");
+        assert!(!conf(None).contains("primary_slot_name"), "{}", conf(None));
     }
 
     #[test]
@@ -320,7 +357,7 @@ Data page checksum version:           1
 
     #[test]
     fn replica_conf_points_at_the_upstream_and_local_parameters_win() {
-        let up = Upstream { member: "n2".into(), host: "10.0.0.2".into(), port: 5432 };
+        let up = Upstream::member("n2", "10.0.0.2".into(), 5432);
         let cluster = vec![("max_connections".into(), "100".into()), ("wal_level".into(), "logical".into())];
         let local = vec![("max_connections".into(), "200".into())];
         let text = render_postgresql_conf(&ConfInput {

@@ -7,19 +7,23 @@ use std::time::Duration;
 use anyhow::Context;
 use outrigger_schema::{ConfigValue, HistoryEntry, StatusValue};
 
+use super::standby::remote_upstream;
 use super::{Agent, PROMOTING, Read, wall_ms};
 use crate::config::{BootstrapMethod, ReplicaMethod};
 use crate::core::schedule::format_rfc3339_ms;
 use crate::core::slots::SlotAction;
-use crate::core::{ClusterState, ClusterView, Decision, LeaderKey, Outcome, PgView, RunningPg};
+use crate::core::{ClusterState, ClusterView, Decision, LeaderKey, Outcome, PgView, REMOTE_PRIMARY, RunningPg};
 use crate::pg::StopMode;
 use crate::pg::text::{Upstream, host_port_from_conn_url, parse_history_file, slot_name};
 
 impl Agent {
     pub(super) fn upstream_of(&self, read: Option<&Read>, member: &str) -> Option<Upstream> {
+        if member == REMOTE_PRIMARY {
+            return self.dyn_config.standby_cluster.as_ref().and_then(remote_upstream);
+        }
         let m = read?.view.member(member)?;
         let (host, port) = host_port_from_conn_url(&m.conn_url)?;
-        Some(Upstream { member: member.to_owned(), host, port })
+        Some(Upstream::member(member, host, port))
     }
 
     /// Publishes `state` (member key and REST status) before a long action, so that the
@@ -39,7 +43,7 @@ impl Agent {
     }
 
     /// Starts PostgreSQL and records the outcome.
-    async fn start(&mut self) {
+    pub(super) async fn start(&mut self) {
         match self.pg.start().await {
             Ok(()) => self.record(Outcome::Started),
             Err(e) => self.failed_start(&e),
@@ -54,13 +58,26 @@ impl Agent {
     /// Makes this member a replica's data directory by `create_replica_methods`, in order: the
     /// first that succeeds wins; a failed one is logged and leaves nothing behind.
     async fn create_replica(&self, host: &str, port: u16) -> anyhow::Result<()> {
+        self.create_replica_by(&self.cfg.postgresql.create_replica_methods, Some((host, port))).await
+    }
+
+    /// `create_replica` with these `methods`, from `source` (`None`: no server to copy from,
+    /// only methods that need none can work).
+    pub(super) async fn create_replica_by(
+        &self,
+        methods: &[ReplicaMethod],
+        source: Option<(&str, u16)>,
+    ) -> anyhow::Result<()> {
         let scope = self.dcs.layout().scope();
         let mut failures = Vec::new();
-        for m in &self.cfg.postgresql.create_replica_methods {
-            let (name, r) = match m {
-                ReplicaMethod::Basebackup => ("basebackup", self.pg.basebackup(host, port).await),
-                ReplicaMethod::Command { name, .. } => {
-                    (name.as_str(), self.pg.replica_by_command(m, scope, Some((host, port))).await)
+        for m in methods {
+            let (name, r) = match (m, source) {
+                (ReplicaMethod::Basebackup, Some((host, port))) => ("basebackup", self.pg.basebackup(host, port).await),
+                (ReplicaMethod::Basebackup, None) => {
+                    ("basebackup", Err(anyhow::anyhow!("no host to take a base backup from")))
+                }
+                (ReplicaMethod::Command { name, .. }, _) => {
+                    (name.as_str(), self.pg.replica_by_command(m, scope, source).await)
                 }
             };
             match r {
@@ -151,8 +168,12 @@ impl Agent {
                     let _ = self.dcs.clear_failover(f.mod_revision).await;
                 }
                 match pg {
-                    PgView::Running(r) if !r.primary => self.promote(read, r).await?,
-                    PgView::Running(_) => self.lease.arm(),
+                    // A standby cluster's new leader is the standby leader: the next cycle
+                    // points it at the remote primary (`Decision::LeadStandby`).
+                    PgView::Running(r) if !r.primary && self.dyn_config.standby_cluster.is_none() => {
+                        self.promote(read, r).await?
+                    }
+                    PgView::Running(r) if r.primary => self.lease.arm(),
                     _ => {}
                 }
             }
@@ -208,6 +229,7 @@ impl Agent {
                 }
             }
             Decision::Follow { upstream } => {
+                self.pg.set_standby_leader(false);
                 let up = upstream.as_deref().and_then(|l| self.upstream_of(read, l));
                 if let (Some(u), None) = (upstream, &up) {
                     anyhow::bail!("no conn_url for {u}, the member to stream from");
@@ -227,6 +249,7 @@ impl Agent {
                 }
             }
             Decision::Replicate { upstream } => {
+                self.pg.set_standby_leader(false);
                 let up = self.upstream_of(read, upstream);
                 if self.pg.write_config(&self.cluster_params(false), true, up.as_ref(), self.wal_log_hints())? {
                     self.pending_restart = !self.pg.reload().await?.is_empty();
@@ -251,6 +274,8 @@ impl Agent {
             Decision::Wait { .. } => {}
             // The rounds run on the failsafe task (`run/failsafe.rs`).
             Decision::Failsafe { .. } => {}
+            Decision::LeadStandby { upstream } => self.lead_standby(read, pg, upstream.as_deref()).await?,
+            Decision::DemoteCluster => self.demote_cluster(read, pg).await?,
         }
         Ok(())
     }
@@ -299,11 +324,25 @@ impl Agent {
             BootstrapMethod::Initdb => "initdb",
             BootstrapMethod::Command { name, .. } => name.as_str(),
         };
-        tracing::info!(lease = format!("{lease:x}"), method, "won the bootstrap race; making the new cluster");
+        let standby = serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone())
+            .ok()
+            .and_then(|c| c.standby_cluster());
+        match &standby {
+            Some(_) => tracing::info!(
+                lease = format!("{lease:x}"),
+                "won the bootstrap race; copying the remote primary of standby_cluster"
+            ),
+            None => {
+                tracing::info!(lease = format!("{lease:x}"), method, "won the bootstrap race; making the new cluster")
+            }
+        }
         self.set_busy(Some("initializing new cluster"));
         // No callbacks while the cluster is made; `on_start` once it is (as Patroni).
         self.pg.set_bootstrapping(true);
         let steps = async {
+            if let Some(sc) = &standby {
+                return self.bootstrap_standby(sc).await;
+            }
             self.arm_for_primary().await?;
             self.bootstrap_steps().await
         };
@@ -529,6 +568,11 @@ impl Agent {
             ),
             extra: serde_json::Map::new(),
         };
+        self.write_status(status).await;
+    }
+
+    /// The leader's `status`, written when it changed, and at least once per ttl.
+    pub(super) async fn write_status(&mut self, status: StatusValue) {
         let due = self.last_status_at.is_none_or(|t| self.clock.now().since(t) >= self.settings.timings.ttl);
         if due || self.last_status.as_ref() != Some(&status) {
             match self.dcs.write_status(&status).await {
@@ -547,7 +591,7 @@ impl Agent {
     /// One physical slot per other member that streams from us (`core::cascade`: not those
     /// that cascade from a replica or take WAL from the archive only); slots of members gone
     /// for `member_slots_ttl` are dropped. Slots we never saw a member for are left alone.
-    async fn manage_slots(&mut self, view: &ClusterView) {
+    pub(super) async fn manage_slots(&mut self, view: &ClusterView) {
         let me = self.cfg.name.clone();
         // Members seen recently, former leaders included: a member rejoining after its key
         // expired needs its slot before it can stream and publish its key again.

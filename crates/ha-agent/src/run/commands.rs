@@ -219,7 +219,7 @@ impl Agent {
 
     fn upstream_ref(&self) -> Option<Upstream> {
         // Without a fresh read the address is unknown; the name is what `observe` compares.
-        self.memory.upstream().map(|m| Upstream { member: m.to_owned(), host: String::new(), port: 0 })
+        self.memory.upstream().map(|m| Upstream::member(m, String::new(), 0))
     }
 
     /// `POST /reload` (and a forced reload): write the configuration for our current role

@@ -22,6 +22,7 @@ mod publish;
 mod raft;
 mod reload;
 mod slots;
+mod standby;
 mod start;
 mod sync;
 mod watch;

@@ -10,10 +10,17 @@ use crate::pg::Extra;
 
 impl Agent {
     pub(super) async fn publish(&mut self, read: Option<&Read>, pg: &PgView, extra: Option<&Extra>) {
+        // A standby cluster's key holder running as a replica is its standby leader.
+        let standby_leader = self.dyn_config.standby_cluster.is_some()
+            && read.and_then(|r| r.view.leader.as_ref()).is_some_and(|l| l.name == self.cfg.name);
         let (state, role, timeline, position) = match pg {
             PgView::Running(r) => (
                 "running",
-                if r.primary { MemberRole::Primary } else { MemberRole::Replica },
+                match (r.primary, standby_leader) {
+                    (true, _) => MemberRole::Primary,
+                    (false, true) => MemberRole::StandbyLeader,
+                    (false, false) => MemberRole::Replica,
+                },
                 Some(r.timeline),
                 Some(r.wal_position),
             ),

@@ -25,6 +25,9 @@ impl Agent {
             p.retain(|(k, _)| !k.eq_ignore_ascii_case("hot_standby_feedback"));
             p.push(("hot_standby_feedback".into(), "on".into()));
         }
+        if !primary && let Some(sc) = &self.dyn_config.standby_cluster {
+            super::standby::standby_parameters(&mut p, sc, false);
+        }
         if primary && let Some(ssn) = &self.sync_ssn {
             p.retain(|(k, _)| !k.eq_ignore_ascii_case("synchronous_standby_names"));
             p.push(("synchronous_standby_names".into(), ssn.to_string()));
