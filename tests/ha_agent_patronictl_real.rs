@@ -13,8 +13,8 @@ mod harness;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use harness::{Cluster, Opts, SCOPE};
-use outrigger_testkit::wait_until;
+use harness::{Cluster, Opts, PG_PORT, SCOPE};
+use outrigger_testkit::{PgOptions, Postgres, wait_until};
 
 const UP: Duration = Duration::from_secs(90);
 
@@ -32,6 +32,11 @@ impl Ctl {
         let primary = c.wait_primary(UP, &[]).expect("a primary");
         let replicas: Vec<usize> = (1..=3).filter(|&i| i != primary).collect();
         c.wait_streaming(primary, &replicas, UP).expect("replicas streaming");
+        Self::with(c, primary)
+    }
+
+    /// patronictl's config for a running cluster led by member `primary`.
+    fn with(c: Cluster, primary: usize) -> Self {
         let hosts: Vec<String> =
             (0..c.etcd.len()).map(|m| c.etcd.endpoint(m).trim_start_matches("http://").to_owned()).collect();
         let config = c.net.dir().path().join("patronictl.yml");
@@ -477,4 +482,185 @@ fn permanent_slots_from_edit_config_exist_on_every_member_follow_the_leaders_pos
     ctl.run(&["edit-config", SCOPE, "--force", "-s", "slots=null"]).expect("edit-config no slots");
     wait_until(UP, "slot keep gone from every member", || (1..=3).all(|i| keep(i).is_none()).then_some(()))
         .expect("permanent slot dropped everywhere");
+}
+
+/// Member `i`'s role in its member key (`standby_leader`, `replica`, `primary`).
+fn member_role(c: &Cluster, i: usize) -> String {
+    c.etcd_get(&format!("members/{}", Cluster::name(i)))
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+        .and_then(|v| v["role"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The status code of `GET http://<member i>:8008<path>`, asked from host 1.
+fn health(c: &Cluster, i: usize, path: &str) -> String {
+    let url = format!("http://{}:8008{path}", c.net.host(i).ip());
+    c.net
+        .host(1)
+        .exec(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", &url])
+        .unwrap_or_default()
+}
+
+/// `count(*), count(distinct id), min(id), max(id)` of table t on member `i`.
+fn rows(c: &Cluster, i: usize) -> String {
+    c.sql(i, "select count(*) || ' ' || count(distinct id) || ' ' || min(id) || ' ' || max(id) from t")
+        .unwrap_or_default()
+}
+
+/// Waits until every member holds exactly ids 1..=n in t.
+fn wait_rows(c: &Cluster, n: u32, what: &str) {
+    let want = format!("{n} {n} 1 {n}");
+    wait_until(UP, what, || (1..=3).all(|i| rows(c, i) == want).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}: rows {:?}", (1..=3).map(|i| rows(c, i)).collect::<Vec<_>>()));
+}
+
+/// The Patroni `standby_cluster` cycle of a disaster-recovery site, with ha-agent members and
+/// unmodified patronictl: three members bootstrap as a standby cluster of a remote primary
+/// (a plain PostgreSQL on another port, through a slot there), fail over among themselves
+/// while still following it, become the primary cluster with `promote-cluster` once the old
+/// primary has stopped, and follow it again with `demote-cluster` after it was made their
+/// replica and promoted. Every row written on either side is on every member exactly once.
+#[test]
+fn a_standby_cluster_follows_its_remote_primary_fails_over_inside_and_patronictl_promotes_and_demotes_it() {
+    let scripts = tempfile::tempdir().expect("tempdir");
+    let cb = scripts.path().join("cb.sh");
+    std::fs::write(&cb, "#!/bin/sh\necho \"$*\" >> \"$HOME/callbacks.log\"\n").expect("write cb.sh");
+    std::fs::set_permissions(&cb, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let opts = Opts {
+        sync: false,
+        agents: 0,
+        postgresql: format!("callbacks = {{ on_role_change = \"{}\" }}\n", cb.display()),
+        ..Opts::default()
+    };
+    let mut c = Cluster::start("standby_cluster", opts).expect("cluster");
+    let callbacks = |c: &Cluster, i: usize| {
+        std::fs::read_to_string(c.data_dir(i).parent().expect("host dir").join("callbacks.log")).unwrap_or_default()
+    };
+    for i in 1..=3 {
+        let log = c.data_dir(i).parent().expect("host dir").join("callbacks.log");
+        std::fs::write(&log, "").expect("create callbacks.log");
+        std::fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o666)).expect("chmod");
+    }
+
+    // The remote primary, on host 3's address at port 5433, with a slot for the standby leader.
+    // A new standby leader can use the slot only once the remote has dropped the old one's
+    // connection: after wal_sender_timeout (60 s by default; 5 s here, as a failover test's).
+    let settings = vec![("wal_sender_timeout".to_owned(), "5s".to_owned())];
+    let mut src = Postgres::init_primary(c.net.host(3), "src", PgOptions { port: 5433, settings }).expect("source");
+    src.sql(
+        "create role replicator login replication; create table t(id int primary key); \
+         insert into t select generate_series(1, 100); select pg_create_physical_replication_slot('dr')",
+    )
+    .expect("prepare the source");
+    let section =
+        format!("[bootstrap.dcs.standby_cluster]\nhost = \"{}\"\nport = 5433\nprimary_slot_name = \"dr\"\n", src.ip());
+    for i in 1..=3 {
+        c.set_member_config(i, &section).expect("member config");
+    }
+
+    // n1 bootstraps by copying the source and leads as the standby leader; n2 and n3 follow it.
+    c.start_agent(1).expect("start n1");
+    wait_until(UP, "n1 to lead the standby cluster", || {
+        (c.leader_key().as_deref() == Some("n1") && member_role(&c, 1) == "standby_leader").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.agent_log(1)));
+    c.start_agent(2).expect("start n2");
+    c.start_agent(3).expect("start n3");
+    let ctl = Ctl::with(c, 1);
+    let c = &ctl.c;
+    wait_rows(c, 100, "the source's rows on every member");
+    assert_eq!(src.sql("select active from pg_replication_slots where slot_name = 'dr'").expect("slot"), "t");
+    let listed = wait_until(UP, "patronictl list: a Standby Leader and two streaming replicas", || {
+        let m = ctl.list();
+        let sl = m.iter().filter(|m| field(m, "Role") == "Standby Leader" && field(m, "Member") == "n1").count();
+        let streaming = m.iter().filter(|m| field(m, "Role") == "Replica" && field(m, "State") == "streaming").count();
+        (sl == 1 && streaming == 2).then_some(m)
+    })
+    .expect("patronictl list of the standby cluster");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(health(c, 1, "/standby_leader"), "200");
+    assert_eq!(health(c, 1, "/leader"), "200");
+    for i in 1..=3 {
+        assert_eq!(health(c, i, "/primary"), "503", "n{i} /primary in a standby cluster");
+        assert!(!c.writable(i), "n{i} accepts writes in a standby cluster");
+    }
+
+    // The standby leader's host is cut off: another member leads, still following the source.
+    c.net.host(1).cut_off().expect("cut n1 off");
+    let l = wait_until(UP, "a new standby leader", || {
+        let l = c.leader_key().filter(|l| l != "n1")?;
+        let i = Cluster::index(&l);
+        (member_role(c, i) == "standby_leader").then_some(i)
+    })
+    .expect("failover inside the standby cluster");
+    let other = if l == 2 { 3 } else { 2 };
+    src.sql("insert into t select generate_series(101, 200)").expect("write on the source");
+    let want = "200 200 1 200";
+    wait_until(UP, "rows 101-200 on the new standby leader and the other member", || {
+        (rows(c, l) == want && rows(c, other) == want).then_some(())
+    })
+    .expect("the new standby leader follows the source");
+    assert!(
+        callbacks(c, l).contains(&format!("on_role_change standby_leader {SCOPE}")),
+        "n{l}'s callbacks: {}",
+        callbacks(c, l)
+    );
+    assert!(!c.writable(l), "the new standby leader accepts writes");
+    c.net.host(1).heal().expect("heal n1");
+    wait_until(UP, "n1 back as a replica of the new standby leader", || {
+        (member_role(c, 1) == "replica" && rows(c, 1) == want).then_some(())
+    })
+    .expect("n1 follows the new standby leader");
+
+    // Moving the primary role to this cluster: the source stops (its shutdown checkpoint goes
+    // to the standby leader first), then promote-cluster.
+    src.stop().expect("stop the source");
+    let out = ctl.run(&["promote-cluster", SCOPE, "--force"]).expect("patronictl promote-cluster");
+    assert!(out.contains("successfully promoted"), "{out}");
+    assert_eq!(c.wait_primary(UP, &[]).expect("a primary"), l, "the standby leader promotes");
+    c.sql(l, "insert into t select generate_series(201, 300)").expect("write on the promoted cluster");
+    wait_rows(c, 300, "rows 201-300 on every member");
+    wait_until(UP, "patronictl list: Leader", || {
+        ctl.list().iter().any(|m| field(m, "Role") == "Leader" && field(m, "Member") == Cluster::name(l)).then_some(())
+    })
+    .expect("patronictl shows the leader");
+
+    // And back: the old primary becomes this cluster's replica, this cluster is demoted to
+    // follow it, and it is promoted.
+    let leader_ip = c.net.host(l).ip().to_string();
+    std::fs::write(src.data().join("standby.signal"), "").expect("standby.signal");
+    let mut auto =
+        std::fs::OpenOptions::new().append(true).open(src.data().join("postgresql.auto.conf")).expect("auto");
+    std::io::Write::write_all(
+        &mut auto,
+        format!("\nprimary_conninfo = 'host={leader_ip} port={PG_PORT} user=replicator application_name=src'\n")
+            .as_bytes(),
+    )
+    .expect("primary_conninfo");
+    src.start(c.net.host(3)).expect("start the source as a replica");
+    wait_until(UP, "the old primary to replay the promoted cluster's rows", || {
+        (src.sql("select count(*) from t").ok()? == "300").then_some(())
+    })
+    .expect("old primary follows");
+    let out = ctl
+        .run(&["demote-cluster", SCOPE, "--host", &src.ip().to_string(), "--port", "5433", "--force"])
+        .expect("patronictl demote-cluster");
+    assert!(out.contains("successfully demoted"), "{out}");
+    assert_eq!(c.leader_key().map(|n| Cluster::index(&n)), Some(l), "the leader kept its key");
+    assert_eq!(member_role(c, l), "standby_leader");
+    assert_eq!(src.sql("select pg_promote()").expect("promote the old primary"), "t");
+    src.sql("insert into t select generate_series(301, 400)").expect("write on the old primary again");
+    wait_rows(c, 400, "rows 301-400 on every member of the standby cluster again");
+    for i in 1..=3 {
+        assert!(!c.writable(i), "n{i} accepts writes after demote-cluster");
+        assert_eq!(health(c, i, "/primary"), "503");
+    }
+    assert_eq!(health(c, l, "/standby_leader"), "200");
+    assert!(
+        ctl.list().iter().any(|m| field(m, "Role") == "Standby Leader" && field(m, "Member") == Cluster::name(l)),
+        "{:?}",
+        ctl.list()
+    );
+    let errors = c.unexpected_errors(&[]);
+    assert!(errors.is_empty(), "agents logged errors: {errors:#?}");
 }

@@ -1256,6 +1256,29 @@ listen = "10.0.0.1:5432"
     }
 
     #[test]
+    fn a_standby_cluster_is_checked_key_by_key_and_must_name_a_source() {
+        let ok = load(&format!(
+            "{BASE}[bootstrap.dcs.standby_cluster]\nhost = \"10.0.0.9\"\nport = 5433\nprimary_slot_name = \"dr\"\n\
+             create_replica_methods = [\"basebackup\"]\n"
+        ))
+        .expect("a valid standby_cluster");
+        assert_eq!(ok.bootstrap_dcs["standby_cluster"]["port"], 5433);
+        let e = load(&format!(
+            "{BASE}[bootstrap.dcs.standby_cluster]\nport = 70000\nhots = \"x\"\ncreate_replica_methods = [\"wal_g\"]\n"
+        ))
+        .unwrap_err();
+        for want in [
+            "bootstrap.dcs.standby_cluster.port (70000): must be a TCP port",
+            "bootstrap.dcs.standby_cluster.hots: unknown key",
+            "bootstrap.dcs.standby_cluster.create_replica_methods (\"wal_g\"): must name basebackup or a method",
+        ] {
+            assert!(e.iter().any(|p| p.starts_with(want)), "{want}: {e:?}");
+        }
+        let e = load(&format!("{BASE}[bootstrap.dcs.standby_cluster]\nprimary_slot_name = \"dr\"\n")).unwrap_err();
+        assert!(e.iter().any(|p| p.contains("must name a source")), "{e:?}");
+    }
+
+    #[test]
     fn a_bootstrap_method_reads_as_patroni_names_it_and_a_target_without_promote_is_refused() {
         let c = load(&format!(
             "{BASE}[bootstrap]\nmethod = \"wal_shipper\"\n[bootstrap.wal_shipper]\ncommand = \"wal-shipper create-replica --target-time '2026-12-03 10:00:00+00'\"\n\

@@ -143,7 +143,9 @@ impl Agent {
                 leader_until: if failsafe_active {
                     lease.failsafe_until.map(|u| self.clock.instant(u).into())
                 } else {
-                    (pg.writable() && i_lead)
+                    // A standby leader holds the key as a primary does (`/leader` and
+                    // `/standby_leader` answer 200 on its lease).
+                    (i_lead && (pg.writable() || (standby_leader && matches!(pg, PgView::Running(_)))))
                         .then_some(lease)
                         .filter(|l| l.id.is_some())
                         .map(|l| self.clock.instant(l.fence_at(&self.settings.timings)).into())
