@@ -493,12 +493,7 @@ fn a_new_cluster_bootstrapped_from_the_archive_to_a_point_in_time_holds_exactly_
     let target = c.sql(p, "select to_char(now() at time zone 'utc', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")?;
     c.sql(p, "select pg_sleep(0.2)")?;
     c.sql(p, "insert into t values (2)")?;
-    let last = c.sql(p, "select pg_walfile_name(pg_switch_wal())")?;
-    outrigger_testkit::wait_ok(Duration::from_secs(60), "the segment with both inserts to be archived", || {
-        let done = c.sql(p, "select coalesce(last_archived_wal, '') from pg_stat_archiver")?;
-        anyhow::ensure!(done.as_str() >= last.as_str(), "archived up to {done:?}, want {last}");
-        Ok(())
-    })?;
+    archive_now(&c, p)?;
     let sysid = c.sql(p, "select system_identifier from pg_control_system()")?;
 
     // Host 3 (no member of the first cluster) bootstraps a cluster of its own scope with
@@ -554,4 +549,121 @@ fn a_new_cluster_bootstrapped_from_the_archive_to_a_point_in_time_holds_exactly_
     anyhow::ensure!(target_left == "none", "recovery targets left in the configuration files: {target_left}");
     c.sql(3, "insert into t values (3)")?;
     Ok(())
+}
+
+/// A disaster-recovery site fed by cloud storage alone: a standby cluster of its own scope
+/// (Patroni's `standby_cluster` with `restore_command` only) on hosts 2 and 3 makes its first
+/// member from the primary cluster's newest backup in the bucket and replays the archived
+/// WAL; its second member copies it from the bucket too and follows its standby leader. The
+/// primary cluster serves the site no base backup and no WAL stream, yet every archived row
+/// arrives; `standby_cluster: null` makes the site a primary cluster of its own.
+#[test]
+fn a_standby_cluster_fed_only_by_the_archive_bootstraps_from_the_bucket_and_replays_the_primary_clusters_wal()
+-> anyhow::Result<()> {
+    let Rig { c, cfg, _s3, _cfg_dir } = rig("cluster_standby_from_archive", false, "")?;
+    let p = c.wait_primary(UP, &[])?;
+    c.sql(p, "create table t (id int primary key); insert into t select generate_series(1, 100)")?;
+    let (code, err) = shipper_on(&c, p, &cfg, &["backup-push", &c.data_dir(p).display().to_string()]);
+    anyhow::ensure!(code == 0, "backup-push: {err}");
+    c.sql(p, "insert into t select generate_series(101, 200)")?;
+    archive_now(&c, p)?;
+    let served = base_backups_served(&c, p);
+
+    // Hosts 2 and 3 (not members of the first cluster) run the site under scope otk-dr. It
+    // archives nowhere: only the primary cluster writes into its archive.
+    let shipper = format!("{} --config {}", bin::daemon("wal-shipper").display(), cfg.display());
+    let scope = "otk-dr";
+    let mut agents = Vec::new();
+    for i in [2, 3] {
+        let text = c
+            .config_text(i)
+            .replace(&format!("scope = \"{}\"", harness::SCOPE), &format!("scope = \"{scope}\""))
+            .replace("archive_mode = \"on\"", "archive_mode = \"off\"")
+            + &format!(
+                "\n[bootstrap.dcs.standby_cluster]\nrestore_command = \"{shipper} wal-fetch %f %p\"\n\
+                 create_replica_methods = [\"wal_shipper\"]\n"
+            );
+        let path = c.net.dir().path().join(format!("ha-agent-dr-n{i}.toml"));
+        std::fs::write(&path, text)?;
+        let mut cmd = Command::new(harness::agent_bin());
+        cmd.arg("--config").arg(&path).arg("--log-json");
+        agents.push(c.net.host(i).spawn(&format!("ha-dr-n{i}"), cmd)?);
+        if i == 2 {
+            // n2 bootstraps the site alone: the race has one runner.
+            outrigger_testkit::wait_until(UP, "n2 to lead the site as its standby leader", || {
+                let m: serde_json::Value = serde_json::from_str(&dr_key(&c, scope, "members/n2").ok()?).ok()?;
+                (dr_key(&c, scope, "leader").ok()? == "n2" && m["role"] == "standby_leader").then_some(())
+            })?;
+        }
+    }
+    let rows = |i: usize| c.sql(i, "select count(*) || ' ' || min(id) || ' ' || max(id) from t").unwrap_or_default();
+    outrigger_testkit::wait_until(UP, "the archived rows on both members of the site", || {
+        (rows(2) == "200 1 200" && rows(3) == "200 1 200").then_some(())
+    })?;
+    let member: serde_json::Value = serde_json::from_str(&dr_key(&c, scope, "members/n3")?)?;
+    anyhow::ensure!(member["role"] == "replica", "n3 follows the standby leader: {member}");
+    for i in [2, 3] {
+        anyhow::ensure!(c.sql(i, "select pg_is_in_recovery()")? == "t", "n{i} of the site takes writes");
+        let restore = c.sql(i, "show restore_command")?;
+        anyhow::ensure!(restore.contains("wal-fetch %f %p"), "n{i} replays from the archive: {restore:?}");
+    }
+    let n2_conninfo = c.sql(2, "show primary_conninfo")?;
+    anyhow::ensure!(n2_conninfo.is_empty(), "the standby leader streams from nowhere: {n2_conninfo:?}");
+
+    // What the primary cluster writes later reaches the site through the bucket only.
+    c.sql(p, "insert into t select generate_series(201, 300)")?;
+    archive_now(&c, p)?;
+    outrigger_testkit::wait_until(UP, "rows 201-300 on both members of the site", || {
+        (rows(2) == "300 1 300" && rows(3) == "300 1 300").then_some(())
+    })?;
+    anyhow::ensure!(base_backups_served(&c, p) == served, "the primary cluster served the site a base backup");
+    let senders = c.sql(p, "select count(*) from pg_stat_replication")?;
+    anyhow::ensure!(senders == "0", "the primary cluster streams to the site: {senders} walsenders");
+
+    // Promoted (what `patronictl promote-cluster` does), the site takes writes of its own.
+    let url = format!("http://{}:8008/config", c.net.host(2).ip());
+    let out = c.net.host(2).exec(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "10",
+        "-X",
+        "PATCH",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"standby_cluster":null}"#,
+        "-w",
+        " %{http_code}",
+        &url,
+    ])?;
+    anyhow::ensure!(out.trim().ends_with(" 200"), "PATCH /config: {out}");
+    outrigger_testkit::wait_ok(UP, "the site's leader to take writes", || {
+        anyhow::ensure!(c.sql(2, "select pg_is_in_recovery()")? == "f");
+        Ok(())
+    })?;
+    c.sql(2, "insert into t values (301)")?;
+    outrigger_testkit::wait_ok(UP, "the site's replica to follow its new primary", || {
+        anyhow::ensure!(rows(3) == "301 1 301", "n3 has {}", rows(3));
+        Ok(())
+    })?;
+    drop(agents);
+    Ok(())
+}
+
+/// A key of cluster `scope` (not the harness's), read through etcd member 1.
+fn dr_key(c: &Cluster, scope: &str, key: &str) -> anyhow::Result<String> {
+    c.etcd
+        .etcdctl(&c.net, 0, &["get", "--print-value-only", &format!("/service/{scope}/{key}")])
+        .map(|s| s.trim().to_owned())
+}
+
+/// Switches primary `p` to a new WAL segment and waits until the one it left is archived.
+fn archive_now(c: &Cluster, p: usize) -> anyhow::Result<()> {
+    let last = c.sql(p, "select pg_walfile_name(pg_switch_wal())")?;
+    outrigger_testkit::wait_ok(Duration::from_secs(60), "the last segment to be archived", || {
+        let done = c.sql(p, "select coalesce(last_archived_wal, '') from pg_stat_archiver")?;
+        anyhow::ensure!(done.as_str() >= last.as_str(), "archived up to {done:?}, want {last}");
+        Ok(())
+    })
 }

@@ -163,7 +163,7 @@ pub enum Decision {
     PublishInitialize {
         sysid: u64,
     },
-    /// Make a new replica with pg_basebackup from `from`.
+    /// Make a new replica from `from` by `create_replica_methods` (pg_basebackup by default).
     Clone {
         from: String,
     },
@@ -463,7 +463,7 @@ impl fmt::Display for Decision {
             Decision::Demote { reason } => write!(f, "demoting: {reason}"),
             Decision::RaceInitialize => f.write_str("no cluster yet: racing to bootstrap it"),
             Decision::PublishInitialize { sysid } => write!(f, "writing system identifier {sysid} to initialize"),
-            Decision::Clone { from } => write!(f, "creating a replica from {from} with pg_basebackup"),
+            Decision::Clone { from } => write!(f, "creating a replica from {from} (create_replica_methods in order)"),
             Decision::ProbePeers { peers } => {
                 let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
                 write!(f, "no leader: asking {} before racing", names.join(", "))
