@@ -516,10 +516,10 @@ fn wait_rows(c: &Cluster, n: u32, what: &str) {
 
 /// The Patroni `standby_cluster` cycle of a disaster-recovery site, with ha-agent members and
 /// unmodified patronictl: three members bootstrap as a standby cluster of a remote primary
-/// (a plain PostgreSQL on another port, through a slot there), fail over among themselves
-/// while still following it, become the primary cluster with `promote-cluster` once the old
-/// primary has stopped, and follow it again with `demote-cluster` after it was made their
-/// replica and promoted. Every row written on either side is on every member exactly once.
+/// (a plain PostgreSQL on another port, through a slot there), fail over and switch over
+/// among themselves while still following it, become the primary cluster with
+/// `promote-cluster` once the old primary has stopped, and follow it again with
+/// `demote-cluster` after it was made their replica and promoted. Every row written on either side is on every member exactly once.
 #[test]
 fn a_standby_cluster_follows_its_remote_primary_fails_over_inside_and_patronictl_promotes_and_demotes_it() {
     let scripts = tempfile::tempdir().expect("tempdir");
@@ -612,13 +612,27 @@ fn a_standby_cluster_follows_its_remote_primary_fails_over_inside_and_patronictl
     })
     .expect("n1 follows the new standby leader");
 
+    // A switchover inside the standby cluster hands the standby leader's role back to n1.
+    let out = ctl
+        .run(&["switchover", SCOPE, "--leader", &Cluster::name(l), "--candidate", "n1", "--force"])
+        .expect("patronictl switchover in the standby cluster");
+    assert!(out.contains("Successfully switched over"), "{out}");
+    wait_until(UP, "n1 to lead the standby cluster again", || {
+        (c.leader_key().as_deref() == Some("n1") && member_role(c, 1) == "standby_leader").then_some(())
+    })
+    .expect("switchover inside the standby cluster");
+    let l = 1;
+    src.sql("insert into t select generate_series(201, 250)").expect("write on the source");
+    wait_rows(c, 250, "rows 201-250 on every member after the switchover");
+    assert!(!c.writable(l), "the standby leader accepts writes after the switchover");
+
     // Moving the primary role to this cluster: the source stops (its shutdown checkpoint goes
     // to the standby leader first), then promote-cluster.
     src.stop().expect("stop the source");
     let out = ctl.run(&["promote-cluster", SCOPE, "--force"]).expect("patronictl promote-cluster");
     assert!(out.contains("successfully promoted"), "{out}");
     assert_eq!(c.wait_primary(UP, &[]).expect("a primary"), l, "the standby leader promotes");
-    c.sql(l, "insert into t select generate_series(201, 300)").expect("write on the promoted cluster");
+    c.sql(l, "insert into t select generate_series(251, 300)").expect("write on the promoted cluster");
     wait_rows(c, 300, "rows 201-300 on every member");
     wait_until(UP, "patronictl list: Leader", || {
         ctl.list().iter().any(|m| field(m, "Role") == "Leader" && field(m, "Member") == Cluster::name(l)).then_some(())

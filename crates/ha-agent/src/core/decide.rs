@@ -253,7 +253,7 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
         return Decision::Wait { reason: WaitReason::LeaseNotTrusted };
     }
     if let Some(sc) = &o.config.standby_cluster {
-        return standby_leader(o, sc);
+        return standby_leader(o, c, sc);
     }
     if o.config.pause {
         return paused_leader(o, c);
@@ -297,15 +297,19 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
 /// cluster that `standby_cluster` was just set on (`patronictl demote-cluster`): it is stopped
 /// cleanly and started again as the standby leader, keeping the key all along, so no other
 /// member can promote meanwhile. Paused, PostgreSQL is neither stopped nor started, and the
-/// key is kept (as Patroni keeps a standby leader's).
-fn standby_leader(o: &Observed<'_>, sc: &outrigger_schema::StandbyCluster) -> Decision {
+/// key is kept (as Patroni keeps a standby leader's). A switchover (the `failover` key)
+/// moves the standby leader's role as it moves a primary's: the same checks, then a step
+/// down; the candidate takes the key and points itself at the remote primary.
+fn standby_leader(o: &Observed<'_>, c: &ClusterView, sc: &outrigger_schema::StandbyCluster) -> Decision {
     let upstream = (sc.host.is_some() || sc.port.is_some()).then(|| super::decision::REMOTE_PRIMARY.to_owned());
     match o.pg {
         PgView::Running(r) if r.primary && o.config.pause => {
             Decision::Wait { reason: WaitReason::Paused("standby_cluster is set; not demoting the primary") }
         }
         PgView::Running(r) if r.primary => Decision::DemoteCluster,
-        PgView::Running(_) => Decision::LeadStandby { upstream },
+        PgView::Running(r) => {
+            c.failover.as_ref().and_then(|f| switchover(o, c, f, r)).unwrap_or(Decision::LeadStandby { upstream })
+        }
         PgView::Starting { .. } if start_timed_out(o) && !o.config.pause => {
             Decision::ReleaseLeader { reason: ReleaseReason::StartTimedOut }
         }

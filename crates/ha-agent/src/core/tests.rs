@@ -1399,3 +1399,13 @@ fn promote_cluster_clears_standby_cluster_and_the_standby_leader_promotes() {
     let fx = Fx::new().leader(ME).pg(replica(1000, 1, Some(REMOTE_PRIMARY)));
     assert_eq!(fx.decide(), Decision::Promote);
 }
+
+#[test]
+fn a_switchover_in_a_standby_cluster_moves_the_standby_leaders_role_to_the_candidate() {
+    let mut fx = standby(Fx::new().leader(ME).pg(replica(1000, 1, Some(REMOTE_PRIMARY))), Some("h"));
+    for m in &mut fx.c().members {
+        m.role = Role::Replica;
+    }
+    let fx = fx.failover(Some(ME), Some("n2"));
+    assert_eq!(fx.decide(), Decision::StepDown { candidate: Some("n2".into()) });
+}
