@@ -587,6 +587,24 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_cluster_is_read_from_bootstrap_dcs_and_a_top_level_one_is_a_problem() {
+        let d = doc("name: a\nscope: s\netcd3:\n  hosts: [10.0.0.1:2379]\npostgresql:\n  data_dir: /d\n\
+             bootstrap:\n  dcs:\n    standby_cluster:\n      host: 10.9.0.1\n      port: 5433\n      primary_slot_name: dr\n");
+        let t = translate(&d, &[]);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let sc = &t.toml["bootstrap"]["dcs"]["standby_cluster"];
+        assert_eq!(sc["host"].as_str(), Some("10.9.0.1"));
+        assert_eq!(sc["port"].as_integer(), Some(5433));
+        let top = doc("name: a\nscope: s\netcd3:\n  hosts: [10.0.0.1:2379]\nstandby_cluster:\n  host: 10.9.0.1\n");
+        let t = translate(&top, &[]);
+        assert!(
+            t.problems.iter().any(|(k, _, why)| k == "standby_cluster" && why.contains("bootstrap.dcs")),
+            "{:?}",
+            t.problems
+        );
+    }
+
+    #[test]
     fn timings_initdb_and_the_socket_directory_read_as_patroni_writes_them() {
         let d = doc(
             "name: a\nscope: s\nbootstrap:\n  dcs:\n    ttl: 20\n    loop_wait: 1\n    retry_timeout: 5\n    failsafe_mode: null\n  initdb:\n    - encoding: UTF8\n    - data-checksums\n\
