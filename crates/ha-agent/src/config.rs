@@ -599,8 +599,10 @@ fn check_standby_cluster(dcs: &serde_json::Value, methods: &[ReplicaMethod], p: 
         }
     }
     let has = |k: &str| sc.get(k).is_some_and(|v| !v.is_null() && v.as_str() != Some(""));
-    if !(has("host") || has("port") || has("restore_command")) {
+    if !(has("host") || has("restore_command")) {
         p.push_key(KEY, "must name a source: host (and port), or restore_command");
+    } else if has("port") && !has("host") {
+        p.push_key(format!("{KEY}.port"), "needs host: the remote primary's address");
     }
 }
 

@@ -301,7 +301,7 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
 /// moves the standby leader's role as it moves a primary's: the same checks, then a step
 /// down; the candidate takes the key and points itself at the remote primary.
 fn standby_leader(o: &Observed<'_>, c: &ClusterView, sc: &outrigger_schema::StandbyCluster) -> Decision {
-    let upstream = (sc.host.is_some() || sc.port.is_some()).then(|| super::decision::REMOTE_PRIMARY.to_owned());
+    let upstream = sc.host.is_some().then(|| super::decision::REMOTE_PRIMARY.to_owned());
     match o.pg {
         PgView::Running(r) if r.primary && o.config.pause => {
             Decision::Wait { reason: WaitReason::Paused("standby_cluster is set; not demoting the primary") }
