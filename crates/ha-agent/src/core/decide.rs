@@ -301,7 +301,7 @@ fn as_leader(o: &Observed<'_>, c: &ClusterView, key: &LeaderKey, lease_ok: bool)
 /// moves the standby leader's role as it moves a primary's: the same checks, then a step
 /// down; the candidate takes the key and points itself at the remote primary.
 fn standby_leader(o: &Observed<'_>, c: &ClusterView, sc: &outrigger_schema::StandbyCluster) -> Decision {
-    let upstream = sc.host.is_some().then(|| super::decision::REMOTE_PRIMARY.to_owned());
+    let upstream = standby_upstream(sc).map(str::to_owned);
     match o.pg {
         PgView::Running(r) if r.primary && o.config.pause => {
             Decision::Wait { reason: WaitReason::Paused("standby_cluster is set; not demoting the primary") }
@@ -321,6 +321,12 @@ fn standby_leader(o: &Observed<'_>, c: &ClusterView, sc: &outrigger_schema::Stan
         PgView::Stopped(_) => Decision::LeadStandby { upstream },
         PgView::NoData | PgView::Unusable { .. } => Decision::ReleaseLeader { reason: ReleaseReason::NoDataDirectory },
     }
+}
+
+/// Whom a standby leader streams from: the remote primary when `standby_cluster` names its
+/// host, else nobody (it replays the remote archive through `restore_command`).
+pub fn standby_upstream(sc: &outrigger_schema::StandbyCluster) -> Option<&'static str> {
+    sc.host.is_some().then_some(super::decision::REMOTE_PRIMARY)
 }
 
 /// Rule (paused): the leader keeps its key while its PostgreSQL runs as a primary, and

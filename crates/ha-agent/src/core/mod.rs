@@ -22,7 +22,7 @@ pub mod watchdog;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{decide, failsafe_round_due};
+pub use decide::{decide, failsafe_round_due, standby_upstream};
 pub use decision::{
     ClearReason, Decision, DemoteReason, FenceReason, REMOTE_PRIMARY, ReleaseReason, StopReason, WaitReason,
 };

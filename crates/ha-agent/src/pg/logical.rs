@@ -8,9 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_postgres::NoTls;
 
-use super::Postgres;
+use super::{Postgres, connect};
 use crate::core::slots::{LogicalPresent, LogicalWanted};
 
 /// A logical slot's state as read from the leader, to be installed on a replica.
@@ -21,21 +20,6 @@ pub struct SlotState {
     pub plugin: String,
     /// The slot's `state` file, byte for byte.
     pub state: Vec<u8>,
-}
-
-/// Connects with `c` within `limit`; the connection runs on its own task until the client is
-/// dropped.
-async fn connect(c: &tokio_postgres::Config, limit: Duration, what: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio::time::timeout(limit, c.connect(NoTls))
-        .await
-        .with_context(|| format!("connect to {what}: timed out"))?
-        .with_context(|| format!("connect to {what}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "slot connection ended");
-        }
-    });
-    Ok(client)
 }
 
 /// Moves a logical slot forward to `to` in its database (`local`: a connection config for the

@@ -42,6 +42,22 @@ impl PgError {
     }
 }
 
+/// Connects with `c` within `limit`; the connection runs on its own task until the client is
+/// dropped.
+async fn connect(c: &tokio_postgres::Config, limit: Duration, what: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio::time::timeout(limit, c.connect(NoTls))
+        .await
+        .with_context(|| format!("connect to {what}: timed out"))?
+        .with_context(|| format!("connect to {what}"))?;
+    let what = what.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, server = %what, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
 /// The data directory is a standby's (`standby.signal` or `recovery.signal`): a server started
 /// from it cannot accept writes until it is promoted.
 pub fn is_standby_dir(data_dir: &Path) -> bool {
@@ -282,16 +298,7 @@ impl Postgres {
             if let Some(p) = &self.cfg.superuser.password {
                 c.password(p);
             }
-            let (client, conn) = tokio::time::timeout(Duration::from_secs(3), c.connect(NoTls))
-                .await
-                .context("connect to local PostgreSQL: timed out")?
-                .context("connect to local PostgreSQL")?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "local PostgreSQL connection ended");
-                }
-            });
-            self.client = Some(client);
+            self.client = Some(connect(&c, Duration::from_secs(3), "local PostgreSQL").await?);
         }
         self.client.as_ref().context("no client")
     }

@@ -324,9 +324,8 @@ impl Agent {
             BootstrapMethod::Initdb => "initdb",
             BootstrapMethod::Command { name, .. } => name.as_str(),
         };
-        let standby = serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone())
-            .ok()
-            .and_then(|c| c.standby_cluster());
+        let boot = serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone()).ok();
+        let standby = boot.as_ref().and_then(ConfigValue::standby_cluster);
         match &standby {
             Some(_) => tracing::info!(
                 lease = format!("{lease:x}"),
@@ -341,10 +340,10 @@ impl Agent {
         self.pg.set_bootstrapping(true);
         let steps = async {
             if let Some(sc) = &standby {
-                return self.bootstrap_standby(sc).await;
+                return self.bootstrap_standby(sc, boot.as_ref()).await;
             }
             self.arm_for_primary().await?;
-            self.bootstrap_steps().await
+            self.bootstrap_steps(boot.as_ref()).await
         };
         match steps.await {
             Ok(sysid) => {
@@ -383,10 +382,14 @@ impl Agent {
         }
     }
 
-    async fn bootstrap_steps(&mut self) -> anyhow::Result<u64> {
-        let mut params = serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone())
-            .map(|c| c.parameters())
-            .unwrap_or_default();
+    /// `wal_log_hints` while the cluster is made, before the config key exists: on when the
+    /// member's `use_pg_rewind` or `bootstrap.dcs`'s asks for it.
+    pub(super) fn bootstrap_hints(&self, boot: Option<&ConfigValue>) -> bool {
+        self.settings.use_pg_rewind.unwrap_or(false) || boot.and_then(ConfigValue::use_pg_rewind).unwrap_or(false)
+    }
+
+    async fn bootstrap_steps(&mut self, boot: Option<&ConfigValue>) -> anyhow::Result<u64> {
+        let mut params = boot.map(ConfigValue::parameters).unwrap_or_default();
         let recovery = match &self.cfg.bootstrap_method {
             BootstrapMethod::Initdb => {
                 self.pg.initdb(&self.cfg.initdb).await?;
@@ -397,11 +400,7 @@ impl Agent {
                 recovery_conf.clone()
             }
         };
-        let hints = self.settings.use_pg_rewind.unwrap_or(false)
-            || serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone())
-                .ok()
-                .and_then(|c| c.use_pg_rewind())
-                .unwrap_or(false);
+        let hints = self.bootstrap_hints(boot);
         if !recovery.is_empty() {
             // Point-in-time recovery first, with the recovery settings; they are taken out
             // again once it promotes, so no later start (as a replica) stops at the target.
@@ -560,19 +559,25 @@ impl Agent {
         self.keep_permanent_slots(&read.view, true, r.wal_position).await;
         self.sync_replication(read, r).await;
         self.write_failsafe(&read.view).await;
+        self.write_status(&read.view, r.wal_position).await;
+    }
+
+    /// The leader's `status` (`optime`, the permanent slots' positions, the members' slots to
+    /// retain), written when it changed, and at least once per ttl.
+    pub(super) async fn write_status(&mut self, view: &ClusterView, optime: u64) {
         let status = StatusValue {
-            optime: r.wal_position,
+            optime,
             slots: self.permanent_positions.iter().map(|(n, l)| (n.clone(), serde_json::Value::from(*l))).collect(),
             retain_slots: Some(
-                read.view.members.iter().filter(|m| m.name != self.cfg.name).map(|m| slot_name(&m.name)).collect(),
+                view.members.iter().filter(|m| m.name != self.cfg.name).map(|m| slot_name(&m.name)).collect(),
             ),
             extra: serde_json::Map::new(),
         };
-        self.write_status(status).await;
+        self.put_status(status).await;
     }
 
-    /// The leader's `status`, written when it changed, and at least once per ttl.
-    pub(super) async fn write_status(&mut self, status: StatusValue) {
+    /// Writes `status` when it changed, and at least once per ttl.
+    pub(super) async fn put_status(&mut self, status: StatusValue) {
         let due = self.last_status_at.is_none_or(|t| self.clock.now().since(t) >= self.settings.timings.ttl);
         if due || self.last_status.as_ref() != Some(&status) {
             match self.dcs.write_status(&status).await {

@@ -10,9 +10,9 @@ use crate::pg::Extra;
 
 impl Agent {
     pub(super) async fn publish(&mut self, read: Option<&Read>, pg: &PgView, extra: Option<&Extra>) {
+        let i_lead = read.and_then(|r| r.view.leader.as_ref()).is_some_and(|l| l.name == self.cfg.name);
         // A standby cluster's key holder running as a replica is its standby leader.
-        let standby_leader = self.dyn_config.standby_cluster.is_some()
-            && read.and_then(|r| r.view.leader.as_ref()).is_some_and(|l| l.name == self.cfg.name);
+        let standby_leader = self.dyn_config.standby_cluster.is_some() && i_lead;
         let (state, role, timeline, position) = match pg {
             PgView::Running(r) => (
                 "running",
@@ -127,7 +127,6 @@ impl Agent {
         let (sync_standby, quorum_standby) = self.listed_sync(read, pg);
         let now = self.clock.now();
         let lease = self.lease.view();
-        let i_lead = view.and_then(|v| v.leader.as_ref()).is_some_and(|l| l.name == self.cfg.name);
         // failsafe_mode: etcd unreadable, this primary confirmed by every member.
         let failsafe_active = read.is_none() && pg.writable() && lease.failsafe(now);
         if let Some(v) = view {

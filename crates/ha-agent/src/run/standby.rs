@@ -5,13 +5,13 @@
 //! with a replica, and promotes: `core::decide`).
 
 use anyhow::Context;
-use outrigger_schema::{ConfigValue, StandbyCluster, StatusValue};
+use outrigger_schema::{ConfigValue, StandbyCluster};
 
 use super::{Agent, Read};
 use crate::config::ReplicaMethod;
 use crate::core::{ClusterState, Outcome, PgView, REMOTE_PRIMARY};
 use crate::pg::StopMode;
-use crate::pg::text::{Upstream, slot_name};
+use crate::pg::text::Upstream;
 
 /// Where the standby leader streams from: `standby_cluster`'s `host` and `port` (5432 when
 /// only a host is given), through its `primary_slot_name`. `None` without a host.
@@ -32,8 +32,7 @@ pub(super) fn remote_upstream(sc: &StandbyCluster) -> Option<Upstream> {
 pub(super) fn standby_parameters(params: &mut Vec<(String, String)>, sc: &StandbyCluster, leader: bool) {
     let mut set = |k: &str, v: &Option<String>| {
         if let Some(v) = v {
-            params.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
-            params.push((k.to_owned(), v.clone()));
+            super::sync::set_param(params, k, v.clone());
         }
     };
     set("restore_command", &sc.restore_command);
@@ -85,15 +84,8 @@ impl Agent {
         }
         if let (Some(read), PgView::Running(r)) = (read, pg) {
             self.manage_slots(&read.view).await;
-            let status = StatusValue {
-                optime: r.wal_position,
-                slots: serde_json::Map::new(),
-                retain_slots: Some(
-                    read.view.members.iter().filter(|m| m.name != self.cfg.name).map(|m| slot_name(&m.name)).collect(),
-                ),
-                extra: serde_json::Map::new(),
-            };
-            self.write_status(status).await;
+            self.permanent_positions.clear();
+            self.write_status(&read.view, r.wal_position).await;
         }
         Ok(())
     }
@@ -114,10 +106,9 @@ impl Agent {
         {
             let mut status = self.last_status.clone().unwrap_or_default();
             status.optime = ctl.checkpoint_lsn;
-            self.write_status(status).await;
+            self.put_status(status).await;
         }
-        let sc = self.dyn_config.standby_cluster.as_ref();
-        let upstream = sc.is_some_and(|sc| sc.host.is_some()).then_some(REMOTE_PRIMARY);
+        let upstream = self.dyn_config.standby_cluster.as_ref().and_then(crate::core::standby_upstream);
         self.lead_standby(read, &pg, upstream).await
     }
 
@@ -125,7 +116,11 @@ impl Agent {
     /// `create_replica_methods` (names of this member's methods; its own list when not set),
     /// started as the standby leader. Returns the copy's system identifier (the remote
     /// cluster's), for `initialize`.
-    pub(super) async fn bootstrap_standby(&mut self, sc: &StandbyCluster) -> anyhow::Result<u64> {
+    pub(super) async fn bootstrap_standby(
+        &mut self,
+        sc: &StandbyCluster,
+        boot: Option<&ConfigValue>,
+    ) -> anyhow::Result<u64> {
         let methods = if sc.create_replica_methods.is_empty() {
             self.cfg.postgresql.create_replica_methods.clone()
         } else {
@@ -148,12 +143,9 @@ impl Agent {
         };
         let up = remote_upstream(sc);
         self.create_replica_by(&methods, up.as_ref().map(|u| (u.host.as_str(), u.port))).await?;
-        let mut params = serde_json::from_value::<ConfigValue>(self.cfg.bootstrap_dcs.clone())
-            .map(|c| c.parameters())
-            .unwrap_or_default();
+        let mut params = boot.map(ConfigValue::parameters).unwrap_or_default();
         standby_parameters(&mut params, sc, true);
-        let hints = self.settings.use_pg_rewind.unwrap_or(false);
-        self.pg.write_config(&params, true, up.as_ref(), hints)?;
+        self.pg.write_config(&params, true, up.as_ref(), self.bootstrap_hints(boot))?;
         self.record(Outcome::Cloned { upstream: up.as_ref().map(|u| u.member.clone()) });
         self.pg.set_standby_leader(true);
         self.pg.start().await?;

@@ -22,15 +22,13 @@ impl Agent {
         if !primary && self.logical_slots_permanent() {
             // Copies of logical slots need the leader to keep their catalog rows (Patroni
             // enforces this too).
-            p.retain(|(k, _)| !k.eq_ignore_ascii_case("hot_standby_feedback"));
-            p.push(("hot_standby_feedback".into(), "on".into()));
+            set_param(&mut p, "hot_standby_feedback", "on".into());
         }
         if !primary && let Some(sc) = &self.dyn_config.standby_cluster {
             super::standby::standby_parameters(&mut p, sc, false);
         }
         if primary && let Some(ssn) = &self.sync_ssn {
-            p.retain(|(k, _)| !k.eq_ignore_ascii_case("synchronous_standby_names"));
-            p.push(("synchronous_standby_names".into(), ssn.to_string()));
+            set_param(&mut p, "synchronous_standby_names", ssn.to_string());
         }
         p
     }
@@ -183,4 +181,11 @@ impl Agent {
         let quorum = self.dyn_config.sync.mode == SyncMode::Quorum;
         (listed && !quorum, listed && quorum)
     }
+}
+
+/// Sets parameter `name` to `value` in `params`, replacing any value it had (names compare
+/// as PostgreSQL compares them, ignoring case).
+pub(super) fn set_param(params: &mut Vec<(String, String)>, name: &str, value: String) {
+    params.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    params.push((name.to_owned(), value));
 }
